@@ -1,0 +1,51 @@
+//! `tollgate`: the binary's edge. Parses the command line and hands off to the library; nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about = "Sidecar-less L7 policy proxy for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check policies offline.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Run conformance case files (policies + endpoints + expected verdicts); ends with `N passed, N failed`.
+    Test {
+        /// Case files or directories of `*.yaml` case files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate policy files or directories; prints every error with file, document, field path and reason.
+    Validate {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ok = match cli.command {
+        Command::Policy(PolicyCommand::Test { files }) => tollgate::policy_cli::test(&files),
+        Command::Policy(PolicyCommand::Validate { paths }) => tollgate::policy_cli::validate(&paths),
+    };
+    match ok {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("tollgate: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
