@@ -1,6 +1,26 @@
 //! Tollgate's node proxy: the `tollgate` daemon and CLI.
 //!
-//! This crate wires the pieces together: transparent listeners, protocol handlers, the flow log and policy sources.
-//! Policy decisions themselves live in `policy-model` (pure); this crate only carries them out on real sockets.
+//! This crate owns the data path: transparent listeners and original-destination recovery, per-connection protocol
+//! dispatch (HTTP family, opaque TCP), enforcement of policy decisions on real sockets, upstream connections (marked
+//! with SO_MARK), limits, the flow log, and policy hot reload in standalone mode. Policy *decisions* live in
+//! `policy-model` (pure) and are only carried out here; the redirect datapath lives in `redirect-ebpf`. This crate
+//! must not re-implement policy semantics or load eBPF programs.
 
+pub mod activity;
+pub mod config;
+pub mod connection;
+pub mod decision;
+pub mod flow;
+pub mod grpc;
+pub mod header_actions;
+pub mod http;
+pub mod limits;
+pub mod listener;
+pub mod original_dst;
+pub mod policy_adapter;
 pub mod policy_cli;
+pub mod policy_source;
+pub mod request_path;
+pub mod run;
+pub mod tcp;
+pub mod upstream;

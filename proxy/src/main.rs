@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate", version, about = "Sidecar-less L7 policy proxy for Kubernetes")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Sidecar-less L7 policy proxy for Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -14,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node proxy daemon (standalone mode: policy and endpoints from files, hot-reloaded).
+    Run(tollgate::config::RunArgs),
     /// Check policies offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -37,12 +43,42 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ok = match cli.command {
+        Command::Run(args) => return run_daemon(args),
         Command::Policy(PolicyCommand::Test { files }) => tollgate::policy_cli::test(&files),
-        Command::Policy(PolicyCommand::Validate { paths }) => tollgate::policy_cli::validate(&paths),
+        Command::Policy(PolicyCommand::Validate { paths }) => {
+            tollgate::policy_cli::validate(&paths)
+        }
     };
     match ok {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("tollgate: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_daemon(args: tollgate::config::RunArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("tollgate: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(tollgate::run::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("tollgate: {err:#}");
             ExitCode::from(2)

@@ -1,0 +1,125 @@
+//! `tollgate run` configuration: command-line flags (also settable through `TOLLGATE_*` environment variables) and
+//! their validation into the runtime types.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::flow::FlowSink;
+use crate::limits::Limits;
+use crate::upstream::DEFAULT_MARK;
+
+/// How redirected connections reach the proxy, which decides how their original destination is recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedirectMode {
+    /// iptables/nft TPROXY or `bpf_sk_assign`: IP_TRANSPARENT listener, destination = local address.
+    Tproxy,
+    /// iptables REDIRECT/DNAT or the eBPF getsockopt hook: destination from `SO_ORIGINAL_DST`.
+    SoOriginalDst,
+}
+
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let r = if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        u32::from_str_radix(hex, 16)
+    } else {
+        s.parse()
+    };
+    r.map_err(|e| format!("{s:?} is not a mark (decimal or 0x-hex u32): {e}"))
+}
+
+/// `tollgate run`: the node proxy daemon in standalone mode.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Policy file, or directory of `*.yaml` policy files (CiliumNetworkPolicy / NetworkPolicy); watched and
+    /// hot-reloaded.
+    #[arg(long, env = "TOLLGATE_POLICY")]
+    pub policy: PathBuf,
+    /// Endpoints file (`endpoints:` list: name, namespace, labels, ip); watched with the policy.
+    #[arg(long, env = "TOLLGATE_ENDPOINTS")]
+    pub endpoints: PathBuf,
+    /// Address the redirected connections arrive on.
+    #[arg(long, default_value = "0.0.0.0:15001", env = "TOLLGATE_LISTEN")]
+    pub listen: SocketAddr,
+    /// How connections are redirected to the proxy.
+    #[arg(long, value_enum, default_value = "tproxy", env = "TOLLGATE_REDIRECT")]
+    pub redirect: RedirectMode,
+    /// SO_MARK on every upstream socket, so the redirect layer never loops it back (decimal or 0x-hex).
+    #[arg(long, value_parser = parse_mark, default_value_t = DEFAULT_MARK, env = "TOLLGATE_MARK")]
+    pub mark: u32,
+    /// Flow log: `-` for stdout or a file path (JSON lines, appended).
+    #[arg(long, env = "TOLLGATE_FLOW_LOG")]
+    pub flow_log: Option<String>,
+    /// Flow records kept in memory.
+    #[arg(long, default_value_t = 4096)]
+    pub flow_ring: usize,
+    /// Seconds between periodic policy re-checks (inotify triggers reloads immediately; this is the fallback).
+    #[arg(long, default_value_t = 2.0)]
+    pub recheck_secs: f64,
+    /// Largest request head in bytes (431 beyond it).
+    #[arg(long, default_value_t = Limits::default().max_header_bytes)]
+    pub max_header_bytes: usize,
+    /// Most header fields per HTTP/1 request (431 beyond it).
+    #[arg(long, default_value_t = Limits::default().max_headers)]
+    pub max_headers: usize,
+    /// Seconds a client has to send a complete request head.
+    #[arg(long, default_value_t = Limits::default().header_read_timeout.as_secs_f64())]
+    pub header_read_timeout_secs: f64,
+    /// Seconds without traffic after which a connection is closed.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs_f64())]
+    pub idle_timeout_secs: f64,
+    /// Concurrent downstream connections (503 / close beyond it).
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    pub max_connections: usize,
+    /// HTTP/2 max concurrent streams per connection.
+    #[arg(long, default_value_t = Limits::default().h2_max_concurrent_streams)]
+    pub h2_max_concurrent_streams: u32,
+}
+
+fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v)
+        .map_err(|e| anyhow::anyhow!("--{name} {v}: {e}; give a non-negative number of seconds"))
+}
+
+impl RunArgs {
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        anyhow::ensure!(
+            self.max_connections > 0,
+            "--max-connections must be at least 1"
+        );
+        anyhow::ensure!(self.max_headers > 0, "--max-headers must be at least 1");
+        Ok(Limits {
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            header_read_timeout: secs("header-read-timeout-secs", self.header_read_timeout_secs)?,
+            idle_timeout: secs("idle-timeout-secs", self.idle_timeout_secs)?,
+            max_connections: self.max_connections,
+            h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+            ..Limits::default()
+        })
+    }
+
+    pub fn flow_sink(&self) -> FlowSink {
+        self.flow_log
+            .as_deref()
+            .map(FlowSink::parse)
+            .unwrap_or(FlowSink::None)
+    }
+
+    pub fn recheck(&self) -> anyhow::Result<Duration> {
+        secs("recheck-secs", self.recheck_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_parse_hex_and_decimal() {
+        assert_eq!(parse_mark("0xb00"), Ok(0xb00));
+        assert_eq!(parse_mark("2816"), Ok(0xb00));
+        assert!(parse_mark("zz").unwrap_err().contains("not a mark"));
+    }
+}

@@ -1,0 +1,261 @@
+//! One accepted connection: recover the original destination, decide at L3/L4 with the current policy, then
+//! dispatch by what the policy says the port carries: drop, splice opaque TCP, or serve the HTTP family.
+//! Kafka, DNS and the mTLS tunnel slot in here as further `ConnectionPlan` arms.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+
+use crate::activity::{Activity, Tracked};
+use crate::decision::{self, ConnectionPlan};
+use crate::flow::{DropReason, FlowEndpoint, FlowLog, FlowRecord, HttpInfo, L7Info, Verdict};
+use crate::http::{ConnCtx, Forward, PolicyLayer};
+use crate::limits::Limits;
+use crate::original_dst::OriginalDst;
+use crate::policy_source::PolicySource;
+use crate::upstream::{UpstreamPool, connect_marked};
+
+/// State shared by every connection of the daemon.
+#[derive(Debug)]
+pub struct Proxy {
+    pub policy: Arc<PolicySource>,
+    pub flows: Arc<FlowLog>,
+    pub upstream: UpstreamPool,
+    pub limits: Limits,
+    pub original_dst: Box<dyn OriginalDst>,
+    /// One permit per open downstream connection (`Limits::max_connections`).
+    pub connections: Arc<Semaphore>,
+}
+
+fn endpoints(proxy: &Proxy, client: SocketAddr, dst: SocketAddr) -> (FlowEndpoint, FlowEndpoint) {
+    let snap = proxy.policy.current();
+    (
+        decision::flow_endpoint(&snap, client),
+        decision::flow_endpoint(&snap, dst),
+    )
+}
+
+/// Closes with RST (SO_LINGER 0): a refused connection must not look like a clean, empty response.
+fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}
+
+/// Handles one accepted connection to completion. `permit` is `None` when the connection limit is exhausted.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    client: SocketAddr,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    shutdown: CancellationToken,
+) {
+    let dst = match proxy.original_dst.original_dst(&stream) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(%client, "refusing connection: {e}");
+            let local = stream.local_addr().unwrap_or(client);
+            let (s, d) = endpoints(&proxy, client, local);
+            let mut rec = FlowRecord::new(Verdict::Error, s, d, "TCP");
+            rec.policy = e.to_string();
+            proxy.flows.record(rec);
+            reset(stream);
+            return;
+        }
+    };
+    let plan = decision::plan_connection(&proxy.policy.current(), client, dst);
+    let (src_ep, dst_ep) = endpoints(&proxy, client, dst);
+
+    let Some(_permit) = permit else {
+        let mut rec = FlowRecord::new(Verdict::Error, src_ep, dst_ep, "TCP");
+        rec.drop_reason = Some(DropReason::LimitExceeded);
+        rec.policy = format!(
+            "connection limit {} reached (--max-connections)",
+            proxy.limits.max_connections
+        );
+        let mut stream = stream;
+        if matches!(plan, ConnectionPlan::Http { .. }) {
+            // An HTTP/1 client reads this as 503; an h2 client sees a protocol error and retries elsewhere.
+            let _ = stream
+                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\nProxy connection limit")
+                .await;
+            rec.protocol = "HTTP".into();
+            rec.l7 = Some(L7Info {
+                http: Some(HttpInfo {
+                    code: 503,
+                    ..Default::default()
+                }),
+            });
+        }
+        proxy.flows.record(rec);
+        let _ = stream.shutdown().await;
+        return;
+    };
+
+    match plan {
+        ConnectionPlan::Drop {
+            reason,
+            drop_reason,
+            direction,
+        } => {
+            let mut rec = FlowRecord::new(Verdict::Dropped, src_ep, dst_ep, "TCP");
+            rec.drop_reason = Some(drop_reason);
+            rec.traffic_direction = direction;
+            rec.policy = reason;
+            proxy.flows.record(rec);
+            reset(stream);
+        }
+        ConnectionPlan::Unsupported {
+            what,
+            reason,
+            direction,
+        } => {
+            // Fail closed: a port that needs an L7 parser this build lacks must not become an open TCP port.
+            let mut rec = FlowRecord::new(Verdict::Error, src_ep, dst_ep, "TCP");
+            rec.drop_reason = Some(DropReason::UnsupportedProtocol);
+            rec.traffic_direction = direction;
+            rec.policy = format!(
+                "{reason}; {what} enforcement is not available in this build, connection refused"
+            );
+            proxy.flows.record(rec);
+            reset(stream);
+        }
+        ConnectionPlan::Splice { reason, direction } => {
+            let start = Instant::now();
+            let mut rec = FlowRecord::new(Verdict::Forwarded, src_ep, dst_ep, "TCP");
+            rec.traffic_direction = direction;
+            rec.policy = reason;
+            match connect_marked(dst, proxy.upstream.mark(), proxy.upstream.connect_timeout()).await
+            {
+                Err(e) => {
+                    rec.verdict = Verdict::Error;
+                    rec.drop_reason = Some(DropReason::UpstreamError);
+                    rec.policy = format!("{}; {e}", rec.policy);
+                    proxy.flows.record(rec);
+                    reset(stream);
+                }
+                Ok(mut upstream) => {
+                    rec.latency_ns = start.elapsed().as_nanos() as u64;
+                    proxy.flows.record(rec);
+                    let activity = Activity::new();
+                    let mut down = Tracked::new(stream, activity.clone());
+                    tokio::select! {
+                        _ = crate::tcp::splice(&mut down, &mut upstream) => {}
+                        _ = activity.idle(proxy.limits.idle_timeout) => {
+                            tracing::debug!(%client, %dst, "closing idle TCP connection");
+                        }
+                    }
+                }
+            }
+        }
+        ConnectionPlan::Http { .. } => serve_http(proxy, stream, client, dst, shutdown).await,
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on one downstream connection until it closes, idles out, or the
+/// daemon shuts down (then in-flight requests finish: graceful shutdown / GOAWAY).
+async fn serve_http(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    client: SocketAddr,
+    dst: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let limits = proxy.limits.clone();
+    let activity = Activity::new();
+    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    let ctx = Arc::new(ConnCtx {
+        proxy: proxy.clone(),
+        client,
+        dst,
+    });
+    let svc = ServiceBuilder::new()
+        .layer(PolicyLayer { ctx: ctx.clone() })
+        .service(Forward { ctx });
+    let svc = TowerToHyperService::new(svc);
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.h1_max_buf_size())
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = activity.idle(limits.idle_timeout), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = result {
+        record_connection_error(&proxy, client, dst, e.as_ref());
+    }
+}
+
+/// hyper answers malformed or oversized HTTP/1 heads itself (400 / 431) and then reports the error here; the flow
+/// log still needs a record of it. Clean closes and client resets are not flows.
+fn record_connection_error(
+    proxy: &Proxy,
+    client: SocketAddr,
+    dst: SocketAddr,
+    e: &(dyn std::error::Error + Send + Sync + 'static),
+) {
+    let Some(h) = e.downcast_ref::<hyper::Error>() else {
+        tracing::debug!(%client, %dst, "HTTP connection error: {e}");
+        return;
+    };
+    let (code, reason, what) = if h.is_parse_too_large() {
+        (
+            431,
+            DropReason::LimitExceeded,
+            "request head too large (--max-header-bytes / --max-headers)",
+        )
+    } else if h.is_parse() {
+        (400, DropReason::InvalidRequest, "malformed HTTP request")
+    } else if h.is_timeout() {
+        (
+            0,
+            DropReason::LimitExceeded,
+            "request head not received in time (--header-read-timeout-secs)",
+        )
+    } else {
+        tracing::debug!(%client, %dst, "HTTP connection ended: {}", crate::http::error_chain(h));
+        return;
+    };
+    let (s, d) = endpoints(proxy, client, dst);
+    let mut rec = FlowRecord::new(Verdict::Dropped, s, d, "HTTP");
+    rec.drop_reason = Some(reason);
+    rec.policy = format!("{what}: {h}");
+    rec.l7 = Some(L7Info {
+        http: Some(HttpInfo {
+            code,
+            protocol: "HTTP/1.1".into(),
+            ..Default::default()
+        }),
+    });
+    proxy.flows.record(rec);
+}

@@ -1,0 +1,172 @@
+//! Pure decisions: from the current policy snapshot and what the connection/request looks like, to what the proxy
+//! must do. No sockets here; `connection.rs` and `http.rs` carry the results out. Policy semantics themselves are
+//! policy-model's; this module only maps its verdicts onto proxy actions and flow-record fields.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use crate::policy_adapter::{Decision, HeaderAction, HttpRequest, L7Kind, Protocol, Reason};
+
+use crate::flow::{DropReason, FlowEndpoint, TrafficDirection};
+use crate::policy_source::PolicySnapshot;
+
+/// What to do with a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionPlan {
+    /// Refuse it (RST) and record a DROPPED flow.
+    Drop {
+        reason: String,
+        drop_reason: DropReason,
+        direction: Option<TrafficDirection>,
+    },
+    /// L3/L4 allow without L7 rules: splice bytes.
+    Splice {
+        reason: String,
+        direction: Option<TrafficDirection>,
+    },
+    /// HTTP rules on this port: parse and decide request by request.
+    Http {
+        reason: String,
+        direction: Option<TrafficDirection>,
+    },
+    /// L7 rules of a kind this build cannot enforce yet (Kafka, DNS over TCP): refuse, fail closed.
+    Unsupported {
+        what: String,
+        reason: String,
+        direction: Option<TrafficDirection>,
+    },
+}
+
+/// What to do with one HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestDecision {
+    Forward {
+        reason: String,
+        header_actions: Vec<HeaderAction>,
+        direction: Option<TrafficDirection>,
+    },
+    Deny {
+        reason: String,
+        drop_reason: DropReason,
+        direction: Option<TrafficDirection>,
+    },
+}
+
+impl RequestDecision {
+    pub fn direction(&self) -> Option<TrafficDirection> {
+        match self {
+            RequestDecision::Forward { direction, .. }
+            | RequestDecision::Deny { direction, .. } => *direction,
+        }
+    }
+}
+
+/// Deny rules are reported as POLICY_DENY (Hubble 181); everything else denied is POLICY_DENIED (133).
+fn drop_reason_of(reason: &Reason) -> DropReason {
+    if crate::policy_adapter::is_deny_rule(reason) {
+        DropReason::PolicyDeny
+    } else {
+        DropReason::PolicyDenied
+    }
+}
+
+fn direction_of(reason: &Reason) -> Option<TrafficDirection> {
+    crate::policy_adapter::direction(reason)
+}
+
+/// Decides a new TCP connection from `client` to its original destination `dst`.
+pub fn plan_connection(
+    snap: &PolicySnapshot,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> ConnectionPlan {
+    let flow = snap
+        .engine
+        .flow(client.ip(), dst.ip(), dst.port(), Protocol::Tcp);
+    let v = snap.engine.connection(&flow, &snap.fqdn, SystemTime::now());
+    let reason = v.reason.to_string();
+    let direction = direction_of(&v.reason);
+    match (v.decision, v.l7) {
+        (Decision::Deny, _) => ConnectionPlan::Drop {
+            reason,
+            drop_reason: drop_reason_of(&v.reason),
+            direction,
+        },
+        (Decision::Allow, None) => ConnectionPlan::Splice { reason, direction },
+        (Decision::Allow, Some(L7Kind::Http)) => ConnectionPlan::Http { reason, direction },
+        (Decision::Allow, Some(other)) => ConnectionPlan::Unsupported {
+            what: format!("{other:?}"),
+            reason,
+            direction,
+        },
+    }
+}
+
+/// Decides one HTTP request against the snapshot current when it arrived. The connection verdict is re-evaluated
+/// too, so a reload that denies the whole connection (or drops the L7 rules) applies to open connections.
+pub fn decide_request(
+    snap: &PolicySnapshot,
+    client: SocketAddr,
+    dst: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> RequestDecision {
+    let flow = snap
+        .engine
+        .flow(client.ip(), dst.ip(), dst.port(), Protocol::Tcp);
+    let conn = snap.engine.connection(&flow, &snap.fqdn, SystemTime::now());
+    match (conn.decision, conn.l7) {
+        (Decision::Deny, _) => RequestDecision::Deny {
+            reason: conn.reason.to_string(),
+            drop_reason: drop_reason_of(&conn.reason),
+            direction: direction_of(&conn.reason),
+        },
+        (Decision::Allow, None) => RequestDecision::Forward {
+            reason: conn.reason.to_string(),
+            header_actions: Vec::new(),
+            direction: direction_of(&conn.reason),
+        },
+        (Decision::Allow, Some(L7Kind::Http)) => {
+            let req = HttpRequest {
+                method,
+                path,
+                host,
+                headers,
+            };
+            let v = snap.engine.http(&flow, &req);
+            match v.decision {
+                Decision::Allow => RequestDecision::Forward {
+                    reason: v.reason.to_string(),
+                    header_actions: v.header_actions,
+                    direction: direction_of(&v.reason),
+                },
+                Decision::Deny => RequestDecision::Deny {
+                    reason: v.reason.to_string(),
+                    drop_reason: drop_reason_of(&v.reason),
+                    direction: direction_of(&v.reason),
+                },
+            }
+        }
+        // The port switched to another L7 protocol under a live HTTP connection: refuse, fail closed.
+        (Decision::Allow, Some(other)) => RequestDecision::Deny {
+            reason: format!(
+                "{}; port now carries {other:?} rules, not HTTP",
+                conn.reason
+            ),
+            drop_reason: DropReason::PolicyDenied,
+            direction: direction_of(&conn.reason),
+        },
+    }
+}
+
+/// The flow-record view of one address: identity from the endpoint table, pod details when known.
+pub fn flow_endpoint(snap: &PolicySnapshot, addr: SocketAddr) -> FlowEndpoint {
+    let identity = snap.endpoints.identity_of_ip(addr.ip());
+    let ep = FlowEndpoint::new(addr, identity.0);
+    match snap.endpoints.by_ip(addr.ip()) {
+        Some(e) => ep.with_pod(&e.namespace, &e.name, &e.labels),
+        None => ep,
+    }
+}

@@ -1,0 +1,371 @@
+//! Flow records: one per HTTP request (L7) or per refused/spliced connection (L3/L4), kept in a bounded in-memory
+//! ring and written as JSON lines to stdout or a file.
+//!
+//! Field names follow /work/notes/CONTRACT.md (modelled on Hubble's `Flow`). Writing never blocks the data path:
+//! records go through a bounded channel to a writer task, and a full channel counts the record as lost.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// What happened to the flow (Hubble `Verdict` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Verdict {
+    Forwarded,
+    Dropped,
+    Error,
+}
+
+/// Why a flow was dropped or failed (Hubble drop-reason names where one exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DropReason {
+    /// No allow rule matched (Hubble 133).
+    PolicyDenied,
+    /// A deny rule matched (Hubble 181).
+    PolicyDeny,
+    /// The request was malformed or ambiguous (bad path encoding, smuggling attempt, parse error).
+    InvalidRequest,
+    /// A configured limit was exceeded (header size/count, connections, streams, timeouts).
+    LimitExceeded,
+    /// The upstream could not be reached or failed mid-request.
+    UpstreamError,
+    /// The port needs a protocol parser this build does not have yet: fail closed.
+    UnsupportedProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TrafficDirection {
+    Ingress,
+    Egress,
+}
+
+/// One side of a flow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FlowEndpoint {
+    pub ip: String,
+    pub port: u16,
+    pub identity: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// `k8s:key=value` strings, as Hubble shows them.
+    pub labels: Vec<String>,
+}
+
+impl FlowEndpoint {
+    pub fn new(addr: SocketAddr, identity: u32) -> Self {
+        FlowEndpoint {
+            ip: addr.ip().to_string(),
+            port: addr.port(),
+            identity,
+            ..Default::default()
+        }
+    }
+
+    pub fn with_pod(
+        mut self,
+        namespace: &str,
+        pod: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Self {
+        self.namespace = Some(namespace.to_string());
+        self.pod = Some(pod.to_string());
+        self.labels = labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
+        self
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HttpInfo {
+    pub method: String,
+    pub url: String,
+    /// Response status sent to the client (0 when none was sent).
+    pub code: u16,
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub protocol: String,
+    /// Headers named by `LOG` header actions (secret values are never recorded).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// Set for gRPC requests: the grpc-status sent back when the proxy answered itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct L7Info {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpInfo>,
+}
+
+/// One flow record (CONTRACT.md field names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlowRecord {
+    /// RFC 3339 UTC with nanoseconds.
+    pub time: String,
+    pub uuid: String,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<DropReason>,
+    pub source: FlowEndpoint,
+    pub destination: FlowEndpoint,
+    /// `TCP`, `HTTP`, `gRPC`.
+    pub protocol: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7Info>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_direction: Option<TrafficDirection>,
+    pub latency_ns: u64,
+    /// Which rule allowed or which policy denied (`policy_model::Reason` Display), or the error.
+    pub policy: String,
+}
+
+impl FlowRecord {
+    pub fn new(
+        verdict: Verdict,
+        source: FlowEndpoint,
+        destination: FlowEndpoint,
+        protocol: &str,
+    ) -> Self {
+        let now = SystemTime::now();
+        FlowRecord {
+            time: rfc3339(now),
+            uuid: uuid_v4(),
+            verdict,
+            drop_reason: None,
+            source,
+            destination,
+            protocol: protocol.to_string(),
+            l7: None,
+            traffic_direction: None,
+            latency_ns: 0,
+            policy: String::new(),
+        }
+    }
+}
+
+/// Formats a time as RFC 3339 UTC (`2026-11-22T23:01:02.123456789Z`) without pulling in a calendar crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's public-domain algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+fn uuid_v4() -> String {
+    let mut b = [0u8; 16];
+    // SAFETY: getrandom(2) writes at most b.len() bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != 16 {
+        // Never block a request on entropy: fall back to time + a counter, still unique per process.
+        static FALLBACK: AtomicU64 = AtomicU64::new(0);
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        b[..8].copy_from_slice(&t.to_be_bytes());
+        b[8..].copy_from_slice(&FALLBACK.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Where JSON lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlowSink {
+    Stdout,
+    File(PathBuf),
+    None,
+}
+
+impl FlowSink {
+    /// `-` is stdout, anything else a file path (appended to).
+    pub fn parse(s: &str) -> Self {
+        if s == "-" {
+            FlowSink::Stdout
+        } else {
+            FlowSink::File(PathBuf::from(s))
+        }
+    }
+}
+
+/// Counters a status endpoint (later: Hubble `ServerStatus`) reports.
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    /// Records produced.
+    pub seen: AtomicU64,
+    /// Records that could not be written because the writer fell behind.
+    pub lost: AtomicU64,
+}
+
+/// The flow log: bounded ring of recent records plus the JSON-lines writer.
+#[derive(Debug)]
+pub struct FlowLog {
+    ring: Mutex<VecDeque<FlowRecord>>,
+    capacity: usize,
+    pub counters: FlowCounters,
+    tx: Option<mpsc::Sender<FlowRecord>>,
+}
+
+impl FlowLog {
+    /// Creates the log; when `sink` is not `None`, spawns the writer (needs a tokio runtime).
+    pub fn new(capacity: usize, sink: FlowSink) -> std::io::Result<Self> {
+        let tx = match sink {
+            FlowSink::None => None,
+            FlowSink::Stdout => Some(spawn_writer(Box::new(std::io::stdout()))),
+            FlowSink::File(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("cannot open flow log {}: {e}", path.display()),
+                        )
+                    })?;
+                Some(spawn_writer(Box::new(f)))
+            }
+        };
+        Ok(FlowLog {
+            ring: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            capacity,
+            counters: FlowCounters::default(),
+            tx,
+        })
+    }
+
+    pub fn record(&self, rec: FlowRecord) {
+        self.counters.seen.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = &self.tx
+            && tx.try_send(rec.clone()).is_err()
+        {
+            self.counters.lost.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() >= self.capacity {
+            ring.pop_front();
+        }
+        ring.push_back(rec);
+    }
+
+    /// The most recent `n` records, oldest first.
+    pub fn last(&self, n: usize) -> Vec<FlowRecord> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.iter()
+            .skip(ring.len().saturating_sub(n))
+            .cloned()
+            .collect()
+    }
+}
+
+fn spawn_writer(mut out: Box<dyn Write + Send>) -> mpsc::Sender<FlowRecord> {
+    let (tx, mut rx) = mpsc::channel::<FlowRecord>(8192);
+    // A blocking thread: file and stdout writes are blocking syscalls and must not stall the reactor.
+    std::thread::Builder::new()
+        .name("flow-writer".into())
+        .spawn(move || {
+            while let Some(rec) = rx.blocking_recv() {
+                let mut line = serde_json::to_vec(&rec).unwrap_or_default();
+                line.push(b'\n');
+                let _ = out.write_all(&line);
+                // Drain what is queued before flushing, so bursts cost one flush.
+                while let Ok(rec) = rx.try_recv() {
+                    let mut line = serde_json::to_vec(&rec).unwrap_or_default();
+                    line.push(b'\n');
+                    let _ = out.write_all(&line);
+                }
+                let _ = out.flush();
+            }
+        })
+        .expect("spawning the flow-writer thread");
+    tx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u16) -> FlowRecord {
+        let a: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+        FlowRecord::new(
+            Verdict::Forwarded,
+            FlowEndpoint::new(a, 256),
+            FlowEndpoint::new(a, i.into()),
+            "HTTP",
+        )
+    }
+
+    #[test]
+    fn ring_is_bounded_and_counts_everything() {
+        let log = FlowLog::new(3, FlowSink::None).unwrap();
+        for i in 0..5 {
+            log.record(rec(i));
+        }
+        let last: Vec<u32> = log
+            .last(10)
+            .iter()
+            .map(|r| r.destination.identity)
+            .collect();
+        assert_eq!(last, vec![2, 3, 4]);
+        assert_eq!(log.counters.seen.load(Ordering::Relaxed), 5);
+        assert_eq!(log.counters.lost.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        let t = UNIX_EPOCH + std::time::Duration::new(1_795_820_000, 5);
+        assert_eq!(rfc3339(t), "2026-11-27T22:53:20.000000005Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn json_uses_contract_field_names() {
+        let mut r = rec(7);
+        r.drop_reason = Some(DropReason::PolicyDenied);
+        r.verdict = Verdict::Dropped;
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["verdict"], "DROPPED");
+        assert_eq!(v["drop_reason"], "POLICY_DENIED");
+        assert_eq!(v["destination"]["identity"], 7);
+        assert_eq!(v["uuid"].as_str().unwrap().len(), 36);
+    }
+}

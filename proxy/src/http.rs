@@ -1,0 +1,661 @@
+//! The HTTP family (HTTP/1.1, h2c, gRPC, WebSocket/Upgrade, CONNECT) as a tower stack per downstream connection:
+//!
+//! `PolicyLayer` (normalize the path, ask the current policy, answer denials, apply header actions, record the
+//! flow) wraps `Forward` (send to the original destination through the marked, pooled upstream client and splice
+//! upgraded connections). The decision itself is pure (`decision.rs`); this module only carries it out.
+//!
+//! Every request is checked against the policy that is current *when the request arrives*: keep-alive and HTTP/2
+//! connections are not grandfathered across a policy reload.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tower::{Layer, Service};
+
+use crate::connection::Proxy;
+use crate::decision::{self, RequestDecision};
+use crate::flow::{DropReason, FlowRecord, HttpInfo, L7Info, Verdict};
+use crate::{grpc, header_actions, request_path};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the proxy sends downstream.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub proxy: Arc<Proxy>,
+    pub client: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+/// The HTTP denial body users of CiliumNetworkPolicy expect.
+pub const ACCESS_DENIED: &str = "Access denied\r\n";
+
+fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+/// `403 Forbidden`, `text/plain`, `Access denied\r\n`; the connection stays open.
+pub fn http_denied() -> Response<ProxyBody> {
+    text_response(StatusCode::FORBIDDEN, ACCESS_DENIED)
+}
+
+fn text_response(status: StatusCode, body: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(full(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp
+}
+
+/// What the proxy answers itself, shaped for the client's protocol: gRPC clients get a gRPC status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalReply {
+    Denied,
+    BadRequest,
+    BadGateway,
+}
+
+/// Pure mapping from a local reply to the response (gRPC: trailers-only with the matching grpc-status).
+pub fn local_reply(kind: LocalReply, is_grpc: bool, detail: &str) -> Response<ProxyBody> {
+    if is_grpc {
+        let (status, msg) = match kind {
+            LocalReply::Denied => (
+                grpc::PERMISSION_DENIED,
+                format!("request denied by policy: {detail}"),
+            ),
+            LocalReply::BadRequest => (
+                grpc::INVALID_ARGUMENT,
+                format!("request refused by proxy: {detail}"),
+            ),
+            LocalReply::BadGateway => {
+                (grpc::UNAVAILABLE, format!("upstream unavailable: {detail}"))
+            }
+        };
+        return grpc::status_response(status, &msg)
+            .map(|b| b.map_err(|never| match never {}).boxed_unsync());
+    }
+    match kind {
+        LocalReply::Denied => http_denied(),
+        LocalReply::BadRequest => text_response(
+            StatusCode::BAD_REQUEST,
+            &format!("Bad request: {detail}\r\n"),
+        ),
+        LocalReply::BadGateway => {
+            text_response(StatusCode::BAD_GATEWAY, "Upstream unavailable\r\n")
+        }
+    }
+}
+
+/// Marks a response the `Forward` service built because the upstream failed (for the flow verdict).
+#[derive(Debug, Clone)]
+struct UpstreamFailed(String);
+
+/// Layer that puts policy enforcement in front of an inner HTTP service.
+#[derive(Debug, Clone)]
+pub struct PolicyLayer {
+    pub ctx: Arc<ConnCtx>,
+}
+
+impl<S> Layer<S> for PolicyLayer {
+    type Service = PolicyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        PolicyService {
+            ctx: self.ctx.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyService<S> {
+    ctx: Arc<ConnCtx>,
+    inner: S,
+}
+
+fn version_label(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+/// The host a request names: the URI authority (HTTP/2 `:authority`, absolute-form) or the Host header.
+fn host_of<B>(req: &Request<B>) -> String {
+    if let Some(a) = req.uri().authority() {
+        return a.as_str().to_string();
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Header pairs for the policy query: names lower-case, repeated headers joined with ", ".
+fn joined_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(headers.keys_len());
+    for name in headers.keys() {
+        let joined = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push((name.as_str().to_string(), joined));
+    }
+    out
+}
+
+/// What policy matches as the path, and what is forwarded: the normalized path (CONNECT: the authority).
+fn policy_target<B>(req: &Request<B>) -> Result<String, request_path::PathError> {
+    if req.method() == Method::CONNECT {
+        return Ok(req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default());
+    }
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if req.method() == Method::OPTIONS && pq == "*" {
+        return Ok("*".to_string());
+    }
+    request_path::normalize(pq)
+}
+
+impl<S> Service<Request<Incoming>> for PolicyService<S>
+where
+    S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let ctx = self.ctx.clone();
+        // The ready clone goes into the future; `self.inner` stays for the next request (tower's clone idiom).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let start = Instant::now();
+            let is_grpc = grpc::is_grpc(req.version(), req.headers());
+            let snapshot = ctx.proxy.policy.current();
+            let mut rec = FlowRecord::new(
+                Verdict::Forwarded,
+                decision::flow_endpoint(&snapshot, ctx.client),
+                decision::flow_endpoint(&snapshot, ctx.dst),
+                if is_grpc { "gRPC" } else { "HTTP" },
+            );
+            let mut info = HttpInfo {
+                method: req.method().as_str().to_string(),
+                url: String::new(),
+                code: 0,
+                protocol: version_label(req.version()).to_string(),
+                ..Default::default()
+            };
+            let host = host_of(&req);
+            let target = policy_target(&req);
+            info.url = format!(
+                "http://{host}{}",
+                target.as_deref().unwrap_or_else(|_| req.uri().path())
+            );
+
+            let resp = match target {
+                Err(e) => {
+                    rec.verdict = Verdict::Dropped;
+                    rec.drop_reason = Some(DropReason::InvalidRequest);
+                    rec.policy = e.to_string();
+                    local_reply(LocalReply::BadRequest, is_grpc, &e.to_string())
+                }
+                Ok(path) => {
+                    let headers = joined_headers(req.headers());
+                    let header_refs: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    let d = decision::decide_request(
+                        &snapshot,
+                        ctx.client,
+                        ctx.dst,
+                        req.method().as_str(),
+                        &path,
+                        &host,
+                        &header_refs,
+                    );
+                    rec.traffic_direction = d.direction();
+                    match d {
+                        RequestDecision::Deny {
+                            reason,
+                            drop_reason,
+                            ..
+                        } => {
+                            rec.verdict = Verdict::Dropped;
+                            rec.drop_reason = Some(drop_reason);
+                            rec.policy = reason;
+                            local_reply(LocalReply::Denied, is_grpc, &rec.policy)
+                        }
+                        RequestDecision::Forward {
+                            reason,
+                            header_actions: actions,
+                            ..
+                        } => {
+                            rec.policy = reason;
+                            match header_actions::apply(req.headers_mut(), &actions) {
+                                Err(e) => {
+                                    // Fail closed: a policy that asked for a header change we cannot make.
+                                    rec.verdict = Verdict::Error;
+                                    rec.drop_reason = Some(DropReason::InvalidRequest);
+                                    rec.policy = format!("{}; {e}", rec.policy);
+                                    local_reply(LocalReply::Denied, is_grpc, &e.to_string())
+                                }
+                                Ok(logged) => {
+                                    info.headers = logged;
+                                    if let Err(e) =
+                                        set_upstream_uri(&mut req, &host, &path, ctx.dst)
+                                    {
+                                        rec.verdict = Verdict::Dropped;
+                                        rec.drop_reason = Some(DropReason::InvalidRequest);
+                                        rec.policy = e;
+                                        local_reply(LocalReply::BadRequest, is_grpc, &rec.policy)
+                                    } else {
+                                        let Ok(resp) = inner.call(req).await;
+                                        if let Some(UpstreamFailed(e)) =
+                                            resp.extensions().get::<UpstreamFailed>()
+                                        {
+                                            rec.verdict = Verdict::Error;
+                                            rec.drop_reason = Some(DropReason::UpstreamError);
+                                            rec.policy = format!("{}; upstream: {e}", rec.policy);
+                                        }
+                                        resp
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            info.code = resp.status().as_u16();
+            if is_grpc {
+                info.grpc_status = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+            }
+            rec.l7 = Some(L7Info { http: Some(info) });
+            rec.latency_ns = start.elapsed().as_nanos() as u64;
+            ctx.proxy.flows.record(rec);
+            Ok(resp)
+        })
+    }
+}
+
+/// Points the request at the original destination: absolute URI (hyper's client needs one) with the client's own
+/// authority (so Host / `:authority` reach the server unchanged) and the *normalized* path.
+fn set_upstream_uri<B>(
+    req: &mut Request<B>,
+    host: &str,
+    path: &str,
+    dst: SocketAddr,
+) -> Result<(), String> {
+    if req.method() == Method::CONNECT {
+        return Ok(());
+    }
+    let authority = if host.is_empty() {
+        dst.to_string()
+    } else {
+        host.to_string()
+    };
+    let path = if path == "*" { "/" } else { path };
+    let uri: Uri = format!("http://{authority}{path}")
+        .parse()
+        .or_else(|_| format!("http://{dst}{path}").parse())
+        .map_err(|e| {
+            format!("cannot build the upstream URI from host {host:?} and path {path:?}: {e}")
+        })?;
+    *req.uri_mut() = uri;
+    Ok(())
+}
+
+/// Hop-by-hop headers a proxy must not forward (RFC 9110 section 7.6.1), plus those named in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(&name);
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "trailer",
+        "http2-settings",
+    ] {
+        headers.remove(name);
+    }
+    if let Some(te) = headers.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        headers.remove(header::TE);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// HTTP/1.1 `Upgrade` other than `h2c`. An h2c upgrade is declined (the request is served as HTTP/1.1, which RFC
+/// 9113 allows), because splicing an upgraded h2c connection would let its later requests bypass the per-request
+/// policy checks.
+fn wants_upgrade<B>(req: &Request<B>) -> bool {
+    if req.version() != Version::HTTP_11 {
+        return false;
+    }
+    let connection_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    let proto = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    connection_upgrade && !proto.is_empty() && !proto.trim().eq_ignore_ascii_case("h2c")
+}
+
+/// Sends allowed requests to the original destination.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    pub ctx: Arc<ConnCtx>,
+}
+
+impl Service<Request<Incoming>> for Forward {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let is_grpc = grpc::is_grpc(req.version(), req.headers());
+            let is_connect = req.method() == Method::CONNECT;
+            let upgrade = is_connect || wants_upgrade(&req);
+            let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            let http2 = req.version() == Version::HTTP_2;
+            strip_hop_by_hop(req.headers_mut(), upgrade && !is_connect);
+            *req.version_mut() = if http2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            let client = ctx.proxy.upstream.client(ctx.dst, http2);
+            match client.request(req).await {
+                Ok(mut resp) => {
+                    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        || (is_connect && resp.status().is_success());
+                    if let (Some(down), true) = (downstream_upgrade, switched) {
+                        let up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(async move {
+                            match tokio::try_join!(down, up) {
+                                Ok((d, u)) => {
+                                    let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                                    let _ = crate::tcp::splice(&mut d, &mut u).await;
+                                }
+                                Err(e) => tracing::debug!("upgrade did not complete: {e}"),
+                            }
+                        });
+                    } else {
+                        strip_hop_by_hop(resp.headers_mut(), false);
+                    }
+                    Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+                }
+                Err(e) => {
+                    let detail = error_chain(&e);
+                    tracing::debug!(dst = %ctx.dst, "upstream request failed: {detail}");
+                    let mut resp = local_reply(LocalReply::BadGateway, is_grpc, &detail);
+                    resp.extensions_mut().insert(UpstreamFailed(detail));
+                    Ok(resp)
+                }
+            }
+        })
+    }
+}
+
+/// `a: b: c` from an error and its sources.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+/// A response body that is empty, for callers that need one (e.g. connection-level 503).
+pub fn empty_response(status: StatusCode) -> Response<ProxyBody> {
+    let mut r = Response::new(empty());
+    *r.status_mut() = status;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(resp: Response<ProxyBody>) -> Bytes {
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn http_denial_is_403_text_access_denied() {
+        let resp = local_reply(LocalReply::Denied, false, "no rule");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(resp.headers()["content-type"], "text/plain");
+        assert_eq!(body_of(resp).await, "Access denied\r\n");
+    }
+
+    #[tokio::test]
+    async fn grpc_denial_is_trailers_only_permission_denied() {
+        let resp = local_reply(LocalReply::Denied, true, "no rule matched");
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "7");
+        assert!(
+            resp.headers()["grpc-message"]
+                .to_str()
+                .unwrap()
+                .contains("no rule matched")
+        );
+        use http_body::Body;
+        assert!(resp.body().is_end_stream());
+    }
+
+    #[test]
+    fn grpc_bad_request_and_bad_gateway_map_to_grpc_codes() {
+        assert_eq!(
+            local_reply(LocalReply::BadRequest, true, "x").headers()["grpc-status"],
+            "3"
+        );
+        assert_eq!(
+            local_reply(LocalReply::BadGateway, true, "x").headers()["grpc-status"],
+            "14"
+        );
+        assert_eq!(
+            local_reply(LocalReply::BadRequest, false, "x").status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            local_reply(LocalReply::BadGateway, false, "x").status(),
+            StatusCode::BAD_GATEWAY
+        );
+    }
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn policy_target_is_the_normalized_path() {
+        assert_eq!(
+            policy_target(&req("GET", "/api/v1/../admin?x=1", &[])).unwrap(),
+            "/api/admin?x=1"
+        );
+        assert_eq!(
+            policy_target(&req("GET", "http://h/%2e%2e//admin", &[])).unwrap(),
+            "/admin"
+        );
+        assert!(policy_target(&req("GET", "/a%2Fb", &[])).is_err());
+        assert_eq!(
+            policy_target(&req("CONNECT", "example.com:443", &[])).unwrap(),
+            "example.com:443"
+        );
+        assert_eq!(policy_target(&req("OPTIONS", "*", &[])).unwrap(), "*");
+    }
+
+    #[test]
+    fn upstream_uri_keeps_host_and_uses_normalized_path() {
+        let dst: SocketAddr = "10.0.1.20:8080".parse().unwrap();
+        let mut r = req("GET", "/api/v1/../admin", &[("host", "api")]);
+        set_upstream_uri(&mut r, "api", "/api/admin", dst).unwrap();
+        assert_eq!(r.uri().to_string(), "http://api/api/admin");
+        let mut r = req("GET", "/x", &[]);
+        set_upstream_uri(&mut r, "", "/x", dst).unwrap();
+        assert_eq!(r.uri().to_string(), "http://10.0.1.20:8080/x");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = req(
+            "GET",
+            "/",
+            &[
+                ("connection", "keep-alive, x-secret-hop"),
+                ("x-secret-hop", "1"),
+                ("keep-alive", "5"),
+                ("te", "gzip"),
+                ("x-end", "1"),
+            ],
+        )
+        .headers()
+        .clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            vec!["x-end"]
+        );
+        let mut h = req(
+            "GET",
+            "/",
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("te", "trailers"),
+            ],
+        )
+        .headers()
+        .clone();
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrades_except_h2c_are_tunnelled() {
+        assert!(wants_upgrade(&req(
+            "GET",
+            "/",
+            &[
+                ("connection", "keep-alive, Upgrade"),
+                ("upgrade", "websocket")
+            ]
+        )));
+        assert!(!wants_upgrade(&req(
+            "GET",
+            "/",
+            &[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c")
+            ]
+        )));
+        assert!(!wants_upgrade(&req(
+            "GET",
+            "/",
+            &[("upgrade", "websocket")]
+        )));
+    }
+
+    #[test]
+    fn headers_for_policy_are_joined_per_name() {
+        let r = req("GET", "/", &[("X-A", "1"), ("x-a", "2"), ("b", "3")]);
+        let mut j = joined_headers(r.headers());
+        j.sort();
+        assert_eq!(
+            j,
+            vec![
+                ("b".to_string(), "3".to_string()),
+                ("x-a".to_string(), "1, 2".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,48 @@
+//! Resource limits with the defaults users expect from a production HTTP proxy. Exceeding one answers with the
+//! protocol's own error (431, 400, 408, 503, GOAWAY/RST_STREAM) and a flow record; never a panic.
+
+use std::time::Duration;
+
+/// Per-process limits. Every field has a `--flag` on `tollgate run`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head (request line + headers) in bytes; HTTP/1 answers 431 beyond it, HTTP/2 refuses the
+    /// stream (hyper sends 431 for an oversized header list).
+    pub max_header_bytes: usize,
+    /// Most header fields in one HTTP/1 request; 431 beyond it.
+    pub max_headers: usize,
+    /// Time a client has to send a complete HTTP/1 request head after connecting or after the previous response.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes in either direction for this long is closed (gracefully for HTTP).
+    pub idle_timeout: Duration,
+    /// Concurrent downstream connections; beyond it an HTTP port answers 503 and closes, others are closed.
+    pub max_connections: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
+    pub h2_max_concurrent_streams: u32,
+    /// Time to connect to the original destination.
+    pub connect_timeout: Duration,
+    /// How long in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 16_384,
+            h2_max_concurrent_streams: 256,
+            connect_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// hyper's HTTP/1 read buffer must hold one full head; it refuses values below 8 KiB.
+    pub fn h1_max_buf_size(&self) -> usize {
+        self.max_header_bytes.max(8192)
+    }
+}

@@ -1,0 +1,68 @@
+//! The proxy's listening sockets. In TPROXY mode the socket is `IP_TRANSPARENT`, so the kernel hands it connections
+//! addressed to any IP/port (the original destination stays the accepted socket's local address).
+
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use thiserror::Error;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Error)]
+pub enum ListenerError {
+    #[error("creating the listening socket for {addr}: {source}")]
+    Socket {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "setting IP_TRANSPARENT on {addr}: {source}; TPROXY mode needs CAP_NET_ADMIN (run as root) — or use \
+         --redirect so-original-dst with iptables REDIRECT"
+    )]
+    Transparent {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "binding {addr}: {source}; is another tollgate (or something else) already listening there?"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Binds a non-blocking listener on `addr`; `transparent` sets `IP_TRANSPARENT` (for TPROXY).
+pub fn bind(
+    addr: SocketAddr,
+    transparent: bool,
+    backlog: i32,
+) -> Result<TcpListener, ListenerError> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))
+        .map_err(|source| ListenerError::Socket { addr, source })?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|source| ListenerError::Socket { addr, source })?;
+    if transparent {
+        let r = if addr.is_ipv4() {
+            socket.set_ip_transparent_v4(true)
+        } else {
+            socket.set_ip_transparent_v6(true)
+        };
+        r.map_err(|source| ListenerError::Transparent { addr, source })?;
+    }
+    socket
+        .set_tcp_nodelay(true)
+        .map_err(|source| ListenerError::Socket { addr, source })?;
+    socket
+        .bind(&addr.into())
+        .map_err(|source| ListenerError::Bind { addr, source })?;
+    socket
+        .listen(backlog)
+        .map_err(|source| ListenerError::Bind { addr, source })?;
+    TcpListener::from_std(socket.into()).map_err(|source| ListenerError::Socket { addr, source })
+}

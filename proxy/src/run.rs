@@ -1,0 +1,106 @@
+//! `tollgate run`: assembles the daemon (policy source + watcher, flow log, upstream pool, listener) and runs the
+//! accept loop until SIGTERM/SIGINT, then drains: stop accepting, let in-flight requests finish (HTTP connections
+//! get a graceful shutdown / GOAWAY) for up to `Limits::shutdown_grace`, then exit.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RedirectMode, RunArgs};
+use crate::connection::{self, Proxy};
+use crate::flow::FlowLog;
+use crate::listener;
+use crate::original_dst::{OriginalDst, SoOriginalDst, Tproxy};
+use crate::policy_source::PolicySource;
+use crate::upstream::UpstreamPool;
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let limits = args.limits()?;
+    let policy = Arc::new(
+        PolicySource::load(&args.policy, &args.endpoints).with_context(|| {
+            format!(
+                "loading policy {} with endpoints {}",
+                args.policy.display(),
+                args.endpoints.display()
+            )
+        })?,
+    );
+    let _watch = policy
+        .watch(args.recheck()?)
+        .with_context(|| format!("watching {} for policy updates", args.policy.display()))?;
+    let flows = Arc::new(FlowLog::new(args.flow_ring, args.flow_sink())?);
+    let original_dst: Box<dyn OriginalDst> = match args.redirect {
+        RedirectMode::Tproxy => Box::new(Tproxy {
+            listen: args.listen,
+        }),
+        RedirectMode::SoOriginalDst => Box::new(SoOriginalDst),
+    };
+    let listener = listener::bind(args.listen, args.redirect == RedirectMode::Tproxy, 1024)?;
+    let proxy = Arc::new(Proxy {
+        policy: policy.clone(),
+        flows: flows.clone(),
+        upstream: UpstreamPool::new(args.mark, limits.connect_timeout),
+        limits: limits.clone(),
+        original_dst,
+        connections: Arc::new(Semaphore::new(limits.max_connections)),
+    });
+    tracing::info!(
+        listen = %args.listen,
+        redirect = ?args.redirect,
+        mark = format!("{:#x}", args.mark),
+        generation = policy.current().generation,
+        "tollgate proxy ready"
+    );
+
+    let shutdown = CancellationToken::new();
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let permit = proxy.connections.clone().try_acquire_owned().ok();
+                    tokio::spawn(connection::handle(proxy.clone(), stream, peer, permit, shutdown.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the listener stays up.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        "shutting down: draining connections for up to {:?}",
+        limits.shutdown_grace
+    );
+    shutdown.cancel();
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let drained =
+        tokio::time::timeout(limits.shutdown_grace, proxy.connections.acquire_many(all)).await;
+    let seen = flows
+        .counters
+        .seen
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let lost = flows
+        .counters
+        .lost
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if drained.is_err() {
+        tracing::warn!("grace period over with connections still open; closing them");
+    }
+    tracing::info!(
+        flows_seen = seen,
+        flows_lost = lost,
+        "tollgate proxy stopped"
+    );
+    // Give the flow writer a moment to flush what is queued.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Upstream connections: every proxy-originated socket carries the proxy's `SO_MARK` (so the redirect layer never
+//! sends it back to the proxy) and connects to the connection's *original destination*, never to whatever the
+//! request's Host header says.
+//!
+//! Pooling: one hyper `legacy::Client` per (original destination, HTTP version). hyper pools by URI authority, which
+//! is the client-chosen Host; keeping a client per destination means two destinations that share a Host name can
+//! never share a pooled connection, while the request keeps its real Host / `:authority`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The default `SO_MARK` on proxy-originated sockets.
+pub const DEFAULT_MARK: u32 = 0xb00;
+
+/// Opens a TCP connection to `dst` with `SO_MARK = mark` (0 = no mark) and `TCP_NODELAY`.
+pub async fn connect_marked(
+    dst: SocketAddr,
+    mark: u32,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
+    if mark != 0 {
+        socket.set_mark(mark).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "setting SO_MARK {mark:#x} on the upstream socket needs CAP_NET_ADMIN: {e}"
+                ),
+            )
+        })?;
+    }
+    socket.set_tcp_nodelay(true)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    match tokio::time::timeout(timeout, socket.connect(dst)).await {
+        Ok(r) => r.map_err(|e| std::io::Error::new(e.kind(), format!("connecting to {dst}: {e}"))),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connecting to {dst}: timed out after {timeout:?}"),
+        )),
+    }
+}
+
+/// A hyper connector bound to one original destination: ignores the URI's authority (the client's Host) on purpose.
+#[derive(Debug, Clone)]
+pub struct MarkedConnector {
+    pub dst: SocketAddr,
+    pub mark: u32,
+    pub timeout: Duration,
+}
+
+impl tower::Service<Uri> for MarkedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let (dst, mark, timeout) = (self.dst, self.mark, self.timeout);
+        Box::pin(async move { connect_marked(dst, mark, timeout).await.map(TokioIo::new) })
+    }
+}
+
+pub type UpstreamClient = Client<MarkedConnector, Incoming>;
+
+/// Clients per (destination, HTTP/2?), bounded: past `MAX_CLIENTS` destinations the map is cleared (in-flight
+/// requests keep their clone; only idle pooled connections are dropped).
+#[derive(Debug)]
+pub struct UpstreamPool {
+    mark: u32,
+    connect_timeout: Duration,
+    clients: Mutex<HashMap<(SocketAddr, bool), UpstreamClient>>,
+}
+
+const MAX_CLIENTS: usize = 4096;
+
+impl UpstreamPool {
+    pub fn new(mark: u32, connect_timeout: Duration) -> Self {
+        UpstreamPool {
+            mark,
+            connect_timeout,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn mark(&self) -> u32 {
+        self.mark
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The client for `dst`; `http2` selects prior-knowledge HTTP/2 upstream (used when the client speaks h2/gRPC).
+    pub fn client(&self, dst: SocketAddr, http2: bool) -> UpstreamClient {
+        let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = map.get(&(dst, http2)) {
+            return c.clone();
+        }
+        if map.len() >= MAX_CLIENTS {
+            map.clear();
+        }
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        // The client's own Host header must reach the server untouched; hyper only fills it when absent.
+        b.set_host(true);
+        if http2 {
+            b.http2_only(true);
+        }
+        let client = b.build(MarkedConnector {
+            dst,
+            mark: self.mark,
+            timeout: self.connect_timeout,
+        });
+        map.insert((dst, http2), client.clone());
+        client
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connect_marked_reaches_a_listener_without_a_mark() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = connect_marked(l.local_addr().unwrap(), 0, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(s.peer_addr().unwrap(), l.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn marked_sockets_carry_the_mark() {
+        // SO_MARK needs CAP_NET_ADMIN; the test suite runs as root (see tests/).
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = connect_marked(
+            l.local_addr().unwrap(),
+            DEFAULT_MARK,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert_eq!(sock.mark().unwrap(), DEFAULT_MARK);
+    }
+
+    #[tokio::test]
+    async fn connect_errors_name_the_destination() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let err = connect_marked(addr, 0, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+}
