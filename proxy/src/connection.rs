@@ -22,6 +22,7 @@ use crate::http::{ConnCtx, Forward, PolicyLayer};
 use crate::limits::Limits;
 use crate::original_dst::OriginalDst;
 use crate::policy_source::PolicySource;
+use crate::request_framing::FramingGuard;
 use crate::upstream::{UpstreamPool, connect_marked};
 
 /// State shared by every connection of the daemon.
@@ -171,7 +172,8 @@ async fn serve_http(
 ) {
     let limits = proxy.limits.clone();
     let activity = Activity::new();
-    let io = TokioIo::new(Tracked::new(stream, activity.clone()));
+    // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
+    let io = TokioIo::new(FramingGuard::new(Tracked::new(stream, activity.clone()), limits.h1_max_buf_size()));
     let ctx = Arc::new(ConnCtx {
         proxy: proxy.clone(),
         client,

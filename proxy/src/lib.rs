@@ -20,6 +20,7 @@ pub mod original_dst;
 pub mod policy_adapter;
 pub mod policy_cli;
 pub mod policy_source;
+pub mod request_framing;
 pub mod request_path;
 pub mod run;
 pub mod tcp;

@@ -1,0 +1,605 @@
+//! End-to-end: `tollgate run` on a node netns, pods steered to it with iptables TPROXY, real nginx / grpcio
+//! servers and real curl / h2load / grpcio clients. Policies, endpoints and expectations come straight from
+//! ../shared/conformance/{http-basic,grpc-and-defaults}.yaml.
+//!
+//! Needs root, iptables (TPROXY + socket match), nginx, curl, h2load, python3 with grpcio + grpcio-tools.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tollgate_e2e::{ChildGuard, Nginx, Node, Pod, TempDir, conformance_dir, require_root, require_tool, tollgate_bin};
+
+const PROXY_PORT: u16 = 15001;
+
+/// A conformance case file, as JSON.
+struct CaseFile {
+    doc: Value,
+}
+
+impl CaseFile {
+    fn load(name: &str) -> Self {
+        let path = conformance_dir().join(name);
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let doc: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+        CaseFile { doc }
+    }
+
+    /// The `policies:` list as a multi-document YAML file, the way a user would write it.
+    fn policies_yaml(&self) -> String {
+        self.doc["policies"]
+            .as_array()
+            .expect("policies: list")
+            .iter()
+            .map(|p| serde_yaml::to_string(p).unwrap())
+            .collect::<Vec<_>>()
+            .join("---\n")
+    }
+
+    fn endpoints_yaml(&self) -> String {
+        serde_yaml::to_string(&serde_json::json!({ "endpoints": self.doc["endpoints"] })).unwrap()
+    }
+
+    /// `namespace/name` -> (name, ip)
+    fn endpoints(&self) -> BTreeMap<String, (String, String)> {
+        self.doc["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let ns = e["namespace"].as_str().unwrap();
+                let name = e["name"].as_str().unwrap();
+                (format!("{ns}/{name}"), (name.to_string(), e["ip"].as_str().unwrap().to_string()))
+            })
+            .collect()
+    }
+
+    fn cases(&self) -> Vec<Value> {
+        self.doc["cases"].as_array().unwrap().clone()
+    }
+}
+
+/// A node with one pod per conformance endpoint, tollgate running in the node netns and TPROXY steering every pod
+/// TCP connection to it.
+struct Cluster {
+    // Drop order: proxy first, then pods, then the node.
+    proxy: Option<ChildGuard>,
+    pods: BTreeMap<String, Pod>,
+    node: Node,
+    dir: TempDir,
+}
+
+impl Cluster {
+    fn new(tag: &str, case: &CaseFile) -> Self {
+        require_root();
+        require_tool("iptables");
+        let mut node = Node::new(tag).unwrap();
+        let mut pods = BTreeMap::new();
+        for (key, (name, ip)) in case.endpoints() {
+            pods.insert(key, node.add_pod(&name, &ip).unwrap());
+        }
+        let dir = TempDir::new(tag).unwrap();
+        dir.write("policy.yaml", &case.policies_yaml()).unwrap();
+        dir.write("endpoints.yaml", &case.endpoints_yaml()).unwrap();
+        // TPROXY in the node netns: packets of sockets the node already has (accepted transparent sockets, the
+        // proxy's own upstream sockets) are marked for local delivery and accepted; every other pod TCP packet is
+        // diverted to the proxy's IP_TRANSPARENT listener.
+        node.netns
+            .sh(&format!(
+                "set -e
+                 iptables -t mangle -N TG_DIVERT
+                 iptables -t mangle -A TG_DIVERT -j MARK --set-mark 0x1/0x1
+                 iptables -t mangle -A TG_DIVERT -j ACCEPT
+                 iptables -t mangle -A PREROUTING -p tcp -m socket -j TG_DIVERT
+                 iptables -t mangle -A PREROUTING -p tcp -j TPROXY --on-port {PROXY_PORT} --tproxy-mark 0x1/0x1
+                 ip rule add fwmark 0x1/0x1 lookup 100
+                 ip route add local 0.0.0.0/0 dev lo table 100"
+            ))
+            .unwrap();
+        let mut c = Cluster { proxy: None, pods, node, dir };
+        c.start_proxy();
+        c
+    }
+
+    fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.yaml")
+    }
+
+    fn flow_path(&self) -> PathBuf {
+        self.dir.path().join("flows.jsonl")
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("tollgate.stderr")
+    }
+
+    fn start_proxy(&mut self) {
+        let stderr = fs::File::create(self.stderr_path()).unwrap();
+        let mut cmd = self.node.command(tollgate_bin());
+        cmd.args(["run", "--listen", &format!("0.0.0.0:{PROXY_PORT}"), "--recheck-secs", "1"])
+            .arg("--policy")
+            .arg(self.policy_path())
+            .arg("--endpoints")
+            .arg(self.dir.path().join("endpoints.yaml"))
+            .arg("--flow-log")
+            .arg(self.flow_path())
+            .env("TOLLGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let mut proxy = ChildGuard::spawn(&mut cmd).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.stderr().contains("tollgate proxy ready") {
+            if let Ok(Some(status)) = proxy.child_mut().try_wait() {
+                panic!("tollgate exited with {status}: {}", self.stderr());
+            }
+            assert!(Instant::now() < deadline, "tollgate did not become ready: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.proxy = Some(proxy);
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    fn pod(&self, key: &str) -> &Pod {
+        self.pods.get(key).unwrap_or_else(|| panic!("no pod {key}"))
+    }
+
+    fn flows(&self) -> Vec<Value> {
+        fs::read_to_string(self.flow_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad flow line {l}: {e}")))
+            .collect()
+    }
+
+    /// Waits until a flow matching `pred` has been written after the first `after` records (the writer is
+    /// asynchronous).
+    fn wait_flow(&self, after: usize, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(f) = self.flows().into_iter().skip(after).find(|f| pred(f)) {
+                return f;
+            }
+            assert!(Instant::now() < deadline, "no flow record for {what}; flows: {:#?}", self.flows());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn assert_proxy_running(&mut self) {
+        let err = self.stderr();
+        self.proxy.as_mut().expect("proxy").assert_running().unwrap_or_else(|e| panic!("{e}\n{err}"));
+    }
+}
+
+fn curl(pod: &Pod, args: &[&str]) -> Output {
+    let curl = require_tool("curl");
+    pod.command(curl).args(["-sS", "--max-time", "5", "-o", "/dev/stderr", "-w", "%{http_code}"]).args(args).output().unwrap()
+}
+
+/// HTTP status from a curl run (`None` when no response arrived, e.g. connection reset by a L3/L4 deny).
+fn status_of(out: &Output) -> Option<u16> {
+    let code: u16 = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    (code != 0).then_some(code)
+}
+
+fn http_case_args(case: &Value, ip: &str, port: u64, mode: &str) -> Vec<String> {
+    let http = &case["http"];
+    let mut args = vec![mode.to_string(), "-X".into(), http["method"].as_str().unwrap().into()];
+    if let Some(h) = http["headers"].as_object() {
+        for (k, v) in h {
+            args.push("-H".into());
+            args.push(format!("{k}: {}", v.as_str().unwrap()));
+        }
+    }
+    args.push(format!("http://{ip}:{port}{}", http["path"].as_str().unwrap()));
+    args
+}
+
+fn src_pod_of(f: &Value) -> String {
+    format!("{}/{}", f["source"]["namespace"].as_str().unwrap_or(""), f["source"]["pod"].as_str().unwrap_or(""))
+}
+
+/// Replays every http-basic case with real curl in one HTTP mode, nginx serving that protocol on the case port.
+fn replay_http_basic(mode: &str) {
+    let case_file = CaseFile::load("http-basic.yaml");
+    let mut cluster = Cluster::new("httpb", &case_file);
+    let endpoints = case_file.endpoints();
+    let h2 = mode == "--http2-prior-knowledge";
+    // nginx on every pod that is a case target, serving the case port in the client's protocol.
+    let mut servers = Vec::new();
+    let targets: std::collections::BTreeSet<String> =
+        case_file.cases().iter().map(|c| c["to"].as_str().unwrap().to_string()).collect();
+    for t in &targets {
+        let pod = cluster.pod(t);
+        servers.push(if h2 { Nginx::start(pod, 18080, 8080).unwrap() } else { Nginx::start(pod, 8080, 18081).unwrap() });
+    }
+    let mut failures = Vec::new();
+    for (i, case) in case_file.cases().iter().enumerate() {
+        let from = case["from"].as_str().unwrap();
+        let to = case["to"].as_str().unwrap();
+        let port = case["port"].as_u64().unwrap();
+        let expect_allow = case["expect"] == "allow";
+        let (_, to_ip) = &endpoints[to];
+        let client = cluster.pod(from);
+        let args: Vec<String> = if case["http"].is_object() {
+            http_case_args(case, to_ip, port, mode)
+        } else {
+            vec![mode.to_string(), format!("http://{to_ip}:{port}/l4-probe-{i}")]
+        };
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let before = cluster.flows().len();
+        let out = curl(client, &arg_refs);
+        let status = status_of(&out);
+        let desc = format!("case {i} {from} -> {to}:{port} {} ({mode})", case["http"]);
+        // The matching flow record: same source pod and destination port, newest.
+        let flow = cluster.wait_flow(before, &desc, |f| {
+            src_pod_of(f) == from && f["destination"]["port"].as_u64() == Some(port) && f["destination"]["ip"] == to_ip.as_str()
+        });
+        let verdict = flow["verdict"].as_str().unwrap_or("");
+        let l7 = flow["l7"]["http"].is_object();
+        let ok = if expect_allow {
+            status == Some(200) && verdict == "FORWARDED"
+        } else if l7 {
+            status == Some(403) && verdict == "DROPPED" && flow["l7"]["http"]["code"] == 403
+        } else {
+            // Denied at L3/L4: the connection is reset, no HTTP response at all.
+            status.is_none() && verdict == "DROPPED"
+        };
+        if !ok {
+            failures.push(format!("{desc}: expected {}, curl status {status:?} ({}), flow {flow}", case["expect"], String::from_utf8_lossy(&out.stderr)));
+        }
+        if case["http"].is_object() && l7 {
+            let url = flow["l7"]["http"]["url"].as_str().unwrap_or("");
+            assert!(url.ends_with(case["http"]["path"].as_str().unwrap()), "{desc}: flow url {url}");
+            assert_eq!(flow["l7"]["http"]["protocol"], if h2 { "HTTP/2" } else { "HTTP/1.1" }, "{desc}");
+            assert!(!flow["policy"].as_str().unwrap_or("").is_empty(), "{desc}: flow names no rule/policy: {flow}");
+        }
+    }
+    cluster.assert_proxy_running();
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), case_file.cases().len(), failures.join("\n"));
+}
+
+#[test]
+fn http_basic_cases_over_http1() {
+    replay_http_basic("--http1.1");
+}
+
+#[test]
+fn http_basic_cases_over_h2c_prior_knowledge() {
+    replay_http_basic("--http2-prior-knowledge");
+}
+
+const GRPC_PROTO: &str = r#"syntax = "proto3";
+package shop;
+service Catalog {
+  rpc GetItem (Item) returns (Item);
+  rpc ListItem (Item) returns (Item);
+  rpc DeleteItem (Item) returns (Item);
+}
+message Item { string id = 1; }
+"#;
+
+const GRPC_SERVER: &str = r#"
+import sys, grpc
+from concurrent import futures
+sys.path.insert(0, sys.argv[1])
+import shop_pb2, shop_pb2_grpc
+class Catalog(shop_pb2_grpc.CatalogServicer):
+    def GetItem(self, req, ctx): return shop_pb2.Item(id="got " + req.id)
+    def ListItem(self, req, ctx): return shop_pb2.Item(id="listed " + req.id)
+    def DeleteItem(self, req, ctx): return shop_pb2.Item(id="deleted " + req.id)
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+shop_pb2_grpc.add_CatalogServicer_to_server(Catalog(), server)
+server.add_insecure_port(sys.argv[2])
+server.start()
+server.wait_for_termination()
+"#;
+
+/// Prints `OK <reply>` or `ERR <status code number> <details>`.
+const GRPC_CLIENT: &str = r#"
+import sys, grpc
+sys.path.insert(0, sys.argv[1])
+import shop_pb2, shop_pb2_grpc
+ch = grpc.insecure_channel(sys.argv[2])
+stub = shop_pb2_grpc.CatalogStub(ch)
+try:
+    r = getattr(stub, sys.argv[3])(shop_pb2.Item(id="x1"), timeout=5)
+    print("OK", r.id)
+except grpc.RpcError as e:
+    print("ERR", e.code().value[0], e.details())
+"#;
+
+fn python_with_grpc() -> PathBuf {
+    let py = require_tool("python3");
+    let ok = Command::new(&py).args(["-c", "import grpc, grpc_tools"]).status().map(|s| s.success()).unwrap_or(false);
+    assert!(ok, "this test needs python3 with grpcio and grpcio-tools: run `sudo ./dev setup` (it pip-installs them)");
+    py
+}
+
+fn generate_grpc(dir: &Path, py: &Path) {
+    fs::write(dir.join("shop.proto"), GRPC_PROTO).unwrap();
+    fs::write(dir.join("server.py"), GRPC_SERVER).unwrap();
+    fs::write(dir.join("client.py"), GRPC_CLIENT).unwrap();
+    let out = Command::new(py)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(dir)
+        .arg(format!("--python_out={}", dir.display()))
+        .arg(format!("--grpc_python_out={}", dir.display()))
+        .arg(dir.join("shop.proto"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "grpc_tools.protoc failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn grpc_and_defaults_cases_with_real_grpc() {
+    let py = python_with_grpc();
+    let case_file = CaseFile::load("grpc-and-defaults.yaml");
+    let mut cluster = Cluster::new("grpc", &case_file);
+    let endpoints = case_file.endpoints();
+    let gdir = TempDir::new("grpcgen").unwrap();
+    generate_grpc(gdir.path(), &py);
+    let mut servers = Vec::new();
+    let mut nginxes = Vec::new();
+    for case in case_file.cases() {
+        let to = case["to"].as_str().unwrap();
+        let port = case["port"].as_u64().unwrap() as u16;
+        let pod = cluster.pod(to);
+        let addr = SocketAddr::new(pod.ip, port);
+        if case["grpc"].is_object() || port == 50051 {
+            if servers.iter().any(|(a, _)| *a == addr) {
+                continue;
+            }
+            let mut cmd = pod.command(&py);
+            cmd.arg(gdir.path().join("server.py")).arg(gdir.path()).arg(format!("0.0.0.0:{port}")).stdout(Stdio::null()).stderr(Stdio::null());
+            servers.push((addr, ChildGuard::spawn(&mut cmd).unwrap()));
+            pod.netns.wait_for_tcp(addr, Duration::from_secs(15)).unwrap();
+        } else if !nginxes.iter().any(|(a, _)| *a == addr) {
+            nginxes.push((addr, Nginx::start(pod, port, port + 10000).unwrap()));
+        }
+    }
+    let mut failures = Vec::new();
+    for (i, case) in case_file.cases().iter().enumerate() {
+        let from = case["from"].as_str().unwrap();
+        let to = case["to"].as_str().unwrap();
+        let port = case["port"].as_u64().unwrap();
+        let (_, to_ip) = &endpoints[to];
+        let expect_allow = case["expect"] == "allow";
+        let client = cluster.pod(from);
+        let desc = format!("case {i} {from} -> {to}:{port} {}", case["grpc"]);
+        let before = cluster.flows().len();
+        if let Some(g) = case["grpc"].as_object() {
+            let method = g["method"].as_str().unwrap();
+            let out = client
+                .command(&py)
+                .arg(gdir.path().join("client.py"))
+                .arg(gdir.path())
+                .arg(format!("{to_ip}:{port}"))
+                .arg(method)
+                .output()
+                .unwrap();
+            let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let path = format!("/{}/{method}", g["service"].as_str().unwrap());
+            let flow = cluster.wait_flow(before, &desc, |f| f["l7"]["http"]["url"].as_str().is_some_and(|u| u.ends_with(&path)));
+            let ok = if expect_allow {
+                line.starts_with("OK ") && flow["verdict"] == "FORWARDED" && flow["protocol"] == "gRPC"
+            } else {
+                line.starts_with("ERR 7 ") && flow["verdict"] == "DROPPED" && flow["l7"]["http"]["grpc_status"] == 7
+            };
+            if !ok {
+                failures.push(format!("{desc}: client said {line:?} ({}), flow {flow}", String::from_utf8_lossy(&out.stderr)));
+            }
+        } else {
+            // Connection-level case: a gRPC client for the gRPC port, curl for the rest.
+            let (answered, line) = if port == 50051 {
+                let out = client
+                    .command(&py)
+                    .arg(gdir.path().join("client.py"))
+                    .arg(gdir.path())
+                    .arg(format!("{to_ip}:{port}"))
+                    .arg("GetItem")
+                    .output()
+                    .unwrap();
+                let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                (line.starts_with("OK "), line)
+            } else {
+                let out = curl(client, &["--http1.1", &format!("http://{to_ip}:{port}/probe-{i}")]);
+                (status_of(&out) == Some(200), format!("{:?}", status_of(&out)))
+            };
+            let flow = cluster.wait_flow(before, &desc, |f| {
+                src_pod_of(f) == from && f["destination"]["port"].as_u64() == Some(port) && f["destination"]["ip"] == to_ip.as_str()
+            });
+            let ok = if expect_allow {
+                answered && flow["verdict"] == "FORWARDED"
+            } else {
+                !answered && flow["verdict"] == "DROPPED" && flow["l7"].is_null()
+            };
+            if !ok {
+                failures.push(format!("{desc}: got {line}, flow {flow}"));
+            }
+        }
+    }
+    cluster.assert_proxy_running();
+    assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Runs a shell snippet in a pod and returns stdout (exit status ignored: error responses are the point).
+fn pod_sh(pod: &Pod, script: &str) -> String {
+    let out = pod.command("bash").args(["-c", script]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sends raw bytes on one TCP connection and returns everything the proxy answered before closing (3 s max).
+fn raw_http(pod: &Pod, ip: &str, port: u16, request: &str) -> String {
+    let py = require_tool("python3");
+    let script = r#"
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.sendall(sys.argv[3].encode().decode('unicode_escape').encode('latin-1'))
+data = b''
+try:
+    while True:
+        chunk = s.recv(65536)
+        if not chunk: break
+        data += chunk
+except Exception:
+    pass
+sys.stdout.write(data.decode('latin-1'))
+"#;
+    let out = pod.command(py).args(["-c", script, ip, &port.to_string(), request]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
+    let case_file = CaseFile::load("http-basic.yaml");
+    let mut cluster = Cluster::new("hostile", &case_file);
+    let api = "prod/api";
+    let nginx = Nginx::start(cluster.pod(api), 8080, 18081).unwrap();
+    let client = cluster.pod("prod/frontend");
+    let base = "http://10.0.1.20:8080";
+
+    // Oversized header block: 431.
+    let big = format!("X-Big: {}", "a".repeat(70 * 1024));
+    let out = curl(client, &["--http1.1", "-H", &big, &format!("{base}/api/v1/users")]);
+    assert_eq!(status_of(&out), Some(431), "oversized headers: {}", String::from_utf8_lossy(&out.stderr));
+    // Too many header fields: 431.
+    let mut args: Vec<String> = vec!["--http1.1".into()];
+    for i in 0..120 {
+        args.push("-H".into());
+        args.push(format!("X-H{i}: v"));
+    }
+    args.push(format!("{base}/api/v1/users"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(status_of(&curl(client, &refs)), Some(431), "too many headers");
+
+    // Malformed request line: 400.
+    let resp = raw_http(client, "10.0.1.20", 8080, "GARBAGE\\r\\n\\r\\n");
+    assert!(resp.starts_with("HTTP/1.1 400"), "malformed request line got {resp:?}");
+
+    // Transfer-Encoding + Content-Length (a smuggling attempt hiding GET /admin): 400, nothing forwarded.
+    let smuggle = "POST /api/v1/orders HTTP/1.1\\r\\nHost: api\\r\\nContent-Type: application/json\\r\\n\
+                   Content-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /admin HTTP/1.1\\r\\nHost: api\\r\\n\\r\\n";
+    let resp = raw_http(client, "10.0.1.20", 8080, smuggle);
+    assert!(resp.starts_with("HTTP/1.1 400"), "TE+CL got {resp:?}");
+    assert_eq!(resp.matches("HTTP/1.1").count(), 1, "the smuggled request must not be answered: {resp:?}");
+
+    // Path tricks: each spelling of a path outside /api/v1/ is denied (or refused), never served.
+    for (path, want) in [
+        ("/api/v1/../admin", 403),
+        ("/api/v1/../../admin", 403),
+        ("/api/v1/%2e%2e/%2e%2e/admin", 403),
+        ("/api/v1/%2E%2E/%2E%2E/admin", 403),
+        ("//admin", 403),
+        ("/api/v1/..%2F..%2Fadmin", 400),
+        ("/api/v1/%2e%2e%2fadmin", 400),
+        ("/api/v1/..\\..\\admin", 400),
+    ] {
+        let out = curl(client, &["--http1.1", "--path-as-is", &format!("{base}{path}")]);
+        assert_eq!(status_of(&out), Some(want), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = curl(client, &["--http2-prior-knowledge", "--path-as-is", &format!("http://10.0.1.20:8080{path}")]);
+        // Over h2 the same request is refused the same way (the upstream is HTTP/1-only here, so only denials
+        // can be checked: the request must never be forwarded).
+        assert_eq!(status_of(&out), Some(want), "h2 {path}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // What the server sees is the normalized path that was checked.
+    let out = curl(client, &["--http1.1", "--path-as-is", &format!("{base}/api/v1/./x/../users")]);
+    assert_eq!(status_of(&out), Some(200));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "api GET /api/v1/users\n");
+    let access = fs::read_to_string(nginx.dir.path().join("access.log")).unwrap();
+    assert!(!access.contains("admin"), "a denied path reached the server:\n{access}");
+
+    // The proxy is still up and serving other connections.
+    let out = curl(client, &["--http1.1", &format!("{base}/api/v1/users")]);
+    assert_eq!(status_of(&out), Some(200));
+    assert!(pod_sh(client, "echo ok").contains("ok"));
+    let flows = cluster.flows();
+    for code in [431, 400, 403] {
+        assert!(
+            flows.iter().any(|f| f["verdict"] == "DROPPED" && f["l7"]["http"]["code"] == code),
+            "no DROPPED flow record with code {code}: {flows:#?}"
+        );
+    }
+    cluster.assert_proxy_running();
+}
+
+/// Parses h2load's summary into (done, succeeded-ish 2xx, 4xx, 5xx, errored).
+fn h2load_summary(text: &str) -> (u64, u64, u64, u64, u64) {
+    let num_before = |line: &str, word: &str| -> u64 {
+        let words: Vec<&str> = line.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
+        words.windows(2).find(|w| w[1] == word).and_then(|w| w[0].parse().ok()).unwrap_or(u64::MAX)
+    };
+    let req = text.lines().find(|l| l.starts_with("requests:")).unwrap_or_else(|| panic!("no requests line in {text}"));
+    let codes = text.lines().find(|l| l.starts_with("status codes:")).unwrap_or_else(|| panic!("no status line in {text}"));
+    (num_before(req, "done"), num_before(codes, "2xx"), num_before(codes, "4xx"), num_before(codes, "5xx"), num_before(req, "errored"))
+}
+
+#[test]
+fn hot_reload_under_h2_load_applies_to_open_connections() {
+    let h2load = require_tool("h2load");
+    let case_file = CaseFile::load("http-basic.yaml");
+    let mut cluster = Cluster::new("reload", &case_file);
+    let _nginx = Nginx::start(cluster.pod("prod/api"), 18080, 8080).unwrap();
+    let url = "http://10.0.1.20:8080/api/v1/users";
+    let original = case_file.policies_yaml();
+
+    // 1. An invalid update is rejected with file/document/field and the old policy keeps enforcing.
+    let policy_path = cluster.policy_path();
+    fs::write(&policy_path, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: broken, namespace: prod}\nspec: {endpointSelector: 7}\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.stderr().contains("policy update rejected") {
+        assert!(Instant::now() < deadline, "invalid update not reported: {}", cluster.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = cluster.stderr();
+    let line = err.lines().find(|l| l.contains("policy update rejected")).unwrap();
+    assert!(line.contains(&policy_path.display().to_string()), "error must name the file: {line}");
+    assert!(line.contains("document"), "error must name the document: {line}");
+    let out = curl(cluster.pod("prod/frontend"), &["--http2-prior-knowledge", url]);
+    assert_eq!(status_of(&out), Some(200), "previous policy must keep enforcing");
+    fs::write(&policy_path, &original).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // 2. Under load, switch allow -> deny.
+    let flows_before = cluster.flows().len();
+    let out_path = cluster.dir.path().join("h2load.out");
+    let mut cmd = cluster.pod("prod/frontend").command(&h2load);
+    cmd.args(["-n", "20000", "-c", "4", "-m", "10", url]).stdout(fs::File::create(&out_path).unwrap()).stderr(Stdio::null());
+    let mut load = ChildGuard::spawn(&mut cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.flows().len() < flows_before + 2000 {
+        assert!(Instant::now() < deadline, "h2load made no progress");
+        assert!(load.child_mut().try_wait().unwrap().is_none(), "h2load ended before the switch");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::write(&policy_path, original.replace("/api/v1/.*", "/nothing/.*")).unwrap();
+    let status = loop {
+        if let Some(s) = load.child_mut().try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "h2load did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = fs::read_to_string(&out_path).unwrap();
+    assert!(status.success(), "h2load failed: {text}");
+    let (done, ok, denied, server_err, errored) = h2load_summary(&text);
+    assert_eq!((done, errored, server_err), (20000, 0, 0), "every request answered, none errored: {text}");
+    assert!(ok >= 2000 && denied > 0 && ok + denied == 20000, "allowed then denied: {text}");
+
+    // The flow log shows the switch: only FORWARDED before the first DROPPED, and afterwards at most the requests
+    // that were already in flight (4 connections x 10 streams).
+    let flows: Vec<Value> = cluster.flows().into_iter().skip(flows_before).filter(|f| f["l7"]["http"]["protocol"] == "HTTP/2").collect();
+    assert_eq!(flows.len(), 20000);
+    let first_drop = flows.iter().position(|f| f["verdict"] == "DROPPED").expect("no DROPPED after the switch");
+    assert!(flows[..first_drop].iter().all(|f| f["verdict"] == "FORWARDED"));
+    let late = flows[first_drop..].iter().filter(|f| f["verdict"] == "FORWARDED").count();
+    assert!(late <= 40, "{late} requests allowed after the first denial");
+    assert!(cluster.stderr().contains("policy update applied"));
+    cluster.assert_proxy_running();
+}
