@@ -20,6 +20,7 @@ use crate::decision::{self, ConnectionPlan};
 use crate::flow::{DropReason, FlowEndpoint, FlowLog, FlowRecord, HttpInfo, L7Info, Verdict};
 use crate::http::{ConnCtx, Forward, PolicyLayer};
 use crate::limits::Limits;
+use crate::linger::LingeringStream;
 use crate::original_dst::OriginalDst;
 use crate::policy_source::PolicySource;
 use crate::request_framing::FramingGuard;
@@ -173,7 +174,7 @@ async fn serve_http(
     let limits = proxy.limits.clone();
     let activity = Activity::new();
     // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
-    let io = TokioIo::new(FramingGuard::new(Tracked::new(stream, activity.clone()), limits.h1_max_buf_size()));
+    let io = TokioIo::new(FramingGuard::new(Tracked::new(LingeringStream::new(stream), activity.clone()), limits.h1_max_buf_size()));
     let ctx = Arc::new(ConnCtx {
         proxy: proxy.clone(),
         client,

@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod header_actions;
 pub mod http;
 pub mod limits;
+pub mod linger;
 pub mod listener;
 pub mod original_dst;
 pub mod policy_adapter;

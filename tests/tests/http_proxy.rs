@@ -127,7 +127,7 @@ impl Cluster {
             .arg(self.dir.path().join("endpoints.yaml"))
             .arg("--flow-log")
             .arg(self.flow_path())
-            .env("TOLLGATE_LOG", "info")
+            .env("TOLLGATE_LOG", std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(stderr);
         let mut proxy = ChildGuard::spawn(&mut cmd).unwrap();
@@ -464,6 +464,8 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
     let nginx = Nginx::start(cluster.pod(api), 8080, 18081).unwrap();
     let client = cluster.pod("prod/frontend");
     let base = "http://10.0.1.20:8080";
+    let out = curl(client, &["--http1.1", &format!("{base}/api/v1/users")]);
+    assert_eq!(status_of(&out), Some(200), "sanity: {} {} {:?}", String::from_utf8_lossy(&out.stderr), cluster.stderr(), cluster.flows());
 
     // Oversized header block: 431.
     let big = format!("X-Big: {}", "a".repeat(70 * 1024));
