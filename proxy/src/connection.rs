@@ -174,7 +174,10 @@ async fn serve_http(
     let limits = proxy.limits.clone();
     let activity = Activity::new();
     // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
-    let io = TokioIo::new(FramingGuard::new(Tracked::new(LingeringStream::new(stream), activity.clone()), limits.h1_max_buf_size()));
+    let io = TokioIo::new(FramingGuard::new(
+        Tracked::new(LingeringStream::new(stream), activity.clone()),
+        limits.h1_max_buf_size(),
+    ));
     let ctx = Arc::new(ConnCtx {
         proxy: proxy.clone(),
         client,

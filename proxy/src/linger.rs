@@ -24,7 +24,9 @@ pub struct LingeringStream {
 
 impl LingeringStream {
     pub fn new(stream: TcpStream) -> Self {
-        LingeringStream { stream: Some(stream) }
+        LingeringStream {
+            stream: Some(stream),
+        }
     }
 
     fn get(&mut self) -> &mut TcpStream {
@@ -34,8 +36,12 @@ impl LingeringStream {
 
 impl Drop for LingeringStream {
     fn drop(&mut self) {
-        let Some(mut stream) = self.stream.take() else { return };
-        let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         handle.spawn(async move {
             let _ = stream.shutdown().await;
             let mut buf = vec![0u8; 16 * 1024];
@@ -54,13 +60,21 @@ impl Drop for LingeringStream {
 }
 
 impl AsyncRead for LingeringStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(self.get()).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for LingeringStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(self.get()).poll_write(cx, data)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

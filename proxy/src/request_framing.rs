@@ -45,7 +45,12 @@ pub struct FramingTracker {
 
 impl FramingTracker {
     pub fn new(max_head: usize) -> Self {
-        FramingTracker { state: State::Head, head: Vec::new(), max_head, refused: 0 }
+        FramingTracker {
+            state: State::Head,
+            head: Vec::new(),
+            max_head,
+            refused: 0,
+        }
     }
 
     /// Bytes still held back (an incomplete head); released at EOF so hyper sees what the client sent.
@@ -83,13 +88,21 @@ impl FramingTracker {
                     let take = (n.min(input.len() as u64)) as usize;
                     out.extend_from_slice(&input[..take]);
                     input = &input[take..];
-                    self.state = if n - take as u64 == 0 { State::Head } else { State::Body(n - take as u64) };
+                    self.state = if n - take as u64 == 0 {
+                        State::Head
+                    } else {
+                        State::Body(n - take as u64)
+                    };
                 }
                 State::ChunkData(n) => {
                     let take = (n.min(input.len() as u64)) as usize;
                     out.extend_from_slice(&input[..take]);
                     input = &input[take..];
-                    self.state = if n - take as u64 == 0 { State::ChunkDataEnd } else { State::ChunkData(n - take as u64) };
+                    self.state = if n - take as u64 == 0 {
+                        State::ChunkDataEnd
+                    } else {
+                        State::ChunkData(n - take as u64)
+                    };
                 }
                 _ => {
                     let b = input[0];
@@ -166,7 +179,11 @@ impl FramingTracker {
                 State::Passthrough
             };
         }
-        match cl.map(|v| std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok())) {
+        match cl.map(|v| {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        }) {
             None | Some(Some(0)) => State::Head,
             Some(Some(n)) => State::Body(n),
             Some(None) => State::Passthrough,
@@ -195,7 +212,10 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 fn break_header_name(head: &mut [u8], name: &[u8]) {
     let mut line_start = 0;
     while line_start < head.len() {
-        let line_end = head[line_start..].iter().position(|&c| c == b'\n').map_or(head.len(), |p| line_start + p + 1);
+        let line_end = head[line_start..]
+            .iter()
+            .position(|&c| c == b'\n')
+            .map_or(head.len(), |p| line_start + p + 1);
         let line = &head[line_start..line_end];
         if line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name) {
             head[line_start] = b'(';
@@ -216,12 +236,22 @@ pub struct FramingGuard<T> {
 
 impl<T> FramingGuard<T> {
     pub fn new(inner: T, max_head: usize) -> Self {
-        FramingGuard { inner, tracker: FramingTracker::new(max_head), ready: Vec::new(), pos: 0, eof: false }
+        FramingGuard {
+            inner,
+            tracker: FramingTracker::new(max_head),
+            ready: Vec::new(),
+            pos: 0,
+            eof: false,
+        }
     }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
             if this.pos < this.ready.len() {
@@ -261,7 +291,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for FramingGuard<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -306,7 +340,10 @@ mod tests {
             let (out, t) = run(SMUGGLE, step);
             assert_eq!(t.refused, 1, "step {step}");
             let text = String::from_utf8_lossy(&out);
-            assert!(text.contains("\r\n(ransfer-Encoding: chunked\r\n"), "step {step}: {text}");
+            assert!(
+                text.contains("\r\n(ransfer-Encoding: chunked\r\n"),
+                "step {step}: {text}"
+            );
             assert_eq!(out.len(), SMUGGLE.len());
             // hyper's parser (httparse) refuses the rewritten head.
             let mut h = [httparse::EMPTY_HEADER; 16];
@@ -332,7 +369,11 @@ mod tests {
     #[test]
     fn body_bytes_that_look_like_headers_are_not_inspected() {
         let body = b"x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        let input = [format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(), body].concat();
+        let input = [
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            body,
+        ]
+        .concat();
         let (out, t) = run(&input, 3);
         assert_eq!(t.refused, 0);
         assert_eq!(out, input);
@@ -352,7 +393,10 @@ mod tests {
         assert_eq!(out, preface);
         let ws = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello\r\n\r\n";
         let (out, t) = run(ws, 3);
-        assert_eq!((out.as_slice(), t.state.clone()), (&ws[..], State::Passthrough));
+        assert_eq!(
+            (out.as_slice(), t.state.clone()),
+            (&ws[..], State::Passthrough)
+        );
         let (out, _) = run(b"GARBAGE\r\n\r\nmore", 2);
         assert_eq!(out, b"GARBAGE\r\n\r\nmore");
     }

@@ -58,29 +58,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    loop {
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let permit = proxy.connections.clone().try_acquire_owned().ok();
-                    tokio::spawn(connection::handle(proxy.clone(), stream, peer, permit, shutdown.clone()));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; the listener stays up.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
         }
-    }
-    drop(listener);
+        stop.cancel();
+    });
+    serve(listener, proxy.clone(), shutdown).await;
     tracing::info!(
         "shutting down: draining connections for up to {:?}",
         limits.shutdown_grace
     );
-    shutdown.cancel();
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let drained =
         tokio::time::timeout(limits.shutdown_grace, proxy.connections.acquire_many(all)).await;
@@ -103,4 +93,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Give the flow writer a moment to flush what is queued.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// The accept loop: hands every accepted connection to `connection::handle` until `shutdown` is cancelled; then
+/// closes the listener and returns (open connections drain on their own; see `run`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let permit = proxy.connections.clone().try_acquire_owned().ok();
+                    tokio::spawn(connection::handle(proxy.clone(), stream, peer, permit, shutdown.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the listener stays up.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
 }

@@ -15,9 +15,16 @@ use tollgate_e2e::{ChildGuard, Nginx, Node, Pod, TempDir, require_tool, tollgate
 
 fn wrk(client: &Pod, url: &str) -> f64 {
     let wrk = require_tool("wrk");
-    let out = client.command(wrk).args(["-t2", "-c32", "-d10s", url]).output().unwrap();
+    let out = client
+        .command(wrk)
+        .args(["-t2", "-c32", "-d10s", url])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Non-2xx"), "non-2xx responses from {url}:\n{text}");
+    assert!(
+        !text.contains("Non-2xx"),
+        "non-2xx responses from {url}:\n{text}"
+    );
     text.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
@@ -52,7 +59,10 @@ fn http_proxy_throughput_vs_nginx_and_haproxy() {
     let dir = TempDir::new("bench").unwrap();
     let mut results: Vec<(&str, f64)> = Vec::new();
 
-    results.push(("direct (no proxy)", wrk(&client, "http://10.0.1.20:8080/bench")));
+    results.push((
+        "direct (no proxy)",
+        wrk(&client, "http://10.0.1.20:8080/bench"),
+    ));
 
     let nginx_conf = format!(
         "worker_processes 1;\npid {d}/np.pid;\nerror_log {d}/np.err;\ndaemon off;\nevents {{ worker_connections 4096; }}\n\
@@ -63,24 +73,45 @@ fn http_proxy_throughput_vs_nginx_and_haproxy() {
     );
     let conf = dir.write("nginx-proxy.conf", &nginx_conf).unwrap();
     let mut cmd = node.command(require_tool("nginx"));
-    cmd.arg("-c").arg(&conf).arg("-p").arg(dir.path()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let nginx_proxy = ChildGuard::spawn(&mut cmd).unwrap();
-    node.netns.wait_for_tcp("169.254.1.1:9001".parse().unwrap(), Duration::from_secs(5)).unwrap();
-    results.push(("nginx reverse proxy (1 worker)", wrk(&client, "http://169.254.1.1:9001/bench")));
+    node.netns
+        .wait_for_tcp("169.254.1.1:9001".parse().unwrap(), Duration::from_secs(5))
+        .unwrap();
+    results.push((
+        "nginx reverse proxy (1 worker)",
+        wrk(&client, "http://169.254.1.1:9001/bench"),
+    ));
     drop(nginx_proxy);
 
     let haproxy_conf = "global\n  maxconn 4096\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  option http-keep-alive\n\
          frontend fe\n  bind 169.254.1.1:9002\n  default_backend be\nbackend be\n  http-reuse always\n  server s1 10.0.1.20:8080\n";
     let conf = dir.write("haproxy.cfg", haproxy_conf).unwrap();
     let mut cmd = node.command(require_tool("haproxy"));
-    cmd.arg("-db").arg("-f").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("-db")
+        .arg("-f")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let haproxy = ChildGuard::spawn(&mut cmd).unwrap();
-    node.netns.wait_for_tcp("169.254.1.1:9002".parse().unwrap(), Duration::from_secs(5)).unwrap();
-    results.push(("HAProxy (2 threads)", wrk(&client, "http://169.254.1.1:9002/bench")));
+    node.netns
+        .wait_for_tcp("169.254.1.1:9002".parse().unwrap(), Duration::from_secs(5))
+        .unwrap();
+    results.push((
+        "HAProxy (2 threads)",
+        wrk(&client, "http://169.254.1.1:9002/bench"),
+    ));
     drop(haproxy);
 
     // tollgate last: TPROXY diverts every pod TCP connection from here on.
-    let bin = std::env::var_os("TOLLGATE_BENCH_BIN").map(PathBuf::from).unwrap_or_else(tollgate_bin);
+    let bin = std::env::var_os("TOLLGATE_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(tollgate_bin);
     let policy = dir.write("policy.yaml", POLICY).unwrap();
     let endpoints = dir.write("endpoints.yaml", ENDPOINTS).unwrap();
     node.netns
@@ -107,12 +138,18 @@ fn http_proxy_throughput_vs_nginx_and_haproxy() {
         .stderr(fs::File::create(&stderr).unwrap());
     let mut proxy = ChildGuard::spawn(&mut cmd).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !fs::read_to_string(&stderr).unwrap_or_default().contains("ready") {
+    while !fs::read_to_string(&stderr)
+        .unwrap_or_default()
+        .contains("ready")
+    {
         proxy.assert_running().unwrap();
         assert!(Instant::now() < deadline, "tollgate not ready");
         std::thread::sleep(Duration::from_millis(50));
     }
-    results.push(("tollgate (TPROXY, L7 rule, flow log)", wrk(&client, "http://10.0.1.20:8080/bench")));
+    results.push((
+        "tollgate (TPROXY, L7 rule, flow log)",
+        wrk(&client, "http://10.0.1.20:8080/bench"),
+    ));
     proxy.assert_running().unwrap();
 
     let base = results[0].1;

@@ -12,7 +12,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tollgate_e2e::{ChildGuard, Nginx, Node, Pod, TempDir, conformance_dir, require_root, require_tool, tollgate_bin};
+use tollgate_e2e::{
+    ChildGuard, Nginx, Node, Pod, TempDir, conformance_dir, require_root, require_tool,
+    tollgate_bin,
+};
 
 const PROXY_PORT: u16 = 15001;
 
@@ -24,8 +27,10 @@ struct CaseFile {
 impl CaseFile {
     fn load(name: &str) -> Self {
         let path = conformance_dir().join(name);
-        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let doc: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+        let text =
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let doc: Value = serde_yaml::from_str(&text)
+            .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
         CaseFile { doc }
     }
 
@@ -53,7 +58,10 @@ impl CaseFile {
             .map(|e| {
                 let ns = e["namespace"].as_str().unwrap();
                 let name = e["name"].as_str().unwrap();
-                (format!("{ns}/{name}"), (name.to_string(), e["ip"].as_str().unwrap().to_string()))
+                (
+                    format!("{ns}/{name}"),
+                    (name.to_string(), e["ip"].as_str().unwrap().to_string()),
+                )
             })
             .collect()
     }
@@ -100,7 +108,12 @@ impl Cluster {
                  ip route add local 0.0.0.0/0 dev lo table 100"
             ))
             .unwrap();
-        let mut c = Cluster { proxy: None, pods, node, dir };
+        let mut c = Cluster {
+            proxy: None,
+            pods,
+            node,
+            dir,
+        };
         c.start_proxy();
         c
     }
@@ -120,23 +133,36 @@ impl Cluster {
     fn start_proxy(&mut self) {
         let stderr = fs::File::create(self.stderr_path()).unwrap();
         let mut cmd = self.node.command(tollgate_bin());
-        cmd.args(["run", "--listen", &format!("0.0.0.0:{PROXY_PORT}"), "--recheck-secs", "1"])
-            .arg("--policy")
-            .arg(self.policy_path())
-            .arg("--endpoints")
-            .arg(self.dir.path().join("endpoints.yaml"))
-            .arg("--flow-log")
-            .arg(self.flow_path())
-            .env("TOLLGATE_LOG", std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(stderr);
+        cmd.args([
+            "run",
+            "--listen",
+            &format!("0.0.0.0:{PROXY_PORT}"),
+            "--recheck-secs",
+            "1",
+        ])
+        .arg("--policy")
+        .arg(self.policy_path())
+        .arg("--endpoints")
+        .arg(self.dir.path().join("endpoints.yaml"))
+        .arg("--flow-log")
+        .arg(self.flow_path())
+        .env(
+            "TOLLGATE_LOG",
+            std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(stderr);
         let mut proxy = ChildGuard::spawn(&mut cmd).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.stderr().contains("tollgate proxy ready") {
             if let Ok(Some(status)) = proxy.child_mut().try_wait() {
                 panic!("tollgate exited with {status}: {}", self.stderr());
             }
-            assert!(Instant::now() < deadline, "tollgate did not become ready: {}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "tollgate did not become ready: {}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         self.proxy = Some(proxy);
@@ -166,20 +192,40 @@ impl Cluster {
             if let Some(f) = self.flows().into_iter().skip(after).find(|f| pred(f)) {
                 return f;
             }
-            assert!(Instant::now() < deadline, "no flow record for {what}; flows: {:#?}", self.flows());
+            assert!(
+                Instant::now() < deadline,
+                "no flow record for {what}; flows: {:#?}",
+                self.flows()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn assert_proxy_running(&mut self) {
         let err = self.stderr();
-        self.proxy.as_mut().expect("proxy").assert_running().unwrap_or_else(|e| panic!("{e}\n{err}"));
+        self.proxy
+            .as_mut()
+            .expect("proxy")
+            .assert_running()
+            .unwrap_or_else(|e| panic!("{e}\n{err}"));
     }
 }
 
 fn curl(pod: &Pod, args: &[&str]) -> Output {
     let curl = require_tool("curl");
-    pod.command(curl).args(["-sS", "--max-time", "5", "-o", "/dev/stderr", "-w", "%{http_code}"]).args(args).output().unwrap()
+    pod.command(curl)
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/stderr",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// HTTP status from a curl run (`None` when no response arrived, e.g. connection reset by a L3/L4 deny).
@@ -190,19 +236,30 @@ fn status_of(out: &Output) -> Option<u16> {
 
 fn http_case_args(case: &Value, ip: &str, port: u64, mode: &str) -> Vec<String> {
     let http = &case["http"];
-    let mut args = vec![mode.to_string(), "-X".into(), http["method"].as_str().unwrap().into()];
+    let mut args = vec![
+        mode.to_string(),
+        "-X".into(),
+        http["method"].as_str().unwrap().into(),
+    ];
     if let Some(h) = http["headers"].as_object() {
         for (k, v) in h {
             args.push("-H".into());
             args.push(format!("{k}: {}", v.as_str().unwrap()));
         }
     }
-    args.push(format!("http://{ip}:{port}{}", http["path"].as_str().unwrap()));
+    args.push(format!(
+        "http://{ip}:{port}{}",
+        http["path"].as_str().unwrap()
+    ));
     args
 }
 
 fn src_pod_of(f: &Value) -> String {
-    format!("{}/{}", f["source"]["namespace"].as_str().unwrap_or(""), f["source"]["pod"].as_str().unwrap_or(""))
+    format!(
+        "{}/{}",
+        f["source"]["namespace"].as_str().unwrap_or(""),
+        f["source"]["pod"].as_str().unwrap_or("")
+    )
 }
 
 /// Replays every http-basic case with real curl in one HTTP mode, nginx serving that protocol on the case port.
@@ -213,11 +270,18 @@ fn replay_http_basic(mode: &str) {
     let h2 = mode == "--http2-prior-knowledge";
     // nginx on every pod that is a case target, serving the case port in the client's protocol.
     let mut servers = Vec::new();
-    let targets: std::collections::BTreeSet<String> =
-        case_file.cases().iter().map(|c| c["to"].as_str().unwrap().to_string()).collect();
+    let targets: std::collections::BTreeSet<String> = case_file
+        .cases()
+        .iter()
+        .map(|c| c["to"].as_str().unwrap().to_string())
+        .collect();
     for t in &targets {
         let pod = cluster.pod(t);
-        servers.push(if h2 { Nginx::start(pod, 18080, 8080).unwrap() } else { Nginx::start(pod, 8080, 18081).unwrap() });
+        servers.push(if h2 {
+            Nginx::start(pod, 18080, 8080).unwrap()
+        } else {
+            Nginx::start(pod, 8080, 18081).unwrap()
+        });
     }
     let mut failures = Vec::new();
     for (i, case) in case_file.cases().iter().enumerate() {
@@ -230,7 +294,10 @@ fn replay_http_basic(mode: &str) {
         let args: Vec<String> = if case["http"].is_object() {
             http_case_args(case, to_ip, port, mode)
         } else {
-            vec![mode.to_string(), format!("http://{to_ip}:{port}/l4-probe-{i}")]
+            vec![
+                mode.to_string(),
+                format!("http://{to_ip}:{port}/l4-probe-{i}"),
+            ]
         };
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let before = cluster.flows().len();
@@ -239,7 +306,9 @@ fn replay_http_basic(mode: &str) {
         let desc = format!("case {i} {from} -> {to}:{port} {} ({mode})", case["http"]);
         // The matching flow record: same source pod and destination port, newest.
         let flow = cluster.wait_flow(before, &desc, |f| {
-            src_pod_of(f) == from && f["destination"]["port"].as_u64() == Some(port) && f["destination"]["ip"] == to_ip.as_str()
+            src_pod_of(f) == from
+                && f["destination"]["port"].as_u64() == Some(port)
+                && f["destination"]["ip"] == to_ip.as_str()
         });
         let verdict = flow["verdict"].as_str().unwrap_or("");
         let l7 = flow["l7"]["http"].is_object();
@@ -252,17 +321,37 @@ fn replay_http_basic(mode: &str) {
             status.is_none() && verdict == "DROPPED"
         };
         if !ok {
-            failures.push(format!("{desc}: expected {}, curl status {status:?} ({}), flow {flow}", case["expect"], String::from_utf8_lossy(&out.stderr)));
+            failures.push(format!(
+                "{desc}: expected {}, curl status {status:?} ({}), flow {flow}",
+                case["expect"],
+                String::from_utf8_lossy(&out.stderr)
+            ));
         }
         if case["http"].is_object() && l7 {
             let url = flow["l7"]["http"]["url"].as_str().unwrap_or("");
-            assert!(url.ends_with(case["http"]["path"].as_str().unwrap()), "{desc}: flow url {url}");
-            assert_eq!(flow["l7"]["http"]["protocol"], if h2 { "HTTP/2" } else { "HTTP/1.1" }, "{desc}");
-            assert!(!flow["policy"].as_str().unwrap_or("").is_empty(), "{desc}: flow names no rule/policy: {flow}");
+            assert!(
+                url.ends_with(case["http"]["path"].as_str().unwrap()),
+                "{desc}: flow url {url}"
+            );
+            assert_eq!(
+                flow["l7"]["http"]["protocol"],
+                if h2 { "HTTP/2" } else { "HTTP/1.1" },
+                "{desc}"
+            );
+            assert!(
+                !flow["policy"].as_str().unwrap_or("").is_empty(),
+                "{desc}: flow names no rule/policy: {flow}"
+            );
         }
     }
     cluster.assert_proxy_running();
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), case_file.cases().len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        case_file.cases().len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -317,8 +406,15 @@ except grpc.RpcError as e:
 
 fn python_with_grpc() -> PathBuf {
     let py = require_tool("python3");
-    let ok = Command::new(&py).args(["-c", "import grpc, grpc_tools"]).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "this test needs python3 with grpcio and grpcio-tools: run `sudo ./dev setup` (it pip-installs them)");
+    let ok = Command::new(&py)
+        .args(["-c", "import grpc, grpc_tools"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "this test needs python3 with grpcio and grpcio-tools: run `sudo ./dev setup` (it pip-installs them)"
+    );
     py
 }
 
@@ -334,7 +430,11 @@ fn generate_grpc(dir: &Path, py: &Path) {
         .arg(dir.join("shop.proto"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "grpc_tools.protoc failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "grpc_tools.protoc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -357,9 +457,15 @@ fn grpc_and_defaults_cases_with_real_grpc() {
                 continue;
             }
             let mut cmd = pod.command(&py);
-            cmd.arg(gdir.path().join("server.py")).arg(gdir.path()).arg(format!("0.0.0.0:{port}")).stdout(Stdio::null()).stderr(Stdio::null());
+            cmd.arg(gdir.path().join("server.py"))
+                .arg(gdir.path())
+                .arg(format!("0.0.0.0:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             servers.push((addr, ChildGuard::spawn(&mut cmd).unwrap()));
-            pod.netns.wait_for_tcp(addr, Duration::from_secs(15)).unwrap();
+            pod.netns
+                .wait_for_tcp(addr, Duration::from_secs(15))
+                .unwrap();
         } else if !nginxes.iter().any(|(a, _)| *a == addr) {
             nginxes.push((addr, Nginx::start(pod, port, port + 10000).unwrap()));
         }
@@ -386,14 +492,25 @@ fn grpc_and_defaults_cases_with_real_grpc() {
                 .unwrap();
             let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
             let path = format!("/{}/{method}", g["service"].as_str().unwrap());
-            let flow = cluster.wait_flow(before, &desc, |f| f["l7"]["http"]["url"].as_str().is_some_and(|u| u.ends_with(&path)));
+            let flow = cluster.wait_flow(before, &desc, |f| {
+                f["l7"]["http"]["url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with(&path))
+            });
             let ok = if expect_allow {
-                line.starts_with("OK ") && flow["verdict"] == "FORWARDED" && flow["protocol"] == "gRPC"
+                line.starts_with("OK ")
+                    && flow["verdict"] == "FORWARDED"
+                    && flow["protocol"] == "gRPC"
             } else {
-                line.starts_with("ERR 7 ") && flow["verdict"] == "DROPPED" && flow["l7"]["http"]["grpc_status"] == 7
+                line.starts_with("ERR 7 ")
+                    && flow["verdict"] == "DROPPED"
+                    && flow["l7"]["http"]["grpc_status"] == 7
             };
             if !ok {
-                failures.push(format!("{desc}: client said {line:?} ({}), flow {flow}", String::from_utf8_lossy(&out.stderr)));
+                failures.push(format!(
+                    "{desc}: client said {line:?} ({}), flow {flow}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
             }
         } else {
             // Connection-level case: a gRPC client for the gRPC port, curl for the rest.
@@ -409,11 +526,19 @@ fn grpc_and_defaults_cases_with_real_grpc() {
                 let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
                 (line.starts_with("OK "), line)
             } else {
-                let out = curl(client, &["--http1.1", &format!("http://{to_ip}:{port}/probe-{i}")]);
-                (status_of(&out) == Some(200), format!("{:?}", status_of(&out)))
+                let out = curl(
+                    client,
+                    &["--http1.1", &format!("http://{to_ip}:{port}/probe-{i}")],
+                );
+                (
+                    status_of(&out) == Some(200),
+                    format!("{:?}", status_of(&out)),
+                )
             };
             let flow = cluster.wait_flow(before, &desc, |f| {
-                src_pod_of(f) == from && f["destination"]["port"].as_u64() == Some(port) && f["destination"]["ip"] == to_ip.as_str()
+                src_pod_of(f) == from
+                    && f["destination"]["port"].as_u64() == Some(port)
+                    && f["destination"]["ip"] == to_ip.as_str()
             });
             let ok = if expect_allow {
                 answered && flow["verdict"] == "FORWARDED"
@@ -426,7 +551,12 @@ fn grpc_and_defaults_cases_with_real_grpc() {
         }
     }
     cluster.assert_proxy_running();
-    assert!(failures.is_empty(), "{} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Runs a shell snippet in a pod and returns stdout (exit status ignored: error responses are the point).
@@ -452,7 +582,11 @@ except Exception:
     pass
 sys.stdout.write(data.decode('latin-1'))
 "#;
-    let out = pod.command(py).args(["-c", script, ip, &port.to_string(), request]).output().unwrap();
+    let out = pod
+        .command(py)
+        .args(["-c", script, ip, &port.to_string(), request])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -465,12 +599,27 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
     let client = cluster.pod("prod/frontend");
     let base = "http://10.0.1.20:8080";
     let out = curl(client, &["--http1.1", &format!("{base}/api/v1/users")]);
-    assert_eq!(status_of(&out), Some(200), "sanity: {} {} {:?}", String::from_utf8_lossy(&out.stderr), cluster.stderr(), cluster.flows());
+    assert_eq!(
+        status_of(&out),
+        Some(200),
+        "sanity: {} {} {:?}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.stderr(),
+        cluster.flows()
+    );
 
     // Oversized header block: 431.
     let big = format!("X-Big: {}", "a".repeat(70 * 1024));
-    let out = curl(client, &["--http1.1", "-H", &big, &format!("{base}/api/v1/users")]);
-    assert_eq!(status_of(&out), Some(431), "oversized headers: {}", String::from_utf8_lossy(&out.stderr));
+    let out = curl(
+        client,
+        &["--http1.1", "-H", &big, &format!("{base}/api/v1/users")],
+    );
+    assert_eq!(
+        status_of(&out),
+        Some(431),
+        "oversized headers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Too many header fields: 431.
     let mut args: Vec<String> = vec!["--http1.1".into()];
     for i in 0..120 {
@@ -479,18 +628,29 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
     }
     args.push(format!("{base}/api/v1/users"));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_eq!(status_of(&curl(client, &refs)), Some(431), "too many headers");
+    assert_eq!(
+        status_of(&curl(client, &refs)),
+        Some(431),
+        "too many headers"
+    );
 
     // Malformed request line: 400.
     let resp = raw_http(client, "10.0.1.20", 8080, "GARBAGE\\r\\n\\r\\n");
-    assert!(resp.starts_with("HTTP/1.1 400"), "malformed request line got {resp:?}");
+    assert!(
+        resp.starts_with("HTTP/1.1 400"),
+        "malformed request line got {resp:?}"
+    );
 
     // Transfer-Encoding + Content-Length (a smuggling attempt hiding GET /admin): 400, nothing forwarded.
     let smuggle = "POST /api/v1/orders HTTP/1.1\\r\\nHost: api\\r\\nContent-Type: application/json\\r\\n\
                    Content-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /admin HTTP/1.1\\r\\nHost: api\\r\\n\\r\\n";
     let resp = raw_http(client, "10.0.1.20", 8080, smuggle);
     assert!(resp.starts_with("HTTP/1.1 400"), "TE+CL got {resp:?}");
-    assert_eq!(resp.matches("HTTP/1.1").count(), 1, "the smuggled request must not be answered: {resp:?}");
+    assert_eq!(
+        resp.matches("HTTP/1.1").count(),
+        1,
+        "the smuggled request must not be answered: {resp:?}"
+    );
 
     // Path tricks: each spelling of a path outside /api/v1/ is denied (or refused), never served.
     for (path, want) in [
@@ -503,19 +663,52 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
         ("/api/v1/%2e%2e%2fadmin", 400),
         ("/api/v1/..\\..\\admin", 400),
     ] {
-        let out = curl(client, &["--http1.1", "--path-as-is", &format!("{base}{path}")]);
-        assert_eq!(status_of(&out), Some(want), "{path}: {}", String::from_utf8_lossy(&out.stderr));
-        let out = curl(client, &["--http2-prior-knowledge", "--path-as-is", &format!("http://10.0.1.20:8080{path}")]);
+        let out = curl(
+            client,
+            &["--http1.1", "--path-as-is", &format!("{base}{path}")],
+        );
+        assert_eq!(
+            status_of(&out),
+            Some(want),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = curl(
+            client,
+            &[
+                "--http2-prior-knowledge",
+                "--path-as-is",
+                &format!("http://10.0.1.20:8080{path}"),
+            ],
+        );
         // Over h2 the same request is refused the same way (the upstream is HTTP/1-only here, so only denials
         // can be checked: the request must never be forwarded).
-        assert_eq!(status_of(&out), Some(want), "h2 {path}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            status_of(&out),
+            Some(want),
+            "h2 {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // What the server sees is the normalized path that was checked.
-    let out = curl(client, &["--http1.1", "--path-as-is", &format!("{base}/api/v1/./x/../users")]);
+    let out = curl(
+        client,
+        &[
+            "--http1.1",
+            "--path-as-is",
+            &format!("{base}/api/v1/./x/../users"),
+        ],
+    );
     assert_eq!(status_of(&out), Some(200));
-    assert_eq!(String::from_utf8_lossy(&out.stderr), "api GET /api/v1/users\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "api GET /api/v1/users\n"
+    );
     let access = fs::read_to_string(nginx.dir.path().join("access.log")).unwrap();
-    assert!(!access.contains("admin"), "a denied path reached the server:\n{access}");
+    assert!(
+        !access.contains("admin"),
+        "a denied path reached the server:\n{access}"
+    );
 
     // The proxy is still up and serving other connections.
     let out = curl(client, &["--http1.1", &format!("{base}/api/v1/users")]);
@@ -524,7 +717,9 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
     let flows = cluster.flows();
     for code in [431, 400, 403] {
         assert!(
-            flows.iter().any(|f| f["verdict"] == "DROPPED" && f["l7"]["http"]["code"] == code),
+            flows
+                .iter()
+                .any(|f| f["verdict"] == "DROPPED" && f["l7"]["http"]["code"] == code),
             "no DROPPED flow record with code {code}: {flows:#?}"
         );
     }
@@ -534,12 +729,31 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
 /// Parses h2load's summary into (done, succeeded-ish 2xx, 4xx, 5xx, errored).
 fn h2load_summary(text: &str) -> (u64, u64, u64, u64, u64) {
     let num_before = |line: &str, word: &str| -> u64 {
-        let words: Vec<&str> = line.split(|c: char| c == ',' || c.is_whitespace()).filter(|w| !w.is_empty()).collect();
-        words.windows(2).find(|w| w[1] == word).and_then(|w| w[0].parse().ok()).unwrap_or(u64::MAX)
+        let words: Vec<&str> = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect();
+        words
+            .windows(2)
+            .find(|w| w[1] == word)
+            .and_then(|w| w[0].parse().ok())
+            .unwrap_or(u64::MAX)
     };
-    let req = text.lines().find(|l| l.starts_with("requests:")).unwrap_or_else(|| panic!("no requests line in {text}"));
-    let codes = text.lines().find(|l| l.starts_with("status codes:")).unwrap_or_else(|| panic!("no status line in {text}"));
-    (num_before(req, "done"), num_before(codes, "2xx"), num_before(codes, "4xx"), num_before(codes, "5xx"), num_before(req, "errored"))
+    let req = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_else(|| panic!("no requests line in {text}"));
+    let codes = text
+        .lines()
+        .find(|l| l.starts_with("status codes:"))
+        .unwrap_or_else(|| panic!("no status line in {text}"));
+    (
+        num_before(req, "done"),
+        num_before(codes, "2xx"),
+        num_before(codes, "4xx"),
+        num_before(codes, "5xx"),
+        num_before(req, "errored"),
+    )
 }
 
 #[test]
@@ -556,15 +770,35 @@ fn hot_reload_under_h2_load_applies_to_open_connections() {
     fs::write(&policy_path, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: broken, namespace: prod}\nspec: {endpointSelector: 7}\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cluster.stderr().contains("policy update rejected") {
-        assert!(Instant::now() < deadline, "invalid update not reported: {}", cluster.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "invalid update not reported: {}",
+            cluster.stderr()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let err = cluster.stderr();
-    let line = err.lines().find(|l| l.contains("policy update rejected")).unwrap();
-    assert!(line.contains(&policy_path.display().to_string()), "error must name the file: {line}");
-    assert!(line.contains("document"), "error must name the document: {line}");
-    let out = curl(cluster.pod("prod/frontend"), &["--http2-prior-knowledge", url]);
-    assert_eq!(status_of(&out), Some(200), "previous policy must keep enforcing");
+    let line = err
+        .lines()
+        .find(|l| l.contains("policy update rejected"))
+        .unwrap();
+    assert!(
+        line.contains(&policy_path.display().to_string()),
+        "error must name the file: {line}"
+    );
+    assert!(
+        line.contains("document"),
+        "error must name the document: {line}"
+    );
+    let out = curl(
+        cluster.pod("prod/frontend"),
+        &["--http2-prior-knowledge", url],
+    );
+    assert_eq!(
+        status_of(&out),
+        Some(200),
+        "previous policy must keep enforcing"
+    );
     fs::write(&policy_path, &original).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
 
@@ -572,12 +806,17 @@ fn hot_reload_under_h2_load_applies_to_open_connections() {
     let flows_before = cluster.flows().len();
     let out_path = cluster.dir.path().join("h2load.out");
     let mut cmd = cluster.pod("prod/frontend").command(&h2load);
-    cmd.args(["-n", "20000", "-c", "4", "-m", "10", url]).stdout(fs::File::create(&out_path).unwrap()).stderr(Stdio::null());
+    cmd.args(["-n", "20000", "-c", "4", "-m", "10", url])
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null());
     let mut load = ChildGuard::spawn(&mut cmd).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.flows().len() < flows_before + 2000 {
         assert!(Instant::now() < deadline, "h2load made no progress");
-        assert!(load.child_mut().try_wait().unwrap().is_none(), "h2load ended before the switch");
+        assert!(
+            load.child_mut().try_wait().unwrap().is_none(),
+            "h2load ended before the switch"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     fs::write(&policy_path, original.replace("/api/v1/.*", "/nothing/.*")).unwrap();
@@ -591,16 +830,38 @@ fn hot_reload_under_h2_load_applies_to_open_connections() {
     let text = fs::read_to_string(&out_path).unwrap();
     assert!(status.success(), "h2load failed: {text}");
     let (done, ok, denied, server_err, errored) = h2load_summary(&text);
-    assert_eq!((done, errored, server_err), (20000, 0, 0), "every request answered, none errored: {text}");
-    assert!(ok >= 2000 && denied > 0 && ok + denied == 20000, "allowed then denied: {text}");
+    assert_eq!(
+        (done, errored, server_err),
+        (20000, 0, 0),
+        "every request answered, none errored: {text}"
+    );
+    assert!(
+        ok >= 2000 && denied > 0 && ok + denied == 20000,
+        "allowed then denied: {text}"
+    );
 
     // The flow log shows the switch: only FORWARDED before the first DROPPED, and afterwards at most the requests
     // that were already in flight (4 connections x 10 streams).
-    let flows: Vec<Value> = cluster.flows().into_iter().skip(flows_before).filter(|f| f["l7"]["http"]["protocol"] == "HTTP/2").collect();
+    let flows: Vec<Value> = cluster
+        .flows()
+        .into_iter()
+        .skip(flows_before)
+        .filter(|f| f["l7"]["http"]["protocol"] == "HTTP/2")
+        .collect();
     assert_eq!(flows.len(), 20000);
-    let first_drop = flows.iter().position(|f| f["verdict"] == "DROPPED").expect("no DROPPED after the switch");
-    assert!(flows[..first_drop].iter().all(|f| f["verdict"] == "FORWARDED"));
-    let late = flows[first_drop..].iter().filter(|f| f["verdict"] == "FORWARDED").count();
+    let first_drop = flows
+        .iter()
+        .position(|f| f["verdict"] == "DROPPED")
+        .expect("no DROPPED after the switch");
+    assert!(
+        flows[..first_drop]
+            .iter()
+            .all(|f| f["verdict"] == "FORWARDED")
+    );
+    let late = flows[first_drop..]
+        .iter()
+        .filter(|f| f["verdict"] == "FORWARDED")
+        .count();
     assert!(late <= 40, "{late} requests allowed after the first denial");
     assert!(cluster.stderr().contains("policy update applied"));
     cluster.assert_proxy_running();

@@ -1,0 +1,345 @@
+//! The proxy in-process on loopback, no root needed: the original destination comes from a `MapLookup` (the eBPF
+//! slot), the backend is a hyper server on 127.0.0.2. Covers what the namespace e2e tests do not: WebSocket-style
+//! Upgrade, CONNECT, header actions, h2c-upgrade refusal, keep-alive connections seeing policy reloads, rejected
+//! invalid updates, and the gRPC denial shape over real HTTP/2.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use tollgate::connection::Proxy;
+use tollgate::flow::{FlowLog, FlowSink};
+use tollgate::limits::Limits;
+use tollgate::original_dst::MapLookup;
+use tollgate::policy_source::PolicySource;
+use tollgate::upstream::UpstreamPool;
+
+const ENDPOINTS: &str = "endpoints:
+  - {name: client, namespace: t, labels: {app: client}, ip: 127.0.0.1}
+  - {name: server, namespace: t, labels: {app: server}, ip: 127.0.0.2}
+";
+
+fn policy(port: u16, get_path: &str) -> String {
+    format!(
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: inproc, namespace: t}}
+spec:
+  endpointSelector: {{matchLabels: {{app: server}}}}
+  ingress:
+    - fromEndpoints: [{{matchLabels: {{app: client}}}}]
+      toPorts:
+        - ports: [{{port: \"{port}\", protocol: TCP}}]
+          rules:
+            http:
+              - {{method: GET, path: \"{get_path}\"}}
+              - {{method: CONNECT}}
+              - {{method: POST, path: /pkg.Svc/Ok}}
+              - method: GET
+                path: /hdr
+                headerMatches:
+                  - {{name: x-added, value: yes, mismatch: ADD}}
+                  - {{name: x-secret, value: never, mismatch: DELETE}}
+"
+    )
+}
+
+/// Backend: 101 + echo for Upgrade, 200 + echo for CONNECT, header report for /hdr, gRPC-ish OK for POST.
+async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let echo_after_upgrade = |mut req: Request<Incoming>| {
+        tokio::spawn(async move {
+            if let Ok(up) = hyper::upgrade::on(&mut req).await {
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 64];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    };
+    if req.method() == http::Method::CONNECT {
+        echo_after_upgrade(req);
+        return Ok(Response::new(Full::default()));
+    }
+    if req.headers().contains_key(http::header::UPGRADE) {
+        echo_after_upgrade(req);
+        let mut r = Response::new(Full::default());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        return Ok(r);
+    }
+    let body = format!(
+        "{} {} added={:?} secret={:?} version={:?}",
+        req.method(),
+        req.uri().path(),
+        req.headers().get("x-added"),
+        req.headers().get("x-secret"),
+        req.version()
+    );
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    if req.uri().path().starts_with("/pkg.") {
+        r.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+    }
+    Ok(r)
+}
+
+struct Harness {
+    proxy_addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    policy_path: PathBuf,
+    backend_port: u16,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn start() -> Harness {
+    let backend_listener = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let backend_addr = backend_listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = backend_listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(s),
+                        hyper::service::service_fn(backend),
+                    )
+                    .await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.yaml");
+    std::fs::write(&policy_path, policy(backend_addr.port(), "/ok.*")).unwrap();
+    let endpoints_path = dir.path().join("endpoints.yaml");
+    std::fs::write(&endpoints_path, ENDPOINTS).unwrap();
+    let limits = Limits::default();
+    let proxy = Arc::new(Proxy {
+        policy: Arc::new(PolicySource::load(&policy_path, &endpoints_path).unwrap()),
+        flows: Arc::new(FlowLog::new(1024, FlowSink::None).unwrap()),
+        upstream: UpstreamPool::new(0, limits.connect_timeout),
+        limits: limits.clone(),
+        original_dst: Box::new(MapLookup {
+            lookup: Arc::new(move |_, _| Some(backend_addr)),
+        }),
+        connections: Arc::new(Semaphore::new(limits.max_connections)),
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(tollgate::run::serve(listener, proxy.clone(), stop.clone()));
+    Harness {
+        proxy_addr,
+        proxy,
+        policy_path,
+        backend_port: backend_addr.port(),
+        _dir: dir,
+        stop,
+    }
+}
+
+/// An HTTP/1.1 keep-alive connection to the proxy.
+async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn get(
+    send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (StatusCode, String) {
+    send.ready().await.unwrap();
+    let req = Request::get(path)
+        .header("host", "server")
+        .header("x-secret", "s3")
+        .body(Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn denial_keeps_the_connection_and_reload_applies_to_it() {
+    let h = start().await;
+    let mut c = h1(h.proxy_addr).await;
+    assert_eq!(get(&mut c, "/ok/1").await.0, StatusCode::OK);
+    let (status, body) = get(&mut c, "/nope").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::FORBIDDEN, "Access denied\r\n")
+    );
+    // Same connection still usable after a denial.
+    assert_eq!(get(&mut c, "/ok/2").await.0, StatusCode::OK);
+
+    // An invalid update is rejected and the old policy keeps enforcing on this connection.
+    std::fs::write(&h.policy_path, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x, namespace: t}\nspec: {endpointSelector: 7}\n").unwrap();
+    let err = h.proxy.policy.reload().unwrap_err().to_string();
+    assert!(
+        err.contains("policy.yaml") && err.contains("document"),
+        "{err}"
+    );
+    assert_eq!(get(&mut c, "/ok/3").await.0, StatusCode::OK);
+
+    // A valid update applies to the next request on the same keep-alive connection.
+    std::fs::write(&h.policy_path, policy(h.backend_port, "/other.*")).unwrap();
+    assert_eq!(h.proxy.policy.reload().unwrap(), Some(2));
+    assert_eq!(get(&mut c, "/ok/4").await.0, StatusCode::FORBIDDEN);
+    assert_eq!(get(&mut c, "/other").await.0, StatusCode::OK);
+
+    let flows = h.proxy.flows.last(100);
+    let last = flows.last().unwrap();
+    assert_eq!(last.source.pod.as_deref(), Some("client"));
+    assert_eq!(last.destination.pod.as_deref(), Some("server"));
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.drop_reason.is_some() && f.policy.contains("denied")),
+        "{flows:#?}"
+    );
+}
+
+#[tokio::test]
+async fn header_actions_change_the_forwarded_request() {
+    let h = start().await;
+    let mut c = h1(h.proxy_addr).await;
+    let (status, body) = get(&mut c, "/hdr").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("added=Some(\"yes\")"), "{body}");
+    assert!(body.contains("secret=None"), "{body}");
+}
+
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).await.unwrap(),
+            1,
+            "closed mid-head: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+async fn echo_roundtrip(s: &mut TcpStream) {
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_and_connect_are_tunnelled_when_allowed() {
+    let h = start().await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(
+        b"GET /ok/ws HTTP/1.1\r\nHost: server\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    echo_roundtrip(&mut s).await;
+
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    echo_roundtrip(&mut s).await;
+
+    // A denied upgrade gets the 403 and no tunnel.
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(
+        b"GET /nope HTTP/1.1\r\nHost: server\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(read_head(&mut s).await.starts_with("HTTP/1.1 403"));
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_declined_and_served_as_http1() {
+    let h = start().await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(b"GET /ok/h2c HTTP/1.1\r\nHost: server\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn grpc_over_h2_allowed_and_denied() {
+    let h = start().await;
+    let s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let call = |path: &str| {
+        Request::post(format!("http://server{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+    let resp = send.send_request(call("/pkg.Svc/Ok")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("grpc-status").is_none());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("version=HTTP/2.0"),
+        "upstream must be HTTP/2 for gRPC"
+    );
+
+    let resp = send.send_request(call("/pkg.Svc/Nope")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["grpc-status"], "7");
+    assert!(resp.headers().contains_key("grpc-message"));
+    let collected = resp.into_body().collect().await.unwrap();
+    assert!(
+        collected.trailers().is_none() && collected.to_bytes().is_empty(),
+        "trailers-only"
+    );
+    let f = h.proxy.flows.last(1).pop().unwrap();
+    assert_eq!(f.protocol, "gRPC");
+    assert_eq!(f.l7.unwrap().http.unwrap().grpc_status, Some(7));
+}
