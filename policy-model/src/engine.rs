@@ -1,0 +1,676 @@
+//! The compiled engine: per-(identity, direction) rule lists with precomputed peer identity sets, compiled L7
+//! matchers per port, and the verdict queries.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+
+use crate::dns::{DnsMatcher, normalize_name};
+use crate::error::PolicyError;
+use crate::fqdn::FqdnCache;
+use crate::http::HttpMatcher;
+use crate::identity::{EndpointTable, Identity};
+use crate::kafka::KafkaRule;
+use crate::labels::{LabelSet, Selector};
+use crate::load::{
+    Entity, L7Def, NAMESPACE_NAME_LABEL, NsMatch, Peer, Peers, Policy, PortMatch, PortSel, Rule,
+};
+use crate::verdict::*;
+
+#[derive(Debug)]
+enum CompiledL7 {
+    Http(HttpMatcher),
+    Kafka(Vec<KafkaRule>),
+    Dns(Vec<DnsMatcher>),
+}
+
+impl CompiledL7 {
+    fn kind(&self) -> L7Kind {
+        match self {
+            CompiledL7::Http(_) => L7Kind::Http,
+            CompiledL7::Kafka(_) => L7Kind::Kafka,
+            CompiledL7::Dns(_) => L7Kind::Dns,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CompiledPortRule {
+    ports: Vec<PortMatch>,
+    l7: Option<CompiledL7>,
+}
+
+#[derive(Debug)]
+enum CompiledPeers {
+    Any,
+    Nothing,
+    Match {
+        /// Identities selected by endpoint selectors and entities, resolved at compile time.
+        identities: HashSet<Identity>,
+        all: bool,
+        /// CIDR peers; they only match addresses outside the cluster (identity WORLD).
+        cidrs: Vec<(IpNet, Vec<IpNet>)>,
+        fqdns: Vec<DnsMatcher>,
+    },
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    rule: RuleRef,
+    peers: CompiledPeers,
+    ports: Vec<CompiledPortRule>,
+}
+
+#[derive(Debug, Default)]
+struct DirPolicy {
+    default_deny: bool,
+    allow: Vec<usize>,
+    deny: Vec<usize>,
+}
+
+/// The compiled, immutable policy engine. `Send + Sync`; share it in an `Arc` and swap it on policy changes.
+#[derive(Debug)]
+pub struct PolicyEngine {
+    endpoints: EndpointTable,
+    rules: Vec<Arc<CompiledRule>>,
+    subjects: HashMap<(Identity, Direction), DirPolicy>,
+    policies: Vec<String>,
+}
+
+/// What one direction said about a flow.
+enum DirOutcome<'a> {
+    /// Not evaluated (peer side is not a local endpoint) or no policy selects the endpoint in this direction.
+    NotSelected,
+    Denied(RuleRef),
+    NoMatch(Identity),
+    /// Allowed; `by` is the plain L3/L4 allow (L7 moot), `l7` the L7-restricted port rules that matched.
+    Allowed {
+        by: Option<RuleRef>,
+        l7: Vec<(&'a CompiledRule, &'a CompiledPortRule)>,
+    },
+}
+
+fn protocol_matches(want: Option<Protocol>, got: Protocol) -> bool {
+    want.is_none_or(|w| w == got)
+}
+
+impl PolicyEngine {
+    /// Compile validated policies against the endpoint table. A policy that fails to compile is rejected alone
+    /// (its error is returned); all others are compiled.
+    pub fn compile(
+        policies: Vec<Policy>,
+        endpoints: &EndpointTable,
+    ) -> (PolicyEngine, Vec<PolicyError>) {
+        let mut errors = Vec::new();
+        let mut rules: Vec<Arc<CompiledRule>> = Vec::new();
+        let mut subjects: HashMap<(Identity, Direction), DirPolicy> = HashMap::new();
+        let mut names = Vec::new();
+        let subject_ids: Vec<Identity> = endpoints
+            .identities()
+            .filter(|id| id.is_endpoint())
+            .collect();
+        for policy in &policies {
+            let compiled = match compile_policy(policy, endpoints) {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            names.push(policy.id());
+            let selected: Vec<Identity> = subject_ids
+                .iter()
+                .copied()
+                .filter(|id| {
+                    endpoints
+                        .label_set(*id)
+                        .is_some_and(|set| peer_selects(&policy.subject, set))
+                })
+                .collect();
+            for (dir, section_present, default_deny, allow, deny) in compiled {
+                let base = rules.len();
+                rules.extend(allow.into_iter().map(Arc::new));
+                let allow_ids: Vec<usize> = (base..rules.len()).collect();
+                let base = rules.len();
+                rules.extend(deny.into_iter().map(Arc::new));
+                let deny_ids: Vec<usize> = (base..rules.len()).collect();
+                if !section_present && deny_ids.is_empty() {
+                    continue;
+                }
+                for id in &selected {
+                    let d = subjects.entry((*id, dir)).or_default();
+                    d.default_deny |= default_deny;
+                    d.allow.extend(&allow_ids);
+                    d.deny.extend(&deny_ids);
+                }
+            }
+        }
+        (
+            PolicyEngine {
+                endpoints: endpoints.clone(),
+                rules,
+                subjects,
+                policies: names,
+            },
+            errors,
+        )
+    }
+
+    /// An engine with no policies: everything is allowed.
+    pub fn empty(endpoints: &EndpointTable) -> PolicyEngine {
+        Self::compile(Vec::new(), endpoints).0
+    }
+
+    /// The endpoint table the engine was compiled against.
+    pub fn endpoints(&self) -> &EndpointTable {
+        &self.endpoints
+    }
+
+    /// Ids (`ns/name` or `name`) of the compiled policies.
+    pub fn policy_ids(&self) -> &[String] {
+        &self.policies
+    }
+
+    /// Build a flow, resolving identities through the endpoint table (unknown addresses are WORLD).
+    pub fn flow(&self, src_ip: IpAddr, dst_ip: IpAddr, dst_port: u16, protocol: Protocol) -> Flow {
+        Flow {
+            src_ip,
+            dst_ip,
+            dst_port,
+            protocol,
+            src_identity: self.endpoints.identity_of_ip(src_ip),
+            dst_identity: self.endpoints.identity_of_ip(dst_ip),
+            dst_names: Vec::new(),
+        }
+    }
+
+    /// Like [`Self::flow`], also attaching the names the destination was learned for (for `toFQDNs` rules in the
+    /// request queries).
+    pub fn flow_with_names(
+        &self,
+        src_ip: IpAddr,
+        dst_ip: IpAddr,
+        dst_port: u16,
+        protocol: Protocol,
+        cache: &FqdnCache,
+        now: SystemTime,
+    ) -> Flow {
+        let mut f = self.flow(src_ip, dst_ip, dst_port, protocol);
+        f.dst_names = cache.names_for_ip_at(dst_ip, now);
+        f
+    }
+
+    fn peer_matches(
+        &self,
+        peers: &CompiledPeers,
+        peer: Identity,
+        peer_ip: IpAddr,
+        names: &[String],
+    ) -> bool {
+        match peers {
+            CompiledPeers::Any => true,
+            CompiledPeers::Nothing => false,
+            CompiledPeers::Match {
+                identities,
+                all,
+                cidrs,
+                fqdns,
+            } => {
+                *all || identities.contains(&peer)
+                    || (peer == Identity::WORLD
+                        && (cidrs.iter().any(|(n, ex)| {
+                            n.contains(&peer_ip) && !ex.iter().any(|e| e.contains(&peer_ip))
+                        }) || fqdns
+                            .iter()
+                            .any(|m| names.iter().any(|n| m.matches_normalized(n)))))
+            }
+        }
+    }
+
+    fn port_matches(&self, p: &PortMatch, flow: &Flow) -> bool {
+        if !protocol_matches(p.protocol, flow.protocol) {
+            return false;
+        }
+        match &p.port {
+            PortSel::Range(lo, hi) => (*lo..=*hi).contains(&flow.dst_port),
+            // A named port is the destination endpoint's port of that name; unknown names never match.
+            PortSel::Named(name) => self
+                .endpoints
+                .by_ip(flow.dst_ip)
+                .and_then(|ep| ep.named_ports.get(name))
+                .is_some_and(|p| *p == flow.dst_port),
+        }
+    }
+
+    fn eval_dir(&self, flow: &Flow, dir: Direction, names: &[String]) -> DirOutcome<'_> {
+        let (subject, peer, peer_ip) = match dir {
+            Direction::Egress => (flow.src_identity, flow.dst_identity, flow.dst_ip),
+            Direction::Ingress => (flow.dst_identity, flow.src_identity, flow.src_ip),
+        };
+        if !subject.is_endpoint() {
+            return DirOutcome::NotSelected;
+        }
+        let Some(d) = self.subjects.get(&(subject, dir)) else {
+            return DirOutcome::NotSelected;
+        };
+        let names: &[String] = if dir == Direction::Egress { names } else { &[] };
+        for &r in &d.deny {
+            let rule = &self.rules[r];
+            if self.peer_matches(&rule.peers, peer, peer_ip, names)
+                && (rule.ports.is_empty()
+                    || rule
+                        .ports
+                        .iter()
+                        .any(|pr| pr.ports.iter().any(|p| self.port_matches(p, flow))))
+            {
+                return DirOutcome::Denied(rule.rule.clone());
+            }
+        }
+        let mut l7 = Vec::new();
+        for &r in &d.allow {
+            let rule: &CompiledRule = &self.rules[r];
+            if !self.peer_matches(&rule.peers, peer, peer_ip, names) {
+                continue;
+            }
+            if rule.ports.is_empty() {
+                return DirOutcome::Allowed {
+                    by: Some(rule.rule.clone()),
+                    l7: Vec::new(),
+                };
+            }
+            for pr in &rule.ports {
+                if pr.ports.iter().any(|p| self.port_matches(p, flow)) {
+                    match pr.l7 {
+                        // A plain L4 allow on this port and peer makes every L7 rule of the port moot.
+                        None => {
+                            return DirOutcome::Allowed {
+                                by: Some(rule.rule.clone()),
+                                l7: Vec::new(),
+                            };
+                        }
+                        Some(_) => l7.push((rule, pr)),
+                    }
+                }
+            }
+        }
+        if !l7.is_empty() {
+            DirOutcome::Allowed { by: None, l7 }
+        } else if d.default_deny {
+            DirOutcome::NoMatch(subject)
+        } else {
+            DirOutcome::NotSelected
+        }
+    }
+
+    /// Both directions; `Err` is the deny reason.
+    #[allow(clippy::type_complexity)]
+    fn eval_flow<'a>(
+        &'a self,
+        flow: &Flow,
+        names: &[String],
+    ) -> Result<
+        (
+            Vec<RuleRef>,
+            [(Direction, Vec<(&'a CompiledRule, &'a CompiledPortRule)>); 2],
+        ),
+        Reason,
+    > {
+        let mut by = Vec::new();
+        let mut out: [(Direction, Vec<_>); 2] = [
+            (Direction::Egress, Vec::new()),
+            (Direction::Ingress, Vec::new()),
+        ];
+        for slot in out.iter_mut() {
+            let dir = slot.0;
+            match self.eval_dir(flow, dir, names) {
+                DirOutcome::NotSelected => {}
+                DirOutcome::Denied(r) => return Err(Reason::DenyRule(r)),
+                DirOutcome::NoMatch(endpoint) => {
+                    return Err(Reason::NoRuleMatched {
+                        direction: dir,
+                        endpoint,
+                    });
+                }
+                DirOutcome::Allowed { by: b, l7 } => {
+                    by.extend(b);
+                    slot.1 = l7;
+                }
+            }
+        }
+        Ok((by, out))
+    }
+
+    /// Verdict for a new connection. `cache`/`now` resolve `toFQDNs` peers (names already on the flow count too).
+    pub fn connection(&self, flow: &Flow, cache: &FqdnCache, now: SystemTime) -> ConnectionVerdict {
+        let mut names = cache.names_for_ip_at(flow.dst_ip, now);
+        names.extend(flow.dst_names.iter().map(|n| normalize_name(n)));
+        match self.eval_flow(flow, &names) {
+            Err(reason) => ConnectionVerdict {
+                decision: Decision::Deny,
+                l7: None,
+                reason,
+            },
+            Ok((mut by, dirs)) => {
+                let mut l7 = None;
+                for (_, list) in &dirs {
+                    if let Some((rule, pr)) = list.first() {
+                        l7 = l7.or(pr.l7.as_ref().map(CompiledL7::kind));
+                        by.push(rule.rule.clone());
+                    }
+                }
+                ConnectionVerdict {
+                    decision: Decision::Allow,
+                    l7,
+                    reason: Reason::Allowed { by },
+                }
+            }
+        }
+    }
+
+    /// Shared part of the request queries: L3/L4 first, then `check` for every direction that needs L7.
+    fn request(
+        &self,
+        flow: &Flow,
+        kind: L7Kind,
+        check: impl Fn(&[(&CompiledRule, &CompiledPortRule)]) -> Option<(RuleRef, Vec<HeaderAction>)>,
+    ) -> RequestVerdict {
+        let names: Vec<String> = flow.dst_names.iter().map(|n| normalize_name(n)).collect();
+        let (mut by, dirs) = match self.eval_flow(flow, &names) {
+            Ok(x) => x,
+            Err(reason) => {
+                return RequestVerdict {
+                    decision: Decision::Deny,
+                    reason,
+                    header_actions: Vec::new(),
+                };
+            }
+        };
+        let mut header_actions = Vec::new();
+        for (dir, list) in &dirs {
+            if list.is_empty() {
+                continue;
+            }
+            match check(list) {
+                Some((rule, actions)) => {
+                    by.push(rule);
+                    header_actions.extend(actions);
+                }
+                None => {
+                    return RequestVerdict {
+                        decision: Decision::Deny,
+                        reason: Reason::L7NoMatch {
+                            direction: *dir,
+                            kind,
+                        },
+                        header_actions: Vec::new(),
+                    };
+                }
+            }
+        }
+        RequestVerdict {
+            decision: Decision::Allow,
+            reason: Reason::Allowed { by },
+            header_actions,
+        }
+    }
+
+    /// Verdict for one HTTP request (gRPC: `POST /pkg.Service/Method`).
+    pub fn http(&self, flow: &Flow, req: &HttpRequest) -> RequestVerdict {
+        self.request(flow, L7Kind::Http, |list| {
+            list.iter().find_map(|(rule, pr)| match &pr.l7 {
+                Some(CompiledL7::Http(m)) => m.find(req).map(|(i, actions)| {
+                    let mut r = rule.rule.clone();
+                    r.l7_index = Some(i);
+                    (r, actions)
+                }),
+                _ => None,
+            })
+        })
+    }
+
+    /// Verdict for one Kafka request. Every topic must be allowed by some rule that also matches the API key,
+    /// version and client id (rules may differ per topic); a request without topics needs one matching rule.
+    pub fn kafka(&self, flow: &Flow, req: &KafkaRequest) -> RequestVerdict {
+        self.request(flow, L7Kind::Kafka, |list| {
+            let rules: Vec<(RuleRef, &KafkaRule)> = list
+                .iter()
+                .filter_map(|(rule, pr)| match &pr.l7 {
+                    Some(CompiledL7::Kafka(k)) => Some(k.iter().enumerate().map(|(i, k)| {
+                        let mut r = rule.rule.clone();
+                        r.l7_index = Some(i);
+                        (r, k)
+                    })),
+                    _ => None,
+                })
+                .flatten()
+                .filter(|(_, k)| k.matches_header(req.api_key, req.api_version, req.client_id))
+                .collect();
+            let mut first = None;
+            if req.topics.is_empty() {
+                first = rules.first().map(|(r, _)| r.clone());
+            } else {
+                for t in req.topics {
+                    let hit = rules.iter().find(|(_, k)| k.allows_topic(t))?;
+                    first.get_or_insert_with(|| hit.0.clone());
+                }
+            }
+            first.map(|r| (r, Vec::new()))
+        })
+    }
+
+    /// Verdict for one DNS query (only the name is checked, not the type).
+    pub fn dns(&self, flow: &Flow, q: &DnsQuery) -> RequestVerdict {
+        let name = normalize_name(q.name);
+        self.request(flow, L7Kind::Dns, |list| {
+            list.iter().find_map(|(rule, pr)| match &pr.l7 {
+                Some(CompiledL7::Dns(ms)) => ms
+                    .iter()
+                    .position(|m| m.matches_normalized(&name))
+                    .map(|i| {
+                        let mut r = rule.rule.clone();
+                        r.l7_index = Some(i);
+                        (r, Vec::new())
+                    }),
+                _ => None,
+            })
+        })
+    }
+
+    /// Every (identity, direction, port range, protocol) whose traffic must go through the proxy.
+    /// Named ports are resolved through the endpoints (the subject's for ingress, any endpoint's for egress);
+    /// protocol ANY yields TCP and UDP.
+    pub fn l7_ports(&self) -> Vec<L7Port> {
+        let mut out = BTreeSet::new();
+        for ((identity, direction), d) in &self.subjects {
+            for &r in &d.allow {
+                for pr in &self.rules[r].ports {
+                    let Some(l7) = &pr.l7 else { continue };
+                    for p in &pr.ports {
+                        let protos: &[Protocol] = match p.protocol {
+                            Some(ref x) => std::slice::from_ref(x),
+                            None => &[Protocol::Tcp, Protocol::Udp],
+                        };
+                        let ranges: Vec<(u16, u16)> = match &p.port {
+                            PortSel::Range(lo, hi) => vec![(*lo, *hi)],
+                            PortSel::Named(name) => self
+                                .endpoints
+                                .iter_with_identity()
+                                .filter(|(_, id)| *direction == Direction::Egress || id == identity)
+                                .filter_map(|(ep, _)| ep.named_ports.get(name).map(|p| (*p, *p)))
+                                .collect(),
+                        };
+                        for proto in protos {
+                            for (lo, hi) in &ranges {
+                                out.insert(L7Port {
+                                    identity: *identity,
+                                    direction: *direction,
+                                    port: *lo,
+                                    end_port: *hi,
+                                    protocol: *proto,
+                                    kind: l7.kind(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+fn namespace_labels(ns: &str) -> LabelSet {
+    let mut m = std::collections::BTreeMap::new();
+    m.insert(NAMESPACE_NAME_LABEL.to_string(), ns.to_string());
+    LabelSet(m)
+}
+
+fn ns_matches(ns: &NsMatch, set: &LabelSet) -> bool {
+    let endpoint_ns = set.0.get(crate::labels::NAMESPACE_LABEL);
+    match ns {
+        NsMatch::Any => true,
+        NsMatch::Exact(want) => endpoint_ns == Some(want),
+        NsMatch::Labels(sel) => endpoint_ns.is_some_and(|n| sel.matches(&namespace_labels(n))),
+    }
+}
+
+fn selector_matches(sel: &Selector, ns: &NsMatch, set: &LabelSet) -> bool {
+    ns_matches(ns, set) && sel.matches(set)
+}
+
+fn peer_selects(peer: &Peer, set: &LabelSet) -> bool {
+    match peer {
+        Peer::Endpoints { selector, ns } => selector_matches(selector, ns, set),
+        _ => false,
+    }
+}
+
+type CompiledDirection = (Direction, bool, bool, Vec<CompiledRule>, Vec<CompiledRule>);
+
+fn compile_policy(
+    policy: &Policy,
+    endpoints: &EndpointTable,
+) -> Result<Vec<CompiledDirection>, PolicyError> {
+    let all_ids: Vec<(Identity, &LabelSet)> = endpoints
+        .identities()
+        .filter_map(|id| endpoints.label_set(id).map(|s| (id, s)))
+        .collect();
+    let compile_rules =
+        |rules: &[Rule], dir: Direction| -> Result<Vec<CompiledRule>, PolicyError> {
+            rules
+                .iter()
+                .map(|r| compile_rule(policy, r, dir, &all_ids))
+                .collect()
+        };
+    let mut out = Vec::new();
+    for (dir, section, dd, deny) in [
+        (
+            Direction::Ingress,
+            &policy.ingress,
+            policy.default_deny_ingress,
+            &policy.ingress_deny,
+        ),
+        (
+            Direction::Egress,
+            &policy.egress,
+            policy.default_deny_egress,
+            &policy.egress_deny,
+        ),
+    ] {
+        let allow = match section {
+            Some(rules) => compile_rules(rules, dir)?,
+            None => Vec::new(),
+        };
+        out.push((dir, section.is_some(), dd, allow, compile_rules(deny, dir)?));
+    }
+    Ok(out)
+}
+
+fn compile_rule(
+    policy: &Policy,
+    r: &Rule,
+    dir: Direction,
+    all_ids: &[(Identity, &LabelSet)],
+) -> Result<CompiledRule, PolicyError> {
+    let peers = match &r.peers {
+        Peers::Any => CompiledPeers::Any,
+        Peers::Nothing => CompiledPeers::Nothing,
+        Peers::List(list) => {
+            let mut identities = HashSet::new();
+            let mut all = false;
+            let mut cidrs = Vec::new();
+            let mut fqdns = Vec::new();
+            for p in list {
+                match p {
+                    Peer::Endpoints { .. } => identities.extend(
+                        all_ids
+                            .iter()
+                            .filter(|(_, set)| peer_selects(p, set))
+                            .map(|(id, _)| *id),
+                    ),
+                    Peer::Entity(Entity::All) => all = true,
+                    Peer::Entity(Entity::World) => {
+                        identities.insert(Identity::WORLD);
+                    }
+                    Peer::Entity(Entity::Host) => {
+                        identities.insert(Identity::HOST);
+                    }
+                    Peer::Entity(Entity::Cluster) => {
+                        identities.insert(Identity::HOST);
+                        identities.extend(
+                            all_ids
+                                .iter()
+                                .map(|(id, _)| *id)
+                                .filter(|id| id.is_endpoint()),
+                        );
+                    }
+                    Peer::Cidr { net, except } => cidrs.push((*net, except.clone())),
+                    Peer::Fqdn(m) => fqdns.push(m.clone()),
+                }
+            }
+            CompiledPeers::Match {
+                identities,
+                all,
+                cidrs,
+                fqdns,
+            }
+        }
+    };
+    let mut ports = Vec::new();
+    for pr in &r.ports {
+        let l7 = match &pr.l7 {
+            None => None,
+            Some(L7Def::Http(rules)) => Some(CompiledL7::Http(
+                HttpMatcher::new(rules.clone()).map_err(|e| {
+                    PolicyError::new(
+                        &policy.file,
+                        policy.document,
+                        format!("{}.rules.http", pr.path),
+                        e,
+                    )
+                })?,
+            )),
+            Some(L7Def::Kafka(k)) => Some(CompiledL7::Kafka(k.clone())),
+            Some(L7Def::Dns(d)) => Some(CompiledL7::Dns(d.clone())),
+        };
+        ports.push(CompiledPortRule {
+            ports: pr.ports.clone(),
+            l7,
+        });
+    }
+    Ok(CompiledRule {
+        rule: RuleRef {
+            policy: policy.id(),
+            kind: policy.kind,
+            direction: dir,
+            deny: r.deny,
+            rule_index: r.index,
+            l7_index: None,
+        },
+        peers,
+        ports,
+    })
+}
