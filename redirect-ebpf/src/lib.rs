@@ -1,1 +1,2 @@
-//! placeholder
+//! placeholder (being written)
+pub mod maps;
