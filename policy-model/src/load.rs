@@ -209,7 +209,7 @@ pub fn load_policies(file_name: &str, yaml: &str) -> PolicyLoad {
 }
 
 /// Load one policy given as a YAML value (used by the conformance runner for inline policies).
-pub fn load_policy_value(
+pub(crate) fn load_policy_value(
     file_name: &str,
     document: usize,
     value: &Value,

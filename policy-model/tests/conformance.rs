@@ -1,0 +1,57 @@
+//! Runs every case file in /work/shared/conformance through the real engine; every case must pass.
+
+use std::path::PathBuf;
+
+#[test]
+fn every_shared_conformance_case_passes() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance");
+    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
+        panic!(
+            "conformance folder {} is missing ({e}); it must exist next to the repo",
+            dir.display()
+        )
+    });
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.expect("readable directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "no *.yaml case files in {}",
+        dir.display()
+    );
+    let mut failures = Vec::new();
+    let mut total = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", f.display()));
+        let run = policy_model::conformance::run_file(&f.display().to_string(), &text)
+            .unwrap_or_else(|e| panic!("case file rejected: {e}"));
+        assert!(!run.results.is_empty(), "{} has no cases", f.display());
+        for r in &run.results {
+            total += 1;
+            if !r.passed {
+                failures.push(format!(
+                    "{} case {} ({} -> {}:{} {}): expected {}, got {} ({})",
+                    run.name,
+                    r.index,
+                    r.from,
+                    r.to,
+                    r.port,
+                    r.description,
+                    r.expected,
+                    r.got,
+                    r.reason
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("{total} conformance cases passed in {} files", files.len());
+}
