@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::policy_adapter::{
-    self as policy_model, EndpointTable, FqdnCache, PolicyEngine, PolicyError,
+    EndpointTable, FqdnCache, PolicyEngine, PolicyError, empty_fqdn_cache, load_policies,
 };
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -145,7 +145,7 @@ pub fn compile(
     };
     let mut policies = Vec::new();
     for (name, text) in docs {
-        let load = policy_model::load_policies(name, text);
+        let load = load_policies(name, text);
         policies.extend(load.policies);
         errors.extend(load.errors);
     }
@@ -160,7 +160,7 @@ pub fn compile(
     Ok(PolicySnapshot {
         engine,
         endpoints: table,
-        fqdn: FqdnCache::default(),
+        fqdn: empty_fqdn_cache(),
         generation,
     })
 }
