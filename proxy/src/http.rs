@@ -444,7 +444,17 @@ impl Service<Request<Incoming>> for Forward {
                 Version::HTTP_11
             };
             let client = ctx.proxy.upstream.client(ctx.dst, http2);
-            match client.request(req).await {
+            // A bodyless request can be replayed once if the upstream refused it unprocessed (HTTP/2 GOAWAY).
+            let replay =
+                (!upgrade && http_body::Body::is_end_stream(req.body())).then(|| replay_head(&req));
+            let mut result = client.request(req.map(BodyExt::boxed_unsync)).await;
+            if let (Err(e), Some(head)) = (&result, replay)
+                && crate::upstream::refused_unprocessed(e)
+            {
+                tracing::debug!(dst = %ctx.dst, "upstream refused the request unprocessed ({e}); retrying once");
+                result = client.request(head).await;
+            }
+            match result {
                 Ok(mut resp) => {
                     let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         || (is_connect && resp.status().is_success());
@@ -474,6 +484,16 @@ impl Service<Request<Incoming>> for Forward {
             }
         })
     }
+}
+
+/// A copy of a bodyless request's head with an empty body, for a replay.
+fn replay_head<B>(req: &Request<B>) -> Request<crate::upstream::UpstreamBody> {
+    let mut r = Request::new(Empty::new().map_err(|never| match never {}).boxed_unsync());
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
 }
 
 /// `a: b: c` from an error and its sources.

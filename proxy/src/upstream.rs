@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -80,7 +79,26 @@ impl tower::Service<Uri> for MarkedConnector {
     }
 }
 
-pub type UpstreamClient = Client<MarkedConnector, Incoming>;
+/// Request bodies sent upstream: the client's own body, or an empty one when a bodyless request is replayed.
+pub type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;
+
+pub type UpstreamClient = Client<MarkedConnector, UpstreamBody>;
+
+/// True when the upstream refused the request without processing it, so sending it again is safe: an HTTP/2
+/// GOAWAY (graceful, e.g. nginx's `keepalive_requests`) or REFUSED_STREAM for a stream the server never started.
+/// hyper's pool only retries requests that were never written; these were written and refused.
+pub fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(h2e) = err.downcast_ref::<h2::Error>() {
+            let reason = h2e.reason();
+            return (h2e.is_go_away() && h2e.is_remote() && reason == Some(h2::Reason::NO_ERROR))
+                || reason == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cur = err.source();
+    }
+    false
+}
 
 /// Clients per (destination, HTTP/2?), bounded: past `MAX_CLIENTS` destinations the map is cleared (in-flight
 /// requests keep their clone; only idle pooled connections are dropped).

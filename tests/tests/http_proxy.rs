@@ -830,10 +830,16 @@ fn hot_reload_under_h2_load_applies_to_open_connections() {
     let text = fs::read_to_string(&out_path).unwrap();
     assert!(status.success(), "h2load failed: {text}");
     let (done, ok, denied, server_err, errored) = h2load_summary(&text);
+    let errors: std::collections::BTreeSet<String> = cluster
+        .flows()
+        .iter()
+        .filter(|f| f["verdict"] == "ERROR")
+        .map(|f| f["policy"].as_str().unwrap_or("").to_string())
+        .collect();
     assert_eq!(
         (done, errored, server_err),
         (20000, 0, 0),
-        "every request answered, none errored: {text}"
+        "every request answered, none errored: {text}\nproxy errors: {errors:#?}"
     );
     assert!(
         ok >= 2000 && denied > 0 && ok + denied == 20000,
