@@ -29,23 +29,45 @@ int tg_sockops(struct bpf_sock_ops *skops)
 
 	if (op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
 		return 1;
+	/* Read every address field up front, in one basic block: the verifier
+	 * rejects ctx loads through a pointer the compiler offset per branch. */
+	__u32 l4 = skops->local_ip4, r4 = skops->remote_ip4;
+	__u32 l6_0 = skops->local_ip6[0], l6_1 = skops->local_ip6[1];
+	__u32 l6_2 = skops->local_ip6[2], l6_3 = skops->local_ip6[3];
+	__u32 r6_0 = skops->remote_ip6[0], r6_1 = skops->remote_ip6[1];
+	__u32 r6_2 = skops->remote_ip6[2], r6_3 = skops->remote_ip6[3];
+	__u32 lp = skops->local_port, rp = skops->remote_port;
+
+	tg_barrier_var(l4);
+	tg_barrier_var(r4);
+	tg_barrier_var(l6_0);
+	tg_barrier_var(l6_1);
+	tg_barrier_var(l6_2);
+	tg_barrier_var(l6_3);
+	tg_barrier_var(r6_0);
+	tg_barrier_var(r6_1);
+	tg_barrier_var(r6_2);
+	tg_barrier_var(r6_3);
+	tg_barrier_var(lp);
+	tg_barrier_var(rp);
+
 	if (family == AF_INET) {
-		local[0] = skops->local_ip4;
-		remote[0] = skops->remote_ip4;
+		local[0] = l4;
+		remote[0] = r4;
 	} else if (family == AF_INET6) {
-		local[0] = skops->local_ip6[0];
-		local[1] = skops->local_ip6[1];
-		local[2] = skops->local_ip6[2];
-		local[3] = skops->local_ip6[3];
-		remote[0] = skops->remote_ip6[0];
-		remote[1] = skops->remote_ip6[1];
-		remote[2] = skops->remote_ip6[2];
-		remote[3] = skops->remote_ip6[3];
+		local[0] = l6_0;
+		local[1] = l6_1;
+		local[2] = l6_2;
+		local[3] = l6_3;
+		remote[0] = r6_0;
+		remote[1] = r6_1;
+		remote[2] = r6_2;
+		remote[3] = r6_3;
 	} else {
 		return 1;
 	}
-	lport = bpf_htons((__u16)skops->local_port);
-	rport = tg_remote_port(skops->remote_port);
+	lport = bpf_htons((__u16)lp);
+	rport = tg_remote_port(rp);
 
 	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
 		cookie = bpf_get_socket_cookie(skops);

@@ -30,6 +30,8 @@ int tg_getsockopt(struct bpf_sockopt *ctx)
 	struct tg_orig_dst *od;
 	__u32 local[4] = {}, peer[4] = {};
 	__u32 family;
+	__u16 src_port, dst_port;
+	__u8 l4proto;
 
 	if (ctx->optname != TG_SO_ORIGINAL_DST)
 		return 1;
@@ -38,24 +40,48 @@ int tg_getsockopt(struct bpf_sockopt *ctx)
 	if (!sk)
 		return 1;
 	family = sk->family;
-	if (family == AF_INET) {
-		local[0] = sk->src_ip4;
-		peer[0] = sk->dst_ip4;
-	} else if (family == AF_INET6) {
-		local[0] = sk->src_ip6[0];
-		local[1] = sk->src_ip6[1];
-		local[2] = sk->src_ip6[2];
-		local[3] = sk->src_ip6[3];
-		peer[0] = sk->dst_ip6[0];
-		peer[1] = sk->dst_ip6[1];
-		peer[2] = sk->dst_ip6[2];
-		peer[3] = sk->dst_ip6[3];
-	} else {
-		return 1;
+	{
+		/* One basic block of loads, pinned in registers (see tg_barrier_var). */
+		__u32 s4 = sk->src_ip4, d4 = sk->dst_ip4;
+		__u32 s6_0 = sk->src_ip6[0], s6_1 = sk->src_ip6[1], s6_2 = sk->src_ip6[2], s6_3 = sk->src_ip6[3];
+		__u32 d6_0 = sk->dst_ip6[0], d6_1 = sk->dst_ip6[1], d6_2 = sk->dst_ip6[2], d6_3 = sk->dst_ip6[3];
+		__u32 sp = sk->src_port, proto = sk->protocol;
+		__u16 dp = sk->dst_port;
+
+		tg_barrier_var(s4);
+		tg_barrier_var(d4);
+		tg_barrier_var(s6_0);
+		tg_barrier_var(s6_1);
+		tg_barrier_var(s6_2);
+		tg_barrier_var(s6_3);
+		tg_barrier_var(d6_0);
+		tg_barrier_var(d6_1);
+		tg_barrier_var(d6_2);
+		tg_barrier_var(d6_3);
+		tg_barrier_var(sp);
+		tg_barrier_var(dp);
+		tg_barrier_var(proto);
+		if (family == AF_INET) {
+			local[0] = s4;
+			peer[0] = d4;
+		} else if (family == AF_INET6) {
+			local[0] = s6_0;
+			local[1] = s6_1;
+			local[2] = s6_2;
+			local[3] = s6_3;
+			peer[0] = d6_0;
+			peer[1] = d6_1;
+			peer[2] = d6_2;
+			peer[3] = d6_3;
+		} else {
+			return 1;
+		}
+		src_port = dp;
+		dst_port = bpf_htons((__u16)sp);
+		l4proto = (__u8)proto;
 	}
 	/* The accepted socket's peer is the client: it is the key's source. */
-	tg_tuple_fill(&key, family, (__u8)sk->protocol, peer, (__u16)sk->dst_port, local,
-		      bpf_htons((__u16)sk->src_port));
+	tg_tuple_fill(&key, family, l4proto, peer, src_port, local, dst_port);
 	if (tg_is_loopback(key.family, key.dst_ip))
 		key.netns_cookie = bpf_get_netns_cookie(ctx);
 	od = bpf_map_lookup_elem(&tg_odst_tuple, &key);

@@ -1,2 +1,20 @@
-//! placeholder (being written)
+//! Tollgate's eBPF redirect layer.
+//!
+//! Owns: the C programs in `bpf/` (cgroup connect/sendmsg/recvmsg/getpeername v4+v6 and sockops on pod cgroups,
+//! sockops + getsockopt(SO_ORIGINAL_DST) on the proxy's cgroup, a TC ingress classifier doing `bpf_sk_assign`), the
+//! map layouts shared with them (`bpf/lib/maps.h` <-> [`maps`]), and their pins under the pin root.
+//!
+//! Must not touch: policy decisions (the proxy computes [`L7Redirect`]s from policy-model and hands them over),
+//! iptables/routing (the deployment sets up the `fwmark -> local table` rule TC steering needs), and the proxy's
+//! sockets (it only reads records about them).
+
+pub mod error;
 pub mod maps;
+pub mod model;
+mod privileges;
+pub mod redirect;
+pub mod socket;
+
+pub use error::RedirectError;
+pub use model::{Direction, FourTuple, L7Kind, L7Redirect, OriginalDst, Protocol, ProxyConfig};
+pub use redirect::{DEFAULT_PIN_ROOT, EndpointInfo, FlowKey, Redirect, RedirectOptions};

@@ -13,15 +13,35 @@
 
 #ifndef AF_INET
 #define AF_INET 2
+/* Pins a value in a register at this point, so clang cannot sink or merge
+ * the ctx load that produced it into branches (the verifier rejects ctx
+ * loads through a pointer the compiler offset per branch). */
+#define tg_barrier_var(v) asm volatile("" : "+r"(v))
+
 #endif
 #ifndef AF_INET6
 #define AF_INET6 10
+/* Pins a value in a register at this point, so clang cannot sink or merge
+ * the ctx load that produced it into branches (the verifier rejects ctx
+ * loads through a pointer the compiler offset per branch). */
+#define tg_barrier_var(v) asm volatile("" : "+r"(v))
+
 #endif
 #ifndef IPPROTO_TCP
 #define IPPROTO_TCP 6
+/* Pins a value in a register at this point, so clang cannot sink or merge
+ * the ctx load that produced it into branches (the verifier rejects ctx
+ * loads through a pointer the compiler offset per branch). */
+#define tg_barrier_var(v) asm volatile("" : "+r"(v))
+
 #endif
 #ifndef IPPROTO_UDP
 #define IPPROTO_UDP 17
+/* Pins a value in a register at this point, so clang cannot sink or merge
+ * the ctx load that produced it into branches (the verifier rejects ctx
+ * loads through a pointer the compiler offset per branch). */
+#define tg_barrier_var(v) asm volatile("" : "+r"(v))
+
 #endif
 #define TG_SOL_IP 0
 #define TG_SOL_IPV6 41
@@ -38,5 +58,10 @@
 #define TG_ID_WORLD 2
 /* Identities below this are reserved; at or above are cluster endpoints. */
 #define TG_ID_FIRST_ALLOCATED 256
+
+/* Pins a value in a register at this point, so clang cannot sink or merge
+ * the ctx load that produced it into branches (the verifier rejects ctx
+ * loads through a pointer the compiler offset per branch). */
+#define tg_barrier_var(v) asm volatile("" : "+r"(v))
 
 #endif

@@ -1,0 +1,231 @@
+//! `redirect-probe`: tiny socket client/server used by the kernel tests (and handy when debugging a node by hand).
+//! Prints `key=value` lines on stdout; exits 2 on a socket error after printing `error=<kind> errno=<n>`.
+//!
+//!   redirect-probe tcp-connect ADDR [--mark N]   connect, print local/peer (getpeername), read one line
+//!   redirect-probe udp ADDR TEXT                 send TEXT unconnected, print the reply and its source
+//!   redirect-probe serve-tcp ADDR [TAG]          accept forever, answer each connection with "<TAG>"
+//!   redirect-probe accept ADDR N [--transparent] accept N connections, print what the proxy would see
+//!   redirect-probe udp-serve ADDR TAG            answer every datagram with "<TAG>" (forever)
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use redirect_ebpf::socket;
+
+fn fail(e: std::io::Error) -> ! {
+    println!("error={:?} errno={}", e.kind(), e.raw_os_error().unwrap_or(0));
+    std::process::exit(2);
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|_| {
+        eprintln!("bad address {s}");
+        std::process::exit(64)
+    })
+}
+
+fn setsockopt_u32(fd: &impl AsFd, level: libc::c_int, name: libc::c_int, value: u32) -> std::io::Result<()> {
+    // SAFETY: value is a valid u32 for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            4,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+fn tcp_socket(target: &SocketAddr) -> std::io::Result<OwnedFd> {
+    let domain = if target.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn connect_raw(fd: &OwnedFd, target: SocketAddr) -> std::io::Result<()> {
+    // Go through std's address conversion by building the sockaddr by hand.
+    let rc = match target {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sin is a valid sockaddr_in.
+            unsafe {
+                libc::connect(
+                    fd.as_raw_fd(),
+                    (&raw const sin).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            }
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sin6 is a valid sockaddr_in6.
+            unsafe {
+                libc::connect(
+                    fd.as_raw_fd(),
+                    (&raw const sin6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
+        }
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+fn tcp_connect(args: &[String]) {
+    let target = addr(&args[0]);
+    let fd = tcp_socket(&target).unwrap_or_else(|e| fail(e));
+    if let Some(i) = args.iter().position(|a| a == "--mark") {
+        let mark: u32 = args[i + 1].parse().expect("--mark takes a number");
+        setsockopt_u32(&fd, libc::SOL_SOCKET, libc::SO_MARK, mark).unwrap_or_else(|e| fail(e));
+    }
+    connect_raw(&fd, target).unwrap_or_else(|e| fail(e));
+    println!("local={}", socket::local_addr(&fd).unwrap_or_else(|e| fail(e)));
+    println!("peer={}", socket::peer_addr(&fd).unwrap_or_else(|e| fail(e)));
+    let stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap_or_else(|e| fail(e));
+    println!("reply={}", line.trim_end());
+}
+
+fn udp(args: &[String]) {
+    let target = addr(&args[0]);
+    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let sock = UdpSocket::bind(bind).unwrap_or_else(|e| fail(e));
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    sock.send_to(args[1].as_bytes(), target).unwrap_or_else(|e| fail(e));
+    let mut buf = [0u8; 1500];
+    let (n, from) = sock.recv_from(&mut buf).unwrap_or_else(|e| fail(e));
+    println!("local={}", sock.local_addr().unwrap_or_else(|e| fail(e)));
+    println!("from={from}");
+    println!("reply={}", String::from_utf8_lossy(&buf[..n]));
+}
+
+fn serve_tcp(args: &[String]) {
+    let listener = TcpListener::bind(addr(&args[0])).unwrap_or_else(|e| fail(e));
+    let tag = args.get(1).cloned().unwrap_or_else(|| "server".into());
+    println!("listening={}", listener.local_addr().unwrap());
+    std::io::stdout().flush().ok();
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let _ = writeln!(stream, "{tag}");
+    }
+}
+
+fn accept(args: &[String]) {
+    let bind = addr(&args[0]);
+    let count: usize = args[1].parse().expect("accept ADDR N");
+    let transparent = args.iter().any(|a| a == "--transparent");
+    let fd = tcp_socket(&bind).unwrap_or_else(|e| fail(e));
+    setsockopt_u32(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).unwrap_or_else(|e| fail(e));
+    if transparent {
+        setsockopt_u32(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1).unwrap_or_else(|e| fail(e));
+    }
+    let listener = {
+        let std_listener = std::net::TcpListener::from(fd);
+        // std has no bind-on-existing-socket; use libc::bind.
+        let sin = match bind {
+            SocketAddr::V4(v4) => libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            },
+            SocketAddr::V6(_) => {
+                eprintln!("accept: IPv4 only");
+                std::process::exit(64)
+            }
+        };
+        // SAFETY: sin is a valid sockaddr_in; the fd is a TCP socket.
+        let rc = unsafe {
+            libc::bind(
+                std_listener.as_raw_fd(),
+                (&raw const sin).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if rc != 0 {
+            fail(std::io::Error::last_os_error());
+        }
+        // SAFETY: listen(2) on our bound socket.
+        if unsafe { libc::listen(std_listener.as_raw_fd(), 16) } != 0 {
+            fail(std::io::Error::last_os_error());
+        }
+        std_listener
+    };
+    println!("listening={}", listener.local_addr().unwrap());
+    std::io::stdout().flush().ok();
+    for i in 0..count {
+        let (mut stream, _) = listener.accept().unwrap_or_else(|e| fail(e));
+        println!("conn={i}");
+        println!("peer={}", stream.peer_addr().unwrap());
+        println!("local={}", stream.local_addr().unwrap());
+        println!("cookie={}", socket::socket_cookie(&stream).unwrap_or(0));
+        println!("netns_cookie={}", socket::netns_cookie(&stream).unwrap_or(0));
+        match socket::so_original_dst(&stream) {
+            Ok(a) => println!("original_dst={a}"),
+            Err(e) => println!("original_dst_error={e}"),
+        }
+        println!("end={i}");
+        std::io::stdout().flush().ok();
+        let _ = writeln!(stream, "proxy");
+    }
+}
+
+fn udp_serve(args: &[String]) {
+    let sock = UdpSocket::bind(addr(&args[0])).unwrap_or_else(|e| fail(e));
+    println!("listening={}", sock.local_addr().unwrap());
+    std::io::stdout().flush().ok();
+    let mut buf = [0u8; 1500];
+    loop {
+        let Ok((_, from)) = sock.recv_from(&mut buf) else { continue };
+        println!("datagram_from={from}");
+        std::io::stdout().flush().ok();
+        let _ = sock.send_to(args[1].as_bytes(), from);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = args.split_first().unwrap_or_else(|| {
+        eprintln!("usage: redirect-probe tcp-connect|udp|serve-tcp|accept|udp-serve ...");
+        std::process::exit(64)
+    });
+    match cmd.as_str() {
+        "tcp-connect" => tcp_connect(rest),
+        "udp" => udp(rest),
+        "serve-tcp" => serve_tcp(rest),
+        "accept" => accept(rest),
+        "udp-serve" => udp_serve(rest),
+        other => {
+            eprintln!("unknown command {other}");
+            std::process::exit(64)
+        }
+    }
+}
