@@ -23,6 +23,9 @@ pub mod load;
 mod spec;
 mod verdict;
 
+#[cfg(test)]
+mod semantics_tests;
+
 pub use engine::PolicyEngine;
 pub use error::PolicyError;
 pub use fqdn::FqdnCache;
