@@ -10,7 +10,8 @@ use std::process::Command;
 const PROGRAMS: &[&str] = &["sock_addr", "sockops", "sockopt", "tc_ingress"];
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let bpf = manifest.join("bpf");
     println!("cargo:rerun-if-changed=bpf");
@@ -24,7 +25,9 @@ fn main() {
         ));
     }
     if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
-        fail("/usr/include/bpf/bpf_helpers.h is missing: install libbpf's headers with `apt-get install -y libbpf-dev`.");
+        fail(
+            "/usr/include/bpf/bpf_helpers.h is missing: install libbpf's headers with `apt-get install -y libbpf-dev`.",
+        );
     }
     let multiarch = multiarch_include();
 
@@ -32,7 +35,15 @@ fn main() {
         let src = bpf.join(format!("{prog}.c"));
         let obj = out.join(format!("{prog}.o"));
         run(Command::new(&clang)
-            .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                "-D__TARGET_ARCH_x86",
+                "-Wall",
+                "-Werror",
+            ])
             .arg("-I")
             .arg(bpf.join("lib"))
             .arg("-I")
@@ -58,24 +69,37 @@ fn main() {
         fail(&format!("running {}: {e}", layout_bin.display()));
     });
     if !output.status.success() {
-        fail(&format!("{} failed: {}", layout_bin.display(), String::from_utf8_lossy(&output.stderr)));
+        fail(&format!(
+            "{} failed: {}",
+            layout_bin.display(),
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
-    std::fs::write(out.join("layout_c.rs"), &output.stdout).expect("writing layout_c.rs to OUT_DIR");
+    std::fs::write(out.join("layout_c.rs"), &output.stdout)
+        .expect("writing layout_c.rs to OUT_DIR");
 }
 
 /// The directory holding `asm/types.h` for this host (Debian multiarch layout).
 fn multiarch_include() -> PathBuf {
-    for dir in ["/usr/include/x86_64-linux-gnu", "/usr/include/aarch64-linux-gnu", "/usr/include"] {
+    for dir in [
+        "/usr/include/x86_64-linux-gnu",
+        "/usr/include/aarch64-linux-gnu",
+        "/usr/include",
+    ] {
         if Path::new(dir).join("asm/types.h").exists() {
             return PathBuf::from(dir);
         }
     }
-    fail("asm/types.h not found: install the kernel uapi headers with `apt-get install -y linux-libc-dev`.");
+    fail(
+        "asm/types.h not found: install the kernel uapi headers with `apt-get install -y linux-libc-dev`.",
+    );
 }
 
 fn run(cmd: &mut Command) {
     let shown = format!("{cmd:?}");
-    let output = cmd.output().unwrap_or_else(|e| fail(&format!("{shown}: {e}")));
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| fail(&format!("{shown}: {e}")));
     if !output.status.success() {
         fail(&format!(
             "{shown} failed:\n{}{}",

@@ -16,7 +16,9 @@ pub enum RedirectError {
     )]
     BpffsNotMounted { path: PathBuf },
 
-    #[error("cannot create the pin directory {path}: {source}; check that bpffs is mounted writable at /sys/fs/bpf")]
+    #[error(
+        "cannot create the pin directory {path}: {source}; check that bpffs is mounted writable at /sys/fs/bpf"
+    )]
     PinDir {
         path: PathBuf,
         #[source]
@@ -36,7 +38,7 @@ pub enum RedirectError {
     KernelFeature {
         program: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 
     #[error(
@@ -47,7 +49,7 @@ pub enum RedirectError {
         object: &'static str,
         pin_root: PathBuf,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
 
     #[error("attaching {program} to {target} failed: {source}")]
@@ -55,7 +57,7 @@ pub enum RedirectError {
         program: String,
         target: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
 
     #[error("pinning or adopting link {path} failed: {reason}")]
@@ -65,10 +67,12 @@ pub enum RedirectError {
     Map {
         map: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 
-    #[error("network interface {name} not found: create it (or check the name) before attaching the TC program")]
+    #[error(
+        "network interface {name} not found: create it (or check the name) before attaching the TC program"
+    )]
     InterfaceMissing { name: String },
 
     #[error("invalid argument: {0}")]
@@ -84,6 +88,9 @@ pub enum RedirectError {
 
 impl RedirectError {
     pub(crate) fn map(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> RedirectError {
-        move |source| RedirectError::Map { map, source }
+        move |source| RedirectError::Map {
+            map,
+            source: Box::new(source),
+        }
     }
 }

@@ -87,10 +87,11 @@ pub struct L7Redirect {
     pub proxy_port: Option<u16>,
 }
 
+/// Policy-map entries by (identity, `DIR_*`, `IPPROTO_*`, port in host order).
+pub type PolicyEntries = BTreeMap<(u32, u8, u8, u16), PolicyValue>;
+
 /// Expands redirects into policy-map entries. Overlapping redirects for the same key keep the first one listed.
-pub fn policy_entries(
-    redirects: &[L7Redirect],
-) -> Result<BTreeMap<(u32, u8, u8, u16), PolicyValue>, RedirectError> {
+pub fn policy_entries(redirects: &[L7Redirect]) -> Result<PolicyEntries, RedirectError> {
     let mut out = BTreeMap::new();
     for r in redirects {
         let end = if r.end_port == 0 { r.port } else { r.end_port };
@@ -157,7 +158,10 @@ impl ProxyConfig {
     pub(crate) fn to_value(self) -> ConfigValue {
         ConfigValue {
             flags: CFG_F_ENABLED,
-            proxy_ip4: self.ipv4.map(|ip| ip_words(IpAddr::V4(ip)).1[0]).unwrap_or(0),
+            proxy_ip4: self
+                .ipv4
+                .map(|ip| ip_words(IpAddr::V4(ip)).1[0])
+                .unwrap_or(0),
             proxy_ip6: self
                 .ipv6
                 .map(|ip| ip_words(IpAddr::V6(ip)).1)
@@ -240,7 +244,9 @@ pub(crate) fn ipcache_key(ip: IpAddr, prefix_len: u8) -> Result<IpcacheKey, Redi
     // An IPv4-mapped IPv6 prefix is stored as IPv4: shift the length accordingly.
     let prefix_len = if family == FAMILY_V4 && ip.is_ipv6() {
         prefix_len.checked_sub(96).ok_or_else(|| {
-            RedirectError::Invalid(format!("prefix {ip}/{prefix_len} is shorter than the IPv4-mapped range"))
+            RedirectError::Invalid(format!(
+                "prefix {ip}/{prefix_len} is shorter than the IPv4-mapped range"
+            ))
         })?
     } else {
         prefix_len
@@ -289,9 +295,17 @@ mod tests {
         let entries = policy_entries(&[redirect(80, 0)]).unwrap();
         assert_eq!(entries.len(), 1);
         let ((id, dir, proto, port), v) = entries.iter().next().unwrap();
-        assert_eq!((*id, *dir, *proto, *port), (300, DIR_INGRESS, IPPROTO_TCP, 80));
+        assert_eq!(
+            (*id, *dir, *proto, *port),
+            (300, DIR_INGRESS, IPPROTO_TCP, 80)
+        );
         assert_eq!(v.l7_kind, L7_HTTP);
-        assert_eq!(policy_key(300, DIR_INGRESS, IPPROTO_TCP, 80).port.to_ne_bytes(), [0, 80]);
+        assert_eq!(
+            policy_key(300, DIR_INGRESS, IPPROTO_TCP, 80)
+                .port
+                .to_ne_bytes(),
+            [0, 80]
+        );
     }
 
     #[test]
@@ -300,15 +314,23 @@ mod tests {
         second.kind = L7Kind::Kafka;
         let entries = policy_entries(&[redirect(8081, 0), second]).unwrap();
         assert_eq!(entries.len(), 3);
-        assert_eq!(entries[&(300, DIR_INGRESS, IPPROTO_TCP, 8081)].l7_kind, L7_HTTP);
-        assert_eq!(entries[&(300, DIR_INGRESS, IPPROTO_TCP, 8082)].l7_kind, L7_KAFKA);
+        assert_eq!(
+            entries[&(300, DIR_INGRESS, IPPROTO_TCP, 8081)].l7_kind,
+            L7_HTTP
+        );
+        assert_eq!(
+            entries[&(300, DIR_INGRESS, IPPROTO_TCP, 8082)].l7_kind,
+            L7_KAFKA
+        );
     }
 
     #[test]
     fn bad_ranges_are_rejected_with_the_reason() {
         assert!(policy_entries(&[redirect(0, 0)]).is_err());
         assert!(policy_entries(&[redirect(90, 80)]).is_err());
-        let err = policy_entries(&[redirect(1, 65535)]).unwrap_err().to_string();
+        let err = policy_entries(&[redirect(1, 65535)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at most 4096"), "{err}");
         assert_eq!(policy_entries(&[redirect(1, 4096)]).unwrap().len(), 4096);
     }

@@ -25,7 +25,8 @@ use aya::programs::cgroup_sockopt::CgroupSockoptLink;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, CgroupSockopt, LinkOrder, SchedClassifier, SockOps, TcAttachType,
+    CgroupAttachMode, CgroupSockAddr, CgroupSockopt, LinkOrder, SchedClassifier, SockOps,
+    TcAttachType,
 };
 use aya::{Ebpf, EbpfLoader};
 
@@ -126,7 +127,10 @@ impl std::fmt::Debug for Redirect {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redirect")
             .field("pin_root", &self.pin_root)
-            .field("proxy_cgroups_with_getsockopt", &self.sockopt_links.keys().collect::<Vec<_>>())
+            .field(
+                "proxy_cgroups_with_getsockopt",
+                &self.sockopt_links.keys().collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -158,16 +162,18 @@ fn prepare_pin_root(root: &Path) -> Result<(), RedirectError> {
         }
     }
     for dir in [root.join("maps"), root.join("links")] {
-        std::fs::create_dir_all(&dir).map_err(|source| RedirectError::PinDir { path: dir, source })?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|source| RedirectError::PinDir { path: dir, source })?;
     }
     Ok(())
 }
 
 fn check_privileges() -> Result<(), RedirectError> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(|source| RedirectError::Io {
-        what: "reading /proc/self/status to check capabilities".into(),
-        source,
-    })?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").map_err(|source| RedirectError::Io {
+            what: "reading /proc/self/status to check capabilities".into(),
+            source,
+        })?;
     let caps = privileges::effective_caps(&status).unwrap_or(0);
     let missing = privileges::missing_caps(caps);
     if missing.is_empty() {
@@ -187,26 +193,28 @@ fn load_object(object: &'static str, bytes: &[u8], root: &Path) -> Result<Ebpf, 
     loader.load(bytes).map_err(|source| RedirectError::Load {
         object,
         pin_root: root.to_path_buf(),
-        source,
+        source: Box::new(source),
     })
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, RedirectError> {
     ebpf.take_map(name).ok_or(RedirectError::Map {
         map: name,
-        source: MapError::InvalidName { name: name.into() },
+        source: Box::new(MapError::InvalidName { name: name.into() }),
     })
 }
 
 fn kernel(program: &str) -> impl FnOnce(aya::programs::ProgramError) -> RedirectError + '_ {
     move |source| RedirectError::KernelFeature {
         program: program.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 
 fn missing_program(name: &str) -> RedirectError {
-    RedirectError::Invalid(format!("program {name} missing from the built eBPF object (build.rs out of date?)"))
+    RedirectError::Invalid(format!(
+        "program {name} missing from the built eBPF object (build.rs out of date?)"
+    ))
 }
 
 /// Opens a cgroup-v2 directory and returns it with its id (the kernfs inode number, what
@@ -223,7 +231,11 @@ fn open_cgroup(path: &Path) -> Result<(File, u64), RedirectError> {
     }
     match statfs_type(path) {
         Ok(CGROUP2_SUPER_MAGIC) => {}
-        Ok(other) => return Err(missing(format!("filesystem magic {other:#x} is not cgroup2"))),
+        Ok(other) => {
+            return Err(missing(format!(
+                "filesystem magic {other:#x} is not cgroup2"
+            )));
+        }
         Err(e) => return Err(missing(e.to_string())),
     }
     Ok((file, meta.ino()))
@@ -240,12 +252,10 @@ fn pin(link: FdLink, path: &Path) -> Result<(), RedirectError> {
 /// Removes a pinned link: once no fd refers to it, the kernel detaches the program.
 fn unpin(path: &Path) -> Result<(), RedirectError> {
     match PinnedLink::from_pin(path) {
-        Ok(link) => {
-            link.unpin().map(drop).map_err(|e| RedirectError::Link {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })
-        }
+        Ok(link) => link.unpin().map(drop).map_err(|e| RedirectError::Link {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
         Err(_) if !path.exists() => Ok(()),
         Err(e) => Err(RedirectError::Link {
             path: path.to_path_buf(),
@@ -276,7 +286,8 @@ fn in_netns<T: Send>(
                 source,
             })?;
             // SAFETY: setns on this (scoped, short-lived) thread only; the fd is valid.
-            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
             if rc != 0 {
                 return Err(RedirectError::Io {
                     what: format!("joining network namespace {}", netns.display()),
@@ -286,7 +297,11 @@ fn in_netns<T: Send>(
             f()
         })
         .join()
-        .unwrap_or_else(|_| Err(RedirectError::Invalid("netns worker thread panicked".into())))
+        .unwrap_or_else(|_| {
+            Err(RedirectError::Invalid(
+                "netns worker thread panicked".into(),
+            ))
+        })
     })
 }
 
@@ -331,14 +346,20 @@ impl Redirect {
 
         let m = &mut sock_addr;
         let mut redirect = Redirect {
-            ipcache: LpmTrie::try_from(take_map(m, MAP_IPCACHE)?).map_err(RedirectError::map(MAP_IPCACHE))?,
-            policy: HashMap::try_from(take_map(m, MAP_POLICY)?).map_err(RedirectError::map(MAP_POLICY))?,
-            endpoints: HashMap::try_from(take_map(m, MAP_ENDPOINTS)?).map_err(RedirectError::map(MAP_ENDPOINTS))?,
+            ipcache: LpmTrie::try_from(take_map(m, MAP_IPCACHE)?)
+                .map_err(RedirectError::map(MAP_IPCACHE))?,
+            policy: HashMap::try_from(take_map(m, MAP_POLICY)?)
+                .map_err(RedirectError::map(MAP_POLICY))?,
+            endpoints: HashMap::try_from(take_map(m, MAP_ENDPOINTS)?)
+                .map_err(RedirectError::map(MAP_ENDPOINTS))?,
             odst_cookie: HashMap::try_from(take_map(m, MAP_ODST_COOKIE)?)
                 .map_err(RedirectError::map(MAP_ODST_COOKIE))?,
-            odst_tuple: HashMap::try_from(take_map(m, MAP_ODST_TUPLE)?).map_err(RedirectError::map(MAP_ODST_TUPLE))?,
-            fqdn: HashMap::try_from(take_map(m, MAP_FQDN_ALLOW)?).map_err(RedirectError::map(MAP_FQDN_ALLOW))?,
-            config: Array::try_from(take_map(m, MAP_CONFIG)?).map_err(RedirectError::map(MAP_CONFIG))?,
+            odst_tuple: HashMap::try_from(take_map(m, MAP_ODST_TUPLE)?)
+                .map_err(RedirectError::map(MAP_ODST_TUPLE))?,
+            fqdn: HashMap::try_from(take_map(m, MAP_FQDN_ALLOW)?)
+                .map_err(RedirectError::map(MAP_FQDN_ALLOW))?,
+            config: Array::try_from(take_map(m, MAP_CONFIG)?)
+                .map_err(RedirectError::map(MAP_CONFIG))?,
             pin_root: root,
             sockopt_links: Default::default(),
             sock_addr,
@@ -363,7 +384,9 @@ impl Redirect {
 
     /// The config map's current content.
     pub fn config(&self) -> Result<ConfigValue, RedirectError> {
-        self.config.get(&0, 0).map_err(RedirectError::map(MAP_CONFIG))
+        self.config
+            .get(&0, 0)
+            .map_err(RedirectError::map(MAP_CONFIG))
     }
 
     fn cgroup_link_dir(&self, cgroup_id: u64) -> PathBuf {
@@ -397,11 +420,17 @@ impl Redirect {
         let target = cgroup.display().to_string();
         let attach_err = |program: &str, target: &str| {
             let (program, target) = (program.to_string(), target.to_string());
-            move |source| RedirectError::Attach { program, target, source }
+            move |source: aya::programs::ProgramError| RedirectError::Attach {
+                program,
+                target,
+                source: Box::new(source),
+            }
         };
         let link_err = |program: &str| {
             let program = program.to_string();
-            move |e: aya::programs::links::LinkError| RedirectError::Invalid(format!("link of {program}: {e}"))
+            move |e: aya::programs::links::LinkError| {
+                RedirectError::Invalid(format!("link of {program}: {e}"))
+            }
         };
         for &name in sock_addr {
             let prog: &mut CgroupSockAddr = self
@@ -429,7 +458,9 @@ impl Redirect {
                 let id = prog
                     .attach(cg.as_fd(), CgroupAttachMode::default())
                     .map_err(attach_err(SOCKOPS_PROGRAM, &target))?;
-                let link = prog.take_link(id).map_err(attach_err(SOCKOPS_PROGRAM, &target))?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(attach_err(SOCKOPS_PROGRAM, &target))?;
                 FdLink::try_from(link).map_err(link_err(SOCKOPS_PROGRAM))
             })?;
         }
@@ -501,7 +532,8 @@ impl Redirect {
     /// The proxy's own cgroup: sockops (to re-key accepted sockets) and getsockopt (SO_ORIGINAL_DST). Never the
     /// redirecting programs: the proxy's upstream connections must not loop back into it.
     pub fn attach_proxy_cgroup(&mut self, cgroup: &Path) -> Result<(), RedirectError> {
-        self.attach_cgroup_programs(cgroup, &[], true, true).map(drop)
+        self.attach_cgroup_programs(cgroup, &[], true, true)
+            .map(drop)
     }
 
     pub fn detach_proxy_cgroup(&mut self, cgroup: &Path) -> Result<(), RedirectError> {
@@ -518,7 +550,10 @@ impl Redirect {
                 source,
             })?
             .ino();
-        Ok(self.pin_root.join("links").join(format!("tc-{ino}-{ifname}")))
+        Ok(self
+            .pin_root
+            .join("links")
+            .join(format!("tc-{ino}-{ifname}")))
     }
 
     /// Attaches the ingress classifier (tcx) to `ifname`, in the network namespace at `netns` (e.g.
@@ -534,7 +569,9 @@ impl Redirect {
         in_netns(netns, || {
             Self::attach_pinned(&pin_path, || {
                 if !Path::new("/sys/class/net").join(ifname).exists() && netns.is_none() {
-                    return Err(RedirectError::InterfaceMissing { name: ifname.into() });
+                    return Err(RedirectError::InterfaceMissing {
+                        name: ifname.into(),
+                    });
                 }
                 let id = prog
                     .attach_with_options(
@@ -543,19 +580,21 @@ impl Redirect {
                         TcAttachOptions::TcxOrder(LinkOrder::default()),
                     )
                     .map_err(|source| match source {
-                        aya::programs::ProgramError::TcError(_) => RedirectError::InterfaceMissing {
-                            name: ifname.into(),
-                        },
+                        aya::programs::ProgramError::TcError(_) => {
+                            RedirectError::InterfaceMissing {
+                                name: ifname.into(),
+                            }
+                        }
                         source => RedirectError::Attach {
                             program: TC_PROGRAM.into(),
                             target: ifname.into(),
-                            source,
+                            source: Box::new(source),
                         },
                     })?;
                 let link = prog.take_link(id).map_err(|source| RedirectError::Attach {
                     program: TC_PROGRAM.into(),
                     target: ifname.into(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 FdLink::try_from(link).map_err(|e| RedirectError::Invalid(format!("tcx link: {e}")))
             })
@@ -596,14 +635,19 @@ impl Redirect {
     }
 
     /// Exact-prefix read of the ipcache (for inspection and tests).
-    pub fn ipcache_get(&self, ip: IpAddr, prefix_len: u8) -> Result<Option<IpcacheValue>, RedirectError> {
+    pub fn ipcache_get(
+        &self,
+        ip: IpAddr,
+        prefix_len: u8,
+    ) -> Result<Option<IpcacheValue>, RedirectError> {
         let key = ipcache_key(ip, prefix_len)?;
         optional(self.ipcache.get(&lpm(&key), 0), MAP_IPCACHE)
     }
 
     /// Adds every port of one redirect rule.
     pub fn policy_upsert(&mut self, redirect: &L7Redirect) -> Result<(), RedirectError> {
-        for ((identity, dir, proto, port), value) in policy_entries(std::slice::from_ref(redirect))? {
+        for ((identity, dir, proto, port), value) in policy_entries(std::slice::from_ref(redirect))?
+        {
             self.policy
                 .insert(policy_key(identity, dir, proto, port), value, 0)
                 .map_err(RedirectError::map(MAP_POLICY))?;
@@ -627,7 +671,12 @@ impl Redirect {
             .map_err(RedirectError::map(MAP_POLICY))?;
         for key in existing {
             let flags_entry = key.port == 0 && key.proto == 0;
-            let id = (key.identity, key.direction, key.proto, u16::from_be(key.port));
+            let id = (
+                key.identity,
+                key.direction,
+                key.proto,
+                u16::from_be(key.port),
+            );
             if !flags_entry && !wanted.contains_key(&id) {
                 ignore_missing(self.policy.remove(&key), MAP_POLICY)?;
             }
@@ -641,7 +690,11 @@ impl Redirect {
     }
 
     /// Marks `identity`'s egress as FQDN-restricted: connects to out-of-cluster IPs not in the FQDN map get EPERM.
-    pub fn set_fqdn_restricted(&mut self, identity: u32, restricted: bool) -> Result<(), RedirectError> {
+    pub fn set_fqdn_restricted(
+        &mut self,
+        identity: u32,
+        restricted: bool,
+    ) -> Result<(), RedirectError> {
         let key = policy_flags_key(identity);
         if restricted {
             let value = PolicyValue {
@@ -658,7 +711,12 @@ impl Redirect {
     }
 
     /// Allows `identity` to reach `ip` (a DNS answer) for `ttl` (`None` = until removed).
-    pub fn fqdn_allow(&mut self, identity: u32, ip: IpAddr, ttl: Option<Duration>) -> Result<(), RedirectError> {
+    pub fn fqdn_allow(
+        &mut self,
+        identity: u32,
+        ip: IpAddr,
+        ttl: Option<Duration>,
+    ) -> Result<(), RedirectError> {
         let expires_ns = ttl
             .map(|t| boottime_ns().saturating_add(t.as_nanos().min(u128::from(u64::MAX)) as u64))
             .unwrap_or(0);
@@ -696,14 +754,19 @@ impl Redirect {
     pub fn original_dst(&self, key: FlowKey) -> Result<Option<OriginalDst>, RedirectError> {
         let value = match key {
             FlowKey::Cookie(cookie) => optional(self.odst_cookie.get(&cookie, 0), MAP_ODST_COOKIE)?,
-            FlowKey::Tuple(tuple) => optional(self.odst_tuple.get(&tuple.key()?, 0), MAP_ODST_TUPLE)?,
+            FlowKey::Tuple(tuple) => {
+                optional(self.odst_tuple.get(&tuple.key()?, 0), MAP_ODST_TUPLE)?
+            }
         };
         Ok(value.as_ref().and_then(OriginalDst::from_value))
     }
 
     /// The record of the flow an accepted proxy socket carries: by its cookie (re-keyed by sockops on the proxy's
     /// cgroup), else by its 4-tuple.
-    pub fn original_dst_of_socket(&self, fd: impl AsFd) -> Result<Option<OriginalDst>, RedirectError> {
+    pub fn original_dst_of_socket(
+        &self,
+        fd: impl AsFd,
+    ) -> Result<Option<OriginalDst>, RedirectError> {
         let fd = fd.as_fd();
         let io = |what: &str| {
             let what = what.to_string();

@@ -13,8 +13,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use redirect_ebpf::{
-    Direction, EndpointInfo, FlowKey, FourTuple, L7Kind, L7Redirect, Protocol, ProxyConfig, Redirect,
-    RedirectOptions,
+    Direction, EndpointInfo, FlowKey, FourTuple, L7Kind, L7Redirect, Protocol, ProxyConfig,
+    Redirect, RedirectOptions,
 };
 use tollgate_e2e::{ChildGuard, Node, POD_GATEWAY, Pod, require_root};
 
@@ -43,7 +43,10 @@ struct PinRoot(PathBuf);
 
 impl PinRoot {
     fn new(tag: &str) -> Self {
-        let path = PathBuf::from(format!("/sys/fs/bpf/tollgate-test-{}-{tag}", std::process::id()));
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/tollgate-test-{}-{tag}",
+            std::process::id()
+        ));
         let _ = Redirect::purge(&path);
         PinRoot(path)
     }
@@ -83,7 +86,9 @@ fn load(root: &PinRoot) -> Redirect {
 }
 
 fn endpoint(pod: &Pod, identity: u32) -> EndpointInfo {
-    let IpAddr::V4(v4) = pod.ip else { unreachable!() };
+    let IpAddr::V4(v4) = pod.ip else {
+        unreachable!()
+    };
     EndpointInfo {
         identity,
         ipv4: Some(v4),
@@ -156,7 +161,10 @@ impl Server {
             lines: rx,
         };
         let first = server.read_until("listening=");
-        assert!(first.contains("listening="), "server did not start: {first}");
+        assert!(
+            first.contains("listening="),
+            "server did not start: {first}"
+        );
         server
     }
 
@@ -173,7 +181,9 @@ impl Server {
                         return out;
                     }
                 }
-                Err(_) => panic!("no `{prefix}` line from the server within 10 s; got so far:\n{out}"),
+                Err(_) => {
+                    panic!("no `{prefix}` line from the server within 10 s; got so far:\n{out}")
+                }
             }
         }
     }
@@ -203,9 +213,17 @@ struct Cluster {
 
 fn cluster(tag: &str, net: u8) -> Cluster {
     let mut node = Node::new(tag).expect("creating node netns");
-    let client = node.add_pod("client", &format!("10.{net}.0.2")).expect("client pod");
-    let server = node.add_pod("server", &format!("10.{net}.0.3")).expect("server pod");
-    Cluster { node, client, server }
+    let client = node
+        .add_pod("client", &format!("10.{net}.0.2"))
+        .expect("client pod");
+    let server = node
+        .add_pod("server", &format!("10.{net}.0.3"))
+        .expect("server pod");
+    Cluster {
+        node,
+        client,
+        server,
+    }
 }
 
 #[test]
@@ -217,7 +235,9 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
     redirect.ipcache_upsert(c.client.ip, CLIENT_ID).unwrap();
     redirect.ipcache_upsert(c.server.ip, SERVER_ID).unwrap();
     // Ingress L7 policy on the server's 8080, egress L7 policy of the client on 9091.
-    redirect.policy_upsert(&ingress_http(SERVER_ID, 8080)).unwrap();
+    redirect
+        .policy_upsert(&ingress_http(SERVER_ID, 8080))
+        .unwrap();
     redirect
         .policy_upsert(&L7Redirect {
             identity: CLIENT_ID,
@@ -225,21 +245,37 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
             ..ingress_http(CLIENT_ID, 9091)
         })
         .unwrap();
-    redirect.enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID)).unwrap();
-    redirect.attach_proxy_cgroup(c.node.proxy_cgroup.path()).unwrap();
+    redirect
+        .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
+        .unwrap();
+    redirect
+        .attach_proxy_cgroup(c.node.proxy_cgroup.path())
+        .unwrap();
 
     let _s8080 = serve_in_pod(&c.server, "0.0.0.0:8080", "server8080");
     let _s9090 = serve_in_pod(&c.server, "0.0.0.0:9090", "server9090");
     let _s9091 = serve_in_pod(&c.server, "0.0.0.0:9091", "server9091");
-    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{HTTP_PORT}"), 2, false);
+    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{HTTP_PORT}"), 3, false);
 
     // 1. Destination with ingress L7 policy: lands on the proxy; the client still sees the server as its peer.
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:8080"]);
-    assert_eq!(kv(&out, "reply").as_deref(), Some("proxy"), "client output:\n{out}");
-    assert_eq!(kv(&out, "peer").as_deref(), Some("10.201.0.3:8080"), "getpeername4 rewrite:\n{out}");
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("proxy"),
+        "client output:\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "peer").as_deref(),
+        Some("10.201.0.3:8080"),
+        "getpeername4 rewrite:\n{out}"
+    );
     let seen = proxy.read_until("end=0");
     let client_local: SocketAddr = kv(&out, "local").unwrap().parse().unwrap();
-    assert_eq!(kv(&seen, "peer"), Some(client_local.to_string()), "proxy sees the pod as peer:\n{seen}");
+    assert_eq!(
+        kv(&seen, "peer"),
+        Some(client_local.to_string()),
+        "proxy sees the pod as peer:\n{seen}"
+    );
     assert_eq!(
         kv(&seen, "original_dst").as_deref(),
         Some("10.201.0.3:8080"),
@@ -261,29 +297,382 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
         protocol: Protocol::Tcp,
         netns_cookie: 0,
     };
-    assert_eq!(redirect.original_dst(FlowKey::Tuple(tuple)).unwrap(), Some(by_cookie));
+    assert_eq!(
+        redirect.original_dst(FlowKey::Tuple(tuple)).unwrap(),
+        Some(by_cookie)
+    );
 
     // 2. No L7 policy on 9090: straight to the server, the proxy never sees it.
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:9090"]);
-    assert_eq!(kv(&out, "reply").as_deref(), Some("server9090"), "bypass:\n{out}");
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("server9090"),
+        "bypass:\n{out}"
+    );
 
     // 3. The proxy's SO_MARK on the socket: never redirected, even to an L7 port.
     let mark = PROXY_MARK.to_string();
-    let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:8080", "--mark", &mark]);
-    assert_eq!(kv(&out, "reply").as_deref(), Some("server8080"), "marked socket must bypass:\n{out}");
+    let out = pod_probe(
+        &c.client,
+        &["tcp-connect", "10.201.0.3:8080", "--mark", &mark],
+    );
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("server8080"),
+        "marked socket must bypass:\n{out}"
+    );
 
     // 4. Egress L7 policy of the source identity on 9091: redirected.
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:9091"]);
-    assert_eq!(kv(&out, "reply").as_deref(), Some("proxy"), "egress policy:\n{out}");
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("proxy"),
+        "egress policy:\n{out}"
+    );
     let seen = proxy.read_until("end=1");
-    assert_eq!(kv(&seen, "original_dst").as_deref(), Some("10.201.0.3:9091"), "{seen}");
+    assert_eq!(
+        kv(&seen, "original_dst").as_deref(),
+        Some("10.201.0.3:9091"),
+        "{seen}"
+    );
 
     // 5. The server pod is not enrolled: its connects are never touched.
     let out = pod_probe(&c.server, &["tcp-connect", "10.201.0.3:8080"]);
-    assert_eq!(kv(&out, "reply").as_deref(), Some("server8080"), "unenrolled pod:\n{out}");
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("server8080"),
+        "unenrolled pod:\n{out}"
+    );
 
-    // 6. Unenrolling detaches: the L7 port now reaches the server directly.
+    // 6. A dual-stack (AF_INET6) socket talking IPv4-mapped: connect6 + getpeername6 + sockops normalise to IPv4.
+    let out = pod_probe(&c.client, &["tcp-connect", "[::ffff:10.201.0.3]:8080"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("proxy"),
+        "connect6 (v4-mapped):\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "peer").as_deref(),
+        Some("[::ffff:10.201.0.3]:8080"),
+        "getpeername6:\n{out}"
+    );
+    let seen = proxy.read_until("end=2");
+    assert_eq!(
+        kv(&seen, "original_dst").as_deref(),
+        Some("10.201.0.3:8080"),
+        "{seen}"
+    );
+
+    // 7. Unenrolling detaches: the L7 port now reaches the server directly.
     redirect.unenroll(c.client.cgroup.path()).unwrap();
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:8080"]);
-    assert_eq!(kv(&out, "reply").as_deref(), Some("server8080"), "after unenroll:\n{out}");
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("server8080"),
+        "after unenroll:\n{out}"
+    );
+}
+
+/// How many programs named `name` the kernel has attached to `cgroup` (for any attach type).
+fn attached_count(cgroup: &Path, name: &str) -> usize {
+    let out = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool is needed for this test: `apt-get install -y bpftool`");
+    assert!(
+        out.status.success(),
+        "bpftool cgroup show: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == name))
+        .count()
+}
+
+#[test]
+fn pinned_maps_and_links_survive_the_loader_and_are_adopted_by_the_next_load() {
+    preflight();
+    let root = PinRoot::new("adopt");
+    let c = cluster("rdpin", 202);
+    let _s8080 = serve_in_pod(&c.server, "0.0.0.0:8080", "server8080");
+    {
+        let mut first = load(&root);
+        first.ipcache_upsert(c.server.ip, SERVER_ID).unwrap();
+        first.policy_upsert(&ingress_http(SERVER_ID, 8080)).unwrap();
+        first
+            .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
+            .unwrap();
+        assert_eq!(attached_count(c.client.cgroup.path(), "tg_connect4"), 1);
+    } // the loader is gone: programs stay attached through their pinned links, state through pinned maps
+
+    assert!(root.0.join("maps/tg_policy").exists(), "policy map pinned");
+    assert_eq!(
+        attached_count(c.client.cgroup.path(), "tg_connect4"),
+        1,
+        "link outlived the loader"
+    );
+    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{HTTP_PORT}"), 1, false);
+    let out = pod_probe(&c.client, &["tcp-connect", "10.202.0.3:8080"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("proxy"),
+        "redirect works with no loader alive:\n{out}"
+    );
+    let seen = proxy.read_until("end=0");
+    let client_local: SocketAddr = kv(&out, "local").unwrap().parse().unwrap();
+
+    // A second load adopts the maps: ipcache, policy and the flow record written before are all there.
+    let mut second = load(&root);
+    assert_eq!(
+        second
+            .ipcache_get(c.server.ip, 32)
+            .unwrap()
+            .map(|v| v.identity),
+        Some(SERVER_ID),
+        "ipcache entry kept"
+    );
+    assert_eq!(second.policy_len(), 1, "policy entry kept");
+    let tuple = FourTuple {
+        client: client_local,
+        proxy: kv(&seen, "local").unwrap().parse().unwrap(),
+        protocol: Protocol::Tcp,
+        netns_cookie: 0,
+    };
+    let od = second
+        .original_dst(FlowKey::Tuple(tuple))
+        .unwrap()
+        .expect("record written while no loader was alive");
+    assert_eq!(od.addr, "10.202.0.3:8080".parse().unwrap());
+    // Enrolling again adopts the pinned links instead of attaching a second copy.
+    second
+        .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
+        .unwrap();
+    assert_eq!(
+        attached_count(c.client.cgroup.path(), "tg_connect4"),
+        1,
+        "no duplicate attach"
+    );
+    // policy_sync replaces the set: 8080 goes away, 8081 arrives.
+    second
+        .policy_sync(&[ingress_http(SERVER_ID, 8081)])
+        .unwrap();
+    assert_eq!(second.policy_len(), 1);
+    let out = pod_probe(&c.client, &["tcp-connect", "10.202.0.3:8080"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("server8080"),
+        "after policy_sync:\n{out}"
+    );
+}
+
+#[test]
+fn dns_over_udp_goes_to_the_dns_listener_and_replies_come_from_the_original_resolver() {
+    preflight();
+    let root = PinRoot::new("dns");
+    let c = cluster("rddns", 203);
+    let mut redirect = load(&root);
+    redirect
+        .policy_upsert(&L7Redirect {
+            identity: CLIENT_ID,
+            direction: Direction::Egress,
+            port: 53,
+            end_port: 53,
+            protocol: Protocol::Udp,
+            kind: L7Kind::Dns,
+            proxy_port: None,
+        })
+        .unwrap();
+    redirect
+        .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
+        .unwrap();
+    // The "resolver" the pod asks (the server pod), and the proxy's DNS listener on the node.
+    let mut resolver_cmd = c.server.command(probe());
+    resolver_cmd.args(["udp-serve", "0.0.0.0:53", "resolver"]);
+    let _resolver = Server::start(resolver_cmd);
+    let mut dns_cmd = c.node.command(probe());
+    dns_cmd.args([
+        "udp-serve",
+        &format!("{POD_GATEWAY}:{DNS_PORT}"),
+        "dnsproxy",
+    ]);
+    let mut dns = Server::start(dns_cmd);
+
+    let out = pod_probe(&c.client, &["udp", "10.203.0.3:53", "query"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("dnsproxy"),
+        "sendmsg4 redirect:\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "from").as_deref(),
+        Some("10.203.0.3:53"),
+        "recvmsg4 rewrite:\n{out}"
+    );
+    let seen = dns.read_until("datagram_from=");
+    let from: SocketAddr = kv(&seen, "datagram_from").unwrap().parse().unwrap();
+    let listener: SocketAddr = format!("{POD_GATEWAY}:{DNS_PORT}").parse().unwrap();
+    let od = redirect
+        .original_dst_of_datagram(from, listener, 0)
+        .unwrap()
+        .expect("the DNS listener finds the datagram's record by 4-tuple");
+    assert_eq!(od.addr, "10.203.0.3:53".parse().unwrap());
+    assert_eq!(od.source_identity, CLIENT_ID);
+    assert_eq!(od.kind, Some(L7Kind::Dns));
+    assert_eq!(od.protocol, Protocol::Udp);
+
+    // A dual-stack socket sending to an IPv4-mapped resolver: sendmsg6 + recvmsg6.
+    let out = pod_probe(&c.client, &["udp", "[::ffff:10.203.0.3]:53", "query6"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("dnsproxy"),
+        "sendmsg6 redirect:\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "from").as_deref(),
+        Some("[::ffff:10.203.0.3]:53"),
+        "recvmsg6 rewrite:\n{out}"
+    );
+
+    // No DNS policy on 5353: the datagram goes to the resolver itself.
+    let mut other_cmd = c.server.command(probe());
+    other_cmd.args(["udp-serve", "0.0.0.0:5353", "resolver5353"]);
+    let _other = Server::start(other_cmd);
+    let out = pod_probe(&c.client, &["udp", "10.203.0.3:5353", "other"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("resolver5353"),
+        "no L7 policy on 5353:\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "from").as_deref(),
+        Some("10.203.0.3:5353"),
+        "{out}"
+    );
+}
+
+#[test]
+fn fqdn_restricted_identity_may_only_connect_to_allowed_out_of_cluster_ips() {
+    preflight();
+    let root = PinRoot::new("fqdn");
+    let mut node = Node::new("rdfq").expect("node");
+    let client = node.add_pod("client", "10.204.0.2").unwrap();
+    let inside = node.add_pod("inside", "10.204.0.3").unwrap();
+    let outside = node.add_pod("outside", "10.204.0.9").unwrap(); // not in the ipcache: "the world"
+    let _s_in = serve_in_pod(&inside, "0.0.0.0:80", "inside");
+    let _s_out = serve_in_pod(&outside, "0.0.0.0:80", "outside");
+    let mut redirect = load(&root);
+    redirect.ipcache_upsert(client.ip, CLIENT_ID).unwrap();
+    redirect.ipcache_upsert(inside.ip, SERVER_ID).unwrap();
+    redirect
+        .enroll(client.cgroup.path(), endpoint(&client, CLIENT_ID))
+        .unwrap();
+
+    // Not restricted yet: everything goes.
+    let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
+    assert_eq!(kv(&out, "reply").as_deref(), Some("outside"), "{out}");
+
+    redirect.set_fqdn_restricted(CLIENT_ID, true).unwrap();
+    let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
+    assert_eq!(
+        kv(&out, "errno").as_deref(),
+        Some("1"),
+        "EPERM for a world IP DNS never allowed:\n{out}"
+    );
+    let out = pod_probe(&client, &["tcp-connect", "10.204.0.3:80"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("inside"),
+        "in-cluster identities are not FQDN-gated:\n{out}"
+    );
+
+    redirect
+        .fqdn_allow(CLIENT_ID, outside.ip, Some(Duration::from_secs(60)))
+        .unwrap();
+    let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("outside"),
+        "allowed by a DNS answer:\n{out}"
+    );
+
+    // An expired answer no longer allows (TTL 0 expires at once).
+    redirect
+        .fqdn_allow(CLIENT_ID, outside.ip, Some(Duration::ZERO))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
+    assert_eq!(kv(&out, "errno").as_deref(), Some("1"), "expired:\n{out}");
+    assert_eq!(redirect.fqdn_gc().unwrap(), 1);
+
+    redirect.fqdn_allow(CLIENT_ID, outside.ip, None).unwrap();
+    redirect.fqdn_remove(CLIENT_ID, outside.ip).unwrap();
+    let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
+    assert_eq!(kv(&out, "errno").as_deref(), Some("1"), "removed:\n{out}");
+}
+
+#[test]
+fn tc_ingress_steers_flows_to_local_l7_pods_into_the_transparent_listener() {
+    preflight();
+    let root = PinRoot::new("tc");
+    let c = cluster("rdtc", 205);
+    // Policy routing for steered packets: marked packets are delivered locally in the node.
+    c.node
+        .netns
+        .sh(&format!(
+            "ip rule add fwmark {TPROXY_MARK:#x} lookup 100 && ip route add local 0.0.0.0/0 dev lo table 100"
+        ))
+        .unwrap();
+    let _s8080 = serve_in_pod(&c.server, "0.0.0.0:8080", "server8080");
+    let _s9090 = serve_in_pod(&c.server, "0.0.0.0:9090", "server9090");
+    let mut redirect = load(&root);
+    redirect
+        .ipcache_upsert_prefix(c.server.ip, 32, SERVER_ID, true)
+        .unwrap();
+    redirect
+        .policy_upsert(&ingress_http(SERVER_ID, 8080))
+        .unwrap();
+    let netns = PathBuf::from("/var/run/netns").join(c.node.netns.name());
+    // The client is NOT enrolled: only TC sees its traffic, at the node side of its veth.
+    redirect
+        .attach_tc(&c.client.host_veth, Some(&netns))
+        .unwrap();
+    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{TPROXY_PORT}"), 1, true);
+
+    let out = pod_probe(&c.client, &["tcp-connect", "10.205.0.3:8080"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("proxy"),
+        "steered into the proxy:\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "peer").as_deref(),
+        Some("10.205.0.3:8080"),
+        "{out}"
+    );
+    let seen = proxy.read_until("end=0");
+    assert_eq!(
+        kv(&seen, "local").as_deref(),
+        Some("10.205.0.3:8080"),
+        "the transparent socket's local address is the original destination:\n{seen}"
+    );
+    assert_eq!(kv(&seen, "peer"), kv(&out, "local"), "{seen}");
+
+    let out = pod_probe(&c.client, &["tcp-connect", "10.205.0.3:9090"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("server9090"),
+        "no L7 policy on 9090:\n{out}"
+    );
+
+    redirect
+        .detach_tc(&c.client.host_veth, Some(&netns))
+        .unwrap();
+    let out = pod_probe(&c.client, &["tcp-connect", "10.205.0.3:8080"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("server8080"),
+        "after detach:\n{out}"
+    );
 }

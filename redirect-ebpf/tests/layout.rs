@@ -42,18 +42,40 @@ fn rust_structs() -> Vec<RustStruct> {
     vec![
         rust_struct!("tg_ipcache_key", IpcacheKey, [prefixlen, family, pad, ip]),
         rust_struct!("tg_ipcache_value", IpcacheValue, [identity, flags]),
-        rust_struct!("tg_policy_key", PolicyKey, [identity, direction, proto, port]),
+        rust_struct!(
+            "tg_policy_key",
+            PolicyKey,
+            [identity, direction, proto, port]
+        ),
         rust_struct!("tg_policy_value", PolicyValue, [l7_kind, proxy_port, flags]),
         rust_struct!("tg_endpoint", EndpointValue, [identity, flags, ip4, ip6]),
         rust_struct!(
             "tg_orig_dst",
             OrigDstValue,
-            [ip, port, family, proto, src_identity, dst_identity, l7_kind, proxy_port]
+            [
+                ip,
+                port,
+                family,
+                proto,
+                src_identity,
+                dst_identity,
+                l7_kind,
+                proxy_port
+            ]
         ),
         rust_struct!(
             "tg_tuple_key",
             TupleKey,
-            [src_ip, dst_ip, src_port, dst_port, family, proto, pad, netns_cookie]
+            [
+                src_ip,
+                dst_ip,
+                src_port,
+                dst_port,
+                family,
+                proto,
+                pad,
+                netns_cookie
+            ]
         ),
         rust_struct!("tg_fqdn_key", FqdnKey, [identity, family, pad, ip]),
         rust_struct!("tg_fqdn_value", FqdnValue, [expires_ns, flags, pad]),
@@ -88,7 +110,11 @@ fn every_map_struct_matches_its_c_declaration() {
             .iter()
             .find(|r| r.c_name == c.name)
             .unwrap_or_else(|| panic!("struct {} has no Rust mirror in src/maps.rs", c.name));
-        assert_eq!(r.size, c.size, "sizeof(struct {}) C={} Rust={}", c.name, c.size, r.size);
+        assert_eq!(
+            r.size, c.size,
+            "sizeof(struct {}) C={} Rust={}",
+            c.name, c.size, r.size
+        );
         assert_eq!(r.align, c.align, "alignof(struct {}) differs", c.name);
         assert_eq!(
             r.fields.len(),
@@ -104,7 +130,13 @@ fn every_map_struct_matches_its_c_declaration() {
                 .iter()
                 .find(|(n, _, _)| n == name)
                 .unwrap_or_else(|| panic!("{}.{} missing in Rust", c.name, name));
-            assert_eq!((roff, rsize), (off, size), "{}.{}: (offset, size) Rust vs C", c.name, name);
+            assert_eq!(
+                (roff, rsize),
+                (off, size),
+                "{}.{}: (offset, size) Rust vs C",
+                c.name,
+                name
+            );
         }
         // No implicit padding: the fields tile the struct (aya::Pod relies on it).
         let covered: usize = c.fields.iter().map(|(_, _, s)| s).sum();

@@ -1,5 +1,5 @@
 //! `redirect-probe`: tiny socket client/server used by the kernel tests (and handy when debugging a node by hand).
-//! Prints `key=value` lines on stdout; exits 2 on a socket error after printing `error=<kind> errno=<n>`.
+//! Prints `key=value` lines on stdout; exits 2 on a socket error after printing `error=<kind>` and `errno=<n>` lines.
 //!
 //!   redirect-probe tcp-connect ADDR [--mark N]   connect, print local/peer (getpeername), read one line
 //!   redirect-probe udp ADDR TEXT                 send TEXT unconnected, print the reply and its source
@@ -15,7 +15,8 @@ use std::time::Duration;
 use redirect_ebpf::socket;
 
 fn fail(e: std::io::Error) -> ! {
-    println!("error={:?} errno={}", e.kind(), e.raw_os_error().unwrap_or(0));
+    println!("error={:?}", e.kind());
+    println!("errno={}", e.raw_os_error().unwrap_or(0));
     std::process::exit(2);
 }
 
@@ -26,7 +27,12 @@ fn addr(s: &str) -> SocketAddr {
     })
 }
 
-fn setsockopt_u32(fd: &impl AsFd, level: libc::c_int, name: libc::c_int, value: u32) -> std::io::Result<()> {
+fn setsockopt_u32(
+    fd: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: u32,
+) -> std::io::Result<()> {
     // SAFETY: value is a valid u32 for the duration of the call.
     let rc = unsafe {
         libc::setsockopt(
@@ -37,11 +43,19 @@ fn setsockopt_u32(fd: &impl AsFd, level: libc::c_int, name: libc::c_int, value: 
             4,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn tcp_socket(target: &SocketAddr) -> std::io::Result<OwnedFd> {
-    let domain = if target.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if target.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -92,7 +106,11 @@ fn connect_raw(fd: &OwnedFd, target: SocketAddr) -> std::io::Result<()> {
             }
         }
     };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 fn tcp_connect(args: &[String]) {
@@ -103,21 +121,36 @@ fn tcp_connect(args: &[String]) {
         setsockopt_u32(&fd, libc::SOL_SOCKET, libc::SO_MARK, mark).unwrap_or_else(|e| fail(e));
     }
     connect_raw(&fd, target).unwrap_or_else(|e| fail(e));
-    println!("local={}", socket::local_addr(&fd).unwrap_or_else(|e| fail(e)));
-    println!("peer={}", socket::peer_addr(&fd).unwrap_or_else(|e| fail(e)));
+    println!(
+        "local={}",
+        socket::local_addr(&fd).unwrap_or_else(|e| fail(e))
+    );
+    println!(
+        "peer={}",
+        socket::peer_addr(&fd).unwrap_or_else(|e| fail(e))
+    );
     let stream = TcpStream::from(fd);
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).unwrap_or_else(|e| fail(e));
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .unwrap_or_else(|e| fail(e));
     println!("reply={}", line.trim_end());
 }
 
 fn udp(args: &[String]) {
     let target = addr(&args[0]);
-    let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().unwrap();
+    let bind: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .unwrap();
     let sock = UdpSocket::bind(bind).unwrap_or_else(|e| fail(e));
     sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    sock.send_to(args[1].as_bytes(), target).unwrap_or_else(|e| fail(e));
+    sock.send_to(args[1].as_bytes(), target)
+        .unwrap_or_else(|e| fail(e));
     let mut buf = [0u8; 1500];
     let (n, from) = sock.recv_from(&mut buf).unwrap_or_else(|e| fail(e));
     println!("local={}", sock.local_addr().unwrap_or_else(|e| fail(e)));
@@ -187,7 +220,10 @@ fn accept(args: &[String]) {
         println!("peer={}", stream.peer_addr().unwrap());
         println!("local={}", stream.local_addr().unwrap());
         println!("cookie={}", socket::socket_cookie(&stream).unwrap_or(0));
-        println!("netns_cookie={}", socket::netns_cookie(&stream).unwrap_or(0));
+        println!(
+            "netns_cookie={}",
+            socket::netns_cookie(&stream).unwrap_or(0)
+        );
         match socket::so_original_dst(&stream) {
             Ok(a) => println!("original_dst={a}"),
             Err(e) => println!("original_dst_error={e}"),
@@ -204,7 +240,9 @@ fn udp_serve(args: &[String]) {
     std::io::stdout().flush().ok();
     let mut buf = [0u8; 1500];
     loop {
-        let Ok((_, from)) = sock.recv_from(&mut buf) else { continue };
+        let Ok((_, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
         println!("datagram_from={from}");
         std::io::stdout().flush().ok();
         let _ = sock.send_to(args[1].as_bytes(), from);
