@@ -249,9 +249,12 @@ impl HttpMatcher {
         } else {
             patterns
                 .iter()
-                .map(|p| builder(REGEX_SIZE_LIMIT * 4).build(p))
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("HTTP rules do not compile: {e}"))?
+                .map(|p| {
+                    builder(REGEX_SIZE_LIMIT * 4)
+                        .build(p)
+                        .map_err(|e| format!("HTTP rules do not compile: {e}"))
+                })
+                .collect::<Result<_, _>>()?
         };
         Ok(HttpMatcher {
             rules,

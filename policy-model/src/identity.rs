@@ -189,10 +189,10 @@ impl EndpointTable {
 
     /// Identity of an endpoint (computed from its namespace and labels, so it need not be in the table).
     pub fn identity_of(&self, ep: &Endpoint) -> Identity {
-        if let Some(&i) = self.by_key.get(&ep.key()) {
-            if self.endpoints[i] == *ep {
-                return self.identities[i];
-            }
+        if let Some(&i) = self.by_key.get(&ep.key())
+            && self.endpoints[i] == *ep
+        {
+            return self.identities[i];
         }
         let set = LabelSet::for_endpoint(&ep.namespace, &ep.labels);
         self.labels

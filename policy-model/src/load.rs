@@ -130,7 +130,6 @@ pub(crate) struct Rule {
     pub peers: Peers,
     /// Empty = every port, no L7.
     pub ports: Vec<PortRule>,
-    pub path: String,
 }
 
 /// Split a serde_yaml message `path: reason at line L column C` into (path, reason).
@@ -140,10 +139,11 @@ pub(crate) fn split_serde_error(msg: &str) -> (String, String) {
         None => msg,
     };
     // serde_yaml prefixes the path as "a.b[0].c: " when it is known.
-    if let Some((path, reason)) = msg.split_once(": ") {
-        if !path.contains(' ') && !path.is_empty() {
-            return (path.to_string(), reason.to_string());
-        }
+    if let Some((path, reason)) = msg.split_once(": ")
+        && !path.contains(' ')
+        && !path.is_empty()
+    {
+        return (path.to_string(), reason.to_string());
     }
     ("(document)".to_string(), msg.to_string())
 }
@@ -632,7 +632,6 @@ fn cilium_rule(
         deny,
         peers,
         ports,
-        path: path.to_string(),
     })
 }
 
@@ -770,10 +769,10 @@ fn kafka_rule(ctx: &Ctx, path: &str, r: &KafkaRuleSpec) -> Result<KafkaRule, Pol
             }
         }
     };
-    if let Some(t) = &r.topic {
-        if let Some(problem) = kafka::topic_problem(t) {
-            return Err(ctx.err(format!("{path}.topic"), problem));
-        }
+    if let Some(t) = &r.topic
+        && let Some(problem) = kafka::topic_problem(t)
+    {
+        return Err(ctx.err(format!("{path}.topic"), problem));
     }
     Ok(KafkaRule {
         api_keys,
@@ -936,7 +935,6 @@ fn load_netpol(ctx: &Ctx, doc: NetPolDoc) -> Result<Policy, PolicyError> {
                     deny: false,
                     peers,
                     ports,
-                    path,
                 });
             }
             Ok(out)
