@@ -512,10 +512,7 @@ impl Redirect {
     pub fn unenroll(&mut self, cgroup: &Path) -> Result<(), RedirectError> {
         let (_, id) = open_cgroup(cgroup)?;
         self.remove_cgroup_links(id)?;
-        match self.endpoints.remove(&id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(RedirectError::map(MAP_ENDPOINTS)(e)),
-        }
+        ignore_missing(self.endpoints.remove(&id), MAP_ENDPOINTS)
     }
 
     fn remove_cgroup_links(&self, id: u64) -> Result<(), RedirectError> {
@@ -846,9 +843,13 @@ fn optional<V>(r: Result<V, MapError>, map: &'static str) -> Result<Option<V>, R
     }
 }
 
+/// Removing an absent key is not an error (aya reports it as KeyNotFound or as the syscall's ENOENT).
 fn ignore_missing(r: Result<(), MapError>, map: &'static str) -> Result<(), RedirectError> {
     match r {
         Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
         Err(e) => Err(RedirectError::map(map)(e)),
     }
 }

@@ -676,3 +676,129 @@ fn tc_ingress_steers_flows_to_local_l7_pods_into_the_transparent_listener() {
         "after detach:\n{out}"
     );
 }
+
+const GW6: &str = "fd00:ffff::1";
+
+/// Gives `pod` the IPv6 address `ip` routed through the node via GW6 (the harness builds IPv4 only).
+fn add_ipv6(node: &Node, pod: &Pod, ip: &str) {
+    pod.netns
+        .sh(&format!(
+            "ip -6 addr add {ip}/128 dev eth0 nodad && ip -6 route add {GW6} dev eth0 && \
+             ip -6 route add default via {GW6} dev eth0"
+        ))
+        .unwrap();
+    node.netns
+        .sh(&format!(
+            "ip -6 addr add {GW6}/128 dev {veth} nodad 2>/dev/null; ip -6 route add {ip}/128 dev {veth}",
+            veth = pod.host_veth
+        ))
+        .unwrap();
+}
+
+#[test]
+fn ipv6_connect6_getpeername6_getsockopt_and_dns_sendmsg6_recvmsg6() {
+    preflight();
+    let root = PinRoot::new("v6");
+    let c = cluster("rdv6", 206);
+    add_ipv6(&c.node, &c.client, "fd00:206::2");
+    add_ipv6(&c.node, &c.server, "fd00:206::3");
+    let client6: IpAddr = "fd00:206::2".parse().unwrap();
+    let server6: IpAddr = "fd00:206::3".parse().unwrap();
+    let mut redirect = load(&root);
+    redirect
+        .set_config(ProxyConfig {
+            ipv6: Some(GW6.parse().unwrap()),
+            ..config()
+        })
+        .unwrap();
+    redirect.ipcache_upsert(client6, CLIENT_ID).unwrap();
+    redirect.ipcache_upsert(server6, SERVER_ID).unwrap();
+    redirect
+        .policy_upsert(&ingress_http(SERVER_ID, 8080))
+        .unwrap();
+    redirect
+        .policy_upsert(&L7Redirect {
+            identity: CLIENT_ID,
+            direction: Direction::Egress,
+            port: 53,
+            end_port: 53,
+            protocol: Protocol::Udp,
+            kind: L7Kind::Dns,
+            proxy_port: None,
+        })
+        .unwrap();
+    redirect
+        .enroll(
+            c.client.cgroup.path(),
+            EndpointInfo {
+                identity: CLIENT_ID,
+                ipv4: None,
+                ipv6: Some("fd00:206::2".parse().unwrap()),
+            },
+        )
+        .unwrap();
+    redirect
+        .attach_proxy_cgroup(c.node.proxy_cgroup.path())
+        .unwrap();
+    let _s9090 = serve_in_pod(&c.server, "[::]:9090", "server9090");
+    let mut proxy = proxy_standin(&c.node, &format!("[::]:{HTTP_PORT}"), 1, false);
+
+    let out = pod_probe(&c.client, &["tcp-connect", "[fd00:206::3]:8080"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("proxy"),
+        "connect6:\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "peer").as_deref(),
+        Some("[fd00:206::3]:8080"),
+        "getpeername6:\n{out}"
+    );
+    let seen = proxy.read_until("end=0");
+    assert_eq!(
+        kv(&seen, "original_dst").as_deref(),
+        Some("[fd00:206::3]:8080"),
+        "IP6T_SO_ORIGINAL_DST via cgroup/getsockopt:\n{seen}"
+    );
+    let cookie: u64 = kv(&seen, "cookie").unwrap().parse().unwrap();
+    let od = redirect
+        .original_dst(FlowKey::Cookie(cookie))
+        .unwrap()
+        .expect("v6 record re-keyed by sockops");
+    assert_eq!(od.addr, "[fd00:206::3]:8080".parse().unwrap());
+    assert_eq!(
+        (od.source_identity, od.destination_identity),
+        (CLIENT_ID, SERVER_ID)
+    );
+
+    let out = pod_probe(&c.client, &["tcp-connect", "[fd00:206::3]:9090"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("server9090"),
+        "v6 bypass:\n{out}"
+    );
+
+    let mut dns_cmd = c.node.command(probe());
+    dns_cmd.args(["udp-serve", &format!("[{GW6}]:{DNS_PORT}"), "dnsproxy6"]);
+    let mut dns = Server::start(dns_cmd);
+    let out = pod_probe(&c.client, &["udp", "[fd00:206::3]:53", "query"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("dnsproxy6"),
+        "sendmsg6:\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "from").as_deref(),
+        Some("[fd00:206::3]:53"),
+        "recvmsg6:\n{out}"
+    );
+    let seen = dns.read_until("datagram_from=");
+    let from: SocketAddr = kv(&seen, "datagram_from").unwrap().parse().unwrap();
+    let listener: SocketAddr = format!("[{GW6}]:{DNS_PORT}").parse().unwrap();
+    let od = redirect
+        .original_dst_of_datagram(from, listener, 0)
+        .unwrap()
+        .expect("v6 datagram record by 4-tuple");
+    assert_eq!(od.addr, "[fd00:206::3]:53".parse().unwrap());
+    assert_eq!(od.source_identity, CLIENT_ID);
+}

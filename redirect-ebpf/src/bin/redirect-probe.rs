@@ -178,40 +178,54 @@ fn accept(args: &[String]) {
     if transparent {
         setsockopt_u32(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1).unwrap_or_else(|e| fail(e));
     }
-    let listener = {
-        let std_listener = std::net::TcpListener::from(fd);
-        // std has no bind-on-existing-socket; use libc::bind.
-        let sin = match bind {
-            SocketAddr::V4(v4) => libc::sockaddr_in {
+    let listener = std::net::TcpListener::from(fd);
+    // std has no bind-on-an-existing-socket (needed to set IP_TRANSPARENT first): bind(2) + listen(2) by hand.
+    let rc = match bind {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: v4.port().to_be(),
                 sin_addr: libc::in_addr {
                     s_addr: u32::from_ne_bytes(v4.ip().octets()),
                 },
                 sin_zero: [0; 8],
-            },
-            SocketAddr::V6(_) => {
-                eprintln!("accept: IPv4 only");
-                std::process::exit(64)
+            };
+            // SAFETY: sin is a valid sockaddr_in; the fd is an AF_INET TCP socket.
+            unsafe {
+                libc::bind(
+                    listener.as_raw_fd(),
+                    (&raw const sin).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
             }
-        };
-        // SAFETY: sin is a valid sockaddr_in; the fd is a TCP socket.
-        let rc = unsafe {
-            libc::bind(
-                std_listener.as_raw_fd(),
-                (&raw const sin).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if rc != 0 {
-            fail(std::io::Error::last_os_error());
         }
-        // SAFETY: listen(2) on our bound socket.
-        if unsafe { libc::listen(std_listener.as_raw_fd(), 16) } != 0 {
-            fail(std::io::Error::last_os_error());
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sin6 is a valid sockaddr_in6; the fd is an AF_INET6 TCP socket.
+            unsafe {
+                libc::bind(
+                    listener.as_raw_fd(),
+                    (&raw const sin6).cast(),
+                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                )
+            }
         }
-        std_listener
     };
+    if rc != 0 {
+        fail(std::io::Error::last_os_error());
+    }
+    // SAFETY: listen(2) on our bound socket.
+    if unsafe { libc::listen(listener.as_raw_fd(), 16) } != 0 {
+        fail(std::io::Error::last_os_error());
+    }
     println!("listening={}", listener.local_addr().unwrap());
     std::io::stdout().flush().ok();
     for i in 0..count {

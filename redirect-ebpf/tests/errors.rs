@@ -1,0 +1,105 @@
+//! The errors a misconfigured node produces name the missing piece and the fix. Needs root (the privilege check
+//! runs first and would otherwise be the error under test).
+
+use std::path::{Path, PathBuf};
+
+use redirect_ebpf::{ProxyConfig, Redirect, RedirectError, RedirectOptions};
+use tollgate_e2e::{Cgroup, require_root};
+
+fn pin_root(tag: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/tollgate-test-{}-{tag}",
+        std::process::id()
+    ))
+}
+
+struct Purge(PathBuf);
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let _ = Redirect::purge(&self.0);
+    }
+}
+
+#[test]
+fn a_pin_root_outside_bpffs_names_the_mount_command() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("tollgate-not-bpffs-{}", std::process::id()));
+    let err = Redirect::load(RedirectOptions {
+        pin_root: dir.join("tollgate"),
+        proxy: ProxyConfig::default(),
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, RedirectError::BpffsNotMounted { .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("mount -t bpf bpf /sys/fs/bpf"), "{msg}");
+    assert!(!dir.exists(), "nothing may be created outside bpffs");
+}
+
+#[test]
+fn missing_cgroups_and_interfaces_are_named() {
+    require_root();
+    let root = Purge(pin_root("errors"));
+    let mut redirect = Redirect::load(RedirectOptions {
+        pin_root: root.0.clone(),
+        proxy: ProxyConfig::default(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let endpoint = redirect_ebpf::EndpointInfo {
+        identity: 300,
+        ipv4: None,
+        ipv6: None,
+    };
+
+    let gone = Path::new("/sys/fs/cgroup/unified/tollgate-test/does-not-exist");
+    let err = redirect.enroll(gone, endpoint).unwrap_err();
+    assert!(
+        matches!(err, RedirectError::CgroupMissing { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("does-not-exist"), "{err}");
+
+    // A directory that is not on cgroup2 (the v1 hierarchy, or any other filesystem).
+    let err = redirect
+        .enroll(&std::env::temp_dir(), endpoint)
+        .unwrap_err();
+    assert!(err.to_string().contains("is not cgroup2"), "{err}");
+
+    let err = redirect.attach_tc("tgnosuchif0", None).unwrap_err();
+    assert!(
+        matches!(err, RedirectError::InterfaceMissing { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("tgnosuchif0"), "{err}");
+
+    // A real cgroup works, and unenrolling twice is harmless.
+    let cg = Cgroup::new("errors").unwrap();
+    redirect.enroll(cg.path(), endpoint).unwrap();
+    redirect.unenroll(cg.path()).unwrap();
+    redirect.unenroll(cg.path()).unwrap();
+}
+
+#[test]
+fn bad_policy_ranges_are_refused_before_touching_the_map() {
+    require_root();
+    let root = Purge(pin_root("ranges"));
+    let mut redirect = Redirect::load(RedirectOptions {
+        pin_root: root.0.clone(),
+        proxy: ProxyConfig::default(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let bad = redirect_ebpf::L7Redirect {
+        identity: 300,
+        direction: redirect_ebpf::Direction::Ingress,
+        port: 1,
+        end_port: 65535,
+        protocol: redirect_ebpf::Protocol::Tcp,
+        kind: redirect_ebpf::L7Kind::Http,
+        proxy_port: None,
+    };
+    let err = redirect.policy_sync(&[bad]).unwrap_err();
+    assert!(matches!(err, RedirectError::Invalid(_)), "{err:?}");
+    assert_eq!(redirect.policy_len(), 0);
+}
