@@ -278,13 +278,22 @@ impl HttpMatcher {
         if req.method.contains('\0') || req.path.contains('\0') || req.host.contains('\0') {
             return None;
         }
-        let mut hay = Vec::with_capacity(req.method.len() + req.path.len() + req.host.len() + 2);
-        hay.extend_from_slice(req.method.as_bytes());
-        hay.push(0);
-        hay.extend_from_slice(req.path.as_bytes());
-        hay.push(0);
-        hay.extend_from_slice(req.host.as_bytes());
-        let input = Input::new(&hay).anchored(Anchored::Yes);
+        // Most requests fit a stack buffer; only long paths pay for an allocation.
+        let len = req.method.len() + req.path.len() + req.host.len() + 2;
+        let mut stack = [0u8; 512];
+        let mut heap = Vec::new();
+        let hay: &mut [u8] = if len <= stack.len() {
+            &mut stack[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        let (m, rest) = hay.split_at_mut(req.method.len());
+        m.copy_from_slice(req.method.as_bytes());
+        let (p, rest) = rest[1..].split_at_mut(req.path.len());
+        p.copy_from_slice(req.path.as_bytes());
+        rest[1..].copy_from_slice(req.host.as_bytes());
+        let input = Input::new(&*hay).anchored(Anchored::Yes);
         match &self.dfa {
             Some(dfa) => {
                 // Leftmost-first + every pattern ending at \z: the reported pattern is the lowest-index rule that
@@ -332,5 +341,115 @@ impl HttpMatcher {
                 None
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(method: Option<&str>, path: Option<&str>) -> HttpRuleDef {
+        HttpRuleDef {
+            method: method.map(str::to_string),
+            path: path.map(str::to_string),
+            ..HttpRuleDef::default()
+        }
+    }
+
+    fn req<'a>(
+        method: &'a str,
+        path: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+    ) -> HttpRequest<'a> {
+        HttpRequest {
+            method,
+            path,
+            host: "h",
+            headers,
+        }
+    }
+
+    #[test]
+    fn large_rule_sets_find_the_exact_rule() {
+        let methods = ["GET", "POST", "PUT"];
+        let rules: Vec<HttpRuleDef> = (0..3000)
+            .map(|i| {
+                rule(
+                    Some(methods[i % 3]),
+                    Some(&format!("/api/v{i}/items/[0-9]+")),
+                )
+            })
+            .collect();
+        let m = HttpMatcher::new(rules).expect("compiles");
+        assert!(m.dfa.is_some(), "3000 rules fit the combined automaton");
+        for i in [0usize, 1, 1500, 2999] {
+            let path = format!("/api/v{i}/items/42");
+            assert_eq!(
+                m.find(&req(methods[i % 3], &path, &[])).map(|x| x.0),
+                Some(i)
+            );
+            assert_eq!(m.find(&req("DELETE", &path, &[])), None);
+        }
+        assert_eq!(m.find(&req("GET", "/api/v0/items/4x2", &[])), None);
+        assert_eq!(m.find(&req("GET", "/api/v3000/items/1", &[])), None);
+    }
+
+    #[test]
+    fn header_failure_falls_back_to_the_next_matching_rule_in_order() {
+        let mut first = rule(None, Some("/a.*"));
+        first.headers.push(HeaderCond {
+            name: "x-k".into(),
+            value: Some("v".into()),
+            mismatch: Mismatch::Fail,
+        });
+        let rules = vec![
+            first,
+            rule(Some("POST"), None),
+            rule(None, Some("/ab")),
+            rule(None, None),
+        ];
+        let m = HttpMatcher::new(rules).expect("compiles");
+        assert_eq!(
+            m.find(&req("GET", "/ab", &[("X-K", "v")])).map(|x| x.0),
+            Some(0)
+        );
+        assert_eq!(
+            m.find(&req("GET", "/ab", &[("X-K", "w")])).map(|x| x.0),
+            Some(2)
+        );
+        assert_eq!(m.find(&req("GET", "/zz", &[])).map(|x| x.0), Some(3));
+    }
+
+    #[test]
+    fn long_values_and_nul_bytes() {
+        let m = HttpMatcher::new(vec![rule(None, Some("/long/.*"))]).expect("compiles");
+        let long = format!("/long/{}", "x".repeat(5000));
+        assert_eq!(m.find(&req("GET", &long, &[])).map(|x| x.0), Some(0));
+        assert_eq!(
+            m.find(&req("GET", "/long/\0", &[])),
+            None,
+            "NUL never matches"
+        );
+        let any = HttpMatcher::new(vec![rule(Some("G[^x]*"), Some("[^x]*"))]).expect("compiles");
+        assert_eq!(any.find(&req("GET", "/p", &[])).map(|x| x.0), Some(0));
+    }
+
+    #[test]
+    fn regex_checks() {
+        assert!(check_regex("/api/v[0-9]+/.*").is_ok());
+        assert!(check_regex("(").unwrap_err().contains("invalid regex"));
+        assert!(
+            check_regex("(a{100}){100}{100}")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
+
+    #[test]
+    fn header_values_join_repeated_instances() {
+        let h = [("A", "1"), ("b", "2"), ("a", "3")];
+        assert_eq!(header_value(&h, "a").as_deref(), Some("1, 3"));
+        assert_eq!(header_value(&h, "B").as_deref(), Some("2"));
+        assert_eq!(header_value(&h, "c"), None);
     }
 }
