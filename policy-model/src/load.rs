@@ -645,7 +645,7 @@ fn port_rule(
         Some(p) if !p.is_empty() => p
             .iter()
             .enumerate()
-            .map(|(i, p)| port_match(ctx, &format!("{path}.ports[{i}]"), p, true))
+            .map(|(i, p)| port_match(ctx, &format!("{path}.ports[{i}]"), p, None))
             .collect::<Result<Vec<_>, _>>()?,
         _ => {
             return Err(ctx.err(
@@ -786,10 +786,11 @@ fn port_match(
     ctx: &Ctx,
     path: &str,
     p: &PortSpec,
-    allow_named: bool,
+    default_protocol: Option<Protocol>,
 ) -> Result<PortMatch, PolicyError> {
     let protocol = match p.protocol.as_deref() {
-        None | Some("ANY") => None,
+        None => default_protocol,
+        Some("ANY") => None,
         Some("TCP") => Some(Protocol::Tcp),
         Some("UDP") => Some(Protocol::Udp),
         Some("SCTP") => Some(Protocol::Sctp),
@@ -835,8 +836,7 @@ fn port_match(
             Some(e) => PortSel::Range(n, e as u16),
         }
     } else {
-        let valid = allow_named
-            && text.len() <= 15
+        let valid = text.len() <= 15
             && text
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -923,7 +923,10 @@ fn load_netpol(ctx: &Ctx, doc: NetPolDoc) -> Result<Policy, PolicyError> {
                         ports: l
                             .iter()
                             .enumerate()
-                            .map(|(j, p)| port_match(ctx, &format!("{path}.ports[{j}]"), p, true))
+                            .map(
+                                |(j, p)| // Kubernetes defaults a NetworkPolicy port's protocol to TCP (Cilium's to ANY).
+                            port_match(ctx, &format!("{path}.ports[{j}]"), p, Some(Protocol::Tcp)),
+                            )
                             .collect::<Result<_, _>>()?,
                         l7: None,
                         path: format!("{path}.ports"),

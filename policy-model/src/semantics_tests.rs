@@ -783,6 +783,20 @@ fn network_policy_pod_namespace_ipblock_ports() {
 }
 
 #[test]
+fn network_policy_port_protocol_defaults_to_tcp() {
+    let y = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: prod}\nspec:\n  \
+        podSelector: {matchLabels: {app: api}}\n  ingress:\n  - ports: [{port: 53}, {port: http-alt}]\n";
+    let w = world(y);
+    assert!(w.allowed(WEB, API, 53));
+    assert!(w.allowed(WEB, API, 8081));
+    let f = w.flow(WEB, API, 53, Protocol::Udp);
+    assert_eq!(
+        w.engine.connection(&f, &w.cache, NOW).decision,
+        Decision::Deny
+    );
+}
+
+#[test]
 fn network_policy_empty_rule_allows_all_and_policy_types() {
     let y = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: prod}\nspec:\n  \
         podSelector: {}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - {}\n";
