@@ -386,3 +386,62 @@ fn resolve(endpoints: &EndpointTable, s: &str) -> Result<IpAddr, String> {
         .map(|e| e.ip)
         .ok_or_else(|| format!("no endpoint {s} in `endpoints`"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "name: t\npolicies:\n  - apiVersion: cilium.io/v2\n    kind: CiliumNetworkPolicy\n    \
+        metadata: {name: p, namespace: prod}\n    spec:\n      endpointSelector: {matchLabels: {app: api}}\n      ingress:\n      \
+        - fromEndpoints: [{matchLabels: {app: web}}]\n        toPorts: [{ports: [{port: \"80\"}], rules: {http: [{method: GET}]}}]\n\
+        endpoints:\n  - {name: web, namespace: prod, labels: {app: web}, ip: 10.0.0.1}\n  - {name: api, namespace: prod, labels: {app: api}, ip: 10.0.0.2}\n\
+        cases:\n";
+
+    fn run(cases: &str) -> Result<FileRun, PolicyError> {
+        run_file("t.yaml", &format!("{FILE}{cases}"))
+    }
+
+    #[test]
+    fn results_carry_verdict_reason_and_pass_flag() {
+        let r = run("  - {from: prod/web, to: prod/api, port: 80, http: {method: GET, path: /}, expect: allow}\n  \
+                     - {from: prod/web, to: prod/api, port: 80, http: {method: PUT, path: /}, expect: allow}\n  \
+                     - {from: \"ip:198.51.100.1\", to: prod/api, port: 80, expect: deny, description: outside}\n")
+        .expect("runs");
+        assert_eq!(r.name, "t");
+        assert_eq!((r.passed(), r.failed()), (2, 1));
+        assert!(r.results[0].passed);
+        assert_eq!(
+            r.results[0].reason,
+            "allowed by CiliumNetworkPolicy prod/p ingress[0] l7[0]"
+        );
+        assert!(!r.results[1].passed);
+        assert_eq!(r.results[1].got, Decision::Deny);
+        assert_eq!(r.results[1].description, "PUT /");
+        assert_eq!(r.results[2].description, "outside");
+        assert!(
+            r.results[2].reason.contains("no ingress rule matched"),
+            "{}",
+            r.results[2].reason
+        );
+    }
+
+    #[test]
+    fn bad_files_are_errors_naming_the_field() {
+        let e = run("  - {from: prod/nobody, to: prod/api, port: 80, expect: allow}\n")
+            .expect_err("unknown endpoint");
+        assert_eq!(e.field_path, "cases[0].from");
+        let e = run("  - {from: prod/web, to: prod/api, port: 80, expect: maybe}\n")
+            .expect_err("bad expect");
+        assert!(e.field_path.starts_with("cases[0]"), "{e}");
+        let bad_policy = FILE.replace("method: GET", "method: \"(\"");
+        let e = run_file(
+            "t.yaml",
+            &format!("{bad_policy}  - {{from: prod/web, to: prod/api, port: 80, expect: allow}}\n"),
+        )
+        .expect_err("bad policy");
+        assert_eq!(
+            e.field_path,
+            "policies[0].spec.ingress[0].toPorts[0].rules.http[0].method"
+        );
+    }
+}
