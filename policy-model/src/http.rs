@@ -421,6 +421,25 @@ mod tests {
     }
 
     #[test]
+    fn lowest_index_wins_whatever_the_pattern_shapes() {
+        let m = HttpMatcher::new(vec![
+            rule(None, Some("/abc")),
+            rule(None, Some("/a.*")),
+            rule(Some("GET"), Some("/abc")),
+        ])
+        .expect("compiles");
+        assert_eq!(m.find(&req("GET", "/abc", &[])).map(|x| x.0), Some(0));
+        assert_eq!(m.find(&req("GET", "/abcd", &[])).map(|x| x.0), Some(1));
+        let m = HttpMatcher::new(vec![
+            rule(Some("P.*"), Some("/x/[0-9]+")),
+            rule(None, Some("/x/1")),
+        ])
+        .expect("compiles");
+        assert_eq!(m.find(&req("GET", "/x/1", &[])).map(|x| x.0), Some(1));
+        assert_eq!(m.find(&req("PUT", "/x/1", &[])).map(|x| x.0), Some(0));
+    }
+
+    #[test]
     fn long_values_and_nul_bytes() {
         let m = HttpMatcher::new(vec![rule(None, Some("/long/.*"))]).expect("compiles");
         let long = format!("/long/{}", "x".repeat(5000));
