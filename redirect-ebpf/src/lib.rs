@@ -9,6 +9,7 @@
 //! sockets (it only reads records about them).
 
 pub mod error;
+pub mod lookup;
 pub mod maps;
 pub mod model;
 mod privileges;
@@ -16,5 +17,6 @@ pub mod redirect;
 pub mod socket;
 
 pub use error::RedirectError;
+pub use lookup::{FlowKey, OriginalDstReader};
 pub use model::{Direction, FourTuple, L7Kind, L7Redirect, OriginalDst, Protocol, ProxyConfig};
-pub use redirect::{DEFAULT_PIN_ROOT, EndpointInfo, FlowKey, Redirect, RedirectOptions};
+pub use redirect::{DEFAULT_PIN_ROOT, EndpointInfo, Redirect, RedirectOptions};

@@ -31,10 +31,10 @@ use aya::programs::{
 use aya::{Ebpf, EbpfLoader};
 
 use crate::error::RedirectError;
+use crate::lookup::{FlowKey, OriginalDstReader, optional};
 use crate::maps::*;
 use crate::model::*;
 use crate::privileges;
-use crate::socket;
 
 static SOCK_ADDR_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_addr.o"));
 static SOCKOPS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockops.o"));
@@ -87,14 +87,6 @@ pub struct EndpointInfo {
     pub ipv6: Option<std::net::Ipv6Addr>,
 }
 
-/// How to find a redirected flow's record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlowKey {
-    /// SO_COOKIE of the client socket or of the proxy's accepted socket.
-    Cookie(u64),
-    Tuple(FourTuple),
-}
-
 /// The ipcache's value with its key data (the LPM key's prefix length is carried separately by aya).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -115,8 +107,7 @@ pub struct Redirect {
     ipcache: LpmTrie<MapData, IpcacheData, IpcacheValue>,
     policy: HashMap<MapData, PolicyKey, PolicyValue>,
     endpoints: HashMap<MapData, u64, EndpointValue>,
-    odst_cookie: HashMap<MapData, u64, OrigDstValue>,
-    odst_tuple: HashMap<MapData, TupleKey, OrigDstValue>,
+    odst: OriginalDstReader,
     fqdn: HashMap<MapData, FqdnKey, FqdnValue>,
     config: Array<MapData, ConfigValue>,
     /// getsockopt links on proxy cgroups, by cgroup id (not pinnable with aya 0.14, see attach_cgroup_programs).
@@ -352,10 +343,12 @@ impl Redirect {
                 .map_err(RedirectError::map(MAP_POLICY))?,
             endpoints: HashMap::try_from(take_map(m, MAP_ENDPOINTS)?)
                 .map_err(RedirectError::map(MAP_ENDPOINTS))?,
-            odst_cookie: HashMap::try_from(take_map(m, MAP_ODST_COOKIE)?)
-                .map_err(RedirectError::map(MAP_ODST_COOKIE))?,
-            odst_tuple: HashMap::try_from(take_map(m, MAP_ODST_TUPLE)?)
-                .map_err(RedirectError::map(MAP_ODST_TUPLE))?,
+            odst: OriginalDstReader::from_maps(
+                HashMap::try_from(take_map(m, MAP_ODST_COOKIE)?)
+                    .map_err(RedirectError::map(MAP_ODST_COOKIE))?,
+                HashMap::try_from(take_map(m, MAP_ODST_TUPLE)?)
+                    .map_err(RedirectError::map(MAP_ODST_TUPLE))?,
+            ),
             fqdn: HashMap::try_from(take_map(m, MAP_FQDN_ALLOW)?)
                 .map_err(RedirectError::map(MAP_FQDN_ALLOW))?,
             config: Array::try_from(take_map(m, MAP_CONFIG)?)
@@ -749,52 +742,26 @@ impl Redirect {
 
     /// The record of a redirected flow.
     pub fn original_dst(&self, key: FlowKey) -> Result<Option<OriginalDst>, RedirectError> {
-        let value = match key {
-            FlowKey::Cookie(cookie) => optional(self.odst_cookie.get(&cookie, 0), MAP_ODST_COOKIE)?,
-            FlowKey::Tuple(tuple) => {
-                optional(self.odst_tuple.get(&tuple.key()?, 0), MAP_ODST_TUPLE)?
-            }
-        };
-        Ok(value.as_ref().and_then(OriginalDst::from_value))
+        self.odst.original_dst(key)
     }
 
-    /// The record of the flow an accepted proxy socket carries: by its cookie (re-keyed by sockops on the proxy's
-    /// cgroup), else by its 4-tuple.
+    /// See [`OriginalDstReader::original_dst_of_socket`].
     pub fn original_dst_of_socket(
         &self,
         fd: impl AsFd,
     ) -> Result<Option<OriginalDst>, RedirectError> {
-        let fd = fd.as_fd();
-        let io = |what: &str| {
-            let what = what.to_string();
-            move |source| RedirectError::Io { what, source }
-        };
-        let cookie = socket::socket_cookie(fd).map_err(io("getsockopt(SO_COOKIE)"))?;
-        if let Some(od) = self.original_dst(FlowKey::Cookie(cookie))? {
-            return Ok(Some(od));
-        }
-        let tuple = FourTuple {
-            client: socket::peer_addr(fd).map_err(io("getpeername"))?,
-            proxy: socket::local_addr(fd).map_err(io("getsockname"))?,
-            protocol: Protocol::Tcp,
-            netns_cookie: socket::netns_cookie(fd).unwrap_or(0),
-        };
-        self.original_dst(FlowKey::Tuple(tuple))
+        self.odst.original_dst_of_socket(fd)
     }
 
-    /// The record of a UDP datagram the DNS listener received from `client` on `listener`.
+    /// See [`OriginalDstReader::original_dst_of_datagram`].
     pub fn original_dst_of_datagram(
         &self,
         client: std::net::SocketAddr,
         listener: std::net::SocketAddr,
         netns_cookie: u64,
     ) -> Result<Option<OriginalDst>, RedirectError> {
-        self.original_dst(FlowKey::Tuple(FourTuple {
-            client,
-            proxy: listener,
-            protocol: Protocol::Udp,
-            netns_cookie,
-        }))
+        self.odst
+            .original_dst_of_datagram(client, listener, netns_cookie)
     }
 
     /// Detaches everything pinned under `pin_root` and removes the pins (maps included). For tests and
@@ -833,14 +800,6 @@ fn lpm(key: &IpcacheKey) -> LpmKey<IpcacheData> {
             ip: key.ip,
         },
     )
-}
-
-fn optional<V>(r: Result<V, MapError>, map: &'static str) -> Result<Option<V>, RedirectError> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        Err(MapError::KeyNotFound) => Ok(None),
-        Err(e) => Err(RedirectError::map(map)(e)),
-    }
 }
 
 /// Removing an absent key is not an error (aya reports it as KeyNotFound or as the syscall's ENOENT).

@@ -190,9 +190,18 @@ impl Server {
 }
 
 /// The proxy stand-in: accepts `n` connections in the node netns and the node's proxy cgroup.
-fn proxy_standin(node: &Node, bind: &str, n: usize, transparent: bool) -> Server {
+/// The pin root as a process started by `ip netns exec` can reach it: that command remounts /sys, hiding bpffs, so go
+/// through this (test) process's root, which still sees it.
+fn pin_root_for_netns_exec(root: &PinRoot) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/root", std::process::id()))
+        .join(root.0.strip_prefix("/").unwrap())
+}
+
+/// With `--pin-root` it also reads the flow's record from the pinned maps, as the proxy does.
+fn proxy_standin(node: &Node, bind: &str, n: usize, transparent: bool, root: &PinRoot) -> Server {
     let mut cmd = node.command(probe());
-    cmd.args(["accept", bind, &n.to_string()]);
+    cmd.args(["accept", bind, &n.to_string(), "--pin-root"])
+        .arg(pin_root_for_netns_exec(root));
     if transparent {
         cmd.arg("--transparent");
     }
@@ -255,7 +264,7 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
     let _s8080 = serve_in_pod(&c.server, "0.0.0.0:8080", "server8080");
     let _s9090 = serve_in_pod(&c.server, "0.0.0.0:9090", "server9090");
     let _s9091 = serve_in_pod(&c.server, "0.0.0.0:9091", "server9091");
-    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{HTTP_PORT}"), 3, false);
+    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{HTTP_PORT}"), 3, false, &root);
 
     // 1. Destination with ingress L7 policy: lands on the proxy; the client still sees the server as its peer.
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:8080"]);
@@ -280,6 +289,16 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
         kv(&seen, "original_dst").as_deref(),
         Some("10.201.0.3:8080"),
         "SO_ORIGINAL_DST via cgroup/getsockopt:\n{seen}"
+    );
+    assert_eq!(
+        kv(&seen, "map_original_dst").as_deref(),
+        Some("10.201.0.3:8080"),
+        "OriginalDstReader:\n{seen}"
+    );
+    assert_eq!(
+        kv(&seen, "map_source_identity"),
+        Some(CLIENT_ID.to_string()),
+        "{seen}"
     );
     let cookie: u64 = kv(&seen, "cookie").unwrap().parse().unwrap();
     let by_cookie = redirect
@@ -413,7 +432,7 @@ fn pinned_maps_and_links_survive_the_loader_and_are_adopted_by_the_next_load() {
         1,
         "link outlived the loader"
     );
-    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{HTTP_PORT}"), 1, false);
+    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{HTTP_PORT}"), 1, false, &root);
     let out = pod_probe(&c.client, &["tcp-connect", "10.202.0.3:8080"]);
     assert_eq!(
         kv(&out, "reply").as_deref(),
@@ -638,7 +657,7 @@ fn tc_ingress_steers_flows_to_local_l7_pods_into_the_transparent_listener() {
     redirect
         .attach_tc(&c.client.host_veth, Some(&netns))
         .unwrap();
-    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{TPROXY_PORT}"), 1, true);
+    let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{TPROXY_PORT}"), 1, true, &root);
 
     let out = pod_probe(&c.client, &["tcp-connect", "10.205.0.3:8080"]);
     assert_eq!(
@@ -741,7 +760,7 @@ fn ipv6_connect6_getpeername6_getsockopt_and_dns_sendmsg6_recvmsg6() {
         .attach_proxy_cgroup(c.node.proxy_cgroup.path())
         .unwrap();
     let _s9090 = serve_in_pod(&c.server, "[::]:9090", "server9090");
-    let mut proxy = proxy_standin(&c.node, &format!("[::]:{HTTP_PORT}"), 1, false);
+    let mut proxy = proxy_standin(&c.node, &format!("[::]:{HTTP_PORT}"), 1, false, &root);
 
     let out = pod_probe(&c.client, &["tcp-connect", "[fd00:206::3]:8080"]);
     assert_eq!(
@@ -801,4 +820,86 @@ fn ipv6_connect6_getpeername6_getsockopt_and_dns_sendmsg6_recvmsg6() {
         .expect("v6 datagram record by 4-tuple");
     assert_eq!(od.addr, "[fd00:206::3]:53".parse().unwrap());
     assert_eq!(od.source_identity, CLIENT_ID);
+}
+
+#[test]
+fn loopback_proxy_inside_the_pod_netns_is_found_by_netns_cookie() {
+    preflight();
+    let root = PinRoot::new("lo");
+    let c = cluster("rdlo", 207);
+    let mut redirect = load(&root);
+    redirect
+        .set_config(ProxyConfig {
+            ipv4: Some(Ipv4Addr::LOCALHOST),
+            ..config()
+        })
+        .unwrap();
+    redirect.ipcache_upsert(c.server.ip, SERVER_ID).unwrap();
+    redirect
+        .policy_upsert(&ingress_http(SERVER_ID, 8080))
+        .unwrap();
+    redirect
+        .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
+        .unwrap();
+    redirect
+        .attach_proxy_cgroup(c.node.proxy_cgroup.path())
+        .unwrap();
+    // The proxy's listener opened inside the pod's netns (127.0.0.1 there), but in the proxy's cgroup.
+    let mut cmd = c.client.netns.command(probe());
+    c.node.proxy_cgroup.enter_on_spawn(&mut cmd);
+    cmd.args([
+        "accept",
+        &format!("127.0.0.1:{HTTP_PORT}"),
+        "1",
+        "--pin-root",
+    ])
+    .arg(pin_root_for_netns_exec(&root));
+    let mut proxy = Server::start(cmd);
+
+    let out = pod_probe(&c.client, &["tcp-connect", "10.207.0.3:8080"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("proxy"),
+        "redirected to the pod-local listener:\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "peer").as_deref(),
+        Some("10.207.0.3:8080"),
+        "{out}"
+    );
+    let seen = proxy.read_until("end=0");
+    assert_eq!(
+        kv(&seen, "original_dst").as_deref(),
+        Some("10.207.0.3:8080"),
+        "{seen}"
+    );
+    assert_eq!(
+        kv(&seen, "map_original_dst").as_deref(),
+        Some("10.207.0.3:8080"),
+        "{seen}"
+    );
+    // The 4-tuple record carries the pod netns's cookie: without it (or with another netns's) it is not found.
+    let tuple = FourTuple {
+        client: kv(&seen, "peer").unwrap().parse().unwrap(),
+        proxy: kv(&seen, "local").unwrap().parse().unwrap(),
+        protocol: Protocol::Tcp,
+        netns_cookie: kv(&seen, "netns_cookie").unwrap().parse().unwrap(),
+    };
+    assert!(tuple.netns_cookie != 0);
+    assert!(
+        redirect
+            .original_dst(FlowKey::Tuple(tuple))
+            .unwrap()
+            .is_some(),
+        "found with the pod's netns cookie"
+    );
+    let other = FourTuple {
+        netns_cookie: tuple.netns_cookie + 1,
+        ..tuple
+    };
+    assert_eq!(
+        redirect.original_dst(FlowKey::Tuple(other)).unwrap(),
+        None,
+        "another netns's loopback flow"
+    );
 }

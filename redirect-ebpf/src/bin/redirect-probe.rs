@@ -4,7 +4,9 @@
 //!   redirect-probe tcp-connect ADDR [--mark N]   connect, print local/peer (getpeername), read one line
 //!   redirect-probe udp ADDR TEXT                 send TEXT unconnected, print the reply and its source
 //!   redirect-probe serve-tcp ADDR [TAG]          accept forever, answer each connection with "<TAG>"
-//!   redirect-probe accept ADDR N [--transparent] accept N connections, print what the proxy would see
+//!   redirect-probe accept ADDR N [--transparent] [--pin-root DIR]
+//!                                                accept N connections, print what the proxy would see (with
+//!                                                --pin-root also the record read from the pinned maps)
 //!   redirect-probe udp-serve ADDR TAG            answer every datagram with "<TAG>" (forever)
 
 use std::io::{BufRead, BufReader, Write};
@@ -173,6 +175,14 @@ fn accept(args: &[String]) {
     let bind = addr(&args[0]);
     let count: usize = args[1].parse().expect("accept ADDR N");
     let transparent = args.iter().any(|a| a == "--transparent");
+    let reader = args.iter().position(|a| a == "--pin-root").map(|i| {
+        redirect_ebpf::OriginalDstReader::open(std::path::Path::new(&args[i + 1])).unwrap_or_else(
+            |e| {
+                eprintln!("{e}");
+                std::process::exit(1)
+            },
+        )
+    });
     let fd = tcp_socket(&bind).unwrap_or_else(|e| fail(e));
     setsockopt_u32(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).unwrap_or_else(|e| fail(e));
     if transparent {
@@ -241,6 +251,16 @@ fn accept(args: &[String]) {
         match socket::so_original_dst(&stream) {
             Ok(a) => println!("original_dst={a}"),
             Err(e) => println!("original_dst_error={e}"),
+        }
+        if let Some(reader) = &reader {
+            match reader.original_dst_of_socket(&stream) {
+                Ok(Some(od)) => {
+                    println!("map_original_dst={}", od.addr);
+                    println!("map_source_identity={}", od.source_identity);
+                }
+                Ok(None) => println!("map_original_dst=none"),
+                Err(e) => println!("map_original_dst_error={e}"),
+            }
         }
         println!("end={i}");
         std::io::stdout().flush().ok();
