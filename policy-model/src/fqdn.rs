@@ -19,8 +19,12 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub struct FqdnCache {
     min_ttl: Duration,
-    by_name: HashMap<(Option<IpAddr>, String), VecDeque<Entry>>,
+    by_name: HashMap<Key, VecDeque<Entry>>,
+    /// Reverse index so a connection's lookup does not scan the whole cache.
+    by_ip: HashMap<IpAddr, BTreeSet<Key>>,
 }
+
+type Key = (Option<IpAddr>, String);
 
 impl Default for FqdnCache {
     fn default() -> Self {
@@ -34,6 +38,7 @@ impl FqdnCache {
         FqdnCache {
             min_ttl,
             by_name: HashMap::new(),
+            by_ip: HashMap::new(),
         }
     }
 
@@ -48,18 +53,22 @@ impl FqdnCache {
         now: SystemTime,
     ) -> Vec<IpAddr> {
         let expires = now + ttl.max(self.min_ttl);
-        let list = self
-            .by_name
-            .entry((endpoint, normalize_name(name)))
-            .or_default();
+        let key = (endpoint, normalize_name(name));
+        let list = self.by_name.entry(key.clone()).or_default();
         let mut evicted = Vec::new();
         for ip in ips {
             list.retain(|e| e.ip != *ip);
             list.push_back(Entry { ip: *ip, expires });
+            self.by_ip.entry(*ip).or_default().insert(key.clone());
             while list.len() > MAX_IPS_PER_NAME {
                 if let Some(old) = list.pop_front() {
                     evicted.push(old.ip);
                 }
+            }
+        }
+        for ip in &evicted {
+            if !list.iter().any(|e| e.ip == *ip) {
+                unindex(&mut self.by_ip, *ip, &key);
             }
         }
         evicted
@@ -76,14 +85,18 @@ impl FqdnCache {
     }
 
     fn collect(&self, ip: IpAddr, now: Option<SystemTime>) -> Vec<String> {
-        let names: BTreeSet<&String> = self
-            .by_name
+        let Some(keys) = self.by_ip.get(&ip) else {
+            return Vec::new();
+        };
+        let names: BTreeSet<&String> = keys
             .iter()
-            .filter(|(_, list)| {
-                list.iter()
-                    .any(|e| e.ip == ip && now.is_none_or(|n| e.expires > n))
+            .filter(|k| {
+                self.by_name.get(*k).is_some_and(|list| {
+                    list.iter()
+                        .any(|e| e.ip == ip && now.is_none_or(|n| e.expires > n))
+                })
             })
-            .map(|((_, name), _)| name)
+            .map(|(_, name)| name)
             .collect();
         names.into_iter().cloned().collect()
     }
@@ -103,10 +116,16 @@ impl FqdnCache {
     /// Drop every entry expired at `now`; returns how many IPs were removed.
     pub fn gc(&mut self, now: SystemTime) -> usize {
         let mut removed = 0;
-        self.by_name.retain(|_, list| {
-            let before = list.len();
-            list.retain(|e| e.expires > now);
-            removed += before - list.len();
+        let by_ip = &mut self.by_ip;
+        self.by_name.retain(|key, list| {
+            list.retain(|e| {
+                let keep = e.expires > now;
+                if !keep {
+                    removed += 1;
+                    unindex(by_ip, e.ip, key);
+                }
+                keep
+            });
             !list.is_empty()
         });
         removed
@@ -119,5 +138,19 @@ impl FqdnCache {
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    /// Number of distinct IPs in the cache.
+    pub fn ip_count(&self) -> usize {
+        self.by_ip.len()
+    }
+}
+
+fn unindex(by_ip: &mut HashMap<IpAddr, BTreeSet<Key>>, ip: IpAddr, key: &Key) {
+    if let Some(keys) = by_ip.get_mut(&ip) {
+        keys.remove(key);
+        if keys.is_empty() {
+            by_ip.remove(&ip);
+        }
     }
 }

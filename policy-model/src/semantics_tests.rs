@@ -746,6 +746,11 @@ fn fqdn_cache_min_ttl_limit_and_gc() {
         evicted.extend(c.insert(ep, "b.com", &[*i], Duration::from_secs(300), NOW));
     }
     assert_eq!(evicted, ips[..5].to_vec(), "oldest five evicted");
+    assert!(
+        c.names_for_ip(ips[0]).is_empty(),
+        "evicted IPs leave the reverse index"
+    );
+    assert_eq!(c.names_for_ip(ips[5]), vec!["b.com".to_string()]);
     assert_eq!(c.ips_for_name("B.com.", NOW).len(), 50);
     // another endpoint has its own budget
     c.insert(
@@ -759,6 +764,7 @@ fn fqdn_cache_min_ttl_limit_and_gc() {
     assert_eq!(c.gc(NOW + Duration::from_secs(100)), 1);
     assert_eq!(c.gc(NOW + Duration::from_secs(400)), 55);
     assert!(c.is_empty());
+    assert_eq!(c.ip_count(), 0, "gc empties the reverse index");
 }
 
 // ---------- NetworkPolicy ----------
