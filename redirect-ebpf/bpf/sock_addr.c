@@ -18,6 +18,7 @@ static __always_inline int tg_redirect(struct bpf_sock_addr *ctx, const struct t
 	struct tg_endpoint *ep;
 	__u32 src_id, dst_id;
 	__u16 port = (__u16)ctx->user_port;
+	int port_out;
 	__u8 proto = (__u8)ctx->protocol;
 
 	if (tg_is_proxy_socket(cfg, ctx->sk))
@@ -27,9 +28,14 @@ static __always_inline int tg_redirect(struct bpf_sock_addr *ctx, const struct t
 		return 0;
 	src_id = ep->identity;
 	dst_id = tg_identity_of(family, ip);
+	port_out = tg_decide(cfg, src_id, dst_id, family, ip, port, proto, od);
+	/* Flows with L7 policy go to the proxy, which enforces toFQDNs itself
+	 * (and must see DNS to learn names); the kernel gate covers the rest. */
+	if (port_out && (proto == IPPROTO_TCP || od->l7_kind == TG_L7_DNS))
+		return port_out;
 	if (!tg_fqdn_allowed(src_id, dst_id, family, ip))
 		return -1;
-	return tg_decide(cfg, src_id, dst_id, family, ip, port, proto, od);
+	return 0;
 }
 
 /* Records a UDP flow by the 4-tuple the proxy's DNS listener will see, so it

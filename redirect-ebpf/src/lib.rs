@@ -20,3 +20,16 @@ pub use error::RedirectError;
 pub use lookup::{FlowKey, OriginalDstReader};
 pub use model::{Direction, FourTuple, L7Kind, L7Redirect, OriginalDst, Protocol, ProxyConfig};
 pub use redirect::{DEFAULT_PIN_ROOT, EndpointInfo, Redirect, RedirectOptions};
+
+#[cfg(test)]
+mod tests {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+
+    /// The proxy keeps the loader behind a lock and shares the reader between accept tasks.
+    #[test]
+    fn handles_can_cross_threads() {
+        send::<crate::Redirect>();
+        send_sync::<crate::OriginalDstReader>();
+    }
+}

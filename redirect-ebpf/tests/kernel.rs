@@ -629,6 +629,39 @@ fn fqdn_restricted_identity_may_only_connect_to_allowed_out_of_cluster_ips() {
     redirect.fqdn_remove(CLIENT_ID, outside.ip).unwrap();
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
     assert_eq!(kv(&out, "errno").as_deref(), Some("1"), "removed:\n{out}");
+
+    // DNS with L7 policy to an out-of-cluster resolver is not gated: it goes to the DNS proxy, which must see it
+    // to learn the names. UDP without L7 policy to that resolver is gated.
+    redirect
+        .policy_upsert(&L7Redirect {
+            identity: CLIENT_ID,
+            direction: Direction::Egress,
+            port: 53,
+            end_port: 53,
+            protocol: Protocol::Udp,
+            kind: L7Kind::Dns,
+            proxy_port: None,
+        })
+        .unwrap();
+    let mut dns_cmd = node.command(probe());
+    dns_cmd.args([
+        "udp-serve",
+        &format!("{POD_GATEWAY}:{DNS_PORT}"),
+        "dnsproxy",
+    ]);
+    let _dns = Server::start(dns_cmd);
+    let out = pod_probe(&client, &["udp", "10.204.0.9:53", "query"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("dnsproxy"),
+        "DNS to a world resolver reaches the proxy:\n{out}"
+    );
+    let out = pod_probe(&client, &["udp", "10.204.0.9:5353", "query"]);
+    assert_eq!(
+        kv(&out, "errno").as_deref(),
+        Some("1"),
+        "sendmsg4 FQDN gate:\n{out}"
+    );
 }
 
 #[test]
