@@ -76,7 +76,8 @@ struct DirPolicy {
 pub struct PolicyEngine {
     endpoints: EndpointTable,
     rules: Vec<Arc<CompiledRule>>,
-    subjects: HashMap<(Identity, Direction), DirPolicy>,
+    /// Indexed by `identity - 256`, then `[ingress, egress]`: a dense table instead of hashing per query.
+    subjects: Vec<[Option<DirPolicy>; 2]>,
     policies: Vec<String>,
 }
 
@@ -152,7 +153,7 @@ impl PolicyEngine {
             PolicyEngine {
                 endpoints: endpoints.clone(),
                 rules,
-                subjects,
+                subjects: dense(subjects),
                 policies: names,
             },
             errors,
@@ -253,7 +254,11 @@ impl PolicyEngine {
         if !subject.is_endpoint() {
             return DirOutcome::NotSelected;
         }
-        let Some(d) = self.subjects.get(&(subject, dir)) else {
+        let Some(d) = self
+            .subjects
+            .get((subject.0 - Identity::FIRST_ALLOCATED) as usize)
+            .and_then(|both| both[dir_slot(dir)].as_ref())
+        else {
             return DirOutcome::NotSelected;
         };
         let names: &[String] = if dir == Direction::Egress { names } else { &[] };
@@ -484,7 +489,14 @@ impl PolicyEngine {
     /// protocol ANY yields TCP and UDP.
     pub fn l7_ports(&self) -> Vec<L7Port> {
         let mut out = BTreeSet::new();
-        for ((identity, direction), d) in &self.subjects {
+        let all = self.subjects.iter().enumerate().flat_map(|(i, both)| {
+            let id = Identity(i as u32 + Identity::FIRST_ALLOCATED);
+            [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .filter_map(move |dir| both[dir_slot(dir)].as_ref().map(|d| ((id, dir), d)))
+        });
+        for ((identity, direction), d) in all {
+            let (identity, direction) = (&identity, &direction);
             for &r in &d.allow {
                 for pr in &self.rules[r].ports {
                     let Some(l7) = &pr.l7 else { continue };
@@ -520,6 +532,26 @@ impl PolicyEngine {
         }
         out.into_iter().collect()
     }
+}
+
+fn dir_slot(d: Direction) -> usize {
+    match d {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+fn dense(map: HashMap<(Identity, Direction), DirPolicy>) -> Vec<[Option<DirPolicy>; 2]> {
+    let len = map
+        .keys()
+        .map(|(id, _)| (id.0 - Identity::FIRST_ALLOCATED) as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut out: Vec<[Option<DirPolicy>; 2]> = (0..len).map(|_| [None, None]).collect();
+    for ((id, dir), d) in map {
+        out[(id.0 - Identity::FIRST_ALLOCATED) as usize][dir_slot(dir)] = Some(d);
+    }
+    out
 }
 
 fn namespace_labels(ns: &str) -> LabelSet {
