@@ -103,3 +103,45 @@ fn bad_policy_ranges_are_refused_before_touching_the_map() {
     assert!(matches!(err, RedirectError::Invalid(_)), "{err:?}");
     assert_eq!(redirect.policy_len(), 0);
 }
+
+#[test]
+fn an_unprivileged_process_is_told_to_run_as_root() {
+    require_root();
+    let root = Purge(pin_root("unpriv"));
+    let probe = env!("CARGO_BIN_EXE_redirect-probe");
+    // nobody, no capabilities at all.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(probe)
+        .arg("load")
+        .arg(&root.0)
+        .output()
+        .expect("setpriv (util-linux) is needed for this test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("load_error="))
+        .unwrap_or_else(|| {
+            panic!(
+                "expected a load error, got: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(line.contains("CAP_BPF and CAP_NET_ADMIN"), "{line}");
+    assert!(line.contains("run the proxy as root"), "{line}");
+    assert!(!root.0.exists(), "nothing pinned by a refused load");
+
+    // The same binary as root loads fine: the error above is about privileges, not the environment.
+    let out = std::process::Command::new(probe)
+        .arg("load")
+        .arg(&root.0)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "loaded");
+}

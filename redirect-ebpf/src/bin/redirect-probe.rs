@@ -8,6 +8,8 @@
 //!                                                accept N connections, print what the proxy would see (with
 //!                                                --pin-root also the record read from the pinned maps)
 //!   redirect-probe udp-serve ADDR TAG            answer every datagram with "<TAG>" (forever)
+//!   redirect-probe load PIN_ROOT                 Redirect::load, print `loaded` or `load_error=<message>`,
+//!                                                then purge PIN_ROOT (checks the preflight errors end to end)
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -283,6 +285,23 @@ fn udp_serve(args: &[String]) {
     }
 }
 
+fn load(args: &[String]) {
+    let root = std::path::PathBuf::from(&args[0]);
+    match redirect_ebpf::Redirect::load(redirect_ebpf::RedirectOptions {
+        pin_root: root.clone(),
+        proxy: Default::default(),
+    }) {
+        Ok(r) => {
+            drop(r);
+            println!("loaded");
+            if let Err(e) = redirect_ebpf::Redirect::purge(&root) {
+                println!("purge_error={e}");
+            }
+        }
+        Err(e) => println!("load_error={e}"),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args.split_first().unwrap_or_else(|| {
@@ -295,6 +314,7 @@ fn main() {
         "serve-tcp" => serve_tcp(rest),
         "accept" => accept(rest),
         "udp-serve" => udp_serve(rest),
+        "load" => load(rest),
         other => {
             eprintln!("unknown command {other}");
             std::process::exit(64)
