@@ -116,16 +116,66 @@ impl DnsMatcher {
     }
 }
 
-/// Match one label against a glob where `*` matches `[-a-zA-Z0-9_]*`.
+/// Match one label against a glob where `*` matches `[-a-zA-Z0-9_]*`. Linear-time greedy matching with
+/// backtracking to the last star only, so hostile names cannot make it exponential.
 fn glob_label(pat: &[u8], s: &[u8]) -> bool {
-    match pat.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => {
-            // Try every split; labels are at most 63 bytes so this stays small.
-            (0..=s.len()).any(|i| {
-                s[..i].iter().all(|b| is_name_char(*b as char)) && glob_label(rest, &s[i..])
-            })
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < pat.len() && pat[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if pi < pat.len() && pat[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some((sp, ss)) = star {
+            // Let the last star swallow one more byte, which must be a name character.
+            if !is_name_char(s[ss] as char) {
+                return false;
+            }
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
         }
-        Some((c, rest)) => s.first() == Some(c) && glob_label(rest, &s[1..]),
+    }
+    pat[pi..].iter().all(|b| *b == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_is_linear_and_correct() {
+        assert!(glob_label(b"a*b", b"axxb"));
+        assert!(glob_label(b"a*b", b"ab"));
+        assert!(!glob_label(b"a*b", b"axxc"));
+        assert!(glob_label(b"*", b""));
+        assert!(glob_label(b"**x", b"abx"));
+        assert!(
+            !glob_label(b"a*", b"a+b"),
+            "star matches name characters only"
+        );
+        let pat = "*a".repeat(30);
+        let s = "a".repeat(29) + "b";
+        assert!(!glob_label(pat.as_bytes(), s.as_bytes()));
+        let long = "x".repeat(63);
+        let p = "*x*x*x*x*x*x*x*x*x*x*y";
+        assert!(!glob_label(p.as_bytes(), long.as_bytes()));
+    }
+
+    #[test]
+    fn validation() {
+        assert!(DnsMatcher::name("a..b").is_err());
+        assert!(DnsMatcher::name("*.a").is_err());
+        assert!(DnsMatcher::pattern("a.**.b").is_err());
+        assert!(DnsMatcher::pattern("a b").is_err());
+        assert_eq!(
+            DnsMatcher::pattern("*").expect("star"),
+            DnsMatcher::Everything
+        );
+        assert!(!DnsMatcher::Everything.matches("."));
     }
 }
