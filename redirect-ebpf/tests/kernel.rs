@@ -936,3 +936,54 @@ fn loopback_proxy_inside_the_pod_netns_is_found_by_netns_cookie() {
         "another netns's loopback flow"
     );
 }
+
+#[test]
+fn tc_ingress_steers_ipv6_flows_too() {
+    preflight();
+    let root = PinRoot::new("tc6");
+    let c = cluster("rdtc6", 208);
+    add_ipv6(&c.node, &c.client, "fd00:208::2");
+    add_ipv6(&c.node, &c.server, "fd00:208::3");
+    c.node
+        .netns
+        .sh(&format!(
+            "ip -6 rule add fwmark {TPROXY_MARK:#x} lookup 100 && ip -6 route add local ::/0 dev lo table 100"
+        ))
+        .unwrap();
+    let _s8080 = serve_in_pod(&c.server, "[::]:8080", "server8080");
+    let mut redirect = load(&root);
+    redirect
+        .ipcache_upsert_prefix("fd00:208::3".parse().unwrap(), 128, SERVER_ID, true)
+        .unwrap();
+    redirect
+        .policy_upsert(&ingress_http(SERVER_ID, 8080))
+        .unwrap();
+    let netns = PathBuf::from("/var/run/netns").join(c.node.netns.name());
+    redirect
+        .attach_tc(&c.client.host_veth, Some(&netns))
+        .unwrap();
+    let mut proxy = proxy_standin(&c.node, &format!("[::]:{TPROXY_PORT}"), 1, true, &root);
+
+    let out = pod_probe(&c.client, &["tcp-connect", "[fd00:208::3]:8080"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("proxy"),
+        "steered into the proxy:\n{out}"
+    );
+    let seen = proxy.read_until("end=0");
+    assert_eq!(
+        kv(&seen, "local").as_deref(),
+        Some("[fd00:208::3]:8080"),
+        "{seen}"
+    );
+
+    redirect
+        .detach_tc(&c.client.host_veth, Some(&netns))
+        .unwrap();
+    let out = pod_probe(&c.client, &["tcp-connect", "[fd00:208::3]:8080"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("server8080"),
+        "after detach:\n{out}"
+    );
+}

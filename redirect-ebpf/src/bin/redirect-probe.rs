@@ -188,7 +188,12 @@ fn accept(args: &[String]) {
     let fd = tcp_socket(&bind).unwrap_or_else(|e| fail(e));
     setsockopt_u32(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1).unwrap_or_else(|e| fail(e));
     if transparent {
-        setsockopt_u32(&fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1).unwrap_or_else(|e| fail(e));
+        let (level, name) = if bind.is_ipv4() {
+            (libc::SOL_IP, libc::IP_TRANSPARENT)
+        } else {
+            (libc::SOL_IPV6, libc::IPV6_TRANSPARENT)
+        };
+        setsockopt_u32(&fd, level, name, 1).unwrap_or_else(|e| fail(e));
     }
     let listener = std::net::TcpListener::from(fd);
     // std has no bind-on-an-existing-socket (needed to set IP_TRANSPARENT first): bind(2) + listen(2) by hand.
