@@ -1,24 +1,13 @@
 //! The errors a misconfigured node produces name the missing piece and the fix. Needs root (the privilege check
 //! runs first and would otherwise be the error under test).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use redirect_ebpf::{ProxyConfig, Redirect, RedirectError, RedirectOptions};
 use tollgate_e2e::{Cgroup, require_root};
 
-fn pin_root(tag: &str) -> PathBuf {
-    PathBuf::from(format!(
-        "/sys/fs/bpf/tollgate-test-{}-{tag}",
-        std::process::id()
-    ))
-}
-
-struct Purge(PathBuf);
-impl Drop for Purge {
-    fn drop(&mut self) {
-        let _ = Redirect::purge(&self.0);
-    }
-}
+mod common;
+use common::PinRoot;
 
 #[test]
 fn a_pin_root_outside_bpffs_names_the_mount_command() {
@@ -41,7 +30,7 @@ fn a_pin_root_outside_bpffs_names_the_mount_command() {
 #[test]
 fn missing_cgroups_and_interfaces_are_named() {
     require_root();
-    let root = Purge(pin_root("errors"));
+    let root = PinRoot::new("errors");
     let mut redirect = Redirect::load(RedirectOptions {
         pin_root: root.0.clone(),
         proxy: ProxyConfig::default(),
@@ -84,7 +73,7 @@ fn missing_cgroups_and_interfaces_are_named() {
 #[test]
 fn bad_policy_ranges_are_refused_before_touching_the_map() {
     require_root();
-    let root = Purge(pin_root("ranges"));
+    let root = PinRoot::new("ranges");
     let mut redirect = Redirect::load(RedirectOptions {
         pin_root: root.0.clone(),
         proxy: ProxyConfig::default(),
@@ -107,7 +96,7 @@ fn bad_policy_ranges_are_refused_before_touching_the_map() {
 #[test]
 fn an_unprivileged_process_is_told_to_run_as_root() {
     require_root();
-    let root = Purge(pin_root("unpriv"));
+    let root = PinRoot::new("unpriv");
     let probe = env!("CARGO_BIN_EXE_redirect-probe");
     // nobody, no capabilities at all.
     let out = std::process::Command::new("setpriv")

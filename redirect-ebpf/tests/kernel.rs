@@ -18,6 +18,9 @@ use redirect_ebpf::{
 };
 use tollgate_e2e::{ChildGuard, Node, POD_GATEWAY, Pod, require_root};
 
+mod common;
+use common::PinRoot;
+
 const CLIENT_ID: u32 = 1000;
 const SERVER_ID: u32 = 2000;
 const HTTP_PORT: u16 = 15001;
@@ -36,28 +39,6 @@ fn preflight() {
         Path::new("/sys/fs/bpf").join(".").exists(),
         "bpffs is not mounted: `mount -t bpf bpf /sys/fs/bpf`"
     );
-}
-
-/// Purges the test's pin root (links and maps) on drop, also when the test panics.
-struct PinRoot(PathBuf);
-
-impl PinRoot {
-    fn new(tag: &str) -> Self {
-        let path = PathBuf::from(format!(
-            "/sys/fs/bpf/tollgate-test-{}-{tag}",
-            std::process::id()
-        ));
-        let _ = Redirect::purge(&path);
-        PinRoot(path)
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        if let Err(e) = Redirect::purge(&self.0) {
-            eprintln!("cleanup: purging {}: {e}", self.0.display());
-        }
-    }
 }
 
 fn gateway() -> Ipv4Addr {
