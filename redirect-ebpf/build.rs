@@ -7,7 +7,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["sock_addr", "sockops", "sockopt", "tc_ingress"];
+const PROGRAMS: &[&str] = &[
+    "sock_addr",
+    "sockops",
+    "sockopt",
+    "tc_ingress",
+    "udp_egress",
+];
 
 fn main() {
     let manifest =

@@ -1,8 +1,8 @@
 //! Tollgate's eBPF redirect layer.
 //!
-//! Owns: the C programs in `bpf/` (cgroup connect/sendmsg/recvmsg/getpeername v4+v6 and sockops on pod cgroups,
-//! sockops + getsockopt(SO_ORIGINAL_DST) on the proxy's cgroup, a TC ingress classifier doing `bpf_sk_assign`), the
-//! map layouts shared with them (`bpf/lib/maps.h` <-> [`maps`]), and their pins under the pin root.
+//! Owns: the C programs in `bpf/` (cgroup connect/sendmsg/recvmsg/getpeername v4+v6, sockops and a UDP egress tuple
+//! recorder on pod cgroups; sockops + getsockopt(SO_ORIGINAL_DST) on the proxy's cgroup; a TC ingress classifier
+//! doing `bpf_sk_assign`), the map layouts shared with them (`bpf/lib/maps.h` <-> [`maps`]), and their pins under the pin root.
 //!
 //! Must not touch: policy decisions (the proxy computes [`L7Redirect`]s from policy-model and hands them over),
 //! iptables/routing (the deployment sets up the `fwmark -> local table` rule TC steering needs), and the proxy's

@@ -25,8 +25,8 @@ use aya::programs::cgroup_sockopt::CgroupSockoptLink;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::TcAttachOptions;
 use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, CgroupSockopt, LinkOrder, SchedClassifier, SockOps,
-    TcAttachType,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockopt, LinkOrder,
+    SchedClassifier, SockOps, TcAttachType,
 };
 use aya::{Ebpf, EbpfLoader};
 
@@ -40,6 +40,8 @@ static SOCK_ADDR_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 static SOCKOPS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockops.o"));
 static SOCKOPT_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockopt.o"));
 static TC_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tc_ingress.o"));
+static UDP_EGRESS_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udp_egress.o"));
 
 /// Default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/tollgate";
@@ -61,6 +63,7 @@ const POD_SOCK_ADDR_PROGRAMS: [&str; 8] = [
 const SOCKOPS_PROGRAM: &str = "tg_sockops";
 const GETSOCKOPT_PROGRAM: &str = "tg_getsockopt";
 const TC_PROGRAM: &str = "tg_ingress";
+const UDP_EGRESS_PROGRAM: &str = "tg_udp_egress";
 
 #[derive(Clone, Debug)]
 pub struct RedirectOptions {
@@ -104,6 +107,7 @@ pub struct Redirect {
     sockops: Ebpf,
     sockopt: Ebpf,
     tc: Ebpf,
+    udp_egress: Ebpf,
     ipcache: LpmTrie<MapData, IpcacheData, IpcacheValue>,
     policy: HashMap<MapData, PolicyKey, PolicyValue>,
     endpoints: HashMap<MapData, u64, EndpointValue>,
@@ -307,6 +311,7 @@ impl Redirect {
         let mut sockops = load_object("sockops.o", SOCKOPS_OBJ, &root)?;
         let mut sockopt = load_object("sockopt.o", SOCKOPT_OBJ, &root)?;
         let mut tc = load_object("tc_ingress.o", TC_OBJ, &root)?;
+        let mut udp_egress = load_object("udp_egress.o", UDP_EGRESS_OBJ, &root)?;
 
         for name in POD_SOCK_ADDR_PROGRAMS {
             let prog: &mut CgroupSockAddr = sock_addr
@@ -334,6 +339,12 @@ impl Redirect {
             .try_into()
             .map_err(kernel(TC_PROGRAM))?;
         prog.load().map_err(kernel(TC_PROGRAM))?;
+        let prog: &mut CgroupSkb = udp_egress
+            .program_mut(UDP_EGRESS_PROGRAM)
+            .ok_or_else(|| missing_program(UDP_EGRESS_PROGRAM))?
+            .try_into()
+            .map_err(kernel(UDP_EGRESS_PROGRAM))?;
+        prog.load().map_err(kernel(UDP_EGRESS_PROGRAM))?;
 
         let m = &mut sock_addr;
         let mut redirect = Redirect {
@@ -359,6 +370,7 @@ impl Redirect {
             sockops,
             sockopt,
             tc,
+            udp_egress,
         };
         redirect.set_config(opts.proxy)?;
         Ok(redirect)
@@ -457,6 +469,28 @@ impl Redirect {
                 FdLink::try_from(link).map_err(link_err(SOCKOPS_PROGRAM))
             })?;
         }
+        if sockops && !sock_addr.is_empty() {
+            // Pods only (the caller passes the redirecting programs): the tuple recorder for connected UDP.
+            let prog: &mut CgroupSkb = self
+                .udp_egress
+                .program_mut(UDP_EGRESS_PROGRAM)
+                .ok_or_else(|| missing_program(UDP_EGRESS_PROGRAM))?
+                .try_into()
+                .map_err(kernel(UDP_EGRESS_PROGRAM))?;
+            Self::attach_pinned(&dir.join(UDP_EGRESS_PROGRAM), || {
+                let id = prog
+                    .attach(
+                        cg.as_fd(),
+                        CgroupSkbAttachType::Egress,
+                        CgroupAttachMode::default(),
+                    )
+                    .map_err(attach_err(UDP_EGRESS_PROGRAM, &target))?;
+                let link = prog
+                    .take_link(id)
+                    .map_err(attach_err(UDP_EGRESS_PROGRAM, &target))?;
+                FdLink::try_from(link).map_err(link_err(UDP_EGRESS_PROGRAM))
+            })?;
+        }
         if getsockopt && !self.sockopt_links.contains_key(&id) {
             // aya 0.14 cannot turn a CgroupSockoptLink into a pinnable FdLink, so this link lives as long as this
             // Redirect. That is the right lifetime anyway: only the running proxy asks for SO_ORIGINAL_DST.
@@ -478,7 +512,7 @@ impl Redirect {
     }
 
     /// Enrolls a pod: records its identity/addresses under its cgroup id and attaches connect, sendmsg, recvmsg,
-    /// getpeername (v4 + v6) and sockops to its cgroup. Idempotent; adopts links pinned by an earlier process.
+    /// getpeername (v4 + v6), sockops and the UDP egress tuple recorder to its cgroup. Idempotent; adopts links pinned by an earlier process.
     pub fn enroll(&mut self, cgroup: &Path, endpoint: EndpointInfo) -> Result<(), RedirectError> {
         let (_, id) = open_cgroup(cgroup)?;
         let value = EndpointValue {

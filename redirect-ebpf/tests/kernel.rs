@@ -522,6 +522,29 @@ fn dns_over_udp_goes_to_the_dns_listener_and_replies_come_from_the_original_reso
     assert_eq!(od.kind, Some(L7Kind::Dns));
     assert_eq!(od.protocol, Protocol::Udp);
 
+    // A connected UDP socket (glibc's resolver): connect4 redirects, getpeername4 shows the resolver, and the
+    // cgroup_skb egress recorder keys the flow by the tuple on the wire (the source port did not exist at connect).
+    let out = pod_probe(&c.client, &["udp-connected", "10.203.0.3:53", "connected"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("dnsproxy"),
+        "connect4 UDP redirect:\n{out}"
+    );
+    assert_eq!(
+        kv(&out, "peer").as_deref(),
+        Some("10.203.0.3:53"),
+        "getpeername4:\n{out}"
+    );
+    let seen = dns.read_until("datagram_from=");
+    let from: SocketAddr = kv(&seen, "datagram_from").unwrap().parse().unwrap();
+    assert_eq!(Some(from.to_string()), kv(&out, "local"), "{seen}");
+    let od = redirect
+        .original_dst_of_datagram(from, listener, 0)
+        .unwrap()
+        .expect("connected-UDP record by the tuple on the wire");
+    assert_eq!(od.addr, "10.203.0.3:53".parse().unwrap());
+    assert_eq!(od.source_identity, CLIENT_ID);
+
     // A dual-stack socket sending to an IPv4-mapped resolver: sendmsg6 + recvmsg6.
     let out = pod_probe(&c.client, &["udp", "[::ffff:10.203.0.3]:53", "query6"]);
     assert_eq!(

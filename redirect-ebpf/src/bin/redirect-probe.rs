@@ -3,6 +3,7 @@
 //!
 //!   redirect-probe tcp-connect ADDR [--mark N]   connect, print local/peer (getpeername), read one line
 //!   redirect-probe udp ADDR TEXT                 send TEXT unconnected, print the reply and its source
+//!   redirect-probe udp-connected ADDR TEXT       connect(2) first (as glibc's resolver does), then send/recv
 //!   redirect-probe serve-tcp ADDR [TAG]          accept forever, answer each connection with "<TAG>"
 //!   redirect-probe accept ADDR N [--transparent] [--pin-root DIR]
 //!                                                accept N connections, print what the proxy would see (with
@@ -162,6 +163,32 @@ fn udp(args: &[String]) {
     println!("reply={}", String::from_utf8_lossy(&buf[..n]));
 }
 
+fn udp_connected(args: &[String]) {
+    let target = addr(&args[0]);
+    // No bind(2) before connect(2), like glibc: the source port does not exist yet when connect4 runs.
+    let domain = if target.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(domain, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        fail(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    connect_raw(&fd, target).unwrap_or_else(|e| fail(e));
+    let sock = UdpSocket::from(fd);
+    sock.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    sock.send(args[1].as_bytes()).unwrap_or_else(|e| fail(e));
+    let mut buf = [0u8; 1500];
+    let n = sock.recv(&mut buf).unwrap_or_else(|e| fail(e));
+    println!("local={}", sock.local_addr().unwrap_or_else(|e| fail(e)));
+    println!("peer={}", sock.peer_addr().unwrap_or_else(|e| fail(e)));
+    println!("reply={}", String::from_utf8_lossy(&buf[..n]));
+}
+
 fn serve_tcp(args: &[String]) {
     let listener = TcpListener::bind(addr(&args[0])).unwrap_or_else(|e| fail(e));
     let tag = args.get(1).cloned().unwrap_or_else(|| "server".into());
@@ -316,6 +343,7 @@ fn main() {
     match cmd.as_str() {
         "tcp-connect" => tcp_connect(rest),
         "udp" => udp(rest),
+        "udp-connected" => udp_connected(rest),
         "serve-tcp" => serve_tcp(rest),
         "accept" => accept(rest),
         "udp-serve" => udp_serve(rest),
