@@ -1,6 +1,7 @@
 //! `redirect-probe`: tiny socket client/server used by the kernel tests (and handy when debugging a node by hand).
 //! Prints `key=value` lines on stdout; exits 2 on a socket error after printing `error=<kind>` and `errno=<n>` lines.
 //!
+//! ```text
 //!   redirect-probe tcp-connect ADDR [--mark N]   connect, print local/peer (getpeername), read one line
 //!   redirect-probe udp ADDR TEXT                 send TEXT unconnected, print the reply and its source
 //!   redirect-probe udp-connected ADDR TEXT       connect(2) first (as glibc's resolver does), then send/recv
@@ -11,6 +12,7 @@
 //!   redirect-probe udp-serve ADDR TAG            answer every datagram with "<TAG>" (forever)
 //!   redirect-probe load PIN_ROOT                 Redirect::load, print `loaded` or `load_error=<message>`,
 //!                                                then purge PIN_ROOT (checks the preflight errors end to end)
+//! ```
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
