@@ -336,6 +336,27 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
         "{seen}"
     );
 
+    // 4b. A per-rule proxy port overrides the config's listener for the kind.
+    redirect
+        .policy_upsert(&L7Redirect {
+            proxy_port: Some(15009),
+            ..ingress_http(SERVER_ID, 9092)
+        })
+        .unwrap();
+    let mut special = proxy_standin(&c.node, "0.0.0.0:15009", 1, false, &root);
+    let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:9092"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("proxy"),
+        "per-rule proxy port:\n{out}"
+    );
+    let seen = special.read_until("end=0");
+    assert_eq!(
+        kv(&seen, "original_dst").as_deref(),
+        Some("10.201.0.3:9092"),
+        "{seen}"
+    );
+
     // 5. The server pod is not enrolled: its connects are never touched.
     let out = pod_probe(&c.server, &["tcp-connect", "10.201.0.3:8080"]);
     assert_eq!(
@@ -633,6 +654,27 @@ fn fqdn_restricted_identity_may_only_connect_to_allowed_out_of_cluster_ips() {
     redirect.fqdn_remove(CLIENT_ID, outside.ip).unwrap();
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
     assert_eq!(kv(&out, "errno").as_deref(), Some("1"), "removed:\n{out}");
+
+    // The ipcache is a longest-prefix match: a /29 giving the outside pod an in-cluster identity lifts the gate,
+    // removing the prefix restores it.
+    redirect
+        .ipcache_upsert_prefix("10.204.0.8".parse().unwrap(), 29, 3000, false)
+        .unwrap();
+    let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
+    assert_eq!(
+        kv(&out, "reply").as_deref(),
+        Some("outside"),
+        "LPM prefix identity:\n{out}"
+    );
+    redirect
+        .ipcache_remove("10.204.0.8".parse().unwrap(), 29)
+        .unwrap();
+    let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
+    assert_eq!(
+        kv(&out, "errno").as_deref(),
+        Some("1"),
+        "prefix removed:\n{out}"
+    );
 
     // DNS with L7 policy to an out-of-cluster resolver is not gated: it goes to the DNS proxy, which must see it
     // to learn the names. UDP without L7 policy to that resolver is gated.
