@@ -60,6 +60,9 @@ pub async fn handle(
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     shutdown: CancellationToken,
 ) {
+    // Responses are written in several small writes (head, body chunks); Nagle would hold them for the client's
+    // delayed ACK.
+    let _ = stream.set_nodelay(true);
     let dst = match proxy.original_dst.original_dst(&stream) {
         Ok(d) => d,
         Err(e) => {

@@ -295,23 +295,38 @@ impl FlowLog {
     }
 }
 
-fn spawn_writer(mut out: Box<dyn Write + Send>) -> mpsc::Sender<FlowRecord> {
-    let (tx, mut rx) = mpsc::channel::<FlowRecord>(8192);
-    // A blocking thread: file and stdout writes are blocking syscalls and must not stall the reactor.
+/// Records queued for the writer; at the writer's poll interval this absorbs bursts of several 100k records/s.
+const QUEUE: usize = 65_536;
+const WRITER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+fn spawn_writer(out: Box<dyn Write + Send>) -> mpsc::Sender<FlowRecord> {
+    let (tx, mut rx) = mpsc::channel::<FlowRecord>(QUEUE);
+    // A plain thread that polls: file/stdout writes are blocking syscalls that must not stall the reactor, and
+    // polling (instead of waking the thread per record) keeps futex wake-ups off the request path.
     std::thread::Builder::new()
         .name("flow-writer".into())
         .spawn(move || {
-            while let Some(rec) = rx.blocking_recv() {
-                let mut line = serde_json::to_vec(&rec).unwrap_or_default();
-                line.push(b'\n');
-                let _ = out.write_all(&line);
-                // Drain what is queued before flushing, so bursts cost one flush.
-                while let Ok(rec) = rx.try_recv() {
-                    let mut line = serde_json::to_vec(&rec).unwrap_or_default();
-                    line.push(b'\n');
-                    let _ = out.write_all(&line);
+            let mut out = std::io::BufWriter::with_capacity(256 * 1024, out);
+            loop {
+                let mut wrote = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(rec) => {
+                            let _ = serde_json::to_writer(&mut out, &rec);
+                            let _ = out.write_all(b"\n");
+                            wrote = true;
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            let _ = out.flush();
+                            return;
+                        }
+                    }
                 }
-                let _ = out.flush();
+                if wrote {
+                    let _ = out.flush();
+                }
+                std::thread::sleep(WRITER_POLL);
             }
         })
         .expect("spawning the flow-writer thread");

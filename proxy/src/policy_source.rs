@@ -219,9 +219,28 @@ impl PolicySource {
     pub fn watch(self: &Arc<Self>, recheck: Duration) -> notify::Result<WatchGuard> {
         use notify::Watcher;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+        // Only events that touch an input matter: the watched directories may hold busy files (a flow log next
+        // to the policy), and reacting to those would re-read the inputs on every write.
+        // Compared by file name: events carry paths joined onto the watched directory, which may be spelled
+        // differently (relative vs absolute) from the paths given on the command line.
+        let policy_is_dir = self.policy_path.is_dir();
+        let policy_name = self.policy_path.file_name().map(|n| n.to_os_string());
+        let endpoints_name = self.endpoints_path.file_name().map(|n| n.to_os_string());
+        let relevant = move |p: &Path| {
+            let name = p.file_name().map(|n| n.to_os_string());
+            (name.is_some() && (name == endpoints_name || name == policy_name))
+                || (policy_is_dir && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        };
         let mut watcher =
-            notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
-                let _ = tx.try_send(());
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                let Ok(ev) = res else { return };
+                if ev.kind.is_access() {
+                    return;
+                }
+                // Editors and ConfigMaps swap files by rename: a path-less event or one naming an input triggers.
+                if ev.paths.is_empty() || ev.paths.iter().any(|p| relevant(p)) {
+                    let _ = tx.try_send(());
+                }
             })?;
         let mut dirs: Vec<PathBuf> = Vec::new();
         for p in [&self.policy_path, &self.endpoints_path] {

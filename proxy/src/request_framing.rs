@@ -3,9 +3,11 @@
 //! hyper resolves a request carrying both `Transfer-Encoding` and `Content-Length` by ignoring the length (RFC 9112
 //! section 6.1 allows it), but such a request is the classic smuggling vector and the safe answer is to refuse it.
 //! hyper exposes no hook for that, so this wrapper sits between the socket and hyper and follows the HTTP/1 message
-//! framing itself: it holds back each request head until it is complete, and if the head carries both framing
-//! headers it breaks the `Transfer-Encoding` header *name* (an invalid token character), which makes hyper reject
-//! the head with its own `400 Bad Request` and close the connection, in order after earlier pipelined responses.
+//! framing itself: it releases a head to hyper line by line (holding back only the current incomplete header
+//! line), and when the second of the two framing headers appears it breaks that header's *name* (an invalid token
+//! character), which makes hyper reject the head with its own `400 Bad Request` and close the connection, in order
+//! after earlier pipelined responses. Bodies are followed (Content-Length, chunked) so that body bytes are never
+//! mistaken for a head.
 //!
 //! Everything it does not understand (HTTP/2 preface, parse errors, oversized heads, upgrades, CONNECT) it passes
 //! through untouched and stops tracking: hyper then applies its own rules (400 / 431 / protocol switch).
@@ -37,7 +39,12 @@ enum State {
 #[derive(Debug)]
 pub struct FramingTracker {
     state: State,
+    /// The current head so far (kept whole to decide the body framing once complete).
     head: Vec<u8>,
+    /// Offset in `head` of the first byte not yet released to hyper (the start of an incomplete header line).
+    released: usize,
+    seen_te: bool,
+    seen_cl: bool,
     max_head: usize,
     /// Heads refused so far (for tests and logs).
     pub refused: u32,
@@ -48,6 +55,9 @@ impl FramingTracker {
         FramingTracker {
             state: State::Head,
             head: Vec::new(),
+            released: 0,
+            seen_te: false,
+            seen_cl: false,
             max_head,
             refused: 0,
         }
@@ -55,7 +65,10 @@ impl FramingTracker {
 
     /// Bytes still held back (an incomplete head); released at EOF so hyper sees what the client sent.
     pub fn take_held(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.head)
+        let held = self.head.split_off(self.released.min(self.head.len()));
+        self.head.clear();
+        self.released = 0;
+        held
     }
 
     /// Feeds bytes read from the client; appends what hyper may see to `out`.
@@ -67,20 +80,17 @@ impl FramingTracker {
                     return;
                 }
                 State::Head => {
-                    let start = self.head.len().saturating_sub(3);
                     self.head.extend_from_slice(input);
                     input = &[];
-                    if let Some(end) = head_end(&self.head, start) {
-                        let rest = self.head.split_off(end);
-                        let mut head = std::mem::take(&mut self.head);
-                        self.state = self.inspect(&mut head);
-                        out.extend_from_slice(&head);
-                        // Continue with what followed the head (body or pipelined requests).
+                    if let Some(rest) = self.release_lines(out) {
+                        // The head is complete: continue with what followed it (body or pipelined requests).
                         let mut more = Vec::new();
                         self.feed(&rest, &mut more);
                         out.extend_from_slice(&more);
                     } else if self.head.len() > self.max_head {
-                        out.append(&mut self.head);
+                        out.extend_from_slice(&self.head[self.released..]);
+                        self.head.clear();
+                        self.released = 0;
                         self.state = State::Passthrough;
                     }
                 }
@@ -114,6 +124,49 @@ impl FramingTracker {
         }
     }
 
+    /// Releases every complete line of the head to `out`, breaking the name of a `Transfer-Encoding` or
+    /// `Content-Length` line when the other one was already seen in this head. The request line is released even
+    /// while incomplete (it is never rewritten), so hyper can detect the protocol and run its header timeout.
+    /// Returns the bytes after the head once the head is complete.
+    fn release_lines(&mut self, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+        loop {
+            let start = self.released;
+            let Some(nl) = self.head[start..].iter().position(|&c| c == b'\n') else {
+                if start == 0 || !self.head[..start].contains(&b'\n') {
+                    // Still in the request line.
+                    out.extend_from_slice(&self.head[start..]);
+                    self.released = self.head.len();
+                }
+                return None;
+            };
+            let end = start + nl + 1;
+            let first_line = !self.head[..start].contains(&b'\n');
+            let line_is_empty = matches!(&self.head[start..end], b"\n" | b"\r\n");
+            if !first_line && !line_is_empty {
+                let line = &self.head[start..end];
+                let te = starts_with_name(line, b"transfer-encoding");
+                let cl = starts_with_name(line, b"content-length");
+                if (te && self.seen_cl) || (cl && self.seen_te) {
+                    self.head[start] = b'(';
+                    self.refused += 1;
+                }
+                self.seen_te |= te;
+                self.seen_cl |= cl;
+            }
+            out.extend_from_slice(&self.head[start..end]);
+            self.released = end;
+            if line_is_empty && !first_line {
+                let rest = self.head.split_off(end);
+                let head = std::mem::take(&mut self.head);
+                self.released = 0;
+                self.seen_te = false;
+                self.seen_cl = false;
+                self.state = framing_of(&head);
+                return Some(rest);
+            }
+        }
+    }
+
     fn step_chunk_byte(&self, b: u8) -> State {
         match self.state {
             State::ChunkSize(v, ext) => match b {
@@ -141,86 +194,55 @@ impl FramingTracker {
             ref other => other.clone(),
         }
     }
-
-    /// Decides the framing of a complete head, rewriting it if it must be refused.
-    fn inspect(&mut self, head: &mut [u8]) -> State {
-        let mut headers = [httparse::EMPTY_HEADER; 256];
-        let mut req = httparse::Request::new(&mut headers);
-        let parsed = matches!(req.parse(head), Ok(httparse::Status::Complete(_)));
-        if !parsed {
-            return State::Passthrough;
-        }
-        let method_connect = req.method == Some("CONNECT");
-        let mut te: Option<&[u8]> = None;
-        let mut cl: Option<&[u8]> = None;
-        let mut upgrade = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te = Some(h.value);
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                cl = Some(h.value);
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-            }
-        }
-        if te.is_some() && cl.is_some() {
-            self.refused += 1;
-            break_header_name(head, b"transfer-encoding");
-            return State::Passthrough;
-        }
-        if method_connect || upgrade {
-            return State::Passthrough;
-        }
-        if let Some(te) = te {
-            let last = te.rsplit(|&c| c == b',').next().unwrap_or(b"");
-            return if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                State::ChunkSize(0, false)
-            } else {
-                State::Passthrough
-            };
-        }
-        match cl.map(|v| {
-            std::str::from_utf8(v)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-        }) {
-            None | Some(Some(0)) => State::Head,
-            Some(Some(n)) => State::Body(n),
-            Some(None) => State::Passthrough,
-        }
-    }
 }
 
-/// End (exclusive) of the head: the first empty line at or after `from`.
-fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < buf.len() {
-        if buf[i] == b'\n' && i > 0 {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some(i + 2);
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
-        }
-        i += 1;
-    }
-    None
+/// `name:` at the start of a header line (case-insensitive).
+fn starts_with_name(line: &[u8], name: &[u8]) -> bool {
+    line.len() > name.len()
+        && line[..name.len()].eq_ignore_ascii_case(name)
+        && line[name.len()] == b':'
 }
 
-/// Replaces the first character of every header line named `name` with `(`, which no token may contain.
-fn break_header_name(head: &mut [u8], name: &[u8]) {
-    let mut line_start = 0;
-    while line_start < head.len() {
-        let line_end = head[line_start..]
-            .iter()
-            .position(|&c| c == b'\n')
-            .map_or(head.len(), |p| line_start + p + 1);
-        let line = &head[line_start..line_end];
-        if line.len() > name.len() && line[..name.len()].eq_ignore_ascii_case(name) {
-            head[line_start] = b'(';
+/// The body framing of a complete head; anything hyper would refuse (or that switches protocols) is passed
+/// through untracked.
+fn framing_of(head: &[u8]) -> State {
+    let mut headers = [httparse::EMPTY_HEADER; 256];
+    let mut req = httparse::Request::new(&mut headers);
+    if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        return State::Passthrough;
+    }
+    let method_connect = req.method == Some("CONNECT");
+    let mut te: Option<&[u8]> = None;
+    let mut cl: Option<&[u8]> = None;
+    let mut upgrade = false;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            cl = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
         }
-        line_start = line_end;
+    }
+    if method_connect || upgrade || (te.is_some() && cl.is_some()) {
+        return State::Passthrough;
+    }
+    if let Some(te) = te {
+        let last = te.rsplit(|&c| c == b',').next().unwrap_or(b"");
+        return if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            State::ChunkSize(0, false)
+        } else {
+            State::Passthrough
+        };
+    }
+    match cl.map(|v| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    }) {
+        None | Some(Some(0)) => State::Head,
+        Some(Some(n)) => State::Body(n),
+        Some(None) => State::Passthrough,
     }
 }
 
@@ -408,5 +430,27 @@ mod tests {
         t.feed(&[b'a'; 150], &mut out);
         assert_eq!(out.len(), 150);
         assert_eq!(t.state, State::Passthrough);
+    }
+
+    #[test]
+    fn whichever_framing_header_comes_second_is_broken() {
+        let input =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 3\r\n\r\n0\r\n\r\n";
+        let (out, t) = run(input, 2);
+        assert_eq!(t.refused, 1);
+        assert!(String::from_utf8_lossy(&out).contains("\r\n(ontent-length: 3\r\n"));
+    }
+
+    #[test]
+    fn the_request_line_is_released_before_it_is_complete() {
+        // hyper's protocol detection and header-read timeout need to see bytes from a slow client.
+        let mut t = FramingTracker::new(1024);
+        let mut out = Vec::new();
+        t.feed(b"GET /slo", &mut out);
+        assert_eq!(out, b"GET /slo");
+        t.feed(b"w HTTP/1.1\r\nHost: se", &mut out);
+        assert_eq!(out, b"GET /slow HTTP/1.1\r\n");
+        t.feed(b"rver\r\n\r\n", &mut out);
+        assert_eq!(out, b"GET /slow HTTP/1.1\r\nHost: server\r\n\r\n");
     }
 }

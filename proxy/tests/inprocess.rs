@@ -117,6 +117,10 @@ impl Drop for Harness {
 }
 
 async fn start() -> Harness {
+    start_with(Limits::default()).await
+}
+
+async fn start_with(limits: Limits) -> Harness {
     let backend_listener = TcpListener::bind("127.0.0.2:0").await.unwrap();
     let backend_addr = backend_listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -137,7 +141,6 @@ async fn start() -> Harness {
     std::fs::write(&policy_path, policy(backend_addr.port(), "/ok.*")).unwrap();
     let endpoints_path = dir.path().join("endpoints.yaml");
     std::fs::write(&endpoints_path, ENDPOINTS).unwrap();
-    let limits = Limits::default();
     let proxy = Arc::new(Proxy {
         policy: Arc::new(PolicySource::load(&policy_path, &endpoints_path).unwrap()),
         flows: Arc::new(FlowLog::new(1024, FlowSink::None).unwrap()),
@@ -342,4 +345,115 @@ async fn grpc_over_h2_allowed_and_denied() {
     let f = h.proxy.flows.last(1).pop().unwrap();
     assert_eq!(f.protocol, "gRPC");
     assert_eq!(f.l7.unwrap().http.unwrap().grpc_status, Some(7));
+}
+
+#[tokio::test]
+async fn connection_limit_answers_503_and_idle_connections_are_closed() {
+    let h = start_with(Limits {
+        max_connections: 1,
+        idle_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let mut first = h1(h.proxy_addr).await;
+    assert_eq!(get(&mut first, "/ok/a").await.0, StatusCode::OK);
+    // The only permit is taken: a second connection is told 503 and closed.
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(b"GET /ok/b HTTP/1.1\r\nHost: server\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    // The first connection idles out, which frees the permit for the next client.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        first.ready().await.is_err() || first.is_closed(),
+        "idle connection still open"
+    );
+    let mut third = h1(h.proxy_addr).await;
+    assert_eq!(get(&mut third, "/ok/c").await.0, StatusCode::OK);
+    let flows = h.proxy.flows.last(10);
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.drop_reason == Some(tollgate::flow::DropReason::LimitExceeded)),
+        "{flows:#?}"
+    );
+}
+
+#[tokio::test]
+async fn slow_request_heads_time_out() {
+    let h = start_with(Limits {
+        header_read_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(b"GET /ok/slow HTTP/1.1\r\nHost: ser")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(
+        n.is_ok(),
+        "connection with an incomplete head was not closed"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let flows = h.proxy.flows.last(10);
+    assert!(
+        flows.iter().any(
+            |f| f.drop_reason == Some(tollgate::flow::DropReason::LimitExceeded)
+                && f.policy.contains("in time")
+        ),
+        "{flows:#?}"
+    );
+}
+
+#[tokio::test]
+async fn h2_streams_beyond_the_limit_are_refused_not_crashing() {
+    let h = start_with(Limits {
+        h2_max_concurrent_streams: 2,
+        ..Limits::default()
+    })
+    .await;
+    let s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Streams opened before the client saw SETTINGS are refused (RST_STREAM REFUSED_STREAM), the others served;
+    // the connection survives either way.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(format!("http://server/ok/{i}"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            send.send_request(req).await.map(|r| r.status())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(status) => {
+                assert_eq!(status, StatusCode::OK);
+                ok += 1;
+            }
+            Err(e) => assert!(format!("{e:?}").contains("REFUSED_STREAM"), "{e:?}"),
+        }
+    }
+    assert!(ok >= 2, "only {ok} streams served");
+    let mut send = send.clone();
+    let req = Request::get("http://server/ok/after")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        send.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
 }

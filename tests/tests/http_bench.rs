@@ -17,10 +17,13 @@ fn wrk(client: &Pod, url: &str) -> f64 {
     let wrk = require_tool("wrk");
     let out = client
         .command(wrk)
-        .args(["-t2", "-c32", "-d10s", url])
+        .args(["-t2", "-c32", "-d10s", "--latency", url])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        println!("{url}:\n{text}");
+    }
     assert!(
         !text.contains("Non-2xx"),
         "non-2xx responses from {url}:\n{text}"

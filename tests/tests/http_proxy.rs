@@ -871,4 +871,18 @@ fn hot_reload_under_h2_load_applies_to_open_connections() {
     assert!(late <= 40, "{late} requests allowed after the first denial");
     assert!(cluster.stderr().contains("policy update applied"));
     cluster.assert_proxy_running();
+
+    // Graceful shutdown on SIGTERM: clean exit, drain logged.
+    let proxy = cluster.proxy.take().unwrap();
+    let status = proxy.terminate(Duration::from_secs(15)).unwrap();
+    assert!(
+        status.success(),
+        "tollgate exit on SIGTERM: {status}: {}",
+        cluster.stderr()
+    );
+    assert!(
+        cluster.stderr().contains("tollgate proxy stopped"),
+        "{}",
+        cluster.stderr()
+    );
 }
