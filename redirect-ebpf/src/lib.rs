@@ -8,10 +8,13 @@
 //! iptables/routing (the deployment sets up the `fwmark -> local table` rule TC steering needs), and the proxy's
 //! sockets (it only reads records about them).
 
+mod cgroup;
 pub mod error;
 pub mod lookup;
 pub mod maps;
 pub mod model;
+mod netns;
+mod pins;
 mod privileges;
 pub mod redirect;
 pub mod socket;

@@ -12,7 +12,6 @@
 //! Dropping a `Redirect` keeps everything attached (a restart must not open a window without redirects); `unenroll`,
 //! `detach_tc`, `detach_proxy_cgroup` and `purge` remove attachments and pins.
 
-use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
@@ -30,10 +29,13 @@ use aya::programs::{
 };
 use aya::{Ebpf, EbpfLoader};
 
+use crate::cgroup::open_cgroup;
 use crate::error::RedirectError;
 use crate::lookup::{FlowKey, OriginalDstReader, optional};
 use crate::maps::*;
 use crate::model::*;
+use crate::netns::in_netns;
+use crate::pins::{self, pin, prepare_pin_root, unpin};
 use crate::privileges;
 
 static SOCK_ADDR_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sock_addr.o"));
@@ -45,9 +47,6 @@ static UDP_EGRESS_OBJ: &[u8] =
 
 /// Default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/tollgate";
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// Programs attached to every enrolled pod cgroup (function names in bpf/*.c).
 const POD_SOCK_ADDR_PROGRAMS: [&str; 8] = [
@@ -130,39 +129,6 @@ impl std::fmt::Debug for Redirect {
     }
 }
 
-fn statfs_type(path: &Path) -> std::io::Result<i64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: an all-zero statfs is valid; c is a NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: see above.
-    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(st.f_type as i64)
-}
-
-/// The pin root must be on bpffs: check the deepest existing ancestor, then create the directories.
-fn prepare_pin_root(root: &Path) -> Result<(), RedirectError> {
-    let mut existing = root;
-    while !existing.exists() {
-        existing = existing.parent().unwrap_or(Path::new("/"));
-    }
-    match statfs_type(existing) {
-        Ok(BPF_FS_MAGIC) => {}
-        _ => {
-            return Err(RedirectError::BpffsNotMounted {
-                path: root.to_path_buf(),
-            });
-        }
-    }
-    for dir in [root.join("maps"), root.join("links")] {
-        std::fs::create_dir_all(&dir)
-            .map_err(|source| RedirectError::PinDir { path: dir, source })?;
-    }
-    Ok(())
-}
-
 fn check_privileges() -> Result<(), RedirectError> {
     let status =
         std::fs::read_to_string("/proc/self/status").map_err(|source| RedirectError::Io {
@@ -212,92 +178,12 @@ fn missing_program(name: &str) -> RedirectError {
     ))
 }
 
-/// Opens a cgroup-v2 directory and returns it with its id (the kernfs inode number, what
-/// bpf_get_current_cgroup_id returns).
-fn open_cgroup(path: &Path) -> Result<(File, u64), RedirectError> {
-    let missing = |reason: String| RedirectError::CgroupMissing {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let file = File::open(path).map_err(|e| missing(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| missing(e.to_string()))?;
-    if !meta.is_dir() {
-        return Err(missing("not a directory".into()));
-    }
-    match statfs_type(path) {
-        Ok(CGROUP2_SUPER_MAGIC) => {}
-        Ok(other) => {
-            return Err(missing(format!(
-                "filesystem magic {other:#x} is not cgroup2"
-            )));
-        }
-        Err(e) => return Err(missing(e.to_string())),
-    }
-    Ok((file, meta.ino()))
-}
-
-/// Pins `link` at `path`.
-fn pin(link: FdLink, path: &Path) -> Result<(), RedirectError> {
-    link.pin(path).map(drop).map_err(|e| RedirectError::Link {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
-}
-
-/// Removes a pinned link: once no fd refers to it, the kernel detaches the program.
-fn unpin(path: &Path) -> Result<(), RedirectError> {
-    match PinnedLink::from_pin(path) {
-        Ok(link) => link.unpin().map(drop).map_err(|e| RedirectError::Link {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }),
-        Err(_) if !path.exists() => Ok(()),
-        Err(e) => Err(RedirectError::Link {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        }),
-    }
-}
-
 fn boottime_ns() -> u64 {
     // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: see above.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Runs `f` on a thread that joined the network namespace at `netns` (e.g. /var/run/netns/<name>); interface names
-/// and tcx links are per netns.
-fn in_netns<T: Send>(
-    netns: Option<&Path>,
-    f: impl FnOnce() -> Result<T, RedirectError> + Send,
-) -> Result<T, RedirectError> {
-    let Some(netns) = netns else { return f() };
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(netns).map_err(|source| RedirectError::Io {
-                what: format!("opening network namespace {}", netns.display()),
-                source,
-            })?;
-            // SAFETY: setns on this (scoped, short-lived) thread only; the fd is valid.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                return Err(RedirectError::Io {
-                    what: format!("joining network namespace {}", netns.display()),
-                    source: std::io::Error::last_os_error(),
-                });
-            }
-            f()
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(RedirectError::Invalid(
-                "netns worker thread panicked".into(),
-            ))
-        })
-    })
 }
 
 impl Redirect {
@@ -801,27 +687,7 @@ impl Redirect {
     /// Detaches everything pinned under `pin_root` and removes the pins (maps included). For tests and
     /// `tollgate uninstall`; a running proxy's restarts must NOT call this.
     pub fn purge(pin_root: &Path) -> Result<(), RedirectError> {
-        let links = pin_root.join("links");
-        if let Ok(entries) = std::fs::read_dir(&links) {
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    for link in std::fs::read_dir(&path).into_iter().flatten().flatten() {
-                        unpin(&link.path())?;
-                    }
-                    let _ = std::fs::remove_dir(&path);
-                } else {
-                    unpin(&path)?;
-                }
-            }
-        }
-        if pin_root.exists() {
-            std::fs::remove_dir_all(pin_root).map_err(|source| RedirectError::Io {
-                what: format!("removing {}", pin_root.display()),
-                source,
-            })?;
-        }
-        Ok(())
+        pins::purge(pin_root)
     }
 }
 
