@@ -18,6 +18,9 @@ pub enum RedirectMode {
     Tproxy,
     /// iptables REDIRECT/DNAT or the eBPF getsockopt hook: destination from `SO_ORIGINAL_DST`.
     SoOriginalDst,
+    /// Tollgate's own eBPF redirect layer: loads it, programs its maps from the policy and endpoints (enrolling each
+    /// endpoint's `cgroup:`), and reads the original destination from its maps.
+    Ebpf,
 }
 
 fn parse_mark(s: &str) -> Result<u32, String> {
@@ -45,6 +48,17 @@ pub struct RunArgs {
     /// How connections are redirected to the proxy.
     #[arg(long, value_enum, default_value = "tproxy", env = "TOLLGATE_REDIRECT")]
     pub redirect: RedirectMode,
+    /// With `--redirect ebpf`: the IPv4 address pods reach the proxy at (the node side of their veth).
+    #[arg(long, default_value = "169.254.1.1", env = "TOLLGATE_PROXY_ADDRESS")]
+    pub proxy_address: std::net::Ipv4Addr,
+    /// With `--redirect ebpf`: where the redirect layer's maps and links are pinned (on bpffs), so a restart keeps
+    /// them.
+    #[arg(long, default_value = redirect_ebpf::DEFAULT_PIN_ROOT, env = "TOLLGATE_BPF_PIN_ROOT")]
+    pub bpf_pin_root: PathBuf,
+    /// With `--redirect ebpf`: the proxy's own cgroup-v2 directory (default: the one this process runs in). It gets
+    /// the socket re-keying programs, never the redirecting ones.
+    #[arg(long, env = "TOLLGATE_PROXY_CGROUP")]
+    pub proxy_cgroup: Option<PathBuf>,
     /// SO_MARK on every upstream socket, so the redirect layer never loops it back (decimal or 0x-hex).
     #[arg(long, value_parser = parse_mark, default_value_t = DEFAULT_MARK, env = "TOLLGATE_MARK")]
     pub mark: u32,

@@ -4,11 +4,12 @@
 //! dispatch (HTTP family, opaque TCP), enforcement of policy decisions on real sockets, upstream connections (marked
 //! with SO_MARK), limits, the flow log, and policy hot reload in standalone mode. Policy *decisions* live in
 //! `policy-model` (pure) and are only carried out here; the redirect datapath lives in `redirect-ebpf`. This crate
-//! must not re-implement policy semantics or load eBPF programs.
+//! must not re-implement policy semantics; eBPF programs are loaded only through `redirect-ebpf` (see `datapath`).
 
 pub mod activity;
 pub mod config;
 pub mod connection;
+pub mod datapath;
 pub mod decision;
 pub mod flow;
 pub mod grpc;

@@ -44,6 +44,8 @@ pub enum LoadError {
     NoPolicyFiles { path: PathBuf },
     #[error("{} invalid: {}", if .0.len() == 1 { "1 error, update" } else { "errors, update" }, join_errors(.0))]
     Invalid(Vec<PolicyError>),
+    #[error("the datapath could not apply the update: {0}")]
+    Datapath(String),
 }
 
 fn join_errors(errors: &[PolicyError]) -> String {
@@ -63,6 +65,22 @@ pub struct PolicySource {
     /// Fingerprint of the inputs last *attempted* (valid or not), so an unchanged bad file is reported once.
     last_attempt: Mutex<u64>,
     generation: AtomicU64,
+    /// Runs before a new snapshot goes live (the eBPF datapath is programmed from it); an error rejects the update
+    /// and the previous snapshot keeps enforcing.
+    before_apply: BeforeApplySlot,
+}
+
+/// See [`PolicySource::set_before_apply`].
+pub type BeforeApply = Box<dyn Fn(&PolicySnapshot) -> Result<(), String> + Send + Sync>;
+
+#[derive(Default)]
+struct BeforeApplySlot(Mutex<Option<BeforeApply>>);
+
+impl std::fmt::Debug for BeforeApplySlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.lock().map(|g| g.is_some()).unwrap_or(false);
+        f.debug_tuple("BeforeApply").field(&if set { "set" } else { "none" }).finish()
+    }
 }
 
 /// The `*.yaml`/`*.yml` files a policy path names, sorted for a stable order.
@@ -176,7 +194,15 @@ impl PolicySource {
             current: ArcSwap::from_pointee(snap),
             last_attempt: Mutex::new(fp),
             generation: AtomicU64::new(1),
+            before_apply: BeforeApplySlot::default(),
         })
+    }
+
+    /// Registers the hook run before each new snapshot goes live (and runs it once now on the current one).
+    pub fn set_before_apply(&self, hook: BeforeApply) -> Result<(), String> {
+        hook(&self.current())?;
+        *self.before_apply.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        Ok(())
     }
 
     /// The snapshot to decide the next request with.
@@ -197,6 +223,9 @@ impl PolicySource {
         }
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let snap = compile(&docs, (&ep.0, &ep.1), generation)?;
+        if let Some(hook) = self.before_apply.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            hook(&snap).map_err(LoadError::Datapath)?;
+        }
         self.generation.store(generation, Ordering::Relaxed);
         self.current.store(Arc::new(snap));
         Ok(Some(generation))

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedirectMode, RunArgs};
 use crate::connection::{self, Proxy};
+use crate::datapath::{Datapath, DatapathOptions, DatapathPlan};
 use crate::flow::FlowLog;
 use crate::listener;
 use crate::original_dst::{OriginalDst, SoOriginalDst, Tproxy};
@@ -32,11 +33,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .watch(args.recheck()?)
         .with_context(|| format!("watching {} for policy updates", args.policy.display()))?;
     let flows = Arc::new(FlowLog::new(args.flow_ring, args.flow_sink())?);
-    let original_dst: Box<dyn OriginalDst> = match args.redirect {
-        RedirectMode::Tproxy => Box::new(Tproxy {
+    let datapath = match args.redirect {
+        RedirectMode::Ebpf => Some(start_datapath(&args, &policy)?),
+        _ => None,
+    };
+    let original_dst: Box<dyn OriginalDst> = match (&args.redirect, &datapath) {
+        (RedirectMode::Tproxy, _) => Box::new(Tproxy {
             listen: args.listen,
         }),
-        RedirectMode::SoOriginalDst => Box::new(SoOriginalDst),
+        (RedirectMode::SoOriginalDst, _) => Box::new(SoOriginalDst),
+        (RedirectMode::Ebpf, Some(dp)) => dp.original_dst(),
+        (RedirectMode::Ebpf, None) => unreachable!("the datapath is started for --redirect ebpf"),
     };
     let listener = listener::bind(args.listen, args.redirect == RedirectMode::Tproxy, 1024)?;
     let proxy = Arc::new(Proxy {
@@ -93,6 +100,47 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Give the flow writer a moment to flush what is queued.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// Loads the eBPF redirect layer and keeps it programmed from every policy snapshot before it goes live.
+fn start_datapath(args: &RunArgs, policy: &Arc<PolicySource>) -> anyhow::Result<Arc<Datapath>> {
+    let proxy_cgroup = match &args.proxy_cgroup {
+        Some(p) => p.clone(),
+        None => own_cgroup()?,
+    };
+    let opts = DatapathOptions {
+        pin_root: args.bpf_pin_root.clone(),
+        proxy_ipv4: args.proxy_address,
+        http_port: args.listen.port(),
+        proxy_mark: args.mark,
+        proxy_cgroup,
+    };
+    let datapath = Arc::new(Datapath::start(&opts).context("starting the eBPF redirect layer")?);
+    let dp = datapath.clone();
+    policy
+        .set_before_apply(Box::new(move |snap| {
+            let plan =
+                DatapathPlan::new(&snap.engine, &snap.endpoints).map_err(|e| e.to_string())?;
+            dp.apply(plan).map_err(|e| e.to_string())
+        }))
+        .map_err(|e| anyhow::anyhow!("programming the eBPF maps from the policy: {e}"))?;
+    tracing::info!(
+        pin_root = %opts.pin_root.display(),
+        proxy_cgroup = %opts.proxy_cgroup.display(),
+        policy_entries = datapath.policy_entries(),
+        "eBPF redirect layer attached"
+    );
+    Ok(datapath)
+}
+
+/// This process's cgroup-v2 directory, from `/proc/self/cgroup` (`0::/path`).
+fn own_cgroup() -> anyhow::Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .context("no cgroup-v2 entry in /proc/self/cgroup; pass --proxy-cgroup")?;
+    Ok(std::path::Path::new("/sys/fs/cgroup/unified").join(rel.trim_start_matches('/')))
 }
 
 /// The accept loop: hands every accepted connection to `connection::handle` until `shutdown` is cancelled; then

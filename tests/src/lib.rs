@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod scenario;
+
 /// Where the cgroup-v2 hierarchy is mounted on the project's machines (hybrid layout).
 pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 /// All test cgroups live below this directory, one subdirectory per harness object.
@@ -32,7 +34,7 @@ pub const POD_GATEWAY: &str = "169.254.1.1";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn next_id() -> u32 {
+pub(crate) fn next_id() -> u32 {
     COUNTER.fetch_add(1, Ordering::Relaxed)
 }
 
@@ -535,8 +537,14 @@ impl Node {
     }
 
     /// A command that runs inside the node's namespace and the proxy's cgroup.
+    ///
+    /// Uses `nsenter --net` rather than `ip netns exec`: the latter remounts /sys, which hides bpffs
+    /// (/sys/fs/bpf) and the cgroup mount from the proxy, and the proxy needs both for the eBPF redirect layer.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = self.netns.command(program);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns.name()))
+            .arg("--")
+            .arg(program);
         self.proxy_cgroup.enter_on_spawn(&mut cmd);
         cmd
     }

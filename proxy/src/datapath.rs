@@ -1,0 +1,335 @@
+//! The daemon's side of the eBPF redirect layer: keeps the kernel maps in step with the compiled policy and the
+//! endpoint table, enrolls pod cgroups, and answers "where was this connection going" from the redirect maps.
+//!
+//! The decision of WHAT to program is pure ([`DatapathPlan::new`]: engine + endpoints in, map contents out) and is
+//! tested without a kernel; [`Datapath`] only carries a plan out through `redirect_ebpf::Redirect`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use policy_model::{EndpointTable, PolicyEngine};
+use redirect_ebpf::{
+    Direction, EndpointInfo, FlowKey, FourTuple, L7Kind, L7Redirect, Protocol, ProxyConfig,
+    Redirect, RedirectError, RedirectOptions,
+};
+use thiserror::Error;
+
+use crate::original_dst::{MapLookup, OriginalDst};
+
+#[derive(Debug, Error)]
+pub enum DatapathError {
+    #[error("eBPF redirect layer: {0}")]
+    Redirect(#[from] RedirectError),
+    #[error(
+        "endpoint {endpoint}: cgroup {path} does not exist; give each endpoint the cgroup-v2 path its processes run \
+         in (`cgroup:` in the endpoints file), or remove the field to leave it unenrolled"
+    )]
+    MissingCgroup { endpoint: String, path: String },
+    #[error(
+        "endpoint {endpoint}: its IP {ip} is IPv6; enrolling IPv6-only pods is not supported yet"
+    )]
+    Ipv6Only { endpoint: String, ip: IpAddr },
+}
+
+/// Where the proxy is reachable from pods and how it marks its own sockets.
+#[derive(Debug, Clone)]
+pub struct DatapathOptions {
+    pub pin_root: PathBuf,
+    /// The address pods' connects are rewritten to (the node side of their veth, e.g. 169.254.1.1).
+    pub proxy_ipv4: Ipv4Addr,
+    /// The HTTP-family listener port.
+    pub http_port: u16,
+    /// SO_MARK on the proxy's own sockets: the programs never redirect them.
+    pub proxy_mark: u32,
+    /// The cgroup the proxy runs in: gets sockops + getsockopt, never the redirecting programs.
+    pub proxy_cgroup: PathBuf,
+}
+
+/// What the kernel maps should hold for one (engine, endpoints) pair.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DatapathPlan {
+    /// ipcache: every known endpoint IP and its identity.
+    pub ipcache: BTreeMap<IpAddr, u32>,
+    /// policy map: which (identity, direction, port) need the proxy.
+    pub redirects: Vec<L7Redirect>,
+    /// cgroup path -> the pod enrolled there.
+    pub enrollments: BTreeMap<PathBuf, (String, EndpointInfo)>,
+}
+
+impl DatapathPlan {
+    pub fn new(engine: &PolicyEngine, endpoints: &EndpointTable) -> Result<Self, DatapathError> {
+        let mut plan = DatapathPlan::default();
+        for (ep, identity) in endpoints.iter_with_identity() {
+            plan.ipcache.insert(ep.ip, identity.0);
+            if let Some(cgroup) = &ep.cgroup {
+                let name = format!("{}/{}", ep.namespace, ep.name);
+                let info = match ep.ip {
+                    IpAddr::V4(v4) => EndpointInfo {
+                        identity: identity.0,
+                        ipv4: Some(v4),
+                        ipv6: None,
+                    },
+                    IpAddr::V6(_) => {
+                        return Err(DatapathError::Ipv6Only {
+                            endpoint: name,
+                            ip: ep.ip,
+                        });
+                    }
+                };
+                plan.enrollments.insert(PathBuf::from(cgroup), (name, info));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for p in engine.l7_ports() {
+            let protocol = match p.protocol {
+                policy_model::Protocol::Tcp => Protocol::Tcp,
+                policy_model::Protocol::Udp => Protocol::Udp,
+                // The sock_addr hooks see TCP and UDP only; SCTP L7 rules cannot exist (no SCTP L7 parser).
+                policy_model::Protocol::Sctp => continue,
+            };
+            let direction = match p.direction {
+                policy_model::Direction::Ingress => Direction::Ingress,
+                policy_model::Direction::Egress => Direction::Egress,
+            };
+            let kind = match p.kind {
+                policy_model::L7Kind::Http => L7Kind::Http,
+                policy_model::L7Kind::Kafka => L7Kind::Kafka,
+                policy_model::L7Kind::Dns => L7Kind::Dns,
+            };
+            let r = L7Redirect {
+                identity: p.identity.0,
+                direction,
+                port: p.port,
+                end_port: p.end_port,
+                protocol,
+                kind,
+                proxy_port: None,
+            };
+            if seen.insert((
+                r.identity,
+                r.direction,
+                r.port,
+                r.end_port,
+                r.protocol,
+                r.kind,
+            )) {
+                plan.redirects.push(r);
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// The loaded redirect layer plus what this process last programmed into it.
+pub struct Datapath {
+    inner: Mutex<Programmed>,
+    /// A second handle on the original-destination maps for the accept path (no lock shared with syncs).
+    lookup: Arc<Mutex<Redirect>>,
+}
+
+struct Programmed {
+    redirect: Redirect,
+    last: DatapathPlan,
+}
+
+impl std::fmt::Debug for Programmed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Programmed")
+            .field("last", &self.last)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Datapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datapath")
+            .field("programmed", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Datapath {
+    /// Loads (or adopts, after a restart) the programs and pinned maps and attaches the proxy's own cgroup.
+    pub fn start(opts: &DatapathOptions) -> Result<Self, DatapathError> {
+        let proxy = ProxyConfig {
+            ipv4: Some(opts.proxy_ipv4),
+            ipv6: None,
+            http_port: opts.http_port,
+            kafka_port: 0,
+            dns_port: 0,
+            tproxy_port: 0,
+            proxy_mark: opts.proxy_mark,
+            tproxy_mark: 0,
+        };
+        let load = || {
+            Redirect::load(RedirectOptions {
+                pin_root: opts.pin_root.clone(),
+                proxy,
+            })
+        };
+        let mut redirect = load()?;
+        redirect.attach_proxy_cgroup(&opts.proxy_cgroup)?;
+        let lookup = Arc::new(Mutex::new(load()?));
+        Ok(Datapath {
+            inner: Mutex::new(Programmed {
+                redirect,
+                last: DatapathPlan::default(),
+            }),
+            lookup,
+        })
+    }
+
+    /// Programs the maps for `plan`: new endpoints and redirects first, stale ones removed after, so a reload never
+    /// opens a window where a policy-selected connection bypasses the proxy.
+    pub fn apply(&self, plan: DatapathPlan) -> Result<(), DatapathError> {
+        let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for (ip, identity) in &plan.ipcache {
+            p.redirect.ipcache_upsert(*ip, *identity)?;
+        }
+        p.redirect.policy_sync(&plan.redirects)?;
+        for (cgroup, (name, info)) in &plan.enrollments {
+            if !Path::new(cgroup).is_dir() {
+                return Err(DatapathError::MissingCgroup {
+                    endpoint: name.clone(),
+                    path: cgroup.display().to_string(),
+                });
+            }
+            p.redirect.enroll(cgroup, *info)?;
+        }
+        let stale_cgroups: Vec<PathBuf> = p
+            .last
+            .enrollments
+            .keys()
+            .filter(|c| !plan.enrollments.contains_key(*c))
+            .cloned()
+            .collect();
+        for cgroup in stale_cgroups {
+            if Path::new(&cgroup).is_dir() {
+                p.redirect.unenroll(&cgroup)?;
+            }
+        }
+        let stale_ips: Vec<IpAddr> = p
+            .last
+            .ipcache
+            .keys()
+            .filter(|ip| !plan.ipcache.contains_key(*ip))
+            .copied()
+            .collect();
+        for ip in stale_ips {
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            p.redirect.ipcache_remove(ip, prefix)?;
+        }
+        p.last = plan;
+        Ok(())
+    }
+
+    /// Number of policy-map entries programmed (for metrics and tests).
+    pub fn policy_entries(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .redirect
+            .policy_len()
+    }
+
+    /// The [`OriginalDst`] source backed by the redirect maps (keyed by the accepted socket's 4-tuple, which sockops
+    /// recorded when the redirected connection was established).
+    pub fn original_dst(&self) -> Box<dyn OriginalDst> {
+        let lookup = self.lookup.clone();
+        Box::new(MapLookup {
+            lookup: Arc::new(move |peer: SocketAddr, local: SocketAddr| {
+                let r = lookup.lock().unwrap_or_else(|e| e.into_inner());
+                let key = FlowKey::Tuple(FourTuple {
+                    client: peer,
+                    proxy: local,
+                    protocol: Protocol::Tcp,
+                    netns_cookie: 0,
+                });
+                r.original_dst(key).ok().flatten().map(|o| o.addr)
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_model::{Endpoint, load_policies};
+
+    fn engine(yaml: &str, eps: Vec<Endpoint>) -> (PolicyEngine, EndpointTable) {
+        let table = EndpointTable::new(eps).unwrap();
+        let load = load_policies("t.yaml", yaml);
+        assert!(load.errors.is_empty(), "{:?}", load.errors);
+        let (engine, errors) = PolicyEngine::compile(load.policies, &table);
+        assert!(errors.is_empty(), "{errors:?}");
+        (engine, table)
+    }
+
+    const HTTP_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api-http, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: api}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: frontend}}]
+      toPorts:
+        - ports: [{port: "8080", protocol: TCP}]
+          rules: {http: [{method: GET}]}
+"#;
+
+    fn ep(name: &str, app: &str, ip: &str, cgroup: Option<&str>) -> Endpoint {
+        let mut e = Endpoint::new(name, "prod", &[("app", app)], ip.parse().unwrap());
+        e.cgroup = cgroup.map(str::to_string);
+        e
+    }
+
+    #[test]
+    fn plan_redirects_the_l7_port_of_the_selected_identity_only() {
+        let (engine, table) = engine(
+            HTTP_POLICY,
+            vec![
+                ep("frontend", "frontend", "10.0.1.10", Some("/cg/fe")),
+                ep("api", "api", "10.0.1.20", None),
+            ],
+        );
+        let plan = DatapathPlan::new(&engine, &table).unwrap();
+        let api = table.identity_of_ip("10.0.1.20".parse().unwrap()).0;
+        assert_eq!(plan.redirects.len(), 1, "{:?}", plan.redirects);
+        let r = plan.redirects[0];
+        assert_eq!(
+            (r.identity, r.direction, r.port, r.protocol, r.kind),
+            (api, Direction::Ingress, 8080, Protocol::Tcp, L7Kind::Http)
+        );
+        assert_eq!(plan.ipcache.len(), 2);
+        assert_eq!(plan.ipcache[&"10.0.1.20".parse::<IpAddr>().unwrap()], api);
+        // Only endpoints with a cgroup are enrolled.
+        assert_eq!(plan.enrollments.len(), 1);
+        assert_eq!(plan.enrollments[Path::new("/cg/fe")].0, "prod/frontend");
+    }
+
+    #[test]
+    fn plan_without_l7_rules_redirects_nothing() {
+        let l4_only = HTTP_POLICY.replace("\n          rules: {http: [{method: GET}]}", "");
+        assert_ne!(l4_only, HTTP_POLICY);
+        let (engine, table) = engine(&l4_only, vec![ep("api", "api", "10.0.1.20", None)]);
+        assert!(
+            DatapathPlan::new(&engine, &table)
+                .unwrap()
+                .redirects
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn ipv6_pods_are_refused_with_a_reason() {
+        let (engine, table) = engine(
+            HTTP_POLICY,
+            vec![ep("api", "api", "fd00::20", Some("/cg/api"))],
+        );
+        let err = DatapathPlan::new(&engine, &table).unwrap_err();
+        assert!(err.to_string().contains("IPv6"), "{err}");
+    }
+}
