@@ -90,12 +90,12 @@ pub fn tollgate_bin() -> PathBuf {
 
 /// A binary of the workspace built into the same target directory as the running test executable.
 pub fn built_binary(name: &str) -> PathBuf {
-    // Test executables live in <target>/<profile>/deps/; binaries in <target>/<profile>/.
+    // Test executables live in <target>/<profile>/deps/, binaries (like the demo) in <target>/<profile>/.
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary sits in <target>/<profile>/deps");
+    let mut profile_dir = exe.parent().expect("an executable has a directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("deps/ has a parent");
+    }
     let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),

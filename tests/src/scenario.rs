@@ -57,7 +57,12 @@ impl CaseFile {
         let path = conformance_dir().join(format!("{name}.yaml"));
         let text =
             fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        Self::parse(&path.display().to_string(), &text)
+    }
+
+    /// Parses a case file's text; `origin` names it in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<Self> {
+        serde_yaml::from_str(text).with_context(|| format!("parsing {origin}"))
     }
 
     /// The policies as one multi-document YAML file, exactly as a user would `kubectl apply` them.
