@@ -83,8 +83,14 @@ pub fn conformance_dir() -> PathBuf {
     dir
 }
 
-/// The `tollgate` binary built in the same target directory as this test.
+/// The `tollgate` binary: `$TOLLGATE_BIN` if set (benchmarks point it at a release build), else the one built in the
+/// same target directory as this test.
 pub fn tollgate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TOLLGATE_BIN") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "TOLLGATE_BIN={} is not a file", p.display());
+        return p;
+    }
     built_binary("tollgate")
 }
 

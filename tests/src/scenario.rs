@@ -164,6 +164,21 @@ impl EbpfScenario {
 
     /// Starts `tollgate run --redirect ebpf` in the node (its own cgroup, never enrolled) and waits until it serves.
     pub fn start_proxy(&mut self) -> Result<()> {
+        let redirect = [
+            "--listen".to_string(),
+            format!("0.0.0.0:{PROXY_PORT}"),
+            "--redirect".into(),
+            "ebpf".into(),
+            "--proxy-address".into(),
+            POD_GATEWAY.into(),
+            "--bpf-pin-root".into(),
+            self.pin_root.display().to_string(),
+        ];
+        self.start_proxy_with(&redirect)
+    }
+
+    /// Starts the proxy with other listener/redirect flags (e.g. `--redirect so-original-dst` behind iptables).
+    pub fn start_proxy_with(&mut self, redirect_args: &[String]) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -174,10 +189,7 @@ impl EbpfScenario {
             .arg(self.policy_path())
             .arg("--endpoints")
             .arg(self.dir.path().join("endpoints.yaml"))
-            .args(["--listen", &format!("0.0.0.0:{PROXY_PORT}")])
-            .args(["--redirect", "ebpf", "--proxy-address", POD_GATEWAY])
-            .arg("--bpf-pin-root")
-            .arg(&self.pin_root)
+            .args(redirect_args)
             .arg("--flow-log")
             .arg(self.flow_path())
             .env("RUST_LOG", "info")
@@ -212,6 +224,11 @@ impl EbpfScenario {
             let _ = p.child_mut().kill();
             let _ = p.child_mut().wait();
         }
+    }
+
+    /// Removes the pinned eBPF state: detaches every program from the pods (used to switch redirect mechanisms).
+    pub fn remove_pins(&self) {
+        let _ = fs::remove_dir_all(&self.pin_root);
     }
 
     /// Fails if the proxy died.
