@@ -457,3 +457,31 @@ async fn h2_streams_beyond_the_limit_are_refused_not_crashing() {
         StatusCode::OK
     );
 }
+
+/// Loopback throughput without TPROXY or namespaces, to separate the proxy's own cost from the redirect path's.
+/// `cargo test --release -p tollgate --test inprocess -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run by hand"]
+async fn loopback_throughput() {
+    let h = start().await;
+    let wrk = |url: String| async move {
+        let out = tokio::process::Command::new("wrk")
+            .args(["-t2", "-c32", "-d5s", &url])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rps: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{text}"));
+        (rps, text.contains("Non-2xx"))
+    };
+    let direct = wrk(format!("http://127.0.0.2:{}/ok/x", h.backend_port)).await;
+    let proxied = wrk(format!("http://{}/ok/x", h.proxy_addr)).await;
+    println!(
+        "direct {direct:?} proxied {proxied:?} ratio {:.2}",
+        proxied.0 / direct.0
+    );
+}
