@@ -79,10 +79,24 @@ struct Cluster {
     pods: BTreeMap<String, Pod>,
     node: Node,
     dir: TempDir,
+    redirect: Redirect,
+}
+
+/// How pod traffic is steered to the proxy in the node netns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Redirect {
+    /// iptables mangle TPROXY to an IP_TRANSPARENT listener (`--redirect tproxy`).
+    Tproxy,
+    /// iptables nat REDIRECT, original destination from SO_ORIGINAL_DST (`--redirect so-original-dst`).
+    NatRedirect,
 }
 
 impl Cluster {
     fn new(tag: &str, case: &CaseFile) -> Self {
+        Self::with_redirect(tag, case, Redirect::Tproxy)
+    }
+
+    fn with_redirect(tag: &str, case: &CaseFile, redirect: Redirect) -> Self {
         require_root();
         require_tool("iptables");
         let mut node = Node::new(tag).unwrap();
@@ -96,8 +110,9 @@ impl Cluster {
         // TPROXY in the node netns: packets of sockets the node already has (accepted transparent sockets, the
         // proxy's own upstream sockets) are marked for local delivery and accepted; every other pod TCP packet is
         // diverted to the proxy's IP_TRANSPARENT listener.
-        node.netns
-            .sh(&format!(
+        // REDIRECT: conntrack rewrites the destination to the proxy port; SO_ORIGINAL_DST gives it back.
+        let rules = match redirect {
+            Redirect::Tproxy => format!(
                 "set -e
                  iptables -t mangle -N TG_DIVERT
                  iptables -t mangle -A TG_DIVERT -j MARK --set-mark 0x1/0x1
@@ -106,13 +121,18 @@ impl Cluster {
                  iptables -t mangle -A PREROUTING -p tcp -j TPROXY --on-port {PROXY_PORT} --tproxy-mark 0x1/0x1
                  ip rule add fwmark 0x1/0x1 lookup 100
                  ip route add local 0.0.0.0/0 dev lo table 100"
-            ))
-            .unwrap();
+            ),
+            Redirect::NatRedirect => {
+                format!("iptables -t nat -A PREROUTING -p tcp -j REDIRECT --to-ports {PROXY_PORT}")
+            }
+        };
+        node.netns.sh(&rules).unwrap();
         let mut c = Cluster {
             proxy: None,
             pods,
             node,
             dir,
+            redirect,
         };
         c.start_proxy();
         c
@@ -146,6 +166,11 @@ impl Cluster {
         .arg(self.dir.path().join("endpoints.yaml"))
         .arg("--flow-log")
         .arg(self.flow_path())
+        .arg("--redirect")
+        .arg(match self.redirect {
+            Redirect::Tproxy => "tproxy",
+            Redirect::NatRedirect => "so-original-dst",
+        })
         .env(
             "TOLLGATE_LOG",
             std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()),
@@ -263,9 +288,9 @@ fn src_pod_of(f: &Value) -> String {
 }
 
 /// Replays every http-basic case with real curl in one HTTP mode, nginx serving that protocol on the case port.
-fn replay_http_basic(mode: &str) {
+fn replay_http_basic(mode: &str, redirect: Redirect) {
     let case_file = CaseFile::load("http-basic.yaml");
-    let mut cluster = Cluster::new("httpb", &case_file);
+    let mut cluster = Cluster::with_redirect("httpb", &case_file, redirect);
     let endpoints = case_file.endpoints();
     let h2 = mode == "--http2-prior-knowledge";
     // nginx on every pod that is a case target, serving the case port in the client's protocol.
@@ -356,12 +381,18 @@ fn replay_http_basic(mode: &str) {
 
 #[test]
 fn http_basic_cases_over_http1() {
-    replay_http_basic("--http1.1");
+    replay_http_basic("--http1.1", Redirect::Tproxy);
 }
 
 #[test]
 fn http_basic_cases_over_h2c_prior_knowledge() {
-    replay_http_basic("--http2-prior-knowledge");
+    replay_http_basic("--http2-prior-knowledge", Redirect::Tproxy);
+}
+
+/// The same cases with iptables REDIRECT: proves the SO_ORIGINAL_DST source end to end.
+#[test]
+fn http_basic_cases_with_nat_redirect_and_so_original_dst() {
+    replay_http_basic("--http1.1", Redirect::NatRedirect);
 }
 
 const GRPC_PROTO: &str = r#"syntax = "proto3";
