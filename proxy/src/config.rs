@@ -59,6 +59,14 @@ pub struct RunArgs {
     /// the socket re-keying programs, never the redirecting ones.
     #[arg(long, env = "TOLLGATE_PROXY_CGROUP")]
     pub proxy_cgroup: Option<PathBuf>,
+    /// Unix socket for handing the listener over to a restarting/upgraded tollgate on this node (no lost
+    /// connections); a new process takes the socket from whoever serves this path.
+    #[arg(
+        long,
+        default_value = "/run/tollgate/handoff.sock",
+        env = "TOLLGATE_HANDOFF_SOCKET"
+    )]
+    pub handoff_socket: PathBuf,
     /// SO_MARK on every upstream socket, so the redirect layer never loops it back (decimal or 0x-hex).
     #[arg(long, value_parser = parse_mark, default_value_t = DEFAULT_MARK, env = "TOLLGATE_MARK")]
     pub mark: u32,

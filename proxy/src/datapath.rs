@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 
 use policy_model::{EndpointTable, PolicyEngine};
 use redirect_ebpf::{
-    Direction, EndpointInfo, FlowKey, FourTuple, L7Kind, L7Redirect, Protocol, ProxyConfig,
+    Direction, EndpointInfo, L7Kind, L7Redirect, OriginalDstReader, Protocol, ProxyConfig,
     Redirect, RedirectError, RedirectOptions,
 };
 use thiserror::Error;
+use tokio::net::TcpStream;
 
-use crate::original_dst::{MapLookup, OriginalDst};
+use crate::original_dst::{OriginalDst, OriginalDstError};
 
 #[derive(Debug, Error)]
 pub enum DatapathError {
@@ -125,8 +126,8 @@ impl DatapathPlan {
 /// The loaded redirect layer plus what this process last programmed into it.
 pub struct Datapath {
     inner: Mutex<Programmed>,
-    /// A second handle on the original-destination maps for the accept path (no lock shared with syncs).
-    lookup: Arc<Mutex<Redirect>>,
+    /// A read-only handle on the original-destination maps for the accept path (no lock shared with syncs).
+    lookup: Arc<OriginalDstReader>,
 }
 
 struct Programmed {
@@ -163,15 +164,12 @@ impl Datapath {
             proxy_mark: opts.proxy_mark,
             tproxy_mark: 0,
         };
-        let load = || {
-            Redirect::load(RedirectOptions {
-                pin_root: opts.pin_root.clone(),
-                proxy,
-            })
-        };
-        let mut redirect = load()?;
+        let mut redirect = Redirect::load(RedirectOptions {
+            pin_root: opts.pin_root.clone(),
+            proxy,
+        })?;
         redirect.attach_proxy_cgroup(&opts.proxy_cgroup)?;
-        let lookup = Arc::new(Mutex::new(load()?));
+        let lookup = Arc::new(OriginalDstReader::open(&opts.pin_root)?);
         Ok(Datapath {
             inner: Mutex::new(Programmed {
                 redirect,
@@ -234,22 +232,33 @@ impl Datapath {
             .policy_len()
     }
 
-    /// The [`OriginalDst`] source backed by the redirect maps (keyed by the accepted socket's 4-tuple, which sockops
-    /// recorded when the redirected connection was established).
+    /// The [`OriginalDst`] source backed by the redirect maps: the accepted socket's cookie (re-keyed by sockops on
+    /// the proxy's cgroup), else its 4-tuple.
     pub fn original_dst(&self) -> Box<dyn OriginalDst> {
-        let lookup = self.lookup.clone();
-        Box::new(MapLookup {
-            lookup: Arc::new(move |peer: SocketAddr, local: SocketAddr| {
-                let r = lookup.lock().unwrap_or_else(|e| e.into_inner());
-                let key = FlowKey::Tuple(FourTuple {
-                    client: peer,
-                    proxy: local,
-                    protocol: Protocol::Tcp,
-                    netns_cookie: 0,
-                });
-                r.original_dst(key).ok().flatten().map(|o| o.addr)
-            }),
+        Box::new(EbpfOriginalDst {
+            reader: self.lookup.clone(),
         })
+    }
+}
+
+/// [`OriginalDst`] from the redirect layer's maps.
+#[derive(Debug, Clone)]
+pub struct EbpfOriginalDst {
+    reader: Arc<OriginalDstReader>,
+}
+
+impl OriginalDst for EbpfOriginalDst {
+    fn original_dst(&self, stream: &TcpStream) -> Result<SocketAddr, OriginalDstError> {
+        match self.reader.original_dst_of_socket(stream) {
+            Ok(Some(od)) => Ok(od.addr),
+            Ok(None) => Err(OriginalDstError::NotInMap {
+                peer: stream.peer_addr().map_err(OriginalDstError::Socket)?,
+                local: stream.local_addr().map_err(OriginalDstError::Socket)?,
+            }),
+            Err(e) => Err(OriginalDstError::Socket(std::io::Error::other(
+                e.to_string(),
+            ))),
+        }
     }
 }
 

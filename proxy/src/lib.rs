@@ -12,6 +12,7 @@ pub mod connection;
 pub mod datapath;
 pub mod decision;
 pub mod flow;
+pub mod handoff;
 pub mod grpc;
 pub mod header_actions;
 pub mod http;

@@ -47,6 +47,12 @@ pub fn bind(
     socket
         .set_reuse_address(true)
         .map_err(|source| ListenerError::Socket { addr, source })?;
+    // A restarting tollgate binds the same port while the old process still serves, then the old one drains: no
+    // window where redirected connections are refused. The kernel only shares the port between sockets of the same
+    // user, so another unprivileged process cannot steal it.
+    socket
+        .set_reuse_port(true)
+        .map_err(|source| ListenerError::Socket { addr, source })?;
     if transparent {
         let r = if addr.is_ipv4() {
             socket.set_ip_transparent_v4(true)

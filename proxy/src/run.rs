@@ -13,6 +13,7 @@ use crate::config::{RedirectMode, RunArgs};
 use crate::connection::{self, Proxy};
 use crate::datapath::{Datapath, DatapathOptions, DatapathPlan};
 use crate::flow::FlowLog;
+use crate::handoff;
 use crate::listener;
 use crate::original_dst::{OriginalDst, SoOriginalDst, Tproxy};
 use crate::policy_source::PolicySource;
@@ -45,7 +46,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (RedirectMode::Ebpf, Some(dp)) => dp.original_dst(),
         (RedirectMode::Ebpf, None) => unreachable!("the datapath is started for --redirect ebpf"),
     };
-    let listener = listener::bind(args.listen, args.redirect == RedirectMode::Tproxy, 1024)?;
+    // Take over a running tollgate's listening socket if one serves the handoff socket (restart/upgrade without
+    // losing a queued connection); otherwise bind afresh.
+    let listener = match handoff::take(&args.handoff_socket)? {
+        Some(fd) => {
+            let std_listener = std::net::TcpListener::from(fd);
+            std_listener
+                .set_nonblocking(true)
+                .context("taking over the listener")?;
+            tracing::info!(path = %args.handoff_socket.display(), "took over the listening socket of the running tollgate");
+            tokio::net::TcpListener::from_std(std_listener).context("taking over the listener")?
+        }
+        None => listener::bind(args.listen, args.redirect == RedirectMode::Tproxy, 1024)?,
+    };
     let proxy = Arc::new(Proxy {
         policy: policy.clone(),
         flows: flows.clone(),
@@ -63,6 +76,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
+    {
+        use std::os::fd::AsRawFd;
+        handoff::serve(
+            args.handoff_socket.clone(),
+            listener.as_raw_fd(),
+            shutdown.clone(),
+        )?;
+    }
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let stop = shutdown.clone();

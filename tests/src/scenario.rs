@@ -79,7 +79,8 @@ impl CaseFile {
 /// A running node built from a case file.
 #[derive(Debug)]
 pub struct EbpfScenario {
-    proxy: Option<ChildGuard>,
+    /// Running proxies, oldest first (two overlap during a planned restart).
+    proxies: Vec<ChildGuard>,
     /// How many times the proxy was started (its log is appended to across restarts).
     starts: usize,
     pub pin_root: PathBuf,
@@ -133,7 +134,7 @@ impl EbpfScenario {
         dir.write("policy.yaml", &case.policies_yaml()?)?;
         dir.write("endpoints.yaml", &endpoints)?;
         Ok(EbpfScenario {
-            proxy: None,
+            proxies: Vec::new(),
             starts: 0,
             pin_root,
             dir,
@@ -190,6 +191,8 @@ impl EbpfScenario {
             .arg("--endpoints")
             .arg(self.dir.path().join("endpoints.yaml"))
             .args(redirect_args)
+            .arg("--handoff-socket")
+            .arg(self.dir.path().join("handoff.sock"))
             .arg("--flow-log")
             .arg(self.flow_path())
             .env("RUST_LOG", "info")
@@ -213,17 +216,23 @@ impl EbpfScenario {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.proxy = Some(child);
+        self.proxies.push(child);
         self.starts += 1;
         Ok(())
     }
 
-    /// Kills the proxy hard (SIGKILL), as a crash or OOM kill would; pinned state stays.
+    /// Kills every running proxy hard (SIGKILL), as a crash or OOM kill would; pinned state stays.
     pub fn kill_proxy(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
+        for mut p in self.proxies.drain(..) {
             let _ = p.child_mut().kill();
             let _ = p.child_mut().wait();
         }
+    }
+
+    /// Stops the oldest running proxy with SIGTERM (it stops accepting and drains) and waits for it to exit.
+    pub fn terminate_oldest_proxy(&mut self) -> Result<std::process::ExitStatus> {
+        anyhow::ensure!(!self.proxies.is_empty(), "no proxy running");
+        self.proxies.remove(0).terminate(Duration::from_secs(10))
     }
 
     /// Removes the pinned eBPF state: detaches every program from the pods (used to switch redirect mechanisms).
@@ -233,10 +242,13 @@ impl EbpfScenario {
 
     /// Fails if the proxy died.
     pub fn assert_proxy_running(&mut self) -> Result<()> {
-        match self.proxy.as_mut() {
-            Some(p) => p.assert_running().with_context(|| self.proxy_log()),
-            None => bail!("the proxy is not started"),
+        anyhow::ensure!(!self.proxies.is_empty(), "the proxy is not started");
+        for p in &mut self.proxies {
+            p.assert_running().with_context(|| {
+                fs::read_to_string(self.dir.path().join("tollgate.log")).unwrap_or_default()
+            })?;
         }
+        Ok(())
     }
 
     pub fn proxy_log(&self) -> String {

@@ -1,0 +1,236 @@
+//! Listener handoff between an old and a new tollgate process on the same node (restart or upgrade without a gap).
+//!
+//! The running process serves a Unix socket (`--handoff-socket`). A starting process connects to it before binding;
+//! if an old process answers, it sends its listening socket's file descriptor (`SCM_RIGHTS`). Both processes then
+//! hold THE SAME kernel socket, so no connection waiting in its accept queue is lost, unlike two `SO_REUSEPORT`
+//! sockets, where closing the old one resets what was queued on it. When the new process confirms (`taken`), the old
+//! one stops accepting and drains its open connections as on SIGTERM.
+//!
+//! Protocol (one connection): new -> old `take\n`; old -> new one byte with the fd attached; new -> old `taken\n`.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Error)]
+pub enum HandoffError {
+    #[error("listener handoff over {path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "listener handoff over {path}: the old process answered {answer:?} instead of a socket"
+    )]
+    Protocol { path: PathBuf, answer: String },
+}
+
+fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> HandoffError + use<> {
+    let path = path.to_path_buf();
+    move |source| HandoffError::Io { path, what, source }
+}
+
+/// Asks a running tollgate for its listening socket. `Ok(None)`: nobody serves `path` (first start, or the old
+/// process is gone): bind a fresh listener.
+pub fn take(path: &Path) -> Result<Option<OwnedFd>, HandoffError> {
+    let mut stream = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(io_err(path, "connecting")(e)),
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io_err(path, "setting a timeout"))?;
+    stream
+        .write_all(b"take\n")
+        .map_err(io_err(path, "asking for the listener"))?;
+    let fd = recv_fd(stream.as_raw_fd()).map_err(io_err(path, "receiving the listener"))?;
+    let Some(fd) = fd else {
+        return Err(HandoffError::Protocol {
+            path: path.to_path_buf(),
+            answer: "no file descriptor".into(),
+        });
+    };
+    stream
+        .write_all(b"taken\n")
+        .map_err(io_err(path, "confirming the takeover"))?;
+    Ok(Some(fd))
+}
+
+/// Serves the handoff socket for `listener` until one successor has taken it; then cancels `shutdown` so this
+/// process stops accepting and drains. Runs on a blocking thread.
+pub fn serve(
+    path: PathBuf,
+    listener: RawFd,
+    shutdown: CancellationToken,
+) -> Result<(), HandoffError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(&path, "creating its directory"))?;
+    }
+    // A stale file from a crashed process (or the predecessor's, which we just took over from) is replaced.
+    let _ = std::fs::remove_file(&path);
+    let server = UnixListener::bind(&path).map_err(io_err(&path, "binding"))?;
+    std::thread::Builder::new()
+        .name("tollgate-handoff".into())
+        .spawn(move || {
+            for conn in server.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                match hand_over(&mut conn, listener) {
+                    Ok(()) => {
+                        tracing::info!("listener handed over to a new tollgate process; draining");
+                        shutdown.cancel();
+                        return;
+                    }
+                    Err(e) => tracing::warn!("listener handoff attempt failed, still serving: {e}"),
+                }
+            }
+        })
+        .map_err(io_err(Path::new("tollgate-handoff"), "spawning its thread"))?;
+    Ok(())
+}
+
+fn hand_over(conn: &mut UnixStream, listener: RawFd) -> io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    if line.trim() != "take" {
+        return Err(io::Error::other(format!("unexpected request {line:?}")));
+    }
+    send_fd(conn.as_raw_fd(), listener)?;
+    line.clear();
+    reader.read_line(&mut line)?;
+    if line.trim() != "taken" {
+        return Err(io::Error::other(format!(
+            "successor did not confirm: {line:?}"
+        )));
+    }
+    Ok(())
+}
+
+fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
+    let byte = [b'L'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_ptr() as *mut _,
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cmsg_buf = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: msg_control points at a buffer of CMSG_SPACE(sizeof fd) bytes, so the first header and its data fit.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+    }
+    // SAFETY: sock is a connected Unix stream socket; msg is fully initialised above.
+    let n = unsafe { libc::sendmsg(sock, &msg, 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    let mut cmsg_buf = vec![0u8; space];
+    // SAFETY: as in send_fd.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: sock is a connected Unix socket; msg describes buffers we own. MSG_CMSG_CLOEXEC keeps the fd private.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel filled msg_control; CMSG_FIRSTHDR returns null when there is no header.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Ok(None);
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+        Ok(Some(OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn nobody_serving_means_bind_fresh() {
+        let dir = std::env::temp_dir().join(format!("tg-handoff-none-{}", std::process::id()));
+        assert!(take(&dir.join("handoff.sock")).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_successor_gets_the_same_socket_and_the_old_one_is_told_to_drain() {
+        let dir = std::env::temp_dir().join(format!("tg-handoff-{}", std::process::id()));
+        let path = dir.join("handoff.sock");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A connection queued on the old listener before the handoff must be accepted by the successor.
+        let _queued = TcpStream::connect(addr).unwrap();
+        let shutdown = CancellationToken::new();
+        serve(path.clone(), listener.as_raw_fd(), shutdown.clone()).unwrap();
+        let fd = take(&path).unwrap().expect("the old process answers");
+        let taken = TcpListener::from(fd);
+        assert_eq!(
+            taken.local_addr().unwrap(),
+            addr,
+            "same socket, same address"
+        );
+        let (_s, peer) = taken.accept().unwrap();
+        assert_eq!(
+            peer,
+            _queued.local_addr().unwrap(),
+            "the queued connection survives the handoff"
+        );
+        for _ in 0..100 {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(shutdown.is_cancelled(), "the old process is told to drain");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
