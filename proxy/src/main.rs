@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the node proxy daemon (standalone mode: policy and endpoints from files, hot-reloaded).
-    Run(tollgate::config::RunArgs),
+    Run(Box<tollgate::config::RunArgs>),
     /// Check policies offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -43,7 +43,7 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ok = match cli.command {
-        Command::Run(args) => return run_daemon(args),
+        Command::Run(args) => return run_daemon(*args),
         Command::Policy(PolicyCommand::Test { files }) => tollgate::policy_cli::test(&files),
         Command::Policy(PolicyCommand::Validate { paths }) => {
             tollgate::policy_cli::validate(&paths)
