@@ -59,6 +59,19 @@ pub struct RunArgs {
     /// the socket re-keying programs, never the redirecting ones.
     #[arg(long, env = "TOLLGATE_PROXY_CGROUP")]
     pub proxy_cgroup: Option<PathBuf>,
+    /// With `--redirect ebpf`: port of a transparent (IP_TRANSPARENT) listener for connections the TC program steers
+    /// in at `--tc-interface`s with `bpf_sk_assign` (ingress to local pods from unenrolled sources: other nodes, the
+    /// outside world). 0 = no ingress steering.
+    #[arg(long, default_value_t = 0, env = "TOLLGATE_TPROXY_PORT")]
+    pub tproxy_port: u16,
+    /// skb mark the TC program puts on steered packets. The node must deliver marked packets locally:
+    /// `ip rule add fwmark <mark> lookup 100` and `ip route add local 0.0.0.0/0 dev lo table 100`.
+    #[arg(long, value_parser = parse_mark, default_value_t = 0x200, env = "TOLLGATE_TPROXY_MARK")]
+    pub tproxy_mark: u32,
+    /// With `--redirect ebpf` and `--tproxy-port`: an interface to attach the TC ingress program to (the node side
+    /// of a pod's veth, or the node uplink). Repeat the flag for several.
+    #[arg(long = "tc-interface")]
+    pub tc_interfaces: Vec<String>,
     /// Unix socket for handing the listener over to a restarting/upgraded tollgate on this node (no lost
     /// connections); a new process takes the socket from whoever serves this path.
     #[arg(

@@ -32,6 +32,15 @@ pub enum DatapathError {
         "endpoint {endpoint}: its IP {ip} is IPv6; enrolling IPv6-only pods is not supported yet"
     )]
     Ipv6Only { endpoint: String, ip: IpAddr },
+    #[error(
+        "--tc-interface needs --tproxy-port: steered connections must land on a transparent listener"
+    )]
+    TcWithoutListener,
+    #[error(
+        "TC ingress steering marks packets with {mark:#x}, but no policy route delivers them locally; run \
+         `ip rule add fwmark {mark:#x} lookup 100` and `ip route add local 0.0.0.0/0 dev lo table 100` in the node"
+    )]
+    NoLocalDelivery { mark: u32 },
 }
 
 /// Where the proxy is reachable from pods and how it marks its own sockets.
@@ -46,6 +55,11 @@ pub struct DatapathOptions {
     pub proxy_mark: u32,
     /// The cgroup the proxy runs in: gets sockops + getsockopt, never the redirecting programs.
     pub proxy_cgroup: PathBuf,
+    /// Transparent listener port for TC-steered ingress (0 = none) and the mark the TC program sets.
+    pub tproxy_port: u16,
+    pub tproxy_mark: u32,
+    /// Interfaces the TC ingress program is attached to.
+    pub tc_interfaces: Vec<String>,
 }
 
 /// What the kernel maps should hold for one (engine, endpoints) pair.
@@ -160,15 +174,26 @@ impl Datapath {
             http_port: opts.http_port,
             kafka_port: 0,
             dns_port: 0,
-            tproxy_port: 0,
+            tproxy_port: opts.tproxy_port,
             proxy_mark: opts.proxy_mark,
-            tproxy_mark: 0,
+            tproxy_mark: opts.tproxy_mark,
         };
         let mut redirect = Redirect::load(RedirectOptions {
             pin_root: opts.pin_root.clone(),
             proxy,
         })?;
         redirect.attach_proxy_cgroup(&opts.proxy_cgroup)?;
+        if !opts.tc_interfaces.is_empty() {
+            if opts.tproxy_port == 0 {
+                return Err(DatapathError::TcWithoutListener);
+            }
+            check_local_delivery(opts.tproxy_mark)?;
+        }
+        // Named by our own network namespace: the interfaces are the node's, and /sys may show another netns's.
+        let own_netns = Path::new("/proc/self/ns/net");
+        for ifname in &opts.tc_interfaces {
+            redirect.attach_tc(ifname, Some(own_netns))?;
+        }
         let lookup = Arc::new(OriginalDstReader::open(&opts.pin_root)?);
         Ok(Datapath {
             inner: Mutex::new(Programmed {
@@ -184,7 +209,10 @@ impl Datapath {
     pub fn apply(&self, plan: DatapathPlan) -> Result<(), DatapathError> {
         let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for (ip, identity) in &plan.ipcache {
-            p.redirect.ipcache_upsert(*ip, *identity)?;
+            // Standalone mode: every endpoint in the file runs on this node (LOCAL: TC ingress may steer to it).
+            let prefix = if ip.is_ipv4() { 32 } else { 128 };
+            p.redirect
+                .ipcache_upsert_prefix(*ip, prefix, *identity, true)?;
         }
         p.redirect.policy_sync(&plan.redirects)?;
         for (cgroup, (name, info)) in &plan.enrollments {
@@ -238,6 +266,21 @@ impl Datapath {
         Box::new(EbpfOriginalDst {
             reader: self.lookup.clone(),
         })
+    }
+}
+
+/// Steered packets carry `mark` and must be routed to the local stack, or they are forwarded past the proxy.
+fn check_local_delivery(mark: u32) -> Result<(), DatapathError> {
+    let rules = std::process::Command::new("ip")
+        .args(["-4", "rule", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let wanted = format!("fwmark {mark:#x}");
+    if rules.lines().any(|l| l.contains(&wanted)) {
+        Ok(())
+    } else {
+        Err(DatapathError::NoLocalDelivery { mark })
     }
 }
 

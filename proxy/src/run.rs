@@ -76,6 +76,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
 
     let shutdown = CancellationToken::new();
+    // TC-steered ingress (eBPF mode): a transparent listener whose accepted sockets' local address is the original
+    // destination; same policy, flow log and connection budget as the main listener.
+    if datapath.is_some() && args.tproxy_port != 0 {
+        let addr = std::net::SocketAddr::new(args.listen.ip(), args.tproxy_port);
+        let tproxy_listener = listener::bind(addr, true, 1024)?;
+        let ingress = Arc::new(Proxy {
+            policy: policy.clone(),
+            flows: flows.clone(),
+            upstream: UpstreamPool::new(args.mark, limits.connect_timeout),
+            limits: limits.clone(),
+            original_dst: Box::new(Tproxy { listen: addr }),
+            connections: proxy.connections.clone(),
+        });
+        tracing::info!(listen = %addr, interfaces = ?args.tc_interfaces, "TC ingress steering listener ready");
+        tokio::spawn(serve(tproxy_listener, ingress, shutdown.clone()));
+    }
     {
         use std::os::fd::AsRawFd;
         handoff::serve(
@@ -135,6 +151,9 @@ fn start_datapath(args: &RunArgs, policy: &Arc<PolicySource>) -> anyhow::Result<
         http_port: args.listen.port(),
         proxy_mark: args.mark,
         proxy_cgroup,
+        tproxy_port: args.tproxy_port,
+        tproxy_mark: args.tproxy_mark,
+        tc_interfaces: args.tc_interfaces.clone(),
     };
     let datapath = Arc::new(Datapath::start(&opts).context("starting the eBPF redirect layer")?);
     let dp = datapath.clone();

@@ -165,7 +165,13 @@ impl EbpfScenario {
 
     /// Starts `tollgate run --redirect ebpf` in the node (its own cgroup, never enrolled) and waits until it serves.
     pub fn start_proxy(&mut self) -> Result<()> {
-        let redirect = [
+        let args = self.ebpf_args();
+        self.start_proxy_with(&args)
+    }
+
+    /// The listener and redirect flags of `tollgate run --redirect ebpf` for this scenario.
+    pub fn ebpf_args(&self) -> Vec<String> {
+        vec![
             "--listen".to_string(),
             format!("0.0.0.0:{PROXY_PORT}"),
             "--redirect".into(),
@@ -174,8 +180,7 @@ impl EbpfScenario {
             POD_GATEWAY.into(),
             "--bpf-pin-root".into(),
             self.pin_root.display().to_string(),
-        ];
-        self.start_proxy_with(&redirect)
+        ]
     }
 
     /// Starts the proxy with other listener/redirect flags (e.g. `--redirect so-original-dst` behind iptables).

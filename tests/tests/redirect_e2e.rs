@@ -396,3 +396,123 @@ impl WaitOutputRef for std::process::Child {
         }
     }
 }
+
+const INGRESS_CASE: &str = r#"
+name: tc-ingress
+policies:
+  - apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: api-from-world, namespace: prod}
+    spec:
+      endpointSelector: {matchLabels: {app: api}}
+      ingress:
+        - fromEntities: [world]
+          toPorts:
+            - ports: [{port: "8080", protocol: TCP}]
+              rules: {http: [{method: GET, path: "/public/.*"}]}
+endpoints:
+  - {name: api, namespace: prod, labels: {app: api}, ip: 10.0.7.20}
+"#;
+
+/// Ingress from a client the node does not manage (not enrolled, world identity): the TC program on the
+/// interface it arrives on steers connections to the api pod's L7 port into tollgate's transparent listener with
+/// `bpf_sk_assign` (no iptables), and the api pod's ingress L7 policy is enforced.
+#[test]
+fn tc_ingress_steers_unenrolled_clients_into_the_proxy() {
+    require_root();
+    let case = CaseFile::parse("tc-ingress", INGRESS_CASE).unwrap();
+    let mut sc = EbpfScenario::new(case).unwrap();
+    let outside = sc.node.add_pod("outside", "10.0.9.9").unwrap();
+    sc.node
+        .netns
+        .sh("ip rule add fwmark 0x200 lookup 100 && ip route add local 0.0.0.0/0 dev lo table 100")
+        .unwrap();
+    let mut args = sc.ebpf_args();
+    args.extend([
+        "--tproxy-port".into(),
+        "15006".into(),
+        "--tc-interface".into(),
+        outside.host_veth.clone(),
+    ]);
+    sc.start_proxy_with(&args).unwrap();
+    assert!(
+        sc.proxy_log()
+            .contains("TC ingress steering listener ready"),
+        "{}",
+        sc.proxy_log()
+    );
+
+    let curl = tollgate_e2e::require_tool("curl");
+    let get = |path: &str| {
+        let out = outside
+            .command(&curl)
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{remote_ip}:%{remote_port}",
+            ])
+            .arg(format!("http://10.0.7.20:{HTTP_PORT}{path}"))
+            .output()
+            .unwrap();
+        status_and_peer(&out)
+    };
+    let before = sc.flows().len();
+    assert_eq!(
+        get("/public/index.html"),
+        (200, format!("10.0.7.20:{HTTP_PORT}")),
+        "{}",
+        sc.proxy_log()
+    );
+    assert_eq!(get("/private/keys").0, 403, "{}", sc.proxy_log());
+    let allowed = sc
+        .wait_flow(before, |f| {
+            f["l7"]["http"]["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("/public/index.html"))
+        })
+        .expect("flow for the allowed request");
+    assert_eq!(allowed["verdict"], "FORWARDED");
+    assert_eq!(allowed["source"]["ip"], "10.0.9.9");
+    assert_eq!(
+        allowed["source"]["identity"], 2,
+        "an unmanaged client is world: {allowed}"
+    );
+    assert_eq!(allowed["destination"]["pod"], "api");
+    let denied = sc
+        .wait_flow(before, |f| {
+            f["l7"]["http"]["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("/private/keys"))
+        })
+        .expect("flow for the denied request");
+    assert_eq!(denied["verdict"], "DROPPED");
+    // A port without L7 policy is not steered (the h2c port answers directly, without a flow).
+    let n = sc.flows().len();
+    let out = outside
+        .command(&curl)
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://10.0.7.20:{H2C_PORT}/x"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        sc.flows().len(),
+        n,
+        "unsteered port must not reach the proxy"
+    );
+    drop(outside);
+}
