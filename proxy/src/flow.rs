@@ -179,20 +179,35 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// A random (version 4) UUID without a syscall per record: 128 bits of process seed from getrandom(2), mixed
+/// with a counter through splitmix64, so ids are unique per process and unpredictable across processes.
 fn uuid_v4() -> String {
+    use std::sync::OnceLock;
+    static SEED: OnceLock<[u64; 2]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = SEED.get_or_init(|| {
+        let mut b = [0u8; 16];
+        // SAFETY: getrandom(2) writes at most b.len() bytes into the buffer we own.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n != 16 {
+            // Never block startup on entropy: the time still makes ids unique per process.
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            b = (t ^ u128::from(std::process::id()) << 64).to_le_bytes();
+        }
+        [
+            u64::from_le_bytes(b[..8].try_into().unwrap_or_default()),
+            u64::from_le_bytes(b[8..].try_into().unwrap_or_default()),
+        ]
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let hi = splitmix64(seed[0] ^ n);
+    let lo = splitmix64(seed[1].wrapping_add(n));
     let mut b = [0u8; 16];
-    // SAFETY: getrandom(2) writes at most b.len() bytes into the buffer we own.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != 16 {
-        // Never block a request on entropy: fall back to time + a counter, still unique per process.
-        static FALLBACK: AtomicU64 = AtomicU64::new(0);
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64;
-        b[..8].copy_from_slice(&t.to_be_bytes());
-        b[8..].copy_from_slice(&FALLBACK.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-    }
+    b[..8].copy_from_slice(&hi.to_be_bytes());
+    b[8..].copy_from_slice(&lo.to_be_bytes());
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
@@ -204,6 +219,13 @@ fn uuid_v4() -> String {
         &h[16..20],
         &h[20..32]
     )
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Where JSON lines go.
@@ -370,6 +392,15 @@ mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
         let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&rfc3339(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn uuids_are_v4_shaped_and_distinct() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| uuid_v4()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let one = ids.iter().next().unwrap();
+        assert_eq!(&one[14..15], "4");
+        assert!(matches!(&one[19..20], "8" | "9" | "a" | "b"), "{one}");
     }
 
     #[test]
