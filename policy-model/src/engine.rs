@@ -404,11 +404,17 @@ impl PolicyEngine {
                     header_actions.extend(actions);
                 }
                 None => {
+                    let mut policies: Vec<String> = list
+                        .iter()
+                        .map(|(rule, _)| rule.rule.policy.clone())
+                        .collect();
+                    policies.dedup();
                     return RequestVerdict {
                         decision: Decision::Deny,
                         reason: Reason::L7NoMatch {
                             direction: *dir,
                             kind,
+                            policies,
                         },
                         header_actions: Vec::new(),
                     };

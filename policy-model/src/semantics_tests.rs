@@ -378,12 +378,13 @@ fn http_regexes_are_anchored_to_the_whole_value() {
         v.reason,
         Reason::L7NoMatch {
             direction: Direction::Ingress,
-            kind: L7Kind::Http
+            kind: L7Kind::Http,
+            policies: vec!["prod/p".to_string()],
         }
     );
     assert_eq!(
         v.reason.to_string(),
-        "denied: no http rule matched the request (ingress)"
+        "denied: no http rule matched the request (ingress; rules of prod/p)"
     );
 }
 
@@ -550,7 +551,8 @@ fn http_rules_on_egress_and_ingress_both_apply() {
         v.reason,
         Reason::L7NoMatch {
             direction: Direction::Egress,
-            kind: L7Kind::Http
+            kind: L7Kind::Http,
+            policies: vec!["prod/e".to_string()],
         }
     );
 }

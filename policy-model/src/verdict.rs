@@ -141,8 +141,13 @@ pub enum Reason {
     },
     /// A deny rule matched (deny beats every allow).
     DenyRule(RuleRef),
-    /// The connection is allowed only by L7 rules and none of them matched the request.
-    L7NoMatch { direction: Direction, kind: L7Kind },
+    /// The connection is allowed only by L7 rules and none of them matched the request. `policies` names the
+    /// policies whose L7 rules were checked (`namespace/name`), so a flow record says whose rules refused it.
+    L7NoMatch {
+        direction: Direction,
+        kind: L7Kind,
+        policies: Vec<String>,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -169,11 +174,16 @@ impl fmt::Display for Reason {
                 "denied: no {direction} rule matched for selected endpoint identity {endpoint}"
             ),
             Reason::DenyRule(r) => write!(f, "denied by {r}"),
-            Reason::L7NoMatch { direction, kind } => {
-                write!(
-                    f,
-                    "denied: no {kind} rule matched the request ({direction})"
-                )
+            Reason::L7NoMatch {
+                direction,
+                kind,
+                policies,
+            } => {
+                write!(f, "denied: no {kind} rule matched the request ({direction}")?;
+                if !policies.is_empty() {
+                    write!(f, "; rules of {}", policies.join(", "))?;
+                }
+                f.write_str(")")
             }
         }
     }

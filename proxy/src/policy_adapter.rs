@@ -57,6 +57,7 @@ mod tests {
         let l7 = Reason::L7NoMatch {
             direction: Direction::Egress,
             kind: L7Kind::Http,
+            policies: vec!["prod/p".into()],
         };
         assert_eq!(direction(&l7), Some(TrafficDirection::Egress));
     }
