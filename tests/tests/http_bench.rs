@@ -136,6 +136,8 @@ fn http_proxy_throughput_vs_nginx_and_haproxy() {
         .arg(&endpoints)
         .arg("--flow-log")
         .arg(dir.path().join("flows.jsonl"))
+        .arg("--handoff-socket")
+        .arg(dir.path().join("handoff.sock"))
         .env("TOLLGATE_LOG", "warn,tollgate=info")
         .stdout(Stdio::null())
         .stderr(fs::File::create(&stderr).unwrap());

@@ -166,6 +166,10 @@ impl Cluster {
         .arg(self.dir.path().join("endpoints.yaml"))
         .arg("--flow-log")
         .arg(self.flow_path())
+        // Each test's daemon has its own handoff socket: the default path is shared by every netns on the host,
+        // and a daemon starting in one test would otherwise take over another test's listener.
+        .arg("--handoff-socket")
+        .arg(self.dir.path().join("handoff.sock"))
         .arg("--redirect")
         .arg(match self.redirect {
             Redirect::Tproxy => "tproxy",
