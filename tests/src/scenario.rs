@@ -283,26 +283,9 @@ impl EbpfScenario {
         }
     }
 
-    /// curl from a pod; `-w` prints `status remote_ip:remote_port` (the remote address is the client's
-    /// getpeername, which the eBPF layer must keep showing the real server).
+    /// curl from one of the scenario's pods; see [`curl_from`].
     pub fn curl(&self, from: &str, args: &[&str]) -> Result<Output> {
-        let curl = require_tool("curl");
-        let out = self
-            .pod(from)
-            .command(curl)
-            .args([
-                "-sS",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{remote_ip}:%{remote_port}",
-            ])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()?;
-        Ok(out)
+        curl_from(self.pod(from), args)
     }
 }
 
@@ -337,6 +320,27 @@ fn sweep_stale_pins() {
             }
         }
     }
+}
+
+/// curl from a pod; `-w` prints `status remote_ip:remote_port` (the remote address is the client's getpeername,
+/// which the eBPF layer must keep showing the real server).
+pub fn curl_from(pod: &Pod, args: &[&str]) -> Result<Output> {
+    let curl = require_tool("curl");
+    let out = pod
+        .command(curl)
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{remote_ip}:%{remote_port}",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    Ok(out)
 }
 
 /// One flow record as a compact line, like `hubble observe` prints it.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tollgate_e2e::require_root;
-use tollgate_e2e::scenario::{CaseFile, EbpfScenario, H2C_PORT, HTTP_PORT};
+use tollgate_e2e::scenario::{CaseFile, EbpfScenario, H2C_PORT, HTTP_PORT, curl_from};
 
 fn status_and_peer(out: &std::process::Output) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -251,6 +251,24 @@ fn proxy_restart_keeps_redirect_state_and_fails_closed() {
     assert!(ready_after < Duration::from_secs(20));
 }
 
+/// Starts [`client_loop_script`] in the frontend pod against the api pod's `path`; returns the loop and its stop file.
+fn client_loop(
+    sc: &EbpfScenario,
+    path: &str,
+    interval_ms: u64,
+) -> (tollgate_e2e::ChildGuard, std::path::PathBuf) {
+    let url = format!("http://{}:{HTTP_PORT}{path}", sc.pod("prod/api").ip);
+    let stop = sc.dir.path().join("stop-client");
+    let client = tollgate_e2e::ChildGuard::spawn(
+        sc.pod("prod/frontend")
+            .command("bash")
+            .args(["-c", &client_loop_script(&url, interval_ms, &stop)])
+            .stdout(std::process::Stdio::piped()),
+    )
+    .unwrap();
+    (client, stop)
+}
+
 /// A client loop in the frontend pod: one new connection per request to `url`, every `interval_ms`, until the file
 /// `stop` exists (or 30 s pass); prints `<ms since start> <http code>` per request (code 0 = no connection).
 fn client_loop_script(url: &str, interval_ms: u64, stop: &std::path::Path) -> String {
@@ -278,20 +296,12 @@ fn parse_loop(out: &std::process::Output) -> Vec<(u64, u16)> {
 /// through the redirect sees no failure at all.
 #[test]
 fn planned_restart_with_port_handoff_loses_no_connection() {
-    require_root();
+    // A new connection every 20 ms from the frontend pod to an allowed path.
     let case = CaseFile::load("http-basic").unwrap();
     let mut sc = EbpfScenario::new(case).unwrap();
     sc.start_proxy().unwrap();
-    let api = sc.pod("prod/api").ip.to_string();
-    let url = format!("http://{api}:{HTTP_PORT}/api/v1/users");
-    let stop = sc.dir.path().join("stop-client");
-    let mut client = tollgate_e2e::ChildGuard::spawn(
-        sc.pod("prod/frontend")
-            .command("bash")
-            .args(["-c", &client_loop_script(&url, 20, &stop)])
-            .stdout(std::process::Stdio::piped()),
-    )
-    .unwrap();
+    // a new connection per request from the frontend pod
+    let (mut client, stop) = client_loop(&sc, "/api/v1/users", 20);
     std::thread::sleep(Duration::from_millis(800));
     sc.start_proxy().unwrap(); // the new process, alongside the old one
     std::thread::sleep(Duration::from_millis(300));
@@ -329,20 +339,12 @@ fn planned_restart_with_port_handoff_loses_no_connection() {
 /// until the new process listens; the gap is measured and printed, not asserted (speed is for benchmarks).
 #[test]
 fn crash_restart_gap_is_refusals_only() {
-    require_root();
+    // A denied path: a 200 would mean a request bypassed the proxy while it was down.
     let case = CaseFile::load("http-basic").unwrap();
     let mut sc = EbpfScenario::new(case).unwrap();
     sc.start_proxy().unwrap();
-    let api = sc.pod("prod/api").ip.to_string();
-    let url = format!("http://{api}:{HTTP_PORT}/admin"); // denied: a 200 would mean the proxy was bypassed
-    let stop = sc.dir.path().join("stop-client");
-    let mut client = tollgate_e2e::ChildGuard::spawn(
-        sc.pod("prod/frontend")
-            .command("bash")
-            .args(["-c", &client_loop_script(&url, 10, &stop)])
-            .stdout(std::process::Stdio::piped()),
-    )
-    .unwrap();
+    // denied: a 200 would mean the proxy was bypassed
+    let (mut client, stop) = client_loop(&sc, "/admin", 10);
     std::thread::sleep(Duration::from_millis(800));
     sc.kill_proxy();
     sc.start_proxy().unwrap();
@@ -442,23 +444,9 @@ fn tc_ingress_steers_unenrolled_clients_into_the_proxy() {
         sc.proxy_log()
     );
 
-    let curl = tollgate_e2e::require_tool("curl");
     let get = |path: &str| {
-        let out = outside
-            .command(&curl)
-            .args([
-                "-sS",
-                "--max-time",
-                "5",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{remote_ip}:%{remote_port}",
-            ])
-            .arg(format!("http://10.0.7.20:{HTTP_PORT}{path}"))
-            .output()
-            .unwrap();
-        status_and_peer(&out)
+        let url = format!("http://10.0.7.20:{HTTP_PORT}{path}");
+        status_and_peer(&curl_from(&outside, &[&url]).unwrap())
     };
     let before = sc.flows().len();
     assert_eq!(
@@ -492,22 +480,9 @@ fn tc_ingress_steers_unenrolled_clients_into_the_proxy() {
     assert_eq!(denied["verdict"], "DROPPED");
     // A port without L7 policy is not steered (the h2c port answers directly, without a flow).
     let n = sc.flows().len();
-    let out = outside
-        .command(&curl)
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            "--http2-prior-knowledge",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .arg(format!("http://10.0.7.20:{H2C_PORT}/x"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let url = format!("http://10.0.7.20:{H2C_PORT}/x");
+    let out = curl_from(&outside, &["--http2-prior-knowledge", &url]).unwrap();
+    assert_eq!(status_and_peer(&out).0, 200, "{out:?}");
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
         sc.flows().len(),
