@@ -121,22 +121,32 @@ fn hand_over(conn: &mut UnixStream, listener: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Room for one `SCM_RIGHTS` control message carrying one fd.
+fn fd_cmsg_space() -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) as usize }
+}
+
+/// A msghdr over one iovec and a control buffer; both must outlive the sendmsg/recvmsg call.
+fn msghdr(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    msg
+}
+
 fn send_fd(sock: RawFd, fd: RawFd) -> io::Result<()> {
     let byte = [b'L'];
     let mut iov = libc::iovec {
         iov_base: byte.as_ptr() as *mut _,
         iov_len: 1,
     };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cmsg_buf = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: msg_control points at a buffer of CMSG_SPACE(sizeof fd) bytes, so the first header and its data fit.
+    let mut control = vec![0u8; fd_cmsg_space()];
+    let msg = msghdr(&mut iov, &mut control);
+    // SAFETY: the control buffer holds CMSG_SPACE(sizeof fd) bytes, so the first header and its data fit.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
@@ -159,15 +169,8 @@ fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    // SAFETY: pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut cmsg_buf = vec![0u8; space];
-    // SAFETY: as in send_fd.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let mut control = vec![0u8; fd_cmsg_space()];
+    let mut msg = msghdr(&mut iov, &mut control);
     // SAFETY: sock is a connected Unix socket; msg describes buffers we own. MSG_CMSG_CLOEXEC keeps the fd private.
     let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {
