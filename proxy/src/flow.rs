@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -210,15 +210,16 @@ fn uuid_v4() -> String {
     b[8..].copy_from_slice(&lo.to_be_bytes());
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(char::from(HEX[usize::from(x >> 4)]));
+        out.push(char::from(HEX[usize::from(x & 0xf)]));
+    }
+    out
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -259,10 +260,10 @@ pub struct FlowCounters {
 /// The flow log: bounded ring of recent records plus the JSON-lines writer.
 #[derive(Debug)]
 pub struct FlowLog {
-    ring: Mutex<VecDeque<FlowRecord>>,
+    ring: Mutex<VecDeque<Arc<FlowRecord>>>,
     capacity: usize,
     pub counters: FlowCounters,
-    tx: Option<mpsc::Sender<FlowRecord>>,
+    tx: Option<mpsc::Sender<Arc<FlowRecord>>>,
 }
 
 impl FlowLog {
@@ -294,6 +295,8 @@ impl FlowLog {
     }
 
     pub fn record(&self, rec: FlowRecord) {
+        // Shared between the ring and the writer: one allocation, no deep copy.
+        let rec = Arc::new(rec);
         self.counters.seen.fetch_add(1, Ordering::Relaxed);
         if let Some(tx) = &self.tx
             && tx.try_send(rec.clone()).is_err()
@@ -312,7 +315,7 @@ impl FlowLog {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         ring.iter()
             .skip(ring.len().saturating_sub(n))
-            .cloned()
+            .map(|r| FlowRecord::clone(r))
             .collect()
     }
 }
@@ -321,8 +324,8 @@ impl FlowLog {
 const QUEUE: usize = 65_536;
 const WRITER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
-fn spawn_writer(out: Box<dyn Write + Send>) -> mpsc::Sender<FlowRecord> {
-    let (tx, mut rx) = mpsc::channel::<FlowRecord>(QUEUE);
+fn spawn_writer(out: Box<dyn Write + Send>) -> mpsc::Sender<Arc<FlowRecord>> {
+    let (tx, mut rx) = mpsc::channel::<Arc<FlowRecord>>(QUEUE);
     // A plain thread that polls: file/stdout writes are blocking syscalls that must not stall the reactor, and
     // polling (instead of waking the thread per record) keeps futex wake-ups off the request path.
     std::thread::Builder::new()
@@ -334,7 +337,7 @@ fn spawn_writer(out: Box<dyn Write + Send>) -> mpsc::Sender<FlowRecord> {
                 loop {
                     match rx.try_recv() {
                         Ok(rec) => {
-                            let _ = serde_json::to_writer(&mut out, &rec);
+                            let _ = serde_json::to_writer(&mut out, &*rec);
                             let _ = out.write_all(b"\n");
                             wrote = true;
                         }
