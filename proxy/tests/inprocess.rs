@@ -485,3 +485,37 @@ async fn loopback_throughput() {
         proxied.0 / direct.0
     );
 }
+
+/// Cost of the per-request pure work (decision + flow record) without I/O, for the design note.
+/// `cargo test --release -p tollgate --test inprocess per_request_cost -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "benchmark: run by hand"]
+async fn per_request_cost() {
+    let h = start().await;
+    let snap = h.proxy.policy.current();
+    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let dst: SocketAddr = format!("127.0.0.2:{}", h.backend_port).parse().unwrap();
+    let headers = [("host", "server"), ("user-agent", "wrk"), ("accept", "*/*")];
+    let n = 200_000u32;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let d = tollgate::decision::decide_request(
+            &snap, client, dst, "GET", "/ok/x", "server", &headers,
+        );
+        std::hint::black_box(d);
+    }
+    let decide = t.elapsed() / n;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let mut rec = tollgate::flow::FlowRecord::new(
+            tollgate::flow::Verdict::Forwarded,
+            tollgate::decision::flow_endpoint(&snap, client),
+            tollgate::decision::flow_endpoint(&snap, dst),
+            "HTTP",
+        );
+        rec.policy = "allowed by CiliumNetworkPolicy t/inproc ingress[0] l7[0]".into();
+        h.proxy.flows.record(rec);
+    }
+    let record = t.elapsed() / n;
+    println!("decide_request {decide:?}/request, flow record {record:?}/request");
+}
