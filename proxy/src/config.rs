@@ -89,6 +89,25 @@ pub struct RunArgs {
     /// Flow records kept in memory.
     #[arg(long, default_value_t = 4096)]
     pub flow_ring: usize,
+    /// Hubble-compatible Observer gRPC API (`tollgate observe`, `hubble observe --server`).
+    #[arg(long, default_value = "127.0.0.1:4245", env = "TOLLGATE_OBSERVER_LISTEN")]
+    pub observer_listen: SocketAddr,
+    /// Admin HTTP server: Prometheus `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, default_value = "127.0.0.1:9965", env = "TOLLGATE_METRICS_LISTEN")]
+    pub metrics_listen: SocketAddr,
+    /// Most distinct (protocol, verdict, source, destination) label sets in `tollgate_requests_total`; further
+    /// identities are counted as `other`.
+    #[arg(long, default_value_t = 1000)]
+    pub metrics_max_series: usize,
+    /// Export flows as JSON lines to this file for log shippers, rotated by size.
+    #[arg(long, env = "TOLLGATE_FLOW_EXPORT")]
+    pub flow_export: Option<PathBuf>,
+    /// Rotate the export file before it grows beyond this many bytes.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    pub flow_export_max_bytes: u64,
+    /// Rotated export files kept (`<path>.1` newest .. `<path>.N`).
+    #[arg(long, default_value_t = 5)]
+    pub flow_export_keep: u32,
     /// Seconds between periodic policy re-checks (inotify triggers reloads immediately; this is the fallback).
     #[arg(long, default_value_t = 2.0)]
     pub recheck_secs: f64,

@@ -210,16 +210,15 @@ fn uuid_v4() -> String {
     b[8..].copy_from_slice(&lo.to_be_bytes());
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(36);
-    for (i, x) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push(char::from(HEX[usize::from(x >> 4)]));
-        out.push(char::from(HEX[usize::from(x & 0xf)]));
-    }
-    out
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -264,6 +263,19 @@ pub struct FlowLog {
     capacity: usize,
     pub counters: FlowCounters,
     tx: Option<mpsc::Sender<Arc<FlowRecord>>>,
+    /// Follow-mode subscribers (observer `GetFlows --follow`); a slow subscriber lags, never the data path.
+    live: tokio::sync::broadcast::Sender<std::sync::Arc<FlowRecord>>,
+    /// Consumers that must see every record (metrics, file export); called synchronously, so they must be cheap.
+    taps: std::sync::RwLock<Vec<FlowTap>>,
+}
+
+/// A consumer of every flow record, registered with [`FlowLog::add_tap`].
+pub struct FlowTap(pub Box<dyn Fn(&FlowRecord) + Send + Sync>);
+
+impl std::fmt::Debug for FlowTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlowTap")
+    }
 }
 
 impl FlowLog {
@@ -291,6 +303,8 @@ impl FlowLog {
             capacity,
             counters: FlowCounters::default(),
             tx,
+            live: tokio::sync::broadcast::channel(LIVE_QUEUE).0,
+            taps: std::sync::RwLock::new(Vec::new()),
         })
     }
 
@@ -303,11 +317,44 @@ impl FlowLog {
         {
             self.counters.lost.fetch_add(1, Ordering::Relaxed);
         }
+        for tap in self.taps.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            (tap.0)(&rec);
+        }
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(rec.clone());
+        }
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         if ring.len() >= self.capacity {
             ring.pop_front();
         }
         ring.push_back(rec);
+    }
+
+    /// Records produced from now on (follow mode). Subscribe before reading [`FlowLog::last`] to miss nothing.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<FlowRecord>> {
+        self.live.subscribe()
+    }
+
+    /// Calls `tap` with every record recorded from now on.
+    pub fn add_tap(&self, tap: FlowTap) {
+        self.taps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tap);
+    }
+
+    /// How many records the ring keeps.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How many records the ring holds now.
+    pub fn len(&self) -> usize {
+        self.ring.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The most recent `n` records, oldest first.
@@ -322,6 +369,8 @@ impl FlowLog {
 
 /// Records queued for the writer; at the writer's poll interval this absorbs bursts of several 100k records/s.
 const QUEUE: usize = 65_536;
+/// Records a follow-mode subscriber may fall behind before it skips ahead.
+const LIVE_QUEUE: usize = 4096;
 const WRITER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn spawn_writer(out: Box<dyn Write + Send>) -> mpsc::Sender<Arc<FlowRecord>> {

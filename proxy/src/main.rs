@@ -23,6 +23,8 @@ enum Command {
     /// Check policies offline.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Show flows from a running daemon's Observer API (like `hubble observe`).
+    Observe(Box<tollgate::observe_cli::ObserveArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let ok = match cli.command {
         Command::Run(args) => return run_daemon(*args),
+        Command::Observe(args) => return observe(*args),
         Command::Policy(PolicyCommand::Test { files }) => tollgate::policy_cli::test(&files),
         Command::Policy(PolicyCommand::Validate { paths }) => {
             tollgate::policy_cli::validate(&paths)
@@ -82,6 +85,26 @@ fn run_daemon(args: tollgate::config::RunArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("tollgate: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn observe(args: tollgate::observe_cli::ObserveArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("tollgate: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(tollgate::observe_cli::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tollgate observe: {err:#}");
             ExitCode::from(2)
         }
     }

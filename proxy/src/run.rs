@@ -100,6 +100,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         )?;
     }
+    // Observer API, admin/metrics server and flow export (observer.rs); ready from here on.
+    crate::observer::start_services(&args, &flows, &policy, shutdown.clone())?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let stop = shutdown.clone();

@@ -1,0 +1,223 @@
+//! Hubble-compatible wire types (generated from proto/ by build.rs) and the conversion of Tollgate's
+//! [`FlowRecord`] into a `flow.Flow`. Pure: no I/O. The record itself is owned by `flow`; this module only maps it.
+
+use std::net::IpAddr;
+
+use crate::flow::{DropReason, FlowRecord, TrafficDirection, Verdict};
+
+/// `package flow` (Flow, Endpoint, Layer4/7, FlowFilter, enums).
+#[allow(clippy::all, missing_docs, missing_debug_implementations)]
+pub mod flow {
+    tonic::include_proto!("flow");
+}
+
+/// `package observer` (the Observer service and its messages).
+#[allow(clippy::all, missing_docs, missing_debug_implementations)]
+pub mod observer {
+    tonic::include_proto!("observer");
+}
+
+/// Hubble's event type for L7 access-log records.
+const EVENT_TYPE_L7: i32 = 129;
+
+pub fn verdict(v: Verdict) -> flow::Verdict {
+    match v {
+        Verdict::Forwarded => flow::Verdict::Forwarded,
+        Verdict::Dropped => flow::Verdict::Dropped,
+        Verdict::Error => flow::Verdict::Error,
+    }
+}
+
+/// Only the policy reasons have Hubble numbers; the rest (limits, parse errors, upstream failures) stay unknown on
+/// the wire and are explained in `tollgate_policy`.
+pub fn drop_reason(r: Option<DropReason>) -> flow::DropReason {
+    match r {
+        Some(DropReason::PolicyDenied) => flow::DropReason::PolicyDenied,
+        Some(DropReason::PolicyDeny) => flow::DropReason::PolicyDeny,
+        _ => flow::DropReason::Unknown,
+    }
+}
+
+pub fn direction(d: Option<TrafficDirection>) -> flow::TrafficDirection {
+    match d {
+        Some(TrafficDirection::Ingress) => flow::TrafficDirection::Ingress,
+        Some(TrafficDirection::Egress) => flow::TrafficDirection::Egress,
+        None => flow::TrafficDirection::Unknown,
+    }
+}
+
+/// Parses the record's RFC 3339 time (always `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, see `flow::rfc3339`).
+pub fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
+    let b = rfc3339.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| rfc3339.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let nanos = match rfc3339.get(19..)?.strip_prefix('.') {
+        Some(frac) => {
+            let digits = frac.trim_end_matches('Z');
+            let padded = format!("{digits:0<9}");
+            padded.get(..9)?.parse::<i32>().ok()?
+        }
+        None => 0,
+    };
+    // Days from civil (inverse of flow::rfc3339's algorithm).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(prost_types::Timestamp {
+        seconds: days * 86_400 + hh * 3600 + mm * 60 + ss,
+        nanos,
+    })
+}
+
+fn endpoint(e: &crate::flow::FlowEndpoint) -> flow::Endpoint {
+    flow::Endpoint {
+        id: 0,
+        identity: e.identity,
+        namespace: e.namespace.clone().unwrap_or_default(),
+        labels: e.labels.clone(),
+        pod_name: e.pod.clone().unwrap_or_default(),
+        cluster_name: String::new(),
+    }
+}
+
+/// Maps one record to a Hubble `Flow`.
+pub fn to_flow(rec: &FlowRecord, node_name: &str) -> flow::Flow {
+    let ip_version = match rec.source.ip.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => flow::IpVersion::IPv4,
+        Ok(IpAddr::V6(_)) => flow::IpVersion::IPv6,
+        Err(_) => flow::IpVersion::IpNotUsed,
+    };
+    let l7 = rec
+        .l7
+        .as_ref()
+        .and_then(|l7| l7.http.as_ref())
+        .map(|h| flow::Layer7 {
+            r#type: flow::L7FlowType::Request as i32,
+            latency_ns: rec.latency_ns,
+            record: Some(flow::layer7::Record::Http(flow::Http {
+                code: u32::from(h.code),
+                method: h.method.clone(),
+                url: h.url.clone(),
+                protocol: h.protocol.clone(),
+                headers: h
+                    .headers
+                    .iter()
+                    .map(|(k, v)| flow::HttpHeader {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+            })),
+        });
+    let is_l7 = l7.is_some();
+    flow::Flow {
+        time: timestamp(&rec.time),
+        verdict: verdict(rec.verdict) as i32,
+        drop_reason_desc: drop_reason(rec.drop_reason) as i32,
+        ip: Some(flow::Ip {
+            source: rec.source.ip.clone(),
+            destination: rec.destination.ip.clone(),
+            ip_version: ip_version as i32,
+        }),
+        l4: Some(flow::Layer4 {
+            protocol: Some(flow::layer4::Protocol::Tcp(flow::Tcp {
+                source_port: u32::from(rec.source.port),
+                destination_port: u32::from(rec.destination.port),
+            })),
+        }),
+        source: Some(endpoint(&rec.source)),
+        destination: Some(endpoint(&rec.destination)),
+        r#type: if is_l7 {
+            flow::FlowType::L7
+        } else {
+            flow::FlowType::L3L4
+        } as i32,
+        node_name: node_name.to_string(),
+        source_names: Vec::new(),
+        destination_names: Vec::new(),
+        l7,
+        event_type: is_l7.then_some(flow::CiliumEventType {
+            r#type: EVENT_TYPE_L7,
+            sub_type: 0,
+        }),
+        traffic_direction: direction(rec.traffic_direction) as i32,
+        is_reply: false,
+        proxy_port: 0,
+        uuid: rec.uuid.clone(),
+        auth_type: flow::AuthType::Disabled as i32,
+        tollgate_policy: rec.policy.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::{FlowEndpoint, HttpInfo, L7Info, rfc3339};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_round_trip_through_rfc3339() {
+        for secs in [0u64, 951_782_400, 1_795_820_000, 4_102_444_799] {
+            let t = UNIX_EPOCH + Duration::new(secs, 123_456_789);
+            let ts = timestamp(&rfc3339(t)).unwrap();
+            assert_eq!((ts.seconds, ts.nanos), (secs as i64, 123_456_789), "{secs}");
+        }
+        assert_eq!(timestamp("garbage"), None);
+    }
+
+    #[test]
+    fn http_record_becomes_l7_flow() {
+        let a = "10.0.0.1:40000".parse().unwrap();
+        let b = "10.0.0.2:80".parse().unwrap();
+        let labels = [("app".to_string(), "api".to_string())].into();
+        let mut rec = FlowRecord::new(
+            Verdict::Dropped,
+            FlowEndpoint::new(a, 256).with_pod("default", "client", &labels),
+            FlowEndpoint::new(b, 257),
+            "HTTP",
+        );
+        rec.drop_reason = Some(DropReason::PolicyDenied);
+        rec.traffic_direction = Some(TrafficDirection::Ingress);
+        rec.latency_ns = 42;
+        rec.policy = "no rule".into();
+        rec.l7 = Some(L7Info {
+            http: Some(HttpInfo {
+                method: "GET".into(),
+                url: "/x".into(),
+                code: 403,
+                protocol: "HTTP/1.1".into(),
+                ..Default::default()
+            }),
+        });
+        let f = to_flow(&rec, "node-1");
+        assert_eq!(f.verdict, flow::Verdict::Dropped as i32);
+        assert_eq!(f.drop_reason_desc, 133);
+        assert_eq!(f.r#type, flow::FlowType::L7 as i32);
+        assert_eq!(f.event_type.unwrap().r#type, 129);
+        assert_eq!(f.traffic_direction, 1);
+        assert_eq!(f.source.as_ref().unwrap().labels, vec!["k8s:app=api"]);
+        assert_eq!(f.source.unwrap().pod_name, "client");
+        assert_eq!(f.ip.unwrap().ip_version, flow::IpVersion::IPv4 as i32);
+        let Some(flow::layer7::Record::Http(h)) = f.l7.as_ref().unwrap().record.clone() else {
+            panic!("no http record");
+        };
+        assert_eq!(
+            (h.code, h.method.as_str(), h.url.as_str()),
+            (403, "GET", "/x")
+        );
+        assert_eq!(f.l7.unwrap().latency_ns, 42);
+        assert_eq!(f.tollgate_policy, "no rule");
+        let Some(flow::layer4::Protocol::Tcp(t)) = f.l4.unwrap().protocol else {
+            panic!("no tcp");
+        };
+        assert_eq!((t.source_port, t.destination_port), (40000, 80));
+    }
+}

@@ -1,0 +1,414 @@
+//! `tollgate observe`: a `hubble observe`-style client of the Observer API. Flags become one whitelist
+//! `FlowFilter` (pure, [`ObserveArgs::request`]); flows are printed compact (one line), as JSON (proto field
+//! names, one object per line) or as a table.
+
+use clap::{Args, ValueEnum};
+use serde_json::{Map, Value, json};
+
+use crate::flow_filter::verdict_by_name;
+use crate::hubble::flow::{
+    DropReason, Endpoint, Flow, FlowFilter, FlowType, L7FlowType, TrafficDirection, Verdict,
+    layer4, layer7,
+};
+use crate::hubble::observer::{
+    GetFlowsRequest, GetFlowsResponse, get_flows_response, observer_client::ObserverClient,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Compact,
+    Json,
+    Table,
+}
+
+/// `tollgate observe`
+#[derive(Debug, Clone, Args)]
+pub struct ObserveArgs {
+    /// Observer API address (`tollgate run --observer-listen`).
+    #[arg(long, default_value = "127.0.0.1:4245", env = "TOLLGATE_SERVER")]
+    pub server: String,
+    /// FORWARDED, DROPPED or ERROR (repeat for several).
+    #[arg(long)]
+    pub verdict: Vec<String>,
+    /// tcp, udp, http, dns or kafka (repeat for several).
+    #[arg(long)]
+    pub protocol: Vec<String>,
+    /// Source label selector, e.g. `app=client` or `k8s:app=client,tier=web` (all terms must be present).
+    #[arg(long)]
+    pub from_label: Vec<String>,
+    /// Destination label selector.
+    #[arg(long)]
+    pub to_label: Vec<String>,
+    /// Flows from or to pods in this namespace.
+    #[arg(long)]
+    pub namespace: Vec<String>,
+    /// Flows from or to this pod: `[namespace/]name-prefix`.
+    #[arg(long)]
+    pub pod: Vec<String>,
+    /// HTTP status code or class (`403`, `5+`).
+    #[arg(long)]
+    pub http_status: Vec<String>,
+    /// How many past flows to show (default 20; with --follow default 0: only new flows).
+    #[arg(long)]
+    pub last: Option<u64>,
+    /// Keep streaming new flows as they happen.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "compact")]
+    pub output: Output,
+}
+
+impl ObserveArgs {
+    /// The request these flags mean. Source/destination flags that name either side (`--namespace`, `--pod`)
+    /// become two filters (from X, to X), as in Hubble; the other flags are the same in both.
+    pub fn request(&self) -> Result<GetFlowsRequest, String> {
+        let verdict = self
+            .verdict
+            .iter()
+            .map(|v| {
+                verdict_by_name(v)
+                    .map(|v| v as i32)
+                    .ok_or_else(|| format!("--verdict {v}: use FORWARDED, DROPPED or ERROR"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let base = FlowFilter {
+            verdict,
+            protocol: self.protocol.clone(),
+            source_label: self.from_label.clone(),
+            destination_label: self.to_label.clone(),
+            http_status_code: self.http_status.clone(),
+            ..Default::default()
+        };
+        let either: Vec<String> = self
+            .namespace
+            .iter()
+            .map(|ns| format!("{ns}/"))
+            .chain(self.pod.iter().cloned())
+            .collect();
+        let whitelist = if either.is_empty() {
+            vec![base]
+        } else {
+            vec![
+                FlowFilter {
+                    source_pod: either.clone(),
+                    ..base.clone()
+                },
+                FlowFilter {
+                    destination_pod: either,
+                    ..base
+                },
+            ]
+        };
+        Ok(GetFlowsRequest {
+            number: self.last.unwrap_or(if self.follow { 0 } else { 20 }),
+            follow: self.follow,
+            whitelist,
+            ..Default::default()
+        })
+    }
+}
+
+/// Runs the command; returns once the stream ends (or never, with --follow).
+pub async fn run(args: ObserveArgs) -> anyhow::Result<()> {
+    let req = args.request().map_err(anyhow::Error::msg)?;
+    let url = if args.server.contains("://") {
+        args.server.clone()
+    } else {
+        format!("http://{}", args.server)
+    };
+    let mut client = ObserverClient::connect(url.clone()).await.map_err(|e| {
+        anyhow::anyhow!("cannot reach the observer at {url}: {e}; is `tollgate run` up with --observer-listen, or pass --server")
+    })?;
+    let mut stream = client
+        .get_flows(req)
+        .await
+        .map_err(|s| anyhow::anyhow!("GetFlows failed: {}", s.message()))?
+        .into_inner();
+    if args.output == Output::Table {
+        println!("{}", table_header());
+    }
+    while let Some(resp) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow::anyhow!("flow stream broke: {}", s.message()))?
+    {
+        if let Some(line) = render(&resp, args.output) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+pub fn render(resp: &GetFlowsResponse, output: Output) -> Option<String> {
+    let Some(get_flows_response::ResponseTypes::Flow(f)) = &resp.response_types else {
+        return None;
+    };
+    Some(match output {
+        Output::Compact => compact(f),
+        Output::Json => json_response(resp, f).to_string(),
+        Output::Table => table_row(f),
+    })
+}
+
+fn time(f: &Flow) -> String {
+    f.time
+        .as_ref()
+        .map(|t| {
+            let st = std::time::UNIX_EPOCH
+                + std::time::Duration::new(
+                    u64::try_from(t.seconds).unwrap_or(0),
+                    u32::try_from(t.nanos).unwrap_or(0),
+                );
+            crate::flow::rfc3339(st)
+        })
+        .unwrap_or_default()
+}
+
+fn side(ep: Option<&Endpoint>, ip: &str, port: Option<u32>) -> String {
+    let who = match ep {
+        Some(e) if !e.pod_name.is_empty() => format!("{}/{}", e.namespace, e.pod_name),
+        _ => ip.to_string(),
+    };
+    match port {
+        Some(p) => format!("{who}:{p}"),
+        None => who,
+    }
+}
+
+fn ports(f: &Flow) -> (Option<u32>, Option<u32>, &'static str) {
+    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+        Some(layer4::Protocol::Tcp(t)) => (Some(t.source_port), Some(t.destination_port), "TCP"),
+        Some(layer4::Protocol::Udp(u)) => (Some(u.source_port), Some(u.destination_port), "UDP"),
+        None => (None, None, ""),
+    }
+}
+
+/// `GET /api/v1/users => 403`, or the L4 protocol for non-L7 flows.
+pub fn summary(f: &Flow) -> String {
+    match f.l7.as_ref().and_then(|l| l.record.as_ref()) {
+        Some(layer7::Record::Http(h)) if h.code != 0 => {
+            format!("{} {} => {}", h.method, h.url, h.code)
+        }
+        Some(layer7::Record::Http(h)) => format!("{} {}", h.method, h.url),
+        Some(layer7::Record::Dns(d)) => format!("DNS {} {}", d.query, d.qtypes.join(",")),
+        Some(layer7::Record::Kafka(k)) => format!("Kafka {} {}", k.api_key, k.topic),
+        None => ports(f).2.to_string(),
+    }
+}
+
+fn verdict_name(v: i32) -> &'static str {
+    Verdict::try_from(v).map_or("UNKNOWN", |v| v.as_str_name())
+}
+
+fn endpoints(f: &Flow) -> (String, String) {
+    let (sp, dp, _) = ports(f);
+    let ip = f.ip.clone().unwrap_or_default();
+    (
+        side(f.source.as_ref(), &ip.source, sp),
+        side(f.destination.as_ref(), &ip.destination, dp),
+    )
+}
+
+/// One line: time, source -> destination, protocol summary, verdict and the deciding policy.
+pub fn compact(f: &Flow) -> String {
+    let (src, dst) = endpoints(f);
+    let mut verdict = verdict_name(f.verdict).to_string();
+    if let Ok(r) = DropReason::try_from(f.drop_reason_desc)
+        && r != DropReason::Unknown
+    {
+        verdict = format!("{verdict} ({})", r.as_str_name());
+    }
+    let mut line = format!("{} {src} -> {dst} {} {verdict}", time(f), summary(f));
+    if !f.tollgate_policy.is_empty() {
+        line.push_str(&format!(" policy: {}", f.tollgate_policy));
+    }
+    line
+}
+
+fn table_header() -> String {
+    format!(
+        "{:<31} {:<28} {:<28} {:<10} {:<9} SUMMARY",
+        "TIME", "SOURCE", "DESTINATION", "TYPE", "VERDICT"
+    )
+}
+
+fn table_row(f: &Flow) -> String {
+    let (src, dst) = endpoints(f);
+    let ty = match f.l7.as_ref() {
+        Some(l) => format!(
+            "{}-{}",
+            match &l.record {
+                Some(layer7::Record::Http(_)) => "http",
+                Some(layer7::Record::Dns(_)) => "dns",
+                Some(layer7::Record::Kafka(_)) => "kafka",
+                None => "l7",
+            },
+            L7FlowType::try_from(l.r#type)
+                .map_or("?", |t| t.as_str_name())
+                .to_ascii_lowercase()
+        ),
+        None => FlowType::try_from(f.r#type)
+            .map_or("?", |t| t.as_str_name())
+            .to_string(),
+    };
+    format!(
+        "{:<31} {:<28} {:<28} {:<10} {:<9} {}",
+        time(f),
+        src,
+        dst,
+        ty,
+        verdict_name(f.verdict),
+        summary(f)
+    )
+}
+
+fn endpoint_json(e: &Endpoint) -> Value {
+    let mut m = Map::new();
+    m.insert("ID".into(), json!(e.id));
+    m.insert("identity".into(), json!(e.identity));
+    if !e.namespace.is_empty() {
+        m.insert("namespace".into(), json!(e.namespace));
+    }
+    if !e.labels.is_empty() {
+        m.insert("labels".into(), json!(e.labels));
+    }
+    if !e.pod_name.is_empty() {
+        m.insert("pod_name".into(), json!(e.pod_name));
+    }
+    Value::Object(m)
+}
+
+/// The flow as JSON with the proto field names and enum names (the shape `hubble observe -o json` prints).
+pub fn flow_json(f: &Flow) -> Value {
+    let mut m = Map::new();
+    m.insert("time".into(), json!(time(f)));
+    m.insert("uuid".into(), json!(f.uuid));
+    m.insert("verdict".into(), json!(verdict_name(f.verdict)));
+    if let Ok(r) = DropReason::try_from(f.drop_reason_desc)
+        && r != DropReason::Unknown
+    {
+        m.insert("drop_reason_desc".into(), json!(r.as_str_name()));
+    }
+    if let Some(ip) = &f.ip {
+        m.insert(
+            "IP".into(),
+            json!({"source": ip.source, "destination": ip.destination,
+                   "ipVersion": crate::hubble::flow::IpVersion::try_from(ip.ip_version).map_or("IP_NOT_USED", |v| v.as_str_name())}),
+        );
+    }
+    match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
+        Some(layer4::Protocol::Tcp(t)) => {
+            m.insert("l4".into(), json!({"TCP": {"source_port": t.source_port, "destination_port": t.destination_port}}));
+        }
+        Some(layer4::Protocol::Udp(u)) => {
+            m.insert("l4".into(), json!({"UDP": {"source_port": u.source_port, "destination_port": u.destination_port}}));
+        }
+        None => {}
+    }
+    if let Some(e) = &f.source {
+        m.insert("source".into(), endpoint_json(e));
+    }
+    if let Some(e) = &f.destination {
+        m.insert("destination".into(), endpoint_json(e));
+    }
+    m.insert(
+        "Type".into(),
+        json!(FlowType::try_from(f.r#type).map_or("UNKNOWN_TYPE", |t| t.as_str_name())),
+    );
+    m.insert("node_name".into(), json!(f.node_name));
+    if let Some(l7) = &f.l7 {
+        let mut l = Map::new();
+        l.insert(
+            "type".into(),
+            json!(L7FlowType::try_from(l7.r#type).map_or("UNKNOWN_L7_TYPE", |t| t.as_str_name())),
+        );
+        l.insert("latency_ns".into(), json!(l7.latency_ns.to_string()));
+        if let Some(layer7::Record::Http(h)) = &l7.record {
+            let headers: Vec<Value> = h
+                .headers
+                .iter()
+                .map(|x| json!({"key": x.key, "value": x.value}))
+                .collect();
+            l.insert(
+                "http".into(),
+                json!({"code": h.code, "method": h.method, "url": h.url, "protocol": h.protocol, "headers": headers}),
+            );
+        }
+        m.insert("l7".into(), Value::Object(l));
+    }
+    if let Some(ev) = &f.event_type {
+        m.insert("event_type".into(), json!({"type": ev.r#type}));
+    }
+    m.insert(
+        "traffic_direction".into(),
+        json!(
+            TrafficDirection::try_from(f.traffic_direction)
+                .map_or("TRAFFIC_DIRECTION_UNKNOWN", |d| d.as_str_name())
+        ),
+    );
+    if !f.tollgate_policy.is_empty() {
+        m.insert("tollgate_policy".into(), json!(f.tollgate_policy));
+    }
+    Value::Object(m)
+}
+
+fn json_response(resp: &GetFlowsResponse, f: &Flow) -> Value {
+    json!({"flow": flow_json(f), "node_name": resp.node_name, "time": time(f)})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ObserveArgs,
+    }
+
+    fn parse(args: &[&str]) -> ObserveArgs {
+        T::parse_from(std::iter::once("observe").chain(args.iter().copied())).a
+    }
+
+    #[test]
+    fn flags_become_a_filter() {
+        let r = parse(&[
+            "--verdict",
+            "dropped",
+            "--protocol",
+            "http",
+            "--from-label",
+            "app=client",
+            "--http-status",
+            "4+",
+        ])
+        .request()
+        .unwrap();
+        assert_eq!(r.number, 20);
+        assert!(!r.follow);
+        assert_eq!(r.whitelist.len(), 1);
+        let f = &r.whitelist[0];
+        assert_eq!(f.verdict, vec![Verdict::Dropped as i32]);
+        assert_eq!(f.protocol, vec!["http"]);
+        assert_eq!(f.source_label, vec!["app=client"]);
+        assert_eq!(f.http_status_code, vec!["4+"]);
+    }
+
+    #[test]
+    fn namespace_means_from_or_to() {
+        let r = parse(&["--namespace", "prod", "-f"]).request().unwrap();
+        assert_eq!((r.number, r.follow), (0, true));
+        assert_eq!(r.whitelist.len(), 2);
+        assert_eq!(r.whitelist[0].source_pod, vec!["prod/"]);
+        assert!(r.whitelist[0].destination_pod.is_empty());
+        assert_eq!(r.whitelist[1].destination_pod, vec!["prod/"]);
+    }
+
+    #[test]
+    fn bad_verdict_names_the_choices() {
+        let e = parse(&["--verdict", "nope"]).request().unwrap_err();
+        assert!(e.contains("FORWARDED, DROPPED or ERROR"), "{e}");
+    }
+}
