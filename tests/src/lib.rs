@@ -643,3 +643,22 @@ impl Nginx {
         Ok(Nginx { process, dir })
     }
 }
+
+// ==== flowlog helpers (added by the flow-log engineer) ====
+
+/// Diverts every pod TCP connection through `node` to an IP_TRANSPARENT listener on `port` (iptables TPROXY in
+/// the node netns): packets of sockets the node already has are delivered locally, every other pod TCP packet
+/// goes to the proxy.
+pub fn tproxy_all_tcp(node: &Node, port: u16) -> Result<()> {
+    node.netns.sh(&format!(
+        "set -e
+         iptables -t mangle -N TG_DIVERT
+         iptables -t mangle -A TG_DIVERT -j MARK --set-mark 0x1/0x1
+         iptables -t mangle -A TG_DIVERT -j ACCEPT
+         iptables -t mangle -A PREROUTING -p tcp -m socket -j TG_DIVERT
+         iptables -t mangle -A PREROUTING -p tcp -j TPROXY --on-port {port} --tproxy-mark 0x1/0x1
+         ip rule add fwmark 0x1/0x1 lookup 100
+         ip route add local 0.0.0.0/0 dev lo table 100"
+    ))?;
+    Ok(())
+}

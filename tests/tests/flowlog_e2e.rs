@@ -1,0 +1,565 @@
+//! End-to-end for the user-facing flow log: real curl traffic through `tollgate run` (iptables TPROXY in a node
+//! netns, nginx in the target pod, policies from ../shared/conformance/http-basic.yaml), then the Observer API
+//! queried with filters by (a) the Rust client generated from proxy/proto and (b) an independent Python grpcio
+//! client; follow mode; `tollgate observe --verdict DROPPED -o json`; `/metrics`, `/readyz`; the rotated JSON
+//! export.
+//!
+//! Needs root, iptables (TPROXY + socket match), nginx, curl, python3 with grpcio + grpcio-tools.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tollgate::hubble::flow::{Flow, FlowFilter, Verdict, layer7};
+use tollgate::hubble::observer::{
+    GetFlowsRequest, ServerStatusRequest, get_flows_response, observer_client::ObserverClient,
+};
+use tollgate_e2e::{
+    ChildGuard, Nginx, Node, Pod, TempDir, conformance_dir, require_root, require_tool,
+    tollgate_bin, workspace_root,
+};
+
+const PROXY_PORT: u16 = 15001;
+const OBSERVER: &str = "127.0.0.1:4245";
+const METRICS: &str = "127.0.0.1:9965";
+const API: &str = "10.0.1.20";
+
+struct Setup {
+    // Drop order: proxy, servers, pods, node, files.
+    proxy: ChildGuard,
+    _nginx: Nginx,
+    pods: BTreeMap<String, Pod>,
+    node: Node,
+    dir: TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        require_root();
+        require_tool("iptables");
+        let case: Value = serde_yaml::from_str(
+            &fs::read_to_string(conformance_dir().join("http-basic.yaml")).unwrap(),
+        )
+        .unwrap();
+        let mut node = Node::new("flowlog").unwrap();
+        let mut pods = BTreeMap::new();
+        for e in case["endpoints"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            let pod = node.add_pod(name, e["ip"].as_str().unwrap()).unwrap();
+            pods.insert(name.to_string(), pod);
+        }
+        let dir = TempDir::new("flowlog").unwrap();
+        let policies: Vec<String> = case["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| serde_yaml::to_string(p).unwrap())
+            .collect();
+        dir.write("policy.yaml", &policies.join("---\n")).unwrap();
+        dir.write(
+            "endpoints.yaml",
+            &serde_yaml::to_string(&serde_json::json!({ "endpoints": case["endpoints"] })).unwrap(),
+        )
+        .unwrap();
+        tollgate_e2e::tproxy_all_tcp(&node, PROXY_PORT).unwrap();
+        let nginx = Nginx::start(&pods["api"], 8080, 18081).unwrap();
+        let stderr = fs::File::create(dir.path().join("tollgate.stderr")).unwrap();
+        let mut cmd = node.command(tollgate_bin());
+        cmd.args(["run", "--listen", &format!("0.0.0.0:{PROXY_PORT}")])
+            .args(["--observer-listen", OBSERVER, "--metrics-listen", METRICS])
+            .arg("--policy")
+            .arg(dir.path().join("policy.yaml"))
+            .arg("--endpoints")
+            .arg(dir.path().join("endpoints.yaml"))
+            .arg("--handoff-socket")
+            .arg(dir.path().join("handoff.sock"))
+            .arg("--flow-export")
+            .arg(dir.path().join("export.json"))
+            .args(["--flow-export-max-bytes", "2048", "--flow-export-keep", "2"])
+            .env("TOLLGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let mut proxy = ChildGuard::spawn(&mut cmd).unwrap();
+        Setup {
+            proxy: {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let err =
+                        fs::read_to_string(dir.path().join("tollgate.stderr")).unwrap_or_default();
+                    if err.contains("observer API ready") && err.contains("admin server") {
+                        break;
+                    }
+                    if let Ok(Some(st)) = proxy.child_mut().try_wait() {
+                        panic!("tollgate exited with {st}: {err}");
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "observer/admin never came up: {err}"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                proxy
+            },
+            _nginx: nginx,
+            pods,
+            node,
+            dir,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(self.dir.path().join("tollgate.stderr")).unwrap_or_default()
+    }
+
+    /// Runs `f` on a thread inside the node's network namespace (where the observer listens on loopback).
+    fn in_node<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = PathBuf::from("/run/netns").join(self.node.netns.name());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = fs::File::open(&path).unwrap();
+                // SAFETY: setns on an fd we own; it only changes this thread's network namespace.
+                let rc = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET)
+                };
+                assert_eq!(
+                    rc,
+                    0,
+                    "setns into {}: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    fn get_flows(&self, req: GetFlowsRequest) -> Vec<Flow> {
+        self.in_node(|| {
+            rt().block_on(async {
+                let mut c = ObserverClient::connect(format!("http://{OBSERVER}"))
+                    .await
+                    .unwrap();
+                let mut stream = c.get_flows(req).await.unwrap().into_inner();
+                let mut out = Vec::new();
+                while let Some(r) = stream.message().await.unwrap() {
+                    if let Some(get_flows_response::ResponseTypes::Flow(f)) = r.response_types {
+                        out.push(f);
+                    }
+                }
+                out
+            })
+        })
+    }
+
+    fn node_output(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+        let out = self.node.command(program).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.stderr()
+        );
+        out
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// curl from a pod; returns the HTTP status (0 when the connection was refused/reset).
+fn curl(pod: &Pod, method: &str, path: &str) -> u16 {
+    let out = pod
+        .command(require_tool("curl"))
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+        ])
+        .arg(format!("http://{API}:8080{path}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn http(f: &Flow) -> (String, String, u32) {
+    match f.l7.as_ref().and_then(|l| l.record.as_ref()) {
+        Some(layer7::Record::Http(h)) => (h.method.clone(), h.url.clone(), h.code),
+        other => panic!("not an HTTP flow: {other:?}"),
+    }
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Waits until the ring holds at least `n` flows (records are written as requests finish).
+fn wait_flows(setup: &Setup, n: usize) -> Vec<Flow> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let all = setup.get_flows(GetFlowsRequest::default());
+        if all.len() >= n {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} flows: {all:#?}",
+            all.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn flows_are_queryable_followable_exported_and_counted() {
+    let mut setup = Setup::new();
+    let frontend = &setup.pods["frontend"];
+    assert_eq!(curl(frontend, "GET", "/api/v1/users"), 200);
+    assert_eq!(curl(frontend, "DELETE", "/api/v1/users"), 403);
+    assert_eq!(curl(frontend, "GET", "/admin"), 403);
+    let batch_status = curl(&setup.pods["batch"], "GET", "/api/v1/users");
+    assert_ne!(batch_status, 200, "batch is not allowed to reach api");
+    let all = wait_flows(&setup, 4);
+    assert_eq!(all.len(), 4, "one flow per request: {all:#?}");
+
+    // (a) Rust client generated from proxy/proto.
+    let dropped_http = setup.get_flows(GetFlowsRequest {
+        whitelist: vec![FlowFilter {
+            verdict: vec![Verdict::Dropped as i32],
+            protocol: s(&["http"]),
+            source_pod: s(&["prod/frontend"]),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let got: Vec<_> = dropped_http.iter().map(http).collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "DELETE".to_string(),
+                format!("http://{API}:8080/api/v1/users"),
+                403
+            ),
+            ("GET".to_string(), format!("http://{API}:8080/admin"), 403),
+        ]
+    );
+    for f in &dropped_http {
+        assert_eq!(f.drop_reason_desc, 133, "POLICY_DENIED: {f:?}");
+        assert!(
+            !f.tollgate_policy.is_empty(),
+            "the deciding policy is named"
+        );
+        assert_eq!(f.source.as_ref().unwrap().labels, vec!["k8s:app=frontend"]);
+        assert_eq!(f.destination.as_ref().unwrap().pod_name, "api");
+    }
+    // Whitelist OR + blacklist: GETs to api, minus /admin.
+    let gets = setup.get_flows(GetFlowsRequest {
+        whitelist: vec![FlowFilter {
+            destination_pod: s(&["prod/api"]),
+            http_method: s(&["GET"]),
+            source_label: s(&["app=frontend"]),
+            ..Default::default()
+        }],
+        blacklist: vec![FlowFilter {
+            http_path: s(&["/admin"]),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    assert_eq!(
+        gets.iter().map(http).collect::<Vec<_>>(),
+        vec![(
+            "GET".to_string(),
+            format!("http://{API}:8080/api/v1/users"),
+            200
+        )]
+    );
+    assert_eq!(gets[0].verdict, Verdict::Forwarded as i32);
+    let batch = setup.get_flows(GetFlowsRequest {
+        whitelist: vec![FlowFilter {
+            source_label: s(&["k8s:app=batch"]),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    assert_eq!(batch.len(), 1, "{batch:#?}");
+    assert_eq!(batch[0].verdict, Verdict::Dropped as i32);
+    let last_two = setup.get_flows(GetFlowsRequest {
+        number: 2,
+        ..Default::default()
+    });
+    assert_eq!(
+        last_two.iter().map(|f| &f.uuid).collect::<Vec<_>>(),
+        all[2..].iter().map(|f| &f.uuid).collect::<Vec<_>>()
+    );
+    let status = setup.in_node(|| {
+        rt().block_on(async {
+            let mut c = ObserverClient::connect(format!("http://{OBSERVER}"))
+                .await
+                .unwrap();
+            c.server_status(ServerStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+        })
+    });
+    assert_eq!(
+        (status.num_flows, status.seen_flows, status.max_flows),
+        (4, 4, 4096)
+    );
+
+    // (b) Python grpcio, stubs generated from the same .proto files at test time.
+    require_tool("python3");
+    let proto = workspace_root().join("proxy/proto");
+    let script = workspace_root().join("tests/python/observer_client.py");
+    let py = |request: &str| -> Vec<Value> {
+        let out = setup.node_output(
+            "python3",
+            &[
+                script.to_str().unwrap(),
+                "--proto-dir",
+                proto.to_str().unwrap(),
+                "--server",
+                OBSERVER,
+                "--request",
+                request,
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let flows = py(
+        r#"{"whitelist": [{"source_pod": ["prod/frontend"], "http_status_code": ["4+"]}],
+            "blacklist": [{"http_method": ["DELETE"]}]}"#,
+    );
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    assert_eq!(flows[0]["verdict"], "DROPPED");
+    assert_eq!(flows[0]["drop_reason_desc"], "POLICY_DENIED");
+    assert_eq!(
+        flows[0]["l7"]["http"]["url"],
+        format!("http://{API}:8080/admin")
+    );
+    assert_eq!(flows[0]["l7"]["http"]["code"], 403);
+    assert_eq!(flows[0]["source"]["pod_name"], "frontend");
+    assert_eq!(flows[0]["IP"]["destination"], API);
+    assert_eq!(flows[0]["l4"]["TCP"]["destination_port"], 8080);
+    assert_eq!(flows[0]["uuid"], dropped_http[1].uuid);
+    let forwarded = py(r#"{"whitelist": [{"verdict": ["FORWARDED"]}]}"#);
+    assert_eq!(forwarded.len(), 1, "{forwarded:#?}");
+
+    // `tollgate observe --verdict DROPPED -o json` (and compact, for the README sample).
+    let out = setup.node_output(
+        tollgate_bin(),
+        &[
+            "observe",
+            "--server",
+            OBSERVER,
+            "--verdict",
+            "DROPPED",
+            "-o",
+            "json",
+        ],
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines.iter().all(|l| l["flow"]["verdict"] == "DROPPED"));
+    assert_eq!(lines[0]["flow"]["l7"]["http"]["method"], "DELETE");
+    assert_eq!(lines[0]["flow"]["source"]["namespace"], "prod");
+    assert!(lines[0]["node_name"].is_string());
+    let compact = setup.node_output(
+        tollgate_bin(),
+        &["observe", "--server", OBSERVER, "--pod", "prod/frontend"],
+    );
+    let compact = String::from_utf8_lossy(&compact.stdout).to_string();
+    eprintln!("tollgate observe --pod prod/frontend:\n{compact}");
+    let compact_lines: Vec<&str> = compact.lines().collect();
+    assert_eq!(compact_lines.len(), 3, "{compact}");
+    assert!(
+        compact_lines[1].contains("prod/frontend:")
+            && compact_lines[1].contains(&format!("-> prod/api:8080 DELETE http://{API}:8080/api/v1/users => 403 DROPPED (POLICY_DENIED) policy: ")),
+        "{compact}"
+    );
+
+    // Follow mode: a stream opened now sees a request made afterwards, and nothing from before.
+    let followed = setup.in_node(|| {
+        rt().block_on(async {
+            let mut c = ObserverClient::connect(format!("http://{OBSERVER}"))
+                .await
+                .unwrap();
+            let mut stream = c
+                .get_flows(GetFlowsRequest {
+                    follow: true,
+                    whitelist: vec![FlowFilter {
+                        source_pod: s(&["prod/frontend"]),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            // The server subscribed before answering; traffic now must show up.
+            let pod = &setup.pods["frontend"];
+            // Blocking is fine here: the response is buffered by the connection until we poll the stream.
+            assert_eq!(curl(pod, "GET", "/api/v1/follow-me"), 200);
+            tokio::time::timeout(Duration::from_secs(5), stream.message())
+                .await
+                .expect("follow mode delivered nothing within 5s")
+                .unwrap()
+                .expect("stream ended")
+        })
+    });
+    let Some(get_flows_response::ResponseTypes::Flow(f)) = followed.response_types else {
+        panic!("no flow in {followed:?}");
+    };
+    assert_eq!(http(&f).1, format!("http://{API}:8080/api/v1/follow-me"));
+    assert_eq!(http(&f).2, 200);
+
+    // /metrics against the traffic: 5 flows, 3 DROPPED (2 HTTP from frontend + batch), 2 FORWARDED HTTP.
+    let all = wait_flows(&setup, 5);
+    let metrics = String::from_utf8_lossy(
+        &setup
+            .node_output(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    &format!("http://{METRICS}/metrics"),
+                ],
+            )
+            .stdout,
+    )
+    .to_string();
+    let sum = |prefix: &str, must: &[&str]| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix) && must.iter().all(|m| l.contains(m)))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    for (verdict, n) in [("DROPPED", 3), ("FORWARDED", 2)] {
+        let want = all
+            .iter()
+            .filter(|f| f.verdict == Verdict::from_str_name(verdict).unwrap() as i32)
+            .count();
+        assert_eq!(want, n, "{all:#?}");
+        assert_eq!(
+            sum(
+                "tollgate_requests_total{",
+                &[&format!("verdict=\"{verdict}\"")]
+            ) as usize,
+            n,
+            "{metrics}"
+        );
+    }
+    let frontend_id = all[0].source.as_ref().unwrap().identity;
+    let api_id = all[0].destination.as_ref().unwrap().identity;
+    assert_eq!(
+        sum(
+            "tollgate_requests_total{",
+            &[
+                "protocol=\"HTTP\"",
+                "verdict=\"DROPPED\"",
+                &format!("source_identity=\"{frontend_id}\""),
+                &format!("destination_identity=\"{api_id}\"")
+            ]
+        ),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(
+            "tollgate_request_duration_seconds_count{",
+            &["protocol=\"HTTP\"", "verdict=\"FORWARDED\""]
+        ),
+        2,
+        "{metrics}"
+    );
+    assert!(
+        sum("tollgate_drops_total{", &["reason=\"POLICY_DENIED\""]) >= 2,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_flows_seen_total 5\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_policy_generation 1\n"),
+        "{metrics}"
+    );
+    let ready = setup.node_output(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            "-w",
+            " %{http_code}",
+            &format!("http://{METRICS}/readyz"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n 200");
+
+    // The JSON export holds the newest flows (rotation at 2 KiB keeps the live file and 2 older ones).
+    let export = setup.dir.path().join("export.json");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = fs::read_to_string(&export).unwrap_or_default();
+        if text.contains(&all[4].uuid) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "export never got the last flow: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut exported = Vec::new();
+    for name in ["export.json.2", "export.json.1", "export.json"] {
+        let p = setup.dir.path().join(name);
+        let text = fs::read_to_string(&p).unwrap_or_default();
+        assert!(text.len() <= 2048, "{name} is {} bytes", text.len());
+        for l in text.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            exported.push(v["uuid"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(
+        setup.dir.path().join("export.json.1").exists(),
+        "5 flows of ~600 bytes rotated at least once"
+    );
+    let newest: Vec<String> = all
+        .iter()
+        .rev()
+        .take(exported.len())
+        .rev()
+        .map(|f| f.uuid.clone())
+        .collect();
+    assert_eq!(exported, newest, "export keeps the newest flows in order");
+
+    setup.proxy.assert_running().unwrap();
+}
