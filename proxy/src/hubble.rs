@@ -163,6 +163,215 @@ mod tests {
     use crate::flow::{FlowEndpoint, HttpInfo, L7Info, rfc3339};
     use std::time::{Duration, UNIX_EPOCH};
 
+    /// (field number, wire type) of every top-level field in an encoded message.
+    fn tags(mut b: &[u8]) -> Vec<(u64, u8)> {
+        fn varint(b: &mut &[u8]) -> u64 {
+            let (mut v, mut shift) = (0u64, 0);
+            loop {
+                let x = b[0];
+                *b = &b[1..];
+                v |= u64::from(x & 0x7f) << shift;
+                if x & 0x80 == 0 {
+                    return v;
+                }
+                shift += 7;
+            }
+        }
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let key = varint(&mut b);
+            let wt = (key & 7) as u8;
+            out.push((key >> 3, wt));
+            match wt {
+                0 => {
+                    varint(&mut b);
+                }
+                2 => {
+                    let n = varint(&mut b) as usize;
+                    b = &b[n..];
+                }
+                other => panic!("unexpected wire type {other}"),
+            }
+        }
+        out
+    }
+
+    /// The wire numbers are Hubble's (shared/reference/flow-records.md), checked on encoded bytes so a proto edit
+    /// cannot silently drift from them.
+    #[test]
+    fn wire_field_numbers_are_hubbles() {
+        use prost::Message;
+        let f = flow::Flow {
+            time: Some(prost_types::Timestamp {
+                seconds: 1,
+                nanos: 1,
+            }),
+            verdict: 2,
+            ip: Some(flow::Ip {
+                source: "a".into(),
+                ..Default::default()
+            }),
+            l4: Some(flow::Layer4 {
+                protocol: Some(flow::layer4::Protocol::Udp(flow::Udp {
+                    source_port: 1,
+                    destination_port: 2,
+                })),
+            }),
+            source: Some(flow::Endpoint {
+                id: 1,
+                identity: 2,
+                namespace: "n".into(),
+                labels: vec!["l".into()],
+                pod_name: "p".into(),
+                cluster_name: "c".into(),
+            }),
+            destination: Some(flow::Endpoint::default()),
+            r#type: 2,
+            node_name: "x".into(),
+            source_names: vec!["s".into()],
+            destination_names: vec!["d".into()],
+            l7: Some(flow::Layer7 {
+                r#type: 1,
+                latency_ns: 1,
+                record: Some(flow::layer7::Record::Kafka(flow::Kafka {
+                    error_code: 1,
+                    api_version: 1,
+                    api_key: "k".into(),
+                    correlation_id: 1,
+                    topic: "t".into(),
+                })),
+            }),
+            event_type: Some(flow::CiliumEventType {
+                r#type: 129,
+                sub_type: 0,
+            }),
+            traffic_direction: 1,
+            is_reply: true,
+            proxy_port: 1,
+            uuid: "u".into(),
+            auth_type: 1,
+            drop_reason_desc: 133,
+            tollgate_policy: String::new(),
+        };
+        let nums: Vec<u64> = tags(&f.encode_to_vec()).into_iter().map(|t| t.0).collect();
+        assert_eq!(
+            nums,
+            [
+                1, 2, 5, 6, 8, 9, 10, 11, 13, 14, 15, 19, 22, 25, 26, 29, 34, 35
+            ]
+        );
+        let ep = tags(&f.source.unwrap().encode_to_vec());
+        assert_eq!(
+            ep.iter().map(|t| t.0).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 7]
+        );
+        assert_eq!(tags(&f.l4.unwrap().encode_to_vec())[0].0, 2, "UDP = 2");
+        let l7 = tags(&f.l7.unwrap().encode_to_vec());
+        assert_eq!(l7.iter().map(|t| t.0).collect::<Vec<_>>(), [1, 2, 102]);
+        let http = flow::Http {
+            code: 1,
+            method: "m".into(),
+            url: "u".into(),
+            protocol: "p".into(),
+            headers: vec![flow::HttpHeader {
+                key: "k".into(),
+                value: "v".into(),
+            }],
+        };
+        assert_eq!(
+            tags(&http.encode_to_vec())
+                .iter()
+                .map(|t| t.0)
+                .collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        let dns = flow::Dns {
+            query: "q".into(),
+            ips: vec!["i".into()],
+            ttl: 1,
+            cnames: vec!["c".into()],
+            observation_source: "o".into(),
+            rcode: 1,
+            qtypes: vec!["A".into()],
+            rrtypes: vec!["A".into()],
+        };
+        assert_eq!(
+            tags(&dns.encode_to_vec())
+                .iter()
+                .map(|t| t.0)
+                .collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        let req = observer::GetFlowsRequest {
+            number: 1,
+            follow: true,
+            blacklist: vec![flow::FlowFilter::default()],
+            whitelist: vec![flow::FlowFilter::default()],
+            since: Some(prost_types::Timestamp::default()),
+            until: Some(prost_types::Timestamp::default()),
+            first: true,
+        };
+        assert_eq!(
+            tags(&req.encode_to_vec())
+                .iter()
+                .map(|t| t.0)
+                .collect::<Vec<_>>(),
+            [1, 3, 5, 6, 7, 8, 9]
+        );
+        let s = |v: &str| vec![v.to_string()];
+        let filter = flow::FlowFilter {
+            source_ip: s("a"),
+            source_pod: s("a"),
+            destination_ip: s("a"),
+            destination_pod: s("a"),
+            verdict: vec![1],
+            http_status_code: s("a"),
+            source_label: s("a"),
+            destination_label: s("a"),
+            protocol: s("a"),
+            source_port: s("a"),
+            destination_port: s("a"),
+            dns_query: s("a"),
+            http_method: s("a"),
+            http_path: s("a"),
+            traffic_direction: vec![1],
+        };
+        assert_eq!(
+            tags(&filter.encode_to_vec())
+                .iter()
+                .map(|t| t.0)
+                .collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 9, 10, 11, 12, 13, 14, 18, 21, 22, 30]
+        );
+        let resp = observer::GetFlowsResponse {
+            response_types: Some(observer::get_flows_response::ResponseTypes::Flow(
+                flow::Flow::default(),
+            )),
+            node_name: "n".into(),
+            time: Some(prost_types::Timestamp::default()),
+        };
+        assert_eq!(
+            tags(&resp.encode_to_vec())
+                .iter()
+                .map(|t| t.0)
+                .collect::<Vec<_>>(),
+            [1, 1000, 1001]
+        );
+        let st = observer::ServerStatusResponse {
+            num_flows: 1,
+            max_flows: 1,
+            seen_flows: 1,
+            uptime_ns: 1,
+        };
+        assert_eq!(
+            tags(&st.encode_to_vec())
+                .iter()
+                .map(|t| t.0)
+                .collect::<Vec<_>>(),
+            [1, 2, 3, 4]
+        );
+    }
+
     #[test]
     fn timestamps_round_trip_through_rfc3339() {
         for secs in [0u64, 951_782_400, 1_795_820_000, 4_102_444_799] {

@@ -511,6 +511,16 @@ fn flows_are_queryable_followable_exported_and_counted() {
         metrics.contains("tollgate_policy_generation 1\n"),
         "{metrics}"
     );
+    let health = setup.node_output(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://{METRICS}/healthz"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "ok\n");
     let ready = setup.node_output(
         "curl",
         &[
@@ -560,6 +570,70 @@ fn flows_are_queryable_followable_exported_and_counted() {
         .map(|f| f.uuid.clone())
         .collect();
     assert_eq!(exported, newest, "export keeps the newest flows in order");
+
+    // `tollgate observe -f -o json`: prints only flows made after it started, as they happen.
+    let mut observe = ChildGuard::spawn(
+        setup
+            .node
+            .command(tollgate_bin())
+            .args([
+                "observe",
+                "--server",
+                OBSERVER,
+                "-f",
+                "-o",
+                "json",
+                "--http-status",
+                "2+",
+                "--pod",
+                "prod/frontend",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .unwrap();
+    let stdout = observe.child_mut().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The CLI subscribes asynchronously: request until it shows one (bounded), then check what it printed.
+    let mut first = None;
+    // A denied request before each allowed one: the `2+` filter must skip it, and history (which has allowed GETs)
+    // must not be printed at all.
+    for _ in 0..20 {
+        assert_eq!(
+            curl(&setup.pods["frontend"], "DELETE", "/api/v1/users"),
+            403
+        );
+        assert_eq!(
+            curl(
+                &setup.pods["frontend"],
+                "GET",
+                "/api/v1/missing-in-nginx-is-fine"
+            ),
+            200
+        );
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            first = Some(line);
+            break;
+        }
+    }
+    let first = first.expect("tollgate observe -f printed nothing");
+    let v: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(
+        v["flow"]["l7"]["http"]["url"],
+        format!("http://{API}:8080/api/v1/missing-in-nginx-is-fine")
+    );
+    drop(observe);
 
     setup.proxy.assert_running().unwrap();
 }
