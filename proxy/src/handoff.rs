@@ -6,9 +6,11 @@
 //! sockets, where closing the old one resets what was queued on it. When the new process confirms (`taken`), the old
 //! one stops accepting and drains its open connections as on SIGTERM.
 //!
-//! Protocol (one connection): new -> old `take\n`; old -> new one byte with the fd attached; new -> old `taken\n`.
+//! Protocol (one connection): new -> old `take\n`; old -> new one byte with the fd attached; new -> old `taken\n`,
+//! or `refused\n` when the socket is not one the new process would have bound (other address or network namespace).
 
 use std::io::{self, BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -37,8 +39,10 @@ fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> HandoffE
 }
 
 /// Asks a running tollgate for its listening socket. `Ok(None)`: nobody serves `path` (first start, or the old
-/// process is gone): bind a fresh listener.
-pub fn take(path: &Path) -> Result<Option<OwnedFd>, HandoffError> {
+/// process is gone), or what it offers is not a socket this process would have bound itself (another address, or
+/// another network namespace: two daemons sharing a handoff path must never serve each other's traffic): bind a
+/// fresh listener.
+pub fn take(path: &Path, expected: SocketAddr) -> Result<Option<OwnedFd>, HandoffError> {
     let mut stream = match UnixStream::connect(path) {
         Ok(s) => s,
         Err(e)
@@ -64,10 +68,56 @@ pub fn take(path: &Path) -> Result<Option<OwnedFd>, HandoffError> {
             answer: "no file descriptor".into(),
         });
     };
+    if let Err(why) = same_listener(&fd, expected) {
+        tracing::warn!(path = %path.display(), "not taking the offered listener: {why}; binding a fresh one");
+        let _ = stream.write_all(b"refused\n");
+        return Ok(None);
+    }
     stream
         .write_all(b"taken\n")
         .map_err(io_err(path, "confirming the takeover"))?;
     Ok(Some(fd))
+}
+
+/// The offered socket must listen on `expected` in this process's network namespace.
+fn same_listener(fd: &OwnedFd, expected: SocketAddr) -> Result<(), String> {
+    let offered = socket2::SockRef::from(fd);
+    let local = offered
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or("it has no IP address")?;
+    if local != expected {
+        return Err(format!("it listens on {local}, not {expected}"));
+    }
+    let ours = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let (theirs, mine) = (netns_cookie(fd.as_raw_fd()), netns_cookie(ours.as_raw_fd()));
+    match (theirs, mine) {
+        (Ok(a), Ok(b)) if a == b => Ok(()),
+        (Ok(_), Ok(_)) => Err("it belongs to another network namespace".into()),
+        (Err(e), _) | (_, Err(e)) => Err(format!("cannot read its network namespace: {e}")),
+    }
+}
+
+/// `SO_NETNS_COOKIE`: a number unique to the socket's network namespace (Linux 5.14+).
+fn netns_cookie(fd: RawFd) -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: fd is a live socket; the pointer and length describe `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Serves the handoff socket for `listener` until one successor has taken it; then cancels `shutdown` so this
@@ -201,7 +251,8 @@ mod tests {
     #[test]
     fn nobody_serving_means_bind_fresh() {
         let dir = std::env::temp_dir().join(format!("tg-handoff-none-{}", std::process::id()));
-        assert!(take(&dir.join("handoff.sock")).unwrap().is_none());
+        let any = "127.0.0.1:1".parse().unwrap();
+        assert!(take(&dir.join("handoff.sock"), any).unwrap().is_none());
     }
 
     #[test]
@@ -214,7 +265,14 @@ mod tests {
         let _queued = TcpStream::connect(addr).unwrap();
         let shutdown = CancellationToken::new();
         serve(path.clone(), listener.as_raw_fd(), shutdown.clone()).unwrap();
-        let fd = take(&path).unwrap().expect("the old process answers");
+        // A successor expecting another address refuses the offer; the old process keeps serving.
+        let elsewhere = "127.0.0.1:1".parse().unwrap();
+        assert!(take(&path, elsewhere).unwrap().is_none());
+        assert!(
+            !shutdown.is_cancelled(),
+            "a refused handoff must not stop the old process"
+        );
+        let fd = take(&path, addr).unwrap().expect("the old process answers");
         let taken = TcpListener::from(fd);
         assert_eq!(
             taken.local_addr().unwrap(),

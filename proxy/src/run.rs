@@ -48,7 +48,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     // Take over a running tollgate's listening socket if one serves the handoff socket (restart/upgrade without
     // losing a queued connection); otherwise bind afresh.
-    let listener = match handoff::take(&args.handoff_socket)? {
+    let listener = match handoff::take(&args.handoff_socket, args.listen)? {
         Some(fd) => {
             let std_listener = std::net::TcpListener::from(fd);
             std_listener
