@@ -406,6 +406,62 @@ mod tests {
         assert_eq!(r.whitelist[1].destination_pod, vec!["prod/"]);
     }
 
+    fn sample() -> GetFlowsResponse {
+        use crate::flow::{
+            DropReason as DR, FlowEndpoint, FlowRecord, HttpInfo, L7Info, Verdict as V,
+        };
+        let labels = [("app".to_string(), "web".to_string())].into();
+        let mut rec = FlowRecord::new(
+            V::Dropped,
+            FlowEndpoint::new("10.0.1.10:40000".parse().unwrap(), 256)
+                .with_pod("prod", "web", &labels),
+            FlowEndpoint::new("10.0.1.20:8080".parse().unwrap(), 257)
+                .with_pod("prod", "api", &labels),
+            "HTTP",
+        );
+        rec.time = "2026-11-23T00:01:02.5Z".into();
+        rec.drop_reason = Some(DR::PolicyDenied);
+        rec.policy = "no rule".into();
+        rec.l7 = Some(L7Info {
+            http: Some(HttpInfo {
+                method: "GET".into(),
+                url: "/api/v1/users".into(),
+                code: 403,
+                protocol: "HTTP/1.1".into(),
+                ..Default::default()
+            }),
+        });
+        let flow = crate::hubble::to_flow(&rec, "node-a");
+        GetFlowsResponse {
+            time: flow.time,
+            node_name: "node-a".into(),
+            response_types: Some(get_flows_response::ResponseTypes::Flow(flow)),
+        }
+    }
+
+    #[test]
+    fn renders_compact_table_and_json() {
+        let r = sample();
+        assert_eq!(
+            render(&r, Output::Compact).unwrap(),
+            "2026-11-23T00:01:02.500000000Z prod/web:40000 -> prod/api:8080 GET /api/v1/users => 403 \
+             DROPPED (POLICY_DENIED) policy: no rule"
+        );
+        let row = render(&r, Output::Table).unwrap();
+        assert!(row.contains("http-request"), "{row}");
+        assert!(row.ends_with("DROPPED   GET /api/v1/users => 403"), "{row}");
+        let v: Value = serde_json::from_str(&render(&r, Output::Json).unwrap()).unwrap();
+        assert_eq!(v["node_name"], "node-a");
+        assert_eq!(v["flow"]["verdict"], "DROPPED");
+        assert_eq!(v["flow"]["drop_reason_desc"], "POLICY_DENIED");
+        assert_eq!(v["flow"]["Type"], "L7");
+        assert_eq!(v["flow"]["l4"]["TCP"]["destination_port"], 8080);
+        assert_eq!(v["flow"]["source"]["labels"][0], "k8s:app=web");
+        assert_eq!(v["flow"]["l7"]["http"]["code"], 403);
+        assert_eq!(v["flow"]["event_type"]["type"], 129);
+        assert_eq!(v["flow"]["tollgate_policy"], "no rule");
+    }
+
     #[test]
     fn bad_verdict_names_the_choices() {
         let e = parse(&["--verdict", "nope"]).request().unwrap_err();
