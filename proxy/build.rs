@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["proto/flow/flow.proto", "proto/observer/observer.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/flow/flow.proto", "proto/observer/observer.proto"],
+            &["proto"],
+        )?;
     Ok(())
 }
