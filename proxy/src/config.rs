@@ -90,10 +90,18 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 4096)]
     pub flow_ring: usize,
     /// Hubble-compatible Observer gRPC API (`tollgate observe`, `hubble observe --server`).
-    #[arg(long, default_value = "127.0.0.1:4245", env = "TOLLGATE_OBSERVER_LISTEN")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:4245",
+        env = "TOLLGATE_OBSERVER_LISTEN"
+    )]
     pub observer_listen: SocketAddr,
     /// Admin HTTP server: Prometheus `/metrics`, `/healthz`, `/readyz`.
-    #[arg(long, default_value = "127.0.0.1:9965", env = "TOLLGATE_METRICS_LISTEN")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9965",
+        env = "TOLLGATE_METRICS_LISTEN"
+    )]
     pub metrics_listen: SocketAddr,
     /// Most distinct (protocol, verdict, source, destination) label sets in `tollgate_requests_total`; further
     /// identities are counted as `other`.
