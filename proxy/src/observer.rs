@@ -307,6 +307,7 @@ pub fn start_services(
             flows_seen: f.counters.seen.load(Ordering::Relaxed),
             flows_lost: f.counters.lost.load(Ordering::Relaxed),
             policy_generation: p.current().generation,
+            policy_reload_errors: p.rejected_updates(),
         }),
     });
     let (observer_addr, metrics_addr) = (args.observer_listen, args.metrics_listen);

@@ -68,6 +68,8 @@ pub struct PolicySource {
     /// Runs before a new snapshot goes live (the eBPF datapath is programmed from it); an error rejects the update
     /// and the previous snapshot keeps enforcing.
     before_apply: BeforeApplySlot,
+    /// Updates rejected by `reload_and_report`, for the metrics.
+    rejected: AtomicU64,
 }
 
 /// See [`PolicySource::set_before_apply`].
@@ -79,7 +81,9 @@ struct BeforeApplySlot(Mutex<Option<BeforeApply>>);
 impl std::fmt::Debug for BeforeApplySlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let set = self.0.lock().map(|g| g.is_some()).unwrap_or(false);
-        f.debug_tuple("BeforeApply").field(&if set { "set" } else { "none" }).finish()
+        f.debug_tuple("BeforeApply")
+            .field(&if set { "set" } else { "none" })
+            .finish()
     }
 }
 
@@ -195,13 +199,18 @@ impl PolicySource {
             last_attempt: Mutex::new(fp),
             generation: AtomicU64::new(1),
             before_apply: BeforeApplySlot::default(),
+            rejected: AtomicU64::new(0),
         })
     }
 
     /// Registers the hook run before each new snapshot goes live (and runs it once now on the current one).
     pub fn set_before_apply(&self, hook: BeforeApply) -> Result<(), String> {
         hook(&self.current())?;
-        *self.before_apply.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        *self
+            .before_apply
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(hook);
         Ok(())
     }
 
@@ -223,7 +232,13 @@ impl PolicySource {
         }
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let snap = compile(&docs, (&ep.0, &ep.1), generation)?;
-        if let Some(hook) = self.before_apply.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(hook) = self
+            .before_apply
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             hook(&snap).map_err(LoadError::Datapath)?;
         }
         self.generation.store(generation, Ordering::Relaxed);
@@ -236,11 +251,19 @@ impl PolicySource {
         match self.reload() {
             Ok(Some(generation)) => tracing::info!(generation, "policy update applied"),
             Ok(None) => {}
-            Err(e) => tracing::error!(
-                "policy update rejected, generation {} keeps enforcing: {e}",
-                self.current().generation
-            ),
+            Err(e) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "policy update rejected, generation {} keeps enforcing: {e}",
+                    self.current().generation
+                )
+            }
         }
+    }
+
+    /// Policy updates rejected since start (invalid files, or the datapath refused them).
+    pub fn rejected_updates(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
     }
 
     /// Watches the inputs until the returned guard is dropped: inotify events trigger a (debounced) reload, and a
