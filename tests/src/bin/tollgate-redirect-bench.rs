@@ -13,6 +13,7 @@ use tollgate_e2e::scenario::{CaseFile, EbpfScenario, HTTP_PORT, PROXY_PORT};
 use tollgate_e2e::{require_root, require_tool, run};
 
 const SCENARIO: &str = include_str!("../../../deploy/examples/demo.yaml");
+/// Requests per run; `BENCH_REQUESTS` overrides.
 const REQUESTS: &str = "4000";
 const WORKERS: &str = "8";
 
@@ -46,11 +47,15 @@ fn parse_hey(text: &str) -> Result<Figures> {
     Ok(f)
 }
 
+fn requests() -> String {
+    std::env::var("BENCH_REQUESTS").unwrap_or_else(|_| REQUESTS.to_string())
+}
+
 fn hey(sc: &EbpfScenario, keepalive: bool) -> Result<Figures> {
     let hey = require_tool("hey");
     let url = format!("http://{}:{HTTP_PORT}/products/1", sc.pod("shop/api").ip);
     let mut cmd = sc.pod("shop/frontend").command(hey);
-    cmd.args(["-n", REQUESTS, "-c", WORKERS, "-t", "5"]);
+    cmd.args(["-n", &requests(), "-c", WORKERS, "-t", "5"]);
     if !keepalive {
         cmd.arg("-disable-keepalive");
     }
@@ -132,7 +137,8 @@ fn bench() -> Result<()> {
         e.2.p50_ms - i.2.p50_ms
     );
     println!(
-        "({REQUESTS} requests, {WORKERS} workers per run, hey inside the frontend pod, nginx in the api pod)"
+        "({} requests, {WORKERS} workers per run, hey inside the frontend pod, nginx in the api pod)",
+        requests()
     );
     Ok(())
 }
