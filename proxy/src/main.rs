@@ -71,40 +71,40 @@ fn run_daemon(args: tollgate::config::RunArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("tollgate: cannot start the async runtime: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    match runtime.block_on(tollgate::run::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("tollgate: {err:#}");
-            ExitCode::from(2)
-        }
-    }
+        .build();
+    block_on_edge(runtime, "tollgate", tollgate::run::run(args))
 }
 
 fn observe(args: tollgate::observe_cli::ObserveArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-    {
+        .build();
+    block_on_edge(
+        runtime,
+        "tollgate observe",
+        tollgate::observe_cli::run(args),
+    )
+}
+
+/// Runs a command's future on `runtime` and turns the outcome into the exit code (2 with the error on stderr).
+fn block_on_edge(
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    what: &str,
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("tollgate: cannot start the async runtime: {err}");
+            eprintln!("{what}: cannot start the async runtime: {err}");
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(tollgate::observe_cli::run(args)) {
+    match runtime.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("tollgate observe: {err:#}");
+            eprintln!("{what}: {err:#}");
             ExitCode::from(2)
         }
     }

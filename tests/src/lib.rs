@@ -644,8 +644,6 @@ impl Nginx {
     }
 }
 
-// ==== flowlog helpers (added by the flow-log engineer) ====
-
 /// Diverts every pod TCP connection through `node` to an IP_TRANSPARENT listener on `port` (iptables TPROXY in
 /// the node netns): packets of sockets the node already has are delivered locally, every other pod TCP packet
 /// goes to the proxy.

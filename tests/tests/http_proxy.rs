@@ -107,26 +107,18 @@ impl Cluster {
         let dir = TempDir::new(tag).unwrap();
         dir.write("policy.yaml", &case.policies_yaml()).unwrap();
         dir.write("endpoints.yaml", &case.endpoints_yaml()).unwrap();
-        // TPROXY in the node netns: packets of sockets the node already has (accepted transparent sockets, the
-        // proxy's own upstream sockets) are marked for local delivery and accepted; every other pod TCP packet is
-        // diverted to the proxy's IP_TRANSPARENT listener.
-        // REDIRECT: conntrack rewrites the destination to the proxy port; SO_ORIGINAL_DST gives it back.
-        let rules = match redirect {
-            Redirect::Tproxy => format!(
-                "set -e
-                 iptables -t mangle -N TG_DIVERT
-                 iptables -t mangle -A TG_DIVERT -j MARK --set-mark 0x1/0x1
-                 iptables -t mangle -A TG_DIVERT -j ACCEPT
-                 iptables -t mangle -A PREROUTING -p tcp -m socket -j TG_DIVERT
-                 iptables -t mangle -A PREROUTING -p tcp -j TPROXY --on-port {PROXY_PORT} --tproxy-mark 0x1/0x1
-                 ip rule add fwmark 0x1/0x1 lookup 100
-                 ip route add local 0.0.0.0/0 dev lo table 100"
-            ),
+        // TPROXY in the node netns (see `tproxy_all_tcp`), or REDIRECT: conntrack rewrites the destination to the
+        // proxy port and SO_ORIGINAL_DST gives it back.
+        match redirect {
+            Redirect::Tproxy => tollgate_e2e::tproxy_all_tcp(&node, PROXY_PORT).unwrap(),
             Redirect::NatRedirect => {
-                format!("iptables -t nat -A PREROUTING -p tcp -j REDIRECT --to-ports {PROXY_PORT}")
+                node.netns
+                    .sh(&format!(
+                        "iptables -t nat -A PREROUTING -p tcp -j REDIRECT --to-ports {PROXY_PORT}"
+                    ))
+                    .unwrap();
             }
-        };
-        node.netns.sh(&rules).unwrap();
+        }
         let mut c = Cluster {
             proxy: None,
             pods,
