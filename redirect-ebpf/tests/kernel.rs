@@ -77,6 +77,14 @@ fn endpoint(pod: &Pod, identity: u32) -> EndpointInfo {
     }
 }
 
+/// Enrolls `pod`'s cgroup as an endpoint with `identity` and its IPv4 address.
+#[track_caller]
+fn enroll(redirect: &mut Redirect, pod: &Pod, identity: u32) {
+    redirect
+        .enroll(pod.cgroup.path(), endpoint(pod, identity))
+        .unwrap();
+}
+
 fn ingress_http(identity: u32, port: u16) -> L7Redirect {
     L7Redirect {
         identity,
@@ -93,6 +101,31 @@ fn ingress_http(identity: u32, port: u16) -> L7Redirect {
 fn kv(out: &str, key: &str) -> Option<String> {
     out.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+/// Asserts that the probe output `out` has `key=want`; on failure shows `why` and the whole output.
+#[track_caller]
+fn expect_kv(out: &str, key: &str, want: &str, why: &str) {
+    let got = kv(out, key);
+    assert_eq!(
+        got.as_deref(),
+        Some(want),
+        "{key}: {why}{}{out}",
+        if why.is_empty() { "\n" } else { ":\n" }
+    );
+}
+
+/// An egress DNS (UDP 53) L7 rule for `identity`, served by the config's DNS listener.
+fn egress_dns(identity: u32) -> L7Redirect {
+    L7Redirect {
+        identity,
+        direction: Direction::Egress,
+        port: 53,
+        end_port: 53,
+        protocol: Protocol::Udp,
+        kind: L7Kind::Dns,
+        proxy_port: None,
+    }
 }
 
 /// Runs redirect-probe to completion (it exits 2 after printing `error=` on socket errors) and returns stdout.
@@ -189,6 +222,12 @@ fn proxy_standin(node: &Node, bind: &str, n: usize, transparent: bool, root: &Pi
     Server::start(cmd)
 }
 
+/// A redirect-probe UDP server run by `cmd` (in a pod or the node), answering with `tag`.
+fn udp_serve(mut cmd: Command, bind: &str, tag: &str) -> Server {
+    cmd.args(["udp-serve", bind, tag]);
+    Server::start(cmd)
+}
+
 fn serve_in_pod(pod: &Pod, bind: &str, tag: &str) -> Server {
     let mut cmd = pod.command(probe());
     cmd.args(["serve-tcp", bind, tag]);
@@ -235,9 +274,7 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
             ..ingress_http(CLIENT_ID, 9091)
         })
         .unwrap();
-    redirect
-        .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
-        .unwrap();
+    enroll(&mut redirect, &c.client, CLIENT_ID);
     redirect
         .attach_proxy_cgroup(c.node.proxy_cgroup.path())
         .unwrap();
@@ -249,16 +286,8 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
 
     // 1. Destination with ingress L7 policy: lands on the proxy; the client still sees the server as its peer.
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("proxy"),
-        "client output:\n{out}"
-    );
-    assert_eq!(
-        kv(&out, "peer").as_deref(),
-        Some("10.201.0.3:8080"),
-        "getpeername4 rewrite:\n{out}"
-    );
+    expect_kv(&out, "reply", "proxy", "client output");
+    expect_kv(&out, "peer", "10.201.0.3:8080", "getpeername4 rewrite");
     let seen = proxy.read_until("end=0");
     let client_local: SocketAddr = kv(&out, "local").unwrap().parse().unwrap();
     assert_eq!(
@@ -266,15 +295,17 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
         Some(client_local.to_string()),
         "proxy sees the pod as peer:\n{seen}"
     );
-    assert_eq!(
-        kv(&seen, "original_dst").as_deref(),
-        Some("10.201.0.3:8080"),
-        "SO_ORIGINAL_DST via cgroup/getsockopt:\n{seen}"
+    expect_kv(
+        &seen,
+        "original_dst",
+        "10.201.0.3:8080",
+        "SO_ORIGINAL_DST via cgroup/getsockopt",
     );
-    assert_eq!(
-        kv(&seen, "map_original_dst").as_deref(),
-        Some("10.201.0.3:8080"),
-        "OriginalDstReader:\n{seen}"
+    expect_kv(
+        &seen,
+        "map_original_dst",
+        "10.201.0.3:8080",
+        "OriginalDstReader",
     );
     assert_eq!(
         kv(&seen, "map_source_identity"),
@@ -304,11 +335,7 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
 
     // 2. No L7 policy on 9090: straight to the server, the proxy never sees it.
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:9090"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("server9090"),
-        "bypass:\n{out}"
-    );
+    expect_kv(&out, "reply", "server9090", "bypass");
 
     // 3. The proxy's SO_MARK on the socket: never redirected, even to an L7 port.
     let mark = PROXY_MARK.to_string();
@@ -316,25 +343,13 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
         &c.client,
         &["tcp-connect", "10.201.0.3:8080", "--mark", &mark],
     );
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("server8080"),
-        "marked socket must bypass:\n{out}"
-    );
+    expect_kv(&out, "reply", "server8080", "marked socket must bypass");
 
     // 4. Egress L7 policy of the source identity on 9091: redirected.
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:9091"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("proxy"),
-        "egress policy:\n{out}"
-    );
+    expect_kv(&out, "reply", "proxy", "egress policy");
     let seen = proxy.read_until("end=1");
-    assert_eq!(
-        kv(&seen, "original_dst").as_deref(),
-        Some("10.201.0.3:9091"),
-        "{seen}"
-    );
+    expect_kv(&seen, "original_dst", "10.201.0.3:9091", "");
 
     // 4b. A per-rule proxy port overrides the config's listener for the kind.
     redirect
@@ -345,53 +360,25 @@ fn connect4_redirects_only_l7_flows_and_the_proxy_recovers_the_original_destinat
         .unwrap();
     let mut special = proxy_standin(&c.node, "0.0.0.0:15009", 1, false, &root);
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:9092"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("proxy"),
-        "per-rule proxy port:\n{out}"
-    );
+    expect_kv(&out, "reply", "proxy", "per-rule proxy port");
     let seen = special.read_until("end=0");
-    assert_eq!(
-        kv(&seen, "original_dst").as_deref(),
-        Some("10.201.0.3:9092"),
-        "{seen}"
-    );
+    expect_kv(&seen, "original_dst", "10.201.0.3:9092", "");
 
     // 5. The server pod is not enrolled: its connects are never touched.
     let out = pod_probe(&c.server, &["tcp-connect", "10.201.0.3:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("server8080"),
-        "unenrolled pod:\n{out}"
-    );
+    expect_kv(&out, "reply", "server8080", "unenrolled pod");
 
     // 6. A dual-stack (AF_INET6) socket talking IPv4-mapped: connect6 + getpeername6 + sockops normalise to IPv4.
     let out = pod_probe(&c.client, &["tcp-connect", "[::ffff:10.201.0.3]:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("proxy"),
-        "connect6 (v4-mapped):\n{out}"
-    );
-    assert_eq!(
-        kv(&out, "peer").as_deref(),
-        Some("[::ffff:10.201.0.3]:8080"),
-        "getpeername6:\n{out}"
-    );
+    expect_kv(&out, "reply", "proxy", "connect6 (v4-mapped)");
+    expect_kv(&out, "peer", "[::ffff:10.201.0.3]:8080", "getpeername6");
     let seen = proxy.read_until("end=2");
-    assert_eq!(
-        kv(&seen, "original_dst").as_deref(),
-        Some("10.201.0.3:8080"),
-        "{seen}"
-    );
+    expect_kv(&seen, "original_dst", "10.201.0.3:8080", "");
 
     // 7. Unenrolling detaches: the L7 port now reaches the server directly.
     redirect.unenroll(c.client.cgroup.path()).unwrap();
     let out = pod_probe(&c.client, &["tcp-connect", "10.201.0.3:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("server8080"),
-        "after unenroll:\n{out}"
-    );
+    expect_kv(&out, "reply", "server8080", "after unenroll");
 }
 
 /// How many programs named `name` the kernel has attached to `cgroup` (for any attach type).
@@ -422,9 +409,7 @@ fn pinned_maps_and_links_survive_the_loader_and_are_adopted_by_the_next_load() {
         let mut first = load(&root);
         first.ipcache_upsert(c.server.ip, SERVER_ID).unwrap();
         first.policy_upsert(&ingress_http(SERVER_ID, 8080)).unwrap();
-        first
-            .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
-            .unwrap();
+        enroll(&mut first, &c.client, CLIENT_ID);
         assert_eq!(attached_count(c.client.cgroup.path(), "tg_connect4"), 1);
     } // the loader is gone: programs stay attached through their pinned links, state through pinned maps
 
@@ -436,10 +421,11 @@ fn pinned_maps_and_links_survive_the_loader_and_are_adopted_by_the_next_load() {
     );
     let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{HTTP_PORT}"), 1, false, &root);
     let out = pod_probe(&c.client, &["tcp-connect", "10.202.0.3:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("proxy"),
-        "redirect works with no loader alive:\n{out}"
+    expect_kv(
+        &out,
+        "reply",
+        "proxy",
+        "redirect works with no loader alive",
     );
     let seen = proxy.read_until("end=0");
     let client_local: SocketAddr = kv(&out, "local").unwrap().parse().unwrap();
@@ -467,9 +453,7 @@ fn pinned_maps_and_links_survive_the_loader_and_are_adopted_by_the_next_load() {
         .expect("record written while no loader was alive");
     assert_eq!(od.addr, "10.202.0.3:8080".parse().unwrap());
     // Enrolling again adopts the pinned links instead of attaching a second copy.
-    second
-        .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
-        .unwrap();
+    enroll(&mut second, &c.client, CLIENT_ID);
     assert_eq!(
         attached_count(c.client.cgroup.path(), "tg_connect4"),
         1,
@@ -481,11 +465,7 @@ fn pinned_maps_and_links_survive_the_loader_and_are_adopted_by_the_next_load() {
         .unwrap();
     assert_eq!(second.policy_len(), 1);
     let out = pod_probe(&c.client, &["tcp-connect", "10.202.0.3:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("server8080"),
-        "after policy_sync:\n{out}"
-    );
+    expect_kv(&out, "reply", "server8080", "after policy_sync");
 }
 
 #[test]
@@ -494,43 +474,19 @@ fn dns_over_udp_goes_to_the_dns_listener_and_replies_come_from_the_original_reso
     let root = PinRoot::new("dns");
     let c = cluster("rddns", 203);
     let mut redirect = load(&root);
-    redirect
-        .policy_upsert(&L7Redirect {
-            identity: CLIENT_ID,
-            direction: Direction::Egress,
-            port: 53,
-            end_port: 53,
-            protocol: Protocol::Udp,
-            kind: L7Kind::Dns,
-            proxy_port: None,
-        })
-        .unwrap();
-    redirect
-        .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
-        .unwrap();
+    redirect.policy_upsert(&egress_dns(CLIENT_ID)).unwrap();
+    enroll(&mut redirect, &c.client, CLIENT_ID);
     // The "resolver" the pod asks (the server pod), and the proxy's DNS listener on the node.
-    let mut resolver_cmd = c.server.command(probe());
-    resolver_cmd.args(["udp-serve", "0.0.0.0:53", "resolver"]);
-    let _resolver = Server::start(resolver_cmd);
-    let mut dns_cmd = c.node.command(probe());
-    dns_cmd.args([
-        "udp-serve",
+    let _resolver = udp_serve(c.server.command(probe()), "0.0.0.0:53", "resolver");
+    let mut dns = udp_serve(
+        c.node.command(probe()),
         &format!("{POD_GATEWAY}:{DNS_PORT}"),
         "dnsproxy",
-    ]);
-    let mut dns = Server::start(dns_cmd);
+    );
 
     let out = pod_probe(&c.client, &["udp", "10.203.0.3:53", "query"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("dnsproxy"),
-        "sendmsg4 redirect:\n{out}"
-    );
-    assert_eq!(
-        kv(&out, "from").as_deref(),
-        Some("10.203.0.3:53"),
-        "recvmsg4 rewrite:\n{out}"
-    );
+    expect_kv(&out, "reply", "dnsproxy", "sendmsg4 redirect");
+    expect_kv(&out, "from", "10.203.0.3:53", "recvmsg4 rewrite");
     let seen = dns.read_until("datagram_from=");
     let from: SocketAddr = kv(&seen, "datagram_from").unwrap().parse().unwrap();
     let listener: SocketAddr = format!("{POD_GATEWAY}:{DNS_PORT}").parse().unwrap();
@@ -546,16 +502,8 @@ fn dns_over_udp_goes_to_the_dns_listener_and_replies_come_from_the_original_reso
     // A connected UDP socket (glibc's resolver): connect4 redirects, getpeername4 shows the resolver, and the
     // cgroup_skb egress recorder keys the flow by the tuple on the wire (the source port did not exist at connect).
     let out = pod_probe(&c.client, &["udp-connected", "10.203.0.3:53", "connected"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("dnsproxy"),
-        "connect4 UDP redirect:\n{out}"
-    );
-    assert_eq!(
-        kv(&out, "peer").as_deref(),
-        Some("10.203.0.3:53"),
-        "getpeername4:\n{out}"
-    );
+    expect_kv(&out, "reply", "dnsproxy", "connect4 UDP redirect");
+    expect_kv(&out, "peer", "10.203.0.3:53", "getpeername4");
     let seen = dns.read_until("datagram_from=");
     let from: SocketAddr = kv(&seen, "datagram_from").unwrap().parse().unwrap();
     assert_eq!(Some(from.to_string()), kv(&out, "local"), "{seen}");
@@ -568,32 +516,14 @@ fn dns_over_udp_goes_to_the_dns_listener_and_replies_come_from_the_original_reso
 
     // A dual-stack socket sending to an IPv4-mapped resolver: sendmsg6 + recvmsg6.
     let out = pod_probe(&c.client, &["udp", "[::ffff:10.203.0.3]:53", "query6"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("dnsproxy"),
-        "sendmsg6 redirect:\n{out}"
-    );
-    assert_eq!(
-        kv(&out, "from").as_deref(),
-        Some("[::ffff:10.203.0.3]:53"),
-        "recvmsg6 rewrite:\n{out}"
-    );
+    expect_kv(&out, "reply", "dnsproxy", "sendmsg6 redirect");
+    expect_kv(&out, "from", "[::ffff:10.203.0.3]:53", "recvmsg6 rewrite");
 
     // No DNS policy on 5353: the datagram goes to the resolver itself.
-    let mut other_cmd = c.server.command(probe());
-    other_cmd.args(["udp-serve", "0.0.0.0:5353", "resolver5353"]);
-    let _other = Server::start(other_cmd);
+    let _other = udp_serve(c.server.command(probe()), "0.0.0.0:5353", "resolver5353");
     let out = pod_probe(&c.client, &["udp", "10.203.0.3:5353", "other"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("resolver5353"),
-        "no L7 policy on 5353:\n{out}"
-    );
-    assert_eq!(
-        kv(&out, "from").as_deref(),
-        Some("10.203.0.3:5353"),
-        "{out}"
-    );
+    expect_kv(&out, "reply", "resolver5353", "no L7 policy on 5353");
+    expect_kv(&out, "from", "10.203.0.3:5353", "");
 }
 
 #[test]
@@ -609,37 +539,28 @@ fn fqdn_restricted_identity_may_only_connect_to_allowed_out_of_cluster_ips() {
     let mut redirect = load(&root);
     redirect.ipcache_upsert(client.ip, CLIENT_ID).unwrap();
     redirect.ipcache_upsert(inside.ip, SERVER_ID).unwrap();
-    redirect
-        .enroll(client.cgroup.path(), endpoint(&client, CLIENT_ID))
-        .unwrap();
+    enroll(&mut redirect, &client, CLIENT_ID);
 
     // Not restricted yet: everything goes.
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
-    assert_eq!(kv(&out, "reply").as_deref(), Some("outside"), "{out}");
+    expect_kv(&out, "reply", "outside", "");
 
     redirect.set_fqdn_restricted(CLIENT_ID, true).unwrap();
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
-    assert_eq!(
-        kv(&out, "errno").as_deref(),
-        Some("1"),
-        "EPERM for a world IP DNS never allowed:\n{out}"
-    );
+    expect_kv(&out, "errno", "1", "EPERM for a world IP DNS never allowed");
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.3:80"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("inside"),
-        "in-cluster identities are not FQDN-gated:\n{out}"
+    expect_kv(
+        &out,
+        "reply",
+        "inside",
+        "in-cluster identities are not FQDN-gated",
     );
 
     redirect
         .fqdn_allow(CLIENT_ID, outside.ip, Some(Duration::from_secs(60)))
         .unwrap();
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("outside"),
-        "allowed by a DNS answer:\n{out}"
-    );
+    expect_kv(&out, "reply", "outside", "allowed by a DNS answer");
 
     // An expired answer no longer allows (TTL 0 expires at once).
     redirect
@@ -647,13 +568,13 @@ fn fqdn_restricted_identity_may_only_connect_to_allowed_out_of_cluster_ips() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(5));
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
-    assert_eq!(kv(&out, "errno").as_deref(), Some("1"), "expired:\n{out}");
+    expect_kv(&out, "errno", "1", "expired");
     assert_eq!(redirect.fqdn_gc().unwrap(), 1);
 
     redirect.fqdn_allow(CLIENT_ID, outside.ip, None).unwrap();
     redirect.fqdn_remove(CLIENT_ID, outside.ip).unwrap();
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
-    assert_eq!(kv(&out, "errno").as_deref(), Some("1"), "removed:\n{out}");
+    expect_kv(&out, "errno", "1", "removed");
 
     // The ipcache is a longest-prefix match: a /29 giving the outside pod an in-cluster identity lifts the gate,
     // removing the prefix restores it.
@@ -661,53 +582,30 @@ fn fqdn_restricted_identity_may_only_connect_to_allowed_out_of_cluster_ips() {
         .ipcache_upsert_prefix("10.204.0.8".parse().unwrap(), 29, 3000, false)
         .unwrap();
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("outside"),
-        "LPM prefix identity:\n{out}"
-    );
+    expect_kv(&out, "reply", "outside", "LPM prefix identity");
     redirect
         .ipcache_remove("10.204.0.8".parse().unwrap(), 29)
         .unwrap();
     let out = pod_probe(&client, &["tcp-connect", "10.204.0.9:80"]);
-    assert_eq!(
-        kv(&out, "errno").as_deref(),
-        Some("1"),
-        "prefix removed:\n{out}"
-    );
+    expect_kv(&out, "errno", "1", "prefix removed");
 
     // DNS with L7 policy to an out-of-cluster resolver is not gated: it goes to the DNS proxy, which must see it
     // to learn the names. UDP without L7 policy to that resolver is gated.
-    redirect
-        .policy_upsert(&L7Redirect {
-            identity: CLIENT_ID,
-            direction: Direction::Egress,
-            port: 53,
-            end_port: 53,
-            protocol: Protocol::Udp,
-            kind: L7Kind::Dns,
-            proxy_port: None,
-        })
-        .unwrap();
-    let mut dns_cmd = node.command(probe());
-    dns_cmd.args([
-        "udp-serve",
+    redirect.policy_upsert(&egress_dns(CLIENT_ID)).unwrap();
+    let _dns = udp_serve(
+        node.command(probe()),
         &format!("{POD_GATEWAY}:{DNS_PORT}"),
         "dnsproxy",
-    ]);
-    let _dns = Server::start(dns_cmd);
+    );
     let out = pod_probe(&client, &["udp", "10.204.0.9:53", "query"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("dnsproxy"),
-        "DNS to a world resolver reaches the proxy:\n{out}"
+    expect_kv(
+        &out,
+        "reply",
+        "dnsproxy",
+        "DNS to a world resolver reaches the proxy",
     );
     let out = pod_probe(&client, &["udp", "10.204.0.9:5353", "query"]);
-    assert_eq!(
-        kv(&out, "errno").as_deref(),
-        Some("1"),
-        "sendmsg4 FQDN gate:\n{out}"
-    );
+    expect_kv(&out, "errno", "1", "sendmsg4 FQDN gate");
 }
 
 #[test]
@@ -739,40 +637,25 @@ fn tc_ingress_steers_flows_to_local_l7_pods_into_the_transparent_listener() {
     let mut proxy = proxy_standin(&c.node, &format!("0.0.0.0:{TPROXY_PORT}"), 1, true, &root);
 
     let out = pod_probe(&c.client, &["tcp-connect", "10.205.0.3:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("proxy"),
-        "steered into the proxy:\n{out}"
-    );
-    assert_eq!(
-        kv(&out, "peer").as_deref(),
-        Some("10.205.0.3:8080"),
-        "{out}"
-    );
+    expect_kv(&out, "reply", "proxy", "steered into the proxy");
+    expect_kv(&out, "peer", "10.205.0.3:8080", "");
     let seen = proxy.read_until("end=0");
-    assert_eq!(
-        kv(&seen, "local").as_deref(),
-        Some("10.205.0.3:8080"),
-        "the transparent socket's local address is the original destination:\n{seen}"
+    expect_kv(
+        &seen,
+        "local",
+        "10.205.0.3:8080",
+        "the transparent socket's local address is the original destination",
     );
     assert_eq!(kv(&seen, "peer"), kv(&out, "local"), "{seen}");
 
     let out = pod_probe(&c.client, &["tcp-connect", "10.205.0.3:9090"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("server9090"),
-        "no L7 policy on 9090:\n{out}"
-    );
+    expect_kv(&out, "reply", "server9090", "no L7 policy on 9090");
 
     redirect
         .detach_tc(&c.client.host_veth, Some(&netns))
         .unwrap();
     let out = pod_probe(&c.client, &["tcp-connect", "10.205.0.3:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("server8080"),
-        "after detach:\n{out}"
-    );
+    expect_kv(&out, "reply", "server8080", "after detach");
 }
 
 const GW6: &str = "fd00:ffff::1";
@@ -814,17 +697,7 @@ fn ipv6_connect6_getpeername6_getsockopt_and_dns_sendmsg6_recvmsg6() {
     redirect
         .policy_upsert(&ingress_http(SERVER_ID, 8080))
         .unwrap();
-    redirect
-        .policy_upsert(&L7Redirect {
-            identity: CLIENT_ID,
-            direction: Direction::Egress,
-            port: 53,
-            end_port: 53,
-            protocol: Protocol::Udp,
-            kind: L7Kind::Dns,
-            proxy_port: None,
-        })
-        .unwrap();
+    redirect.policy_upsert(&egress_dns(CLIENT_ID)).unwrap();
     redirect
         .enroll(
             c.client.cgroup.path(),
@@ -842,21 +715,14 @@ fn ipv6_connect6_getpeername6_getsockopt_and_dns_sendmsg6_recvmsg6() {
     let mut proxy = proxy_standin(&c.node, &format!("[::]:{HTTP_PORT}"), 1, false, &root);
 
     let out = pod_probe(&c.client, &["tcp-connect", "[fd00:206::3]:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("proxy"),
-        "connect6:\n{out}"
-    );
-    assert_eq!(
-        kv(&out, "peer").as_deref(),
-        Some("[fd00:206::3]:8080"),
-        "getpeername6:\n{out}"
-    );
+    expect_kv(&out, "reply", "proxy", "connect6");
+    expect_kv(&out, "peer", "[fd00:206::3]:8080", "getpeername6");
     let seen = proxy.read_until("end=0");
-    assert_eq!(
-        kv(&seen, "original_dst").as_deref(),
-        Some("[fd00:206::3]:8080"),
-        "IP6T_SO_ORIGINAL_DST via cgroup/getsockopt:\n{seen}"
+    expect_kv(
+        &seen,
+        "original_dst",
+        "[fd00:206::3]:8080",
+        "IP6T_SO_ORIGINAL_DST via cgroup/getsockopt",
     );
     let cookie: u64 = kv(&seen, "cookie").unwrap().parse().unwrap();
     let od = redirect
@@ -870,26 +736,16 @@ fn ipv6_connect6_getpeername6_getsockopt_and_dns_sendmsg6_recvmsg6() {
     );
 
     let out = pod_probe(&c.client, &["tcp-connect", "[fd00:206::3]:9090"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("server9090"),
-        "v6 bypass:\n{out}"
-    );
+    expect_kv(&out, "reply", "server9090", "v6 bypass");
 
-    let mut dns_cmd = c.node.command(probe());
-    dns_cmd.args(["udp-serve", &format!("[{GW6}]:{DNS_PORT}"), "dnsproxy6"]);
-    let mut dns = Server::start(dns_cmd);
+    let mut dns = udp_serve(
+        c.node.command(probe()),
+        &format!("[{GW6}]:{DNS_PORT}"),
+        "dnsproxy6",
+    );
     let out = pod_probe(&c.client, &["udp", "[fd00:206::3]:53", "query"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("dnsproxy6"),
-        "sendmsg6:\n{out}"
-    );
-    assert_eq!(
-        kv(&out, "from").as_deref(),
-        Some("[fd00:206::3]:53"),
-        "recvmsg6:\n{out}"
-    );
+    expect_kv(&out, "reply", "dnsproxy6", "sendmsg6");
+    expect_kv(&out, "from", "[fd00:206::3]:53", "recvmsg6");
     let seen = dns.read_until("datagram_from=");
     let from: SocketAddr = kv(&seen, "datagram_from").unwrap().parse().unwrap();
     let listener: SocketAddr = format!("[{GW6}]:{DNS_PORT}").parse().unwrap();
@@ -917,9 +773,7 @@ fn loopback_proxy_inside_the_pod_netns_is_found_by_netns_cookie() {
     redirect
         .policy_upsert(&ingress_http(SERVER_ID, 8080))
         .unwrap();
-    redirect
-        .enroll(c.client.cgroup.path(), endpoint(&c.client, CLIENT_ID))
-        .unwrap();
+    enroll(&mut redirect, &c.client, CLIENT_ID);
     redirect
         .attach_proxy_cgroup(c.node.proxy_cgroup.path())
         .unwrap();
@@ -936,27 +790,16 @@ fn loopback_proxy_inside_the_pod_netns_is_found_by_netns_cookie() {
     let mut proxy = Server::start(cmd);
 
     let out = pod_probe(&c.client, &["tcp-connect", "10.207.0.3:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("proxy"),
-        "redirected to the pod-local listener:\n{out}"
+    expect_kv(
+        &out,
+        "reply",
+        "proxy",
+        "redirected to the pod-local listener",
     );
-    assert_eq!(
-        kv(&out, "peer").as_deref(),
-        Some("10.207.0.3:8080"),
-        "{out}"
-    );
+    expect_kv(&out, "peer", "10.207.0.3:8080", "");
     let seen = proxy.read_until("end=0");
-    assert_eq!(
-        kv(&seen, "original_dst").as_deref(),
-        Some("10.207.0.3:8080"),
-        "{seen}"
-    );
-    assert_eq!(
-        kv(&seen, "map_original_dst").as_deref(),
-        Some("10.207.0.3:8080"),
-        "{seen}"
-    );
+    expect_kv(&seen, "original_dst", "10.207.0.3:8080", "");
+    expect_kv(&seen, "map_original_dst", "10.207.0.3:8080", "");
     // The 4-tuple record carries the pod netns's cookie: without it (or with another netns's) it is not found.
     let tuple = FourTuple {
         client: kv(&seen, "peer").unwrap().parse().unwrap(),
@@ -1011,25 +854,13 @@ fn tc_ingress_steers_ipv6_flows_too() {
     let mut proxy = proxy_standin(&c.node, &format!("[::]:{TPROXY_PORT}"), 1, true, &root);
 
     let out = pod_probe(&c.client, &["tcp-connect", "[fd00:208::3]:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("proxy"),
-        "steered into the proxy:\n{out}"
-    );
+    expect_kv(&out, "reply", "proxy", "steered into the proxy");
     let seen = proxy.read_until("end=0");
-    assert_eq!(
-        kv(&seen, "local").as_deref(),
-        Some("[fd00:208::3]:8080"),
-        "{seen}"
-    );
+    expect_kv(&seen, "local", "[fd00:208::3]:8080", "");
 
     redirect
         .detach_tc(&c.client.host_veth, Some(&netns))
         .unwrap();
     let out = pod_probe(&c.client, &["tcp-connect", "[fd00:208::3]:8080"]);
-    assert_eq!(
-        kv(&out, "reply").as_deref(),
-        Some("server8080"),
-        "after detach:\n{out}"
-    );
+    expect_kv(&out, "reply", "server8080", "after detach");
 }
