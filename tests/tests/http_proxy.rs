@@ -198,8 +198,10 @@ impl Cluster {
     }
 
     fn flows(&self) -> Vec<Value> {
-        fs::read_to_string(self.flow_path())
-            .unwrap_or_default()
+        let text = fs::read_to_string(self.flow_path()).unwrap_or_default();
+        // The writer may be mid-line: only newline-terminated records are complete.
+        let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad flow line {l}: {e}")))
             .collect()
