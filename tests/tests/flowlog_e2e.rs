@@ -177,25 +177,13 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// curl from a pod; returns the HTTP status (0 when the connection was refused/reset).
 fn curl(pod: &Pod, method: &str, path: &str) -> u16 {
-    let out = pod
-        .command(require_tool("curl"))
-        .args([
-            "-sS",
-            "--max-time",
-            "5",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            method,
-        ])
-        .arg(format!("http://{API}:8080{path}"))
-        .output()
-        .unwrap();
+    let url = format!("http://{API}:8080{path}");
+    let out = tollgate_e2e::scenario::curl_from(pod, &["-X", method, &url]).unwrap();
+    // `curl_from` prints `<status> <peer>`.
     String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
 
