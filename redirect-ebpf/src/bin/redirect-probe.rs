@@ -72,9 +72,12 @@ fn tcp_socket(target: &SocketAddr) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn connect_raw(fd: &OwnedFd, target: SocketAddr) -> std::io::Result<()> {
-    // Go through std's address conversion by building the sockaddr by hand.
-    let rc = match target {
+/// Calls `f` with `addr` as a C socket address and its length (for connect(2) and bind(2) on raw sockets).
+fn with_sockaddr(
+    addr: SocketAddr,
+    f: impl FnOnce(*const libc::sockaddr, libc::socklen_t) -> libc::c_int,
+) -> libc::c_int {
+    match addr {
         SocketAddr::V4(v4) => {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
@@ -84,14 +87,10 @@ fn connect_raw(fd: &OwnedFd, target: SocketAddr) -> std::io::Result<()> {
                 },
                 sin_zero: [0; 8],
             };
-            // SAFETY: sin is a valid sockaddr_in.
-            unsafe {
-                libc::connect(
-                    fd.as_raw_fd(),
-                    (&raw const sin).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            }
+            f(
+                (&raw const sin).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
         }
         SocketAddr::V6(v6) => {
             let sin6 = libc::sockaddr_in6 {
@@ -103,16 +102,19 @@ fn connect_raw(fd: &OwnedFd, target: SocketAddr) -> std::io::Result<()> {
                 },
                 sin6_scope_id: 0,
             };
-            // SAFETY: sin6 is a valid sockaddr_in6.
-            unsafe {
-                libc::connect(
-                    fd.as_raw_fd(),
-                    (&raw const sin6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            }
+            f(
+                (&raw const sin6).cast(),
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
         }
-    };
+    }
+}
+
+fn connect_raw(fd: &OwnedFd, target: SocketAddr) -> std::io::Result<()> {
+    // SAFETY: `with_sockaddr` passes a valid sockaddr of the given length; fd is a live socket.
+    let rc = with_sockaddr(target, |sa, len| unsafe {
+        libc::connect(fd.as_raw_fd(), sa, len)
+    });
     if rc == 0 {
         Ok(())
     } else {
@@ -226,45 +228,10 @@ fn accept(args: &[String]) {
     }
     let listener = std::net::TcpListener::from(fd);
     // std has no bind-on-an-existing-socket (needed to set IP_TRANSPARENT first): bind(2) + listen(2) by hand.
-    let rc = match bind {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sin is a valid sockaddr_in; the fd is an AF_INET TCP socket.
-            unsafe {
-                libc::bind(
-                    listener.as_raw_fd(),
-                    (&raw const sin).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            }
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: sin6 is a valid sockaddr_in6; the fd is an AF_INET6 TCP socket.
-            unsafe {
-                libc::bind(
-                    listener.as_raw_fd(),
-                    (&raw const sin6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            }
-        }
-    };
+    // SAFETY: `with_sockaddr` passes a valid sockaddr of the given length; the fd is a TCP socket of that family.
+    let rc = with_sockaddr(bind, |sa, len| unsafe {
+        libc::bind(listener.as_raw_fd(), sa, len)
+    });
     if rc != 0 {
         fail(std::io::Error::last_os_error());
     }
