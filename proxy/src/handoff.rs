@@ -16,6 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use redirect_ebpf::socket::netns_cookie;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -91,33 +92,12 @@ fn same_listener(fd: &OwnedFd, expected: SocketAddr) -> Result<(), String> {
         return Err(format!("it listens on {local}, not {expected}"));
     }
     let ours = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let (theirs, mine) = (netns_cookie(fd.as_raw_fd()), netns_cookie(ours.as_raw_fd()));
+    let (theirs, mine) = (netns_cookie(fd), netns_cookie(&ours));
     match (theirs, mine) {
         (Ok(a), Ok(b)) if a == b => Ok(()),
         (Ok(_), Ok(_)) => Err("it belongs to another network namespace".into()),
         (Err(e), _) | (_, Err(e)) => Err(format!("cannot read its network namespace: {e}")),
     }
-}
-
-/// `SO_NETNS_COOKIE`: a number unique to the socket's network namespace (Linux 5.14+).
-fn netns_cookie(fd: RawFd) -> io::Result<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: fd is a live socket; the pointer and length describe `cookie`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 /// Serves the handoff socket for `listener` until one successor has taken it; then cancels `shutdown` so this
