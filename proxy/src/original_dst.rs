@@ -5,8 +5,11 @@
 //!   without rewriting it, so the accepted socket's *local* address is the original destination.
 //! - [`SoOriginalDst`]: iptables `REDIRECT`/DNAT (conntrack) or the redirect crate's `cgroup/getsockopt` program
 //!   answer the `SO_ORIGINAL_DST` socket option.
-//! - [`MapLookup`]: the slot for the redirect crate's eBPF map (keyed by the connection's 4-tuple); the lookup
-//!   function is injected so this crate does not depend on the eBPF loader.
+//! - [`MapLookup`]: an injected `(peer, local) -> destination` table, used by the in-process tests (no root, no
+//!   kernel redirect).
+//!
+//! The eBPF redirect layer's own source, reading its maps by socket cookie or 4-tuple, is
+//! `crate::datapath::EbpfOriginalDst`.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -131,10 +134,10 @@ fn so_original_dst_v6(fd: libc::c_int) -> std::io::Result<SocketAddr> {
     )))
 }
 
-/// The lookup the redirect crate provides: `(peer, local)` of the accepted socket to the original destination.
+/// An injected lookup: `(peer, local)` of the accepted socket to the original destination.
 pub type MapLookupFn = dyn Fn(SocketAddr, SocketAddr) -> Option<SocketAddr> + Send + Sync;
 
-/// The eBPF map slot: asks an injected lookup (the redirect crate's map) by the accepted socket's 4-tuple.
+/// Asks an injected lookup by the accepted socket's 4-tuple.
 #[derive(Clone)]
 pub struct MapLookup {
     pub lookup: Arc<MapLookupFn>,

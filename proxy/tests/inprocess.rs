@@ -1,5 +1,5 @@
-//! The proxy in-process on loopback, no root needed: the original destination comes from a `MapLookup` (the eBPF
-//! slot), the backend is a hyper server on 127.0.0.2. Covers what the namespace e2e tests do not: WebSocket-style
+//! The proxy in-process on loopback, no root needed: the original destination comes from an injected `MapLookup`
+//! table, the backend is a hyper server on 127.0.0.2. Covers what the namespace e2e tests do not: WebSocket-style
 //! Upgrade, CONNECT, header actions, h2c-upgrade refusal, keep-alive connections seeing policy reloads, rejected
 //! invalid updates, and the gRPC denial shape over real HTTP/2.
 
