@@ -490,6 +490,42 @@ impl PolicyEngine {
         })
     }
 
+    /// Identities whose egress is default-deny and allowed by at least one `toFQDNs` rule: their connects to
+    /// out-of-cluster IPs are restricted to names DNS answered (the kernel FQDN gate).
+    pub fn fqdn_restricted(&self) -> Vec<Identity> {
+        self.subjects
+            .iter()
+            .enumerate()
+            .filter_map(|(i, both)| {
+                let d = both[dir_slot(Direction::Egress)].as_ref()?;
+                let has_fqdn = d.allow.iter().any(|&r| {
+                    matches!(&self.rules[r].peers, CompiledPeers::Match { fqdns, .. } if !fqdns.is_empty())
+                });
+                (d.default_deny && has_fqdn).then_some(Identity(i as u32 + Identity::FIRST_ALLOCATED))
+            })
+            .collect()
+    }
+
+    /// Does an egress `toFQDNs` allow rule of `identity` select `name`? (Whether IPs learned for `name` matter to
+    /// this identity's connects.)
+    pub fn fqdn_selects(&self, identity: Identity, name: &str) -> bool {
+        if !identity.is_endpoint() {
+            return false;
+        }
+        let n = normalize_name(name);
+        let Some(d) = self
+            .subjects
+            .get((identity.0 - Identity::FIRST_ALLOCATED) as usize)
+            .and_then(|both| both[dir_slot(Direction::Egress)].as_ref())
+        else {
+            return false;
+        };
+        d.allow.iter().any(|&r| match &self.rules[r].peers {
+            CompiledPeers::Match { fqdns, .. } => fqdns.iter().any(|m| m.matches_normalized(&n)),
+            _ => false,
+        })
+    }
+
     /// Every (identity, direction, port range, protocol) whose traffic must go through the proxy.
     /// Named ports are resolved through the endpoints (the subject's for ingress, any endpoint's for egress);
     /// protocol ANY yields TCP and UDP.

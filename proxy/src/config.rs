@@ -137,6 +137,8 @@ pub struct RunArgs {
     /// HTTP/2 max concurrent streams per connection.
     #[arg(long, default_value_t = Limits::default().h2_max_concurrent_streams)]
     pub h2_max_concurrent_streams: u32,
+    #[command(flatten)]
+    pub dns: crate::dns::DnsArgs,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {

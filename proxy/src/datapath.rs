@@ -51,6 +51,8 @@ pub struct DatapathOptions {
     pub proxy_ipv4: Ipv4Addr,
     /// The HTTP-family listener port.
     pub http_port: u16,
+    /// The DNS listener port (UDP and TCP) on `proxy_ipv4`; 0 = no DNS proxy (DNS-policy traffic is not redirected).
+    pub dns_port: u16,
     /// SO_MARK on the proxy's own sockets: the programs never redirect them.
     pub proxy_mark: u32,
     /// The cgroup the proxy runs in: gets sockops + getsockopt, never the redirecting programs.
@@ -71,6 +73,8 @@ pub struct DatapathPlan {
     pub redirects: Vec<L7Redirect>,
     /// cgroup path -> the pod enrolled there.
     pub enrollments: BTreeMap<PathBuf, (String, EndpointInfo)>,
+    /// Identities whose connects to out-of-cluster IPs are limited to DNS-learned IPs (`toFQDNs` + default deny).
+    pub fqdn_restricted: BTreeSet<u32>,
 }
 
 impl DatapathPlan {
@@ -96,6 +100,7 @@ impl DatapathPlan {
                 plan.enrollments.insert(PathBuf::from(cgroup), (name, info));
             }
         }
+        plan.fqdn_restricted = engine.fqdn_restricted().iter().map(|i| i.0).collect();
         let mut seen = BTreeSet::new();
         for p in engine.l7_ports() {
             let protocol = match p.protocol {
@@ -173,7 +178,7 @@ impl Datapath {
             ipv6: None,
             http_port: opts.http_port,
             kafka_port: 0,
-            dns_port: 0,
+            dns_port: opts.dns_port,
             tproxy_port: opts.tproxy_port,
             proxy_mark: opts.proxy_mark,
             tproxy_mark: opts.tproxy_mark,
@@ -215,6 +220,10 @@ impl Datapath {
                 .ipcache_upsert_prefix(*ip, prefix, *identity, true)?;
         }
         p.redirect.policy_sync(&plan.redirects)?;
+        // policy_sync rewrites the policy map, flags entries included: (re)mark FQDN-restricted identities after it.
+        for identity in &plan.fqdn_restricted {
+            p.redirect.set_fqdn_restricted(*identity, true)?;
+        }
         for (cgroup, (name, info)) in &plan.enrollments {
             if !Path::new(cgroup).is_dir() {
                 return Err(DatapathError::MissingCgroup {
@@ -235,6 +244,15 @@ impl Datapath {
             if Path::new(&cgroup).is_dir() {
                 p.redirect.unenroll(&cgroup)?;
             }
+        }
+        let stale_restricted: Vec<u32> = p
+            .last
+            .fqdn_restricted
+            .difference(&plan.fqdn_restricted)
+            .copied()
+            .collect();
+        for identity in stale_restricted {
+            p.redirect.set_fqdn_restricted(identity, false)?;
         }
         let stale_ips: Vec<IpAddr> = p
             .last
@@ -260,12 +278,45 @@ impl Datapath {
             .policy_len()
     }
 
+    /// The read-only original-destination maps (the DNS listener looks datagrams up by 4-tuple).
+    pub fn reader(&self) -> Arc<OriginalDstReader> {
+        self.lookup.clone()
+    }
+
     /// The [`OriginalDst`] source backed by the redirect maps: the accepted socket's cookie (re-keyed by sockops on
     /// the proxy's cgroup), else its 4-tuple.
     pub fn original_dst(&self) -> Box<dyn OriginalDst> {
         Box::new(EbpfOriginalDst {
             reader: self.lookup.clone(),
         })
+    }
+}
+
+/// The kernel FQDN gate: DNS-learned IPs go into the eBPF FQDN map (connects elsewhere get EPERM).
+impl crate::dns::learn::FqdnGate for Datapath {
+    fn allow(&self, identity: u32, ips: &[IpAddr], ttl: std::time::Duration) -> Result<(), String> {
+        let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for ip in ips {
+            p.redirect
+                .fqdn_allow(identity, *ip, Some(ttl))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
+        let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for ip in ips {
+            p.redirect
+                .fqdn_remove(identity, *ip)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn gc(&self) -> Result<usize, String> {
+        let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        p.redirect.fqdn_gc().map_err(|e| e.to_string())
     }
 }
 

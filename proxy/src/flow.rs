@@ -102,6 +102,26 @@ pub struct HttpInfo {
     pub grpc_status: Option<u32>,
 }
 
+/// One DNS query and what became of it (Hubble `DNS` fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DnsInfo {
+    /// The question name as the client sent it (0x20 casing kept), with the trailing dot.
+    pub query: String,
+    pub qtypes: Vec<String>,
+    /// Response code sent to the client (the resolver's, or the proxy's own REFUSED/NXDOMAIN/SERVFAIL/FORMERR).
+    pub rcode: u16,
+    /// A/AAAA answers (following CNAMEs).
+    pub ips: Vec<String>,
+    /// Smallest TTL of the answers, seconds.
+    pub ttl: u32,
+    /// CNAME targets, in chain order.
+    pub cnames: Vec<String>,
+    /// Record types in the answer section.
+    pub rrtypes: Vec<String>,
+    /// `proxy` (answered by the resolver through the proxy) or `proxy-refused` (answered by the proxy).
+    pub observation_source: String,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct L7Info {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,6 +143,9 @@ pub struct FlowRecord {
     pub protocol: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub l7: Option<L7Info>,
+    /// DNS query/response details (records from the DNS proxy; `l7` is then present and empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic_direction: Option<TrafficDirection>,
     pub latency_ns: u64,
@@ -147,6 +170,7 @@ impl FlowRecord {
             destination,
             protocol: protocol.to_string(),
             l7: None,
+            dns: None,
             traffic_direction: None,
             latency_ns: 0,
             policy: String::new(),

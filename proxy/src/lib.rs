@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod datapath;
 pub mod decision;
+pub mod dns;
 pub mod flow;
 pub mod flow_export;
 pub mod flow_filter;

@@ -183,6 +183,7 @@ impl Metrics {
             extra.policy_generation.saturating_sub(1),
             extra.policy_reload_errors,
         );
+        out.push_str(&crate::dns::metrics::METRICS.render());
         out
     }
 }

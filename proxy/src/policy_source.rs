@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::policy_adapter::{
-    EndpointTable, FqdnCache, PolicyEngine, PolicyError, empty_fqdn_cache, load_policies,
+    EndpointTable, PolicyEngine, PolicyError, load_policies,
 };
 use arc_swap::ArcSwap;
 use thiserror::Error;
@@ -25,8 +25,8 @@ use thiserror::Error;
 pub struct PolicySnapshot {
     pub engine: PolicyEngine,
     pub endpoints: EndpointTable,
-    /// Names learned by the DNS proxy (a later issue); empty in standalone HTTP mode.
-    pub fqdn: FqdnCache,
+    /// Names learned by the DNS proxy; one cache shared by every snapshot (a reload keeps what was learned).
+    pub fqdn: crate::dns::SharedFqdnCache,
     /// 1 for the first load, +1 per applied update.
     pub generation: u64,
 }
@@ -182,7 +182,7 @@ pub fn compile(
     Ok(PolicySnapshot {
         engine,
         endpoints: table,
-        fqdn: empty_fqdn_cache(),
+        fqdn: crate::dns::SharedFqdnCache::default(),
         generation,
     })
 }
@@ -231,7 +231,8 @@ impl PolicySource {
             *last = fp;
         }
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let snap = compile(&docs, (&ep.0, &ep.1), generation)?;
+        let mut snap = compile(&docs, (&ep.0, &ep.1), generation)?;
+        snap.fqdn = self.current().fqdn.clone();
         if let Some(hook) = self
             .before_apply
             .0

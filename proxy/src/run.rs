@@ -46,6 +46,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (RedirectMode::Ebpf, Some(dp)) => dp.original_dst(),
         (RedirectMode::Ebpf, None) => unreachable!("the datapath is started for --redirect ebpf"),
     };
+    let shutdown = CancellationToken::new();
+    // The DNS sockets are taken over BEFORE the main listener: taking the main listener tells the old process to
+    // drain and exit, and its DNS sockets must already be ours by then (queued queries stay queued).
+    let dns = start_dns(&args, &policy, &flows, datapath.as_ref(), shutdown.clone())?;
     // Take over a running tollgate's listening socket if one serves the handoff socket (restart/upgrade without
     // losing a queued connection); otherwise bind afresh.
     let listener = match handoff::take(&args.handoff_socket, args.listen)? {
@@ -75,7 +79,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "tollgate proxy ready"
     );
 
-    let shutdown = CancellationToken::new();
     // TC-steered ingress (eBPF mode): a transparent listener whose accepted sockets' local address is the original
     // destination; same policy, flow log and connection budget as the main listener.
     if datapath.is_some() && args.tproxy_port != 0 {
@@ -128,6 +131,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .counters
         .lost
         .load(std::sync::atomic::Ordering::Relaxed);
+    if let Some(dns) = &dns {
+        dns.drain(limits.shutdown_grace).await;
+    }
     if drained.is_err() {
         tracing::warn!("grace period over with connections still open; closing them");
     }
@@ -151,6 +157,7 @@ fn start_datapath(args: &RunArgs, policy: &Arc<PolicySource>) -> anyhow::Result<
         pin_root: args.bpf_pin_root.clone(),
         proxy_ipv4: args.proxy_address,
         http_port: args.listen.port(),
+        dns_port: args.dns.dns_port,
         proxy_mark: args.mark,
         proxy_cgroup,
         tproxy_port: args.tproxy_port,
@@ -173,6 +180,46 @@ fn start_datapath(args: &RunArgs, policy: &Arc<PolicySource>) -> anyhow::Result<
         "eBPF redirect layer attached"
     );
     Ok(datapath)
+}
+
+/// The DNS proxy: on the pod-facing proxy address with the eBPF layer (queries' resolvers from its maps, learned
+/// IPs into its FQDN gate); without it only when `--dns-upstream` names the resolver.
+fn start_dns(
+    args: &RunArgs,
+    policy: &Arc<PolicySource>,
+    flows: &Arc<FlowLog>,
+    datapath: Option<&Arc<Datapath>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<crate::dns::DnsHandle>> {
+    use crate::dns::{learn::FqdnGate, origin::EbpfQueryOrigin, server};
+    let (ip, origin, gate): (_, Box<dyn server::QueryOrigin>, Option<Arc<dyn FqdnGate>>) =
+        match (datapath, args.dns.dns_upstream) {
+            (Some(dp), fallback) => (
+                std::net::IpAddr::V4(args.proxy_address),
+                Box::new(EbpfQueryOrigin {
+                    reader: dp.reader(),
+                    fallback,
+                }),
+                Some(dp.clone() as Arc<dyn FqdnGate>),
+            ),
+            (None, Some(upstream)) => (
+                args.listen.ip(),
+                Box::new(server::FixedUpstream(upstream)),
+                None,
+            ),
+            (None, None) => return Ok(None),
+        };
+    crate::dns::start(
+        &args.dns,
+        ip,
+        args.mark,
+        &args.handoff_socket,
+        policy.clone(),
+        flows.clone(),
+        origin,
+        gate,
+        shutdown,
+    )
 }
 
 /// This process's cgroup-v2 directory, from `/proc/self/cgroup` (`0::/path`).

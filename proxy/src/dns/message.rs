@@ -1,0 +1,313 @@
+//! DNS messages as the proxy handles them, without I/O: checking a client's query, building the answers the proxy
+//! gives itself (REFUSED/NXDOMAIN for denied names, FORMERR, SERVFAIL), checking an upstream response against the
+//! query, restoring the client's 0x20 casing, and extracting what a response teaches (CNAME chain, A/AAAA, TTL).
+//!
+//! Queries are forwarded byte for byte (transaction id, flags, EDNS0 OPT and the question's casing are whatever the
+//! client sent); parsing (hickory-proto) only feeds the decision. Answers the proxy builds itself are made from the
+//! client's own header and question bytes for the same reason.
+
+use std::net::IpAddr;
+
+use hickory_proto::op::{Message, MessageType, OpCode};
+use hickory_proto::rr::{RData, RecordType};
+
+/// DNS header length.
+pub const HEADER_LEN: usize = 12;
+/// EDNS0 UDP payload size the proxy advertises in answers it builds itself (the DNS flag day 2020 value).
+pub const EDNS_PAYLOAD: u16 = 1232;
+/// Longest CNAME chain followed when learning; longer chains are cut (resolvers stop far earlier).
+pub const MAX_CNAME_CHAIN: usize = 16;
+
+/// Response codes the proxy sets itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rcode {
+    NoError = 0,
+    FormErr = 1,
+    ServFail = 2,
+    NxDomain = 3,
+    NotImp = 4,
+    Refused = 5,
+}
+
+/// A client query that parsed and has exactly one question.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub id: u16,
+    /// The question name as the client cased it, without the trailing dot (`.` for the root).
+    pub name: String,
+    pub qtype: u16,
+    /// Byte offset just past the question section in the client's message.
+    pub question_end: usize,
+    /// The client sent an EDNS0 OPT record (answers we build carry one back).
+    pub edns: bool,
+}
+
+impl Query {
+    /// `A`, `AAAA`, ... (the number for types hickory does not name).
+    pub fn qtype_name(&self) -> String {
+        RecordType::from(self.qtype).to_string()
+    }
+}
+
+/// Why a client message is not a query the proxy can decide on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Malformed {
+    /// Shorter than a DNS header: nothing to answer to (dropped).
+    TooShort(usize),
+    /// QR=1: a response sent to the proxy; answering could start a loop between two responders (dropped).
+    NotAQuery,
+    /// Unsupported opcode (NOTIFY, UPDATE, ...): answered NOTIMP.
+    Opcode(u8),
+    /// Not exactly one question: answered FORMERR.
+    QuestionCount(u16),
+    /// hickory-proto rejected it (truncated record, compression loop, oversized label, ...): answered FORMERR.
+    Parse(String),
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Malformed::TooShort(n) => write!(f, "{n} bytes, shorter than a DNS header"),
+            Malformed::NotAQuery => f.write_str("a response (QR=1) sent to the DNS proxy"),
+            Malformed::Opcode(o) => write!(f, "opcode {o} is not QUERY"),
+            Malformed::QuestionCount(n) => write!(f, "{n} questions; exactly one is supported"),
+            Malformed::Parse(e) => write!(f, "malformed DNS message: {e}"),
+        }
+    }
+}
+
+impl Malformed {
+    /// The answer to send back, if any: FORMERR/NOTIMP built from the client's header, or `None` to drop.
+    pub fn reply(&self, msg: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Malformed::TooShort(_) | Malformed::NotAQuery => None,
+            Malformed::Opcode(_) => Some(header_only(msg, Rcode::NotImp)),
+            Malformed::QuestionCount(_) | Malformed::Parse(_) => {
+                Some(header_only(msg, Rcode::FormErr))
+            }
+        }
+    }
+}
+
+/// Checks a client message: one question, opcode QUERY, parseable as a whole.
+pub fn parse_query(msg: &[u8]) -> Result<Query, Malformed> {
+    if msg.len() < HEADER_LEN {
+        return Err(Malformed::TooShort(msg.len()));
+    }
+    if msg[2] & 0x80 != 0 {
+        return Err(Malformed::NotAQuery);
+    }
+    let opcode = (msg[2] >> 3) & 0x0f;
+    if opcode != 0 {
+        return Err(Malformed::Opcode(opcode));
+    }
+    let qdcount = u16::from_be_bytes([msg[4], msg[5]]);
+    if qdcount != 1 {
+        return Err(Malformed::QuestionCount(qdcount));
+    }
+    let parsed = Message::from_vec(msg).map_err(|e| Malformed::Parse(e.to_string()))?;
+    let q = parsed
+        .queries
+        .first()
+        .ok_or(Malformed::QuestionCount(0))?;
+    let question_end = question_end(msg)
+        .ok_or_else(|| Malformed::Parse("question name runs past the message".into()))?;
+    let name = q.name().to_ascii();
+    let name = match name.strip_suffix('.') {
+        Some("") | None => name,
+        Some(n) => n.to_string(),
+    };
+    Ok(Query {
+        id: parsed.metadata.id,
+        name,
+        qtype: u16::from(q.query_type()),
+        question_end,
+        edns: parsed.edns.is_some(),
+    })
+}
+
+/// Offset just past the first question (name + type + class), walking the raw labels. A compression pointer ends
+/// the name (the parser has already checked where it points).
+fn question_end(msg: &[u8]) -> Option<usize> {
+    let mut i = HEADER_LEN;
+    loop {
+        let len = *msg.get(i)? as usize;
+        if len == 0 {
+            i += 1;
+            break;
+        }
+        if len & 0xc0 == 0xc0 {
+            i += 2;
+            break;
+        }
+        i += 1 + len;
+    }
+    let end = i + 4;
+    (end <= msg.len()).then_some(end)
+}
+
+/// An answer to `query` with no records: the client's header (id, opcode, RD, CD) and question bytes (so its 0x20
+/// casing), QR and RA set, `rcode`, and an OPT record when the client sent one.
+pub fn answer_from_query(msg: &[u8], query: &Query, rcode: Rcode) -> Vec<u8> {
+    let mut out = Vec::with_capacity(query.question_end + 11);
+    out.extend_from_slice(&msg[..query.question_end]);
+    // QR=1, opcode kept, AA=0, TC=0, RD kept.
+    out[2] = 0x80 | (msg[2] & 0x79);
+    // RA=1, Z=0, AD=0, CD kept, rcode.
+    out[3] = 0x80 | (msg[3] & 0x10) | (rcode as u8);
+    out[4..6].copy_from_slice(&1u16.to_be_bytes());
+    out[6..10].fill(0);
+    let arcount: u16 = if query.edns { 1 } else { 0 };
+    out[10..12].copy_from_slice(&arcount.to_be_bytes());
+    if query.edns {
+        // Root name, TYPE OPT (41), CLASS = payload size, TTL = ext-rcode/version/flags 0, RDLEN 0.
+        out.push(0);
+        out.extend_from_slice(&41u16.to_be_bytes());
+        out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    }
+    out
+}
+
+/// A bare header answer (no question echoed: the question could not be parsed) with the client's id and opcode.
+pub fn header_only(msg: &[u8], rcode: Rcode) -> Vec<u8> {
+    let mut out = msg[..HEADER_LEN].to_vec();
+    out[2] = 0x80 | (msg[2] & 0x79);
+    out[3] = 0x80 | (msg[3] & 0x10) | (rcode as u8);
+    out[4..12].fill(0);
+    out
+}
+
+/// What an upstream response says, as far as the proxy cares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResponseInfo {
+    pub rcode: u16,
+    pub truncated: bool,
+    /// The CNAME chain from the question name, lower case, question name first.
+    pub names: Vec<String>,
+    /// A/AAAA records owned by a name of the chain, in answer order, without duplicates.
+    pub ips: Vec<IpAddr>,
+    /// Smallest TTL along the chain and its addresses (0 when there are no addresses).
+    pub ttl: u32,
+    /// Record types in the answer section (`A`, `CNAME`, ...), in order, without duplicates.
+    pub rrtypes: Vec<String>,
+}
+
+/// Why an upstream response is not passed to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadResponse {
+    Parse(String),
+    /// Not a response, or another id, or another question: never forward an answer to a question not asked.
+    Mismatch(&'static str),
+}
+
+impl std::fmt::Display for BadResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadResponse::Parse(e) => write!(f, "upstream sent a malformed response: {e}"),
+            BadResponse::Mismatch(what) => write!(f, "upstream response does not match the query: {what}"),
+        }
+    }
+}
+
+/// Checks `resp` answers `query` and extracts the CNAME chain, addresses and TTL.
+pub fn inspect_response(query: &Query, resp: &[u8]) -> Result<ResponseInfo, BadResponse> {
+    let msg = Message::from_vec(resp).map_err(|e| BadResponse::Parse(e.to_string()))?;
+    if msg.metadata.message_type != MessageType::Response {
+        return Err(BadResponse::Mismatch("QR is 0"));
+    }
+    if msg.metadata.id != query.id {
+        return Err(BadResponse::Mismatch("transaction id differs"));
+    }
+    if msg.metadata.op_code != OpCode::Query {
+        return Err(BadResponse::Mismatch("opcode differs"));
+    }
+    let qname = lower_no_dot(&query.name);
+    // A truncated response may carry no question; otherwise it must be ours.
+    match msg.queries.first() {
+        Some(q) => {
+            if lower_no_dot(&q.name().to_ascii()) != qname || u16::from(q.query_type()) != query.qtype
+            {
+                return Err(BadResponse::Mismatch("question differs"));
+            }
+        }
+        None if msg.metadata.truncation => {}
+        None => return Err(BadResponse::Mismatch("no question")),
+    }
+    let mut info = ResponseInfo {
+        rcode: u16::from(msg.metadata.response_code),
+        truncated: msg.metadata.truncation,
+        names: vec![qname],
+        ..Default::default()
+    };
+    for r in &msg.answers {
+        let t = r.record_type().to_string();
+        if !info.rrtypes.contains(&t) {
+            info.rrtypes.push(t);
+        }
+    }
+    let mut ttl = u32::MAX;
+    // Follow the chain: each step must be a CNAME owned by the current end of the chain.
+    while info.names.len() <= MAX_CNAME_CHAIN {
+        let end = info.names.last().cloned().unwrap_or_default();
+        let next = msg.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if lower_no_dot(&r.name.to_ascii()) == end => {
+                Some((lower_no_dot(&c.0.to_ascii()), r.ttl))
+            }
+            _ => None,
+        });
+        match next {
+            Some((target, t)) if !info.names.contains(&target) => {
+                ttl = ttl.min(t);
+                info.names.push(target);
+            }
+            _ => break,
+        }
+    }
+    for r in &msg.answers {
+        let ip = match &r.data {
+            RData::A(a) => IpAddr::V4(a.0),
+            RData::AAAA(a) => IpAddr::V6(a.0),
+            _ => continue,
+        };
+        if info.names.contains(&lower_no_dot(&r.name.to_ascii())) {
+            ttl = ttl.min(r.ttl);
+            if !info.ips.contains(&ip) {
+                info.ips.push(ip);
+            }
+        }
+    }
+    info.ttl = if info.ips.is_empty() { 0 } else { ttl };
+    Ok(info)
+}
+
+/// Puts the client's casing of the question back into a response (a resolver may answer 0x20-randomised names in
+/// its own case; the client compares byte for byte). Only the first question's name bytes are touched, and only
+/// when they spell the same name ignoring ASCII case.
+pub fn restore_case(resp: &mut [u8], query_msg: &[u8], query: &Query) {
+    let name_end = query.question_end - 4;
+    if resp.len() < query.question_end || u16::from_be_bytes([resp[4], resp[5]]) != 1 {
+        return;
+    }
+    let (theirs, ours) = (&resp[HEADER_LEN..name_end], &query_msg[HEADER_LEN..name_end]);
+    if theirs != ours && theirs.eq_ignore_ascii_case(ours) && question_end(resp) == Some(query.question_end) {
+        resp[HEADER_LEN..name_end].copy_from_slice(ours);
+    }
+}
+
+/// Rewrites the transaction id in place (responses to TCP-fallback or shared upstream sockets).
+pub fn set_id(msg: &mut [u8], id: u16) {
+    if msg.len() >= 2 {
+        msg[..2].copy_from_slice(&id.to_be_bytes());
+    }
+}
+
+/// Response code of a response message (header only; 0 if too short).
+pub fn rcode_of(msg: &[u8]) -> u16 {
+    msg.get(3).map_or(0, |b| u16::from(b & 0x0f))
+}
+
+fn lower_no_dot(name: &str) -> String {
+    let n = name.strip_suffix('.').unwrap_or(name);
+    n.to_ascii_lowercase()
+}

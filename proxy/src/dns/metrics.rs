@@ -1,0 +1,104 @@
+//! DNS proxy counters and the FQDN-learning hold histogram (how long a response waits while its IPs are pushed
+//! to the cache and the kernel map), rendered into `/metrics` next to the flow-fed metrics.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Histogram bucket upper bounds, seconds (the hold is expected in the microseconds).
+pub const HOLD_BUCKETS: [f64; 10] = [
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025,
+];
+
+/// Process-wide DNS counters (one DNS proxy per process).
+#[derive(Debug)]
+pub struct DnsMetrics {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    malformed: AtomicU64,
+    servfail: AtomicU64,
+    overload: AtomicU64,
+    hold_buckets: [AtomicU64; 10],
+    hold_count: AtomicU64,
+    hold_sum_ns: AtomicU64,
+}
+
+pub static METRICS: DnsMetrics = DnsMetrics::new();
+
+impl DnsMetrics {
+    const fn new() -> Self {
+        DnsMetrics {
+            allowed: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            servfail: AtomicU64::new(0),
+            overload: AtomicU64::new(0),
+            hold_buckets: [const { AtomicU64::new(0) }; 10],
+            hold_count: AtomicU64::new(0),
+            hold_sum_ns: AtomicU64::new(0),
+        }
+    }
+    pub fn allowed(&self) {
+        self.allowed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn denied(&self) {
+        self.denied.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn malformed(&self) {
+        self.malformed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn servfail(&self) {
+        self.servfail.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn overload(&self) {
+        self.overload.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn hold(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (b, c) in HOLD_BUCKETS.iter().zip(&self.hold_buckets) {
+            if s <= *b {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.hold_count.fetch_add(1, Ordering::Relaxed);
+        self.hold_sum_ns.fetch_add(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Prometheus text for the DNS counters and hold histogram.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP tollgate_dns_queries_total DNS queries by outcome.\n# TYPE tollgate_dns_queries_total counter\n",
+        );
+        for (name, c) in [
+            ("allowed", &self.allowed),
+            ("denied", &self.denied),
+            ("malformed", &self.malformed),
+            ("servfail", &self.servfail),
+            ("overload", &self.overload),
+        ] {
+            let _ = writeln!(
+                out,
+                "tollgate_dns_queries_total{{outcome=\"{name}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP tollgate_dns_fqdn_hold_seconds Time an allowed response is held while its IPs are pushed to the FQDN cache and the eBPF FQDN map.\n# TYPE tollgate_dns_fqdn_hold_seconds histogram\n");
+        for (b, c) in HOLD_BUCKETS.iter().zip(&self.hold_buckets) {
+            let _ = writeln!(
+                out,
+                "tollgate_dns_fqdn_hold_seconds_bucket{{le=\"{b}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.hold_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "tollgate_dns_fqdn_hold_seconds_bucket{{le=\"+Inf\"}} {count}\ntollgate_dns_fqdn_hold_seconds_sum {}\ntollgate_dns_fqdn_hold_seconds_count {count}",
+            self.hold_sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        out
+    }
+}

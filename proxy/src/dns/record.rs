@@ -1,0 +1,135 @@
+//! DNS flow records: one per query, with the query, qtype, rcode sent back, answered IPs, TTL, verdict and latency.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use super::message::{Malformed, Query, Rcode, ResponseInfo};
+use crate::decision::flow_endpoint;
+use crate::flow::{
+    DnsInfo, DropReason, FlowEndpoint, FlowRecord, L7Info, TrafficDirection, Verdict,
+};
+use crate::policy_source::PolicySnapshot;
+
+/// What became of an understood query.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Forwarded; the resolver's response was released to the client.
+    Answered { info: ResponseInfo, reason: String },
+    /// Denied by policy; the proxy answered `rcode`.
+    Denied { rcode: Rcode, reason: String },
+    /// Allowed, but the resolver failed or timed out (or learning failed): SERVFAIL.
+    UpstreamFailed { why: String },
+}
+
+fn base(
+    snap: &PolicySnapshot,
+    client: SocketAddr,
+    resolver: Option<SocketAddr>,
+    verdict: Verdict,
+    started: Instant,
+) -> FlowRecord {
+    let dst = match resolver {
+        Some(r) => flow_endpoint(snap, r),
+        None => FlowEndpoint::default(),
+    };
+    let mut rec = FlowRecord::new(verdict, flow_endpoint(snap, client), dst, "DNS");
+    rec.l7 = Some(L7Info::default());
+    rec.traffic_direction = Some(TrafficDirection::Egress);
+    rec.latency_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    rec
+}
+
+fn query_info(q: &Query) -> DnsInfo {
+    DnsInfo {
+        query: if q.name == "." {
+            ".".into()
+        } else {
+            format!("{}.", q.name)
+        },
+        qtypes: vec![q.qtype_name()],
+        ..Default::default()
+    }
+}
+
+/// The record for a query the proxy understood.
+pub fn dns_flow(
+    snap: &PolicySnapshot,
+    client: SocketAddr,
+    resolver: SocketAddr,
+    q: &Query,
+    outcome: Outcome,
+    started: Instant,
+) -> FlowRecord {
+    let mut dns = query_info(q);
+    let (verdict, drop, policy) = match outcome {
+        Outcome::Answered { info, reason } => {
+            dns.rcode = info.rcode;
+            dns.ips = info.ips.iter().map(ToString::to_string).collect();
+            dns.ttl = info.ttl;
+            dns.cnames = info.names.iter().skip(1).map(|n| format!("{n}.")).collect();
+            dns.rrtypes = info.rrtypes;
+            dns.observation_source = "proxy".into();
+            (Verdict::Forwarded, None, reason)
+        }
+        Outcome::Denied { rcode, reason } => {
+            dns.rcode = rcode as u16;
+            dns.observation_source = "proxy-refused".into();
+            (Verdict::Dropped, Some(DropReason::PolicyDenied), reason)
+        }
+        Outcome::UpstreamFailed { why } => {
+            dns.rcode = Rcode::ServFail as u16;
+            dns.observation_source = "proxy".into();
+            (Verdict::Error, Some(DropReason::UpstreamError), why)
+        }
+    };
+    let mut rec = base(snap, client, Some(resolver), verdict, started);
+    rec.drop_reason = drop;
+    rec.policy = policy;
+    rec.dns = Some(dns);
+    rec
+}
+
+/// The record for a message that is not a query the proxy can decide on (FORMERR/NOTIMP or dropped).
+pub fn malformed(
+    snap: &PolicySnapshot,
+    client: SocketAddr,
+    resolver: Option<SocketAddr>,
+    why: &Malformed,
+    answered: bool,
+    started: Instant,
+) -> FlowRecord {
+    let mut rec = base(snap, client, resolver, Verdict::Dropped, started);
+    rec.drop_reason = Some(DropReason::InvalidRequest);
+    let rcode = match why {
+        Malformed::Opcode(_) => Rcode::NotImp as u16,
+        _ => Rcode::FormErr as u16,
+    };
+    rec.policy = if answered {
+        format!("{why}; answered {}", if rcode == 4 { "NOTIMP" } else { "FORMERR" })
+    } else {
+        format!("{why}; dropped")
+    };
+    rec.dns = Some(DnsInfo {
+        rcode: if answered { rcode } else { 0 },
+        observation_source: "proxy-refused".into(),
+        ..Default::default()
+    });
+    rec
+}
+
+/// A query that reached the DNS listener without a redirect record: nowhere to forward it.
+pub fn no_origin(
+    snap: &PolicySnapshot,
+    client: SocketAddr,
+    q: &Query,
+    started: Instant,
+) -> FlowRecord {
+    let mut rec = base(snap, client, None, Verdict::Error, started);
+    rec.drop_reason = Some(DropReason::UpstreamError);
+    rec.policy = "no redirect record for this query: the original resolver is unknown; answered SERVFAIL".into();
+    let mut dns = query_info(q);
+    dns.rcode = Rcode::ServFail as u16;
+    dns.observation_source = "proxy".into();
+    rec.dns = Some(dns);
+    rec
+}
