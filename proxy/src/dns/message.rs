@@ -311,3 +311,250 @@ fn lower_no_dot(name: &str) -> String {
     let n = name.strip_suffix('.').unwrap_or(name);
     n.to_ascii_lowercase()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::testutil::{a, cname, query, response};
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+
+    fn reparse(msg: &[u8]) -> Message {
+        Message::from_vec(msg).expect("answer parses")
+    }
+
+    #[test]
+    fn a_query_keeps_the_clients_casing_and_reports_edns() {
+        let msg = query(0xbeef, "API.Stripe.com.", RecordType::AAAA, true);
+        let q = parse_query(&msg).unwrap();
+        assert_eq!(q.id, 0xbeef);
+        assert_eq!(q.name, "API.Stripe.com");
+        assert_eq!(q.qtype, 28);
+        assert_eq!(q.qtype_name(), "AAAA");
+        assert!(q.edns);
+        assert_eq!(&msg[q.question_end - 4..q.question_end], &[0, 28, 0, 1]);
+        let plain = query(1, "a.b", RecordType::A, false);
+        let q = parse_query(&plain).unwrap();
+        assert!(!q.edns);
+        assert_eq!(q.question_end, plain.len(), "no OPT: the question ends the message");
+    }
+
+    #[test]
+    fn refusal_echoes_id_question_bytes_and_edns() {
+        for (rcode, want) in [
+            (Rcode::Refused, ResponseCode::Refused),
+            (Rcode::NxDomain, ResponseCode::NXDomain),
+            (Rcode::ServFail, ResponseCode::ServFail),
+        ] {
+            let msg = query(0x1234, "eViL.ExAmple.org", RecordType::A, true);
+            let q = parse_query(&msg).unwrap();
+            let out = answer_from_query(&msg, &q, rcode);
+            assert_eq!(&out[..2], &msg[..2], "transaction id preserved");
+            assert_eq!(
+                &out[HEADER_LEN..q.question_end],
+                &msg[HEADER_LEN..q.question_end],
+                "question bytes (0x20 casing) preserved"
+            );
+            let m = reparse(&out);
+            assert_eq!(m.metadata.message_type, MessageType::Response);
+            assert_eq!(m.metadata.response_code, want);
+            assert!(m.metadata.recursion_desired, "RD copied");
+            assert!(m.answers.is_empty());
+            assert_eq!(m.queries[0].name().to_ascii(), "eViL.ExAmple.org.");
+            let edns = m.edns.as_ref().expect("OPT answered to an EDNS query");
+            assert_eq!(edns.max_payload(), EDNS_PAYLOAD);
+        }
+        let msg = query(7, "x.org", RecordType::A, false);
+        let q = parse_query(&msg).unwrap();
+        let m = reparse(&answer_from_query(&msg, &q, Rcode::Refused));
+        assert!(m.edns.is_none(), "no OPT to a client that sent none");
+    }
+
+    #[test]
+    fn malformed_messages_get_formerr_notimp_or_are_dropped() {
+        // Shorter than a header: dropped.
+        let e = parse_query(&[1, 2, 3]).unwrap_err();
+        assert_eq!(e, Malformed::TooShort(3));
+        assert_eq!(e.reply(&[1, 2, 3]), None);
+        let good = query(0x4242, "a.example", RecordType::A, false);
+        // A response sent to us: dropped.
+        let mut resp = good.clone();
+        resp[2] |= 0x80;
+        assert_eq!(parse_query(&resp).unwrap_err(), Malformed::NotAQuery);
+        assert_eq!(Malformed::NotAQuery.reply(&resp), None);
+        // Opcode STATUS (2): NOTIMP.
+        let mut status = good.clone();
+        status[2] |= 2 << 3;
+        let e = parse_query(&status).unwrap_err();
+        assert_eq!(e, Malformed::Opcode(2));
+        let r = e.reply(&status).unwrap();
+        assert_eq!(r[3] & 0x0f, Rcode::NotImp as u8);
+        assert_eq!(&r[..2], &[0x42, 0x42]);
+        // Two questions / none: FORMERR.
+        for qd in [0u16, 2] {
+            let mut m = good.clone();
+            m[4..6].copy_from_slice(&qd.to_be_bytes());
+            let e = parse_query(&m).unwrap_err();
+            assert_eq!(e, Malformed::QuestionCount(qd));
+            let r = e.reply(&m).unwrap();
+            assert_eq!((r[2] & 0x80, r[3] & 0x0f), (0x80, Rcode::FormErr as u8));
+            assert_eq!(r.len(), HEADER_LEN);
+            assert!(r[4..].iter().all(|b| *b == 0), "no sections in FORMERR");
+        }
+        // Truncated question.
+        let cut = &good[..good.len() - 3];
+        assert!(matches!(parse_query(cut), Err(Malformed::Parse(_))));
+        // Compression loop: the question name points at itself.
+        let mut lp = good[..HEADER_LEN].to_vec();
+        lp.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        let e = parse_query(&lp).unwrap_err();
+        assert!(matches!(e, Malformed::Parse(_)), "{e:?}");
+        assert_eq!(e.reply(&lp).unwrap()[3] & 0x0f, Rcode::FormErr as u8);
+        // Pointer loop between two pointers inside the question.
+        let mut lp2 = good[..HEADER_LEN].to_vec();
+        lp2.extend_from_slice(&[1, b'a', 0xc0, 14, 0, 1, 0, 1]);
+        assert!(matches!(parse_query(&lp2), Err(Malformed::Parse(_))));
+        // Oversized label (64 bytes).
+        let mut big = good[..HEADER_LEN].to_vec();
+        big.push(64);
+        big.extend(std::iter::repeat_n(b'a', 64));
+        big.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert!(matches!(parse_query(&big), Err(Malformed::Parse(_))));
+        // Name longer than 255 bytes.
+        let mut long = good[..HEADER_LEN].to_vec();
+        for _ in 0..5 {
+            long.push(63);
+            long.extend(std::iter::repeat_n(b'b', 63));
+        }
+        long.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert!(matches!(parse_query(&long), Err(Malformed::Parse(_))));
+        // Trailing garbage claimed by a bogus ARCOUNT.
+        let mut ar = good.clone();
+        ar[11] = 3;
+        assert!(matches!(parse_query(&ar), Err(Malformed::Parse(_))));
+    }
+
+    #[test]
+    fn responses_yield_the_cname_chain_addresses_and_min_ttl() {
+        let msg = query(9, "www.Example.com", RecordType::A, true);
+        let q = parse_query(&msg).unwrap();
+        let resp = response(
+            &msg,
+            None,
+            vec![
+                cname("www.example.com", 300, "edge.cdn.net"),
+                cname("edge.cdn.net", 120, "e1.cdn.net"),
+                a("e1.cdn.net", 60, "198.51.100.7"),
+                a("e1.cdn.net", 90, "198.51.100.8"),
+                a("unrelated.org", 5, "192.0.2.1"),
+            ],
+            ResponseCode::NoError,
+            false,
+        );
+        let info = inspect_response(&q, &resp).unwrap();
+        assert_eq!(info.names, ["www.example.com", "edge.cdn.net", "e1.cdn.net"]);
+        assert_eq!(
+            info.ips,
+            ["198.51.100.7".parse::<IpAddr>().unwrap(), "198.51.100.8".parse().unwrap()],
+            "records outside the chain are not learned"
+        );
+        assert_eq!(info.ttl, 60);
+        assert_eq!(info.rrtypes, ["CNAME", "A"]);
+        assert_eq!(info.rcode, 0);
+        assert!(!info.truncated);
+    }
+
+    #[test]
+    fn cname_loops_end_and_nxdomain_teaches_nothing() {
+        let msg = query(9, "a.test", RecordType::A, false);
+        let q = parse_query(&msg).unwrap();
+        let resp = response(
+            &msg,
+            None,
+            vec![cname("a.test", 5, "b.test"), cname("b.test", 5, "a.test")],
+            ResponseCode::NoError,
+            false,
+        );
+        let info = inspect_response(&q, &resp).unwrap();
+        assert_eq!(info.names, ["a.test", "b.test"]);
+        assert!(info.ips.is_empty());
+        assert_eq!(info.ttl, 0);
+        let nx = response(&msg, None, vec![], ResponseCode::NXDomain, false);
+        let info = inspect_response(&q, &nx).unwrap();
+        assert_eq!(info.rcode, 3);
+        assert!(info.ips.is_empty());
+    }
+
+    #[test]
+    fn mismatched_responses_are_rejected() {
+        let msg = query(9, "a.test", RecordType::A, false);
+        let q = parse_query(&msg).unwrap();
+        let other_id = response(&query(10, "a.test", RecordType::A, false), None, vec![], ResponseCode::NoError, false);
+        assert_eq!(
+            inspect_response(&q, &other_id),
+            Err(BadResponse::Mismatch("transaction id differs"))
+        );
+        let other_q = response(&msg, Some("b.test"), vec![], ResponseCode::NoError, false);
+        assert_eq!(
+            inspect_response(&q, &other_q),
+            Err(BadResponse::Mismatch("question differs"))
+        );
+        assert_eq!(
+            inspect_response(&q, &msg),
+            Err(BadResponse::Mismatch("QR is 0"))
+        );
+        assert!(matches!(
+            inspect_response(&q, &[0, 9, 0x80]),
+            Err(BadResponse::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn truncated_responses_pass_with_the_tc_bit() {
+        let msg = query(9, "big.test", RecordType::A, false);
+        let q = parse_query(&msg).unwrap();
+        let tc = response(&msg, None, vec![a("big.test", 30, "192.0.2.9")], ResponseCode::NoError, true);
+        let info = inspect_response(&q, &tc).unwrap();
+        assert!(info.truncated);
+        // A bare TC header without a question is accepted too (some servers send only that).
+        let mut bare = header_only(&msg, Rcode::NoError);
+        bare[2] |= 0x02;
+        let info = inspect_response(&q, &bare).unwrap();
+        assert!(info.truncated);
+        assert!(info.ips.is_empty());
+    }
+
+    #[test]
+    fn the_clients_0x20_casing_is_restored_in_the_response() {
+        let msg = query(77, "ApI.sTrIpE.cOm", RecordType::A, true);
+        let q = parse_query(&msg).unwrap();
+        let mut resp = response(
+            &msg,
+            Some("api.stripe.com"),
+            vec![a("api.stripe.com", 30, "203.0.113.10")],
+            ResponseCode::NoError,
+            false,
+        );
+        inspect_response(&q, &resp).expect("case-insensitive question match");
+        restore_case(&mut resp, &msg, &q);
+        let m = reparse(&resp);
+        assert_eq!(m.queries[0].name().to_ascii(), "ApI.sTrIpE.cOm.");
+        assert_eq!(m.answers.len(), 1, "the rest of the response is untouched");
+        // A different name is never "restored".
+        let mut other = response(&msg, Some("api.stripe.net"), vec![], ResponseCode::NoError, false);
+        let before = other.clone();
+        restore_case(&mut other, &msg, &q);
+        assert_eq!(other, before);
+    }
+
+    #[test]
+    fn helpers() {
+        let mut m = query(1, "a.b", RecordType::A, false);
+        set_id(&mut m, 0xabcd);
+        assert_eq!(&m[..2], &[0xab, 0xcd]);
+        assert_eq!(rcode_of(&header_only(&m, Rcode::Refused)), 5);
+        assert_eq!(rcode_of(&[]), 0);
+        let root = query(1, ".", RecordType::NS, false);
+        assert_eq!(parse_query(&root).unwrap().name, ".");
+    }
+}

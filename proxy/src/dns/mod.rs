@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod origin;
 pub mod record;
 pub mod server;
+#[cfg(test)]
+mod testutil;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
