@@ -129,3 +129,185 @@ impl Learner {
         (cached, kernel)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::dns::message::ResponseInfo;
+    use crate::policy_source::{PolicySnapshot, compile};
+    use policy_model::{Decision, Protocol};
+    use std::sync::Mutex;
+
+    /// The shared conformance case's policies and endpoints as a snapshot (never a copy of the file).
+    pub(crate) fn conformance_snapshot(case: &str) -> PolicySnapshot {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/conformance")
+            .join(format!("{case}.yaml"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let docs: Vec<String> = v["policies"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| serde_yaml::to_string(p).unwrap())
+            .collect();
+        let mut eps = serde_yaml::Mapping::new();
+        eps.insert("endpoints".into(), v["endpoints"].clone());
+        let eps = serde_yaml::to_string(&eps).unwrap();
+        compile(
+            &[("policy.yaml".to_string(), docs.join("---\n"))],
+            ("endpoints.yaml", &eps),
+            1,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[derive(Default)]
+    pub(crate) struct Recorder {
+        pub allowed: Mutex<Vec<(u32, IpAddr, Duration)>>,
+        pub removed: Mutex<Vec<(u32, IpAddr)>>,
+    }
+
+    impl FqdnGate for Recorder {
+        fn allow(&self, identity: u32, ips: &[IpAddr], ttl: Duration) -> Result<(), String> {
+            let mut a = self.allowed.lock().unwrap();
+            a.extend(ips.iter().map(|ip| (identity, *ip, ttl)));
+            Ok(())
+        }
+        fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
+            self.removed
+                .lock()
+                .unwrap()
+                .extend(ips.iter().map(|ip| (identity, *ip)));
+            Ok(())
+        }
+        fn gc(&self) -> Result<usize, String> {
+            Ok(0)
+        }
+    }
+
+    fn info(names: &[&str], ips: &[&str], ttl: u32) -> ResponseInfo {
+        ResponseInfo {
+            names: names.iter().map(|s| s.to_string()).collect(),
+            ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            ttl,
+            ..Default::default()
+        }
+    }
+
+    const WORKER: &str = "10.0.2.10";
+
+    #[test]
+    fn only_names_selected_by_to_fqdns_reach_the_kernel() {
+        let snap = conformance_snapshot("dns-fqdn");
+        let worker = snap.endpoints.identity_of_ip(WORKER.parse().unwrap());
+        assert_eq!(snap.engine.fqdn_restricted(), vec![worker]);
+        let stripe = LearnPlan::new(
+            &snap.engine,
+            worker,
+            &info(&["api.stripe.com"], &["203.0.113.10"], 5),
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert!(stripe.to_kernel);
+        assert_eq!(stripe.ttl, Duration::from_secs(5));
+        // Selected through the CNAME target (matchPattern *.s3.amazonaws.com).
+        let via_cname = LearnPlan::new(
+            &snap.engine,
+            worker,
+            &info(&["files.example", "bucket.s3.amazonaws.com"], &["198.51.100.20"], 5),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(via_cname.to_kernel);
+        assert_eq!(via_cname.ttl, Duration::from_secs(60), "min TTL applies");
+        let other = LearnPlan::new(
+            &snap.engine,
+            worker,
+            &info(&["s3.amazonaws.com"], &["192.0.2.5"], 5),
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert!(!other.to_kernel, "*.s3.amazonaws.com does not select s3.amazonaws.com");
+        assert_eq!(
+            LearnPlan::new(&snap.engine, worker, &info(&["x"], &[], 5), Duration::ZERO),
+            None
+        );
+        let mut nx = info(&["api.stripe.com"], &["203.0.113.10"], 5);
+        nx.rcode = 3;
+        assert_eq!(LearnPlan::new(&snap.engine, worker, &nx, Duration::ZERO), None);
+    }
+
+    #[test]
+    fn learning_opens_the_connection_verdict_and_expiry_closes_it() {
+        let snap = conformance_snapshot("dns-fqdn");
+        let src: IpAddr = WORKER.parse().unwrap();
+        let worker = snap.endpoints.identity_of_ip(src);
+        let dst: IpAddr = "203.0.113.10".parse().unwrap();
+        let flow = snap.engine.flow(src, dst, 443, Protocol::Tcp);
+        let now = SystemTime::now();
+        let verdict = |at| snap.engine.connection(&flow, &snap.fqdn.read(), at).decision;
+        assert_eq!(verdict(now), Decision::Deny, "nothing learned yet");
+        let gate = Arc::new(Recorder::default());
+        let learner = Learner {
+            cache: snap.fqdn.clone(),
+            gate: Some(gate.clone()),
+            min_ttl: Duration::ZERO,
+        };
+        let plan = LearnPlan::new(
+            &snap.engine,
+            worker,
+            &info(&["api.stripe.com"], &["203.0.113.10"], 5),
+            Duration::ZERO,
+        )
+        .unwrap();
+        learner.apply(src, worker.0, &plan, now).unwrap();
+        assert_eq!(
+            *gate.allowed.lock().unwrap(),
+            vec![(worker.0, dst, Duration::from_secs(5))]
+        );
+        assert_eq!(verdict(now), Decision::Allow);
+        let port80 = snap.engine.flow(src, dst, 80, Protocol::Tcp);
+        assert_eq!(
+            snap.engine.connection(&port80, &snap.fqdn.read(), now).decision,
+            Decision::Deny,
+            "only the rule's port"
+        );
+        let later = now + Duration::from_secs(6);
+        assert_eq!(verdict(later), Decision::Deny, "expired");
+        assert_eq!(learner.gc(later).0, 1);
+        assert!(snap.fqdn.read().is_empty());
+    }
+
+    #[test]
+    fn the_51st_ip_evicts_the_oldest_from_cache_and_kernel() {
+        let snap = conformance_snapshot("dns-fqdn");
+        let src: IpAddr = WORKER.parse().unwrap();
+        let worker = snap.endpoints.identity_of_ip(src);
+        let gate = Arc::new(Recorder::default());
+        let learner = Learner {
+            cache: snap.fqdn.clone(),
+            gate: Some(gate.clone()),
+            min_ttl: Duration::ZERO,
+        };
+        let now = SystemTime::now();
+        for i in 0..51u8 {
+            let ip = format!("198.51.100.{i}");
+            let plan = LearnPlan::new(
+                &snap.engine,
+                worker,
+                &info(&["api.stripe.com"], &[&ip], 300),
+                Duration::ZERO,
+            )
+            .unwrap();
+            learner.apply(src, worker.0, &plan, now).unwrap();
+        }
+        assert_eq!(snap.fqdn.read().len(), 50);
+        assert_eq!(
+            *gate.removed.lock().unwrap(),
+            vec![(worker.0, "198.51.100.0".parse().unwrap())]
+        );
+        assert!(snap.fqdn.read().names_for_ip("198.51.100.0".parse().unwrap()).is_empty());
+    }
+}
