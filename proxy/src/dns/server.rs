@@ -403,3 +403,323 @@ fn marked_udp(dst: SocketAddr, mark: u32) -> std::io::Result<UdpSocket> {
     socket.connect(&dst.into())?;
     UdpSocket::from_std(socket.into())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The listeners and forwarder over loopback: a fake resolver (hickory-built answers) on 127.0.0.53, the
+    //! "pod" on 127.0.0.10, the proxy on 127.0.0.1. No root needed.
+    use super::*;
+    use crate::dns::learn::tests::Recorder;
+    use crate::dns::learn::{FqdnGate, Learner};
+    use crate::dns::testutil::{a, cname, query, response};
+    use crate::flow::{FlowRecord, FlowSink, Verdict};
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::RecordType;
+
+    const POD: &str = "127.0.0.10";
+
+    /// Answers like a recursive resolver, in lower case (so the proxy must restore 0x20 casing): `big.test` is
+    /// truncated over UDP and complete over TCP; `slow.test` never answers; `alias.test` is a CNAME chain.
+    fn answer(msg: &[u8], over_tcp: bool) -> Option<Vec<u8>> {
+        let m = Message::from_vec(msg).ok()?;
+        let qname = m.queries[0].name().to_ascii().to_ascii_lowercase();
+        let answers = match qname.as_str() {
+            "slow.test." => return None,
+            "api.stripe.com." => vec![a("api.stripe.com", 5, "203.0.113.10")],
+            "alias.test." => vec![
+                cname("alias.test", 30, "bucket.s3.amazonaws.com"),
+                a("bucket.s3.amazonaws.com", 20, "198.51.100.20"),
+            ],
+            "big.test." if !over_tcp => {
+                return Some(response(msg, Some(&qname), vec![], ResponseCode::NoError, true));
+            }
+            "big.test." => (0..40)
+                .map(|i| a("big.test", 60, &format!("192.0.2.{i}")))
+                .collect(),
+            _ => return Some(response(msg, Some(&qname), vec![], ResponseCode::NXDomain, false)),
+        };
+        Some(response(msg, Some(&qname), answers, ResponseCode::NoError, false))
+    }
+
+    async fn fake_resolver() -> SocketAddr {
+        let udp = UdpSocket::bind("127.0.0.53:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65535];
+            loop {
+                let Ok((n, from)) = udp.recv_from(&mut buf).await else { return };
+                if let Some(r) = answer(&buf[..n], false) {
+                    let _ = udp.send_to(&r, from).await;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = tcp.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut len = [0u8; 2];
+                    s.read_exact(&mut len).await.ok()?;
+                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    s.read_exact(&mut q).await.ok()?;
+                    let r = answer(&q, true)?;
+                    s.write_all(&(r.len() as u16).to_be_bytes()).await.ok()?;
+                    s.write_all(&r).await.ok()
+                });
+            }
+        });
+        addr
+    }
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        server: Arc<DnsServer>,
+        udp: SocketAddr,
+        tcp: SocketAddr,
+        gate: Arc<Recorder>,
+        stop: CancellationToken,
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.stop.cancel();
+        }
+    }
+
+    async fn harness(deny: DenyResponse, inflight: usize) -> Harness {
+        let resolver = fake_resolver().await;
+        let dir = tempfile::tempdir().unwrap();
+        let policy = format!(
+            r#"apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: egress-fqdn, namespace: prod}}
+spec:
+  endpointSelector: {{matchLabels: {{app: worker}}}}
+  egress:
+    - toEndpoints: [{{matchLabels: {{"k8s:io.kubernetes.pod.namespace": kube-system, "k8s:k8s-app": kube-dns}}}}]
+      toPorts:
+        - ports: [{{port: "{port}", protocol: ANY}}]
+          rules:
+            dns:
+              - matchName: api.stripe.com
+              - matchPattern: "*.test"
+              - matchPattern: "*.s3.amazonaws.com"
+    - toFQDNs: [{{matchName: api.stripe.com}}, {{matchPattern: "*.s3.amazonaws.com"}}]
+      toPorts:
+        - ports: [{{port: "443", protocol: TCP}}]
+"#,
+            port = resolver.port()
+        );
+        let endpoints = format!(
+            "endpoints:\n  - {{name: worker, namespace: prod, labels: {{app: worker}}, ip: {POD}}}\n  \
+             - {{name: coredns, namespace: kube-system, labels: {{k8s-app: kube-dns}}, ip: {}}}\n",
+            resolver.ip()
+        );
+        std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
+        std::fs::write(dir.path().join("e.yaml"), endpoints).unwrap();
+        let policy = Arc::new(
+            PolicySource::load(&dir.path().join("p.yaml"), &dir.path().join("e.yaml")).unwrap(),
+        );
+        let gate = Arc::new(Recorder::default());
+        let server = Arc::new(DnsServer {
+            learner: Learner {
+                cache: policy.current().fqdn.clone(),
+                gate: Some(gate.clone() as Arc<dyn FqdnGate>),
+                min_ttl: Duration::ZERO,
+            },
+            policy,
+            flows: Arc::new(FlowLog::new(256, FlowSink::None).unwrap()),
+            origin: Box::new(FixedUpstream(resolver)),
+            opts: DnsOptions {
+                deny_response: deny,
+                upstream_timeout: Duration::from_millis(500),
+                mark: 0,
+            },
+            inflight: Arc::new(Semaphore::new(inflight)),
+        });
+        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let tcp = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let (ua, ta) = (udp.local_addr().unwrap(), tcp.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        tokio::spawn(server.clone().serve_udp(udp, stop.clone()));
+        tokio::spawn(server.clone().serve_tcp(tcp, stop.clone()));
+        Harness {
+            _dir: dir,
+            server,
+            udp: ua,
+            tcp: ta,
+            gate,
+            stop,
+        }
+    }
+
+    async fn ask_udp(to: SocketAddr, msg: &[u8]) -> Option<Vec<u8>> {
+        let c = UdpSocket::bind(format!("{POD}:0")).await.unwrap();
+        c.send_to(msg, to).await.unwrap();
+        let mut buf = vec![0u8; 65535];
+        match tokio::time::timeout(Duration::from_secs(10), c.recv(&mut buf)).await {
+            Ok(Ok(n)) => Some(buf[..n].to_vec()),
+            _ => None,
+        }
+    }
+
+    async fn ask_tcp(to: SocketAddr, msg: &[u8]) -> Vec<u8> {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{POD}:0").parse().unwrap()).unwrap();
+        let mut s = sock.connect(to).await.unwrap();
+        s.write_all(&(msg.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(msg).await.unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.unwrap();
+        let mut r = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut r).await.unwrap();
+        r
+    }
+
+    fn last_flow(h: &Harness) -> FlowRecord {
+        h.server.flows.last(1).pop().expect("a flow record")
+    }
+
+    #[tokio::test]
+    async fn allowed_query_is_forwarded_learned_before_release_and_recorded() {
+        let h = harness(DenyResponse::Refused, 64).await;
+        let q = query(0x5151, "aPi.StRiPe.CoM", RecordType::A, true);
+        let r = ask_udp(h.udp, &q).await.expect("answer");
+        // Learned by the time the client has the answer.
+        assert_eq!(h.gate.allowed.lock().unwrap().len(), 1);
+        let m = Message::from_vec(&r).unwrap();
+        assert_eq!(m.metadata.id, 0x5151, "transaction id preserved");
+        assert_eq!(m.queries[0].name().to_ascii(), "aPi.StRiPe.CoM.", "client casing back");
+        assert_eq!(m.answers.len(), 1);
+        assert!(m.edns.is_some(), "EDNS0 kept end to end");
+        let f = last_flow(&h);
+        assert_eq!(f.verdict, Verdict::Forwarded);
+        assert_eq!(f.protocol, "DNS");
+        let dns = f.dns.unwrap();
+        assert_eq!(dns.query, "aPi.StRiPe.CoM.");
+        assert_eq!((dns.qtypes, dns.rcode, dns.ttl), (vec!["A".to_string()], 0, 5));
+        assert_eq!(dns.ips, ["203.0.113.10"]);
+        assert!(f.policy.contains("allowed by"), "{}", f.policy);
+        assert_eq!(f.source.pod.as_deref(), Some("worker"));
+        let ip = "203.0.113.10".parse().unwrap();
+        assert_eq!(h.server.learner.cache.read().names_for_ip(ip), ["api.stripe.com"]);
+    }
+
+    #[tokio::test]
+    async fn cname_chains_are_learned_under_every_name() {
+        let h = harness(DenyResponse::Refused, 64).await;
+        let r = ask_udp(h.udp, &query(1, "alias.test", RecordType::A, false))
+            .await
+            .unwrap();
+        assert_eq!(Message::from_vec(&r).unwrap().answers.len(), 2);
+        let ip = "198.51.100.20".parse().unwrap();
+        assert_eq!(
+            h.server.learner.cache.read().names_for_ip(ip),
+            ["alias.test", "bucket.s3.amazonaws.com"]
+        );
+        let allowed = h.gate.allowed.lock().unwrap().clone();
+        assert_eq!(allowed.len(), 1, "selected via the CNAME target");
+        assert_eq!(allowed[0].2, Duration::from_secs(20), "smallest TTL of the chain");
+        assert_eq!(last_flow(&h).dns.unwrap().cnames, ["bucket.s3.amazonaws.com."]);
+    }
+
+    #[tokio::test]
+    async fn denied_queries_get_refused_or_nxdomain_and_a_dropped_record() {
+        for (deny, want) in [
+            (DenyResponse::Refused, ResponseCode::Refused),
+            (DenyResponse::Nxdomain, ResponseCode::NXDomain),
+        ] {
+            let h = harness(deny, 64).await;
+            let q = query(0x0bad, "Evil.Example.org", RecordType::A, true);
+            let r = ask_udp(h.udp, &q).await.expect("answer");
+            let m = Message::from_vec(&r).unwrap();
+            assert_eq!(m.metadata.response_code, want);
+            assert_eq!(m.metadata.id, 0x0bad);
+            assert_eq!(m.queries[0].name().to_ascii(), "Evil.Example.org.");
+            assert!(h.gate.allowed.lock().unwrap().is_empty());
+            let f = last_flow(&h);
+            assert_eq!(f.verdict, Verdict::Dropped);
+            assert_eq!(f.dns.unwrap().rcode, u16::from(want));
+            assert!(f.policy.contains("denied"), "{}", f.policy);
+        }
+    }
+
+    #[tokio::test]
+    async fn upstream_timeout_gives_servfail() {
+        let h = harness(DenyResponse::Refused, 64).await;
+        let r = ask_udp(h.udp, &query(3, "slow.test", RecordType::A, false))
+            .await
+            .expect("SERVFAIL, not silence");
+        let m = Message::from_vec(&r).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        let f = last_flow(&h);
+        assert_eq!(f.verdict, Verdict::Error);
+        assert!(f.policy.contains("did not answer"), "{}", f.policy);
+    }
+
+    #[tokio::test]
+    async fn overload_gives_servfail_at_once() {
+        let h = harness(DenyResponse::Refused, 1).await;
+        // The one permit is held by a query the resolver never answers.
+        let to = h.udp;
+        let slow = tokio::spawn(async move {
+            ask_udp(to, &query(4, "slow.test", RecordType::A, false)).await
+        });
+        let mut got = None;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let r = ask_udp(h.udp, &query(5, "api.stripe.com", RecordType::A, false))
+                .await
+                .unwrap();
+            if Message::from_vec(&r).unwrap().metadata.response_code == ResponseCode::ServFail {
+                got = Some(r);
+                break;
+            }
+        }
+        assert!(got.is_some(), "a query beyond --dns-max-inflight gets SERVFAIL");
+        let _ = slow.await;
+    }
+
+    #[tokio::test]
+    async fn truncated_udp_answer_then_tcp_fallback() {
+        let h = harness(DenyResponse::Refused, 64).await;
+        let q = query(6, "BIG.test", RecordType::A, true);
+        let r = ask_udp(h.udp, &q).await.unwrap();
+        let m = Message::from_vec(&r).unwrap();
+        assert!(m.metadata.truncation, "TC passed through");
+        let r = ask_tcp(h.tcp, &q).await;
+        let m = Message::from_vec(&r).unwrap();
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 40);
+        assert_eq!(m.queries[0].name().to_ascii(), "BIG.test.");
+        // Denied over TCP too.
+        let r = ask_tcp(h.tcp, &query(7, "evil.example.org", RecordType::A, false)).await;
+        assert_eq!(
+            Message::from_vec(&r).unwrap().metadata.response_code,
+            ResponseCode::Refused
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_queries_get_formerr_or_are_dropped_with_a_record() {
+        let h = harness(DenyResponse::Refused, 64).await;
+        let good = query(0x7777, "a.test", RecordType::A, false);
+        let mut lp = good[..12].to_vec();
+        lp.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        let r = ask_udp(h.udp, &lp).await.expect("FORMERR");
+        assert_eq!((r[0], r[1], r[3] & 0x0f), (0x77, 0x77, 1));
+        let f = last_flow(&h);
+        assert_eq!(f.verdict, Verdict::Dropped);
+        assert!(f.policy.contains("FORMERR"), "{}", f.policy);
+        // Too short to answer: dropped, but recorded.
+        let before = h.server.flows.len();
+        let c = UdpSocket::bind(format!("{POD}:0")).await.unwrap();
+        c.send_to(&[1, 2, 3], h.udp).await.unwrap();
+        let mut waited = 0;
+        while h.server.flows.len() == before && waited < 200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert!(last_flow(&h).policy.contains("dropped"));
+    }
+}
