@@ -116,7 +116,8 @@ pub fn to_flow(rec: &FlowRecord, node_name: &str) -> flow::Flow {
                     })
                     .collect(),
             })),
-        });
+        })
+        .or_else(|| rec.dns.as_ref().map(|d| dns_layer7(d, rec.latency_ns)));
     let is_l7 = l7.is_some();
     flow::Flow {
         time: timestamp(&rec.time),
@@ -154,6 +155,24 @@ pub fn to_flow(rec: &FlowRecord, node_name: &str) -> flow::Flow {
         uuid: rec.uuid.clone(),
         auth_type: flow::AuthType::Disabled as i32,
         tollgate_policy: rec.policy.clone(),
+    }
+}
+
+/// A DNS proxy record as Hubble's `Layer7.dns` (a response: the proxy reports the answer it released).
+fn dns_layer7(d: &crate::flow::DnsInfo, latency_ns: u64) -> flow::Layer7 {
+    flow::Layer7 {
+        r#type: flow::L7FlowType::Response as i32,
+        latency_ns,
+        record: Some(flow::layer7::Record::Dns(flow::Dns {
+            query: d.query.clone(),
+            ips: d.ips.clone(),
+            ttl: d.ttl,
+            cnames: d.cnames.clone(),
+            observation_source: d.observation_source.clone(),
+            rcode: u32::from(d.rcode),
+            qtypes: d.qtypes.clone(),
+            rrtypes: d.rrtypes.clone(),
+        })),
     }
 }
 
