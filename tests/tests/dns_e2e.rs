@@ -1,0 +1,358 @@
+//! DNS proxy and DNS-aware FQDN egress, end to end as root: the `dns-fqdn` conformance case as a node (eBPF
+//! redirect), dnsmasq as the cluster resolver in the `coredns` pod, stand-in "external" servers in namespaces at the
+//! conformance IPs, and real clients (dig over UDP and TCP, glibc's resolver via getent, curl, Python sockets) in
+//! the `worker` pod.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
+use tollgate_e2e::{ChildGuard, Nginx, Pod, require_root, require_tool};
+
+const WORKER: &str = "prod/worker";
+const COREDNS: &str = "kube-system/coredns";
+const RESOLVER: &str = "10.0.0.53";
+/// The TTL dnsmasq gives its answers: short, so expiry is observable in the test.
+const TTL_SECS: u64 = 3;
+
+/// What dnsmasq serves (the conformance `dns_cache` names, plus the names the cases ask about).
+const RECORDS: &[(&str, &str)] = &[
+    ("api.stripe.com", "203.0.113.10"),
+    ("bucket.s3.amazonaws.com", "198.51.100.20"),
+    ("s3.amazonaws.com", "192.0.2.99"),
+    ("evil.example.org", "192.0.2.99"),
+];
+
+/// "External" servers: a namespace per IP, nginx (plain HTTP) on 443.
+const EXTERNAL: &[(&str, &str)] = &[
+    ("stripe", "203.0.113.10"),
+    ("bucket", "198.51.100.20"),
+    ("other", "192.0.2.99"),
+];
+
+struct Node {
+    scenario: EbpfScenario,
+    _externals: Vec<(Pod, Nginx)>,
+    _dnsmasq: ChildGuard,
+    resolv_dir: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.resolv_dir);
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn node(extra_args: &[&str]) -> Node {
+    require_root();
+    require_tool("dig");
+    require_tool("python3");
+    let dnsmasq_bin = require_tool("dnsmasq");
+    let case = CaseFile::load("dns-fqdn").expect("conformance case dns-fqdn");
+    let mut scenario = EbpfScenario::new(case).expect("scenario");
+    let mut externals = Vec::new();
+    for (name, ip) in EXTERNAL {
+        let pod = scenario.node.add_pod(name, ip).expect("external namespace");
+        let nginx = Nginx::start(&pod, 443, 8443).expect("external nginx");
+        externals.push((pod, nginx));
+    }
+    let coredns = scenario.pod(COREDNS);
+    let mut cmd = coredns.command(dnsmasq_bin);
+    cmd.args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--user=root",
+        "--pid-file=",
+        "--bind-interfaces",
+        &format!("--listen-address={RESOLVER}"),
+        "--port=53",
+        &format!("--local-ttl={TTL_SECS}"),
+    ]);
+    // With an IPv6 address too, so AAAA questions get NOERROR from dnsmasq rather than "not ready".
+    for (i, (name, ip)) in RECORDS.iter().enumerate() {
+        cmd.arg(format!("--host-record={name},{ip},2001:db8::{}", i + 1));
+    }
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let dnsmasq = ChildGuard::spawn(&mut cmd).expect("dnsmasq");
+    // Until dnsmasq answers directly (from its own namespace: no redirect there).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = coredns
+            .command("dig")
+            .args([&format!("@{RESOLVER}"), "+time=1", "+tries=1", "+short", "api.stripe.com"])
+            .output()
+            .expect("dig");
+        if String::from_utf8_lossy(&o.stdout).contains("203.0.113.10") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "dnsmasq did not come up: {}", text(&o));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // glibc's resolver in the worker pod uses the cluster resolver (`ip netns exec` bind-mounts this file).
+    let resolv_dir = PathBuf::from("/etc/netns").join(scenario.pod(WORKER).netns.name());
+    std::fs::create_dir_all(&resolv_dir).expect("resolv.conf dir");
+    std::fs::write(
+        resolv_dir.join("resolv.conf"),
+        format!("nameserver {RESOLVER}\noptions timeout:5 attempts:1\n"),
+    )
+    .expect("resolv.conf");
+    let mut args = scenario.ebpf_args();
+    args.extend(extra_args.iter().map(|s| s.to_string()));
+    scenario.start_proxy_with(&args).expect("tollgate");
+    Node {
+        scenario,
+        _externals: externals,
+        _dnsmasq: dnsmasq,
+        resolv_dir,
+    }
+}
+
+/// `dig` from the worker pod against the cluster resolver; returns its full output.
+fn dig(n: &Node, name: &str, qtype: &str, tcp: bool) -> String {
+    let mut cmd = n.scenario.pod(WORKER).command("dig");
+    cmd.args([&format!("@{RESOLVER}"), "+time=5", "+tries=1", name, qtype]);
+    if tcp {
+        cmd.arg("+tcp");
+    }
+    text(&cmd.output().expect("dig"))
+}
+
+fn status(dig_out: &str) -> &str {
+    dig_out
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("NO ANSWER")
+}
+
+/// A Python snippet run in the worker pod (exact errno of connect(): the kernel gate answers EPERM).
+fn py(n: &Node, code: &str) -> String {
+    let o = n
+        .scenario
+        .pod(WORKER)
+        .command("python3")
+        .args(["-c", code])
+        .output()
+        .expect("python3");
+    text(&o)
+}
+
+fn connect_result(n: &Node, ip: &str, port: u16) -> String {
+    py(
+        n,
+        &format!(
+            "import socket\ns=socket.socket()\ns.settimeout(5)\ntry:\n s.connect(('{ip}',{port}))\n \
+             s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n print('ok', s.recv(200).split(b' ')[1].decode())\n\
+             except OSError as e:\n print('errno', e.errno)"
+        ),
+    )
+    .trim()
+    .to_string()
+}
+
+fn dns_flows(n: &Node) -> Vec<Value> {
+    n.scenario
+        .flows()
+        .into_iter()
+        .filter(|f| f["protocol"] == "DNS")
+        .collect()
+}
+
+fn wait_dns_flow(n: &Node, after: usize, pred: impl Fn(&Value) -> bool) -> Value {
+    n.scenario
+        .wait_flow(after, |f| f["protocol"] == "DNS" && pred(f))
+        .unwrap_or_else(|| {
+            panic!(
+                "no matching DNS flow record; DNS flows: {:#?}\nproxy log:\n{}",
+                dns_flows(n),
+                n.scenario.proxy_log()
+            )
+        })
+}
+
+#[test]
+fn dns_policy_fqdn_learning_and_kernel_gate() {
+    let n = node(&["--dns-gc-secs", "1"]);
+    let flows_at_start = n.scenario.flows().len();
+
+    // Before any DNS answer, the FQDN-restricted worker cannot reach any external IP (EPERM at connect()).
+    assert_eq!(connect_result(&n, "203.0.113.10", 443), "errno 1");
+
+    // Every DNS case of the conformance file, as real traffic over UDP and over TCP.
+    let mut replayed = 0;
+    for case in n.scenario.case.cases.clone() {
+        let Some(q) = case.get("dns") else { continue };
+        let name = q["query"].as_str().unwrap();
+        let qtype = q["type"].as_str().unwrap();
+        let allow = case["expect"].as_str() == Some("allow");
+        for tcp in [false, true] {
+            let before = n.scenario.flows().len();
+            let out = dig(&n, name, qtype, tcp);
+            let want = if allow { "NOERROR" } else { "REFUSED" };
+            assert_eq!(status(&out), want, "{name} {qtype} tcp={tcp}:\n{out}");
+            // The answer repeats the question exactly as the client cased it.
+            let shown = format!(";{}", name.trim_end_matches('.'));
+            assert!(out.contains(&shown), "question casing kept for {name}:\n{out}");
+            let f = wait_dns_flow(&n, before, |f| {
+                f["dns"]["query"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(&format!("{}.", name.trim_end_matches('.'))))
+            });
+            assert_eq!(
+                f["verdict"],
+                if allow { "FORWARDED" } else { "DROPPED" },
+                "{f}"
+            );
+            assert_eq!(f["dns"]["qtypes"][0], qtype, "{f}");
+            assert_eq!(f["source"]["pod"], "worker", "{f}");
+            assert_eq!(f["destination"]["ip"], RESOLVER, "{f}");
+            if allow && qtype == "A" {
+                assert!(f["dns"]["ttl"].as_u64().unwrap() <= TTL_SECS, "{f}");
+                assert!(!f["dns"]["ips"].as_array().unwrap().is_empty(), "{f}");
+            }
+            replayed += 1;
+        }
+    }
+    assert_eq!(replayed, 10, "5 DNS cases x UDP and TCP");
+
+    // glibc's resolver (connected UDP socket) through the proxy.
+    let o = n
+        .scenario
+        .pod(WORKER)
+        .command("getent")
+        .args(["ahostsv4", "api.stripe.com"])
+        .output()
+        .expect("getent");
+    assert!(text(&o).contains("203.0.113.10"), "getent: {}", text(&o));
+
+    // The connect cases of the conformance file: learned IPs on 443 are reachable; an IP DNS never answered to
+    // this pod is refused at connect() by the kernel.
+    dig(&n, "api.stripe.com", "A", false);
+    dig(&n, "bucket.s3.amazonaws.com", "A", false);
+    assert_eq!(connect_result(&n, "203.0.113.10", 443), "ok 200");
+    assert_eq!(connect_result(&n, "198.51.100.20", 443), "ok 200");
+    let out = n
+        .scenario
+        .curl(WORKER, &["http://203.0.113.10:443/"])
+        .expect("curl");
+    assert!(text(&out).starts_with("200 203.0.113.10:443"), "curl: {}", text(&out));
+    // 192.0.2.99 was answered for s3.amazonaws.com and evil.example.org, both DENIED queries: not learned.
+    assert_eq!(connect_result(&n, "192.0.2.99", 443), "errno 1");
+    let out = n
+        .scenario
+        .curl(WORKER, &["http://192.0.2.99:443/"])
+        .expect("curl");
+    assert!(text(&out).starts_with("000"), "curl to an unlearned IP: {}", text(&out));
+
+    // TTL expiry: a connection opened while the answer was valid outlives it; a new connect after it is refused.
+    dig(&n, "api.stripe.com", "A", false);
+    let expiry = py(
+        &n,
+        &format!(
+            "import socket,time\nold=socket.create_connection(('203.0.113.10',443),timeout=5)\n\
+             time.sleep({})\ntry:\n socket.create_connection(('203.0.113.10',443),timeout=5)\n print('new ok')\n\
+             except OSError as e:\n print('new errno', e.errno)\n\
+             old.sendall(b'GET /still-open HTTP/1.0\\r\\n\\r\\n')\nprint('old', old.recv(200).split(b' ')[1].decode())",
+            TTL_SECS + 2
+        ),
+    );
+    assert!(expiry.contains("new errno 1"), "new connect after TTL must be refused:\n{expiry}");
+    assert!(expiry.contains("old 200"), "open connection must survive expiry:\n{expiry}");
+    // Asking again re-opens it.
+    dig(&n, "api.stripe.com", "A", false);
+    assert_eq!(connect_result(&n, "203.0.113.10", 443), "ok 200");
+
+    // Malformed packets: a compression loop gets FORMERR with the client's id; a 3-byte packet is dropped; both
+    // leave a DROPPED flow record.
+    let before = n.scenario.flows().len();
+    let reply = py(
+        &n,
+        &format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(5)\n\
+             s.sendto(bytes([0x12,0x34,1,0,0,1,0,0,0,0,0,0,0xc0,12,0,1,0,1]),('{RESOLVER}',53))\n\
+             r=s.recv(512)\nprint('id', r[0]*256+r[1], 'rcode', r[3]&15)\n\
+             s.sendto(b'abc',('{RESOLVER}',53))\ns.settimeout(1)\ntry:\n s.recv(512)\n print('short answered')\n\
+             except OSError:\n print('short dropped')"
+        ),
+    );
+    assert!(reply.contains("id 4660 rcode 1"), "FORMERR expected:\n{reply}");
+    assert!(reply.contains("short dropped"), "{reply}");
+    let f = wait_dns_flow(&n, before, |f| {
+        f["policy"].as_str().is_some_and(|p| p.contains("FORMERR"))
+    });
+    assert_eq!(f["verdict"], "DROPPED");
+    assert_eq!(f["drop_reason"], "INVALID_REQUEST");
+    wait_dns_flow(&n, before, |f| {
+        f["policy"].as_str().is_some_and(|p| p.contains("dropped"))
+    });
+
+    // The hold (learned IPs pushed to the cache and the eBPF map before release) is measured.
+    let log = n.scenario.proxy_log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(dns_flows(&n).len() > replayed, "{}", flows_at_start);
+}
+
+/// Planned restart: a second tollgate takes the DNS sockets (and the listener) over while a client queries in a
+/// loop; the measured gap is printed (stated in the issue note).
+#[test]
+fn dns_keeps_answering_across_a_planned_restart() {
+    let mut n = node(&[]);
+    let worker_cmd = |n: &Node| {
+        let mut c = n.scenario.pod(WORKER).command("python3");
+        // One query every 10 ms for 12 s with a 1 s timeout each; prints the longest time between two successful
+        // answers and the number of failed queries.
+        c.args([
+            "-c",
+            &format!(
+                "import socket,time,struct,random\n\
+                 q=lambda i: struct.pack('>HHHHHH',i,0x0100,1,0,0,0)+b'\\x03api\\x06stripe\\x03com\\x00\\x00\\x01\\x00\\x01'\n\
+                 ok=fail=0;last=time.time();gap=0;end=time.time()+12\n\
+                 while time.time()<end:\n\
+                 \x20s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(1)\n\
+                 \x20i=random.randint(1,65535)\n\
+                 \x20try:\n\
+                 \x20\x20s.sendto(q(i),('{RESOLVER}',53));r=s.recv(512)\n\
+                 \x20\x20assert r[0]*256+r[1]==i and r[3]&15==0\n\
+                 \x20\x20now=time.time();gap=max(gap,now-last);last=now;ok+=1\n\
+                 \x20except Exception:\n\
+                 \x20\x20fail+=1\n\
+                 \x20s.close();time.sleep(0.01)\n\
+                 print('ok',ok,'fail',fail,'maxgap_ms',int(gap*1000))"
+            ),
+        ]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().expect("python3 loop")
+    };
+    let child = worker_cmd(&n);
+    std::thread::sleep(Duration::from_secs(2));
+    let args = n.scenario.ebpf_args();
+    n.scenario.start_proxy_with(&args).expect("second tollgate");
+    n.scenario.terminate_oldest_proxy().expect("old tollgate exits");
+    let out = child.wait_with_output().expect("loop");
+    let s = text(&out);
+    eprintln!("DNS across planned restart: {s}");
+    let field = |k: &str| -> u64 {
+        s.split_whitespace()
+            .skip_while(|w| *w != k)
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {s}"))
+    };
+    assert!(field("ok") > 100, "{s}");
+    assert_eq!(field("fail"), 0, "no query lost across the handoff: {s}");
+    let log = n.scenario.proxy_log();
+    assert!(
+        log.contains("took over the DNS UDP socket"),
+        "the successor must take the DNS socket over:\n{log}"
+    );
+    n.scenario.assert_proxy_running().expect("new tollgate running");
+}
