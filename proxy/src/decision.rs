@@ -83,7 +83,9 @@ pub fn plan_connection(
     let flow = snap
         .engine
         .flow(client.ip(), dst.ip(), dst.port(), Protocol::Tcp);
-    let v = snap.engine.connection(&flow, &snap.fqdn.read(), SystemTime::now());
+    let v = snap
+        .engine
+        .connection(&flow, &snap.fqdn.read(), SystemTime::now());
     let reason = v.reason.to_string();
     let direction = direction_of(&v.reason);
     match (v.decision, v.l7) {
@@ -116,7 +118,9 @@ pub fn decide_request(
     let flow = snap
         .engine
         .flow(client.ip(), dst.ip(), dst.port(), Protocol::Tcp);
-    let conn = snap.engine.connection(&flow, &snap.fqdn.read(), SystemTime::now());
+    let conn = snap
+        .engine
+        .connection(&flow, &snap.fqdn.read(), SystemTime::now());
     match (conn.decision, conn.l7) {
         (Decision::Deny, _) => RequestDecision::Deny {
             reason: conn.reason.to_string(),

@@ -14,9 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::policy_adapter::{
-    EndpointTable, PolicyEngine, PolicyError, load_policies,
-};
+use crate::policy_adapter::{EndpointTable, PolicyEngine, PolicyError, load_policies};
 use arc_swap::ArcSwap;
 use thiserror::Error;
 

@@ -90,13 +90,23 @@ fn node(extra_args: &[&str]) -> Node {
     loop {
         let o = coredns
             .command("dig")
-            .args([&format!("@{RESOLVER}"), "+time=1", "+tries=1", "+short", "api.stripe.com"])
+            .args([
+                &format!("@{RESOLVER}"),
+                "+time=1",
+                "+tries=1",
+                "+short",
+                "api.stripe.com",
+            ])
             .output()
             .expect("dig");
         if String::from_utf8_lossy(&o.stdout).contains("203.0.113.10") {
             break;
         }
-        assert!(Instant::now() < deadline, "dnsmasq did not come up: {}", text(&o));
+        assert!(
+            Instant::now() < deadline,
+            "dnsmasq did not come up: {}",
+            text(&o)
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // glibc's resolver in the worker pod uses the cluster resolver (`ip netns exec` bind-mounts this file).
@@ -203,9 +213,14 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
             assert_eq!(status(&out), want, "{name} {qtype} tcp={tcp}:\n{out}");
             // The answer repeats the question exactly as the client cased it.
             let shown = format!(";{}", name.trim_end_matches('.'));
-            assert!(out.contains(&shown), "question casing kept for {name}:\n{out}");
+            assert!(
+                out.contains(&shown),
+                "question casing kept for {name}:\n{out}"
+            );
             let f = wait_dns_flow(&n, before, |f| {
-                f["dns"]["query"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(&format!("{}.", name.trim_end_matches('.'))))
+                f["dns"]["query"].as_str().is_some_and(|s| {
+                    s.eq_ignore_ascii_case(&format!("{}.", name.trim_end_matches('.')))
+                })
             });
             assert_eq!(
                 f["verdict"],
@@ -244,14 +259,22 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
         .scenario
         .curl(WORKER, &["http://203.0.113.10:443/"])
         .expect("curl");
-    assert!(text(&out).starts_with("200 203.0.113.10:443"), "curl: {}", text(&out));
+    assert!(
+        text(&out).starts_with("200 203.0.113.10:443"),
+        "curl: {}",
+        text(&out)
+    );
     // 192.0.2.99 was answered for s3.amazonaws.com and evil.example.org, both DENIED queries: not learned.
     assert_eq!(connect_result(&n, "192.0.2.99", 443), "errno 1");
     let out = n
         .scenario
         .curl(WORKER, &["http://192.0.2.99:443/"])
         .expect("curl");
-    assert!(text(&out).starts_with("000"), "curl to an unlearned IP: {}", text(&out));
+    assert!(
+        text(&out).starts_with("000"),
+        "curl to an unlearned IP: {}",
+        text(&out)
+    );
 
     // TTL expiry: a connection opened while the answer was valid outlives it; a new connect after it is refused.
     dig(&n, "api.stripe.com", "A", false);
@@ -265,8 +288,14 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
             TTL_SECS + 2
         ),
     );
-    assert!(expiry.contains("new errno 1"), "new connect after TTL must be refused:\n{expiry}");
-    assert!(expiry.contains("old 200"), "open connection must survive expiry:\n{expiry}");
+    assert!(
+        expiry.contains("new errno 1"),
+        "new connect after TTL must be refused:\n{expiry}"
+    );
+    assert!(
+        expiry.contains("old 200"),
+        "open connection must survive expiry:\n{expiry}"
+    );
     // Asking again re-opens it.
     dig(&n, "api.stripe.com", "A", false);
     assert_eq!(connect_result(&n, "203.0.113.10", 443), "ok 200");
@@ -284,7 +313,10 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
              except OSError:\n print('short dropped')"
         ),
     );
-    assert!(reply.contains("id 4660 rcode 1"), "FORMERR expected:\n{reply}");
+    assert!(
+        reply.contains("id 4660 rcode 1"),
+        "FORMERR expected:\n{reply}"
+    );
     assert!(reply.contains("short dropped"), "{reply}");
     let f = wait_dns_flow(&n, before, |f| {
         f["policy"].as_str().is_some_and(|p| p.contains("FORMERR"))
@@ -336,7 +368,9 @@ fn dns_keeps_answering_across_a_planned_restart() {
     std::thread::sleep(Duration::from_secs(2));
     let args = n.scenario.ebpf_args();
     n.scenario.start_proxy_with(&args).expect("second tollgate");
-    n.scenario.terminate_oldest_proxy().expect("old tollgate exits");
+    n.scenario
+        .terminate_oldest_proxy()
+        .expect("old tollgate exits");
     let out = child.wait_with_output().expect("loop");
     let s = text(&out);
     eprintln!("DNS across planned restart: {s}");
@@ -354,5 +388,7 @@ fn dns_keeps_answering_across_a_planned_restart() {
         log.contains("took over the DNS UDP socket"),
         "the successor must take the DNS socket over:\n{log}"
     );
-    n.scenario.assert_proxy_running().expect("new tollgate running");
+    n.scenario
+        .assert_proxy_running()
+        .expect("new tollgate running");
 }

@@ -216,7 +216,11 @@ pub(crate) mod tests {
         let via_cname = LearnPlan::new(
             &snap.engine,
             worker,
-            &info(&["files.example", "bucket.s3.amazonaws.com"], &["198.51.100.20"], 5),
+            &info(
+                &["files.example", "bucket.s3.amazonaws.com"],
+                &["198.51.100.20"],
+                5,
+            ),
             Duration::from_secs(60),
         )
         .unwrap();
@@ -229,14 +233,20 @@ pub(crate) mod tests {
             Duration::ZERO,
         )
         .unwrap();
-        assert!(!other.to_kernel, "*.s3.amazonaws.com does not select s3.amazonaws.com");
+        assert!(
+            !other.to_kernel,
+            "*.s3.amazonaws.com does not select s3.amazonaws.com"
+        );
         assert_eq!(
             LearnPlan::new(&snap.engine, worker, &info(&["x"], &[], 5), Duration::ZERO),
             None
         );
         let mut nx = info(&["api.stripe.com"], &["203.0.113.10"], 5);
         nx.rcode = 3;
-        assert_eq!(LearnPlan::new(&snap.engine, worker, &nx, Duration::ZERO), None);
+        assert_eq!(
+            LearnPlan::new(&snap.engine, worker, &nx, Duration::ZERO),
+            None
+        );
     }
 
     #[test]
@@ -247,7 +257,11 @@ pub(crate) mod tests {
         let dst: IpAddr = "203.0.113.10".parse().unwrap();
         let flow = snap.engine.flow(src, dst, 443, Protocol::Tcp);
         let now = SystemTime::now();
-        let verdict = |at| snap.engine.connection(&flow, &snap.fqdn.read(), at).decision;
+        let verdict = |at| {
+            snap.engine
+                .connection(&flow, &snap.fqdn.read(), at)
+                .decision
+        };
         assert_eq!(verdict(now), Decision::Deny, "nothing learned yet");
         let gate = Arc::new(Recorder::default());
         let learner = Learner {
@@ -270,7 +284,9 @@ pub(crate) mod tests {
         assert_eq!(verdict(now), Decision::Allow);
         let port80 = snap.engine.flow(src, dst, 80, Protocol::Tcp);
         assert_eq!(
-            snap.engine.connection(&port80, &snap.fqdn.read(), now).decision,
+            snap.engine
+                .connection(&port80, &snap.fqdn.read(), now)
+                .decision,
             Decision::Deny,
             "only the rule's port"
         );
@@ -308,6 +324,11 @@ pub(crate) mod tests {
             *gate.removed.lock().unwrap(),
             vec![(worker.0, "198.51.100.0".parse().unwrap())]
         );
-        assert!(snap.fqdn.read().names_for_ip("198.51.100.0".parse().unwrap()).is_empty());
+        assert!(
+            snap.fqdn
+                .read()
+                .names_for_ip("198.51.100.0".parse().unwrap())
+                .is_empty()
+        );
     }
 }

@@ -106,10 +106,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Malformed> {
         return Err(Malformed::QuestionCount(qdcount));
     }
     let parsed = Message::from_vec(msg).map_err(|e| Malformed::Parse(e.to_string()))?;
-    let q = parsed
-        .queries
-        .first()
-        .ok_or(Malformed::QuestionCount(0))?;
+    let q = parsed.queries.first().ok_or(Malformed::QuestionCount(0))?;
     let question_end = question_end(msg)
         .ok_or_else(|| Malformed::Parse("question name runs past the message".into()))?;
     let name = q.name().to_ascii();
@@ -205,7 +202,9 @@ impl std::fmt::Display for BadResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             BadResponse::Parse(e) => write!(f, "upstream sent a malformed response: {e}"),
-            BadResponse::Mismatch(what) => write!(f, "upstream response does not match the query: {what}"),
+            BadResponse::Mismatch(what) => {
+                write!(f, "upstream response does not match the query: {what}")
+            }
         }
     }
 }
@@ -226,7 +225,8 @@ pub fn inspect_response(query: &Query, resp: &[u8]) -> Result<ResponseInfo, BadR
     // A truncated response may carry no question; otherwise it must be ours.
     match msg.queries.first() {
         Some(q) => {
-            if lower_no_dot(&q.name().to_ascii()) != qname || u16::from(q.query_type()) != query.qtype
+            if lower_no_dot(&q.name().to_ascii()) != qname
+                || u16::from(q.query_type()) != query.qtype
             {
                 return Err(BadResponse::Mismatch("question differs"));
             }
@@ -289,8 +289,14 @@ pub fn restore_case(resp: &mut [u8], query_msg: &[u8], query: &Query) {
     if resp.len() < query.question_end || u16::from_be_bytes([resp[4], resp[5]]) != 1 {
         return;
     }
-    let (theirs, ours) = (&resp[HEADER_LEN..name_end], &query_msg[HEADER_LEN..name_end]);
-    if theirs != ours && theirs.eq_ignore_ascii_case(ours) && question_end(resp) == Some(query.question_end) {
+    let (theirs, ours) = (
+        &resp[HEADER_LEN..name_end],
+        &query_msg[HEADER_LEN..name_end],
+    );
+    if theirs != ours
+        && theirs.eq_ignore_ascii_case(ours)
+        && question_end(resp) == Some(query.question_end)
+    {
         resp[HEADER_LEN..name_end].copy_from_slice(ours);
     }
 }
@@ -336,7 +342,11 @@ mod tests {
         let plain = query(1, "a.b", RecordType::A, false);
         let q = parse_query(&plain).unwrap();
         assert!(!q.edns);
-        assert_eq!(q.question_end, plain.len(), "no OPT: the question ends the message");
+        assert_eq!(
+            q.question_end,
+            plain.len(),
+            "no OPT: the question ends the message"
+        );
     }
 
     #[test]
@@ -452,10 +462,16 @@ mod tests {
             false,
         );
         let info = inspect_response(&q, &resp).unwrap();
-        assert_eq!(info.names, ["www.example.com", "edge.cdn.net", "e1.cdn.net"]);
+        assert_eq!(
+            info.names,
+            ["www.example.com", "edge.cdn.net", "e1.cdn.net"]
+        );
         assert_eq!(
             info.ips,
-            ["198.51.100.7".parse::<IpAddr>().unwrap(), "198.51.100.8".parse().unwrap()],
+            [
+                "198.51.100.7".parse::<IpAddr>().unwrap(),
+                "198.51.100.8".parse().unwrap()
+            ],
             "records outside the chain are not learned"
         );
         assert_eq!(info.ttl, 60);
@@ -489,7 +505,13 @@ mod tests {
     fn mismatched_responses_are_rejected() {
         let msg = query(9, "a.test", RecordType::A, false);
         let q = parse_query(&msg).unwrap();
-        let other_id = response(&query(10, "a.test", RecordType::A, false), None, vec![], ResponseCode::NoError, false);
+        let other_id = response(
+            &query(10, "a.test", RecordType::A, false),
+            None,
+            vec![],
+            ResponseCode::NoError,
+            false,
+        );
         assert_eq!(
             inspect_response(&q, &other_id),
             Err(BadResponse::Mismatch("transaction id differs"))
@@ -513,7 +535,13 @@ mod tests {
     fn truncated_responses_pass_with_the_tc_bit() {
         let msg = query(9, "big.test", RecordType::A, false);
         let q = parse_query(&msg).unwrap();
-        let tc = response(&msg, None, vec![a("big.test", 30, "192.0.2.9")], ResponseCode::NoError, true);
+        let tc = response(
+            &msg,
+            None,
+            vec![a("big.test", 30, "192.0.2.9")],
+            ResponseCode::NoError,
+            true,
+        );
         let info = inspect_response(&q, &tc).unwrap();
         assert!(info.truncated);
         // A bare TC header without a question is accepted too (some servers send only that).
@@ -541,7 +569,13 @@ mod tests {
         assert_eq!(m.queries[0].name().to_ascii(), "ApI.sTrIpE.cOm.");
         assert_eq!(m.answers.len(), 1, "the rest of the response is untouched");
         // A different name is never "restored".
-        let mut other = response(&msg, Some("api.stripe.net"), vec![], ResponseCode::NoError, false);
+        let mut other = response(
+            &msg,
+            Some("api.stripe.net"),
+            vec![],
+            ResponseCode::NoError,
+            false,
+        );
         let before = other.clone();
         restore_case(&mut other, &msg, &q);
         assert_eq!(other, before);

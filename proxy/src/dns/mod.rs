@@ -48,7 +48,12 @@ pub struct DnsArgs {
     #[arg(long, default_value_t = 15053, env = "TOLLGATE_DNS_PORT")]
     pub dns_port: u16,
     /// Answer for denied queries.
-    #[arg(long, value_enum, default_value = "refused", env = "TOLLGATE_DNS_DENY_RESPONSE")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "refused",
+        env = "TOLLGATE_DNS_DENY_RESPONSE"
+    )]
     pub dns_deny_response: DenyResponse,
     /// Resolver used when a query has no redirect record (no eBPF layer, e.g. benchmarks or a node-local DNS
     /// listener); without it such queries get SERVFAIL.

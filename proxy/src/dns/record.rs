@@ -105,7 +105,10 @@ pub fn malformed(
         _ => Rcode::FormErr as u16,
     };
     rec.policy = if answered {
-        format!("{why}; answered {}", if rcode == 4 { "NOTIMP" } else { "FORMERR" })
+        format!(
+            "{why}; answered {}",
+            if rcode == 4 { "NOTIMP" } else { "FORMERR" }
+        )
     } else {
         format!("{why}; dropped")
     };
@@ -126,7 +129,9 @@ pub fn no_origin(
 ) -> FlowRecord {
     let mut rec = base(snap, client, None, Verdict::Error, started);
     rec.drop_reason = Some(DropReason::UpstreamError);
-    rec.policy = "no redirect record for this query: the original resolver is unknown; answered SERVFAIL".into();
+    rec.policy =
+        "no redirect record for this query: the original resolver is unknown; answered SERVFAIL"
+            .into();
     let mut dns = query_info(q);
     dns.rcode = Rcode::ServFail as u16;
     dns.observation_source = "proxy".into();

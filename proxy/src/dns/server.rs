@@ -194,7 +194,12 @@ impl DnsServer {
                 METRICS.malformed();
                 let reply = bad.reply(msg);
                 self.flows.record(record::malformed(
-                    &snap, client, resolver, &bad, reply.is_some(), started,
+                    &snap,
+                    client,
+                    resolver,
+                    &bad,
+                    reply.is_some(),
+                    started,
                 ));
                 return reply;
             }
@@ -261,19 +266,13 @@ impl DnsServer {
             }
         };
         // Learn before release: the client may connect the moment it has the answer.
-        if let Some(plan) = LearnPlan::new(
-            &snap.engine,
-            flow.src_identity,
-            &info,
-            self.learner.min_ttl,
-        ) {
+        if let Some(plan) =
+            LearnPlan::new(&snap.engine, flow.src_identity, &info, self.learner.min_ttl)
+        {
             let hold = Instant::now();
-            let learned = self.learner.apply(
-                client.ip(),
-                flow.src_identity.0,
-                &plan,
-                SystemTime::now(),
-            );
+            let learned =
+                self.learner
+                    .apply(client.ip(), flow.src_identity.0, &plan, SystemTime::now());
             METRICS.hold(hold.elapsed());
             if let Err(e) = learned {
                 // Releasing an answer the kernel gate does not know would make the client's connect fail: fail
@@ -391,7 +390,9 @@ fn marked_udp(dst: SocketAddr, mark: u32) -> std::io::Result<UdpSocket> {
         socket.set_mark(mark).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
-                format!("setting SO_MARK {mark:#x} on the DNS upstream socket needs CAP_NET_ADMIN: {e}"),
+                format!(
+                    "setting SO_MARK {mark:#x} on the DNS upstream socket needs CAP_NET_ADMIN: {e}"
+                ),
             )
         })?;
     }
@@ -431,14 +432,34 @@ mod tests {
                 a("bucket.s3.amazonaws.com", 20, "198.51.100.20"),
             ],
             "big.test." if !over_tcp => {
-                return Some(response(msg, Some(&qname), vec![], ResponseCode::NoError, true));
+                return Some(response(
+                    msg,
+                    Some(&qname),
+                    vec![],
+                    ResponseCode::NoError,
+                    true,
+                ));
             }
             "big.test." => (0..40)
                 .map(|i| a("big.test", 60, &format!("192.0.2.{i}")))
                 .collect(),
-            _ => return Some(response(msg, Some(&qname), vec![], ResponseCode::NXDomain, false)),
+            _ => {
+                return Some(response(
+                    msg,
+                    Some(&qname),
+                    vec![],
+                    ResponseCode::NXDomain,
+                    false,
+                ));
+            }
         };
-        Some(response(msg, Some(&qname), answers, ResponseCode::NoError, false))
+        Some(response(
+            msg,
+            Some(&qname),
+            answers,
+            ResponseCode::NoError,
+            false,
+        ))
     }
 
     async fn fake_resolver() -> SocketAddr {
@@ -448,7 +469,9 @@ mod tests {
         tokio::spawn(async move {
             let mut buf = vec![0u8; 65535];
             loop {
-                let Ok((n, from)) = udp.recv_from(&mut buf).await else { return };
+                let Ok((n, from)) = udp.recv_from(&mut buf).await else {
+                    return;
+                };
                 if let Some(r) = answer(&buf[..n], false) {
                     let _ = udp.send_to(&r, from).await;
                 }
@@ -456,7 +479,9 @@ mod tests {
         });
         tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = tcp.accept().await else { return };
+                let Ok((mut s, _)) = tcp.accept().await else {
+                    return;
+                };
                 tokio::spawn(async move {
                     let mut len = [0u8; 2];
                     s.read_exact(&mut len).await.ok()?;
@@ -567,7 +592,9 @@ spec:
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.bind(format!("{POD}:0").parse().unwrap()).unwrap();
         let mut s = sock.connect(to).await.unwrap();
-        s.write_all(&(msg.len() as u16).to_be_bytes()).await.unwrap();
+        s.write_all(&(msg.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
         s.write_all(msg).await.unwrap();
         let mut len = [0u8; 2];
         s.read_exact(&mut len).await.unwrap();
@@ -589,7 +616,11 @@ spec:
         assert_eq!(h.gate.allowed.lock().unwrap().len(), 1);
         let m = Message::from_vec(&r).unwrap();
         assert_eq!(m.metadata.id, 0x5151, "transaction id preserved");
-        assert_eq!(m.queries[0].name().to_ascii(), "aPi.StRiPe.CoM.", "client casing back");
+        assert_eq!(
+            m.queries[0].name().to_ascii(),
+            "aPi.StRiPe.CoM.",
+            "client casing back"
+        );
         assert_eq!(m.answers.len(), 1);
         assert!(m.edns.is_some(), "EDNS0 kept end to end");
         let f = last_flow(&h);
@@ -597,12 +628,18 @@ spec:
         assert_eq!(f.protocol, "DNS");
         let dns = f.dns.unwrap();
         assert_eq!(dns.query, "aPi.StRiPe.CoM.");
-        assert_eq!((dns.qtypes, dns.rcode, dns.ttl), (vec!["A".to_string()], 0, 5));
+        assert_eq!(
+            (dns.qtypes, dns.rcode, dns.ttl),
+            (vec!["A".to_string()], 0, 5)
+        );
         assert_eq!(dns.ips, ["203.0.113.10"]);
         assert!(f.policy.contains("allowed by"), "{}", f.policy);
         assert_eq!(f.source.pod.as_deref(), Some("worker"));
         let ip = "203.0.113.10".parse().unwrap();
-        assert_eq!(h.server.learner.cache.read().names_for_ip(ip), ["api.stripe.com"]);
+        assert_eq!(
+            h.server.learner.cache.read().names_for_ip(ip),
+            ["api.stripe.com"]
+        );
     }
 
     #[tokio::test]
@@ -619,8 +656,15 @@ spec:
         );
         let allowed = h.gate.allowed.lock().unwrap().clone();
         assert_eq!(allowed.len(), 1, "selected via the CNAME target");
-        assert_eq!(allowed[0].2, Duration::from_secs(20), "smallest TTL of the chain");
-        assert_eq!(last_flow(&h).dns.unwrap().cnames, ["bucket.s3.amazonaws.com."]);
+        assert_eq!(
+            allowed[0].2,
+            Duration::from_secs(20),
+            "smallest TTL of the chain"
+        );
+        assert_eq!(
+            last_flow(&h).dns.unwrap().cnames,
+            ["bucket.s3.amazonaws.com."]
+        );
     }
 
     #[tokio::test]
@@ -662,9 +706,10 @@ spec:
         let h = harness(DenyResponse::Refused, 1).await;
         // The one permit is held by a query the resolver never answers.
         let to = h.udp;
-        let slow = tokio::spawn(async move {
-            ask_udp(to, &query(4, "slow.test", RecordType::A, false)).await
-        });
+        let slow =
+            tokio::spawn(
+                async move { ask_udp(to, &query(4, "slow.test", RecordType::A, false)).await },
+            );
         let mut got = None;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -676,7 +721,10 @@ spec:
                 break;
             }
         }
-        assert!(got.is_some(), "a query beyond --dns-max-inflight gets SERVFAIL");
+        assert!(
+            got.is_some(),
+            "a query beyond --dns-max-inflight gets SERVFAIL"
+        );
         let _ = slow.await;
     }
 
