@@ -107,8 +107,9 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Malformed> {
     }
     let parsed = Message::from_vec(msg).map_err(|e| Malformed::Parse(e.to_string()))?;
     let q = parsed.queries.first().ok_or(Malformed::QuestionCount(0))?;
-    let question_end = question_end(msg)
-        .ok_or_else(|| Malformed::Parse("question name runs past the message".into()))?;
+    let question_end = question_end(msg).ok_or_else(|| {
+        Malformed::Parse("question name is compressed or runs past the message".into())
+    })?;
     let name = q.name().to_ascii();
     let name = match name.strip_suffix('.') {
         Some("") | None => name,
@@ -123,8 +124,9 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Malformed> {
     })
 }
 
-/// Offset just past the first question (name + type + class), walking the raw labels. A compression pointer ends
-/// the name (the parser has already checked where it points).
+/// Offset just past the first question (name + type + class), walking the raw labels. `None` for a name with a
+/// compression pointer or an extended label type: the first name of a message has nothing before it to point to
+/// but the header (which answers rewrite), so such a question is malformed (found by the fuzz target).
 fn question_end(msg: &[u8]) -> Option<usize> {
     let mut i = HEADER_LEN;
     loop {
@@ -133,9 +135,8 @@ fn question_end(msg: &[u8]) -> Option<usize> {
             i += 1;
             break;
         }
-        if len & 0xc0 == 0xc0 {
-            i += 2;
-            break;
+        if len & 0xc0 != 0 {
+            return None;
         }
         i += 1 + len;
     }
@@ -424,6 +425,17 @@ mod tests {
         let mut lp2 = good[..HEADER_LEN].to_vec();
         lp2.extend_from_slice(&[1, b'a', 0xc0, 14, 0, 1, 0, 1]);
         assert!(matches!(parse_query(&lp2), Err(Malformed::Parse(_))));
+        // A question name pointing into the header (which our answers rewrite): found by the fuzz target.
+        let mut hp = good[..HEADER_LEN].to_vec();
+        hp.extend_from_slice(&[1, b'a', 0xc0, 4, 0, 1, 0, 1]);
+        let e = parse_query(&hp).unwrap_err();
+        assert!(matches!(e, Malformed::Parse(_)), "{e:?}");
+        let crash = [
+            0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0xc0, 0x03, 0x41, 0x20, 0x49,
+            0x12, 0x34, 0x00, 0x32, 0x01, 0, 0, 0x01, 0x30, 0x34, 0x01, 0x2a, 0x00, 0xfe, 0x00,
+            0x12, 0x34, 0x01, 0x01, 0x00, 0x3a, 0, 0, 0, 0,
+        ];
+        assert!(matches!(parse_query(&crash), Err(Malformed::Parse(_))));
         // Oversized label (64 bytes).
         let mut big = good[..HEADER_LEN].to_vec();
         big.push(64);
