@@ -138,3 +138,85 @@ pub fn no_origin(
     rec.dns = Some(dns);
     rec
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::learn::tests::conformance_snapshot;
+    use crate::dns::message::parse_query;
+    use crate::dns::testutil::query;
+    use crate::hubble::flow;
+    use hickory_proto::rr::RecordType;
+
+    #[test]
+    fn answered_denied_and_malformed_records_and_their_hubble_form() {
+        let snap = conformance_snapshot("dns-fqdn");
+        let client: SocketAddr = "10.0.2.10:40000".parse().unwrap();
+        let resolver: SocketAddr = "10.0.0.53:53".parse().unwrap();
+        let msg = query(1, "Bucket.s3.amazonaws.com", RecordType::A, false);
+        let q = parse_query(&msg).unwrap();
+        let info = ResponseInfo {
+            names: vec!["bucket.s3.amazonaws.com".into(), "s3-1.aws.example".into()],
+            ips: vec!["198.51.100.20".parse().unwrap()],
+            ttl: 60,
+            rrtypes: vec!["CNAME".into(), "A".into()],
+            ..Default::default()
+        };
+        let rec = dns_flow(
+            &snap,
+            client,
+            resolver,
+            &q,
+            Outcome::Answered {
+                info,
+                reason: "allowed by x".into(),
+            },
+            Instant::now(),
+        );
+        assert_eq!(rec.verdict, Verdict::Forwarded);
+        assert_eq!(rec.protocol, "DNS");
+        assert_eq!(rec.source.pod.as_deref(), Some("worker"));
+        assert_eq!(rec.destination.pod.as_deref(), Some("coredns"));
+        let json = serde_json::to_value(&rec).unwrap();
+        assert_eq!(json["dns"]["query"], "Bucket.s3.amazonaws.com.");
+        assert_eq!(json["dns"]["cnames"][0], "s3-1.aws.example.");
+        assert_eq!(json["dns"]["ips"][0], "198.51.100.20");
+        let f = crate::hubble::to_flow(&rec, "node");
+        let l7 = f.l7.expect("L7 flow");
+        let Some(flow::layer7::Record::Dns(d)) = l7.record else {
+            panic!("a DNS record");
+        };
+        assert_eq!(
+            (d.query.as_str(), d.ttl, d.rcode),
+            ("Bucket.s3.amazonaws.com.", 60, 0)
+        );
+        assert_eq!(d.qtypes, ["A"]);
+        assert_eq!(d.rrtypes, ["CNAME", "A"]);
+
+        let denied = dns_flow(
+            &snap,
+            client,
+            resolver,
+            &q,
+            Outcome::Denied {
+                rcode: Rcode::Refused,
+                reason: "denied: no DNS rule".into(),
+            },
+            Instant::now(),
+        );
+        assert_eq!(denied.verdict, Verdict::Dropped);
+        assert_eq!(denied.drop_reason, Some(DropReason::PolicyDenied));
+        assert_eq!(denied.dns.as_ref().unwrap().rcode, 5);
+
+        let bad = malformed(
+            &snap,
+            client,
+            Some(resolver),
+            &Malformed::TooShort(3),
+            false,
+            Instant::now(),
+        );
+        assert_eq!(bad.drop_reason, Some(DropReason::InvalidRequest));
+        assert!(bad.policy.ends_with("dropped"), "{}", bad.policy);
+    }
+}
