@@ -40,6 +40,8 @@ pub struct Query {
     pub question_end: usize,
     /// The client sent an EDNS0 OPT record (answers we build carry one back).
     pub edns: bool,
+    /// Largest UDP response the client accepts: its EDNS0 payload size, or 512 without EDNS0.
+    pub udp_payload: u16,
 }
 
 impl Query {
@@ -121,6 +123,10 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Malformed> {
         qtype: u16::from(q.query_type()),
         question_end,
         edns: parsed.edns.is_some(),
+        udp_payload: parsed
+            .edns
+            .as_ref()
+            .map_or(512, |e| e.max_payload().max(512)),
     })
 }
 
