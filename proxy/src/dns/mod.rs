@@ -144,6 +144,7 @@ pub fn start(
         origin,
         opts,
         inflight: Arc::new(tokio::sync::Semaphore::new(args.dns_max_inflight)),
+        sockets: server::SocketPool::default(),
     });
     let udp_path = handoff_path(handoff_socket, "udp");
     let tcp_path = handoff_path(handoff_socket, "tcp");

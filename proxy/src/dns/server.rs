@@ -58,6 +58,43 @@ pub struct DnsServer {
     pub opts: DnsOptions,
     /// One permit per query in flight; none left means SERVFAIL at once (overload).
     pub inflight: Arc<Semaphore>,
+    /// Idle upstream UDP sockets per resolver, reused one query at a time.
+    pub sockets: SocketPool,
+}
+
+/// Connected upstream UDP sockets kept for reuse: creating, marking, binding and registering a socket per query
+/// was the largest kernel cost in the benchmark profile. A socket carries one query at a time (so the client's
+/// transaction id goes upstream unchanged); it returns to the pool only after a clean exchange (a timed-out query
+/// may still be answered late, so its socket is closed). Each socket has its own random source port.
+#[derive(Debug, Default)]
+pub struct SocketPool {
+    idle: std::sync::Mutex<std::collections::HashMap<SocketAddr, Vec<UdpSocket>>>,
+}
+
+/// Idle sockets kept per resolver.
+const POOL_PER_RESOLVER: usize = 256;
+
+impl SocketPool {
+    fn take(&self, resolver: SocketAddr, mark: u32) -> std::io::Result<UdpSocket> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&resolver)
+            .and_then(Vec::pop);
+        match pooled {
+            Some(s) => Ok(s),
+            None => marked_udp(resolver, mark),
+        }
+    }
+
+    fn give_back(&self, resolver: SocketAddr, socket: UdpSocket) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(resolver).or_default();
+        if list.len() < POOL_PER_RESOLVER {
+            list.push(socket);
+        }
+    }
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -307,15 +344,18 @@ impl DnsServer {
         Some(resp)
     }
 
-    /// Sends the client's bytes to the resolver from a fresh marked socket (random source port per query, like a
-    /// stub resolver) and waits for the matching response; unrelated datagrams are ignored.
+    /// Sends the client's bytes to the resolver from a marked socket of the pool and waits for the matching
+    /// response; unrelated datagrams (late answers to an earlier query of the socket, spoofs) are ignored.
     async fn forward_udp(
         &self,
         resolver: SocketAddr,
         msg: &[u8],
         query: &Query,
     ) -> Result<(Vec<u8>, ResponseInfo), String> {
-        let socket = marked_udp(resolver, self.opts.mark).map_err(|e| e.to_string())?;
+        let socket = self
+            .sockets
+            .take(resolver, self.opts.mark)
+            .map_err(|e| e.to_string())?;
         socket
             .send(msg)
             .await
@@ -344,7 +384,11 @@ impl DnsServer {
                 }
             };
             match message::inspect_response(query, &buf[..n]) {
-                Ok(info) => return Ok((buf[..n].to_vec(), info)),
+                Ok(info) => {
+                    buf.truncate(n);
+                    self.sockets.give_back(resolver, socket);
+                    return Ok((buf, info));
+                }
                 Err(e) => tracing::debug!(%resolver, "ignoring a datagram: {e}"),
             }
         }
@@ -571,6 +615,7 @@ spec:
                 mark: 0,
             },
             inflight: Arc::new(Semaphore::new(inflight)),
+            sockets: SocketPool::default(),
         });
         let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let tcp = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
