@@ -278,6 +278,15 @@ impl Datapath {
             .policy_len()
     }
 
+    /// The ring buffer of connects the kernel FQDN gate refused (once; `None` after).
+    pub fn take_fqdn_denials(&self) -> Option<redirect_ebpf::FqdnDenialRing> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .redirect
+            .take_fqdn_denials()
+    }
+
     /// The read-only original-destination maps (the DNS listener looks datagrams up by 4-tuple).
     pub fn reader(&self) -> Arc<OriginalDstReader> {
         self.lookup.clone()

@@ -209,6 +209,14 @@ fn start_dns(
             ),
             (None, None) => return Ok(None),
         };
+    if let Some(ring) = datapath.and_then(|dp| dp.take_fqdn_denials()) {
+        tokio::spawn(crate::dns::denials::run(
+            ring,
+            policy.clone(),
+            flows.clone(),
+            shutdown.clone(),
+        ));
+    }
     crate::dns::start(
         &args.dns,
         ip,

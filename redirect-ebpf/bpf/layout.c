@@ -23,6 +23,8 @@ int main(void)
 	F(tg_tuple_key, family); F(tg_tuple_key, proto); F(tg_tuple_key, pad); F(tg_tuple_key, netns_cookie); E();
 	S(tg_fqdn_key); F(tg_fqdn_key, identity); F(tg_fqdn_key, family); F(tg_fqdn_key, pad); F(tg_fqdn_key, ip); E();
 	S(tg_fqdn_value); F(tg_fqdn_value, expires_ns); F(tg_fqdn_value, flags); F(tg_fqdn_value, pad); E();
+	S(tg_fqdn_denial); F(tg_fqdn_denial, identity); F(tg_fqdn_denial, family); F(tg_fqdn_denial, proto);
+	F(tg_fqdn_denial, port); F(tg_fqdn_denial, ip); F(tg_fqdn_denial, src_ip4); F(tg_fqdn_denial, pad); E();
 	S(tg_config); F(tg_config, flags); F(tg_config, proxy_ip4); F(tg_config, proxy_ip6); F(tg_config, proxy_mark);
 	F(tg_config, tproxy_mark); F(tg_config, http_port); F(tg_config, kafka_port); F(tg_config, dns_port); F(tg_config, tproxy_port); E();
 	printf("];\n");

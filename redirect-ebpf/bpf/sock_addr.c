@@ -9,6 +9,25 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Tells the proxy about a connect the FQDN gate refused (best effort: a full
+ * ring drops the report, never the verdict). */
+static __always_inline void tg_report_fqdn_denial(struct bpf_sock_addr *ctx, const struct tg_endpoint *ep,
+						  __u32 src_id, __u8 family, const __u32 ip[4])
+{
+	struct tg_fqdn_denial ev = {};
+
+	ev.identity = src_id;
+	ev.family = family;
+	ev.proto = (__u8)ctx->protocol;
+	ev.port = (__u16)ctx->user_port;
+	ev.ip[0] = ip[0];
+	ev.ip[1] = ip[1];
+	ev.ip[2] = ip[2];
+	ev.ip[3] = ip[3];
+	ev.src_ip4 = ep->ip4;
+	bpf_ringbuf_output(&tg_fqdn_denials, &ev, sizeof(ev), 0);
+}
+
 /* Common part of connect and sendmsg. `ip`/`family` is the destination as
  * normalised (IPv4-mapped -> family 4). Returns the proxy port (host order),
  * 0 to leave the flow alone, or -1 to refuse it. */
@@ -33,8 +52,10 @@ static __always_inline int tg_redirect(struct bpf_sock_addr *ctx, const struct t
 	 * (and must see DNS to learn names); the kernel gate covers the rest. */
 	if (port_out && (proto == IPPROTO_TCP || od->l7_kind == TG_L7_DNS))
 		return port_out;
-	if (!tg_fqdn_allowed(src_id, dst_id, family, ip))
+	if (!tg_fqdn_allowed(src_id, dst_id, family, ip)) {
+		tg_report_fqdn_denial(ctx, ep, src_id, family, ip);
 		return -1;
+	}
 	return 0;
 }
 

@@ -22,7 +22,7 @@ pub mod socket;
 pub use error::RedirectError;
 pub use lookup::{FlowKey, OriginalDstReader};
 pub use model::{Direction, FourTuple, L7Kind, L7Redirect, OriginalDst, Protocol, ProxyConfig};
-pub use redirect::{DEFAULT_PIN_ROOT, EndpointInfo, Redirect, RedirectOptions};
+pub use redirect::{DEFAULT_PIN_ROOT, EndpointInfo, FqdnDenialRing, Redirect, RedirectOptions};
 
 #[cfg(test)]
 mod tests {

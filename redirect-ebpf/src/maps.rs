@@ -17,7 +17,8 @@ pub const MAP_ODST_COOKIE: &str = "tg_odst_cookie";
 pub const MAP_ODST_TUPLE: &str = "tg_odst_tuple";
 pub const MAP_FQDN_ALLOW: &str = "tg_fqdn_allow";
 pub const MAP_CONFIG: &str = "tg_config";
-pub const ALL_MAPS: [&str; 7] = [
+pub const MAP_FQDN_DENIALS: &str = "tg_fqdn_denials";
+pub const ALL_MAPS: [&str; 8] = [
     MAP_IPCACHE,
     MAP_POLICY,
     MAP_ENDPOINTS,
@@ -25,6 +26,7 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_ODST_TUPLE,
     MAP_FQDN_ALLOW,
     MAP_CONFIG,
+    MAP_FQDN_DENIALS,
 ];
 
 pub const FAMILY_V4: u8 = 4;
@@ -163,6 +165,47 @@ pub struct FqdnValue {
     /// host; reserved, zero.
     pub flags: u32,
     pub pad: u32,
+}
+
+/// C `struct tg_fqdn_denial`: one record of the `tg_fqdn_denials` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqdnDenial {
+    /// host; the refused endpoint's identity.
+    pub identity: u32,
+    pub family: u8,
+    pub proto: u8,
+    /// NBO.
+    pub port: u16,
+    /// NBO words.
+    pub ip: [u32; 4],
+    /// NBO; the endpoint's IPv4 (0 if none).
+    pub src_ip4: u32,
+    pub pad: u32,
+}
+
+impl FqdnDenial {
+    /// Decodes one ring-buffer record; `None` if it is not exactly one record.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length matches and every bit pattern is a valid FqdnDenial (integers only).
+        Some(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<Self>()) })
+    }
+
+    /// The refused destination.
+    pub fn destination(&self) -> Option<std::net::SocketAddr> {
+        Some(std::net::SocketAddr::new(
+            words_ip(self.family, self.ip)?,
+            u16::from_be(self.port),
+        ))
+    }
+
+    /// The endpoint's IPv4 address, when it has one.
+    pub fn source_ip(&self) -> Option<IpAddr> {
+        (self.src_ip4 != 0).then(|| IpAddr::V4(Ipv4Addr::from(self.src_ip4.to_ne_bytes())))
+    }
 }
 
 /// C `struct tg_config` (the single entry of the `tg_config` array).

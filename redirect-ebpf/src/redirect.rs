@@ -100,6 +100,9 @@ struct IpcacheData {
 // SAFETY: plain integers, no implicit padding (1 + 3 + 16 bytes).
 unsafe impl aya::Pod for IpcacheData {}
 
+/// The `tg_fqdn_denials` ring buffer (pollable: it implements `AsRawFd`).
+pub type FqdnDenialRing = aya::maps::RingBuf<MapData>;
+
 pub struct Redirect {
     pin_root: PathBuf,
     sock_addr: Ebpf,
@@ -113,6 +116,8 @@ pub struct Redirect {
     odst: OriginalDstReader,
     fqdn: HashMap<MapData, FqdnKey, FqdnValue>,
     config: Array<MapData, ConfigValue>,
+    /// FQDN gate refusals (taken once by the proxy with [`Redirect::take_fqdn_denials`]).
+    fqdn_denials: Option<aya::maps::RingBuf<MapData>>,
     /// getsockopt links on proxy cgroups, by cgroup id (not pinnable with aya 0.14, see attach_cgroup_programs).
     sockopt_links: std::collections::BTreeMap<u64, CgroupSockoptLink>,
 }
@@ -250,6 +255,10 @@ impl Redirect {
                 .map_err(RedirectError::map(MAP_FQDN_ALLOW))?,
             config: Array::try_from(take_map(m, MAP_CONFIG)?)
                 .map_err(RedirectError::map(MAP_CONFIG))?,
+            fqdn_denials: Some(
+                aya::maps::RingBuf::try_from(take_map(m, MAP_FQDN_DENIALS)?)
+                    .map_err(RedirectError::map(MAP_FQDN_DENIALS))?,
+            ),
             pin_root: root,
             sockopt_links: Default::default(),
             sock_addr,
@@ -642,6 +651,11 @@ impl Redirect {
 
     pub fn fqdn_remove(&mut self, identity: u32, ip: IpAddr) -> Result<(), RedirectError> {
         ignore_missing(self.fqdn.remove(&fqdn_key(identity, ip)), MAP_FQDN_ALLOW)
+    }
+
+    /// The ring buffer of connects the FQDN gate refused ([`crate::maps::FqdnDenial`] records); `None` once taken.
+    pub fn take_fqdn_denials(&mut self) -> Option<FqdnDenialRing> {
+        self.fqdn_denials.take()
     }
 
     /// Removes expired FQDN entries; returns how many.

@@ -80,6 +80,11 @@ fn rust_structs() -> Vec<RustStruct> {
         rust_struct!("tg_fqdn_key", FqdnKey, [identity, family, pad, ip]),
         rust_struct!("tg_fqdn_value", FqdnValue, [expires_ns, flags, pad]),
         rust_struct!(
+            "tg_fqdn_denial",
+            FqdnDenial,
+            [identity, family, proto, port, ip, src_ip4, pad]
+        ),
+        rust_struct!(
             "tg_config",
             ConfigValue,
             [

@@ -274,6 +274,25 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
         "curl to an unlearned IP: {}",
         text(&out)
     );
+    // The kernel reports each refusal; the proxy records it as a DROPPED flow naming the destination.
+    let f = n
+        .scenario
+        .wait_flow(0, |f| {
+            f["verdict"] == "DROPPED"
+                && f["destination"]["ip"] == "192.0.2.99"
+                && f["policy"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("kernel FQDN gate"))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no DROPPED record for the refused connect: {:#?}",
+                n.scenario.flows()
+            )
+        });
+    assert_eq!(f["destination"]["port"], 443, "{f}");
+    assert_eq!(f["source"]["pod"], "worker", "{f}");
+    assert_eq!(f["drop_reason"], "POLICY_DENIED", "{f}");
 
     // TTL expiry: a connection opened while the answer was valid outlives it; a new connect after it is refused.
     dig(&n, "api.stripe.com", "A", false);
@@ -295,6 +314,15 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
         expiry.contains("old 200"),
         "open connection must survive expiry:\n{expiry}"
     );
+    // The refusal after expiry names what the IP was served for (the cache keeps it until GC).
+    let refused_after_expiry = n.scenario.flows().iter().any(|f| {
+        f["verdict"] == "DROPPED"
+            && f["destination"]["ip"] == "203.0.113.10"
+            && f["policy"]
+                .as_str()
+                .is_some_and(|p| p.contains("kernel FQDN gate"))
+    });
+    assert!(refused_after_expiry, "a DROPPED record for the expired IP");
     // Asking again re-opens it.
     dig(&n, "api.stripe.com", "A", false);
     assert_eq!(connect_result(&n, "203.0.113.10", 443), "ok 200");

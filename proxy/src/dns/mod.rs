@@ -6,6 +6,7 @@
 //! forwarder), `record` (flow records), `metrics` (counters, hold histogram), `origin` (where a query was going,
 //! from the eBPF maps). `start` wires them for `tollgate run`, including the socket handoff on restart.
 
+pub mod denials;
 pub mod learn;
 pub mod message;
 pub mod metrics;

@@ -160,6 +160,23 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tg_fqdn_allow SEC(".maps");
 
+/* ---- FQDN gate refusals, read by the proxy for DROPPED flow records ---- */
+struct tg_fqdn_denial {
+	__u32 identity; /* host; the refused endpoint's identity */
+	__u8 family;    /* TG_FAMILY_* of ip */
+	__u8 proto;     /* IPPROTO_TCP / IPPROTO_UDP */
+	__u16 port;     /* NBO; the destination port */
+	__u32 ip[4];    /* NBO; the destination */
+	__u32 src_ip4;  /* NBO; the endpoint's IPv4 (0 if none) */
+	__u32 pad;      /* zero */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_fqdn_denials SEC(".maps");
+
 /* ---- config: one entry, index 0 ---- */
 #define TG_CFG_F_ENABLED 1
 
