@@ -526,6 +526,53 @@ impl PolicyEngine {
         })
     }
 
+    /// The (protocol, first port, last port) on which `identity`'s egress `toFQDNs` allow rules selecting `name`
+    /// allow it (`None` protocol = any); `None` when one of them allows every port (no `toPorts`, or port 0).
+    /// Empty when no rule selects `name`. Named ports never match out-of-cluster peers and are left out.
+    pub fn fqdn_ports(
+        &self,
+        identity: Identity,
+        name: &str,
+    ) -> Option<Vec<(Option<Protocol>, u16, u16)>> {
+        let mut out = Vec::new();
+        if !identity.is_endpoint() {
+            return Some(out);
+        }
+        let n = normalize_name(name);
+        let Some(d) = self
+            .subjects
+            .get((identity.0 - Identity::FIRST_ALLOCATED) as usize)
+            .and_then(|both| both[dir_slot(Direction::Egress)].as_ref())
+        else {
+            return Some(out);
+        };
+        for &r in &d.allow {
+            let rule = &self.rules[r];
+            let selects = match &rule.peers {
+                CompiledPeers::Match { fqdns, .. } => {
+                    fqdns.iter().any(|m| m.matches_normalized(&n))
+                }
+                _ => false,
+            };
+            if !selects {
+                continue;
+            }
+            if rule.ports.is_empty() {
+                return None;
+            }
+            for pr in &rule.ports {
+                for p in &pr.ports {
+                    match p.port {
+                        PortSel::Range(0, _) => return None,
+                        PortSel::Range(lo, hi) => out.push((p.protocol, lo, hi)),
+                        PortSel::Named(_) => {}
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// Every (identity, direction, port range, protocol) whose traffic must go through the proxy.
     /// Named ports are resolved through the endpoints (the subject's for ingress, any endpoint's for egress);
     /// protocol ANY yields TCP and UDP.

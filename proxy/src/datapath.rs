@@ -303,12 +303,27 @@ impl Datapath {
 
 /// The kernel FQDN gate: DNS-learned IPs go into the eBPF FQDN map (connects elsewhere get EPERM).
 impl crate::dns::learn::FqdnGate for Datapath {
-    fn allow(&self, identity: u32, ips: &[IpAddr], ttl: std::time::Duration) -> Result<(), String> {
+    fn allow(
+        &self,
+        identity: u32,
+        ips: &[IpAddr],
+        ports: Option<&[(policy_model::Protocol, u16)]>,
+        ttl: std::time::Duration,
+    ) -> Result<(), String> {
         let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for ip in ips {
-            p.redirect
-                .fqdn_allow(identity, *ip, Some(ttl))
-                .map_err(|e| e.to_string())?;
+            match ports {
+                None => p.redirect.fqdn_allow(identity, *ip, Some(ttl)),
+                Some(ports) => ports.iter().try_for_each(|(proto, port)| {
+                    let proto = match proto {
+                        policy_model::Protocol::Udp => Protocol::Udp,
+                        _ => Protocol::Tcp,
+                    };
+                    p.redirect
+                        .fqdn_allow_port(identity, *ip, proto, *port, Some(ttl))
+                }),
+            }
+            .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -317,7 +332,7 @@ impl crate::dns::learn::FqdnGate for Datapath {
         let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for ip in ips {
             p.redirect
-                .fqdn_remove(identity, *ip)
+                .fqdn_remove_all_ports(identity, *ip)
                 .map_err(|e| e.to_string())?;
         }
         Ok(())

@@ -21,7 +21,7 @@ int main(void)
 	F(tg_orig_dst, src_identity); F(tg_orig_dst, dst_identity); F(tg_orig_dst, l7_kind); F(tg_orig_dst, proxy_port); E();
 	S(tg_tuple_key); F(tg_tuple_key, src_ip); F(tg_tuple_key, dst_ip); F(tg_tuple_key, src_port); F(tg_tuple_key, dst_port);
 	F(tg_tuple_key, family); F(tg_tuple_key, proto); F(tg_tuple_key, pad); F(tg_tuple_key, netns_cookie); E();
-	S(tg_fqdn_key); F(tg_fqdn_key, identity); F(tg_fqdn_key, family); F(tg_fqdn_key, pad); F(tg_fqdn_key, ip); E();
+	S(tg_fqdn_key); F(tg_fqdn_key, identity); F(tg_fqdn_key, family); F(tg_fqdn_key, proto); F(tg_fqdn_key, port); F(tg_fqdn_key, ip); E();
 	S(tg_fqdn_value); F(tg_fqdn_value, expires_ns); F(tg_fqdn_value, flags); F(tg_fqdn_value, pad); E();
 	S(tg_fqdn_denial); F(tg_fqdn_denial, identity); F(tg_fqdn_denial, family); F(tg_fqdn_denial, proto);
 	F(tg_fqdn_denial, port); F(tg_fqdn_denial, ip); F(tg_fqdn_denial, src_ip4); F(tg_fqdn_denial, pad); E();

@@ -52,7 +52,7 @@ static __always_inline int tg_redirect(struct bpf_sock_addr *ctx, const struct t
 	 * (and must see DNS to learn names); the kernel gate covers the rest. */
 	if (port_out && (proto == IPPROTO_TCP || od->l7_kind == TG_L7_DNS))
 		return port_out;
-	if (!tg_fqdn_allowed(src_id, dst_id, family, ip)) {
+	if (!tg_fqdn_allowed(src_id, dst_id, family, ip, proto, (__u16)ctx->user_port)) {
 		tg_report_fqdn_denial(ctx, ep, src_id, family, ip);
 		return -1;
 	}

@@ -151,7 +151,10 @@ pub struct FqdnKey {
     /// host.
     pub identity: u32,
     pub family: u8,
-    pub pad: [u8; 3],
+    /// IPPROTO_TCP/UDP, or 0 = any (with port 0).
+    pub proto: u8,
+    /// NBO; 0 = any port.
+    pub port: u16,
     /// NBO words.
     pub ip: [u32; 4],
 }

@@ -265,11 +265,21 @@ pub(crate) fn ipcache_key(ip: IpAddr, prefix_len: u8) -> Result<IpcacheKey, Redi
 }
 
 pub(crate) fn fqdn_key(identity: u32, ip: IpAddr) -> FqdnKey {
+    fqdn_port_key(identity, ip, None)
+}
+
+/// The key for `ip` on one (protocol, port), or any port with `None`.
+pub(crate) fn fqdn_port_key(identity: u32, ip: IpAddr, port: Option<(Protocol, u16)>) -> FqdnKey {
     let (family, words) = ip_words(ip);
+    let (proto, port) = match port {
+        Some((p, port)) => (p.raw(), port.to_be()),
+        None => (0, 0),
+    };
     FqdnKey {
         identity,
         family,
-        pad: [0; 3],
+        proto,
+        port,
         ip: words,
     }
 }

@@ -649,6 +649,51 @@ impl Redirect {
             .map_err(RedirectError::map(MAP_FQDN_ALLOW))
     }
 
+    /// Allows `identity` to reach `ip` on one protocol and port only (a `toFQDNs` rule's port), for `ttl`.
+    pub fn fqdn_allow_port(
+        &mut self,
+        identity: u32,
+        ip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+        ttl: Option<Duration>,
+    ) -> Result<(), RedirectError> {
+        let expires_ns = ttl
+            .map(|t| boottime_ns().saturating_add(t.as_nanos().min(u128::from(u64::MAX)) as u64))
+            .unwrap_or(0);
+        let value = FqdnValue {
+            expires_ns,
+            flags: 0,
+            pad: 0,
+        };
+        self.fqdn
+            .insert(
+                crate::model::fqdn_port_key(identity, ip, Some((protocol, port))),
+                value,
+                0,
+            )
+            .map_err(RedirectError::map(MAP_FQDN_ALLOW))
+    }
+
+    /// Removes every entry (any port) for `identity` and `ip`.
+    pub fn fqdn_remove_all_ports(
+        &mut self,
+        identity: u32,
+        ip: IpAddr,
+    ) -> Result<(), RedirectError> {
+        let want = fqdn_key(identity, ip);
+        let keys: Vec<FqdnKey> = self
+            .fqdn
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.identity == want.identity && k.family == want.family && k.ip == want.ip)
+            .collect();
+        for key in &keys {
+            ignore_missing(self.fqdn.remove(key), MAP_FQDN_ALLOW)?;
+        }
+        Ok(())
+    }
+
     pub fn fqdn_remove(&mut self, identity: u32, ip: IpAddr) -> Result<(), RedirectError> {
         ignore_missing(self.fqdn.remove(&fqdn_key(identity, ip)), MAP_FQDN_ALLOW)
     }

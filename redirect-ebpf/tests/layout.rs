@@ -77,7 +77,7 @@ fn rust_structs() -> Vec<RustStruct> {
                 netns_cookie
             ]
         ),
-        rust_struct!("tg_fqdn_key", FqdnKey, [identity, family, pad, ip]),
+        rust_struct!("tg_fqdn_key", FqdnKey, [identity, family, proto, port, ip]),
         rust_struct!("tg_fqdn_value", FqdnValue, [expires_ns, flags, pad]),
         rust_struct!(
             "tg_fqdn_denial",

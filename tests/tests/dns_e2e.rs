@@ -254,6 +254,8 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
     dig(&n, "bucket.s3.amazonaws.com", "A", false);
     assert_eq!(connect_result(&n, "203.0.113.10", 443), "ok 200");
     assert_eq!(connect_result(&n, "198.51.100.20", 443), "ok 200");
+    // Only the rule's port: the learned IP on 80 is refused by the kernel (EPERM, not "connection refused").
+    assert_eq!(connect_result(&n, "203.0.113.10", 80), "errno 1");
     let out = n
         .scenario
         .curl(WORKER, &["http://203.0.113.10:443/"])

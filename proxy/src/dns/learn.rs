@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
-use policy_model::{FqdnCache, Identity, PolicyEngine};
+use policy_model::{FqdnCache, Identity, PolicyEngine, Protocol};
 
 use super::message::ResponseInfo;
 
@@ -28,9 +28,15 @@ impl SharedFqdnCache {
 
 /// Where learned IPs go in the kernel: the eBPF FQDN map (implemented by the datapath; tests use a recorder).
 pub trait FqdnGate: Send + Sync {
-    /// Allow `identity` to connect to `ips` for `ttl`.
-    fn allow(&self, identity: u32, ips: &[IpAddr], ttl: Duration) -> Result<(), String>;
-    /// Forget `ips` for `identity` (evicted by the per-name limit).
+    /// Allow `identity` to connect to `ips` for `ttl`, on `ports` only (`None` = any port).
+    fn allow(
+        &self,
+        identity: u32,
+        ips: &[IpAddr],
+        ports: Option<&[(Protocol, u16)]>,
+        ttl: Duration,
+    ) -> Result<(), String>;
+    /// Forget `ips` for `identity` on every port (evicted by the per-name limit).
     fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String>;
     /// Drop expired entries; returns how many.
     fn gc(&self) -> Result<usize, String>;
@@ -47,6 +53,42 @@ pub struct LearnPlan {
     /// Push the IPs to the kernel gate for the source identity: some name of the chain is selected by one of its
     /// `toFQDNs` rules. (Other answers are cached for flow records but open nothing.)
     pub to_kernel: bool,
+    /// The (protocol, port) pairs those rules allow, for the kernel gate; `None` = any port.
+    pub ports: Option<Vec<(Protocol, u16)>>,
+}
+
+/// A `toFQDNs` port range wider than this opens every port in the kernel gate rather than one entry per port.
+pub const MAX_GATE_PORTS: usize = 64;
+
+/// The kernel gate's (protocol, port) entries for the `toFQDNs` rules selecting any of `names`.
+pub fn gate_ports(
+    engine: &PolicyEngine,
+    identity: Identity,
+    names: &[String],
+) -> Option<Vec<(Protocol, u16)>> {
+    let mut out = Vec::new();
+    for name in names {
+        for (proto, lo, hi) in engine.fqdn_ports(identity, name)? {
+            let protos: &[Protocol] = match proto {
+                Some(Protocol::Tcp) => &[Protocol::Tcp],
+                Some(Protocol::Udp) => &[Protocol::Udp],
+                // connect()/sendmsg() hooks never see SCTP.
+                Some(Protocol::Sctp) => &[],
+                None => &[Protocol::Tcp, Protocol::Udp],
+            };
+            if usize::from(hi - lo) >= MAX_GATE_PORTS {
+                return None;
+            }
+            for p in protos {
+                for port in lo..=hi {
+                    if !out.contains(&(*p, port)) {
+                        out.push((*p, port));
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
 }
 
 impl LearnPlan {
@@ -65,6 +107,7 @@ impl LearnPlan {
             ips: info.ips.clone(),
             ttl: Duration::from_secs(u64::from(info.ttl)).max(min_ttl),
             to_kernel: info.names.iter().any(|n| engine.fqdn_selects(identity, n)),
+            ports: gate_ports(engine, identity, &info.names),
         })
     }
 }
@@ -106,7 +149,7 @@ impl Learner {
         }
         if let Some(gate) = &self.gate {
             if plan.to_kernel {
-                gate.allow(identity, &plan.ips, plan.ttl)?;
+                gate.allow(identity, &plan.ips, plan.ports.as_deref(), plan.ttl)?;
             }
             if !evicted.is_empty() {
                 // The gate acts at connect() only: removing an IP never cuts a connection already open to it.
@@ -166,11 +209,19 @@ pub(crate) mod tests {
     #[derive(Default)]
     pub(crate) struct Recorder {
         pub allowed: Mutex<Vec<(u32, IpAddr, Duration)>>,
+        pub ports: Mutex<Vec<Option<Vec<(Protocol, u16)>>>>,
         pub removed: Mutex<Vec<(u32, IpAddr)>>,
     }
 
     impl FqdnGate for Recorder {
-        fn allow(&self, identity: u32, ips: &[IpAddr], ttl: Duration) -> Result<(), String> {
+        fn allow(
+            &self,
+            identity: u32,
+            ips: &[IpAddr],
+            ports: Option<&[(Protocol, u16)]>,
+            ttl: Duration,
+        ) -> Result<(), String> {
+            self.ports.lock().unwrap().push(ports.map(<[_]>::to_vec));
             let mut a = self.allowed.lock().unwrap();
             a.extend(ips.iter().map(|ip| (identity, *ip, ttl)));
             Ok(())
@@ -211,6 +262,11 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert!(stripe.to_kernel);
+        assert_eq!(
+            stripe.ports,
+            Some(vec![(Protocol::Tcp, 443)]),
+            "the kernel gate opens the rule's port only"
+        );
         assert_eq!(stripe.ttl, Duration::from_secs(5));
         // Selected through the CNAME target (matchPattern *.s3.amazonaws.com).
         let via_cname = LearnPlan::new(

@@ -142,7 +142,8 @@ struct {
 struct tg_fqdn_key {
 	__u32 identity; /* host; the source endpoint's identity */
 	__u8 family;    /* TG_FAMILY_* */
-	__u8 pad[3];    /* zero */
+	__u8 proto;     /* IPPROTO_TCP/UDP the toFQDNs rule allows, or 0 = any (with port 0) */
+	__u16 port;     /* NBO; the rule's port, or 0 = any */
 	__u32 ip[4];    /* NBO */
 };
 

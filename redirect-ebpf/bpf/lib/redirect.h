@@ -103,7 +103,8 @@ static __always_inline __u16 tg_kind_port(const struct tg_config *cfg, __u16 kin
 
 /* FQDN gate: an identity whose egress policy is FQDN-restricted may only
  * reach out-of-cluster IPs that DNS answers allowed. Returns 1 = allowed. */
-static __always_inline int tg_fqdn_allowed(__u32 src_id, __u32 dst_id, __u8 family, const __u32 ip[4])
+static __always_inline int tg_fqdn_allowed(__u32 src_id, __u32 dst_id, __u8 family, const __u32 ip[4],
+					   __u8 proto, __u16 port_nbo)
 {
 	struct tg_policy_value *flags = tg_policy_get(src_id, TG_DIR_EGRESS, 0, 0);
 	struct tg_fqdn_key key = {};
@@ -124,7 +125,15 @@ static __always_inline int tg_fqdn_allowed(__u32 src_id, __u32 dst_id, __u8 fami
 	key.ip[1] = ip[1];
 	key.ip[2] = ip[2];
 	key.ip[3] = ip[3];
+	/* The rule's port first, then an any-port entry. */
+	key.proto = proto;
+	key.port = port_nbo;
 	v = bpf_map_lookup_elem(&tg_fqdn_allow, &key);
+	if (!v) {
+		key.proto = 0;
+		key.port = 0;
+		v = bpf_map_lookup_elem(&tg_fqdn_allow, &key);
+	}
 	if (!v)
 		return 0;
 	if (v->expires_ns && v->expires_ns < bpf_ktime_get_boot_ns())
