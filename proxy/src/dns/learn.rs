@@ -206,10 +206,13 @@ pub(crate) mod tests {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    type GatePorts = Option<Vec<(Protocol, u16)>>;
+
     #[derive(Default)]
     pub(crate) struct Recorder {
         pub allowed: Mutex<Vec<(u32, IpAddr, Duration)>>,
-        pub ports: Mutex<Vec<Option<Vec<(Protocol, u16)>>>>,
+        /// The `ports` argument of every `allow` call (`None` = any port).
+        pub ports: Mutex<Vec<GatePorts>>,
         pub removed: Mutex<Vec<(u32, IpAddr)>>,
     }
 
@@ -336,6 +339,10 @@ pub(crate) mod tests {
         assert_eq!(
             *gate.allowed.lock().unwrap(),
             vec![(worker.0, dst, Duration::from_secs(5))]
+        );
+        assert_eq!(
+            *gate.ports.lock().unwrap(),
+            vec![Some(vec![(Protocol::Tcp, 443)])]
         );
         assert_eq!(verdict(now), Decision::Allow);
         let port80 = snap.engine.flow(src, dst, 80, Protocol::Tcp);
