@@ -40,7 +40,11 @@ pub struct RunArgs {
     #[arg(long, env = "TOLLGATE_POLICY", required_unless_present = "kubernetes")]
     pub policy: Option<PathBuf>,
     /// Endpoints file (`endpoints:` list: name, namespace, labels, ip); watched with the policy.
-    #[arg(long, env = "TOLLGATE_ENDPOINTS", required_unless_present = "kubernetes")]
+    #[arg(
+        long,
+        env = "TOLLGATE_ENDPOINTS",
+        required_unless_present = "kubernetes"
+    )]
     pub endpoints: Option<PathBuf>,
     /// Address the redirected connections arrive on.
     #[arg(long, default_value = "0.0.0.0:15001", env = "TOLLGATE_LISTEN")]

@@ -50,7 +50,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ => None,
     };
     if let Some(reconciler) = kube_updates {
-        tokio::spawn(crate::kubernetes::watch::run_updates(reconciler, policy.clone()));
+        tokio::spawn(crate::kubernetes::watch::run_updates(
+            reconciler,
+            policy.clone(),
+        ));
     }
     let original_dst: Box<dyn OriginalDst> = match (&args.redirect, &datapath) {
         (RedirectMode::Tproxy, _) => Box::new(Tproxy {

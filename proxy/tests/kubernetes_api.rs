@@ -50,7 +50,10 @@ fn allowed(policy: &PolicySource, to: &str, path: &str) -> bool {
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -78,8 +81,8 @@ fn assert_requests_within_rbac(server: &ApiServer) {
     let reqs = server.requests.lock().unwrap().clone();
     assert!(!reqs.is_empty());
     for (method, pq) in reqs {
-        let (group, resource, verb) =
-            api::rbac_of_request(&method, &pq).unwrap_or_else(|| panic!("unexpected request {method} {pq}"));
+        let (group, resource, verb) = api::rbac_of_request(&method, &pq)
+            .unwrap_or_else(|| panic!("unexpected request {method} {pq}"));
         assert!(
             api::allowed(&group, &resource, &verb),
             "{method} {pq} is {verb} on {group}/{resource}, which the API usage table (and so RBAC) does not grant"
@@ -102,12 +105,18 @@ async fn policies_pods_and_status_follow_the_api_server() {
     assert!(allowed(&policy, "10.1.0.20", "/v1/items"));
     assert!(!allowed(&policy, "10.1.0.20", "/admin"));
     let web_ep = snap.endpoints.by_ip("10.1.0.10".parse().unwrap()).unwrap();
-    assert_eq!(web_ep.labels["io.cilium.k8s.namespace.labels.team"], "payments");
+    assert_eq!(
+        web_ep.labels["io.cilium.k8s.namespace.labels.team"],
+        "payments"
+    );
     assert_eq!(web_ep.labels["io.cilium.k8s.policy.serviceaccount"], "web");
     drop(snap);
     eventually("Valid=True status on api-l7", || {
-        last_condition(&server, "/namespaces/shop/ciliumnetworkpolicies/api-l7/status")
-            .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == 1)
+        last_condition(
+            &server,
+            "/namespaces/shop/ciliumnetworkpolicies/api-l7/status",
+        )
+        .is_some_and(|c| c["status"] == "True" && c["observedGeneration"] == 1)
     })
     .await;
 
@@ -122,7 +131,8 @@ async fn policies_pods_and_status_follow_the_api_server() {
     let gen_before = policy.current().generation;
     server.put(CNPS, cnp_with_path(&server, "/v3/("));
     eventually("Valid=False status naming the field", || {
-        last_condition(&server, "/ciliumnetworkpolicies/api-l7/status").is_some_and(|c| c["status"] == "False")
+        last_condition(&server, "/ciliumnetworkpolicies/api-l7/status")
+            .is_some_and(|c| c["status"] == "False")
     })
     .await;
     let c = last_condition(&server, "/ciliumnetworkpolicies/api-l7/status").unwrap();
@@ -131,10 +141,16 @@ async fn policies_pods_and_status_follow_the_api_server() {
         msg.starts_with("CiliumNetworkPolicy/shop/api-l7: document 0: spec.ingress[0].toPorts[0].rules.http[0].path: invalid regex"),
         "{msg}"
     );
-    assert!(msg.ends_with("the previous valid version of this policy keeps enforcing"), "{msg}");
+    assert!(
+        msg.ends_with("the previous valid version of this policy keeps enforcing"),
+        "{msg}"
+    );
     assert_eq!(c["reason"], "Invalid");
     assert!(policy.current().generation >= gen_before);
-    assert!(allowed(&policy, "10.1.0.20", "/v2/items"), "previous version still enforces");
+    assert!(
+        allowed(&policy, "10.1.0.20", "/v2/items"),
+        "previous version still enforces"
+    );
     assert!(!allowed(&policy, "10.1.0.20", "/v3/items"));
 
     // Pod churn: a second api replica appears (selected by the same policy), web is replaced by a new pod.
@@ -143,17 +159,31 @@ async fn policies_pods_and_status_follow_the_api_server() {
     api2["metadata"]["uid"] = "b7e1d2c3-0000-4111-8222-333344445555".into();
     api2["status"]["podIP"] = "10.1.0.21".into();
     server.put(PODS, api2);
-    eventually("the new replica is an endpoint with the policy applied", || {
-        policy.current().endpoints.by_ip("10.1.0.21".parse().unwrap()).is_some()
-            && allowed(&policy, "10.1.0.21", "/v2/x")
-            && !allowed(&policy, "10.1.0.21", "/admin")
-    })
+    eventually(
+        "the new replica is an endpoint with the policy applied",
+        || {
+            policy
+                .current()
+                .endpoints
+                .by_ip("10.1.0.21".parse().unwrap())
+                .is_some()
+                && allowed(&policy, "10.1.0.21", "/v2/x")
+                && !allowed(&policy, "10.1.0.21", "/admin")
+        },
+    )
     .await;
     server.delete(PODS, "shop/web-7d9f8c6b5-x2k4p", true);
-    eventually("web is gone: its IP is now world, not selected by fromEndpoints", || {
-        policy.current().endpoints.by_ip("10.1.0.10".parse().unwrap()).is_none()
-            && !allowed(&policy, "10.1.0.20", "/v2/items")
-    })
+    eventually(
+        "web is gone: its IP is now world, not selected by fromEndpoints",
+        || {
+            policy
+                .current()
+                .endpoints
+                .by_ip("10.1.0.10".parse().unwrap())
+                .is_none()
+                && !allowed(&policy, "10.1.0.20", "/v2/items")
+        },
+    )
     .await;
 
     // A NetworkPolicy appears and is deleted again.
@@ -169,13 +199,22 @@ async fn policies_pods_and_status_follow_the_api_server() {
                             "generation": 1, "creationTimestamp": "2026-11-22T08:00:00Z"},
                "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Egress"]}}),
     );
-    eventually("NetworkPolicy denies web's egress", || !allowed(&policy, "10.1.0.20", "/v2/items")).await;
+    eventually("NetworkPolicy denies web's egress", || {
+        !allowed(&policy, "10.1.0.20", "/v2/items")
+    })
+    .await;
     server.delete(NPS, "shop/deny-web", true);
-    eventually("NetworkPolicy deleted", || allowed(&policy, "10.1.0.20", "/v2/items")).await;
+    eventually("NetworkPolicy deleted", || {
+        allowed(&policy, "10.1.0.20", "/v2/items")
+    })
+    .await;
 
     // Delete the Cilium policy: nothing selects api any more.
     server.delete(CNPS, "shop/api-l7", true);
-    eventually("no policy: /admin allowed", || allowed(&policy, "10.1.0.20", "/admin")).await;
+    eventually("no policy: /admin allowed", || {
+        allowed(&policy, "10.1.0.20", "/admin")
+    })
+    .await;
 
     assert_requests_within_rbac(&server);
 }
@@ -202,7 +241,10 @@ async fn api_errors_and_a_stale_resource_version_lead_to_a_relist() {
             .filter(|(m, p)| m == "GET" && p.starts_with(PODS) && !p.contains("watch=true"))
             .count()
     };
-    assert!(pod_lists(&server) >= 3, "two failed lists, then one that worked");
+    assert!(
+        pod_lists(&server) >= 3,
+        "two failed lists, then one that worked"
+    );
     assert!(allowed(&policy, "10.1.0.20", "/v1/items"));
 
     // A delete the watch never reports, then history compacted and watches cut: resuming from the old
@@ -212,7 +254,11 @@ async fn api_errors_and_a_stale_resource_version_lead_to_a_relist() {
     server.compact_and_cut();
     eventually("re-list after 410 removes the missed pod", || {
         pod_lists(&server) > lists_before
-            && policy.current().endpoints.by_ip("10.1.0.10".parse().unwrap()).is_none()
+            && policy
+                .current()
+                .endpoints
+                .by_ip("10.1.0.10".parse().unwrap())
+                .is_none()
     })
     .await;
     assert!(!allowed(&policy, "10.1.0.20", "/v1/items"));

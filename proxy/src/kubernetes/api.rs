@@ -123,17 +123,28 @@ mod tests {
     #[test]
     fn requests_map_to_rbac_triples() {
         let t = |m, p| rbac_of_request(m, p).map(|(g, r, v)| format!("{g}|{r}|{v}"));
-        assert_eq!(t("GET", "/api/v1/pods?resourceVersion=0").as_deref(), Some("|pods|list"));
+        assert_eq!(
+            t("GET", "/api/v1/pods?resourceVersion=0").as_deref(),
+            Some("|pods|list")
+        );
         assert_eq!(
             t("GET", "/api/v1/pods?watch=true&resourceVersion=7").as_deref(),
             Some("|pods|watch")
         );
         assert_eq!(
-            t("PATCH", "/apis/cilium.io/v2/namespaces/shop/ciliumnetworkpolicies/p/status").as_deref(),
+            t(
+                "PATCH",
+                "/apis/cilium.io/v2/namespaces/shop/ciliumnetworkpolicies/p/status"
+            )
+            .as_deref(),
             Some("cilium.io|ciliumnetworkpolicies/status|patch")
         );
         assert_eq!(
-            t("GET", "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/x").as_deref(),
+            t(
+                "GET",
+                "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/x"
+            )
+            .as_deref(),
             Some("networking.k8s.io|networkpolicies|get")
         );
         assert_eq!(t("GET", "/version"), None);
@@ -142,7 +153,11 @@ mod tests {
     #[test]
     fn the_table_allows_what_it_lists_only() {
         assert!(allowed("", "pods", "watch"));
-        assert!(allowed("cilium.io", "ciliumnetworkpolicies/status", "patch"));
+        assert!(allowed(
+            "cilium.io",
+            "ciliumnetworkpolicies/status",
+            "patch"
+        ));
         assert!(!allowed("cilium.io", "ciliumnetworkpolicies", "patch"));
         assert!(!allowed("", "pods", "get"));
         assert!(!allowed("", "secrets", "list"));

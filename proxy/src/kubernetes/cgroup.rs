@@ -87,7 +87,9 @@ mod tests {
         assert_eq!(
             candidates(UID, QosClass::Guaranteed),
             vec![
-                PathBuf::from("kubepods.slice/kubepods-pod0b8e6b5c_91f0_4d6e_8a0e_6f1d2b3c4d5e.slice"),
+                PathBuf::from(
+                    "kubepods.slice/kubepods-pod0b8e6b5c_91f0_4d6e_8a0e_6f1d2b3c4d5e.slice"
+                ),
                 PathBuf::from("kubepods/pod0b8e6b5c-91f0-4d6e-8a0e-6f1d2b3c4d5e"),
             ]
         );
@@ -106,7 +108,10 @@ mod tests {
     fn find_picks_the_existing_driver_layout() {
         let root = tempfile::tempdir().unwrap();
         assert_eq!(find(root.path(), UID, QosClass::Burstable), None);
-        let cgroupfs = root.path().join("kubepods/burstable").join(format!("pod{UID}"));
+        let cgroupfs = root
+            .path()
+            .join("kubepods/burstable")
+            .join(format!("pod{UID}"));
         std::fs::create_dir_all(&cgroupfs).unwrap();
         assert_eq!(find(root.path(), UID, QosClass::Burstable), Some(cgroupfs));
         // A Guaranteed pod with the same UID is not looked for under the burstable slice.

@@ -78,7 +78,12 @@ impl PolicyObject {
         let name = obj.metadata.name.clone()?;
         let namespace = match kind {
             PolicyKind::CiliumClusterwideNetworkPolicy => None,
-            _ => Some(obj.metadata.namespace.clone().unwrap_or_else(|| "default".into())),
+            _ => Some(
+                obj.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+            ),
         };
         let mut doc = serde_json::Map::new();
         doc.insert("apiVersion".into(), "cilium.io/v2".into());
@@ -109,7 +114,11 @@ impl PolicyObject {
     /// From a watched Kubernetes NetworkPolicy.
     pub fn from_network_policy(np: &NetworkPolicy) -> Option<PolicyObject> {
         let name = np.metadata.name.clone()?;
-        let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let namespace = np
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
         let doc = serde_json::json!({
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
@@ -435,8 +444,22 @@ mod tests {
 
     fn state() -> ClusterState {
         let mut s = ClusterState::default();
-        s.apply_pod(&api_pod("u-web", "shop", "web", "10.1.0.10", "node-a", "web"));
-        s.apply_pod(&api_pod("u-api", "shop", "api", "10.1.0.20", "node-b", "api"));
+        s.apply_pod(&api_pod(
+            "u-web",
+            "shop",
+            "web",
+            "10.1.0.10",
+            "node-a",
+            "web",
+        ));
+        s.apply_pod(&api_pod(
+            "u-api",
+            "shop",
+            "api",
+            "10.1.0.20",
+            "node-b",
+            "api",
+        ));
         s
     }
 
@@ -481,10 +504,16 @@ mod tests {
         let api = eps.iter().find(|e| e.name == "api").unwrap();
         let web = eps.iter().find(|e| e.name == "web").unwrap();
         assert_eq!(web.cgroup.as_deref(), Some("/cg/u-web"));
-        assert_eq!(api.cgroup, None, "pods of other nodes are never enrolled here");
+        assert_eq!(
+            api.cgroup, None,
+            "pods of other nodes are never enrolled here"
+        );
         assert_eq!(api.labels["app"], "api");
         assert_eq!(api.labels[SERVICE_ACCOUNT_LABEL], "api");
-        assert_eq!(api.labels["io.cilium.k8s.namespace.labels.team"], "payments");
+        assert_eq!(
+            api.labels["io.cilium.k8s.namespace.labels.team"],
+            "payments"
+        );
         assert_eq!(api.named_ports["http"], 8080);
     }
 
@@ -506,14 +535,28 @@ mod tests {
             "spec": {"containers": []},
             "status": {"phase": "Pending"}
         })));
-        s.apply_pod(&api_pod("u-zz", "shop", "zz-new", "10.1.0.20", "node-b", "api"));
+        s.apply_pod(&api_pod(
+            "u-zz",
+            "shop",
+            "zz-new",
+            "10.1.0.20",
+            "node-b",
+            "api",
+        ));
         let (eps, skipped) = s.endpoints("node-a", &no_cgroup);
         let names: Vec<_> = eps.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["api", "web"]);
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].starts_with("shop/zz-new: IP 10.1.0.20"));
         // Deleting the pod removes it.
-        s.delete_pod(&api_pod("u-web", "shop", "web", "10.1.0.10", "node-a", "web"));
+        s.delete_pod(&api_pod(
+            "u-web",
+            "shop",
+            "web",
+            "10.1.0.10",
+            "node-a",
+            "web",
+        ));
         assert_eq!(s.endpoints("node-a", &no_cgroup).0.len(), 1);
     }
 
@@ -562,7 +605,10 @@ mod tests {
         }
         assert_eq!(c.outcomes.len(), 2);
         assert!(c.outcomes.values().any(|o| *o == PolicyOutcome::Accepted));
-        assert!(http_allowed(&c, "/v1/items"), "the previous version enforces");
+        assert!(
+            http_allowed(&c, "/v1/items"),
+            "the previous version enforces"
+        );
         assert!(!http_allowed(&c, "/v2/items"));
         // A brand-new invalid object has nothing to fall back to.
         s.apply_policy(cnp("shop", "fresh", l7_spec("(")));
@@ -584,10 +630,7 @@ mod tests {
         s.delete_policy(&key);
         let c = s.compile(eps).unwrap();
         assert!(!c.outcomes.contains_key(&key));
-        assert!(
-            http_allowed(&c, "/admin"),
-            "no policy selects api any more"
-        );
+        assert!(http_allowed(&c, "/admin"), "no policy selects api any more");
     }
 
     #[test]

@@ -100,7 +100,10 @@ pub struct PolicyCondition {
 pub fn manifests() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     let mut out = String::new();
-    for crd in [CiliumNetworkPolicy::crd(), CiliumClusterwideNetworkPolicy::crd()] {
+    for crd in [
+        CiliumNetworkPolicy::crd(),
+        CiliumClusterwideNetworkPolicy::crd(),
+    ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }
@@ -115,14 +118,20 @@ mod tests {
     #[test]
     fn crds_name_cilium_kinds_with_status_subresource() {
         let cnp = CiliumNetworkPolicy::crd();
-        assert_eq!(cnp.metadata.name.as_deref(), Some("ciliumnetworkpolicies.cilium.io"));
+        assert_eq!(
+            cnp.metadata.name.as_deref(),
+            Some("ciliumnetworkpolicies.cilium.io")
+        );
         assert_eq!(cnp.spec.scope, "Namespaced");
         let v = &cnp.spec.versions[0];
         assert_eq!(v.name, "v2");
         assert!(v.subresources.as_ref().unwrap().status.is_some());
         let ccnp = CiliumClusterwideNetworkPolicy::crd();
         assert_eq!(ccnp.spec.scope, "Cluster");
-        assert_eq!(ccnp.spec.names.short_names.as_deref(), Some(&["ccnp".to_string()][..]));
+        assert_eq!(
+            ccnp.spec.names.short_names.as_deref(),
+            Some(&["ccnp".to_string()][..])
+        );
         let yaml = manifests().unwrap();
         assert_eq!(yaml.matches("kind: CustomResourceDefinition").count(), 2);
         assert!(yaml.contains("x-kubernetes-preserve-unknown-fields: true"));

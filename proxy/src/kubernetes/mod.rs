@@ -83,6 +83,9 @@ pub async fn start_with_client(
         .next()
         .await
         .context("the Kubernetes watchers stopped before the first list completed")?;
-    let source = PolicySource::from_snapshot(crate::policy_source::snapshot(first.engine, first.endpoints));
+    let source = PolicySource::from_snapshot(crate::policy_source::snapshot(
+        first.engine,
+        first.endpoints,
+    ));
     Ok((source, reconciler))
 }

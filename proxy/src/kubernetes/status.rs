@@ -7,9 +7,17 @@
 use super::cluster::PolicyOutcome;
 
 /// The merge-patch body for one object's status.
-pub fn status_patch(outcome: &PolicyOutcome, generation: Option<i64>, now_rfc3339: &str) -> serde_json::Value {
+pub fn status_patch(
+    outcome: &PolicyOutcome,
+    generation: Option<i64>,
+    now_rfc3339: &str,
+) -> serde_json::Value {
     let (status, reason, message) = match outcome {
-        PolicyOutcome::Accepted => ("True", "Accepted", "policy is valid and enforced by tollgate".to_string()),
+        PolicyOutcome::Accepted => (
+            "True",
+            "Accepted",
+            "policy is valid and enforced by tollgate".to_string(),
+        ),
         PolicyOutcome::Rejected {
             errors,
             enforcing_previous,

@@ -41,7 +41,8 @@ const ALL_WATCHED: [Watched; 5] = [
 
 #[derive(Debug)]
 enum Change {
-    Pod(Event<Pod>),
+    // Boxed: a Pod is ~2 KiB and events queue up in the channel during a re-list.
+    Pod(Box<Event<Pod>>),
     Namespace(Event<Namespace>),
     NetworkPolicy(Event<NetworkPolicy>),
     Cilium(PolicyKind, Event<DynamicObject>),
@@ -53,7 +54,10 @@ fn cilium_resource(kind: PolicyKind) -> (ApiResource, ApiUse) {
         _ => api::CILIUM_NETWORK_POLICIES,
     };
     let gvk = GroupVersionKind::gvk(usage.group, usage.version, kind.as_str());
-    (ApiResource::from_gvk_with_plural(&gvk, usage.resource), usage)
+    (
+        ApiResource::from_gvk_with_plural(&gvk, usage.resource),
+        usage,
+    )
 }
 
 /// Runs one watcher, forwarding its events; errors are logged (the backoff retries) and never end the stream.
@@ -118,7 +122,9 @@ impl std::fmt::Debug for Reconciler {
 /// Starts the watchers.
 pub fn start_watchers(client: Client, scope: NodeScope) -> Reconciler {
     let (tx, rx) = mpsc::channel(1024);
-    spawn_watcher(Api::<Pod>::all(client.clone()), "pods", tx.clone(), Change::Pod);
+    spawn_watcher(Api::<Pod>::all(client.clone()), "pods", tx.clone(), |e| {
+        Change::Pod(Box::new(e))
+    });
     spawn_watcher(
         Api::<Namespace>::all(client.clone()),
         "namespaces",
@@ -159,7 +165,10 @@ fn watched_of(change: &Change) -> (Watched, &'static str) {
     match change {
         Change::Pod(_) => (Watched::Pods, "pods"),
         Change::Namespace(_) => (Watched::Namespaces, "namespaces"),
-        Change::NetworkPolicy(_) => (Watched::Policy(PolicyKind::NetworkPolicy), "networkpolicies"),
+        Change::NetworkPolicy(_) => (
+            Watched::Policy(PolicyKind::NetworkPolicy),
+            "networkpolicies",
+        ),
         Change::Cilium(PolicyKind::CiliumClusterwideNetworkPolicy, _) => (
             Watched::Policy(PolicyKind::CiliumClusterwideNetworkPolicy),
             "ciliumclusterwidenetworkpolicies",
@@ -195,7 +204,9 @@ impl Reconciler {
                     self.write_status(&compiled.outcomes).await;
                     return Some(compiled);
                 }
-                Err(e) => tracing::error!("cannot build the endpoint table from the API objects: {e}"),
+                Err(e) => {
+                    tracing::error!("cannot build the endpoint table from the API objects: {e}")
+                }
             }
         }
     }
@@ -243,9 +254,14 @@ impl Reconciler {
 
     fn apply_one(&mut self, change: Change) {
         match change {
-            Change::Pod(Event::Apply(p) | Event::InitApply(p)) => self.state.apply_pod(&p),
-            Change::Pod(Event::Delete(p)) => self.state.delete_pod(&p),
-            Change::Namespace(Event::Apply(n) | Event::InitApply(n)) => self.state.apply_namespace(&n),
+            Change::Pod(ev) => match *ev {
+                Event::Apply(p) | Event::InitApply(p) => self.state.apply_pod(&p),
+                Event::Delete(p) => self.state.delete_pod(&p),
+                _ => {}
+            },
+            Change::Namespace(Event::Apply(n) | Event::InitApply(n)) => {
+                self.state.apply_namespace(&n)
+            }
             Change::Namespace(Event::Delete(n)) => self.state.delete_namespace(&n),
             Change::NetworkPolicy(Event::Apply(np) | Event::InitApply(np)) => {
                 if let Some(obj) = PolicyObject::from_network_policy(&np) {
@@ -298,7 +314,8 @@ impl Reconciler {
                 .await
             {
                 Ok(_) => {
-                    self.written.insert(key.clone(), (generation, outcome.clone()));
+                    self.written
+                        .insert(key.clone(), (generation, outcome.clone()));
                 }
                 Err(e) => tracing::warn!(
                     policy = %key.source_name(),
@@ -332,7 +349,9 @@ pub async fn run_updates(mut reconciler: Reconciler, policy: Arc<PolicySource>) 
     while let Some(compiled) = reconciler.next().await {
         let snap = crate::policy_source::snapshot(compiled.engine, compiled.endpoints);
         match policy.install(snap) {
-            Ok(generation) => tracing::info!(generation, "policy update from the API server applied"),
+            Ok(generation) => {
+                tracing::info!(generation, "policy update from the API server applied")
+            }
             Err(e) => tracing::error!(
                 "policy update from the API server rejected, generation {} keeps enforcing: {e}",
                 policy.current().generation

@@ -26,8 +26,18 @@ pub struct Collection {
 }
 
 pub const COLLECTIONS: &[Collection] = &[
-    Collection { path: "/api/v1/pods", api_version: "v1", list_kind: "PodList", fixture: "pods.json" },
-    Collection { path: "/api/v1/namespaces", api_version: "v1", list_kind: "NamespaceList", fixture: "namespaces.json" },
+    Collection {
+        path: "/api/v1/pods",
+        api_version: "v1",
+        list_kind: "PodList",
+        fixture: "pods.json",
+    },
+    Collection {
+        path: "/api/v1/namespaces",
+        api_version: "v1",
+        list_kind: "NamespaceList",
+        fixture: "namespaces.json",
+    },
     Collection {
         path: "/apis/networking.k8s.io/v1/networkpolicies",
         api_version: "networking.k8s.io/v1",
@@ -101,7 +111,10 @@ fn full(status: StatusCode, v: &Value) -> Response<Body> {
 impl ApiServer {
     /// Starts on 127.0.0.1 with the fixtures from `fixture_dir`.
     pub async fn start(fixture_dir: &std::path::Path) -> ApiServer {
-        let mut store = Store { rv: 1000, ..Default::default() };
+        let mut store = Store {
+            rv: 1000,
+            ..Default::default()
+        };
         for c in COLLECTIONS {
             let text = std::fs::read_to_string(fixture_dir.join(c.fixture))
                 .unwrap_or_else(|e| panic!("reading fixture {}: {e}", c.fixture));
@@ -126,7 +139,9 @@ impl ApiServer {
         let s = server.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let s = s.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -155,7 +170,11 @@ impl ApiServer {
         obj["metadata"]["resourceVersion"] = rv.to_string().into();
         let key = key_of(&obj);
         let map = st.objects.get_mut(collection).expect("known collection");
-        let kind = if map.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+        let kind = if map.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         map.insert(key, obj.clone());
         let ev = json!({"type": kind, "object": obj});
         st.history.push((rv, collection, ev.clone()));
@@ -179,12 +198,18 @@ impl ApiServer {
     }
 
     pub fn get(&self, collection: &'static str, key: &str) -> Option<Value> {
-        self.store.lock().unwrap().objects[collection].get(key).cloned()
+        self.store.lock().unwrap().objects[collection]
+            .get(key)
+            .cloned()
     }
 
     /// The next `n` lists of `collection` answer 500.
     pub fn fail_lists(&self, collection: &'static str, n: u32) {
-        self.store.lock().unwrap().fail_next_list.insert(collection, n);
+        self.store
+            .lock()
+            .unwrap()
+            .fail_next_list
+            .insert(collection, n);
     }
 
     /// Forgets history: every watch resuming from an older resourceVersion gets 410 Gone; open watches are cut.
@@ -199,29 +224,48 @@ impl ApiServer {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let method = req.method().to_string();
-        let pq = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
-        self.requests.lock().unwrap().push((method.clone(), pq.clone()));
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        self.requests
+            .lock()
+            .unwrap()
+            .push((method.clone(), pq.clone()));
         let path = req.uri().path().to_string();
         let query: BTreeMap<String, String> = req
             .uri()
             .query()
             .unwrap_or("")
             .split('&')
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect();
         if method == "PATCH" && path.ends_with("/status") {
             let body = req.into_body().collect().await.unwrap().to_bytes();
             return self.patch_status(&path, serde_json::from_slice(&body).unwrap_or(Value::Null));
         }
         let Some(coll) = collection_of(&path) else {
-            return full(StatusCode::NOT_FOUND, &status_body(404, "NotFound", &format!("{path} not found")));
+            return full(
+                StatusCode::NOT_FOUND,
+                &status_body(404, "NotFound", &format!("{path} not found")),
+            );
         };
         if method != "GET" {
-            return full(StatusCode::METHOD_NOT_ALLOWED, &status_body(405, "MethodNotAllowed", "only GET"));
+            return full(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status_body(405, "MethodNotAllowed", "only GET"),
+            );
         }
         let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
         if watching {
-            let since: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+            let since: u64 = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
             return self.watch(coll, since);
         }
         let mut st = self.store.lock().unwrap();
@@ -299,7 +343,16 @@ impl ApiServer {
         // /apis/cilium.io/v2/[namespaces/{ns}/]{plural}/{name}/status
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         let (ns, plural, name) = match parts.as_slice() {
-            ["apis", "cilium.io", "v2", "namespaces", ns, plural, name, "status"] => (*ns, *plural, *name),
+            [
+                "apis",
+                "cilium.io",
+                "v2",
+                "namespaces",
+                ns,
+                plural,
+                name,
+                "status",
+            ] => (*ns, *plural, *name),
             ["apis", "cilium.io", "v2", plural, name, "status"] => ("", *plural, *name),
             _ => return full(StatusCode::NOT_FOUND, &status_body(404, "NotFound", path)),
         };
@@ -307,12 +360,21 @@ impl ApiServer {
             .iter()
             .find(|c| c.path.ends_with(&format!("/{plural}")))
             .expect("cilium collection");
-        self.patches.lock().unwrap().push((path.to_string(), body.clone()));
+        self.patches
+            .lock()
+            .unwrap()
+            .push((path.to_string(), body.clone()));
         let Some(mut obj) = self.get(coll.path, &format!("{ns}/{name}")) else {
-            return full(StatusCode::NOT_FOUND, &status_body(404, "NotFound", &format!("{ns}/{name}")));
+            return full(
+                StatusCode::NOT_FOUND,
+                &status_body(404, "NotFound", &format!("{ns}/{name}")),
+            );
         };
         obj["status"] = body["status"].clone();
         self.put(coll.path, obj.clone());
-        full(StatusCode::OK, &self.get(coll.path, &format!("{ns}/{name}")).unwrap())
+        full(
+            StatusCode::OK,
+            &self.get(coll.path, &format!("{ns}/{name}")).unwrap(),
+        )
     }
 }
