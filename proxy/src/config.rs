@@ -37,11 +37,15 @@ fn parse_mark(s: &str) -> Result<u32, String> {
 pub struct RunArgs {
     /// Policy file, or directory of `*.yaml` policy files (CiliumNetworkPolicy / NetworkPolicy); watched and
     /// hot-reloaded.
-    #[arg(long, env = "TOLLGATE_POLICY")]
-    pub policy: PathBuf,
+    #[arg(long, env = "TOLLGATE_POLICY", required_unless_present = "kubernetes")]
+    pub policy: Option<PathBuf>,
     /// Endpoints file (`endpoints:` list: name, namespace, labels, ip); watched with the policy.
-    #[arg(long, env = "TOLLGATE_ENDPOINTS")]
-    pub endpoints: PathBuf,
+    #[arg(
+        long,
+        env = "TOLLGATE_ENDPOINTS",
+        required_unless_present = "kubernetes"
+    )]
+    pub endpoints: Option<PathBuf>,
     /// Address the redirected connections arrive on.
     #[arg(long, default_value = "0.0.0.0:15001", env = "TOLLGATE_LISTEN")]
     pub listen: SocketAddr,
@@ -139,6 +143,9 @@ pub struct RunArgs {
     pub h2_max_concurrent_streams: u32,
     #[command(flatten)]
     pub dns: crate::dns::DnsArgs,
+    /// Kubernetes mode: policies and endpoints from the API server instead of --policy/--endpoints.
+    #[command(flatten)]
+    pub kube: crate::kubernetes::KubeArgs,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {

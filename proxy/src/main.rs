@@ -25,6 +25,8 @@ enum Command {
     Policy(PolicyCommand),
     /// Show flows from a running daemon's Observer API (like `hubble observe`).
     Observe(Box<tollgate::observe_cli::ObserveArgs>),
+    /// Print the CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy CRDs (for clusters without Cilium).
+    Crds,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +49,13 @@ fn main() -> ExitCode {
     let ok = match cli.command {
         Command::Run(args) => return run_daemon(*args),
         Command::Observe(args) => return observe(*args),
+        Command::Crds => match tollgate::kubernetes::crd::manifests() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                Ok(true)
+            }
+            Err(e) => Err(anyhow::anyhow!("rendering the CRDs: {e}")),
+        },
         Command::Policy(PolicyCommand::Test { files }) => tollgate::policy_cli::test(&files),
         Command::Policy(PolicyCommand::Validate { paths }) => {
             tollgate::policy_cli::validate(&paths)

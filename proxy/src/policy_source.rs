@@ -185,7 +185,55 @@ pub fn compile(
     })
 }
 
+/// A snapshot from an engine and endpoint table compiled elsewhere (Kubernetes mode); its generation is set when
+/// it is installed.
+pub fn snapshot(engine: PolicyEngine, endpoints: EndpointTable) -> PolicySnapshot {
+    PolicySnapshot {
+        engine,
+        endpoints,
+        fqdn: crate::dns::SharedFqdnCache::default(),
+        generation: 0,
+    }
+}
+
 impl PolicySource {
+    /// A source fed by something other than files (Kubernetes mode), starting from an already compiled snapshot.
+    /// It has no files: `reload` and `watch` are not used with it; updates come through [`PolicySource::install`].
+    pub fn from_snapshot(mut snap: PolicySnapshot) -> Self {
+        snap.generation = 1;
+        PolicySource {
+            policy_path: PathBuf::new(),
+            endpoints_path: PathBuf::new(),
+            current: ArcSwap::from_pointee(snap),
+            last_attempt: Mutex::new(0),
+            generation: AtomicU64::new(1),
+            before_apply: BeforeApplySlot::default(),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// Installs a snapshot compiled elsewhere (Kubernetes mode) through the same before-apply gate as a file
+    /// reload: if the datapath refuses it, it is counted as rejected and the current snapshot keeps enforcing.
+    pub fn install(&self, mut snap: PolicySnapshot) -> Result<u64, LoadError> {
+        let generation = self.generation.load(Ordering::Relaxed) + 1;
+        snap.generation = generation;
+        snap.fqdn = self.current().fqdn.clone();
+        if let Some(hook) = self
+            .before_apply
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            && let Err(e) = hook(&snap)
+        {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(LoadError::Datapath(e));
+        }
+        self.generation.store(generation, Ordering::Relaxed);
+        self.current.store(Arc::new(snap));
+        Ok(generation)
+    }
+
     /// Loads the initial policy; fails (and the daemon does not start) if it is invalid.
     pub fn load(policy_path: &Path, endpoints_path: &Path) -> Result<Self, LoadError> {
         let (docs, ep, fp) = read_inputs(policy_path, endpoints_path)?;

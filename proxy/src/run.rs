@@ -21,23 +21,40 @@ use crate::upstream::UpstreamPool;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let limits = args.limits()?;
-    let policy = Arc::new(
-        PolicySource::load(&args.policy, &args.endpoints).with_context(|| {
-            format!(
-                "loading policy {} with endpoints {}",
-                args.policy.display(),
-                args.endpoints.display()
-            )
-        })?,
-    );
-    let _watch = policy
-        .watch(args.recheck()?)
-        .with_context(|| format!("watching {} for policy updates", args.policy.display()))?;
+    // Standalone mode reads files (watched); Kubernetes mode waits for the first full list from the API server
+    // and keeps a reconciler that feeds later states through the same gate once the datapath is programmed.
+    let (policy, _watch, kube_updates) = if args.kube.kubernetes {
+        let (source, reconciler) = crate::kubernetes::start(&args.kube).await?;
+        (Arc::new(source), None, Some(reconciler))
+    } else {
+        let (Some(policy_path), Some(endpoints_path)) = (&args.policy, &args.endpoints) else {
+            anyhow::bail!("--policy and --endpoints are required without --kubernetes");
+        };
+        let policy = Arc::new(
+            PolicySource::load(policy_path, endpoints_path).with_context(|| {
+                format!(
+                    "loading policy {} with endpoints {}",
+                    policy_path.display(),
+                    endpoints_path.display()
+                )
+            })?,
+        );
+        let watch = policy
+            .watch(args.recheck()?)
+            .with_context(|| format!("watching {} for policy updates", policy_path.display()))?;
+        (policy, Some(watch), None)
+    };
     let flows = Arc::new(FlowLog::new(args.flow_ring, args.flow_sink())?);
     let datapath = match args.redirect {
         RedirectMode::Ebpf => Some(start_datapath(&args, &policy)?),
         _ => None,
     };
+    if let Some(reconciler) = kube_updates {
+        tokio::spawn(crate::kubernetes::watch::run_updates(
+            reconciler,
+            policy.clone(),
+        ));
+    }
     let original_dst: Box<dyn OriginalDst> = match (&args.redirect, &datapath) {
         (RedirectMode::Tproxy, _) => Box::new(Tproxy {
             listen: args.listen,

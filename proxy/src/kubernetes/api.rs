@@ -1,0 +1,165 @@
+//! Every Kubernetes API call tollgate makes, in one table. The watchers and the status writer take their
+//! resources from here, and the RBAC test checks `deploy/`'s ClusterRole grants exactly these verbs, no more.
+
+/// One resource and the verbs used on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiUse {
+    /// API group ("" for the core group).
+    pub group: &'static str,
+    pub version: &'static str,
+    /// Plural resource name, with `/status` for the status subresource.
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+}
+
+pub const PODS: ApiUse = ApiUse {
+    group: "",
+    version: "v1",
+    resource: "pods",
+    verbs: &["list", "watch"],
+};
+pub const NAMESPACES: ApiUse = ApiUse {
+    group: "",
+    version: "v1",
+    resource: "namespaces",
+    verbs: &["list", "watch"],
+};
+pub const NETWORK_POLICIES: ApiUse = ApiUse {
+    group: "networking.k8s.io",
+    version: "v1",
+    resource: "networkpolicies",
+    verbs: &["list", "watch"],
+};
+pub const CILIUM_NETWORK_POLICIES: ApiUse = ApiUse {
+    group: "cilium.io",
+    version: "v2",
+    resource: "ciliumnetworkpolicies",
+    verbs: &["list", "watch"],
+};
+pub const CILIUM_CLUSTERWIDE_NETWORK_POLICIES: ApiUse = ApiUse {
+    group: "cilium.io",
+    version: "v2",
+    resource: "ciliumclusterwidenetworkpolicies",
+    verbs: &["list", "watch"],
+};
+pub const CILIUM_NETWORK_POLICY_STATUS: ApiUse = ApiUse {
+    group: "cilium.io",
+    version: "v2",
+    resource: "ciliumnetworkpolicies/status",
+    verbs: &["patch"],
+};
+pub const CILIUM_CLUSTERWIDE_NETWORK_POLICY_STATUS: ApiUse = ApiUse {
+    group: "cilium.io",
+    version: "v2",
+    resource: "ciliumclusterwidenetworkpolicies/status",
+    verbs: &["patch"],
+};
+
+/// The whole table.
+pub const API_USES: &[ApiUse] = &[
+    PODS,
+    NAMESPACES,
+    NETWORK_POLICIES,
+    CILIUM_NETWORK_POLICIES,
+    CILIUM_CLUSTERWIDE_NETWORK_POLICIES,
+    CILIUM_NETWORK_POLICY_STATUS,
+    CILIUM_CLUSTERWIDE_NETWORK_POLICY_STATUS,
+];
+
+/// The (group, resource, verb) an HTTP request to the API server is, as RBAC sees it; `None` for paths outside
+/// the resource API (discovery, version). Used by tests to check every request the daemon made is in the table.
+pub fn rbac_of_request(method: &str, path_and_query: &str) -> Option<(String, String, String)> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    // Strip a namespace prefix: namespaces/{ns}/{resource}/...
+    let rest = match rest {
+        ["namespaces", _ns, resource, tail @ ..] => {
+            let mut v = vec![*resource];
+            v.extend_from_slice(tail);
+            v
+        }
+        other => other.to_vec(),
+    };
+    let (resource, named) = match rest.as_slice() {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => return None,
+    };
+    let watching = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method, named, watching) {
+        ("GET", _, true) => "watch",
+        ("GET", false, false) => "list",
+        ("GET", true, false) => "get",
+        ("PATCH", _, _) => "patch",
+        ("PUT", _, _) => "update",
+        ("POST", _, _) => "create",
+        ("DELETE", _, _) => "delete",
+        _ => return None,
+    };
+    Some((group.to_string(), resource, verb.to_string()))
+}
+
+/// Whether the table allows this request.
+pub fn allowed(group: &str, resource: &str, verb: &str) -> bool {
+    API_USES
+        .iter()
+        .any(|u| u.group == group && u.resource == resource && u.verbs.contains(&verb))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_map_to_rbac_triples() {
+        let t = |m, p| rbac_of_request(m, p).map(|(g, r, v)| format!("{g}|{r}|{v}"));
+        assert_eq!(
+            t("GET", "/api/v1/pods?resourceVersion=0").as_deref(),
+            Some("|pods|list")
+        );
+        assert_eq!(
+            t("GET", "/api/v1/pods?watch=true&resourceVersion=7").as_deref(),
+            Some("|pods|watch")
+        );
+        assert_eq!(
+            t(
+                "PATCH",
+                "/apis/cilium.io/v2/namespaces/shop/ciliumnetworkpolicies/p/status"
+            )
+            .as_deref(),
+            Some("cilium.io|ciliumnetworkpolicies/status|patch")
+        );
+        assert_eq!(
+            t(
+                "GET",
+                "/apis/networking.k8s.io/v1/namespaces/shop/networkpolicies/x"
+            )
+            .as_deref(),
+            Some("networking.k8s.io|networkpolicies|get")
+        );
+        assert_eq!(t("GET", "/version"), None);
+    }
+
+    #[test]
+    fn the_table_allows_what_it_lists_only() {
+        assert!(allowed("", "pods", "watch"));
+        assert!(allowed(
+            "cilium.io",
+            "ciliumnetworkpolicies/status",
+            "patch"
+        ));
+        assert!(!allowed("cilium.io", "ciliumnetworkpolicies", "patch"));
+        assert!(!allowed("", "pods", "get"));
+        assert!(!allowed("", "secrets", "list"));
+    }
+}

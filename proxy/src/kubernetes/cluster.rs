@@ -1,0 +1,667 @@
+//! What this node knows of the cluster, reduced from API objects to the few fields the policy needs, and the pure
+//! step from that to the policy engine's inputs. No I/O: the watchers (`watch.rs`) feed it, tests feed it directly.
+//!
+//! Pods are kept cluster-wide (any pod can be a peer, so every pod IP needs an identity), but only their IP, labels,
+//! service account, node and UID; only this node's pods get a cgroup for enrollment. Policies are validated one
+//! object at a time, as a Kubernetes user expects: an invalid object is rejected alone, with a status saying why,
+//! and the last valid version of that same object keeps enforcing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::DynamicObject;
+use policy_model::{Endpoint, EndpointTable, Policy, PolicyEngine, PolicyError, load_policies};
+
+use super::cgroup::QosClass;
+
+/// Label Cilium gives every endpoint with its service account; selectors may match on it.
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+/// Prefix Cilium gives a namespace's labels on each of its endpoints, so endpoint selectors can use them.
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+
+/// The policy kinds watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+    NetworkPolicy,
+}
+
+impl PolicyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+            PolicyKind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+
+    /// Whether the kind has a status subresource we write conditions to (NetworkPolicy has none).
+    pub fn has_status(self) -> bool {
+        !matches!(self, PolicyKind::NetworkPolicy)
+    }
+}
+
+/// One policy object: kind, namespace (None for clusterwide) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    pub kind: PolicyKind,
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl PolicyKey {
+    /// The "file" name policy errors carry, e.g. `CiliumNetworkPolicy/shop/api-l7`.
+    pub fn source_name(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{ns}/{}", self.kind.as_str(), self.name),
+            None => format!("{}/{}", self.kind.as_str(), self.name),
+        }
+    }
+}
+
+/// A policy object as the engine's loader reads it: the object's own JSON (a YAML document).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyObject {
+    pub key: PolicyKey,
+    /// `metadata.generation`: changes with the spec only, so status writes do not trigger re-validation noise.
+    pub generation: Option<i64>,
+    pub document: String,
+}
+
+impl PolicyObject {
+    /// From a watched Cilium object (CNP or CCNP).
+    pub fn from_cilium(kind: PolicyKind, obj: &DynamicObject) -> Option<PolicyObject> {
+        let name = obj.metadata.name.clone()?;
+        let namespace = match kind {
+            PolicyKind::CiliumClusterwideNetworkPolicy => None,
+            _ => Some(
+                obj.metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+            ),
+        };
+        let mut doc = serde_json::Map::new();
+        doc.insert("apiVersion".into(), "cilium.io/v2".into());
+        doc.insert("kind".into(), kind.as_str().into());
+        let mut meta = serde_json::Map::new();
+        meta.insert("name".into(), name.clone().into());
+        if let Some(ns) = &namespace {
+            meta.insert("namespace".into(), ns.clone().into());
+        }
+        doc.insert("metadata".into(), meta.into());
+        // Only the policy fields: status (which we write) must not make an object look changed.
+        for field in ["spec", "specs"] {
+            if let Some(v) = obj.data.get(field) {
+                doc.insert(field.into(), v.clone());
+            }
+        }
+        Some(PolicyObject {
+            key: PolicyKey {
+                kind,
+                namespace,
+                name,
+            },
+            generation: obj.metadata.generation,
+            document: serde_json::Value::Object(doc).to_string(),
+        })
+    }
+
+    /// From a watched Kubernetes NetworkPolicy.
+    pub fn from_network_policy(np: &NetworkPolicy) -> Option<PolicyObject> {
+        let name = np.metadata.name.clone()?;
+        let namespace = np
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let doc = serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": np.spec,
+        });
+        Some(PolicyObject {
+            key: PolicyKey {
+                kind: PolicyKind::NetworkPolicy,
+                namespace: Some(namespace),
+                name,
+            },
+            generation: np.metadata.generation,
+            document: doc.to_string(),
+        })
+    }
+}
+
+/// The fields of a pod the policy and the enrollment need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub ip: Option<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub node: Option<String>,
+    pub qos: QosClass,
+    pub named_ports: BTreeMap<String, u16>,
+    /// hostNetwork pods share the node's IP: they are the host, not an endpoint.
+    pub host_network: bool,
+    /// Succeeded/Failed pods have released their IP.
+    pub terminal: bool,
+}
+
+impl PodInfo {
+    pub fn from_pod(pod: &Pod) -> Option<PodInfo> {
+        let uid = pod.metadata.uid.clone()?;
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let mut named_ports = BTreeMap::new();
+        for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+            for p in c.ports.as_deref().unwrap_or_default() {
+                if let (Some(name), Ok(port)) = (&p.name, u16::try_from(p.container_port)) {
+                    named_ports.insert(name.clone(), port);
+                }
+            }
+        }
+        Some(PodInfo {
+            uid,
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            ip: status
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse().ok()),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            service_account: spec
+                .and_then(|s| s.service_account_name.clone())
+                .unwrap_or_else(|| "default".into()),
+            node: spec.and_then(|s| s.node_name.clone()),
+            qos: QosClass::parse(status.and_then(|s| s.qos_class.as_deref())),
+            named_ports,
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            terminal: matches!(
+                status.and_then(|s| s.phase.as_deref()),
+                Some("Succeeded") | Some("Failed")
+            ),
+        })
+    }
+}
+
+/// Whether a policy object is enforced, for its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyOutcome {
+    Accepted,
+    /// Rejected; `enforcing_previous` says whether an earlier valid version of the object keeps enforcing.
+    Rejected {
+        errors: Vec<String>,
+        enforcing_previous: bool,
+    },
+}
+
+/// The result of one recompilation.
+#[derive(Debug)]
+pub struct Compiled {
+    pub engine: PolicyEngine,
+    pub endpoints: EndpointTable,
+    pub outcomes: BTreeMap<PolicyKey, PolicyOutcome>,
+    /// Pods left out (duplicate IP), for the log.
+    pub skipped_pods: Vec<String>,
+}
+
+/// Everything the watchers have seen.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    pub pods: BTreeMap<String, PodInfo>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub policies: BTreeMap<PolicyKey, PolicyObject>,
+    /// The last valid version of each object (kept while a newer version is invalid).
+    last_good: BTreeMap<PolicyKey, Vec<Policy>>,
+}
+
+impl ClusterState {
+    pub fn apply_pod(&mut self, pod: &Pod) {
+        if let Some(p) = PodInfo::from_pod(pod) {
+            self.pods.insert(p.uid.clone(), p);
+        }
+    }
+
+    pub fn delete_pod(&mut self, pod: &Pod) {
+        if let Some(uid) = &pod.metadata.uid {
+            self.pods.remove(uid);
+        }
+    }
+
+    pub fn apply_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = &ns.metadata.name {
+            self.namespaces
+                .insert(name.clone(), ns.metadata.labels.clone().unwrap_or_default());
+        }
+    }
+
+    pub fn delete_namespace(&mut self, ns: &Namespace) {
+        if let Some(name) = &ns.metadata.name {
+            self.namespaces.remove(name);
+        }
+    }
+
+    pub fn apply_policy(&mut self, obj: PolicyObject) {
+        self.policies.insert(obj.key.clone(), obj);
+    }
+
+    pub fn delete_policy(&mut self, key: &PolicyKey) {
+        self.policies.remove(key);
+        self.last_good.remove(key);
+    }
+
+    /// Drops every object of one watched kind (a re-list replaces them all).
+    pub fn clear_policies(&mut self, kind: PolicyKind) {
+        self.policies.retain(|k, _| k.kind != kind);
+    }
+
+    /// The endpoints: every running pod with an IP; `cgroup_of` gives the enrollment cgroup of this node's pods.
+    pub fn endpoints(
+        &self,
+        node: &str,
+        cgroup_of: &dyn Fn(&PodInfo) -> Option<PathBuf>,
+    ) -> (Vec<Endpoint>, Vec<String>) {
+        let mut seen_ips = BTreeSet::new();
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        // Sorted by namespace/name so a duplicate IP (a pod being replaced) resolves the same way every time.
+        let mut pods: Vec<&PodInfo> = self.pods.values().collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        for pod in pods {
+            let Some(ip) = pod.ip else { continue };
+            if pod.host_network || pod.terminal {
+                continue;
+            }
+            if !seen_ips.insert(ip) {
+                skipped.push(format!(
+                    "{}/{}: IP {ip} is already used by another pod",
+                    pod.namespace, pod.name
+                ));
+                continue;
+            }
+            let mut labels = pod.labels.clone();
+            labels.insert(SERVICE_ACCOUNT_LABEL.into(), pod.service_account.clone());
+            if let Some(ns_labels) = self.namespaces.get(&pod.namespace) {
+                for (k, v) in ns_labels {
+                    labels.insert(format!("{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
+                }
+            }
+            let local = pod.node.as_deref() == Some(node);
+            out.push(Endpoint {
+                name: pod.name.clone(),
+                namespace: pod.namespace.clone(),
+                labels,
+                ip,
+                cgroup: if local {
+                    cgroup_of(pod).map(|p| p.display().to_string())
+                } else {
+                    None
+                },
+                named_ports: pod.named_ports.clone(),
+            });
+        }
+        (out, skipped)
+    }
+
+    /// Validates each policy object on its own, compiles the valid ones (falling back to an object's last valid
+    /// version when its new one is invalid) and says per object what happened.
+    pub fn compile(&mut self, endpoints: Vec<Endpoint>) -> Result<Compiled, PolicyError> {
+        let table = EndpointTable::new(endpoints)?;
+        let mut outcomes = BTreeMap::new();
+        let mut chosen: BTreeMap<PolicyKey, Vec<Policy>> = BTreeMap::new();
+        for (key, obj) in &self.policies {
+            let load = load_policies(&key.source_name(), &obj.document);
+            if load.errors.is_empty() {
+                chosen.insert(key.clone(), load.policies);
+                outcomes.insert(key.clone(), PolicyOutcome::Accepted);
+            } else {
+                self.reject(key, &load.errors, &mut chosen, &mut outcomes);
+            }
+        }
+        // Compilation can still reject a policy (e.g. a regex too large); drop those objects and compile again.
+        // Each round removes at least one object, so this ends.
+        loop {
+            let policies: Vec<Policy> = chosen.values().flatten().cloned().collect();
+            let (engine, errors) = PolicyEngine::compile(policies, &table);
+            if errors.is_empty() {
+                for (key, policies) in &chosen {
+                    if outcomes.get(key) == Some(&PolicyOutcome::Accepted) {
+                        self.last_good.insert(key.clone(), policies.clone());
+                    }
+                }
+                return Ok(Compiled {
+                    engine,
+                    endpoints: table,
+                    outcomes,
+                    skipped_pods: Vec::new(),
+                });
+            }
+            let mut by_key: BTreeMap<PolicyKey, Vec<PolicyError>> = BTreeMap::new();
+            for e in errors {
+                let key = chosen
+                    .keys()
+                    .find(|k| k.source_name() == e.file)
+                    .cloned()
+                    .or_else(|| chosen.keys().next().cloned());
+                if let Some(key) = key {
+                    by_key.entry(key).or_default().push(e);
+                }
+            }
+            for (key, errs) in by_key {
+                // A last-good version that itself fails to compile now must not come back.
+                if outcomes.get(&key) != Some(&PolicyOutcome::Accepted) {
+                    self.last_good.remove(&key);
+                }
+                self.reject(&key, &errs, &mut chosen, &mut outcomes);
+            }
+        }
+    }
+
+    fn reject(
+        &self,
+        key: &PolicyKey,
+        errors: &[PolicyError],
+        chosen: &mut BTreeMap<PolicyKey, Vec<Policy>>,
+        outcomes: &mut BTreeMap<PolicyKey, PolicyOutcome>,
+    ) {
+        let previous = self.last_good.get(key).filter(|_| {
+            // Fall back only once: the previous version is tried in the first round.
+            !matches!(
+                outcomes.get(key),
+                Some(PolicyOutcome::Rejected {
+                    enforcing_previous: true,
+                    ..
+                })
+            )
+        });
+        match previous {
+            Some(p) => {
+                chosen.insert(key.clone(), p.clone());
+            }
+            None => {
+                chosen.remove(key);
+            }
+        }
+        outcomes.insert(
+            key.clone(),
+            PolicyOutcome::Rejected {
+                errors: errors.iter().map(ToString::to_string).collect(),
+                enforcing_previous: previous.is_some(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy_model::{Decision, Protocol};
+    use std::time::SystemTime;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn api_pod(uid: &str, ns: &str, name: &str, ip: &str, node: &str, app: &str) -> Pod {
+        pod(serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "uid": uid, "labels": {"app": app}},
+            "spec": {"nodeName": node, "serviceAccountName": app, "containers": [
+                {"name": "c", "image": "x", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": ip, "qosClass": "Burstable"}
+        }))
+    }
+
+    fn cnp(ns: &str, name: &str, spec: serde_json::Value) -> PolicyObject {
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": name, "namespace": ns, "generation": 1},
+            "spec": spec,
+        }))
+        .unwrap();
+        PolicyObject::from_cilium(PolicyKind::CiliumNetworkPolicy, &obj).unwrap()
+    }
+
+    fn l7_spec(path: &str) -> serde_json::Value {
+        serde_json::json!({
+            "endpointSelector": {"matchLabels": {"app": "api"}},
+            "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "web"}}],
+                "toPorts": [{"ports": [{"port": "8080", "protocol": "TCP"}],
+                    "rules": {"http": [{"method": "GET", "path": path}]}}]}]
+        })
+    }
+
+    fn state() -> ClusterState {
+        let mut s = ClusterState::default();
+        s.apply_pod(&api_pod(
+            "u-web",
+            "shop",
+            "web",
+            "10.1.0.10",
+            "node-a",
+            "web",
+        ));
+        s.apply_pod(&api_pod(
+            "u-api",
+            "shop",
+            "api",
+            "10.1.0.20",
+            "node-b",
+            "api",
+        ));
+        s
+    }
+
+    fn no_cgroup(_: &PodInfo) -> Option<PathBuf> {
+        None
+    }
+
+    fn http_allowed(c: &Compiled, path: &str) -> bool {
+        let flow = c.engine.flow(
+            "10.1.0.10".parse().unwrap(),
+            "10.1.0.20".parse().unwrap(),
+            8080,
+            Protocol::Tcp,
+        );
+        let cache = policy_model::FqdnCache::default();
+        let conn = c.engine.connection(&flow, &cache, SystemTime::now());
+        if conn.decision == Decision::Deny {
+            return false;
+        }
+        let req = policy_model::HttpRequest {
+            method: "GET",
+            path,
+            host: "api",
+            headers: &[],
+        };
+        c.engine.http(&flow, &req).decision == Decision::Allow
+    }
+
+    #[test]
+    fn pods_become_endpoints_with_cilium_labels_and_only_local_cgroups() {
+        let mut s = state();
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"team": "payments"}}
+        }))
+        .unwrap();
+        s.apply_namespace(&ns);
+        let cg = |p: &PodInfo| Some(PathBuf::from(format!("/cg/{}", p.uid)));
+        let (eps, skipped) = s.endpoints("node-a", &cg);
+        assert!(skipped.is_empty());
+        assert_eq!(eps.len(), 2);
+        let api = eps.iter().find(|e| e.name == "api").unwrap();
+        let web = eps.iter().find(|e| e.name == "web").unwrap();
+        assert_eq!(web.cgroup.as_deref(), Some("/cg/u-web"));
+        assert_eq!(
+            api.cgroup, None,
+            "pods of other nodes are never enrolled here"
+        );
+        assert_eq!(api.labels["app"], "api");
+        assert_eq!(api.labels[SERVICE_ACCOUNT_LABEL], "api");
+        assert_eq!(
+            api.labels["io.cilium.k8s.namespace.labels.team"],
+            "payments"
+        );
+        assert_eq!(api.named_ports["http"], 8080);
+    }
+
+    #[test]
+    fn host_network_terminal_ipless_and_duplicate_ip_pods_are_not_endpoints() {
+        let mut s = state();
+        s.apply_pod(&pod(serde_json::json!({
+            "metadata": {"name": "hostnet", "namespace": "kube-system", "uid": "u-h"},
+            "spec": {"hostNetwork": true, "containers": []},
+            "status": {"podIP": "192.168.0.1"}
+        })));
+        s.apply_pod(&pod(serde_json::json!({
+            "metadata": {"name": "done", "namespace": "shop", "uid": "u-d"},
+            "spec": {"containers": []},
+            "status": {"podIP": "10.1.0.99", "phase": "Succeeded"}
+        })));
+        s.apply_pod(&pod(serde_json::json!({
+            "metadata": {"name": "pending", "namespace": "shop", "uid": "u-p"},
+            "spec": {"containers": []},
+            "status": {"phase": "Pending"}
+        })));
+        s.apply_pod(&api_pod(
+            "u-zz",
+            "shop",
+            "zz-new",
+            "10.1.0.20",
+            "node-b",
+            "api",
+        ));
+        let (eps, skipped) = s.endpoints("node-a", &no_cgroup);
+        let names: Vec<_> = eps.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["api", "web"]);
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].starts_with("shop/zz-new: IP 10.1.0.20"));
+        // Deleting the pod removes it.
+        s.delete_pod(&api_pod(
+            "u-web",
+            "shop",
+            "web",
+            "10.1.0.10",
+            "node-a",
+            "web",
+        ));
+        assert_eq!(s.endpoints("node-a", &no_cgroup).0.len(), 1);
+    }
+
+    #[test]
+    fn valid_policy_is_accepted_and_enforced() {
+        let mut s = state();
+        s.apply_policy(cnp("shop", "api-l7", l7_spec("/v1/.*")));
+        let (eps, _) = s.endpoints("node-a", &no_cgroup);
+        let c = s.compile(eps).unwrap();
+        assert_eq!(c.outcomes.values().next(), Some(&PolicyOutcome::Accepted));
+        assert!(http_allowed(&c, "/v1/items"));
+        assert!(!http_allowed(&c, "/admin"));
+    }
+
+    #[test]
+    fn invalid_update_is_rejected_alone_and_the_previous_version_keeps_enforcing() {
+        let mut s = state();
+        s.apply_policy(cnp("shop", "api-l7", l7_spec("/v1/.*")));
+        s.apply_policy(cnp(
+            "shop",
+            "other",
+            serde_json::json!({"endpointSelector": {"matchLabels": {"app": "batch"}}, "egress": [{}]}),
+        ));
+        let (eps, _) = s.endpoints("node-a", &no_cgroup);
+        s.compile(eps.clone()).unwrap();
+        // A broken regex in the update.
+        s.apply_policy(cnp("shop", "api-l7", l7_spec("/v2/(")));
+        let c = s.compile(eps.clone()).unwrap();
+        let key = PolicyKey {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            namespace: Some("shop".into()),
+            name: "api-l7".into(),
+        };
+        match &c.outcomes[&key] {
+            PolicyOutcome::Rejected {
+                errors,
+                enforcing_previous,
+            } => {
+                assert!(*enforcing_previous);
+                assert!(
+                    errors[0].starts_with("CiliumNetworkPolicy/shop/api-l7: document 0: spec.ingress[0].toPorts[0].rules.http[0].path: invalid regex"),
+                    "{errors:?}"
+                );
+            }
+            other => panic!("expected rejection, got {other:?}"),
+        }
+        assert_eq!(c.outcomes.len(), 2);
+        assert!(c.outcomes.values().any(|o| *o == PolicyOutcome::Accepted));
+        assert!(
+            http_allowed(&c, "/v1/items"),
+            "the previous version enforces"
+        );
+        assert!(!http_allowed(&c, "/v2/items"));
+        // A brand-new invalid object has nothing to fall back to.
+        s.apply_policy(cnp("shop", "fresh", l7_spec("(")));
+        let c = s.compile(eps.clone()).unwrap();
+        let fresh = c
+            .outcomes
+            .iter()
+            .find(|(k, _)| k.name == "fresh")
+            .unwrap()
+            .1;
+        assert!(matches!(
+            fresh,
+            PolicyOutcome::Rejected {
+                enforcing_previous: false,
+                ..
+            }
+        ));
+        // Deleting the object forgets its last good version too.
+        s.delete_policy(&key);
+        let c = s.compile(eps).unwrap();
+        assert!(!c.outcomes.contains_key(&key));
+        assert!(http_allowed(&c, "/admin"), "no policy selects api any more");
+    }
+
+    #[test]
+    fn network_policy_objects_load_as_network_policies() {
+        let np: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "deny-all", "namespace": "shop", "generation": 3},
+            "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"]}
+        }))
+        .unwrap();
+        let obj = PolicyObject::from_network_policy(&np).unwrap();
+        assert_eq!(obj.key.source_name(), "NetworkPolicy/shop/deny-all");
+        assert_eq!(obj.generation, Some(3));
+        let mut s = state();
+        s.apply_policy(obj);
+        let (eps, _) = s.endpoints("node-a", &no_cgroup);
+        let c = s.compile(eps).unwrap();
+        assert!(!http_allowed(&c, "/v1/items"), "ingress to api is denied");
+    }
+
+    #[test]
+    fn status_only_changes_do_not_change_the_document() {
+        let a = cnp("shop", "p", l7_spec("/x"));
+        let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "p", "namespace": "shop", "generation": 1, "resourceVersion": "99"},
+            "spec": l7_spec("/x"),
+            "status": {"conditions": [{"type": "Valid", "status": "True"}]}
+        }))
+        .unwrap();
+        let b = PolicyObject::from_cilium(PolicyKind::CiliumNetworkPolicy, &obj).unwrap();
+        assert_eq!(a, b);
+    }
+}
