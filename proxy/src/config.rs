@@ -135,6 +135,10 @@ pub struct RunArgs {
     /// Seconds without traffic after which a connection is closed.
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs_f64())]
     pub idle_timeout_secs: f64,
+    /// Seconds open connections keep being served after a restart handoff or SIGTERM before they are asked to
+    /// close (hitless upgrades: clients finish on the old process, new connections go to the new one).
+    #[arg(long, default_value_t = Limits::default().drain.as_secs_f64())]
+    pub drain_secs: f64,
     /// Concurrent downstream connections (503 / close beyond it).
     #[arg(long, default_value_t = Limits::default().max_connections)]
     pub max_connections: usize,
@@ -167,6 +171,7 @@ impl RunArgs {
             idle_timeout: secs("idle-timeout-secs", self.idle_timeout_secs)?,
             max_connections: self.max_connections,
             h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+            drain: secs("drain-secs", self.drain_secs)?,
             ..Limits::default()
         })
     }

@@ -39,6 +39,13 @@ fn io_err(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> HandoffE
     move |source| HandoffError::Io { path, what, source }
 }
 
+/// The handoff path of a further socket (`<main>.<which>`), beside the main listener's.
+pub fn companion_path(main: &Path, which: &str) -> std::path::PathBuf {
+    let mut s = main.as_os_str().to_owned();
+    s.push(format!(".{which}"));
+    std::path::PathBuf::from(s)
+}
+
 /// Asks a running tollgate for its listening socket. `Ok(None)`: nobody serves `path` (first start, or the old
 /// process is gone), or what it offers is not a socket this process would have bound itself (another address, or
 /// another network namespace: two daemons sharing a handoff path must never serve each other's traffic): bind a

@@ -21,7 +21,11 @@ pub struct Limits {
     pub h2_max_concurrent_streams: u32,
     /// Time to connect to the original destination.
     pub connect_timeout: Duration,
-    /// How long in-flight requests get to finish after SIGTERM/SIGINT.
+    /// After the listener is handed to a successor (or closed on SIGTERM), open connections keep being served
+    /// normally for up to this long, so clients holding a keep-alive or h2 connection finish their work without
+    /// an error; then they are asked to close (GOAWAY / `Connection: close`) and reconnect to the successor.
+    pub drain: Duration,
+    /// How long in-flight requests get to finish once connections are asked to close.
     pub shutdown_grace: Duration,
 }
 
@@ -35,6 +39,7 @@ impl Default for Limits {
             max_connections: 16_384,
             h2_max_concurrent_streams: 256,
             connect_timeout: Duration::from_secs(5),
+            drain: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -64,22 +64,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         (RedirectMode::Ebpf, None) => unreachable!("the datapath is started for --redirect ebpf"),
     };
     let shutdown = CancellationToken::new();
+    // Cancelled once the drain period after `shutdown` is over: open connections are then asked to close.
+    let close_connections = CancellationToken::new();
     // The DNS sockets are taken over BEFORE the main listener: taking the main listener tells the old process to
     // drain and exit, and its DNS sockets must already be ours by then (queued queries stay queued).
     let dns = start_dns(&args, &policy, &flows, datapath.as_ref(), shutdown.clone())?;
+    // The TC transparent listener is taken over before the main one too, for the same reason.
+    let tproxy_path = handoff::companion_path(&args.handoff_socket, "tproxy");
+    let tproxy_listener = if datapath.is_some() && args.tproxy_port != 0 {
+        let addr = std::net::SocketAddr::new(args.listen.ip(), args.tproxy_port);
+        Some((addr, take_or_bind(&tproxy_path, addr, true)?))
+    } else {
+        None
+    };
     // Take over a running tollgate's listening socket if one serves the handoff socket (restart/upgrade without
     // losing a queued connection); otherwise bind afresh.
-    let listener = match handoff::take(&args.handoff_socket, args.listen)? {
-        Some(fd) => {
-            let std_listener = std::net::TcpListener::from(fd);
-            std_listener
-                .set_nonblocking(true)
-                .context("taking over the listener")?;
-            tracing::info!(path = %args.handoff_socket.display(), "took over the listening socket of the running tollgate");
-            tokio::net::TcpListener::from_std(std_listener).context("taking over the listener")?
-        }
-        None => listener::bind(args.listen, args.redirect == RedirectMode::Tproxy, 1024)?,
-    };
+    let listener = take_or_bind(
+        &args.handoff_socket,
+        args.listen,
+        args.redirect == RedirectMode::Tproxy,
+    )?;
     let proxy = Arc::new(Proxy {
         policy: policy.clone(),
         flows: flows.clone(),
@@ -98,9 +102,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // TC-steered ingress (eBPF mode): a transparent listener whose accepted sockets' local address is the original
     // destination; same policy, flow log and connection budget as the main listener.
-    if datapath.is_some() && args.tproxy_port != 0 {
-        let addr = std::net::SocketAddr::new(args.listen.ip(), args.tproxy_port);
-        let tproxy_listener = listener::bind(addr, true, 1024)?;
+    if let Some((addr, tproxy_listener)) = tproxy_listener {
         let ingress = Arc::new(Proxy {
             policy: policy.clone(),
             flows: flows.clone(),
@@ -110,7 +112,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             connections: proxy.connections.clone(),
         });
         tracing::info!(listen = %addr, interfaces = ?args.tc_interfaces, "TC ingress steering listener ready");
-        tokio::spawn(serve(tproxy_listener, ingress, shutdown.clone()));
+        // Its own stop token: once a successor has taken this socket, this process stops accepting on it even if
+        // the main listener's handoff has not happened yet.
+        let tproxy_stop = shutdown.child_token();
+        {
+            use std::os::fd::AsRawFd;
+            handoff::serve(
+                tproxy_path,
+                tproxy_listener.as_raw_fd(),
+                tproxy_stop.clone(),
+            )?;
+        }
+        tokio::spawn(serve(
+            tproxy_listener,
+            ingress,
+            tproxy_stop,
+            close_connections.clone(),
+        ));
     }
     {
         use std::os::fd::AsRawFd;
@@ -132,14 +150,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         stop.cancel();
     });
-    serve(listener, proxy.clone(), shutdown).await;
+    serve(listener, proxy.clone(), shutdown, close_connections.clone()).await;
     tracing::info!(
-        "shutting down: draining connections for up to {:?}",
-        limits.shutdown_grace
+        "stopped accepting; serving open connections for up to {:?}, then asking them to close",
+        limits.drain
     );
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let drained =
-        tokio::time::timeout(limits.shutdown_grace, proxy.connections.acquire_many(all)).await;
+    let idle = tokio::time::timeout(limits.drain, proxy.connections.acquire_many(all))
+        .await
+        .is_ok();
+    close_connections.cancel();
+    let drained = if idle {
+        Ok(())
+    } else {
+        tracing::info!(
+            "drain period over: asking open connections to close, waiting up to {:?}",
+            limits.shutdown_grace
+        );
+        tokio::time::timeout(limits.shutdown_grace, proxy.connections.acquire_many(all))
+            .await
+            .map(drop)
+    };
     let seen = flows
         .counters
         .seen
@@ -257,19 +288,39 @@ fn own_cgroup() -> anyhow::Result<std::path::PathBuf> {
     Ok(std::path::Path::new("/sys/fs/cgroup/unified").join(rel.trim_start_matches('/')))
 }
 
+/// Takes `addr`'s listening socket over from a running tollgate serving `path`, or binds it afresh.
+fn take_or_bind(
+    path: &std::path::Path,
+    addr: std::net::SocketAddr,
+    transparent: bool,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    match handoff::take(path, addr)? {
+        Some(fd) => {
+            let std_listener = std::net::TcpListener::from(fd);
+            std_listener
+                .set_nonblocking(true)
+                .context("taking over the listener")?;
+            tracing::info!(path = %path.display(), %addr, "took over the listening socket of the running tollgate");
+            tokio::net::TcpListener::from_std(std_listener).context("taking over the listener")
+        }
+        None => Ok(listener::bind(addr, transparent, 1024)?),
+    }
+}
+
 /// The accept loop: hands every accepted connection to `connection::handle` until `shutdown` is cancelled; then
-/// closes the listener and returns (open connections drain on their own; see `run`).
+/// closes the listener and returns. Open connections go on until `close_connections` (see `run`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
+    close_connections: CancellationToken,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let permit = proxy.connections.clone().try_acquire_owned().ok();
-                    tokio::spawn(connection::handle(proxy.clone(), stream, peer, permit, shutdown.clone()));
+                    tokio::spawn(connection::handle(proxy.clone(), stream, peer, permit, close_connections.clone()));
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the listener stays up.

@@ -154,7 +154,12 @@ async fn start_with(limits: Limits) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(tollgate::run::serve(listener, proxy.clone(), stop.clone()));
+    tokio::spawn(tollgate::run::serve(
+        listener,
+        proxy.clone(),
+        stop.clone(),
+        stop.clone(),
+    ));
     Harness {
         proxy_addr,
         proxy,

@@ -105,9 +105,7 @@ impl DnsHandle {
 
 /// Handoff socket path for one DNS socket, next to the main one.
 pub fn handoff_path(main: &Path, which: &str) -> PathBuf {
-    let mut s = main.as_os_str().to_owned();
-    s.push(format!(".dns-{which}"));
-    PathBuf::from(s)
+    handoff::companion_path(main, &format!("dns-{which}"))
 }
 
 /// Binds (or takes over from a running tollgate) the DNS UDP and TCP sockets on `addr` and serves them; offers
