@@ -20,6 +20,7 @@ pub mod handoff;
 pub mod header_actions;
 pub mod http;
 pub mod hubble;
+pub mod kafka;
 pub mod kubernetes;
 pub mod limits;
 pub mod linger;

@@ -1,0 +1,406 @@
+//! Kafka request frames: `[i32 length][header][body]`. `frame_len` checks the length prefix against the limit;
+//! `decode` reads the header (api key, version, correlation id, client id; flexible header versions included) and
+//! the body, and lists the topics the request names. Pure: no sockets, and nothing here re-encodes a request (an
+//! allowed frame is forwarded as received).
+
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
+use kafka_protocol::protocol::Decodable;
+use thiserror::Error;
+
+/// Brokers' default `socket.request.max.bytes`.
+pub const DEFAULT_MAX_FRAME: usize = 100 * 1024 * 1024;
+
+/// A topic as a request names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TopicRef {
+    Name(String),
+    /// Newer versions of Fetch, Produce, Metadata, OffsetCommit, OffsetFetch and DeleteTopics name topics by id;
+    /// the connection maps ids to names from the Metadata responses it has seen.
+    Id(uuid::Uuid),
+}
+
+/// The decoded head of a request and the topics it names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaRequest {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<String>,
+    pub topics: Vec<TopicRef>,
+    pub body: RequestKind,
+}
+
+/// Why a frame cannot be handled: the connection is closed with a flow record naming this.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FrameError {
+    #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
+    TooLarge { size: usize, limit: usize },
+    #[error("frame length {0} is negative")]
+    NegativeLength(i32),
+    #[error("frame of {0} bytes is too short for a request header")]
+    Truncated(usize),
+    #[error("unknown API key {0}")]
+    UnknownApiKey(i16),
+    #[error("{key:?} version {version} is outside the supported {min}..={max}")]
+    UnsupportedVersion {
+        key: ApiKey,
+        version: i16,
+        min: i16,
+        max: i16,
+    },
+    #[error("malformed {what}: {reason}")]
+    Malformed { what: String, reason: String },
+}
+
+/// The body length announced by a frame's 4-byte prefix.
+pub fn frame_len(prefix: [u8; 4], limit: usize) -> Result<usize, FrameError> {
+    let len = i32::from_be_bytes(prefix);
+    let size = usize::try_from(len).map_err(|_| FrameError::NegativeLength(len))?;
+    if size > limit {
+        return Err(FrameError::TooLarge { size, limit });
+    }
+    if size < 8 {
+        return Err(FrameError::Truncated(size));
+    }
+    Ok(size)
+}
+
+/// Decodes one request frame (without its length prefix).
+pub fn decode(frame: Bytes) -> Result<KafkaRequest, FrameError> {
+    if frame.len() < 8 {
+        return Err(FrameError::Truncated(frame.len()));
+    }
+    let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api_key = ApiKey::try_from(raw_key).map_err(|()| FrameError::UnknownApiKey(raw_key))?;
+    let range = api_key.valid_versions();
+    if version < range.min || version > range.max {
+        return Err(FrameError::UnsupportedVersion {
+            key: api_key,
+            version,
+            min: range.min,
+            max: range.max,
+        });
+    }
+    let mut buf = frame;
+    let header =
+        RequestHeader::decode(&mut buf, api_key.request_header_version(version)).map_err(|e| {
+            FrameError::Malformed {
+                what: format!("{api_key:?} v{version} request header"),
+                reason: e.to_string(),
+            }
+        })?;
+    let body =
+        RequestKind::decode(api_key, &mut buf, version).map_err(|e| FrameError::Malformed {
+            what: format!("{api_key:?} v{version} request body"),
+            reason: e.to_string(),
+        })?;
+    if !buf.is_empty() {
+        return Err(FrameError::Malformed {
+            what: format!("{api_key:?} v{version} request"),
+            reason: format!("{} bytes after the body", buf.len()),
+        });
+    }
+    Ok(KafkaRequest {
+        api_key,
+        api_version: version,
+        correlation_id: header.correlation_id,
+        client_id: header.client_id.map(|c| c.to_string()),
+        topics: topics_of(&body),
+        body,
+    })
+}
+
+fn by_name_or_id(name: &str, id: &uuid::Uuid) -> TopicRef {
+    if name.is_empty() && !id.is_nil() {
+        TopicRef::Id(*id)
+    } else {
+        TopicRef::Name(name.to_string())
+    }
+}
+
+/// Resource type 2 is TOPIC in DescribeConfigs / AlterConfigs / IncrementalAlterConfigs.
+const RESOURCE_TOPIC: i8 = 2;
+
+/// Every topic the request names; empty for keys that carry none (ApiVersions, JoinGroup, ...). A Metadata
+/// request for all topics (`topics: null`) names none: the response is what a policy would filter.
+pub fn topics_of(body: &RequestKind) -> Vec<TopicRef> {
+    let mut t: Vec<TopicRef> = match body {
+        RequestKind::Produce(r) => r
+            .topic_data
+            .iter()
+            .map(|d| by_name_or_id(&d.name.0, &d.topic_id))
+            .collect(),
+        RequestKind::Fetch(r) => r
+            .topics
+            .iter()
+            .map(|d| by_name_or_id(&d.topic.0, &d.topic_id))
+            .chain(
+                r.forgotten_topics_data
+                    .iter()
+                    .map(|d| by_name_or_id(&d.topic.0, &d.topic_id)),
+            )
+            .collect(),
+        RequestKind::ListOffsets(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::Metadata(r) => r
+            .topics
+            .iter()
+            .flatten()
+            .map(|d| match &d.name {
+                Some(n) => TopicRef::Name(n.0.to_string()),
+                None => TopicRef::Id(d.topic_id),
+            })
+            .collect(),
+        RequestKind::OffsetCommit(r) => r
+            .topics
+            .iter()
+            .map(|d| by_name_or_id(&d.name.0, &d.topic_id))
+            .collect(),
+        RequestKind::OffsetFetch(r) => r
+            .topics
+            .iter()
+            .flatten()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .chain(
+                r.groups
+                    .iter()
+                    .flat_map(|g| g.topics.iter().flatten())
+                    .map(|d| by_name_or_id(&d.name.0, &d.topic_id)),
+            )
+            .collect(),
+        RequestKind::CreateTopics(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::DeleteTopics(r) => r
+            .topic_names
+            .iter()
+            .map(|n| TopicRef::Name(n.0.to_string()))
+            .chain(r.topics.iter().map(|d| match &d.name {
+                Some(n) => TopicRef::Name(n.0.to_string()),
+                None => TopicRef::Id(d.topic_id),
+            }))
+            .collect(),
+        RequestKind::DeleteRecords(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::DescribeConfigs(r) => r
+            .resources
+            .iter()
+            .filter(|d| d.resource_type == RESOURCE_TOPIC)
+            .map(|d| TopicRef::Name(d.resource_name.to_string()))
+            .collect(),
+        RequestKind::AlterConfigs(r) => r
+            .resources
+            .iter()
+            .filter(|d| d.resource_type == RESOURCE_TOPIC)
+            .map(|d| TopicRef::Name(d.resource_name.to_string()))
+            .collect(),
+        RequestKind::IncrementalAlterConfigs(r) => r
+            .resources
+            .iter()
+            .filter(|d| d.resource_type == RESOURCE_TOPIC)
+            .map(|d| TopicRef::Name(d.resource_name.to_string()))
+            .collect(),
+        RequestKind::CreatePartitions(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::OffsetDelete(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::DescribeProducers(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    t.sort();
+    t.dedup();
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::messages::{
+        ApiVersionsRequest, FetchRequest, MetadataRequest, ProduceRequest, TopicName,
+        fetch_request::FetchTopic, metadata_request::MetadataRequestTopic,
+        produce_request::TopicProduceData,
+    };
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+
+    /// Encodes a request frame (without the length prefix) the way a client does.
+    fn frame(key: ApiKey, version: i16, body: &RequestKind) -> Bytes {
+        let mut buf = BytesMut::new();
+        let header = RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(42)
+            .with_client_id(Some(StrBytes::from_static_str("p1")));
+        header
+            .encode(&mut buf, key.request_header_version(version))
+            .unwrap();
+        body.encode(&mut buf, version).unwrap();
+        buf.freeze()
+    }
+
+    fn name(s: &'static str) -> TopicName {
+        TopicName(StrBytes::from_static_str(s))
+    }
+
+    #[test]
+    fn produce_topics_in_every_version() {
+        let range = ApiKey::Produce.valid_versions();
+        for v in range.min..=range.max {
+            let mut orders = TopicProduceData::default();
+            let mut payments = TopicProduceData::default();
+            if v >= 13 {
+                orders.topic_id = uuid::Uuid::from_u128(1);
+                payments.topic_id = uuid::Uuid::from_u128(2);
+            } else {
+                orders.name = name("orders");
+                payments.name = name("payments");
+            }
+            let body = RequestKind::Produce(
+                ProduceRequest::default().with_topic_data(vec![orders, payments]),
+            );
+            let req =
+                decode(frame(ApiKey::Produce, v, &body)).unwrap_or_else(|e| panic!("v{v}: {e}"));
+            assert_eq!(req.correlation_id, 42);
+            assert_eq!(req.client_id.as_deref(), Some("p1"));
+            let want = if v >= 13 {
+                vec![
+                    TopicRef::Id(uuid::Uuid::from_u128(1)),
+                    TopicRef::Id(uuid::Uuid::from_u128(2)),
+                ]
+            } else {
+                vec![
+                    TopicRef::Name("orders".into()),
+                    TopicRef::Name("payments".into()),
+                ]
+            };
+            assert_eq!(req.topics, want, "v{v}");
+        }
+    }
+
+    #[test]
+    fn fetch_and_metadata_topics_in_every_version() {
+        let range = ApiKey::Fetch.valid_versions();
+        for v in range.min..=range.max {
+            let mut t = FetchTopic::default();
+            if v >= 13 {
+                t.topic_id = uuid::Uuid::from_u128(7);
+            } else {
+                t.topic = name("orders");
+            }
+            let body = RequestKind::Fetch(FetchRequest::default().with_topics(vec![t]));
+            let req = decode(frame(ApiKey::Fetch, v, &body))
+                .unwrap_or_else(|e| panic!("fetch v{v}: {e}"));
+            assert_eq!(req.topics.len(), 1, "fetch v{v}");
+        }
+        let range = ApiKey::Metadata.valid_versions();
+        for v in range.min..=range.max {
+            let t = MetadataRequestTopic::default().with_name(Some(name("orders")));
+            let body = RequestKind::Metadata(MetadataRequest::default().with_topics(Some(vec![t])));
+            let req = decode(frame(ApiKey::Metadata, v, &body))
+                .unwrap_or_else(|e| panic!("metadata v{v}: {e}"));
+            assert_eq!(
+                req.topics,
+                vec![TopicRef::Name("orders".into())],
+                "metadata v{v}"
+            );
+            // All topics: none named.
+            let all = RequestKind::Metadata(MetadataRequest::default().with_topics(None));
+            assert!(
+                decode(frame(ApiKey::Metadata, v, &all))
+                    .unwrap()
+                    .topics
+                    .is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn keys_without_topics_name_none() {
+        let range = ApiKey::ApiVersions.valid_versions();
+        for v in range.min..=range.max {
+            let body = RequestKind::ApiVersions(ApiVersionsRequest::default());
+            let req = decode(frame(ApiKey::ApiVersions, v, &body)).unwrap();
+            assert!(req.topics.is_empty());
+            assert_eq!(req.api_key, ApiKey::ApiVersions);
+        }
+    }
+
+    #[test]
+    fn bad_frames_are_named() {
+        assert_eq!(
+            frame_len(200_000_000i32.to_be_bytes(), DEFAULT_MAX_FRAME),
+            Err(FrameError::TooLarge {
+                size: 200_000_000,
+                limit: DEFAULT_MAX_FRAME
+            })
+        );
+        assert_eq!(
+            frame_len((-1i32).to_be_bytes(), DEFAULT_MAX_FRAME),
+            Err(FrameError::NegativeLength(-1))
+        );
+        assert_eq!(
+            frame_len(3i32.to_be_bytes(), DEFAULT_MAX_FRAME),
+            Err(FrameError::Truncated(3))
+        );
+        assert_eq!(frame_len(64i32.to_be_bytes(), DEFAULT_MAX_FRAME), Ok(64));
+        assert_eq!(
+            decode(Bytes::from_static(b"\x00\x00")),
+            Err(FrameError::Truncated(2))
+        );
+        assert_eq!(
+            decode(Bytes::from_static(b"\x7f\x00\x00\x01\x00\x00\x00\x01")),
+            Err(FrameError::UnknownApiKey(0x7f00))
+        );
+        let err = decode(Bytes::from_static(b"\x00\x00\x00\x63\x00\x00\x00\x01")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FrameError::UnsupportedVersion {
+                    key: ApiKey::Produce,
+                    version: 99,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A Produce v9 header followed by garbage.
+        let err = decode(Bytes::from_static(
+            b"\x00\x00\x00\x09\x00\x00\x00\x01\x00\x02p1\x00\xff\xff\xff",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, FrameError::Malformed { .. }), "{err}");
+        // Trailing bytes after a valid body are refused, not ignored.
+        let mut f = BytesMut::from(
+            &frame(
+                ApiKey::ApiVersions,
+                3,
+                &RequestKind::ApiVersions(ApiVersionsRequest::default()),
+            )[..],
+        );
+        f.extend_from_slice(b"junk");
+        assert!(matches!(
+            decode(f.freeze()),
+            Err(FrameError::Malformed { .. })
+        ));
+    }
+}
