@@ -1,0 +1,11 @@
+//! `tollgate-load`: the load generator used as Tollgate's yardstick and by users against their own clusters.
+//!
+//! Layout: [`schedule`] (when requests are due), [`stats`] (HdrHistogram + achieved rate), [`report`]
+//! (JSON/Markdown rendering), all pure; [`client`] (one HTTP/1.1, HTTP/2 or gRPC connection) and [`engine`]
+//! (open and closed loop drivers) do the I/O.
+
+pub mod client;
+pub mod engine;
+pub mod report;
+pub mod schedule;
+pub mod stats;

@@ -1,0 +1,118 @@
+//! `tollgate-load` CLI: `run` measures one target, `report` renders saved JSON results as a Markdown table.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tollgate_load::client::{Protocol, Target};
+use tollgate_load::engine::{self, Mode, RunConfig};
+use tollgate_load::report::{self, RunResult};
+
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-load", about = "Open-loop / closed-loop load for HTTP/1.1, HTTP/2 and gRPC unary")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Measure one target; prints a Markdown row, optionally writes the JSON result.
+    Run(RunArgs),
+    /// Render saved JSON results (first = baseline) as a Markdown table.
+    Report { files: Vec<PathBuf> },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Address to connect to (the backend, tollgate's redirect target, or a peer proxy).
+    #[arg(long)]
+    target: SocketAddr,
+    /// Host header / :authority.
+    #[arg(long, default_value = "backend")]
+    authority: String,
+    #[arg(long, default_value = "/")]
+    path: String,
+    #[arg(long, value_enum, default_value = "http1")]
+    protocol: Protocol,
+    /// Requests per second (open loop). Omit for closed-loop maximum throughput.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Total run time in seconds, warm-up included.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds at the start that are sent but not recorded.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 4)]
+    connections: u64,
+    /// Request body bytes (0 = GET for HTTP).
+    #[arg(long, default_value_t = 0)]
+    payload: usize,
+    /// Name of this row in reports.
+    #[arg(long, default_value = "target")]
+    label: String,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).with_context(|| format!("{flag} {v} is not a non-negative number of seconds"))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Run(a) => {
+            let duration = secs(a.duration, "--duration")?;
+            let mode = match a.rate {
+                Some(rate) => Mode::Open { rate, duration },
+                None => Mode::Closed { duration },
+            };
+            let cfg = RunConfig {
+                target: Target {
+                    addr: a.target,
+                    authority: a.authority,
+                    path: a.path,
+                    protocol: a.protocol,
+                    payload: a.payload,
+                },
+                mode,
+                connections: a.connections,
+                warmup: secs(a.warmup, "--warmup")?,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rec = rt.block_on(engine::run(&cfg))?;
+            let result = RunResult {
+                label: a.label,
+                mode: match a.rate {
+                    Some(r) => format!("open@{r}rps"),
+                    None => "closed".into(),
+                },
+                connections: a.connections,
+                payload: a.payload,
+                protocol: format!("{:?}", a.protocol).to_lowercase(),
+                summary: rec.summary().into(),
+            };
+            if let Some(path) = &a.json {
+                std::fs::write(path, serde_json::to_vec_pretty(&result)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            print!("{}", report::markdown(&[result]));
+        }
+        Cmd::Report { files } => {
+            let mut results = Vec::new();
+            for f in &files {
+                let text = std::fs::read(f).with_context(|| format!("reading result {}", f.display()))?;
+                results.push(
+                    serde_json::from_slice::<RunResult>(&text)
+                        .with_context(|| format!("{} is not a tollgate-load JSON result", f.display()))?,
+                );
+            }
+            print!("{}", report::markdown(&results));
+        }
+    }
+    Ok(())
+}
