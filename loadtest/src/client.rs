@@ -38,9 +38,18 @@ pub struct Target {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("connecting to {addr}: {source} (is the target listening? check --target)")]
-    Connect { addr: SocketAddr, source: std::io::Error },
-    #[error("HTTP handshake with {addr}: {source} (does the target speak {protocol:?}? check --protocol)")]
-    Handshake { addr: SocketAddr, protocol: Protocol, source: hyper::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "HTTP handshake with {addr}: {source} (does the target speak {protocol:?}? check --protocol)"
+    )]
+    Handshake {
+        addr: SocketAddr,
+        protocol: Protocol,
+        source: hyper::Error,
+    },
     #[error("building the request for path {path:?}: {source} (check --path / --authority)")]
     Request { path: String, source: http::Error },
 }
@@ -60,7 +69,10 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("uri", &self.request.uri).field("grpc", &self.grpc).finish()
+        f.debug_struct("Connection")
+            .field("uri", &self.request.uri)
+            .field("grpc", &self.grpc)
+            .finish()
     }
 }
 
@@ -79,19 +91,29 @@ pub fn request_body(protocol: Protocol, payload: usize) -> Bytes {
 }
 
 fn request_parts(target: &Target) -> Result<http::request::Parts, ClientError> {
-    let err = |source| ClientError::Request { path: target.path.clone(), source };
+    let err = |source| ClientError::Request {
+        path: target.path.clone(),
+        source,
+    };
     let mut b = http::Request::builder();
     b = match target.protocol {
-        Protocol::Http1 => b.uri(target.path.as_str()).header(http::header::HOST, target.authority.as_str()),
+        Protocol::Http1 => b
+            .uri(target.path.as_str())
+            .header(http::header::HOST, target.authority.as_str()),
         // HTTP/2 carries the authority in the URI (:authority pseudo-header).
-        Protocol::Http2 | Protocol::Grpc => b.uri(format!("http://{}{}", target.authority, target.path)),
+        Protocol::Http2 | Protocol::Grpc => {
+            b.uri(format!("http://{}{}", target.authority, target.path))
+        }
     };
     b = match (target.protocol, target.payload) {
-        (Protocol::Grpc, _) => {
-            b.method("POST").header("content-type", "application/grpc").header("te", "trailers")
-        }
+        (Protocol::Grpc, _) => b
+            .method("POST")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers"),
         (_, 0) => b.method("GET"),
-        _ => b.method("POST").header("content-type", "application/octet-stream"),
+        _ => b
+            .method("POST")
+            .header("content-type", "application/octet-stream"),
     };
     let (parts, ()) = b.body(()).map_err(err)?.into_parts();
     Ok(parts)
@@ -101,10 +123,19 @@ impl Connection {
     pub async fn open(target: &Target) -> Result<Self, ClientError> {
         let request = request_parts(target)?;
         let stream =
-            TcpStream::connect(target.addr).await.map_err(|source| ClientError::Connect { addr: target.addr, source })?;
+            TcpStream::connect(target.addr)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: target.addr,
+                    source,
+                })?;
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(stream);
-        let hs = |source| ClientError::Handshake { addr: target.addr, protocol: target.protocol, source };
+        let hs = |source| ClientError::Handshake {
+            addr: target.addr,
+            protocol: target.protocol,
+            source,
+        };
         let sender = match target.protocol {
             Protocol::Http1 => {
                 let (s, conn) = http1::handshake(io).await.map_err(hs)?;
@@ -112,7 +143,9 @@ impl Connection {
                 Sender::H1(s)
             }
             Protocol::Http2 | Protocol::Grpc => {
-                let (s, conn) = http2::handshake(TokioExecutor::new(), io).await.map_err(hs)?;
+                let (s, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(hs)?;
                 tokio::spawn(conn);
                 Sender::H2(s)
             }
@@ -146,13 +179,18 @@ impl Connection {
         let Ok(resp) = resp else { return false };
         let status_ok = resp.status().is_success();
         let header_grpc_status = resp.headers().get("grpc-status").cloned();
-        let Ok(collected) = resp.into_body().collect().await else { return false };
+        let Ok(collected) = resp.into_body().collect().await else {
+            return false;
+        };
         if !status_ok {
             return false;
         }
         if self.grpc {
             // Trailers-only responses put grpc-status in the headers.
-            let status = collected.trailers().and_then(|t| t.get("grpc-status").cloned()).or(header_grpc_status);
+            let status = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status").cloned())
+                .or(header_grpc_status);
             return status.is_some_and(|s| s.as_bytes() == b"0");
         }
         true
@@ -183,10 +221,16 @@ mod tests {
     #[test]
     fn request_shapes() {
         let p = request_parts(&target(Protocol::Http1, 0)).unwrap();
-        assert_eq!((p.method.as_str(), p.uri.to_string()), ("GET", "/p".to_string()));
+        assert_eq!(
+            (p.method.as_str(), p.uri.to_string()),
+            ("GET", "/p".to_string())
+        );
         assert_eq!(p.headers["host"], "svc.local");
         let p = request_parts(&target(Protocol::Http2, 10)).unwrap();
-        assert_eq!((p.method.as_str(), p.uri.to_string()), ("POST", "http://svc.local/p".to_string()));
+        assert_eq!(
+            (p.method.as_str(), p.uri.to_string()),
+            ("POST", "http://svc.local/p".to_string())
+        );
         let p = request_parts(&target(Protocol::Grpc, 0)).unwrap();
         assert_eq!(p.method, "POST");
         assert_eq!(p.headers["content-type"], "application/grpc");

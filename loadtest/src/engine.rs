@@ -43,8 +43,13 @@ pub enum RunError {
     Client(#[from] ClientError),
     #[error("--connections must be at least 1")]
     NoConnections,
-    #[error("--warmup {warmup:?} is not shorter than --duration {duration:?}: nothing would be measured")]
-    WarmupTooLong { warmup: Duration, duration: Duration },
+    #[error(
+        "--warmup {warmup:?} is not shorter than --duration {duration:?}: nothing would be measured"
+    )]
+    WarmupTooLong {
+        warmup: Duration,
+        duration: Duration,
+    },
 }
 
 /// Runs the load and returns the merged measurements. All connections are opened before the clock starts.
@@ -56,7 +61,10 @@ pub async fn run(cfg: &RunConfig) -> Result<Recorder, RunError> {
         Mode::Open { duration, .. } | Mode::Closed { duration } => duration,
     };
     if cfg.warmup >= duration {
-        return Err(RunError::WarmupTooLong { warmup: cfg.warmup, duration });
+        return Err(RunError::WarmupTooLong {
+            warmup: cfg.warmup,
+            duration,
+        });
     }
     let schedule = match cfg.mode {
         Mode::Open { rate, duration } => Some(Schedule::new(rate, duration)?),
@@ -85,7 +93,14 @@ pub async fn run(cfg: &RunConfig) -> Result<Recorder, RunError> {
     Ok(total)
 }
 
-async fn open_loop(mut conn: Connection, s: Schedule, k: u64, n: u64, start: Instant, warmup: Duration) -> Recorder {
+async fn open_loop(
+    mut conn: Connection,
+    s: Schedule,
+    k: u64,
+    n: u64,
+    start: Instant,
+    warmup: Duration,
+) -> Recorder {
     let mut rec = Recorder::new(warmup);
     for slot in s.slots(k, n) {
         let offset = s.offset(slot);
@@ -105,7 +120,12 @@ async fn open_loop(mut conn: Connection, s: Schedule, k: u64, n: u64, start: Ins
     rec
 }
 
-async fn closed_loop(mut conn: Connection, start: Instant, duration: Duration, warmup: Duration) -> Recorder {
+async fn closed_loop(
+    mut conn: Connection,
+    start: Instant,
+    duration: Duration,
+    warmup: Duration,
+) -> Recorder {
     let mut rec = Recorder::new(warmup);
     tokio::time::sleep_until(start).await;
     let end = start + duration;

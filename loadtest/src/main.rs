@@ -11,7 +11,10 @@ use tollgate_load::engine::{self, Mode, RunConfig};
 use tollgate_load::report::{self, RunResult};
 
 #[derive(Debug, Parser)]
-#[command(name = "tollgate-load", about = "Open-loop / closed-loop load for HTTP/1.1, HTTP/2 and gRPC unary")]
+#[command(
+    name = "tollgate-load",
+    about = "Open-loop / closed-loop load for HTTP/1.1, HTTP/2 and gRPC unary"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -60,7 +63,8 @@ struct RunArgs {
 }
 
 fn secs(v: f64, flag: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).with_context(|| format!("{flag} {v} is not a non-negative number of seconds"))
+    Duration::try_from_secs_f64(v)
+        .with_context(|| format!("{flag} {v} is not a non-negative number of seconds"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -83,7 +87,9 @@ fn main() -> anyhow::Result<()> {
                 connections: a.connections,
                 warmup: secs(a.warmup, "--warmup")?,
             };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let rec = rt.block_on(engine::run(&cfg))?;
             let result = RunResult {
                 label: a.label,
@@ -105,11 +111,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Report { files } => {
             let mut results = Vec::new();
             for f in &files {
-                let text = std::fs::read(f).with_context(|| format!("reading result {}", f.display()))?;
-                results.push(
-                    serde_json::from_slice::<RunResult>(&text)
-                        .with_context(|| format!("{} is not a tollgate-load JSON result", f.display()))?,
-                );
+                let text =
+                    std::fs::read(f).with_context(|| format!("reading result {}", f.display()))?;
+                results.push(serde_json::from_slice::<RunResult>(&text).with_context(|| {
+                    format!("{} is not a tollgate-load JSON result", f.display())
+                })?);
             }
             print!("{}", report::markdown(&results));
         }

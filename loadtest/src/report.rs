@@ -61,9 +61,18 @@ pub fn markdown(results: &[RunResult]) -> String {
     let base = results.first().map(|r| &r.summary);
     for r in results {
         let s = &r.summary;
-        let ratio = |num: f64, den: f64| if den > 0.0 { format!("{:.2}x", num / den) } else { "n/a".into() };
+        let ratio = |num: f64, den: f64| {
+            if den > 0.0 {
+                format!("{:.2}x", num / den)
+            } else {
+                "n/a".into()
+            }
+        };
         let (rps_ratio, p99_ratio) = match base {
-            Some(b) => (ratio(s.achieved_rps, b.achieved_rps), ratio(s.p99_us as f64, b.p99_us as f64)),
+            Some(b) => (
+                ratio(s.achieved_rps, b.achieved_rps),
+                ratio(s.p99_us as f64, b.p99_us as f64),
+            ),
             None => ("n/a".into(), "n/a".into()),
         };
         out.push_str(&format!(
@@ -115,11 +124,22 @@ mod tests {
 
     #[test]
     fn table_has_ratios_to_the_first_row() {
-        let md = markdown(&[result("direct", 1000.0, 1000), result("tollgate", 250.0, 4000)]);
+        let md = markdown(&[
+            result("direct", 1000.0, 1000),
+            result("tollgate", 250.0, 4000),
+        ]);
         let lines: Vec<&str> = md.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert!(lines[2].starts_with("| direct |") && lines[2].ends_with("| 1.00x | 1.00x |"), "{}", lines[2]);
-        assert!(lines[3].contains("| 250 |") && lines[3].ends_with("| 0.25x | 4.00x |"), "{}", lines[3]);
+        assert!(
+            lines[2].starts_with("| direct |") && lines[2].ends_with("| 1.00x | 1.00x |"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains("| 250 |") && lines[3].ends_with("| 0.25x | 4.00x |"),
+            "{}",
+            lines[3]
+        );
         assert!(lines[3].contains("| 4.00 |"), "p99 in ms: {}", lines[3]);
     }
 

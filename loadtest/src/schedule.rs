@@ -90,8 +90,17 @@ mod tests {
 
     #[test]
     fn rejects_bad_rates_and_empty_runs() {
-        assert_eq!(Schedule::new(0.0, Duration::from_secs(1)), Err(ScheduleError::BadRate(0.0)));
-        assert!(matches!(Schedule::new(f64::NAN, Duration::from_secs(1)), Err(ScheduleError::BadRate(_))));
-        assert_eq!(Schedule::new(0.5, Duration::from_secs(1)), Err(ScheduleError::Empty));
+        assert_eq!(
+            Schedule::new(0.0, Duration::from_secs(1)),
+            Err(ScheduleError::BadRate(0.0))
+        );
+        assert!(matches!(
+            Schedule::new(f64::NAN, Duration::from_secs(1)),
+            Err(ScheduleError::BadRate(_))
+        ));
+        assert_eq!(
+            Schedule::new(0.5, Duration::from_secs(1)),
+            Err(ScheduleError::Empty)
+        );
     }
 }

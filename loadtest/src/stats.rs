@@ -38,8 +38,15 @@ pub struct Summary {
 
 impl Recorder {
     pub fn new(warmup: Duration) -> Self {
-        let hist = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("static histogram bounds are valid");
-        Self { warmup, hist, errors: 0, first_sent: None, last_sent: None }
+        let hist = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+            .expect("static histogram bounds are valid");
+        Self {
+            warmup,
+            hist,
+            errors: 0,
+            first_sent: None,
+            last_sent: None,
+        }
     }
 
     /// Records one request: `intended` is its scheduled offset (open loop) or its actual send offset (closed
@@ -52,7 +59,9 @@ impl Recorder {
         self.last_sent = Some(self.last_sent.map_or(sent, |l| l.max(sent)));
         if ok {
             let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
-            self.hist.record(us).expect("value is clamped into the histogram's range");
+            self.hist
+                .record(us)
+                .expect("value is clamped into the histogram's range");
         } else {
             self.errors += 1;
         }
@@ -60,7 +69,9 @@ impl Recorder {
 
     /// Folds another connection's recorder into this one.
     pub fn merge(&mut self, other: &Recorder) {
-        self.hist.add(&other.hist).expect("histograms share the same bounds");
+        self.hist
+            .add(&other.hist)
+            .expect("histograms share the same bounds");
         self.errors += other.errors;
         for s in [other.first_sent, other.last_sent].into_iter().flatten() {
             self.first_sent = Some(self.first_sent.map_or(s, |f| f.min(s)));
@@ -76,10 +87,18 @@ impl Recorder {
         let requests = self.hist.len() + self.errors;
         // n requests sent over a span cover n-1 intervals.
         let achieved_rps = match (self.first_sent, self.last_sent) {
-            (Some(f), Some(l)) if l > f && requests > 1 => (requests - 1) as f64 / (l - f).as_secs_f64(),
+            (Some(f), Some(l)) if l > f && requests > 1 => {
+                (requests - 1) as f64 / (l - f).as_secs_f64()
+            }
             _ => 0.0,
         };
-        let q = |p: f64| if self.hist.is_empty() { 0 } else { self.hist.value_at_quantile(p) };
+        let q = |p: f64| {
+            if self.hist.is_empty() {
+                0
+            } else {
+                self.hist.value_at_quantile(p)
+            }
+        };
         Summary {
             requests,
             errors: self.errors,
@@ -88,8 +107,16 @@ impl Recorder {
             p90_us: q(0.90),
             p99_us: q(0.99),
             p999_us: q(0.999),
-            max_us: if self.hist.is_empty() { 0 } else { self.hist.max() },
-            mean_us: if self.hist.is_empty() { 0.0 } else { self.hist.mean() },
+            max_us: if self.hist.is_empty() {
+                0
+            } else {
+                self.hist.max()
+            },
+            mean_us: if self.hist.is_empty() {
+                0.0
+            } else {
+                self.hist.mean()
+            },
         }
     }
 }
