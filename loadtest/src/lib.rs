@@ -6,6 +6,9 @@
 
 pub mod client;
 pub mod engine;
+pub mod peers;
+pub mod procstat;
 pub mod report;
+pub mod scenario;
 pub mod schedule;
 pub mod stats;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use tollgate_load::client::{Protocol, Target};
 use tollgate_load::engine::{self, Mode, RunConfig};
 use tollgate_load::report::{self, RunResult};
+use tollgate_load::scenario::{self, Scenario};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +27,13 @@ enum Cmd {
     Run(RunArgs),
     /// Render saved JSON results (first = baseline) as a Markdown table.
     Report { files: Vec<PathBuf> },
+    /// Run a scenario file: start backend and peers pinned to cores, load every target, write
+    /// OUT/results.json and OUT/summary.md.
+    Scenario {
+        file: PathBuf,
+        #[arg(long, default_value = "loadtest-out")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +109,7 @@ fn main() -> anyhow::Result<()> {
                 payload: a.payload,
                 protocol: format!("{:?}", a.protocol).to_lowercase(),
                 summary: rec.summary().into(),
+                proxy: None,
             };
             if let Some(path) = &a.json {
                 std::fs::write(path, serde_json::to_vec_pretty(&result)?)
@@ -118,6 +127,32 @@ fn main() -> anyhow::Result<()> {
                 })?);
             }
             print!("{}", report::markdown(&results));
+        }
+        Cmd::Scenario { file, out } => {
+            let s = Scenario::load(&file)?;
+            let out = std::path::absolute(&out)
+                .with_context(|| format!("resolving {}", out.display()))?;
+            let workdir = out.join("work");
+            let groups = scenario::run(&s, &workdir, |n, total, label, mode| {
+                eprintln!("[{n}/{total}] {} {label} {mode:?}", s.name);
+            })?;
+            std::fs::write(
+                out.join("results.json"),
+                serde_json::to_vec_pretty(&groups)?,
+            )
+            .with_context(|| format!("writing {}/results.json", out.display()))?;
+            let mut md = format!(
+                "## {}\n\nCommand: `tollgate-load scenario {}`\n\n",
+                s.name,
+                file.display()
+            );
+            for g in &groups {
+                md.push_str(&report::markdown(g));
+                md.push('\n');
+            }
+            std::fs::write(out.join("summary.md"), &md)
+                .with_context(|| format!("writing {}/summary.md", out.display()))?;
+            print!("{md}");
         }
     }
     Ok(())

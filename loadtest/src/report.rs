@@ -15,6 +15,24 @@ pub struct RunResult {
     pub payload: usize,
     pub protocol: String,
     pub summary: SummaryRecord,
+    /// Proxy cost over the whole run (warm-up included), when the runner knew the proxy's PID.
+    #[serde(default)]
+    pub proxy: Option<ProxyCost>,
+}
+
+/// CPU and memory of the measured proxy process, from /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProxyCost {
+    pub cpu_secs: f64,
+    pub wall_secs: f64,
+    pub rss_kib: u64,
+}
+
+impl ProxyCost {
+    /// CPU cores the proxy used per 1000 requests per second (= CPU seconds per 1000 requests).
+    pub fn cores_per_krps(&self, rps: f64) -> Option<f64> {
+        (self.wall_secs > 0.0 && rps > 0.0).then(|| self.cpu_secs / self.wall_secs / (rps / 1000.0))
+    }
 }
 
 /// [`Summary`] in a form that also deserializes (reports are rendered from saved JSON).
@@ -55,8 +73,8 @@ fn ms(us: u64) -> String {
 /// columns.
 pub fn markdown(results: &[RunResult]) -> String {
     let mut out = String::from(
-        "| label | protocol | mode | conns | payload B | requests | errors | rps | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | rps / baseline | p99 / baseline |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| label | protocol | mode | conns | payload B | requests | errors | rps | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | rps / baseline | p99 / baseline | proxy CPU cores per 1000 rps | proxy RSS MiB |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let base = results.first().map(|r| &r.summary);
     for r in results {
@@ -75,8 +93,16 @@ pub fn markdown(results: &[RunResult]) -> String {
             ),
             None => ("n/a".into(), "n/a".into()),
         };
+        let (cpu, rss) = match &r.proxy {
+            Some(p) => (
+                p.cores_per_krps(s.achieved_rps)
+                    .map_or("n/a".into(), |c| format!("{c:.3}")),
+                format!("{:.1}", p.rss_kib as f64 / 1024.0),
+            ),
+            None => ("-".into(), "-".into()),
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.label,
             r.protocol,
             r.mode,
@@ -91,7 +117,9 @@ pub fn markdown(results: &[RunResult]) -> String {
             ms(s.p999_us),
             ms(s.max_us),
             rps_ratio,
-            p99_ratio
+            p99_ratio,
+            cpu,
+            rss
         ));
     }
     out
@@ -119,6 +147,7 @@ mod tests {
                 max_us: p99,
                 mean_us: 550.0,
             },
+            proxy: None,
         }
     }
 
@@ -131,12 +160,12 @@ mod tests {
         let lines: Vec<&str> = md.lines().collect();
         assert_eq!(lines.len(), 4);
         assert!(
-            lines[2].starts_with("| direct |") && lines[2].ends_with("| 1.00x | 1.00x |"),
+            lines[2].starts_with("| direct |") && lines[2].ends_with("| 1.00x | 1.00x | - | - |"),
             "{}",
             lines[2]
         );
         assert!(
-            lines[3].contains("| 250 |") && lines[3].ends_with("| 0.25x | 4.00x |"),
+            lines[3].contains("| 250 |") && lines[3].ends_with("| 0.25x | 4.00x | - | - |"),
             "{}",
             lines[3]
         );
@@ -146,7 +175,28 @@ mod tests {
     #[test]
     fn zero_baseline_gives_na() {
         let md = markdown(&[result("direct", 0.0, 0), result("x", 1.0, 1)]);
-        assert!(md.lines().nth(3).unwrap().ends_with("| n/a | n/a |"));
+        assert!(
+            md.lines()
+                .nth(3)
+                .unwrap()
+                .ends_with("| n/a | n/a | - | - |")
+        );
+    }
+
+    #[test]
+    fn proxy_cost_columns() {
+        let mut r = result("nginx", 2000.0, 1000);
+        // 1 CPU second over 10 s at 2000 rps = 0.1 core for 2 krps = 0.05 core per krps.
+        r.proxy = Some(ProxyCost {
+            cpu_secs: 1.0,
+            wall_secs: 10.0,
+            rss_kib: 2048,
+        });
+        let md = markdown(&[r]);
+        assert!(
+            md.lines().nth(2).unwrap().ends_with("| 0.050 | 2.0 |"),
+            "{md}"
+        );
     }
 
     #[test]
