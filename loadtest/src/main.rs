@@ -33,6 +33,12 @@ enum Cmd {
         file: PathBuf,
         #[arg(long, default_value = "loadtest-out")]
         out: PathBuf,
+        /// Also write the summary as a standalone BENCHMARKS.md-style document here.
+        #[arg(long)]
+        benchmarks: Option<PathBuf>,
+        /// The reproduce command to print in the document (defaults to this scenario run).
+        #[arg(long)]
+        command: Option<String>,
     },
 }
 
@@ -128,7 +134,12 @@ fn main() -> anyhow::Result<()> {
             }
             print!("{}", report::markdown(&results));
         }
-        Cmd::Scenario { file, out } => {
+        Cmd::Scenario {
+            file,
+            out,
+            benchmarks,
+            command,
+        } => {
             let s = Scenario::load(&file)?;
             let out = std::path::absolute(&out)
                 .with_context(|| format!("resolving {}", out.display()))?;
@@ -141,17 +152,19 @@ fn main() -> anyhow::Result<()> {
                 serde_json::to_vec_pretty(&groups)?,
             )
             .with_context(|| format!("writing {}/results.json", out.display()))?;
-            let mut md = format!(
-                "## {}\n\nCommand: `tollgate-load scenario {}`\n\n",
-                s.name,
-                file.display()
-            );
+            let command =
+                command.unwrap_or_else(|| format!("tollgate-load scenario {}", file.display()));
+            let mut md = format!("## {}\n\nReproduce: `{command}`\n\n", s.name);
             for g in &groups {
                 md.push_str(&report::markdown(g));
                 md.push('\n');
             }
             std::fs::write(out.join("summary.md"), &md)
                 .with_context(|| format!("writing {}/summary.md", out.display()))?;
+            if let Some(path) = &benchmarks {
+                std::fs::write(path, report::benchmarks_document(&md))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             print!("{md}");
         }
     }
