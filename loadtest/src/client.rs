@@ -12,6 +12,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
+use crate::dns::DnsConn;
+
 /// Wire protocol of a load target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -20,6 +22,8 @@ pub enum Protocol {
     Http2,
     /// gRPC unary: HTTP/2 POST with a length-prefixed message; success needs `grpc-status: 0`.
     Grpc,
+    /// DNS A queries over UDP for `authority`; success needs RCODE 0.
+    Dns,
 }
 
 /// Where and what to send.
@@ -57,6 +61,7 @@ pub enum ClientError {
 enum Sender {
     H1(http1::SendRequest<Full<Bytes>>),
     H2(http2::SendRequest<Full<Bytes>>),
+    Dns(DnsConn),
 }
 
 /// An open connection that sends the target's request repeatedly.
@@ -97,7 +102,8 @@ fn request_parts(target: &Target) -> Result<http::request::Parts, ClientError> {
     };
     let mut b = http::Request::builder();
     b = match target.protocol {
-        Protocol::Http1 => b
+        // DNS never sends these parts; building them keeps one code path.
+        Protocol::Http1 | Protocol::Dns => b
             .uri(target.path.as_str())
             .header(http::header::HOST, target.authority.as_str()),
         // HTTP/2 carries the authority in the URI (:authority pseudo-header).
@@ -122,6 +128,20 @@ fn request_parts(target: &Target) -> Result<http::request::Parts, ClientError> {
 impl Connection {
     pub async fn open(target: &Target) -> Result<Self, ClientError> {
         let request = request_parts(target)?;
+        if target.protocol == Protocol::Dns {
+            let conn = DnsConn::open(target.addr, &target.authority)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    addr: target.addr,
+                    source,
+                })?;
+            return Ok(Self {
+                sender: Sender::Dns(conn),
+                request,
+                body: Bytes::new(),
+                grpc: false,
+            });
+        }
         let stream =
             TcpStream::connect(target.addr)
                 .await
@@ -142,7 +162,7 @@ impl Connection {
                 tokio::spawn(conn);
                 Sender::H1(s)
             }
-            Protocol::Http2 | Protocol::Grpc => {
+            Protocol::Http2 | Protocol::Grpc | Protocol::Dns => {
                 let (s, conn) = http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(hs)?;
@@ -163,6 +183,7 @@ impl Connection {
     pub async fn send(&mut self) -> bool {
         let req = http::Request::from_parts(self.request.clone(), Full::new(self.body.clone()));
         let resp = match &mut self.sender {
+            Sender::Dns(d) => return d.query().await,
             Sender::H1(s) => {
                 if s.ready().await.is_err() {
                     return false;

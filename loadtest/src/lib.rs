@@ -5,6 +5,7 @@
 //! (open and closed loop drivers) do the I/O.
 
 pub mod client;
+pub mod dns;
 pub mod engine;
 pub mod peers;
 pub mod procstat;

@@ -178,3 +178,74 @@ async fn closed_loop_over_http2_and_grpc() {
         );
     }
 }
+
+/// Kills the started process by PID on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_open_loop_against_dnsmasq() {
+    let port = {
+        // A free UDP port on loopback (dnsmasq binds it right after; a race here only fails the test loudly).
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let child = std::process::Command::new("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            "--cache-size=0",
+            "--address=/bench.test/10.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("dnsmasq is needed for the DNS smoke test ({e}): run ./dev setup")
+        });
+    let _guard = Killed(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        let mut c = tollgate_load::dns::DnsConn::open(addr, "bench.test")
+            .await
+            .unwrap();
+        if c.query().await {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "dnsmasq on {addr} never answered");
+    let mut t = target(addr, Protocol::Dns);
+    t.authority = "bench.test".into();
+    let cfg = RunConfig {
+        target: t,
+        mode: Mode::Open {
+            rate: 300.0,
+            duration: Duration::from_millis(1500),
+        },
+        connections: 2,
+        warmup: Duration::from_millis(500),
+    };
+    let s = run(&cfg).await.unwrap().summary();
+    assert_eq!((s.requests, s.errors), (300, 0), "{s:?}");
+    // A name dnsmasq does not know is refused (no upstream): every query must count as an error.
+    let mut t = target(addr, Protocol::Dns);
+    t.authority = "unknown.example".into();
+    let cfg = RunConfig { target: t, ..cfg };
+    let s = run(&cfg).await.unwrap().summary();
+    assert_eq!(s.errors, s.requests, "failed answers must be errors: {s:?}");
+}
