@@ -30,7 +30,9 @@ enum Cmd {
     /// Run a scenario file: start backend and peers pinned to cores, load every target, write
     /// OUT/results.json and OUT/summary.md.
     Scenario {
-        file: PathBuf,
+        /// Scenario files, run one after the other; each gets OUT/<name>/ and a section in the summary.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
         #[arg(long, default_value = "loadtest-out")]
         out: PathBuf,
         /// Also write the summary as a standalone BENCHMARKS.md-style document here.
@@ -135,29 +137,33 @@ fn main() -> anyhow::Result<()> {
             print!("{}", report::markdown(&results));
         }
         Cmd::Scenario {
-            file,
+            files,
             out,
             benchmarks,
             command,
         } => {
-            let s = Scenario::load(&file)?;
             let out = std::path::absolute(&out)
                 .with_context(|| format!("resolving {}", out.display()))?;
-            let workdir = out.join("work");
-            let groups = scenario::run(&s, &workdir, |n, total, label, mode| {
-                eprintln!("[{n}/{total}] {} {label} {mode:?}", s.name);
-            })?;
-            std::fs::write(
-                out.join("results.json"),
-                serde_json::to_vec_pretty(&groups)?,
-            )
-            .with_context(|| format!("writing {}/results.json", out.display()))?;
-            let command =
-                command.unwrap_or_else(|| format!("tollgate-load scenario {}", file.display()));
-            let mut md = format!("## {}\n\nReproduce: `{command}`\n\n", s.name);
-            for g in &groups {
-                md.push_str(&report::markdown(g));
-                md.push('\n');
+            let mut md = String::new();
+            for file in &files {
+                let s = Scenario::load(file)?;
+                let dir = out.join(&s.name);
+                let groups = scenario::run(&s, &dir.join("work"), |n, total, label, mode| {
+                    eprintln!("[{n}/{total}] {} {label} {mode:?}", s.name);
+                })?;
+                std::fs::write(
+                    dir.join("results.json"),
+                    serde_json::to_vec_pretty(&groups)?,
+                )
+                .with_context(|| format!("writing {}/results.json", dir.display()))?;
+                let command = command
+                    .clone()
+                    .unwrap_or_else(|| format!("tollgate-load scenario {}", file.display()));
+                md.push_str(&format!("## {}\n\nReproduce: `{command}`\n\n", s.name));
+                for g in &groups {
+                    md.push_str(&report::markdown(g));
+                    md.push('\n');
+                }
             }
             std::fs::write(out.join("summary.md"), &md)
                 .with_context(|| format!("writing {}/summary.md", out.display()))?;
