@@ -8,6 +8,7 @@ pub mod client;
 pub mod dns;
 pub mod engine;
 pub mod peers;
+pub mod plot;
 pub mod procstat;
 pub mod report;
 pub mod scenario;

@@ -35,6 +35,10 @@ enum Cmd {
         files: Vec<PathBuf>,
         #[arg(long, default_value = "loadtest-out")]
         out: PathBuf,
+        /// Directory for the SVG percentile curves (one per scenario and mode); linked from the summary by this
+        /// path as given, so pass it relative to where the summary is read.
+        #[arg(long)]
+        plots: Option<PathBuf>,
         /// Also write the summary as a standalone BENCHMARKS.md-style document here.
         #[arg(long)]
         benchmarks: Option<PathBuf>,
@@ -139,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Scenario {
             files,
             out,
+            plots,
             benchmarks,
             command,
         } => {
@@ -160,8 +165,17 @@ fn main() -> anyhow::Result<()> {
                     .clone()
                     .unwrap_or_else(|| format!("tollgate-load scenario {}", file.display()));
                 md.push_str(&format!("## {}\n\nReproduce: `{command}`\n\n", s.name));
+                let plots = plots.clone().unwrap_or_else(|| dir.clone());
+                std::fs::create_dir_all(&plots)
+                    .with_context(|| format!("creating {}", plots.display()))?;
                 for g in &groups {
                     md.push_str(&report::markdown(g));
+                    if let Some(first) = g.first() {
+                        let svg = plots.join(format!("{}-{}.svg", s.name, first.mode));
+                        let title = format!("{} {}: latency by percentile", s.name, first.mode);
+                        tollgate_load::plot::percentile_curves(&svg, &title, g)?;
+                        md.push_str(&format!("\n![{title}]({})\n", svg.display()));
+                    }
                     md.push('\n');
                 }
             }

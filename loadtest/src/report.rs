@@ -47,6 +47,8 @@ pub struct SummaryRecord {
     pub p999_us: u64,
     pub max_us: u64,
     pub mean_us: f64,
+    #[serde(default)]
+    pub curve: Vec<(f64, u64)>,
 }
 
 impl From<Summary> for SummaryRecord {
@@ -61,6 +63,7 @@ impl From<Summary> for SummaryRecord {
             p999_us: s.p999_us,
             max_us: s.max_us,
             mean_us: s.mean_us,
+            curve: s.curve,
         }
     }
 }
@@ -159,6 +162,7 @@ mod tests {
                 p999_us: p99,
                 max_us: p99,
                 mean_us: 550.0,
+                curve: vec![(50.0, 500), (99.0, p99)],
             },
             proxy: None,
         }

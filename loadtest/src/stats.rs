@@ -34,7 +34,14 @@ pub struct Summary {
     pub p999_us: u64,
     pub max_us: u64,
     pub mean_us: f64,
+    /// (percentile, latency us) at [`CURVE_PERCENTILES`], for percentile-curve plots.
+    pub curve: Vec<(f64, u64)>,
 }
+
+/// Percentiles sampled for the latency percentile curve.
+pub const CURVE_PERCENTILES: [f64; 10] = [
+    50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999,
+];
 
 impl Recorder {
     pub fn new(warmup: Duration) -> Self {
@@ -117,6 +124,10 @@ impl Recorder {
             } else {
                 self.hist.mean()
             },
+            curve: CURVE_PERCENTILES
+                .iter()
+                .map(|&p| (p, q(p / 100.0)))
+                .collect(),
         }
     }
 }
@@ -152,6 +163,12 @@ mod tests {
         assert!((499..=501).contains(&s.p50_us), "{}", s.p50_us);
         assert!((989..=991).contains(&s.p99_us), "{}", s.p99_us);
         assert_eq!(s.max_us, 1000);
+        assert_eq!(s.curve.len(), CURVE_PERCENTILES.len());
+        assert_eq!(s.curve[0], (50.0, s.p50_us));
+        assert!(
+            s.curve.windows(2).all(|w| w[0].1 <= w[1].1),
+            "curve is monotonic"
+        );
     }
 
     #[test]
