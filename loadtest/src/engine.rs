@@ -1,155 +1,146 @@
-//! Runs a load: open loop (constant rate, latency from each request's intended send time) or closed loop (each
-//! connection sends its next request when the previous answer arrived: maximum throughput). Both are bounded by
-//! duration; requests due during the warm-up are sent but not recorded.
+//! Drives connections through a run: open loop (constant rate, latency from intended send time) or closed loop
+//! (each connection sends back to back, for maximum throughput).
+//!
+//! Open loop follows the schedule: connection `k` of `C` owns slots `k, k+C, ...`. When a slot's response
+//! comes back after the next slot was due, that next slot is sent late and its latency is counted from its
+//! intended time, so server stalls are charged to every request that should have been sent during them. When the
+//! connection is ahead of schedule it sleeps until the slot is due; the timer's own wake-up jitter is then the
+//! generator's, not the server's, so latency is counted from the actual send.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::Serialize;
-use tokio::task::JoinSet;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
-use crate::http::HttpClient;
-use crate::schedule::Schedule;
-use crate::stats::{Recorder, Summary};
+use crate::client::{ClientError, Connection, Target};
+use crate::schedule::{Schedule, ScheduleError};
+use crate::stats::Recorder;
 
 /// How requests are paced.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "mode")]
 pub enum Mode {
-    /// Constant rate, requests per second.
-    OpenLoop { rate: f64 },
-    /// As fast as answers come back, one request in flight per worker.
-    ClosedLoop { workers: usize },
+    /// `rate` requests per second for `duration` (warm-up included), whatever the responses do.
+    Open { rate: f64, duration: Duration },
+    /// As fast as each connection gets responses, for `duration` (warm-up included).
+    Closed { duration: Duration },
 }
 
-/// One run's settings.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct RunSpec {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub target: Target,
     pub mode: Mode,
-    pub duration: Duration,
+    pub connections: u64,
+    /// Requests due before this offset are sent but not recorded.
     pub warmup: Duration,
 }
 
-/// One run's result.
-#[derive(Debug, Clone)]
-pub struct RunResult {
-    pub recorder: Recorder,
-    pub summary: Summary,
-    /// Requests due (open loop) or sent (closed loop) after the warm-up.
-    pub measured_sent: u64,
-    /// Requests actually dispatched per second over the measured part (open loop: from the end of the warm-up to
-    /// the last dispatch, so a scheduler that falls behind shows up here).
-    pub dispatch_rps: f64,
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("--connections must be at least 1")]
+    NoConnections,
+    #[error(
+        "--warmup {warmup:?} is not shorter than --duration {duration:?}: nothing would be measured"
+    )]
+    WarmupTooLong {
+        warmup: Duration,
+        duration: Duration,
+    },
 }
 
-fn outcome(rec: &Mutex<Recorder>, result: Result<u16, crate::LoadError>, latency: Duration) {
-    let mut r = rec.lock().unwrap_or_else(|p| p.into_inner());
-    match result {
-        Ok(status) if (200..300).contains(&status) => r.record_ok(latency),
-        Ok(_) => {
-            r.non_2xx += 1;
-            r.record_error();
-        }
-        Err(_) => r.record_error(),
+/// Runs the load and returns the merged measurements. All connections are opened before the clock starts.
+pub async fn run(cfg: &RunConfig) -> Result<Recorder, RunError> {
+    if cfg.connections == 0 {
+        return Err(RunError::NoConnections);
     }
-}
-
-/// Runs `spec` against `client`.
-pub async fn run(client: Arc<HttpClient>, spec: RunSpec) -> RunResult {
-    let rec = Arc::new(Mutex::new(Recorder::default()));
-    let start = Instant::now() + Duration::from_millis(5);
-    let measure_from = start + spec.warmup;
-    let end = start + spec.duration;
-    let mut tasks = JoinSet::new();
-    let mut measured_sent = 0;
-    let last_dispatch = Arc::new(Mutex::new(measure_from));
-    match spec.mode {
-        Mode::OpenLoop { rate } => {
-            let schedule = Schedule {
-                rate,
-                duration: spec.duration,
-            };
-            let total = schedule.total();
-            let mut sent = 0u64;
-            tokio::time::sleep_until(start.into()).await;
-            while sent < total {
-                let due = schedule.due_by(Instant::now().saturating_duration_since(start));
-                while sent < due {
-                    let intended = start + schedule.due(sent);
-                    let recorded = intended >= measure_from;
-                    measured_sent += u64::from(recorded);
-                    let client = client.clone();
-                    let rec = rec.clone();
-                    let last_dispatch = last_dispatch.clone();
-                    tasks.spawn(async move {
-                        if recorded {
-                            let mut l = last_dispatch.lock().unwrap_or_else(|p| p.into_inner());
-                            *l = (*l).max(Instant::now());
-                        }
-                        let result = client.send().await;
-                        if recorded {
-                            outcome(&rec, result, intended.elapsed());
-                        }
-                    });
-                    sent += 1;
-                }
-                // Reap finished tasks so the set does not grow with the run's length.
-                while tasks.try_join_next().is_some() {}
-                if sent < total {
-                    tokio::time::sleep_until((start + schedule.due(sent)).into()).await;
-                }
-            }
-        }
-        Mode::ClosedLoop { workers } => {
-            let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            for _ in 0..workers.max(1) {
-                let client = client.clone();
-                let rec = rec.clone();
-                let sent = sent.clone();
-                tasks.spawn(async move {
-                    tokio::time::sleep_until(start.into()).await;
-                    while Instant::now() < end {
-                        let t0 = Instant::now();
-                        let result = client.send().await;
-                        if t0 >= measure_from {
-                            sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            outcome(&rec, result, t0.elapsed());
-                        }
-                    }
-                });
-            }
-            while tasks.join_next().await.is_some() {}
-            measured_sent = sent.load(std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-    // Answers still outstanding get until 30 s past the end; later ones count as errors (never silently dropped).
-    let _ = tokio::time::timeout(Duration::from_secs(30), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    let mut recorder = rec.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let outstanding = measured_sent.saturating_sub(recorder.ok + recorder.errors);
-    recorder.errors += outstanding;
-    let measured = spec.duration.saturating_sub(spec.warmup);
-    let summary = recorder.summary(measured);
-    let dispatch_rps = match spec.mode {
-        Mode::OpenLoop { .. } => {
-            let last = *last_dispatch.lock().unwrap_or_else(|p| p.into_inner());
-            // n requests due at measure_from + k/rate span (n - 1)/rate seconds.
-            let span = last.saturating_duration_since(measure_from).as_secs_f64();
-            if measured_sent > 1 && span > 0.0 {
-                (measured_sent - 1) as f64 / span
-            } else {
-                0.0
-            }
-        }
-        Mode::ClosedLoop { .. } => {
-            measured_sent as f64 / measured.as_secs_f64().max(f64::MIN_POSITIVE)
-        }
+    let duration = match cfg.mode {
+        Mode::Open { duration, .. } | Mode::Closed { duration } => duration,
     };
-    RunResult {
-        recorder,
-        summary,
-        measured_sent,
-        dispatch_rps,
+    if cfg.warmup >= duration {
+        return Err(RunError::WarmupTooLong {
+            warmup: cfg.warmup,
+            duration,
+        });
     }
+    let schedule = match cfg.mode {
+        Mode::Open { rate, duration } => Some(Schedule::new(rate, duration)?),
+        Mode::Closed { .. } => None,
+    };
+    let mut conns = Vec::with_capacity(cfg.connections as usize);
+    for _ in 0..cfg.connections {
+        conns.push(Connection::open(&cfg.target).await?);
+    }
+    let start = Instant::now() + Duration::from_millis(20);
+    let mut tasks = Vec::with_capacity(conns.len());
+    for (k, conn) in conns.into_iter().enumerate() {
+        let warmup = cfg.warmup;
+        let n = cfg.connections;
+        tasks.push(tokio::spawn(async move {
+            match schedule {
+                Some(s) => open_loop(conn, s, k as u64, n, start, warmup).await,
+                None => closed_loop(conn, start, duration, warmup).await,
+            }
+        }));
+    }
+    let mut total = Recorder::new(cfg.warmup);
+    for t in tasks {
+        total.merge(&t.await.expect("load task panicked"));
+    }
+    Ok(total)
+}
+
+async fn open_loop(
+    mut conn: Connection,
+    s: Schedule,
+    k: u64,
+    n: u64,
+    start: Instant,
+    warmup: Duration,
+) -> Recorder {
+    let mut rec = Recorder::new(warmup);
+    for slot in s.slots(k, n) {
+        let offset = s.offset(slot);
+        let due = start + offset;
+        let now = Instant::now();
+        let from = if now < due {
+            tokio::time::sleep_until(due).await;
+            Instant::now()
+        } else {
+            due
+        };
+        let sent = Instant::now();
+        let ok = conn.send().await;
+        let done = Instant::now();
+        rec.record(offset, sent - start, done - from, ok);
+    }
+    rec
+}
+
+async fn closed_loop(
+    mut conn: Connection,
+    start: Instant,
+    duration: Duration,
+    warmup: Duration,
+) -> Recorder {
+    let mut rec = Recorder::new(warmup);
+    tokio::time::sleep_until(start).await;
+    let end = start + duration;
+    loop {
+        let sent = Instant::now();
+        if sent >= end {
+            break;
+        }
+        let ok = conn.send().await;
+        let done = Instant::now();
+        rec.record(sent - start, sent - start, done - sent, ok);
+        if !ok {
+            // A dead connection would spin; count one error per millisecond at most.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    rec
 }

@@ -1,27 +1,16 @@
-//! `tollgate-load`: the load-test harness users run against their own clusters and that we run against peers.
+//! `tollgate-load`: the load generator used as Tollgate's yardstick and by users against their own clusters.
 //!
-//! What exists: an open-loop constant-rate engine that measures latency from each request's intended send time (no
-//! coordinated omission), a closed-loop max-throughput mode, HdrHistogram recording with warm-up excluded,
-//! HTTP/1.1 and HTTP/2 (h2c) clients, JSON and Markdown output. Pure parts (schedule, stats, report) are tested
-//! without sockets; the engine's own correctness (rate accuracy, a server stall showing in p99) is tested against a
-//! local server in `tests/smoke.rs`.
-//!
-//! Not built yet (see the issue note): gRPC, Kafka and DNS generators, scenario files, starting peers in
-//! namespaces, plots, BENCHMARKS.md generation.
+//! Layout: [`schedule`] (when requests are due), [`stats`] (HdrHistogram + achieved rate), [`report`]
+//! (JSON/Markdown rendering), all pure; [`client`] (one HTTP/1.1, HTTP/2 or gRPC connection) and [`engine`]
+//! (open and closed loop drivers) do the I/O.
 
+pub mod client;
+pub mod dns;
 pub mod engine;
-pub mod http;
+pub mod peers;
+pub mod plot;
+pub mod procstat;
 pub mod report;
+pub mod scenario;
 pub mod schedule;
 pub mod stats;
-
-/// Errors a user sees from a run.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("bad target: {0}")]
-    Target(String),
-    #[error("cannot connect to {0}: {1} (is the target listening, and reachable from here?)")]
-    Connect(String, String),
-    #[error("request failed: {0}")]
-    Request(String),
-}

@@ -1,0 +1,81 @@
+//! Configuration for the processes a scenario starts: an nginx backend that answers with a fixed body, and
+//! nginx / HAProxy reverse proxies carrying `rules` L7 allow rules (method + exact path), the same rule shape as
+//! the generated Tollgate policy, so the peers do comparable per-request matching work. Pure text generation.
+
+/// The allowed path of rule `i`; load runs target the last rule, the worst case for first-match lists.
+pub fn rule_path(i: usize) -> String {
+    format!("/api/v1/resource-{i}")
+}
+
+/// nginx as the backend: single process (`master_process off`) so /proc accounting covers all of it.
+pub fn nginx_backend(workdir: &str, port: u16, body_bytes: usize) -> String {
+    let body = "x".repeat(body_bytes);
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {workdir}/backend-error.log;\npid {workdir}/backend.pid;\n\
+         events {{ worker_connections 20000; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {workdir}/b-body;\n  proxy_temp_path {workdir}/b-proxy;\n\
+           fastcgi_temp_path {workdir}/b-fcgi;\n  uwsgi_temp_path {workdir}/b-uwsgi;\n  scgi_temp_path {workdir}/b-scgi;\n\
+           keepalive_requests 1000000;\n\
+           server {{\n    listen 127.0.0.1:{port} reuseport;\n    location / {{ default_type text/plain; return 200 \"{body}\"; }}\n  }}\n}}\n"
+    )
+}
+
+/// nginx as a peer proxy: `rules` exact-path locations allowing GET to the backend, everything else 403.
+pub fn nginx_peer(workdir: &str, port: u16, backend_port: u16, rules: usize) -> String {
+    let mut locations = String::new();
+    for i in 0..rules {
+        locations.push_str(&format!(
+            "    location = {} {{ limit_except GET {{ deny all; }} proxy_pass http://backend; }}\n",
+            rule_path(i)
+        ));
+    }
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {workdir}/peer-error.log;\npid {workdir}/peer.pid;\n\
+         events {{ worker_connections 20000; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {workdir}/p-body;\n  proxy_temp_path {workdir}/p-proxy;\n\
+           fastcgi_temp_path {workdir}/p-fcgi;\n  uwsgi_temp_path {workdir}/p-uwsgi;\n  scgi_temp_path {workdir}/p-scgi;\n\
+           keepalive_requests 1000000;\n\
+           upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n\
+           proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n\
+           server {{\n    listen 127.0.0.1:{port};\n{locations}    location / {{ return 403; }}\n  }}\n}}\n"
+    )
+}
+
+/// HAProxy as a peer proxy: `rules` ACLs (method GET and exact path), one thread, deny by default.
+pub fn haproxy_peer(port: u16, backend_port: u16, rules: usize) -> String {
+    let mut acls = String::new();
+    for i in 0..rules {
+        acls.push_str(&format!(
+            "  http-request allow if METH_GET {{ path {} }}\n",
+            rule_path(i)
+        ));
+    }
+    format!(
+        "global\n  nbthread 1\n  maxconn 4000\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n{acls}  http-request deny\n  default_backend be\n\
+         backend be\n  http-reuse always\n  server s1 127.0.0.1:{backend_port}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_carry_the_requested_number_of_rules() {
+        let n = nginx_peer("/w", 1, 2, 100);
+        assert_eq!(n.matches("location = /api/v1/resource-").count(), 100);
+        assert!(n.contains(&format!("location = {} ", rule_path(99))));
+        let h = haproxy_peer(1, 2, 100);
+        assert_eq!(h.matches("http-request allow if METH_GET").count(), 100);
+        assert!(h.contains("server s1 127.0.0.1:2"));
+    }
+
+    #[test]
+    fn backend_body_has_the_requested_size() {
+        let b = nginx_backend("/w", 8080, 1024);
+        assert!(b.contains(&format!("\"{}\"", "x".repeat(1024))));
+        assert!(b.contains("listen 127.0.0.1:8080"));
+    }
+}
