@@ -233,7 +233,8 @@ mod tests {
     #[test]
     fn every_refusal_names_its_reason() {
         use SpiffeIdError as E;
-        let cases: &[(&str, fn(&E) -> bool)] = &[
+        type Expect = fn(&E) -> bool;
+        let cases: &[(&str, Expect)] = &[
             ("https://example.org/ns/a/sa/b", |e| {
                 matches!(e, E::Scheme(_))
             }),
