@@ -4,10 +4,11 @@
 //! the `worker` pod.
 
 use std::path::PathBuf;
-use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use serde_json::Value;
+use tollgate_e2e::dns::{loop_field, query_loop, start_dnsmasq};
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
 use tollgate_e2e::{ChildGuard, Nginx, Pod, require_root, require_tool};
 
@@ -57,7 +58,6 @@ fn node(extra_args: &[&str]) -> Node {
     require_root();
     require_tool("dig");
     require_tool("python3");
-    let dnsmasq_bin = require_tool("dnsmasq");
     let case = CaseFile::load("dns-fqdn").expect("conformance case dns-fqdn");
     let mut scenario = EbpfScenario::new(case).expect("scenario");
     let mut externals = Vec::new();
@@ -66,49 +66,20 @@ fn node(extra_args: &[&str]) -> Node {
         let nginx = Nginx::start(&pod, 443, 8443).expect("external nginx");
         externals.push((pod, nginx));
     }
-    let coredns = scenario.pod(COREDNS);
-    let mut cmd = coredns.command(dnsmasq_bin);
-    cmd.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--user=root",
-        "--pid-file=",
-        "--bind-interfaces",
-        &format!("--listen-address={RESOLVER}"),
-        "--port=53",
-        &format!("--local-ttl={TTL_SECS}"),
-    ]);
     // With an IPv6 address too, so AAAA questions get NOERROR from dnsmasq rather than "not ready".
-    for (i, (name, ip)) in RECORDS.iter().enumerate() {
-        cmd.arg(format!("--host-record={name},{ip},2001:db8::{}", i + 1));
-    }
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    let dnsmasq = ChildGuard::spawn(&mut cmd).expect("dnsmasq");
-    // Until dnsmasq answers directly (from its own namespace: no redirect there).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = coredns
-            .command("dig")
-            .args([
-                &format!("@{RESOLVER}"),
-                "+time=1",
-                "+tries=1",
-                "+short",
-                "api.stripe.com",
-            ])
-            .output()
-            .expect("dig");
-        if String::from_utf8_lossy(&o.stdout).contains("203.0.113.10") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dnsmasq did not come up: {}",
-            text(&o)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let records: Vec<String> = RECORDS
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ip))| format!("{name},{ip},2001:db8::{}", i + 1))
+        .collect();
+    let dnsmasq = start_dnsmasq(
+        scenario.pod(COREDNS),
+        RESOLVER,
+        &records,
+        &[format!("--local-ttl={TTL_SECS}")],
+        ("api.stripe.com", "203.0.113.10"),
+    )
+    .expect("dnsmasq");
     // glibc's resolver in the worker pod uses the cluster resolver (`ip netns exec` bind-mounts this file).
     let resolv_dir = PathBuf::from("/etc/netns").join(scenario.pod(WORKER).netns.name());
     std::fs::create_dir_all(&resolv_dir).expect("resolv.conf dir");
@@ -393,39 +364,9 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
     );
 }
 
-/// A client in the worker pod querying in a loop for 12 s (one query every 10 ms, 1 s timeout each); prints the
-/// longest time between two answers and the failed queries.
-fn query_loop(n: &Node) -> std::process::Child {
-    let mut c = n.scenario.pod(WORKER).command("python3");
-    c.args([
-        "-c",
-        &format!(
-            "import socket,time,struct,random\n\
-             q=lambda i: struct.pack('>HHHHHH',i,0x0100,1,0,0,0)+b'\\x03api\\x06stripe\\x03com\\x00\\x00\\x01\\x00\\x01'\n\
-             ok=fail=0;last=time.time();gap=0;end=time.time()+12\n\
-             while time.time()<end:\n\
-             \x20s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(1)\n\
-             \x20i=random.randint(1,65535)\n\
-             \x20try:\n\
-             \x20\x20s.sendto(q(i),('{RESOLVER}',53));r=s.recv(512)\n\
-             \x20\x20assert r[0]*256+r[1]==i and r[3]&15==0\n\
-             \x20\x20now=time.time();gap=max(gap,now-last);last=now;ok+=1\n\
-             \x20except Exception:\n\
-             \x20\x20fail+=1\n\
-             \x20s.close();time.sleep(0.01)\n\
-             print('ok',ok,'fail',fail,'maxgap_ms',int(gap*1000))"
-        ),
-    ]);
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    c.spawn().expect("python3 loop")
-}
-
-fn loop_field(s: &str, k: &str) -> u64 {
-    s.split_whitespace()
-        .skip_while(|w| *w != k)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {k} in {s}"))
+/// A client in the worker pod querying `api.stripe.com` in a loop for 12 s.
+fn worker_query_loop(n: &Node) -> std::process::Child {
+    query_loop(n.scenario.pod(WORKER), RESOLVER, "api.stripe.com", 12).expect("python3 loop")
 }
 
 /// Planned restart: a second tollgate takes the DNS sockets (and the listener) over while a client queries in a
@@ -433,7 +374,7 @@ fn loop_field(s: &str, k: &str) -> u64 {
 #[test]
 fn dns_keeps_answering_across_a_planned_restart() {
     let mut n = node(&[]);
-    let child = query_loop(&n);
+    let child = worker_query_loop(&n);
     std::thread::sleep(Duration::from_secs(2));
     let args = n.scenario.ebpf_args();
     n.scenario.start_proxy_with(&args).expect("second tollgate");
@@ -464,7 +405,7 @@ fn dns_keeps_answering_across_a_planned_restart() {
 #[test]
 fn dns_gap_after_a_crash_is_bounded() {
     let mut n = node(&[]);
-    let child = query_loop(&n);
+    let child = worker_query_loop(&n);
     std::thread::sleep(Duration::from_secs(2));
     n.scenario.kill_proxy();
     n.scenario

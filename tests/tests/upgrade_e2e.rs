@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use tollgate_e2e::dns::{loop_field, query_loop, start_dnsmasq};
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario, curl_from};
-use tollgate_e2e::{ChildGuard, require_root, require_tool};
+use tollgate_e2e::{require_root, require_tool};
 
 const CASE: &str = r#"
 name: upgrade
@@ -69,63 +70,22 @@ fn h2load_field(out: &str, line_prefix: &str, word: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{word}` in {line}"))
 }
 
-fn loop_field(s: &str, k: &str) -> u64 {
-    s.split_whitespace()
-        .skip_while(|w| *w != k)
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {k} in {s}"))
-}
-
 #[test]
 fn upgrade_under_h2load_new_connections_and_dns_loses_nothing() {
     require_root();
     let h2load = require_tool("h2load");
-    let dnsmasq = require_tool("dnsmasq");
-    require_tool("python3");
     let case = CaseFile::parse("upgrade_e2e.rs", CASE).unwrap();
     let mut sc = EbpfScenario::new(case).unwrap();
 
     // The cluster resolver: dnsmasq in its own pod.
-    let resolver = sc.pod("prod/resolver");
-    let mut cmd = resolver.command(dnsmasq);
-    cmd.args([
-        "--keep-in-foreground",
-        "--no-resolv",
-        "--no-hosts",
-        "--user=root",
-        "--pid-file=",
-        "--bind-interfaces",
-        &format!("--listen-address={RESOLVER}"),
-        "--port=53",
-        "--host-record=api.upgrade.test,10.0.9.20",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    let _dnsmasq = ChildGuard::spawn(&mut cmd).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = resolver
-            .command("dig")
-            .args([
-                &format!("@{RESOLVER}"),
-                "+time=1",
-                "+tries=1",
-                "+short",
-                "api.upgrade.test",
-            ])
-            .output()
-            .unwrap();
-        if String::from_utf8_lossy(&o.stdout).contains("10.0.9.20") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "dnsmasq did not come up: {}",
-            text(&o)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _dnsmasq = start_dnsmasq(
+        sc.pod("prod/resolver"),
+        RESOLVER,
+        &["api.upgrade.test,10.0.9.20".to_string()],
+        &[],
+        ("api.upgrade.test", "10.0.9.20"),
+    )
+    .unwrap();
 
     let mut args = sc.ebpf_args();
     args.extend(["--drain-secs".to_string(), "20".to_string()]);
@@ -162,29 +122,7 @@ fn upgrade_under_h2load_new_connections_and_dns_loses_nothing() {
     .stderr(Stdio::piped());
     let h2 = h2.spawn().unwrap();
     // DNS: one query every 10 ms for 7 s, each with a 1 s timeout.
-    let mut dns = frontend.command("python3");
-    dns.args([
-        "-c",
-        &format!(
-            "import socket,time,struct,random\n\
-             q=lambda i: struct.pack('>HHHHHH',i,0x0100,1,0,0,0)+b'\\x03api\\x07upgrade\\x04test\\x00\\x00\\x01\\x00\\x01'\n\
-             ok=fail=0;last=time.time();gap=0;end=time.time()+7\n\
-             while time.time()<end:\n\
-             \x20s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(1)\n\
-             \x20i=random.randint(1,65535)\n\
-             \x20try:\n\
-             \x20\x20s.sendto(q(i),('{RESOLVER}',53));r=s.recv(512)\n\
-             \x20\x20assert r[0]*256+r[1]==i and r[3]&15==0\n\
-             \x20\x20now=time.time();gap=max(gap,now-last);last=now;ok+=1\n\
-             \x20except Exception:\n\
-             \x20\x20fail+=1\n\
-             \x20s.close();time.sleep(0.01)\n\
-             print('ok',ok,'fail',fail,'maxgap_ms',int(gap*1000))"
-        ),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let dns = dns.spawn().unwrap();
+    let dns = query_loop(frontend, RESOLVER, "api.upgrade.test", 7).unwrap();
     // New connections: curl every 50 ms until stopped.
     let stop = Arc::new(AtomicBool::new(false));
     let frontend_ns = frontend.netns.name().to_string();
