@@ -5,3 +5,4 @@
 //! end-to-end tests exist.
 
 pub mod request;
+pub mod response;

@@ -18,6 +18,9 @@ pub enum TopicRef {
     /// Newer versions of Fetch, Produce, Metadata, OffsetCommit, OffsetFetch and DeleteTopics name topics by id;
     /// the connection maps ids to names from the Metadata responses it has seen.
     Id(uuid::Uuid),
+    /// The request names topics in fields this proxy does not read (broker-to-broker and share-group state
+    /// APIs). Matched like a topic no rule names, so a topic-constrained rule never allows it (fail closed).
+    Unlisted,
 }
 
 /// The decoded head of a request and the topics it names.
@@ -224,6 +227,115 @@ pub fn topics_of(body: &RequestKind) -> Vec<TopicRef> {
             .topics
             .iter()
             .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::OffsetForLeaderEpoch(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.topic.0.to_string()))
+            .collect(),
+        RequestKind::TxnOffsetCommit(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::AddPartitionsToTxn(r) => r
+            .v3_and_below_topics
+            .iter()
+            .chain(r.transactions.iter().flat_map(|t| t.topics.iter()))
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::DescribeTopicPartitions(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::ElectLeaders(r) => r
+            .topic_partitions
+            .iter()
+            .flatten()
+            .map(|d| TopicRef::Name(d.topic.0.to_string()))
+            .collect(),
+        RequestKind::AlterPartitionReassignments(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::ListPartitionReassignments(r) => r
+            .topics
+            .iter()
+            .flatten()
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::DescribeLogDirs(r) => r
+            .topics
+            .iter()
+            .flatten()
+            .map(|d| TopicRef::Name(d.topic.0.to_string()))
+            .collect(),
+        RequestKind::AlterReplicaLogDirs(r) => r
+            .dirs
+            .iter()
+            .flat_map(|d| d.topics.iter())
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::WriteTxnMarkers(r) => r
+            .markers
+            .iter()
+            .flat_map(|m| m.topics.iter())
+            .map(|d| TopicRef::Name(d.name.0.to_string()))
+            .collect(),
+        RequestKind::ConsumerGroupHeartbeat(r) => {
+            let mut t: Vec<TopicRef> = r
+                .subscribed_topic_names
+                .iter()
+                .flatten()
+                .map(|n| TopicRef::Name(n.0.to_string()))
+                .chain(
+                    r.topic_partitions
+                        .iter()
+                        .flatten()
+                        .map(|d| TopicRef::Id(d.topic_id)),
+                )
+                .collect();
+            // A regex subscription names topics the proxy cannot enumerate.
+            if r.subscribed_topic_regex.is_some() {
+                t.push(TopicRef::Unlisted);
+            }
+            t
+        }
+        RequestKind::ShareFetch(r) => r
+            .topics
+            .iter()
+            .map(|d| TopicRef::Id(d.topic_id))
+            .chain(
+                r.forgotten_topics_data
+                    .iter()
+                    .map(|d| TopicRef::Id(d.topic_id)),
+            )
+            .collect(),
+        RequestKind::ShareAcknowledge(r) => {
+            r.topics.iter().map(|d| TopicRef::Id(d.topic_id)).collect()
+        }
+        RequestKind::AlterPartition(_)
+        | RequestKind::AssignReplicasToDirs(_)
+        | RequestKind::BeginQuorumEpoch(_)
+        | RequestKind::DescribeQuorum(_)
+        | RequestKind::EndQuorumEpoch(_)
+        | RequestKind::FetchSnapshot(_)
+        | RequestKind::Vote(_)
+        | RequestKind::InitializeShareGroupState(_)
+        | RequestKind::ReadShareGroupState(_)
+        | RequestKind::WriteShareGroupState(_)
+        | RequestKind::DeleteShareGroupState(_)
+        | RequestKind::ReadShareGroupStateSummary(_)
+        | RequestKind::DescribeShareGroupOffsets(_)
+        | RequestKind::AlterShareGroupOffsets(_)
+        | RequestKind::DeleteShareGroupOffsets(_) => vec![TopicRef::Unlisted],
+        RequestKind::ShareGroupHeartbeat(r) => r
+            .subscribed_topic_names
+            .iter()
+            .flatten()
+            .map(|n| TopicRef::Name(n.0.to_string()))
             .collect(),
         _ => Vec::new(),
     };
