@@ -424,6 +424,7 @@ mod tests {
                 protocol: "HTTP/1.1".into(),
                 ..Default::default()
             }),
+            kafka: None,
         });
         let f = to_flow(&rec, "node-1");
         assert_eq!(f.verdict, flow::Verdict::Dropped as i32);

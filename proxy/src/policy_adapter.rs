@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 pub use policy_model::{
-    Decision, Direction, EndpointTable, FqdnCache, HeaderAction, HttpRequest, L7Kind, PolicyEngine,
+    Decision, Direction, EndpointTable, FqdnCache, HeaderAction, HttpRequest, KafkaRequest, L7Kind,
+    PolicyEngine,
     PolicyError, Protocol, Reason, load_policies,
 };
 
