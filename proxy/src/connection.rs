@@ -41,7 +41,11 @@ pub struct Proxy {
     pub kafka_topics: Arc<crate::kafka::TopicIds>,
 }
 
-pub(crate) fn endpoints(proxy: &Proxy, client: SocketAddr, dst: SocketAddr) -> (FlowEndpoint, FlowEndpoint) {
+pub(crate) fn endpoints(
+    proxy: &Proxy,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> (FlowEndpoint, FlowEndpoint) {
     let snap = proxy.policy.current();
     (
         decision::flow_endpoint(&snap, client),

@@ -68,7 +68,9 @@ enum ConnError {
     Response(#[from] ResponseError),
     #[error("frame cut short by the {side} ({0})", side = .1)]
     Truncated(std::io::Error, &'static str),
-    #[error("broker response of {size} bytes exceeds the {limit}-byte limit (--kafka-max-frame-bytes)")]
+    #[error(
+        "broker response of {size} bytes exceeds the {limit}-byte limit (--kafka-max-frame-bytes)"
+    )]
     ResponseTooLarge { size: usize, limit: usize },
     #[error("broker response has correlation id {got}, expected {want}: responses out of order")]
     Correlation { got: i32, want: i32 },
@@ -77,7 +79,10 @@ enum ConnError {
 }
 
 /// Reads one length-prefixed request frame. `Ok(None)` on a clean close between frames.
-async fn read_request<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Option<Bytes>, ConnError> {
+async fn read_request<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Option<Bytes>, ConnError> {
     let mut prefix = [0u8; 4];
     match r.read(&mut prefix[..1]).await {
         Ok(0) => return Ok(None),
@@ -129,6 +134,16 @@ pub async fn serve(
         proxy.flows.record(rec);
     };
     let record_conn_error = |e: &ConnError| {
+        // A peer closing mid-stream is how connections end, not an error worth a flow record.
+        if let ConnError::Truncated(io, _) | ConnError::Upstream(io) = e
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        {
+            tracing::debug!(%client, %dst, "Kafka connection ended: {e}");
+            return;
+        }
         let (verdict, drop) = match e {
             ConnError::Frame(_) => (Verdict::Dropped, DropReason::InvalidRequest),
             ConnError::Response(ResponseError::NoLocalResponse(_)) => {
@@ -197,7 +212,7 @@ pub async fn serve(
                             record(Verdict::Forwarded, meta, None);
                             continue;
                         }
-                        let metadata_named = filter_metadata.then(|| !req.topics.is_empty());
+                        let metadata_named = filter_metadata.then_some(!req.topics.is_empty());
                         let req = filter_metadata.then(|| Box::new(req));
                         if tx
                             .send(Owed::Broker {
@@ -276,6 +291,7 @@ pub async fn serve(
                         metadata_named,
                         req,
                     } => {
+                        let mut refused = false;
                         let mut head = [0u8; 8];
                         up_r.read_exact(&mut head)
                             .await
@@ -309,11 +325,21 @@ pub async fn serve(
                                 )?;
                                 proxy.kafka_topics.learn(&report.learned);
                                 if !report.denied.is_empty() {
+                                    let (what, denied) = if named {
+                                        ("TOPIC_AUTHORIZATION_FAILED for", true)
+                                    } else {
+                                        ("hidden from this client", false)
+                                    };
                                     meta.reason = format!(
-                                        "{}; hidden from this client: {}",
+                                        "{}; {what}: {}",
                                         meta.reason,
                                         report.denied.join(", ")
                                     );
+                                    if denied {
+                                        refused = true;
+                                        meta.info.error_code =
+                                            response::code::TOPIC_AUTHORIZATION_FAILED;
+                                    }
                                 }
                                 match filtered {
                                     Some(f) => down_w.write_all(&f).await,
@@ -330,9 +356,10 @@ pub async fn serve(
                                     .await
                                     .map_err(|e| ConnError::Truncated(e, "client"))?;
                                 let rest = (size - 4) as u64;
-                                let copied = tokio::io::copy(&mut (&mut up_r).take(rest), &mut down_w)
-                                    .await
-                                    .map_err(|e| ConnError::Truncated(e, "broker"))?;
+                                let copied =
+                                    tokio::io::copy(&mut (&mut up_r).take(rest), &mut down_w)
+                                        .await
+                                        .map_err(|e| ConnError::Truncated(e, "broker"))?;
                                 if copied != rest {
                                     return Err(ConnError::Truncated(
                                         std::io::ErrorKind::UnexpectedEof.into(),
@@ -341,7 +368,12 @@ pub async fn serve(
                                 }
                             }
                         }
-                        record(Verdict::Forwarded, meta, None);
+                        if refused {
+                            // A Metadata request naming a topic the client may not use: the client sees 29.
+                            record(Verdict::Dropped, meta, Some(DropReason::PolicyDenied));
+                        } else {
+                            record(Verdict::Forwarded, meta, None);
+                        }
                     }
                 }
             }

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use kafka_protocol::messages::ApiKey;
 use crate::policy_adapter::KafkaRequest as PolicyRequest;
+use kafka_protocol::messages::ApiKey;
 
 use super::request::{KafkaRequest, TopicRef};
 use super::response::code;
@@ -151,7 +151,10 @@ pub fn decide(
             }
         }
         (Decision::Allow, Some(other)) => KafkaDecision::Deny {
-            reason: format!("{}; port now carries {other:?} rules, not Kafka", conn.reason),
+            reason: format!(
+                "{}; port now carries {other:?} rules, not Kafka",
+                conn.reason
+            ),
             drop_reason: DropReason::PolicyDenied,
             direction,
             error_code: code::TOPIC_AUTHORIZATION_FAILED,
@@ -311,9 +314,10 @@ mod tests {
         let payments = uuid::Uuid::from_u128(0x0b);
         // Produce v13 names topics by id only.
         let frame = |id: uuid::Uuid| {
-            let body = RequestKind::Produce(ProduceRequest::default().with_acks(-1).with_topic_data(
-                vec![produce_request::TopicProduceData::default().with_topic_id(id)],
-            ));
+            let body =
+                RequestKind::Produce(ProduceRequest::default().with_acks(-1).with_topic_data(
+                    vec![produce_request::TopicProduceData::default().with_topic_id(id)],
+                ));
             let mut buf = BytesMut::new();
             RequestHeader::default()
                 .with_request_api_key(0)
@@ -331,7 +335,13 @@ mod tests {
         };
         let (d, rec) = run(orders);
         assert!(
-            matches!(d, KafkaDecision::Deny { error_code: code::UNKNOWN_TOPIC_ID, .. }),
+            matches!(
+                d,
+                KafkaDecision::Deny {
+                    error_code: code::UNKNOWN_TOPIC_ID,
+                    ..
+                }
+            ),
             "{d:?}"
         );
         assert_eq!(rec, vec![format!("id:{orders}")]);

@@ -99,11 +99,13 @@ pub fn decode(frame: Bytes) -> Result<KafkaRequest, FrameError> {
             what: format!("{api_key:?} v{version} request body"),
             reason: e.to_string(),
         })?;
+    // Bytes after the body are tolerated, as Kafka brokers do (librdkafka 2.16's all-topics Metadata v12 request
+    // carries 3): the frame is forwarded as received and every field a broker reads has been read here.
     if !buf.is_empty() {
-        return Err(FrameError::Malformed {
-            what: format!("{api_key:?} v{version} request"),
-            reason: format!("{} bytes after the body", buf.len()),
-        });
+        tracing::debug!(
+            "{api_key:?} v{version} request has {} bytes after the body",
+            buf.len()
+        );
     }
     Ok(KafkaRequest {
         api_key,
@@ -501,7 +503,7 @@ mod tests {
         ))
         .unwrap_err();
         assert!(matches!(err, FrameError::Malformed { .. }), "{err}");
-        // Trailing bytes after a valid body are refused, not ignored.
+        // Trailing bytes after a valid body are tolerated (the broker sees the frame as sent).
         let mut f = BytesMut::from(
             &frame(
                 ApiKey::ApiVersions,
@@ -510,9 +512,6 @@ mod tests {
             )[..],
         );
         f.extend_from_slice(b"junk");
-        assert!(matches!(
-            decode(f.freeze()),
-            Err(FrameError::Malformed { .. })
-        ));
+        assert_eq!(decode(f.freeze()).unwrap().api_key, ApiKey::ApiVersions);
     }
 }
