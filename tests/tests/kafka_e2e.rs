@@ -388,7 +388,8 @@ print(json.dumps({"got": got, "errors": errors}))
 }
 
 /// Hostile frames close only their own connection, each with a flow record naming why; a connection opened
-/// before keeps working.
+/// before keeps working. Pipelined requests, some answered by the proxy and some by the broker, get their responses
+/// in request order.
 #[test]
 fn hostile_frames_close_only_their_connection() {
     let mut n = node();
@@ -419,6 +420,32 @@ s = conn(); body = struct.pack(">hhih", 0x7f00, 0, 3, 0); s.sendall(struct.pack(
 s = conn(); body = struct.pack(">hhih", 0, 99, 3, 0); s.sendall(struct.pack(">i", len(body)) + body); out["bad_version_closed"] = closed(s)
 s = conn(); body = struct.pack(">hhih", 0, 9, 3, 2) + b"p1" + b"\xff" * 7; s.sendall(struct.pack(">i", len(body)) + body); out["garbage_closed"] = closed(s)
 out["after"] = api_versions(keep, 2)
+# Pipelining: allowed and denied requests in one write; responses must come back in request order.
+def frame(key, ver, corr, body):
+    b = struct.pack(">hhih", key, ver, corr, 2) + b"p1" + body
+    return struct.pack(">i", len(b)) + b
+def produce_v3(topic):
+    t = topic.encode()
+    return struct.pack(">hhi", -1, 1, 5000) + struct.pack(">i", 1) + struct.pack(">h", len(t)) + t + \
+        struct.pack(">i", 1) + struct.pack(">ii", 0, -1)
+def metadata_v1(topic):
+    t = topic.encode()
+    return struct.pack(">i", 1) + struct.pack(">h", len(t)) + t
+s = conn()
+s.sendall(frame(18, 0, 10, b"") + frame(0, 3, 11, produce_v3("payments")) + frame(3, 1, 12, metadata_v1("orders"))
+          + frame(0, 3, 13, produce_v3("payments")) + frame(18, 0, 14, b""))
+order = []
+buf = b""
+while len(order) < 5:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    buf += chunk
+    while len(buf) >= 8 and len(buf) >= 4 + struct.unpack(">i", buf[:4])[0]:
+        n = struct.unpack(">i", buf[:4])[0]
+        order.append(struct.unpack(">i", buf[4:8])[0])
+        buf = buf[4 + n:]
+out["pipelined_order"] = order
 print(json.dumps(out))
 "#;
     let before = n.scenario.flows().len();
@@ -440,7 +467,8 @@ print(json.dumps(out))
     assert_eq!(
         r,
         serde_json::json!({"before": 1, "oversized_closed": true, "unknown_key_closed": true,
-                           "bad_version_closed": true, "garbage_closed": true, "after": 2}),
+                           "bad_version_closed": true, "garbage_closed": true, "after": 2,
+                           "pipelined_order": [10, 11, 12, 13, 14]}),
         "{out}"
     );
     let reasons: Vec<String> = n
