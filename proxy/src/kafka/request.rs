@@ -503,6 +503,19 @@ mod tests {
         ))
         .unwrap_err();
         assert!(matches!(err, FrameError::Malformed { .. }), "{err}");
+        // An array length of 2^31-1 in an 18-byte request: an error, not a 100 GB reservation that aborts the
+        // process (kafka-protocol is patched for this: proxy/vendor/kafka-protocol/README.md).
+        let err = decode(Bytes::from_static(
+            b"\x00\x00\x00\x03\x00\x00\x00\x01\x00\x00\xff\xff\x00\x01\x00\x00\x13\x88\x7f\xff\xff\xff",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, FrameError::Malformed { .. }), "{err}");
+        // The same for a flexible version's varint-length (compact) array: Produce v9, 2^32-2 topics.
+        let err = decode(Bytes::from_static(
+            b"\x00\x00\x00\x09\x00\x00\x00\x01\x00\x02p1\x00\x00\x00\x01\x00\x00\x13\x88\xff\xff\xff\xff\x0f",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, FrameError::Malformed { .. }), "{err}");
         // Trailing bytes after a valid body are tolerated (the broker sees the frame as sent).
         let mut f = BytesMut::from(
             &frame(
