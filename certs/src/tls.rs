@@ -1,5 +1,10 @@
 //! rustls configurations for node-to-node mTLS: TLS 1.3 only, ALPN `h2`, client certificates required, SVIDs
 //! resolved from the [`SvidStore`] at each handshake (rotation without touching open connections).
+//!
+//! Session resumption is disabled on both sides: a resumed TLS 1.3 session skips certificate verification and
+//! presents the certificate of the original session, so a peer whose SVID expired, whose trust domain was removed
+//! or whose ID is no longer allowed could resume, and a rotated SVID would not be presented. Node-to-node
+//! connections are pooled, so full handshakes are rare.
 
 use std::sync::Arc;
 
@@ -65,6 +70,8 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SvidResolver::new(store.clone())));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 
@@ -82,6 +89,7 @@ pub fn client_config(
         .with_client_cert_resolver(Arc::new(SvidResolver::new(store.clone())));
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }
 
