@@ -18,6 +18,9 @@ pub mod tls;
 pub mod verify;
 pub mod workload_api;
 
+/// The rustls, pki-types and webpki versions this crate's API is built on, for callers that need their types.
+pub use {rustls, rustls_pki_types as pki_types, webpki};
+
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet};
 pub use devca::{DevCa, DevCaError, SvidFiles, write_svid_files};
 pub use source::{DevCaSource, FileSource, SourceError, SourceHandle};
