@@ -37,4 +37,5 @@ pub mod request_framing;
 pub mod request_path;
 pub mod run;
 pub mod tcp;
+pub mod tunnel;
 pub mod upstream;
