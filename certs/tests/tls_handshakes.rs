@@ -283,3 +283,32 @@ async fn tls12_only_client_cannot_connect() {
     assert_eq!(PeerRejection::from_io_error(&err), None);
     assert!(c.is_err());
 }
+
+#[tokio::test]
+async fn a_federated_ca_cannot_vouch_for_ids_of_another_trust_domain() {
+    // Both bundles are trusted, but partner.net's CA signs an example.org ID: the leaf is checked against
+    // example.org's bundle only, so it is an unknown CA.
+    let ours = ca("example.org");
+    let partner = ca("partner.net");
+    let forged = partner
+        .issue_unchecked(
+            &id(WEB),
+            std::time::SystemTime::now(),
+            std::time::SystemTime::now() + HOUR,
+        )
+        .unwrap();
+    let server = store(&ours, API, &[&ours, &partner]);
+    let client = certs::SvidStore::new(forged, bundles(&[&ours]));
+    let (s, _) = mtls(
+        &server,
+        AllowedIds::AnyTrusted,
+        &client,
+        AllowedIds::AnyTrusted,
+    )
+    .await;
+    let r = rejection(&s.unwrap_err());
+    assert!(
+        matches!(r, PeerRejection::UnknownCa { ref trust_domain, .. } if trust_domain.as_str() == "example.org"),
+        "{r:?}"
+    );
+}
