@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use certs::{AllowedIds, PeerRejection, SpiffeId, SvidStore};
@@ -35,9 +35,24 @@ struct PoolKey {
 struct Pooled {
     sender: SendRequest<Empty<Bytes>>,
     peer_id: SpiffeId,
+    /// The node's certificate stops being valid then: no new streams on this connection after it.
+    peer_not_after: SystemTime,
+    /// `SvidStore::generation` of the source when connecting: after a rotation (or bundle change) new streams go
+    /// over a new connection with the new SVID, while streams already open keep the old one.
+    source_generation: u64,
 }
 
-/// Opens tunnels; keeps one HTTP/2 connection per (source identity, destination node) and reuses it while open.
+impl Pooled {
+    fn reusable(&self, source: &SvidStore, expected_node: &AllowedIds) -> bool {
+        !self.sender.is_closed()
+            && expected_node.allows(&self.peer_id)
+            && SystemTime::now() < self.peer_not_after
+            && source.generation() == self.source_generation
+    }
+}
+
+/// Opens tunnels; keeps one HTTP/2 connection per (source identity, destination node) and reuses it while it is
+/// open, the node's certificate is valid and the source's SVID has not rotated since it was made.
 #[derive(Debug)]
 pub struct TunnelClient {
     pool: Mutex<HashMap<PoolKey, Pooled>>,
@@ -81,7 +96,7 @@ impl TunnelClient {
         let reusable = {
             let pool = self.pool.lock().expect("not poisoned");
             pool.get(&key)
-                .filter(|p| !p.sender.is_closed() && expected_node.allows(&p.peer_id))
+                .filter(|p| p.reusable(source, expected_node))
                 .cloned()
         };
         let mut pooled = match reusable {
@@ -136,6 +151,7 @@ impl TunnelClient {
         node: SocketAddr,
         expected_node: &AllowedIds,
     ) -> Result<Pooled, TunnelError> {
+        let source_generation = source.generation();
         let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(node))
             .await
             .unwrap_or_else(|_| {
@@ -159,7 +175,11 @@ impl TunnelClient {
         if conn.alpn_protocol() != Some(certs::ALPN_H2) {
             return Err(TunnelError::NotH2 { node });
         }
-        let peer_id = certs::peer_spiffe_id(conn).expect("the verifier accepted an SVID leaf");
+        let leaf = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| certs::parse_leaf(c).ok())
+            .expect("the verifier accepted an SVID leaf");
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -171,6 +191,11 @@ impl TunnelClient {
                 tracing::debug!(%node, error = %e, "tunnel connection to node proxy ended");
             }
         });
-        Ok(Pooled { sender, peer_id })
+        Ok(Pooled {
+            sender,
+            peer_id: leaf.id,
+            peer_not_after: leaf.not_after,
+            source_generation,
+        })
     }
 }

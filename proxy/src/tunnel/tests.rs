@@ -288,3 +288,35 @@ async fn plain_tcp_to_the_tunnel_port_is_refused_without_reaching_the_handler() 
     assert_eq!(handler.refused.lock().unwrap()[0], None);
     assert!(handler.served.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn source_rotation_moves_new_streams_to_a_new_connection_without_breaking_open_ones() {
+    let ca = ca();
+    let echo = echo_server().await;
+    let handler = Arc::new(Forwarder::default());
+    let node_b = node(&store(&ca, NODE_B), AllowedIds::AnyTrusted, handler.clone()).await;
+    let client = TunnelClient::default();
+    let web = store(&ca, WEB);
+    let expect = AllowedIds::ids([id(NODE_B)]);
+    let mut before = client.open(&web, node_b, &expect, echo).await.unwrap();
+    roundtrip(&mut before, b"before rotation").await;
+
+    web.set_svid(ca.issue_for(&id(WEB), HOUR).unwrap());
+    let mut after = client.open(&web, node_b, &expect, echo).await.unwrap();
+    roundtrip(&mut after, b"after rotation").await;
+    // The stream opened before the rotation still carries data.
+    roundtrip(&mut before, b"old stream still open").await;
+
+    let served = handler.served.lock().unwrap().clone();
+    assert_eq!(served.len(), 2);
+    assert_eq!(served[0].0, served[1].0, "same source identity");
+    assert_ne!(
+        served[0].1, served[1].1,
+        "a new connection after the rotation"
+    );
+    assert_eq!(
+        client.pooled_connections(),
+        1,
+        "the pool keeps only the new connection"
+    );
+}
