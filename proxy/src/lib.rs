@@ -7,6 +7,7 @@
 //! must not re-implement policy semantics; eBPF programs are loaded only through `redirect-ebpf` (see `datapath`).
 
 pub mod activity;
+pub mod certs_cli;
 pub mod config;
 pub mod connection;
 pub mod datapath;
@@ -36,4 +37,5 @@ pub mod request_framing;
 pub mod request_path;
 pub mod run;
 pub mod tcp;
+pub mod tunnel;
 pub mod upstream;

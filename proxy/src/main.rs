@@ -27,6 +27,9 @@ enum Command {
     Observe(Box<tollgate::observe_cli::ObserveArgs>),
     /// Print the CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy CRDs (for clusters without Cilium).
     Crds,
+    /// Development CA: create a CA and issue SPIFFE X.509-SVIDs (demo and tests; not for production).
+    #[command(subcommand)]
+    Certs(tollgate::certs_cli::CertsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
             }
             Err(e) => Err(anyhow::anyhow!("rendering the CRDs: {e}")),
         },
+        Command::Certs(cmd) => tollgate::certs_cli::run(cmd),
         Command::Policy(PolicyCommand::Test { files }) => tollgate::policy_cli::test(&files),
         Command::Policy(PolicyCommand::Validate { paths }) => {
             tollgate::policy_cli::validate(&paths)

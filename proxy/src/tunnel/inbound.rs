@@ -1,0 +1,189 @@
+//! The destination side: an mTLS listener accepting HTTP/2 CONNECT streams from other node proxies.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use certs::{AllowedIds, PeerRejection, SpiffeId, SvidStore};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+/// An accepted tunnel: bytes from a remote workload, authenticated as `peer_id`, addressed to `original_dst`.
+#[derive(Debug)]
+pub struct InboundTunnel {
+    /// The verified SPIFFE ID of the peer (the source workload identity the remote node proxy presented).
+    pub peer_id: SpiffeId,
+    /// The remote node proxy's TCP address.
+    pub peer_addr: SocketAddr,
+    /// The CONNECT `:authority`: where the source workload connected.
+    pub original_dst: SocketAddr,
+    /// The byte stream (AsyncRead + AsyncWrite).
+    pub stream: TokioIo<Upgraded>,
+}
+
+/// What the proxy does with tunnels; see the module docs of `tunnel` for how it maps to policy and flow records.
+pub trait InboundHandler: Send + Sync + 'static {
+    /// Before the CONNECT is answered: `Err(status)` refuses it with that status (e.g. 403 policy denied, 404 not a
+    /// local endpoint).
+    fn admit(&self, peer_id: &SpiffeId, original_dst: SocketAddr) -> Result<(), http::StatusCode> {
+        let _ = (peer_id, original_dst);
+        Ok(())
+    }
+
+    /// Serves an admitted tunnel until it ends.
+    fn serve(&self, tunnel: InboundTunnel) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// A handshake failed. `rejection` is set when our verifier refused the peer's SVID (the reason for a flow
+    /// record); otherwise `error` says what went wrong (not TLS, TLS 1.2, ...).
+    fn refused(
+        &self,
+        peer_addr: SocketAddr,
+        rejection: Option<PeerRejection>,
+        error: &std::io::Error,
+    ) {
+        let _ = (peer_addr, rejection, error);
+    }
+}
+
+/// The tunnel listener: TLS 1.3 + mTLS with the store's SVID, peers allowed by `allowed`, HTTP/2 CONNECT only.
+pub struct TunnelServer<H> {
+    acceptor: TlsAcceptor,
+    handler: Arc<H>,
+    handshake_timeout: Duration,
+}
+
+impl<H> std::fmt::Debug for TunnelServer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelServer")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H> Clone for TunnelServer<H> {
+    fn clone(&self) -> Self {
+        Self {
+            acceptor: self.acceptor.clone(),
+            handler: self.handler.clone(),
+            handshake_timeout: self.handshake_timeout,
+        }
+    }
+}
+
+impl<H: InboundHandler> TunnelServer<H> {
+    pub fn new(
+        store: &Arc<SvidStore>,
+        allowed: AllowedIds,
+        handler: Arc<H>,
+    ) -> Result<Self, certs::rustls::Error> {
+        let config = certs::server_config(store, allowed)?;
+        Ok(Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            handler,
+            handshake_timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// Accepts connections forever (each served on its own task).
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (tcp, peer_addr) = listener.accept().await?;
+            let this = self.clone();
+            tokio::spawn(async move { this.serve_connection(tcp, peer_addr).await });
+        }
+    }
+
+    /// Serves one accepted TCP connection: handshake, then HTTP/2 CONNECT streams until it closes.
+    pub async fn serve_connection(&self, tcp: TcpStream, peer_addr: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let tls =
+            match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    self.handler
+                        .refused(peer_addr, PeerRejection::from_io_error(&e), &e);
+                    return;
+                }
+                Err(_) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "TLS handshake did not finish in time",
+                    );
+                    self.handler.refused(peer_addr, None, &e);
+                    return;
+                }
+            };
+        let Some(peer_id) = certs::peer_spiffe_id(tls.get_ref().1) else {
+            // Unreachable with our verifier (client certificates are mandatory and must be SVIDs).
+            return;
+        };
+        let handler = self.handler.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let handler = handler.clone();
+            let peer_id = peer_id.clone();
+            async move { Ok::<_, Infallible>(handle_request(req, handler, peer_id, peer_addr)) }
+        });
+        if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .serve_connection(TokioIo::new(tls), service)
+            .await
+        {
+            tracing::debug!(%peer_addr, error = %e, "tunnel connection from node proxy ended");
+        }
+    }
+}
+
+fn status(code: http::StatusCode) -> http::Response<Empty<Bytes>> {
+    let mut resp = http::Response::new(Empty::new());
+    *resp.status_mut() = code;
+    resp
+}
+
+fn handle_request<H: InboundHandler>(
+    mut req: http::Request<Incoming>,
+    handler: Arc<H>,
+    peer_id: SpiffeId,
+    peer_addr: SocketAddr,
+) -> http::Response<Empty<Bytes>> {
+    if req.method() != http::Method::CONNECT {
+        return status(http::StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let Some(original_dst) = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        return status(http::StatusCode::BAD_REQUEST);
+    };
+    if let Err(code) = handler.admit(&peer_id, original_dst) {
+        return status(code);
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                handler
+                    .serve(InboundTunnel {
+                        peer_id,
+                        peer_addr,
+                        original_dst,
+                        stream: TokioIo::new(upgraded),
+                    })
+                    .await
+            }
+            Err(e) => {
+                tracing::debug!(%peer_addr, error = %e, "tunnel stream closed before it opened")
+            }
+        }
+    });
+    status(http::StatusCode::OK)
+}
