@@ -121,12 +121,22 @@ fn node() -> KafkaNode {
     }
 }
 
-fn kafka_flows(n: &KafkaNode) -> Vec<Value> {
-    n.scenario
-        .flows()
-        .into_iter()
-        .filter(|f| f["protocol"] == "Kafka")
-        .collect()
+/// The Kafka flow records, once `ready` holds for them (the flow log is written asynchronously; up to 5 s).
+fn kafka_flows(n: &KafkaNode, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut flows = Vec::new();
+    for _ in 0..200 {
+        flows = n
+            .scenario
+            .flows()
+            .into_iter()
+            .filter(|f| f["protocol"] == "Kafka")
+            .collect();
+        if ready(&flows) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    flows
 }
 
 fn probe(
@@ -261,16 +271,19 @@ print(json.dumps(results))
         serde_json::json!([["payments", "TOPIC_AUTHORIZATION_FAILED"]]),
         "{out}"
     );
-    let flows = kafka_flows(&n);
-    assert!(
-        flows.iter().any(|f| f["verdict"] == "DROPPED"
+    let refused_payments = |f: &Value| {
+        f["verdict"] == "DROPPED"
             && f["l7"]["kafka"]["error_code"] == 29
             && f["l7"]["kafka"]["topics"]
                 .as_array()
                 .is_some_and(|t| t.contains(&"payments".into()))
             && f["policy"]
                 .as_str()
-                .is_some_and(|p| p.contains("TOPIC_AUTHORIZATION_FAILED for: payments"))),
+                .is_some_and(|p| p.contains("TOPIC_AUTHORIZATION_FAILED for: payments"))
+    };
+    let flows = kafka_flows(&n, |fs| fs.iter().any(refused_payments));
+    assert!(
+        flows.iter().any(refused_payments),
         "a DROPPED record names payments: {flows:#?}"
     );
 
@@ -319,12 +332,18 @@ print(json.dumps({"got": got, "errors": errors}))
         "consumer group read the produced orders: {out}\n{}",
         n.scenario.proxy_log()
     );
-    let flows = kafka_flows(&n);
-    for key in ["JoinGroup", "SyncGroup", "Fetch", "FindCoordinator"] {
-        assert!(
-            flows.iter().any(|f| f["l7"]["kafka"]["api_key"] == key
+    let keys = ["JoinGroup", "SyncGroup", "Fetch", "FindCoordinator"];
+    let forwarded_from_consumer = |fs: &[Value], key: &str| {
+        fs.iter().any(|f| {
+            f["l7"]["kafka"]["api_key"] == key
                 && f["verdict"] == "FORWARDED"
-                && f["source"]["pod"] == "consumer"),
+                && f["source"]["pod"] == "consumer"
+        })
+    };
+    let flows = kafka_flows(&n, |fs| keys.iter().all(|k| forwarded_from_consumer(fs, k)));
+    for key in keys {
+        assert!(
+            forwarded_from_consumer(&flows, key),
             "a forwarded {key} from the consumer: {flows:#?}"
         );
     }
@@ -471,6 +490,20 @@ print(json.dumps(out))
                            "pipelined_order": [10, 11, 12, 13, 14]}),
         "{out}"
     );
+    // The flow log is written asynchronously: wait until the fourth refusal is there.
+    for _ in 0..200 {
+        let refused = n
+            .scenario
+            .flows()
+            .into_iter()
+            .skip(before)
+            .filter(|f| f["drop_reason"] == "INVALID_REQUEST")
+            .count();
+        if refused >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
     let reasons: Vec<String> = n
         .scenario
         .flows()

@@ -93,11 +93,22 @@ async fn read_request<R: AsyncRead + Unpin>(
         .await
         .map_err(|e| ConnError::Truncated(e, "client"))?;
     let size = request::frame_len(prefix, limit)?;
-    let mut buf = BytesMut::zeroed(4 + size);
-    buf[..4].copy_from_slice(&prefix);
-    r.read_exact(&mut buf[4..])
-        .await
-        .map_err(|e| ConnError::Truncated(e, "client"))?;
+    // Read into uninitialised capacity (no zeroing of a possibly large Produce frame), never past this frame.
+    let mut buf = BytesMut::with_capacity(4 + size);
+    buf.extend_from_slice(&prefix);
+    let mut body = r.take(size as u64);
+    while buf.len() < 4 + size {
+        let n = body
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| ConnError::Truncated(e, "client"))?;
+        if n == 0 {
+            return Err(ConnError::Truncated(
+                std::io::ErrorKind::UnexpectedEof.into(),
+                "client",
+            ));
+        }
+    }
     Ok(Some(buf.freeze()))
 }
 
