@@ -69,9 +69,12 @@ pub fn percentile_curves(path: &Path, title: &str, results: &[RunResult]) -> Res
     Ok(())
 }
 
+/// One target's (offered rate, p50 ms, p99 ms) points, by rate.
+pub type RateSeries = (String, Vec<(f64, f64, f64)>);
+
 /// (label, [(offered rate, p50 ms, p99 ms)]) per target from open-loop groups, in target order.
-pub fn rate_series(groups: &[Vec<RunResult>]) -> Vec<(String, Vec<(f64, f64, f64)>)> {
-    let mut series: Vec<(String, Vec<(f64, f64, f64)>)> = Vec::new();
+pub fn rate_series(groups: &[Vec<RunResult>]) -> Vec<RateSeries> {
+    let mut series: Vec<RateSeries> = Vec::new();
     for g in groups {
         for r in g {
             let Some(rate) = r
