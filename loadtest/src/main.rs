@@ -177,7 +177,7 @@ fn main() -> anyhow::Result<()> {
                     file.display()
                 ));
                 md.push_str(&report::headlines(&result));
-                if !result.idle.is_empty() {
+                if result.idle.iter().any(|i| i.connections > 0) {
                     md.push_str(&report::idle_markdown(&result.idle));
                 }
                 let plots = plots.clone().unwrap_or_else(|| dir.clone());

@@ -88,6 +88,27 @@ pub fn tollgate_policy(port: u16, rules: usize) -> String {
     )
 }
 
+/// Tollgate's DNS policy: the `app: client` pod may query the `app: server` pod's `port` (UDP/TCP) for `rules`
+/// names (matchName), the queried `name` being the last; other names are refused.
+pub fn tollgate_dns_policy(port: u16, rules: usize, name: &str) -> String {
+    let mut dns = String::new();
+    for i in 0..rules.saturating_sub(1) {
+        dns.push_str(&format!(
+            "                - {{matchName: \"host-{i}.load.test\"}}\n"
+        ));
+    }
+    dns.push_str(&format!("                - {{matchName: \"{name}\"}}\n"));
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: load-dns, namespace: default}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n\
+         \x20   - toEndpoints: [{{matchLabels: {{app: server}}}}]\n\
+         \x20     toPorts:\n\
+         \x20       - ports: [{{port: \"{port}\", protocol: ANY}}]\n\
+         \x20         rules:\n\
+         \x20           dns:\n{dns}"
+    )
+}
+
 /// Tollgate's endpoints file for the netns topology's two pods.
 pub fn tollgate_endpoints(client: &str, server: &str) -> String {
     format!(
@@ -128,6 +149,13 @@ mod tests {
         assert!(p.contains("port: \"8090\""));
         // Indentation must nest: the http list sits under rules under toPorts.
         assert!(p.contains("\n          rules:\n            http:\n                - {method"));
+        let d = tollgate_dns_policy(53, 100, "backend");
+        assert_eq!(d.matches("{matchName: ").count(), 100);
+        assert!(
+            d.contains("                - {matchName: \"backend\"}\n")
+                && d.ends_with("\"backend\"}\n")
+        );
+        assert!(d.contains("\n          rules:\n            dns:\n                - {matchName"));
         let e = tollgate_endpoints("10.0.1.10", "10.0.1.20");
         assert!(e.contains("ip: 10.0.1.10}") && e.contains("ip: 10.0.1.20}"));
     }

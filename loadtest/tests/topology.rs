@@ -194,6 +194,91 @@ fn tollgate_row_goes_through_tollgate_and_enforces_the_rules() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+const DNS: &str = r#"
+name = "dns-smoke"
+topology = "netns"
+protocol = "dns"
+duration = 1.5
+warmup = 0.5
+rates = [200.0]
+rules = 10
+[[service]]
+kind = "command"
+name = "authoritative"
+port = 53
+core = 1
+netns = "server"
+cmd = ["dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--user=root", "--pid-file=", "--port=53",
+       "--address=/backend/10.0.0.1", "--address=/other.test/10.0.0.2"]
+[[service]]
+kind = "tollgate"
+name = "tollgate"
+port = 53
+dns_upstream = "10.0.1.20:53"
+[[target]]
+label = "tollgate"
+addr = "169.254.1.1:15053"
+measure = "tollgate"
+"#;
+
+/// Tollgate's DNS proxy answers the allowed name with no errors and refuses a name outside its 10 DNS rules (the
+/// resolver would answer it), so the DNS row really measures tollgate's policy path.
+#[test]
+fn tollgate_dns_row_answers_allowed_names_and_refuses_others() {
+    let _serial = netns_lock();
+    let s = Scenario::parse(Path::new("dns.toml"), DNS).unwrap();
+    let dir = workdir("dns");
+    let env = Env::new(&s, opts()).unwrap_or_else(|e| panic!("{e}"));
+    let mut running = Vec::new();
+    for svc in &s.services {
+        running.push(scenario::start(&s, svc, &dir, &env).unwrap_or_else(|e| panic!("{e}")));
+    }
+    let run = |name: &str| {
+        let cfg = RunConfig {
+            target: tollgate_load::client::Target {
+                addr: "169.254.1.1:15053".parse().unwrap(),
+                authority: name.into(),
+                path: "/".into(),
+                protocol: Protocol::Dns,
+                payload: 0,
+            },
+            mode: Mode::Open {
+                rate: 200.0,
+                duration: Duration::from_secs_f64(1.5),
+            },
+            connections: 4,
+            warmup: Duration::from_millis(500),
+        };
+        env.in_client(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(engine::run(&cfg))
+                .unwrap()
+                .summary()
+        })
+        .unwrap()
+    };
+    let allowed = run(scenario::DNS_NAME);
+    assert!(allowed.requests >= 190, "{allowed:?}");
+    assert_eq!(allowed.errors, 0, "{allowed:?}");
+    let denied = run("other.test");
+    assert!(denied.requests >= 190, "{denied:?}");
+    assert_eq!(
+        denied.errors, denied.requests,
+        "a name outside the rules was answered: {denied:?}"
+    );
+    drop(running);
+    drop(env);
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn kafka_produce_to_tansu() {
     let text = r#"
