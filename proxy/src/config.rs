@@ -145,6 +145,9 @@ pub struct RunArgs {
     /// HTTP/2 max concurrent streams per connection.
     #[arg(long, default_value_t = Limits::default().h2_max_concurrent_streams)]
     pub h2_max_concurrent_streams: u32,
+    /// Largest Kafka frame in bytes; a bigger request or response closes that connection.
+    #[arg(long, default_value_t = Limits::default().kafka_max_frame)]
+    pub kafka_max_frame_bytes: usize,
     #[command(flatten)]
     pub dns: crate::dns::DnsArgs,
     /// Kubernetes mode: policies and endpoints from the API server instead of --policy/--endpoints.
@@ -172,6 +175,7 @@ impl RunArgs {
             max_connections: self.max_connections,
             h2_max_concurrent_streams: self.h2_max_concurrent_streams,
             drain: secs("drain-secs", self.drain_secs)?,
+            kafka_max_frame: self.kafka_max_frame_bytes,
             ..Limits::default()
         })
     }

@@ -1,6 +1,6 @@
 //! One accepted connection: recover the original destination, decide at L3/L4 with the current policy, then
-//! dispatch by what the policy says the port carries: drop, splice opaque TCP, or serve the HTTP family.
-//! Kafka, DNS and the mTLS tunnel slot in here as further `ConnectionPlan` arms.
+//! dispatch by what the policy says the port carries: drop, splice opaque TCP, serve the HTTP family, or Kafka.
+//! DNS has its own listeners (`dns/`); the mTLS tunnel will slot in here as a further `ConnectionPlan` arm.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,9 +36,16 @@ pub struct Proxy {
     pub original_dst: Box<dyn OriginalDst>,
     /// One permit per open downstream connection (`Limits::max_connections`).
     pub connections: Arc<Semaphore>,
+    /// Kafka topic ids learned from Metadata responses (shared: clients learn ids on one connection and use them
+    /// on another).
+    pub kafka_topics: Arc<crate::kafka::TopicIds>,
 }
 
-fn endpoints(proxy: &Proxy, client: SocketAddr, dst: SocketAddr) -> (FlowEndpoint, FlowEndpoint) {
+pub(crate) fn endpoints(
+    proxy: &Proxy,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> (FlowEndpoint, FlowEndpoint) {
     let snap = proxy.policy.current();
     (
         decision::flow_endpoint(&snap, client),
@@ -98,6 +105,7 @@ pub async fn handle(
                     code: 503,
                     ..Default::default()
                 }),
+                kafka: None,
             });
         }
         proxy.flows.record(rec);
@@ -162,6 +170,9 @@ pub async fn handle(
             }
         }
         ConnectionPlan::Http { .. } => serve_http(proxy, stream, client, dst, shutdown).await,
+        ConnectionPlan::Kafka { .. } => {
+            crate::kafka::handler::serve(proxy, stream, client, dst, shutdown).await
+        }
     }
 }
 
@@ -265,6 +276,7 @@ fn record_connection_error(
             protocol: "HTTP/1.1".into(),
             ..Default::default()
         }),
+        kafka: None,
     });
     proxy.flows.record(rec);
 }

@@ -177,7 +177,8 @@ impl Datapath {
             ipv4: Some(opts.proxy_ipv4),
             ipv6: None,
             http_port: opts.http_port,
-            kafka_port: 0,
+            // One listener serves HTTP and Kafka ports: user space reads the port's L7 kind from the policy.
+            kafka_port: opts.http_port,
             dns_port: opts.dns_port,
             tproxy_port: opts.tproxy_port,
             proxy_mark: opts.proxy_mark,

@@ -29,7 +29,13 @@ pub enum ConnectionPlan {
         reason: String,
         direction: Option<TrafficDirection>,
     },
-    /// L7 rules of a kind this build cannot enforce yet (Kafka, DNS over TCP): refuse, fail closed.
+    /// Kafka rules on this port: decode and decide request by request (`kafka::handler`).
+    Kafka {
+        reason: String,
+        direction: Option<TrafficDirection>,
+    },
+    /// L7 rules of a kind this build cannot enforce on a TCP connection (DNS rules on a port other than the DNS
+    /// proxy's): refuse, fail closed.
     Unsupported {
         what: String,
         reason: String,
@@ -96,6 +102,7 @@ pub fn plan_connection(
         },
         (Decision::Allow, None) => ConnectionPlan::Splice { reason, direction },
         (Decision::Allow, Some(L7Kind::Http)) => ConnectionPlan::Http { reason, direction },
+        (Decision::Allow, Some(L7Kind::Kafka)) => ConnectionPlan::Kafka { reason, direction },
         (Decision::Allow, Some(other)) => ConnectionPlan::Unsupported {
             what: format!("{other:?}"),
             reason,

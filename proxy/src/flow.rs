@@ -122,10 +122,28 @@ pub struct DnsInfo {
     pub observation_source: String,
 }
 
+/// One Kafka request and what became of it (Hubble `Kafka` fields, plus the client id and every topic).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KafkaInfo {
+    /// API key name in Kafka's spelling (`Produce`, `Fetch`, `Metadata`, ...).
+    pub api_key: String,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// Topics the request named (ids resolved to names where the proxy has seen them).
+    pub topics: Vec<String>,
+    /// Error code sent back by the proxy (29 TOPIC_AUTHORIZATION_FAILED, ...); 0 for forwarded requests, whose
+    /// responses are relayed without being decoded.
+    pub error_code: i16,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct L7Info {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaInfo>,
 }
 
 /// One flow record (CONTRACT.md field names).

@@ -318,7 +318,10 @@ where
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok()?.parse().ok());
             }
-            rec.l7 = Some(L7Info { http: Some(info) });
+            rec.l7 = Some(L7Info {
+                http: Some(info),
+                ..Default::default()
+            });
             rec.latency_ns = start.elapsed().as_nanos() as u64;
             ctx.proxy.flows.record(rec);
             Ok(resp)

@@ -117,6 +117,12 @@ pub fn to_flow(rec: &FlowRecord, node_name: &str) -> flow::Flow {
                     .collect(),
             })),
         })
+        .or_else(|| {
+            rec.l7
+                .as_ref()
+                .and_then(|l7| l7.kafka.as_ref())
+                .map(|k| kafka_layer7(k, rec.latency_ns))
+        })
         .or_else(|| rec.dns.as_ref().map(|d| dns_layer7(d, rec.latency_ns)));
     let is_l7 = l7.is_some();
     flow::Flow {
@@ -155,6 +161,21 @@ pub fn to_flow(rec: &FlowRecord, node_name: &str) -> flow::Flow {
         uuid: rec.uuid.clone(),
         auth_type: flow::AuthType::Disabled as i32,
         tollgate_policy: rec.policy.clone(),
+    }
+}
+
+/// A Kafka record as Hubble's `Layer7.kafka`: Hubble has one topic field, so several topics are joined with ",".
+fn kafka_layer7(k: &crate::flow::KafkaInfo, latency_ns: u64) -> flow::Layer7 {
+    flow::Layer7 {
+        r#type: flow::L7FlowType::Request as i32,
+        latency_ns,
+        record: Some(flow::layer7::Record::Kafka(flow::Kafka {
+            error_code: i32::from(k.error_code),
+            api_version: i32::from(k.api_version),
+            api_key: k.api_key.to_lowercase(),
+            correlation_id: k.correlation_id,
+            topic: k.topics.join(","),
+        })),
     }
 }
 
@@ -402,6 +423,44 @@ mod tests {
     }
 
     #[test]
+    fn kafka_record_becomes_hubble_kafka() {
+        let a = "10.0.3.10:40000".parse().unwrap();
+        let b = "10.0.3.20:9092".parse().unwrap();
+        let mut rec = FlowRecord::new(
+            Verdict::Dropped,
+            FlowEndpoint::new(a, 256),
+            FlowEndpoint::new(b, 257),
+            "Kafka",
+        );
+        rec.l7 = Some(L7Info {
+            kafka: Some(crate::flow::KafkaInfo {
+                api_key: "Produce".into(),
+                api_version: 9,
+                correlation_id: 4,
+                client_id: Some("p1".into()),
+                topics: vec!["orders".into(), "payments".into()],
+                error_code: 29,
+            }),
+            ..Default::default()
+        });
+        let f = to_flow(&rec, "n");
+        assert_eq!(f.r#type, flow::FlowType::L7 as i32);
+        let Some(flow::layer7::Record::Kafka(k)) = f.l7.unwrap().record else {
+            panic!("no kafka record");
+        };
+        assert_eq!(
+            (
+                k.api_key.as_str(),
+                k.api_version,
+                k.correlation_id,
+                k.error_code
+            ),
+            ("produce", 9, 4, 29)
+        );
+        assert_eq!(k.topic, "orders,payments");
+    }
+
+    #[test]
     fn http_record_becomes_l7_flow() {
         let a = "10.0.0.1:40000".parse().unwrap();
         let b = "10.0.0.2:80".parse().unwrap();
@@ -424,6 +483,7 @@ mod tests {
                 protocol: "HTTP/1.1".into(),
                 ..Default::default()
             }),
+            kafka: None,
         });
         let f = to_flow(&rec, "node-1");
         assert_eq!(f.verdict, flow::Verdict::Dropped as i32);

@@ -27,6 +27,9 @@ pub struct Limits {
     pub drain: Duration,
     /// How long in-flight requests get to finish once connections are asked to close.
     pub shutdown_grace: Duration,
+    /// Largest Kafka request or response frame (brokers' `socket.request.max.bytes` default: 100 MiB); a bigger
+    /// one closes the connection with a flow record.
+    pub kafka_max_frame: usize,
 }
 
 impl Default for Limits {
@@ -41,6 +44,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             drain: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            kafka_max_frame: crate::kafka::request::DEFAULT_MAX_FRAME,
         }
     }
 }

@@ -322,6 +322,7 @@ mod tests {
         r.latency_ns = latency_ns;
         r.l7 = Some(L7Info {
             http: Some(HttpInfo::default()),
+            ..Default::default()
         });
         if verdict == Verdict::Dropped {
             r.drop_reason = Some(DropReason::PolicyDenied);

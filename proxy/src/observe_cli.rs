@@ -430,6 +430,7 @@ mod tests {
                 protocol: "HTTP/1.1".into(),
                 ..Default::default()
             }),
+            kafka: None,
         });
         let flow = crate::hubble::to_flow(&rec, "node-a");
         GetFlowsResponse {

