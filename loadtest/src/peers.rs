@@ -109,6 +109,29 @@ pub fn tollgate_dns_policy(port: u16, rules: usize, name: &str) -> String {
     )
 }
 
+/// Tollgate's Kafka policy: the `app: client` pod may produce to `rules` topics on the `app: server` pod's TCP
+/// `port`, `topic` being the last rule; everything else on that port is denied.
+pub fn tollgate_kafka_policy(port: u16, rules: usize, topic: &str) -> String {
+    let mut kafka = String::new();
+    for i in 0..rules.saturating_sub(1) {
+        kafka.push_str(&format!(
+            "                - {{role: produce, topic: topic-{i}}}\n"
+        ));
+    }
+    kafka.push_str(&format!(
+        "                - {{role: produce, topic: \"{topic}\"}}\n"
+    ));
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: load-kafka, namespace: default}}\n\
+         spec:\n  endpointSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n\
+         \x20   - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n\
+         \x20     toPorts:\n\
+         \x20       - ports: [{{port: \"{port}\", protocol: TCP}}]\n\
+         \x20         rules:\n\
+         \x20           kafka:\n{kafka}"
+    )
+}
+
 /// Tollgate's endpoints file for the netns topology's two pods.
 pub fn tollgate_endpoints(client: &str, server: &str) -> String {
     format!(
@@ -156,6 +179,10 @@ mod tests {
                 && d.ends_with("\"backend\"}\n")
         );
         assert!(d.contains("\n          rules:\n            dns:\n                - {matchName"));
+        let k = tollgate_kafka_policy(9093, 100, "load");
+        assert_eq!(k.matches("{role: produce, topic: ").count(), 100);
+        assert!(k.ends_with("{role: produce, topic: \"load\"}\n") && k.contains("port: \"9093\""));
+        assert!(k.contains("\n          rules:\n            kafka:\n                - {role"));
         let e = tollgate_endpoints("10.0.1.10", "10.0.1.20");
         assert!(e.contains("ip: 10.0.1.10}") && e.contains("ip: 10.0.1.20}"));
     }

@@ -149,8 +149,8 @@ pub enum Service {
         port: u16,
         #[serde(default = "default_tproxy_port")]
         listen_port: u16,
-        /// Policy file to use instead of the generated rules (e.g. Kafka rules); relative to the current
-        /// directory.
+        /// Policy file to use instead of the generated one (`rules` HTTP method+path rules, or for
+        /// `protocol = "kafka"` produce rules with the scenario's topic last); relative to the current directory.
         policy: Option<PathBuf>,
         /// DNS mode: tollgate's DNS proxy listens on the node's gateway address at `dns_port` and forwards to this
         /// resolver (no TPROXY; the client queries it like a node-local DNS cache), with a generated policy of
@@ -592,9 +592,12 @@ pub fn start(
                 })?,
                 None => write(
                     workdir.join("tollgate-policy.yaml"),
-                    &match dns_upstream {
-                        Some(_) => peers::tollgate_dns_policy(*port, s.rules, DNS_NAME),
-                        None => peers::tollgate_policy(*port, s.rules),
+                    &match (dns_upstream, s.protocol) {
+                        (Some(_), _) => peers::tollgate_dns_policy(*port, s.rules, DNS_NAME),
+                        (None, Protocol::Kafka) => {
+                            peers::tollgate_kafka_policy(*port, s.rules, &s.topic)
+                        }
+                        (None, _) => peers::tollgate_policy(*port, s.rules),
                     },
                 )?,
             };

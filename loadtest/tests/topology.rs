@@ -279,6 +279,90 @@ fn tollgate_dns_row_answers_allowed_names_and_refuses_others() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+const KAFKA_TOLLGATE: &str = r#"
+name = "kafka-tollgate-smoke"
+topology = "netns"
+protocol = "kafka"
+topic = "load"
+payload = 100
+duration = 1.5
+warmup = 0.5
+rates = [200.0]
+rules = 10
+[[service]]
+kind = "tansu"
+name = "tansu"
+port = 9092
+extra_ports = [9093]
+[[service]]
+kind = "tollgate"
+name = "tollgate"
+port = 9093
+[[target]]
+label = "tollgate"
+addr = "10.0.1.20:9093"
+measure = "tollgate"
+"#;
+
+/// Produce to the allowed topic passes tollgate's Kafka enforcement with no errors; produce to a topic outside its
+/// 10 rules fails (Tansu itself would accept it: it creates topics on produce), so the Kafka row really goes
+/// through tollgate.
+#[test]
+fn tollgate_kafka_row_allows_the_rule_topic_and_denies_others() {
+    let _serial = netns_lock();
+    let s = Scenario::parse(Path::new("kafka.toml"), KAFKA_TOLLGATE).unwrap();
+    let dir = workdir("kafka-tollgate");
+    let env = Env::new(&s, opts()).unwrap_or_else(|e| panic!("{e}"));
+    let mut running = Vec::new();
+    for svc in &s.services {
+        running.push(scenario::start(&s, svc, &dir, &env).unwrap_or_else(|e| panic!("{e}")));
+    }
+    let run = |topic: &str| {
+        let cfg = RunConfig {
+            target: tollgate_load::client::Target {
+                addr: "10.0.1.20:9093".parse().unwrap(),
+                authority: String::new(),
+                path: topic.into(),
+                protocol: Protocol::Kafka,
+                payload: 100,
+            },
+            mode: Mode::Open {
+                rate: 200.0,
+                duration: Duration::from_secs_f64(1.5),
+            },
+            connections: 4,
+            warmup: Duration::from_millis(500),
+        };
+        env.in_client(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(engine::run(&cfg))
+                .map(|r| r.summary())
+        })
+        .unwrap()
+    };
+    let allowed = run("load").unwrap_or_else(|e| panic!("{e}"));
+    assert!(allowed.requests >= 190, "{allowed:?}");
+    assert_eq!(allowed.errors, 0, "{allowed:?}");
+    // ApiVersions is allowed (the connection opens); every produce to the other topic must fail.
+    let denied = run("not-in-the-policy").unwrap_or_else(|e| panic!("{e}"));
+    assert!(denied.requests >= 190, "{denied:?}");
+    assert_eq!(
+        denied.errors, denied.requests,
+        "a topic outside the rules was accepted: {denied:?}"
+    );
+    drop(running);
+    drop(env);
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn kafka_produce_to_tansu() {
     let text = r#"
