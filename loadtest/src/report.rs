@@ -174,6 +174,8 @@ pub struct Headline {
     pub label: String,
     /// Closed-loop requests per second.
     pub max_rps: Option<f64>,
+    /// Closed-loop rps divided by the baseline row's (direct).
+    pub max_rps_vs_direct: Option<f64>,
     /// Closed-loop rps divided by the proxy's CPU cores used.
     pub rps_per_core: Option<f64>,
     /// p50 / p99 over the baseline row at the reference open-loop rate, ms.
@@ -223,6 +225,12 @@ pub fn headline_rows(r: &ScenarioResult) -> Vec<Headline> {
             let idle = r.idle.iter().find(|i| i.label == label);
             Headline {
                 max_rps: c.as_ref().map(|c| c.summary.achieved_rps),
+                max_rps_vs_direct: c.as_ref().zip(closed.and_then(|g| g.first())).and_then(
+                    |(c, b)| {
+                        (b.summary.achieved_rps > 0.0)
+                            .then(|| c.summary.achieved_rps / b.summary.achieved_rps)
+                    },
+                ),
                 rps_per_core: c.as_ref().and_then(|c| {
                     let p = c.proxy?;
                     let cores = p.cpu_secs / p.wall_secs;
@@ -258,14 +266,16 @@ pub fn headlines(r: &ScenarioResult) -> String {
         .map_or("-".to_string(), |x| x.mode.clone());
     let mut out = format!(
         "Headline figures (added latency and CPU at {reference}; max rps and rps per proxy core from the closed loop):\n\n\
-         | proxy | max rps | rps per proxy core | added p50 ms | added p99 ms | CPU cores per 1000 rps | idle RSS MiB | MiB per 10k idle conns |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n"
+         | proxy | max rps | max rps / direct | rps per proxy core | added p50 ms | added p99 ms | CPU cores per 1000 rps | idle RSS MiB | MiB per 10k idle conns |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for h in &rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             h.label,
             opt(h.max_rps, 0),
+            h.max_rps_vs_direct
+                .map_or("-".into(), |r| format!("{r:.2}x")),
             opt(h.rps_per_core, 0),
             opt(h.added_p50_ms, 2),
             opt(h.added_p99_ms, 2),
@@ -429,6 +439,10 @@ mod tests {
         );
     }
 
+    fn md_row_has(md: &str, prefix: &str) -> bool {
+        md.lines().any(|l| l.starts_with(prefix))
+    }
+
     #[test]
     fn headlines_and_tollgate_ratios() {
         let cost = |cpu| {
@@ -469,6 +483,11 @@ mod tests {
         let h = headline_rows(&r);
         assert_eq!(h.len(), 2);
         assert_eq!(h[0].rps_per_core, Some(20000.0));
+        assert_eq!(h[0].max_rps_vs_direct, Some(0.4));
+        assert!(md_row_has(
+            &headlines(&r),
+            "| tollgate | 20000 | 0.40x | 20000 |"
+        ));
         assert_eq!(h[0].added_p99_ms, Some(2.0));
         assert_eq!(h[0].cores_per_krps, Some(0.1));
         assert_eq!(h[0].mib_per_10k_idle, Some(10.0));
