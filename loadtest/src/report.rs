@@ -292,9 +292,11 @@ pub fn headlines(r: &ScenarioResult) -> String {
                  | ratio | rps per proxy core | added p99 | CPU per 1000 rps | idle RSS | memory per 10k idle conns |\n\
                  |---|---:|---:|---:|---:|---:|\n",
             );
+            // Only positive figures make a meaningful ratio: an added latency can come out at or below zero when
+            // the baseline's own tail noise is larger than the proxy's cost.
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                (Some(a), Some(b)) if b != 0.0 => format!("{:.2}x", a / b),
-                _ => "-".into(),
+                (Some(a), Some(b)) if a > 0.0 && b > 0.0 => format!("{:.2}x", a / b),
+                _ => "n/a".into(),
             };
             for o in others {
                 out.push_str(&format!(
@@ -494,6 +496,32 @@ mod tests {
         let md = headlines(&r);
         assert!(
             md.contains("| tollgate / nginx | 2.00x | 0.50x | 0.50x | 1.00x | 0.25x |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn ratios_of_non_positive_added_latency_are_na() {
+        let cost = Some(ProxyCost {
+            cpu_secs: 1.0,
+            wall_secs: 10.0,
+            rss_kib: 1024,
+        });
+        let mut g = vec![
+            result("direct", 1000.0, 4000),
+            result("tollgate", 1000.0, 5000),
+            result("nginx", 1000.0, 3800),
+        ];
+        g.iter_mut().for_each(|r| r.mode = "open@1000rps".into());
+        g[1].proxy = cost;
+        g[2].proxy = cost;
+        let md = headlines(&ScenarioResult {
+            name: "s".into(),
+            groups: vec![g],
+            idle: vec![],
+        });
+        assert!(
+            md.contains("| tollgate / nginx | n/a | n/a | 1.00x |"),
             "{md}"
         );
     }
