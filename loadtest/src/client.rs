@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
 use crate::dns::DnsConn;
+use crate::kafka::{KafkaConn, KafkaError};
 
 /// Wire protocol of a load target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -24,6 +25,8 @@ pub enum Protocol {
     Grpc,
     /// DNS A queries over UDP for `authority`; success needs RCODE 0.
     Dns,
+    /// Kafka Produce of one `payload`-byte record to partition 0 of topic `path`; success needs error code 0.
+    Kafka,
 }
 
 /// Where and what to send.
@@ -54,6 +57,13 @@ pub enum ClientError {
         protocol: Protocol,
         source: hyper::Error,
     },
+    #[error(
+        "Kafka connection to {addr}: {source} (is a broker listening there, with the topic created?)"
+    )]
+    Kafka {
+        addr: SocketAddr,
+        source: KafkaError,
+    },
     #[error("building the request for path {path:?}: {source} (check --path / --authority)")]
     Request { path: String, source: http::Error },
 }
@@ -62,6 +72,7 @@ enum Sender {
     H1(http1::SendRequest<Full<Bytes>>),
     H2(http2::SendRequest<Full<Bytes>>),
     Dns(DnsConn),
+    Kafka(KafkaConn),
 }
 
 /// An open connection that sends the target's request repeatedly.
@@ -102,8 +113,8 @@ fn request_parts(target: &Target) -> Result<http::request::Parts, ClientError> {
     };
     let mut b = http::Request::builder();
     b = match target.protocol {
-        // DNS never sends these parts; building them keeps one code path.
-        Protocol::Http1 | Protocol::Dns => b
+        // DNS and Kafka never send these parts; building them keeps one code path.
+        Protocol::Http1 | Protocol::Dns | Protocol::Kafka => b
             .uri(target.path.as_str())
             .header(http::header::HOST, target.authority.as_str()),
         // HTTP/2 carries the authority in the URI (:authority pseudo-header).
@@ -142,6 +153,24 @@ impl Connection {
                 grpc: false,
             });
         }
+        if target.protocol == Protocol::Kafka {
+            let conn = KafkaConn::open(
+                target.addr,
+                target.path.trim_start_matches('/'),
+                target.payload,
+            )
+            .await
+            .map_err(|source| ClientError::Kafka {
+                addr: target.addr,
+                source,
+            })?;
+            return Ok(Self {
+                sender: Sender::Kafka(conn),
+                request,
+                body: Bytes::new(),
+                grpc: false,
+            });
+        }
         let stream =
             TcpStream::connect(target.addr)
                 .await
@@ -162,7 +191,7 @@ impl Connection {
                 tokio::spawn(conn);
                 Sender::H1(s)
             }
-            Protocol::Http2 | Protocol::Grpc | Protocol::Dns => {
+            Protocol::Http2 | Protocol::Grpc | Protocol::Dns | Protocol::Kafka => {
                 let (s, conn) = http2::handshake(TokioExecutor::new(), io)
                     .await
                     .map_err(hs)?;
@@ -184,6 +213,7 @@ impl Connection {
         let req = http::Request::from_parts(self.request.clone(), Full::new(self.body.clone()));
         let resp = match &mut self.sender {
             Sender::Dns(d) => return d.query().await,
+            Sender::Kafka(k) => return k.produce().await,
             Sender::H1(s) => {
                 if s.ready().await.is_err() {
                     return false;

@@ -7,9 +7,12 @@
 pub mod client;
 pub mod dns;
 pub mod engine;
+pub mod kafka;
+pub mod netns;
 pub mod peers;
 pub mod plot;
 pub mod procstat;
+pub mod progress;
 pub mod report;
 pub mod scenario;
 pub mod schedule;

