@@ -33,6 +33,9 @@ use crate::upstream::connect_marked;
 /// default `max.in.flight` is 1,000,000 but it sends far fewer; Java's is 5).
 const MAX_IN_FLIGHT: usize = 1024;
 
+/// Broker responses up to this size are read whole and written in one go; larger ones are streamed.
+const SMALL_RESPONSE: usize = 64 * 1024;
+
 /// What the client is owed next, in request order.
 #[derive(Debug)]
 enum Owed {
@@ -361,7 +364,31 @@ pub async fn serve(
                                 }
                                 .map_err(|e| ConnError::Truncated(e, "client"))?;
                             }
+                            _ if size <= SMALL_RESPONSE => {
+                                // Most responses (Produce acks, Metadata, group calls) are small: one buffer, one
+                                // write, so the client gets one segment rather than a header and a body.
+                                let mut buf = BytesMut::with_capacity(4 + size);
+                                buf.extend_from_slice(&head);
+                                let mut body = (&mut up_r).take((size - 4) as u64);
+                                while buf.len() < 4 + size {
+                                    let n = body
+                                        .read_buf(&mut buf)
+                                        .await
+                                        .map_err(|e| ConnError::Truncated(e, "broker"))?;
+                                    if n == 0 {
+                                        return Err(ConnError::Truncated(
+                                            std::io::ErrorKind::UnexpectedEof.into(),
+                                            "broker",
+                                        ));
+                                    }
+                                }
+                                down_w
+                                    .write_all(&buf)
+                                    .await
+                                    .map_err(|e| ConnError::Truncated(e, "client"))?;
+                            }
                             _ => {
+                                // Large (Fetch) responses are streamed, not buffered whole.
                                 down_w
                                     .write_all(&head)
                                     .await
