@@ -20,6 +20,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
+/// Idle pooled connections kept per (original destination, HTTP version).
+pub const MAX_IDLE_PER_DESTINATION: usize = 64;
+
 /// The default `SO_MARK` on proxy-originated sockets.
 pub const DEFAULT_MARK: u32 = 0xb00;
 
@@ -138,7 +141,11 @@ impl UpstreamPool {
             map.clear();
         }
         let mut b = Client::builder(TokioExecutor::new());
+        // Idle upstream connections beyond this are closed: each holds hyper's buffers (~16 KiB), and a burst of N
+        // concurrent client requests would otherwise park N idle sockets per destination for 90 s (nginx's
+        // `keepalive` and Envoy's per-host pools cap this too).
         b.pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(MAX_IDLE_PER_DESTINATION)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         // The client's own Host header must reach the server untouched; hyper only fills it when absent.
