@@ -62,6 +62,8 @@ struct CompiledRule {
     rule: RuleRef,
     peers: CompiledPeers,
     ports: Vec<CompiledPortRule>,
+    /// `authentication.mode: required`.
+    auth_required: bool,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +93,8 @@ enum DirOutcome<'a> {
     Allowed {
         by: Option<RuleRef>,
         l7: Vec<(&'a CompiledRule, &'a CompiledPortRule)>,
+        /// Some allow rule matching this peer and port requires mutual authentication (required wins).
+        auth: bool,
     },
 }
 
@@ -274,6 +278,17 @@ impl PolicyEngine {
                 return DirOutcome::Denied(rule.rule.clone());
             }
         }
+        // Required wins: any allow rule for this peer and port that requires authentication makes the connection
+        // need it, whichever rule allows it first.
+        let auth = d.allow.iter().any(|&r| {
+            let rule = &self.rules[r];
+            rule.auth_required
+                && self.peer_matches(&rule.peers, peer, peer_ip, names)
+                && rule
+                    .ports
+                    .iter()
+                    .any(|pr| pr.ports.iter().any(|p| self.port_matches(p, flow)))
+        });
         let mut l7 = Vec::new();
         for &r in &d.allow {
             let rule: &CompiledRule = &self.rules[r];
@@ -284,6 +299,7 @@ impl PolicyEngine {
                 return DirOutcome::Allowed {
                     by: Some(rule.rule.clone()),
                     l7: Vec::new(),
+                    auth,
                 };
             }
             for pr in &rule.ports {
@@ -294,6 +310,7 @@ impl PolicyEngine {
                             return DirOutcome::Allowed {
                                 by: Some(rule.rule.clone()),
                                 l7: Vec::new(),
+                                auth,
                             };
                         }
                         Some(_) => l7.push((rule, pr)),
@@ -302,7 +319,7 @@ impl PolicyEngine {
             }
         }
         if !l7.is_empty() {
-            DirOutcome::Allowed { by: None, l7 }
+            DirOutcome::Allowed { by: None, l7, auth }
         } else if d.default_deny {
             DirOutcome::NoMatch(subject)
         } else {
@@ -320,10 +337,12 @@ impl PolicyEngine {
         (
             Vec<RuleRef>,
             [(Direction, Vec<(&'a CompiledRule, &'a CompiledPortRule)>); 2],
+            bool,
         ),
         Reason,
     > {
         let mut by = Vec::new();
+        let mut auth_required = false;
         let mut out: [(Direction, Vec<_>); 2] = [
             (Direction::Egress, Vec::new()),
             (Direction::Ingress, Vec::new()),
@@ -339,13 +358,14 @@ impl PolicyEngine {
                         endpoint,
                     });
                 }
-                DirOutcome::Allowed { by: b, l7 } => {
+                DirOutcome::Allowed { by: b, l7, auth } => {
                     by.extend(b);
                     slot.1 = l7;
+                    auth_required |= auth;
                 }
             }
         }
-        Ok((by, out))
+        Ok((by, out, auth_required))
     }
 
     /// Verdict for a new connection. `cache`/`now` resolve `toFQDNs` peers (names already on the flow count too).
@@ -357,8 +377,9 @@ impl PolicyEngine {
                 decision: Decision::Deny,
                 l7: None,
                 reason,
+                auth_required: false,
             },
-            Ok((mut by, dirs)) => {
+            Ok((mut by, dirs, auth_required)) => {
                 let mut l7 = None;
                 for (_, list) in &dirs {
                     if let Some((rule, pr)) = list.first() {
@@ -370,6 +391,7 @@ impl PolicyEngine {
                     decision: Decision::Allow,
                     l7,
                     reason: Reason::Allowed { by },
+                    auth_required,
                 }
             }
         }
@@ -383,7 +405,7 @@ impl PolicyEngine {
         check: impl Fn(&[(&CompiledRule, &CompiledPortRule)]) -> Option<(RuleRef, Vec<HeaderAction>)>,
     ) -> RequestVerdict {
         let names: Vec<String> = flow.dst_names.iter().map(|n| normalize_name(n)).collect();
-        let (mut by, dirs) = match self.eval_flow(flow, &names) {
+        let (mut by, dirs, _auth) = match self.eval_flow(flow, &names) {
             Ok(x) => x,
             Err(reason) => {
                 return RequestVerdict {
@@ -587,12 +609,22 @@ impl PolicyEngine {
         for ((identity, direction), d) in all {
             let (identity, direction) = (&identity, &direction);
             for &r in &d.allow {
-                for pr in &self.rules[r].ports {
-                    let Some(l7) = &pr.l7 else { continue };
+                let rule = &self.rules[r];
+                for pr in &rule.ports {
+                    // Ports with L7 rules, and ports whose rule requires authentication (the proxy must see those
+                    // connections to refuse plain ones).
+                    let kind = match &pr.l7 {
+                        Some(l7) => Some(l7.kind()),
+                        None if rule.auth_required => None,
+                        None => continue,
+                    };
                     for p in &pr.ports {
-                        let protos: &[Protocol] = match p.protocol {
-                            Some(ref x) => std::slice::from_ref(x),
-                            None => &[Protocol::Tcp, Protocol::Udp],
+                        let protos: Vec<Protocol> = match (p.protocol, kind) {
+                            // Authentication is carried by the TCP tunnel only.
+                            (Some(Protocol::Tcp) | None, None) => vec![Protocol::Tcp],
+                            (Some(_), None) => continue,
+                            (Some(x), Some(_)) => vec![x],
+                            (None, Some(_)) => vec![Protocol::Tcp, Protocol::Udp],
                         };
                         let ranges: Vec<(u16, u16)> = match &p.port {
                             PortSel::Range(lo, hi) => vec![(*lo, *hi)],
@@ -603,7 +635,7 @@ impl PolicyEngine {
                                 .filter_map(|(ep, _)| ep.named_ports.get(name).map(|p| (*p, *p)))
                                 .collect(),
                         };
-                        for proto in protos {
+                        for proto in &protos {
                             for (lo, hi) in &ranges {
                                 out.insert(L7Port {
                                     identity: *identity,
@@ -611,7 +643,7 @@ impl PolicyEngine {
                                     port: *lo,
                                     end_port: *hi,
                                     protocol: *proto,
-                                    kind: l7.kind(),
+                                    kind,
                                 });
                             }
                         }
@@ -793,5 +825,6 @@ fn compile_rule(
         },
         peers,
         ports,
+        auth_required: r.auth_required,
     })
 }

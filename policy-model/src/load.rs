@@ -130,6 +130,8 @@ pub(crate) struct Rule {
     pub peers: Peers,
     /// Empty = every port, no L7.
     pub ports: Vec<PortRule>,
+    /// `authentication.mode: required`: only mutually authenticated connections may use this allow rule.
+    pub auth_required: bool,
 }
 
 /// Split a serde_yaml message `path: reason at line L column C` into (path, reason).
@@ -627,11 +629,44 @@ fn cilium_rule(
     } else {
         Peers::Nothing
     };
+    let auth_required = match &r.authentication {
+        None => false,
+        Some(a) => {
+            let field = format!("{path}.authentication.mode");
+            if deny {
+                return Err(ctx.err(
+                    format!("{path}.authentication"),
+                    "authentication applies to allow rules only; remove it from this deny rule",
+                ));
+            }
+            match a.mode.as_str() {
+                "required" => {
+                    // Tollgate sees only the ports it is given: a rule for every port cannot be diverted.
+                    if ports.is_empty() {
+                        return Err(ctx.err(
+                            field,
+                            "authentication: required needs toPorts (Tollgate diverts only listed TCP ports to \
+                             check authentication); list the ports",
+                        ));
+                    }
+                    true
+                }
+                "disabled" => false,
+                other => {
+                    return Err(ctx.err(
+                        field,
+                        format!("unknown mode {other:?}; use \"required\" or \"disabled\""),
+                    ));
+                }
+            }
+        }
+    };
     Ok(Rule {
         index,
         deny,
         peers,
         ports,
+        auth_required,
     })
 }
 
@@ -938,6 +973,7 @@ fn load_netpol(ctx: &Ctx, doc: NetPolDoc) -> Result<Policy, PolicyError> {
                     deny: false,
                     peers,
                     ports,
+                    auth_required: false,
                 });
             }
             Ok(out)

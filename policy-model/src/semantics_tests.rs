@@ -688,7 +688,7 @@ fn dns_rules_select_egress_and_redirect_both_transports() {
     let ports = w.engine.l7_ports();
     let protos: Vec<Protocol> = ports
         .iter()
-        .filter(|p| p.kind == L7Kind::Dns)
+        .filter(|p| p.kind == Some(L7Kind::Dns))
         .map(|p| p.protocol)
         .collect();
     assert_eq!(protos, vec![Protocol::Tcp, Protocol::Udp]);
@@ -1098,7 +1098,7 @@ fn l7_ports_lists_what_to_redirect() {
             port: 8080,
             end_port: 8080,
             protocol: Protocol::Tcp,
-            kind: L7Kind::Http
+            kind: Some(L7Kind::Http)
         }]
     );
 }
@@ -1107,4 +1107,94 @@ fn l7_ports_lists_what_to_redirect() {
 fn engine_is_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<PolicyEngine>();
+}
+
+// ---------- authentication.mode ----------
+
+fn auth_policy(mode: &str, ports: bool) -> String {
+    let ports = if ports {
+        "\n      toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: mtls, namespace: prod}}
+spec:
+  endpointSelector: {{matchLabels: {{app: api}}}}
+  ingress:
+    - fromEndpoints: [{{matchLabels: {{app: web}}}}]
+      authentication: {{mode: {mode}}}{ports}
+    - fromEndpoints: [{{matchLabels: {{app: batch}}}}]
+      toPorts: [{{ports: [{{port: \"8080\", protocol: TCP}}]}}]
+"
+    )
+}
+
+#[test]
+fn authentication_required_marks_the_connection_and_its_port() {
+    let w = world(&auth_policy("required", true));
+    let c = w.conn(WEB, API, 8080);
+    assert_eq!(c.decision, Decision::Allow);
+    assert!(
+        c.auth_required,
+        "web -> api:8080 needs mutual authentication"
+    );
+    let plain = w.conn(BATCH, API, 8080);
+    assert_eq!(plain.decision, Decision::Allow);
+    assert!(!plain.auth_required, "batch's rule does not ask for it");
+    assert_eq!(w.conn(WEB, API, 9090).decision, Decision::Deny);
+    // The port is diverted to the proxy although it has no L7 rules, for TCP only.
+    let api_id = w
+        .engine
+        .flow(ip(WEB), ip(API), 8080, Protocol::Tcp)
+        .dst_identity;
+    let ports: Vec<L7Port> = w
+        .engine
+        .l7_ports()
+        .into_iter()
+        .filter(|p| p.identity == api_id)
+        .collect();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(
+        (ports[0].port, ports[0].protocol, ports[0].kind),
+        (8080, Protocol::Tcp, None)
+    );
+    // Disabled is the same as absent.
+    let w = world(&auth_policy("disabled", true));
+    assert!(!w.conn(WEB, API, 8080).auth_required);
+    assert!(w.engine.l7_ports().is_empty());
+}
+
+#[test]
+fn authentication_required_wins_over_a_plain_allow_for_the_same_peer() {
+    let yaml = format!(
+        "{}    - fromEndpoints: [{{matchLabels: {{app: web}}}}]\n      toPorts: [{{ports: [{{port: \"8080\"}}]}}]\n",
+        auth_policy("required", true)
+    );
+    let w = world(&yaml);
+    assert!(w.conn(WEB, API, 8080).auth_required);
+}
+
+#[test]
+fn authentication_validation_names_the_field() {
+    let e = one_error(&auth_policy("sometimes", true));
+    assert_eq!(e.field_path, "spec.ingress[0].authentication.mode");
+    assert!(e.reason.contains("\"required\" or \"disabled\""), "{e:?}");
+    let e = one_error(&auth_policy("required", false));
+    assert_eq!(e.field_path, "spec.ingress[0].authentication.mode");
+    assert!(e.reason.contains("toPorts"), "{e:?}");
+    let deny = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: d, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: api}}
+  ingressDeny:
+    - fromEndpoints: [{matchLabels: {app: web}}]
+      authentication: {mode: required}
+      toPorts: [{ports: [{port: \"8080\"}]}]
+";
+    let e = one_error(deny);
+    assert_eq!(e.field_path, "spec.ingressDeny[0].authentication");
 }

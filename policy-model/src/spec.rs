@@ -67,6 +67,14 @@ pub(crate) struct CiliumRule {
     #[serde(rename = "toFQDNs")]
     pub to_fqdns: Option<Vec<FqdnSpec>>,
     pub to_ports: Option<Vec<PortRuleSpec>>,
+    /// `authentication: {mode: required|disabled}` (Cilium mutual authentication).
+    pub authentication: Option<AuthenticationSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthenticationSpec {
+    pub mode: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -210,6 +210,9 @@ pub struct ConnectionVerdict {
     /// `Some(kind)`: allowed only request by request; the proxy must parse and ask the request queries.
     pub l7: Option<L7Kind>,
     pub reason: Reason,
+    /// An allowing rule has `authentication.mode: required`: only a mutually authenticated connection (the node
+    /// proxies' mTLS tunnel) may use it; a plain connection must be refused (Hubble drop reason AUTH_REQUIRED).
+    pub auth_required: bool,
 }
 
 /// A header change requested by `headerMatches` with a `mismatch` action.
@@ -237,7 +240,8 @@ pub struct L7Port {
     pub port: u16,
     pub end_port: u16,
     pub protocol: Protocol,
-    pub kind: L7Kind,
+    /// The L7 parser the port needs; `None` for a port diverted only because its rule requires authentication.
+    pub kind: Option<L7Kind>,
 }
 
 /// An HTTP (or gRPC: `POST /pkg.Service/Method`) request.

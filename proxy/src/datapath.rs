@@ -114,9 +114,12 @@ impl DatapathPlan {
                 policy_model::Direction::Egress => Direction::Egress,
             };
             let kind = match p.kind {
-                policy_model::L7Kind::Http => L7Kind::Http,
-                policy_model::L7Kind::Kafka => L7Kind::Kafka,
-                policy_model::L7Kind::Dns => L7Kind::Dns,
+                Some(policy_model::L7Kind::Http) => L7Kind::Http,
+                // A port diverted only because its rule requires authentication goes to the main listener too:
+                // the proxy refuses plain connections there (AUTH_REQUIRED).
+                None => L7Kind::Http,
+                Some(policy_model::L7Kind::Kafka) => L7Kind::Kafka,
+                Some(policy_model::L7Kind::Dns) => L7Kind::Dns,
             };
             let r = L7Redirect {
                 identity: p.identity.0,

@@ -94,6 +94,9 @@ pub fn plan_connection(
         .connection(&flow, &snap.fqdn.read(), SystemTime::now());
     let reason = v.reason.to_string();
     let direction = direction_of(&v.reason);
+    if v.decision == Decision::Allow && v.auth_required {
+        return auth_required_drop(reason, direction);
+    }
     match (v.decision, v.l7) {
         (Decision::Deny, _) => ConnectionPlan::Drop {
             reason,
@@ -109,6 +112,24 @@ pub fn plan_connection(
             direction,
         },
     }
+}
+
+/// Connections arriving here are plain TCP (the node-to-node mTLS tunnel is not wired into the connection path
+/// yet), so a rule requiring mutual authentication can only refuse them: fail closed, never allow unauthenticated.
+fn auth_required_drop(reason: String, direction: Option<TrafficDirection>) -> ConnectionPlan {
+    ConnectionPlan::Drop {
+        reason: format!(
+            "{reason}; the rule requires mutual authentication (authentication.mode: required) and this \
+             connection was not authenticated"
+        ),
+        drop_reason: DropReason::AuthRequired,
+        direction,
+    }
+}
+
+/// Whether a connection verdict requires authentication that a plain connection cannot give.
+pub fn needs_auth(conn: &crate::policy_adapter::ConnectionVerdict) -> bool {
+    conn.decision == Decision::Allow && conn.auth_required
 }
 
 /// Decides one HTTP request against the snapshot current when it arrived. The connection verdict is re-evaluated
@@ -128,6 +149,16 @@ pub fn decide_request(
     let conn = snap
         .engine
         .connection(&flow, &snap.fqdn.read(), SystemTime::now());
+    if needs_auth(&conn) {
+        return RequestDecision::Deny {
+            reason: format!(
+                "{}; the rule now requires mutual authentication and this connection was not authenticated",
+                conn.reason
+            ),
+            drop_reason: DropReason::AuthRequired,
+            direction: direction_of(&conn.reason),
+        };
+    }
     match (conn.decision, conn.l7) {
         (Decision::Deny, _) => RequestDecision::Deny {
             reason: conn.reason.to_string(),
@@ -179,5 +210,72 @@ pub fn flow_endpoint(snap: &PolicySnapshot, addr: SocketAddr) -> FlowEndpoint {
     match snap.endpoints.by_ip(addr.ip()) {
         Some(e) => ep.with_pod(&e.namespace, &e.name, &e.labels),
         None => ep,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: mtls, namespace: prod}
+spec:
+  endpointSelector: {matchLabels: {app: api}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: web}}]
+      authentication: {mode: required}
+      toPorts:
+        - ports: [{port: \"8080\", protocol: TCP}]
+          rules: {http: [{method: GET}]}
+    - fromEndpoints: [{matchLabels: {app: batch}}]
+      toPorts: [{ports: [{port: \"9090\", protocol: TCP}]}]
+";
+    const ENDPOINTS: &str = "endpoints:
+  - {name: web, namespace: prod, labels: {app: web}, ip: 10.0.1.10}
+  - {name: batch, namespace: prod, labels: {app: batch}, ip: 10.0.1.11}
+  - {name: api, namespace: prod, labels: {app: api}, ip: 10.0.1.20}
+";
+
+    /// A plain connection to a port whose rule requires mutual authentication is refused with AUTH_REQUIRED (the
+    /// tunnel is the only way to satisfy it), also per request after a reload; other rules are unaffected.
+    #[test]
+    fn authentication_required_refuses_plain_connections() {
+        let snap = crate::policy_source::compile(
+            &[("p.yaml".into(), POLICY.into())],
+            ("e.yaml", ENDPOINTS),
+            1,
+        )
+        .unwrap();
+        let web: SocketAddr = "10.0.1.10:40000".parse().unwrap();
+        let batch: SocketAddr = "10.0.1.11:40000".parse().unwrap();
+        let api = |port| SocketAddr::new("10.0.1.20".parse().unwrap(), port);
+        match plan_connection(&snap, web, api(8080)) {
+            ConnectionPlan::Drop {
+                drop_reason,
+                reason,
+                direction,
+            } => {
+                assert_eq!(drop_reason, DropReason::AuthRequired);
+                assert!(reason.contains("authentication.mode: required"), "{reason}");
+                assert_eq!(direction, Some(TrafficDirection::Ingress));
+            }
+            other => panic!("{other:?}"),
+        }
+        let d = decide_request(&snap, web, api(8080), "GET", "/", "api", &[]);
+        assert!(
+            matches!(
+                d,
+                RequestDecision::Deny {
+                    drop_reason: DropReason::AuthRequired,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        assert!(matches!(
+            plan_connection(&snap, batch, api(9090)),
+            ConnectionPlan::Splice { .. }
+        ));
     }
 }

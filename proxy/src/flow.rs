@@ -40,6 +40,8 @@ pub enum DropReason {
     UpstreamError,
     /// The port needs a protocol parser this build does not have yet: fail closed.
     UnsupportedProtocol,
+    /// The allowing rule requires mutual authentication and the connection was not authenticated (Hubble 189).
+    AuthRequired,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -34,6 +34,7 @@ pub fn drop_reason(r: Option<DropReason>) -> flow::DropReason {
     match r {
         Some(DropReason::PolicyDenied) => flow::DropReason::PolicyDenied,
         Some(DropReason::PolicyDeny) => flow::DropReason::PolicyDeny,
+        Some(DropReason::AuthRequired) => flow::DropReason::AuthRequired,
         _ => flow::DropReason::Unknown,
     }
 }

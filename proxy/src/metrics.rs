@@ -80,6 +80,7 @@ fn drop_name(r: crate::flow::DropReason) -> &'static str {
         LimitExceeded => "LIMIT_EXCEEDED",
         UpstreamError => "UPSTREAM_ERROR",
         UnsupportedProtocol => "UNSUPPORTED_PROTOCOL",
+        AuthRequired => "AUTH_REQUIRED",
     }
 }
 

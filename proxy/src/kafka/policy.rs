@@ -97,6 +97,17 @@ pub fn decide(
         .engine
         .connection(&flow, &snap.fqdn.read(), SystemTime::now());
     let direction = crate::policy_adapter::direction(&conn.reason);
+    if crate::decision::needs_auth(&conn) {
+        return KafkaDecision::Deny {
+            reason: format!(
+                "{}; the rule now requires mutual authentication and this connection was not authenticated",
+                conn.reason
+            ),
+            drop_reason: DropReason::AuthRequired,
+            direction,
+            error_code: code::TOPIC_AUTHORIZATION_FAILED,
+        };
+    }
     match (conn.decision, conn.l7) {
         (Decision::Deny, _) => KafkaDecision::Deny {
             reason: conn.reason.to_string(),
