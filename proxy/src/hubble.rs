@@ -424,6 +424,14 @@ mod tests {
     }
 
     #[test]
+    fn drop_reasons_map_to_hubble_numbers() {
+        assert_eq!(drop_reason(Some(DropReason::PolicyDenied)) as i32, 133);
+        assert_eq!(drop_reason(Some(DropReason::PolicyDeny)) as i32, 181);
+        assert_eq!(drop_reason(Some(DropReason::AuthRequired)) as i32, 189);
+        assert_eq!(drop_reason(Some(DropReason::InvalidRequest)) as i32, 0);
+    }
+
+    #[test]
     fn kafka_record_becomes_hubble_kafka() {
         let a = "10.0.3.10:40000".parse().unwrap();
         let b = "10.0.3.20:9092".parse().unwrap();
