@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use crate::policy_adapter::{Decision, HeaderAction, HttpRequest, L7Kind, Protocol, Reason};
+use crate::policy_adapter::{
+    ConnectionVerdict, Decision, HeaderAction, HttpRequest, L7Kind, Protocol, Reason,
+};
 
 use crate::flow::{DropReason, FlowEndpoint, TrafficDirection};
 use crate::policy_source::PolicySnapshot;
@@ -68,7 +70,7 @@ impl RequestDecision {
 }
 
 /// Deny rules are reported as POLICY_DENY (Hubble 181); everything else denied is POLICY_DENIED (133).
-fn drop_reason_of(reason: &Reason) -> DropReason {
+pub(crate) fn drop_reason_of(reason: &Reason) -> DropReason {
     if crate::policy_adapter::is_deny_rule(reason) {
         DropReason::PolicyDeny
     } else {
@@ -80,18 +82,37 @@ fn direction_of(reason: &Reason) -> Option<TrafficDirection> {
     crate::policy_adapter::direction(reason)
 }
 
-/// Decides a new TCP connection from `client` to its original destination `dst`.
-pub fn plan_connection(
+/// The flow of a TCP connection and its L3/L4 verdict under `snap`, now (FQDN-learned names included). Every
+/// per-request decision re-runs it, so a reload applies to open connections.
+pub(crate) fn connection_verdict(
     snap: &PolicySnapshot,
     client: SocketAddr,
     dst: SocketAddr,
-) -> ConnectionPlan {
+) -> (crate::policy_adapter::Flow, ConnectionVerdict) {
     let flow = snap
         .engine
         .flow(client.ip(), dst.ip(), dst.port(), Protocol::Tcp);
     let v = snap
         .engine
         .connection(&flow, &snap.fqdn.read(), SystemTime::now());
+    (flow, v)
+}
+
+/// Why a connection needing authentication is refused on a request of an open connection (after a reload).
+pub(crate) fn auth_required_reason(conn: &ConnectionVerdict) -> String {
+    format!(
+        "{}; the rule now requires mutual authentication and this connection was not authenticated",
+        conn.reason
+    )
+}
+
+/// Decides a new TCP connection from `client` to its original destination `dst`.
+pub fn plan_connection(
+    snap: &PolicySnapshot,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> ConnectionPlan {
+    let (_, v) = connection_verdict(snap, client, dst);
     let reason = v.reason.to_string();
     let direction = direction_of(&v.reason);
     if v.decision == Decision::Allow && v.auth_required {
@@ -128,7 +149,7 @@ fn auth_required_drop(reason: String, direction: Option<TrafficDirection>) -> Co
 }
 
 /// Whether a connection verdict requires authentication that a plain connection cannot give.
-pub fn needs_auth(conn: &crate::policy_adapter::ConnectionVerdict) -> bool {
+pub fn needs_auth(conn: &ConnectionVerdict) -> bool {
     conn.decision == Decision::Allow && conn.auth_required
 }
 
@@ -143,18 +164,10 @@ pub fn decide_request(
     host: &str,
     headers: &[(&str, &str)],
 ) -> RequestDecision {
-    let flow = snap
-        .engine
-        .flow(client.ip(), dst.ip(), dst.port(), Protocol::Tcp);
-    let conn = snap
-        .engine
-        .connection(&flow, &snap.fqdn.read(), SystemTime::now());
+    let (flow, conn) = connection_verdict(snap, client, dst);
     if needs_auth(&conn) {
         return RequestDecision::Deny {
-            reason: format!(
-                "{}; the rule now requires mutual authentication and this connection was not authenticated",
-                conn.reason
-            ),
+            reason: auth_required_reason(&conn),
             drop_reason: DropReason::AuthRequired,
             direction: direction_of(&conn.reason),
         };

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 pub use policy_model::{
-    ConnectionVerdict, Decision, Direction, EndpointTable, FqdnCache, HeaderAction, HttpRequest,
-    KafkaRequest, L7Kind, PolicyEngine, PolicyError, Protocol, Reason, load_policies,
+    ConnectionVerdict, Decision, Direction, EndpointTable, Flow, FqdnCache, HeaderAction,
+    HttpRequest, KafkaRequest, L7Kind, PolicyEngine, PolicyError, Protocol, Reason, load_policies,
 };
 
 use crate::flow::TrafficDirection;

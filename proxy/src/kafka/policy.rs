@@ -2,7 +2,6 @@
 //! forward or answer locally with which error code. `handler.rs` carries it out.
 
 use std::net::SocketAddr;
-use std::time::SystemTime;
 
 use crate::policy_adapter::KafkaRequest as PolicyRequest;
 use kafka_protocol::messages::ApiKey;
@@ -10,8 +9,9 @@ use kafka_protocol::messages::ApiKey;
 use super::request::{KafkaRequest, TopicRef};
 use super::response::code;
 use super::topic_ids::TopicIds;
+use crate::decision::{self, drop_reason_of};
 use crate::flow::{DropReason, TrafficDirection};
-use crate::policy_adapter::{Decision, L7Kind, Protocol, Reason};
+use crate::policy_adapter::{Decision, L7Kind, Protocol};
 use crate::policy_source::PolicySnapshot;
 
 /// What to do with one Kafka request.
@@ -67,14 +67,6 @@ pub fn topic_names(req: &KafkaRequest, ids: &TopicIds) -> (Vec<String>, Vec<Stri
     (for_policy, for_record, unknown_id)
 }
 
-fn drop_reason_of(reason: &Reason) -> DropReason {
-    if crate::policy_adapter::is_deny_rule(reason) {
-        DropReason::PolicyDeny
-    } else {
-        DropReason::PolicyDenied
-    }
-}
-
 /// Decides one request against the snapshot current when it arrived. The connection verdict is re-evaluated,
 /// so a reload that denies the connection or drops its Kafka rules applies to open connections.
 ///
@@ -90,19 +82,11 @@ pub fn decide(
     policy_topics: &[String],
     unknown_id: bool,
 ) -> KafkaDecision {
-    let flow = snap
-        .engine
-        .flow(client.ip(), dst.ip(), dst.port(), Protocol::Tcp);
-    let conn = snap
-        .engine
-        .connection(&flow, &snap.fqdn.read(), SystemTime::now());
+    let (flow, conn) = decision::connection_verdict(snap, client, dst);
     let direction = crate::policy_adapter::direction(&conn.reason);
-    if crate::decision::needs_auth(&conn) {
+    if decision::needs_auth(&conn) {
         return KafkaDecision::Deny {
-            reason: format!(
-                "{}; the rule now requires mutual authentication and this connection was not authenticated",
-                conn.reason
-            ),
+            reason: decision::auth_required_reason(&conn),
             drop_reason: DropReason::AuthRequired,
             direction,
             error_code: code::TOPIC_AUTHORIZATION_FAILED,
