@@ -191,12 +191,16 @@ impl Drop for Killed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_open_loop_against_dnsmasq() {
-    let port = {
-        // A free UDP port on loopback (dnsmasq binds it right after; a race here only fails the test loudly).
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
+    // dnsmasq binds the port for UDP AND TCP: pick one free for both (a UDP-only probe once picked a port another
+    // test's TCP server held, and dnsmasq exited at start-up).
+    let port = loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            break port;
+        }
     };
-    let child = std::process::Command::new("dnsmasq")
+    let mut child = std::process::Command::new("dnsmasq")
         .args([
             "--no-daemon",
             "--keep-in-foreground",
@@ -210,11 +214,12 @@ async fn dns_open_loop_against_dnsmasq() {
         ])
         .arg(format!("--port={port}"))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| {
             panic!("dnsmasq is needed for the DNS smoke test ({e}): run ./dev setup")
         });
+    let stderr = child.stderr.take();
     let _guard = Killed(child);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut ready = false;
@@ -228,7 +233,15 @@ async fn dns_open_loop_against_dnsmasq() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(ready, "dnsmasq on {addr} never answered");
+    if !ready {
+        let mut why = String::new();
+        if let Some(mut e) = stderr {
+            // Only readable once dnsmasq exited; a live one would block, so read after killing it.
+            drop(_guard);
+            let _ = std::io::Read::read_to_string(&mut e, &mut why);
+        }
+        panic!("dnsmasq on {addr} never answered: {why}");
+    }
     let mut t = target(addr, Protocol::Dns);
     t.authority = "bench.test".into();
     let cfg = RunConfig {
