@@ -140,6 +140,19 @@ pub enum PeerRejection {
 }
 
 impl PeerRejection {
+    /// The SPIFFE ID the refused peer presented, when its certificate named one.
+    pub fn peer_id(&self) -> Option<&SpiffeId> {
+        match self {
+            Self::NoCertificate | Self::NotSvid(_) => None,
+            Self::WrongTrustDomain { id, .. }
+            | Self::UnknownCa { id, .. }
+            | Self::Expired { id, .. }
+            | Self::NotYetValid { id, .. }
+            | Self::IdNotAllowed { id, .. }
+            | Self::InvalidChain { id, .. } => Some(id),
+        }
+    }
+
     /// A stable upper-case code: `NO_CERTIFICATE`, `NOT_SVID`, `WRONG_TRUST_DOMAIN`, `UNKNOWN_CA`, `EXPIRED`,
     /// `NOT_YET_VALID`, `ID_NOT_ALLOWED`, `INVALID_CHAIN`.
     pub fn code(&self) -> &'static str {

@@ -54,6 +54,10 @@ pub struct Endpoint {
     /// Named container ports (`http: 8080`), used to resolve `port: "http"` in policies.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub named_ports: BTreeMap<String, u16>,
+    /// The node the pod runs on (`spec.nodeName`); not part of the identity. The proxy carries connections to pods
+    /// of other nodes through the node-to-node mTLS tunnel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Endpoint {
@@ -69,7 +73,18 @@ impl Endpoint {
             ip,
             cgroup: None,
             named_ports: BTreeMap::new(),
+            node: None,
         }
+    }
+
+    /// The Kubernetes service account the pod runs as: the `io.cilium.k8s.policy.serviceaccount` label (the
+    /// Kubernetes source sets it from `spec.serviceAccountName`), else `default`. Its SPIFFE ID is
+    /// `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+    pub fn service_account(&self) -> &str {
+        self.labels
+            .get(crate::labels::SERVICE_ACCOUNT_LABEL)
+            .map(String::as_str)
+            .unwrap_or("default")
     }
 
     /// `namespace/name`.

@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 /// The label every endpoint carries with its namespace.
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 
+/// The label carrying a pod's service account (Cilium's key), which is also its SPIFFE identity.
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+
 /// Normalise a label key: strip `k8s:` / `any:` prefixes.
 pub fn normalize_key(key: &str) -> &str {
     key.strip_prefix("k8s:")

@@ -153,6 +153,8 @@ pub struct RunArgs {
     /// Kubernetes mode: policies and endpoints from the API server instead of --policy/--endpoints.
     #[command(flatten)]
     pub kube: crate::kubernetes::KubeArgs,
+    #[command(flatten)]
+    pub mesh: crate::mesh::MeshArgs,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {

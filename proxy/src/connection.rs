@@ -1,6 +1,8 @@
 //! One accepted connection: recover the original destination, decide at L3/L4 with the current policy, then
 //! dispatch by what the policy says the port carries: drop, splice opaque TCP, serve the HTTP family, or Kafka.
-//! DNS has its own listeners (`dns/`); the mTLS tunnel will slot in here as a further `ConnectionPlan` arm.
+//! DNS has its own listeners (`dns/`). Connections to pods of other nodes leave through the mTLS tunnel (`mesh.rs`:
+//! the same pipeline, with a tunnel stream as upstream); tunnelled connections arriving from other nodes enter the
+//! same pipeline through [`dispatch`] with the identity their certificate proved.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,14 +11,14 @@ use std::time::Instant;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
 use crate::activity::{Activity, Tracked};
-use crate::decision::{self, ConnectionPlan};
+use crate::decision::{self, ConnectionPlan, Downstream};
 use crate::flow::{DropReason, FlowEndpoint, FlowLog, FlowRecord, HttpInfo, L7Info, Verdict};
 use crate::http::{ConnCtx, Forward, PolicyLayer};
 use crate::limits::Limits;
@@ -24,7 +26,7 @@ use crate::linger::LingeringStream;
 use crate::original_dst::OriginalDst;
 use crate::policy_source::PolicySource;
 use crate::request_framing::FramingGuard;
-use crate::upstream::{UpstreamPool, connect_marked};
+use crate::upstream::{Dial, UpstreamPool};
 
 /// State shared by every connection of the daemon.
 #[derive(Debug)]
@@ -39,16 +41,18 @@ pub struct Proxy {
     /// Kafka topic ids learned from Metadata responses (shared: clients learn ids on one connection and use them
     /// on another).
     pub kafka_topics: Arc<crate::kafka::TopicIds>,
+    /// The node-to-node mTLS tunnel (`--tunnel-listen`); `None` = every connection goes direct.
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
 }
 
 pub(crate) fn endpoints(
     proxy: &Proxy,
-    client: SocketAddr,
+    client: &Downstream,
     dst: SocketAddr,
 ) -> (FlowEndpoint, FlowEndpoint) {
     let snap = proxy.policy.current();
     (
-        decision::flow_endpoint(&snap, client),
+        decision::source_endpoint(&snap, client),
         decision::flow_endpoint(&snap, dst),
     )
 }
@@ -57,6 +61,35 @@ pub(crate) fn endpoints(
 fn reset(stream: TcpStream) {
     let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
     drop(stream);
+}
+
+/// A downstream byte stream: an accepted TCP socket, or a CONNECT stream of the node-to-node tunnel.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// What the HTTP server reads and writes.
+    type Http: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Closes the stream as a refusal (TCP: RST, so it never looks like a clean empty response).
+    fn refuse(self);
+    fn for_http(self) -> Self::Http;
+}
+
+impl ClientStream for TcpStream {
+    /// A lingering close: a response written just before closing must not be cut by an RST.
+    type Http = LingeringStream;
+    fn refuse(self) {
+        reset(self)
+    }
+    fn for_http(self) -> LingeringStream {
+        LingeringStream::new(self)
+    }
+}
+
+impl ClientStream for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
+    type Http = Self;
+    /// Dropping the stream resets the HTTP/2 stream; the tunnel connection and its other streams stay.
+    fn refuse(self) {}
+    fn for_http(self) -> Self {
+        self
+    }
 }
 
 /// Handles one accepted connection to completion. `permit` is `None` when the connection limit is exhausted.
@@ -75,7 +108,7 @@ pub async fn handle(
         Err(e) => {
             tracing::warn!(%client, "refusing connection: {e}");
             let local = stream.local_addr().unwrap_or(client);
-            let (s, d) = endpoints(&proxy, client, local);
+            let (s, d) = endpoints(&proxy, &Downstream::plain(client), local);
             let mut rec = FlowRecord::new(Verdict::Error, s, d, "TCP");
             rec.policy = e.to_string();
             proxy.flows.record(rec);
@@ -83,11 +116,46 @@ pub async fn handle(
             return;
         }
     };
-    let plan = decision::plan_connection(&proxy.policy.current(), client, dst);
-    let (src_ep, dst_ep) = endpoints(&proxy, client, dst);
+    // A local pod connecting to a pod of another node: through that node's tunnel, as the pod's SVID.
+    let outbound = proxy
+        .mesh
+        .as_ref()
+        .map(|m| m.outbound(&proxy.policy.current().endpoints, client, dst));
+    let (down, dial) = match outbound {
+        None | Some(Ok(None)) => (Downstream::plain(client), Dial::Direct),
+        Some(Ok(Some(route))) => route,
+        Some(Err(e)) => {
+            tracing::warn!(%client, %dst, "refusing connection: {e}");
+            let (s, d) = endpoints(&proxy, &Downstream::plain(client), dst);
+            let mut rec = FlowRecord::new(Verdict::Error, s, d, "TCP");
+            rec.drop_reason = Some(DropReason::AuthRequired);
+            rec.policy = format!("cannot authenticate to the destination node: {e}");
+            proxy.flows.record(rec);
+            reset(stream);
+            return;
+        }
+    };
+    dispatch(proxy, stream, down, dst, dial, permit, shutdown).await
+}
+
+/// Decides and serves one connection whose source and original destination are known: a local pod's (plain, or
+/// leaving through the tunnel when `dial` says so) or one that arrived through the tunnel (`down.auth`).
+pub async fn dispatch<S: ClientStream>(
+    proxy: Arc<Proxy>,
+    stream: S,
+    down: Downstream,
+    dst: SocketAddr,
+    dial: Dial,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    shutdown: CancellationToken,
+) {
+    let client = down.addr;
+    let plan = decision::plan_connection(&proxy.policy.current(), &down, dst);
+    let (src_ep, dst_ep) = endpoints(&proxy, &down, dst);
 
     let Some(_permit) = permit else {
         let mut rec = FlowRecord::new(Verdict::Error, src_ep, dst_ep, "TCP");
+        down.stamp(&mut rec);
         rec.drop_reason = Some(DropReason::LimitExceeded);
         rec.policy = format!(
             "connection limit {} reached (--max-connections)",
@@ -120,11 +188,12 @@ pub async fn handle(
             direction,
         } => {
             let mut rec = FlowRecord::new(Verdict::Dropped, src_ep, dst_ep, "TCP");
+            down.stamp(&mut rec);
             rec.drop_reason = Some(drop_reason);
             rec.traffic_direction = direction;
             rec.policy = reason;
             proxy.flows.record(rec);
-            reset(stream);
+            stream.refuse();
         }
         ConnectionPlan::Unsupported {
             what,
@@ -133,35 +202,36 @@ pub async fn handle(
         } => {
             // Fail closed: a port that needs an L7 parser this build lacks must not become an open TCP port.
             let mut rec = FlowRecord::new(Verdict::Error, src_ep, dst_ep, "TCP");
+            down.stamp(&mut rec);
             rec.drop_reason = Some(DropReason::UnsupportedProtocol);
             rec.traffic_direction = direction;
             rec.policy = format!(
                 "{reason}; {what} enforcement is not available in this build, connection refused"
             );
             proxy.flows.record(rec);
-            reset(stream);
+            stream.refuse();
         }
         ConnectionPlan::Splice { reason, direction } => {
             let start = Instant::now();
             let mut rec = FlowRecord::new(Verdict::Forwarded, src_ep, dst_ep, "TCP");
+            down.stamp(&mut rec);
             rec.traffic_direction = direction;
             rec.policy = reason;
-            match connect_marked(dst, proxy.upstream.mark(), proxy.upstream.connect_timeout()).await
-            {
+            match proxy.upstream.connect(dst, &dial).await {
                 Err(e) => {
                     rec.verdict = Verdict::Error;
                     rec.drop_reason = Some(DropReason::UpstreamError);
                     rec.policy = format!("{}; {e}", rec.policy);
                     proxy.flows.record(rec);
-                    reset(stream);
+                    stream.refuse();
                 }
                 Ok(mut upstream) => {
                     rec.latency_ns = start.elapsed().as_nanos() as u64;
                     proxy.flows.record(rec);
                     let activity = Activity::new();
-                    let mut down = Tracked::new(stream, activity.clone());
+                    let mut downstream = Tracked::new(stream, activity.clone());
                     tokio::select! {
-                        _ = crate::tcp::splice(&mut down, &mut upstream) => {}
+                        _ = crate::tcp::splice(&mut downstream, &mut upstream) => {}
                         _ = activity.idle(proxy.limits.idle_timeout) => {
                             tracing::debug!(%client, %dst, "closing idle TCP connection");
                         }
@@ -169,33 +239,37 @@ pub async fn handle(
                 }
             }
         }
-        ConnectionPlan::Http { .. } => serve_http(proxy, stream, client, dst, shutdown).await,
+        ConnectionPlan::Http { .. } => {
+            serve_http(proxy, stream.for_http(), down, dst, dial, shutdown).await
+        }
         ConnectionPlan::Kafka { .. } => {
-            crate::kafka::handler::serve(proxy, stream, client, dst, shutdown).await
+            crate::kafka::handler::serve(proxy, stream, down, dst, dial, shutdown).await
         }
     }
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on one downstream connection until it closes, idles out, or the
 /// daemon shuts down (then in-flight requests finish: graceful shutdown / GOAWAY).
-async fn serve_http(
+async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     proxy: Arc<Proxy>,
-    stream: TcpStream,
-    client: SocketAddr,
+    stream: S,
+    down: Downstream,
     dst: SocketAddr,
+    dial: Dial,
     shutdown: CancellationToken,
 ) {
     let limits = proxy.limits.clone();
     let activity = Activity::new();
     // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
     let io = TokioIo::new(FramingGuard::new(
-        Tracked::new(LingeringStream::new(stream), activity.clone()),
+        Tracked::new(stream, activity.clone()),
         limits.h1_max_buf_size(),
     ));
     let ctx = Arc::new(ConnCtx {
         proxy: proxy.clone(),
-        client,
+        client: down.clone(),
         dst,
+        dial,
     });
     let svc = ServiceBuilder::new()
         .layer(PolicyLayer { ctx: ctx.clone() })
@@ -232,7 +306,7 @@ async fn serve_http(
         }
     };
     if let Err(e) = result {
-        record_connection_error(&proxy, client, dst, e.as_ref());
+        record_connection_error(&proxy, &down, dst, e.as_ref());
     }
 }
 
@@ -240,12 +314,12 @@ async fn serve_http(
 /// log still needs a record of it. Clean closes and client resets are not flows.
 fn record_connection_error(
     proxy: &Proxy,
-    client: SocketAddr,
+    down: &Downstream,
     dst: SocketAddr,
     e: &(dyn std::error::Error + Send + Sync + 'static),
 ) {
     let Some(h) = e.downcast_ref::<hyper::Error>() else {
-        tracing::debug!(%client, %dst, "HTTP connection error: {e}");
+        tracing::debug!(client = %down.addr, %dst, "HTTP connection error: {e}");
         return;
     };
     let (code, reason, what) = if h.is_parse_too_large() {
@@ -263,11 +337,12 @@ fn record_connection_error(
             "request head not received in time (--header-read-timeout-secs)",
         )
     } else {
-        tracing::debug!(%client, %dst, "HTTP connection ended: {}", crate::http::error_chain(h));
+        tracing::debug!(client = %down.addr, %dst, "HTTP connection ended: {}", crate::http::error_chain(h));
         return;
     };
-    let (s, d) = endpoints(proxy, client, dst);
+    let (s, d) = endpoints(proxy, down, dst);
     let mut rec = FlowRecord::new(Verdict::Dropped, s, d, "HTTP");
+    down.stamp(&mut rec);
     rec.drop_reason = Some(reason);
     rec.policy = format!("{what}: {h}");
     rec.l7 = Some(L7Info {

@@ -148,6 +148,23 @@ pub struct L7Info {
     pub kafka: Option<KafkaInfo>,
 }
 
+/// How the connection's source was authenticated (Hubble's `auth_type`, field 35).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthType {
+    /// Plain connection: the source identity comes from its address.
+    #[default]
+    Disabled,
+    /// Carried by the node-to-node mTLS tunnel: the source identity comes from its X.509-SVID.
+    Spire,
+}
+
+impl AuthType {
+    pub fn is_disabled(&self) -> bool {
+        *self == AuthType::Disabled
+    }
+}
+
 /// One flow record (CONTRACT.md field names).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlowRecord {
@@ -171,6 +188,13 @@ pub struct FlowRecord {
     pub latency_ns: u64,
     /// Which rule allowed or which policy denied (`policy_model::Reason` Display), or the error.
     pub policy: String,
+    /// `SPIRE` for connections carried by the node-to-node mTLS tunnel; omitted for plain ones.
+    #[serde(skip_serializing_if = "AuthType::is_disabled")]
+    pub auth_type: AuthType,
+    /// The SPIFFE ID the peer proved with its certificate: the source workload on the destination node, the
+    /// destination node proxy on the source node; or the ID a refused peer presented.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_spiffe_id: Option<String>,
 }
 
 impl FlowRecord {
@@ -194,6 +218,8 @@ impl FlowRecord {
             traffic_direction: None,
             latency_ns: 0,
             policy: String::new(),
+            auth_type: AuthType::Disabled,
+            peer_spiffe_id: None,
         }
     }
 }

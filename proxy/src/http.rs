@@ -39,8 +39,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 #[derive(Debug)]
 pub struct ConnCtx {
     pub proxy: Arc<Proxy>,
-    pub client: SocketAddr,
+    pub client: crate::decision::Downstream,
     pub dst: SocketAddr,
+    /// How upstream connections are made: direct, or through another node's tunnel.
+    pub dial: crate::upstream::Dial,
 }
 
 /// The HTTP denial body users of CiliumNetworkPolicy expect.
@@ -219,10 +221,11 @@ where
             let snapshot = ctx.proxy.policy.current();
             let mut rec = FlowRecord::new(
                 Verdict::Forwarded,
-                decision::flow_endpoint(&snapshot, ctx.client),
+                decision::source_endpoint(&snapshot, &ctx.client),
                 decision::flow_endpoint(&snapshot, ctx.dst),
                 if is_grpc { "gRPC" } else { "HTTP" },
             );
+            ctx.client.stamp(&mut rec);
             let mut info = HttpInfo {
                 method: req.method().as_str().to_string(),
                 url: String::new(),
@@ -252,7 +255,7 @@ where
                         .collect();
                     let d = decision::decide_request(
                         &snapshot,
-                        ctx.client,
+                        &ctx.client,
                         ctx.dst,
                         req.method().as_str(),
                         &path,
@@ -446,7 +449,7 @@ impl Service<Request<Incoming>> for Forward {
             } else {
                 Version::HTTP_11
             };
-            let client = ctx.proxy.upstream.client(ctx.dst, http2);
+            let client = ctx.proxy.upstream.client(ctx.dst, http2, &ctx.dial);
             // A bodyless request can be replayed once if the upstream refused it unprocessed (HTTP/2 GOAWAY).
             let replay =
                 (!upgrade && http_body::Body::is_end_stream(req.body())).then(|| replay_head(&req));

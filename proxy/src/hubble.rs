@@ -160,8 +160,12 @@ pub fn to_flow(rec: &FlowRecord, node_name: &str) -> flow::Flow {
         is_reply: false,
         proxy_port: 0,
         uuid: rec.uuid.clone(),
-        auth_type: flow::AuthType::Disabled as i32,
+        auth_type: match rec.auth_type {
+            crate::flow::AuthType::Disabled => flow::AuthType::Disabled,
+            crate::flow::AuthType::Spire => flow::AuthType::Spire,
+        } as i32,
         tollgate_policy: rec.policy.clone(),
+        tollgate_peer_spiffe_id: rec.peer_spiffe_id.clone().unwrap_or_default(),
     }
 }
 
@@ -293,6 +297,7 @@ mod tests {
             auth_type: 1,
             drop_reason_desc: 133,
             tollgate_policy: String::new(),
+            tollgate_peer_spiffe_id: String::new(),
         };
         let nums: Vec<u64> = tags(&f.encode_to_vec()).into_iter().map(|t| t.0).collect();
         assert_eq!(

@@ -26,6 +26,7 @@ pub mod kubernetes;
 pub mod limits;
 pub mod linger;
 pub mod listener;
+pub mod mesh;
 pub mod metrics;
 pub mod observe_cli;
 pub mod observer;

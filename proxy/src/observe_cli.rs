@@ -220,6 +220,9 @@ pub fn compact(f: &Flow) -> String {
         verdict = format!("{verdict} ({})", r.as_str_name());
     }
     let mut line = format!("{} {src} -> {dst} {} {verdict}", time(f), summary(f));
+    if !f.tollgate_peer_spiffe_id.is_empty() {
+        line.push_str(&format!(" mtls: {}", f.tollgate_peer_spiffe_id));
+    }
     if !f.tollgate_policy.is_empty() {
         line.push_str(&format!(" policy: {}", f.tollgate_policy));
     }
@@ -349,6 +352,21 @@ pub fn flow_json(f: &Flow) -> Value {
     );
     if !f.tollgate_policy.is_empty() {
         m.insert("tollgate_policy".into(), json!(f.tollgate_policy));
+    }
+    if f.auth_type != 0 {
+        m.insert(
+            "auth_type".into(),
+            json!(
+                crate::hubble::flow::AuthType::try_from(f.auth_type)
+                    .map_or("AUTH_TYPE_UNKNOWN", |a| a.as_str_name())
+            ),
+        );
+    }
+    if !f.tollgate_peer_spiffe_id.is_empty() {
+        m.insert(
+            "tollgate_peer_spiffe_id".into(),
+            json!(f.tollgate_peer_spiffe_id),
+        );
     }
     Value::Object(m)
 }

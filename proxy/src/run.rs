@@ -84,6 +84,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.listen,
         args.redirect == RedirectMode::Tproxy,
     )?;
+    let mesh = match args.mesh.tunnel_listen {
+        Some(_) => Some(
+            crate::mesh::Mesh::start(&args.mesh, args.kube.node_name.as_deref())
+                .context("starting the node-to-node mTLS tunnel")?,
+        ),
+        None => None,
+    };
     let proxy = Arc::new(Proxy {
         policy: policy.clone(),
         flows: flows.clone(),
@@ -92,7 +99,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         original_dst,
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
+        mesh: mesh.clone(),
     });
+    if let (Some(mesh), Some(addr)) = (&mesh, args.mesh.tunnel_listen) {
+        start_tunnel(mesh, addr, &proxy, close_connections.clone())?;
+    }
     tracing::info!(
         listen = %args.listen,
         redirect = ?args.redirect,
@@ -112,6 +123,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             original_dst: Box::new(Tproxy { listen: addr }),
             connections: proxy.connections.clone(),
             kafka_topics: proxy.kafka_topics.clone(),
+            mesh: mesh.clone(),
         });
         tracing::info!(listen = %addr, interfaces = ?args.tc_interfaces, "TC ingress steering listener ready");
         // Its own stop token: once a successor has taken this socket, this process stops accepting on it even if
@@ -194,6 +206,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     // Give the flow writer a moment to flush what is queued.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    Ok(())
+}
+
+/// The mTLS tunnel listener other node proxies connect to (HTTP/2 CONNECT streams into the connection pipeline).
+fn start_tunnel(
+    mesh: &Arc<crate::mesh::Mesh>,
+    addr: std::net::SocketAddr,
+    proxy: &Arc<Proxy>,
+    close: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = mesh.node_svid()?;
+    let handler = Arc::new(crate::mesh::TunnelInbound {
+        proxy: proxy.clone(),
+        mesh: mesh.clone(),
+        listen: addr,
+        close,
+    });
+    let server = crate::tunnel::TunnelServer::new(&store, crate::mesh::tunnel_peers(mesh), handler)
+        .context("building the tunnel's TLS configuration")?;
+    let listener = listener::bind(addr, false, 1024)
+        .with_context(|| format!("binding the tunnel listener {addr} (--tunnel-listen)"))?;
+    tracing::info!(
+        listen = %addr,
+        node = %mesh.node_name,
+        node_id = %mesh.node_id,
+        nodes = mesh.nodes.len(),
+        "mTLS tunnel listener ready"
+    );
+    tokio::spawn(async move {
+        if let Err(e) = server.serve(listener).await {
+            tracing::error!("tunnel listener stopped: {e}");
+        }
+    });
     Ok(())
 }
 

@@ -16,8 +16,12 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Idle pooled connections kept per (original destination, HTTP version).
@@ -59,26 +63,140 @@ pub async fn connect_marked(
     }
 }
 
+/// Any byte stream an upstream connection can be.
+pub trait UpstreamIo: AsyncRead + AsyncWrite + Send {}
+impl<T: AsyncRead + AsyncWrite + Send> UpstreamIo for T {}
+
+/// A byte stream to the original destination: a marked TCP socket, or a CONNECT stream through another node's
+/// proxy (the mTLS tunnel).
+pub struct UpstreamStream(Pin<Box<dyn UpstreamIo>>);
+
+impl UpstreamStream {
+    pub fn new(io: impl UpstreamIo + 'static) -> Self {
+        UpstreamStream(Box::pin(io))
+    }
+}
+
+impl std::fmt::Debug for UpstreamStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamStream")
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.0.as_mut().poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.as_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+/// Opens streams through the node-to-node tunnel (implemented by `mesh::TunnelDial`).
+pub trait TunnelDialer: Send + Sync + std::fmt::Debug {
+    fn dial(
+        &self,
+        dst: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<UpstreamStream>> + Send + '_>>;
+    /// Distinguishes pools: streams of different (source identity, node) tunnels are never shared.
+    fn pool_key(&self) -> String;
+}
+
+/// How upstream connections to a destination are made.
+#[derive(Debug, Clone, Default)]
+pub enum Dial {
+    /// A TCP connection to the original destination with the proxy's `SO_MARK`.
+    #[default]
+    Direct,
+    /// A CONNECT stream through the destination node's proxy, over mTLS.
+    Tunnel(Arc<dyn TunnelDialer>),
+}
+
+impl Dial {
+    fn pool_key(&self) -> Option<String> {
+        match self {
+            Dial::Direct => None,
+            Dial::Tunnel(t) => Some(t.pool_key()),
+        }
+    }
+}
+
 /// A hyper connector bound to one original destination: ignores the URI's authority (the client's Host) on purpose.
 #[derive(Debug, Clone)]
 pub struct MarkedConnector {
     pub dst: SocketAddr,
     pub mark: u32,
     pub timeout: Duration,
+    pub dial: Dial,
+}
+
+async fn open(
+    dst: SocketAddr,
+    mark: u32,
+    timeout: Duration,
+    dial: &Dial,
+) -> std::io::Result<UpstreamStream> {
+    match dial {
+        Dial::Direct => connect_marked(dst, mark, timeout)
+            .await
+            .map(UpstreamStream::new),
+        Dial::Tunnel(t) => t.dial(dst).await,
+    }
 }
 
 impl tower::Service<Uri> for MarkedConnector {
-    type Response = TokioIo<TcpStream>;
+    type Response = TokioIo<UpstreamStream>;
     type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<TcpStream>>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = std::io::Result<TokioIo<UpstreamStream>>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, _uri: Uri) -> Self::Future {
-        let (dst, mark, timeout) = (self.dst, self.mark, self.timeout);
-        Box::pin(async move { connect_marked(dst, mark, timeout).await.map(TokioIo::new) })
+        let this = self.clone();
+        Box::pin(async move {
+            open(this.dst, this.mark, this.timeout, &this.dial)
+                .await
+                .map(TokioIo::new)
+        })
     }
 }
 
@@ -109,7 +227,7 @@ pub fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
 pub struct UpstreamPool {
     mark: u32,
     connect_timeout: Duration,
-    clients: Mutex<HashMap<(SocketAddr, bool), UpstreamClient>>,
+    clients: Mutex<HashMap<(SocketAddr, bool, Option<String>), UpstreamClient>>,
 }
 
 const MAX_CLIENTS: usize = 4096;
@@ -131,10 +249,17 @@ impl UpstreamPool {
         self.connect_timeout
     }
 
-    /// The client for `dst`; `http2` selects prior-knowledge HTTP/2 upstream (used when the client speaks h2/gRPC).
-    pub fn client(&self, dst: SocketAddr, http2: bool) -> UpstreamClient {
+    /// One upstream stream to `dst` (spliced TCP, Kafka).
+    pub async fn connect(&self, dst: SocketAddr, dial: &Dial) -> std::io::Result<UpstreamStream> {
+        open(dst, self.mark, self.connect_timeout, dial).await
+    }
+
+    /// The client for `dst` reached by `dial`; `http2` selects prior-knowledge HTTP/2 upstream (used when the
+    /// client speaks h2/gRPC).
+    pub fn client(&self, dst: SocketAddr, http2: bool, dial: &Dial) -> UpstreamClient {
+        let key = (dst, http2, dial.pool_key());
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = map.get(&(dst, http2)) {
+        if let Some(c) = map.get(&key) {
             return c.clone();
         }
         if map.len() >= MAX_CLIENTS {
@@ -157,8 +282,9 @@ impl UpstreamPool {
             dst,
             mark: self.mark,
             timeout: self.connect_timeout,
+            dial: dial.clone(),
         });
-        map.insert((dst, http2), client.clone());
+        map.insert(key, client.clone());
         client
     }
 }

@@ -17,7 +17,6 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +25,9 @@ use super::request::{self, FrameError, KafkaRequest};
 use super::response::{self, ResponseError};
 use crate::activity::{Activity, Tracked};
 use crate::connection::{Proxy, endpoints};
+use crate::decision::Downstream;
 use crate::flow::{DropReason, FlowRecord, KafkaInfo, L7Info, TrafficDirection, Verdict};
-use crate::upstream::connect_marked;
+use crate::upstream::Dial;
 
 /// Requests a client may have in flight on one connection before the proxy stops reading more (librdkafka's
 /// default `max.in.flight` is 1,000,000 but it sends far fewer; Java's is 5).
@@ -127,16 +127,19 @@ fn kafka_info(req: &KafkaRequest, topics: Vec<String>) -> KafkaInfo {
 }
 
 /// Handles one connection to a port with Kafka rules until either side closes or the daemon shuts down.
-pub async fn serve(
+pub async fn serve<S: crate::connection::ClientStream>(
     proxy: Arc<Proxy>,
-    stream: TcpStream,
-    client: SocketAddr,
+    stream: S,
+    down: Downstream,
     dst: SocketAddr,
+    dial: Dial,
     shutdown: CancellationToken,
 ) {
-    let (src_ep, dst_ep) = endpoints(&proxy, client, dst);
+    let client = down.addr;
+    let (src_ep, dst_ep) = endpoints(&proxy, &down, dst);
     let record = |verdict: Verdict, meta: Meta, drop: Option<DropReason>| {
         let mut rec = FlowRecord::new(verdict, src_ep.clone(), dst_ep.clone(), "Kafka");
+        down.stamp(&mut rec);
         rec.drop_reason = drop;
         rec.traffic_direction = meta.direction;
         rec.policy = meta.reason;
@@ -168,24 +171,23 @@ pub async fn serve(
         };
         tracing::info!(%client, %dst, "closing Kafka connection: {e}");
         let mut rec = FlowRecord::new(verdict, src_ep.clone(), dst_ep.clone(), "Kafka");
+        down.stamp(&mut rec);
         rec.drop_reason = Some(drop);
         rec.policy = format!("Kafka connection closed: {e}");
         proxy.flows.record(rec);
     };
 
-    let upstream =
-        match connect_marked(dst, proxy.upstream.mark(), proxy.upstream.connect_timeout()).await {
-            Ok(u) => u,
-            Err(e) => {
-                record_conn_error(&ConnError::Upstream(e));
-                let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
-                return;
-            }
-        };
-    let _ = upstream.set_nodelay(true);
+    let upstream = match proxy.upstream.connect(dst, &dial).await {
+        Ok(u) => u,
+        Err(e) => {
+            record_conn_error(&ConnError::Upstream(e));
+            stream.refuse();
+            return;
+        }
+    };
     let activity = Activity::new();
     let (mut down_r, mut down_w) = tokio::io::split(Tracked::new(stream, activity.clone()));
-    let (mut up_r, mut up_w) = upstream.into_split();
+    let (mut up_r, mut up_w) = tokio::io::split(upstream);
     let limit = proxy.limits.kafka_max_frame;
     let (tx, mut rx) = mpsc::channel::<Owed>(MAX_IN_FLIGHT);
     // Set when either half fails: the other stops too and the connection closes.
@@ -207,7 +209,7 @@ pub async fn serve(
                 let (policy_topics, record_topics, unknown_id) =
                     policy::topic_names(&req, &proxy.kafka_topics);
                 let decision =
-                    policy::decide(&snap, client, dst, &req, &policy_topics, unknown_id);
+                    policy::decide(&snap, &down, dst, &req, &policy_topics, unknown_id);
                 let expects = response::expects_response(&req);
                 match decision {
                     KafkaDecision::Forward {
@@ -335,7 +337,7 @@ pub async fn serve(
                                     &body,
                                     req.api_version,
                                     named,
-                                    |t| policy::topic_visible(&snap, client, dst, &req, t),
+                                    |t| policy::topic_visible(&snap, &down, dst, &req, t),
                                 )?;
                                 proxy.kafka_topics.learn(&report.learned);
                                 if !report.denied.is_empty() {

@@ -9,9 +9,9 @@ use kafka_protocol::messages::ApiKey;
 use super::request::{KafkaRequest, TopicRef};
 use super::response::code;
 use super::topic_ids::TopicIds;
-use crate::decision::{self, drop_reason_of};
+use crate::decision::{self, Downstream, drop_reason_of};
 use crate::flow::{DropReason, TrafficDirection};
-use crate::policy_adapter::{Decision, L7Kind, Protocol};
+use crate::policy_adapter::{Decision, L7Kind};
 use crate::policy_source::PolicySnapshot;
 
 /// What to do with one Kafka request.
@@ -76,7 +76,7 @@ pub fn topic_names(req: &KafkaRequest, ids: &TopicIds) -> (Vec<String>, Vec<Stri
 /// ACLs. Every other request naming several topics is allowed only if every topic is.
 pub fn decide(
     snap: &PolicySnapshot,
-    client: SocketAddr,
+    client: &Downstream,
     dst: SocketAddr,
     req: &KafkaRequest,
     policy_topics: &[String],
@@ -84,7 +84,7 @@ pub fn decide(
 ) -> KafkaDecision {
     let (flow, conn) = decision::connection_verdict(snap, client, dst);
     let direction = crate::policy_adapter::direction(&conn.reason);
-    if decision::needs_auth(&conn) {
+    if decision::needs_auth(&conn, client) {
         return KafkaDecision::Deny {
             reason: decision::auth_required_reason(&conn),
             drop_reason: DropReason::AuthRequired,
@@ -161,14 +161,12 @@ pub fn decide(
 /// be allowed.
 pub fn topic_visible(
     snap: &PolicySnapshot,
-    client: SocketAddr,
+    client: &Downstream,
     dst: SocketAddr,
     req: &KafkaRequest,
     topic: &str,
 ) -> bool {
-    let flow = snap
-        .engine
-        .flow(client.ip(), dst.ip(), dst.port(), Protocol::Tcp);
+    let (flow, _) = decision::connection_verdict(snap, client, dst);
     let v = snap.engine.kafka(
         &flow,
         &PolicyRequest {
@@ -286,7 +284,14 @@ mod tests {
             ))
             .unwrap();
             let (policy_topics, _, unknown) = topic_names(&req, &ids);
-            let d = decide(&snap, client, dst, &req, &policy_topics, unknown);
+            let d = decide(
+                &snap,
+                &Downstream::plain(client),
+                dst,
+                &req,
+                &policy_topics,
+                unknown,
+            );
             let want_allow = case["expect"].as_str() == Some("allow");
             match d {
                 KafkaDecision::Forward { .. } => assert!(want_allow, "{case:?}: forwarded"),
@@ -326,7 +331,17 @@ mod tests {
         let run = |id| {
             let req = frame(id);
             let (t, rec, unknown) = topic_names(&req, &ids);
-            (decide(&snap, producer, kafka, &req, &t, unknown), rec)
+            (
+                decide(
+                    &snap,
+                    &Downstream::plain(producer),
+                    kafka,
+                    &req,
+                    &t,
+                    unknown,
+                ),
+                rec,
+            )
         };
         let (d, rec) = run(orders);
         assert!(

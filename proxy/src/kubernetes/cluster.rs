@@ -18,7 +18,7 @@ use policy_model::{Endpoint, EndpointTable, Policy, PolicyEngine, PolicyError, l
 use super::cgroup::QosClass;
 
 /// Label Cilium gives every endpoint with its service account; selectors may match on it.
-pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
+pub use policy_model::labels::SERVICE_ACCOUNT_LABEL;
 /// Prefix Cilium gives a namespace's labels on each of its endpoints, so endpoint selectors can use them.
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 
@@ -309,6 +309,7 @@ impl ClusterState {
                     None
                 },
                 named_ports: pod.named_ports.clone(),
+                node: pod.node.clone(),
             });
         }
         (out, skipped)

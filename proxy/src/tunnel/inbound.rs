@@ -25,6 +25,8 @@ pub struct InboundTunnel {
     pub peer_addr: SocketAddr,
     /// The CONNECT `:authority`: where the source workload connected.
     pub original_dst: SocketAddr,
+    /// The source workload's address as its node proxy reported it (`forwarded: for=`); informational.
+    pub reported_source: Option<SocketAddr>,
     /// The byte stream (AsyncRead + AsyncWrite).
     pub stream: TokioIo<Upgraded>,
 }
@@ -33,8 +35,13 @@ pub struct InboundTunnel {
 pub trait InboundHandler: Send + Sync + 'static {
     /// Before the CONNECT is answered: `Err(status)` refuses it with that status (e.g. 403 policy denied, 404 not a
     /// local endpoint).
-    fn admit(&self, peer_id: &SpiffeId, original_dst: SocketAddr) -> Result<(), http::StatusCode> {
-        let _ = (peer_id, original_dst);
+    fn admit(
+        &self,
+        peer_id: &SpiffeId,
+        original_dst: SocketAddr,
+        reported_source: Option<SocketAddr>,
+    ) -> Result<(), http::StatusCode> {
+        let _ = (peer_id, original_dst, reported_source);
         Ok(())
     }
 
@@ -164,7 +171,12 @@ fn handle_request<H: InboundHandler>(
     else {
         return status(http::StatusCode::BAD_REQUEST);
     };
-    if let Err(code) = handler.admit(&peer_id, original_dst) {
+    let reported_source = req
+        .headers()
+        .get(http::header::FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(forwarded_for);
+    if let Err(code) = handler.admit(&peer_id, original_dst, reported_source) {
         return status(code);
     }
     let upgrade = hyper::upgrade::on(&mut req);
@@ -176,6 +188,7 @@ fn handle_request<H: InboundHandler>(
                         peer_id,
                         peer_addr,
                         original_dst,
+                        reported_source,
                         stream: TokioIo::new(upgraded),
                     })
                     .await
@@ -186,4 +199,32 @@ fn handle_request<H: InboundHandler>(
         }
     });
     status(http::StatusCode::OK)
+}
+
+/// The `for=` address of a `forwarded` header (RFC 7239), `for="ip:port"` or `for=ip`.
+fn forwarded_for(value: &str) -> Option<SocketAddr> {
+    value.split([';', ',']).find_map(|part| {
+        let v = part.trim().strip_prefix("for=")?.trim_matches('"');
+        v.parse::<SocketAddr>().ok().or_else(|| {
+            v.parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, 0))
+        })
+    })
+}
+
+#[cfg(test)]
+mod forwarded_tests {
+    #[test]
+    fn forwarded_for_reads_quoted_and_bare_addresses() {
+        assert_eq!(
+            super::forwarded_for("for=\"10.0.1.10:4000\""),
+            Some("10.0.1.10:4000".parse().unwrap())
+        );
+        assert_eq!(
+            super::forwarded_for("proto=https; for=10.0.1.10"),
+            Some("10.0.1.10:0".parse().unwrap())
+        );
+        assert_eq!(super::forwarded_for("for=unknown"), None);
+    }
 }

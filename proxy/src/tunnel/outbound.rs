@@ -81,13 +81,16 @@ impl TunnelClient {
     }
 
     /// Opens a CONNECT tunnel to `original_dst` through the node proxy at `node`, authenticating as `source`'s
-    /// current SVID and requiring the node's SPIFFE ID to satisfy `expected_node`.
+    /// current SVID and requiring the node's SPIFFE ID to satisfy `expected_node`. `source_addr` (the workload's
+    /// own address) is sent as `forwarded: for=` for the destination's flow records; the certificate, not this
+    /// address, names the identity.
     pub async fn open(
         &self,
         source: &Arc<SvidStore>,
         node: SocketAddr,
         expected_node: &AllowedIds,
         original_dst: SocketAddr,
+        source_addr: Option<SocketAddr>,
     ) -> Result<OutboundTunnel, TunnelError> {
         let key = PoolKey {
             source: source.svid().spiffe_id().clone(),
@@ -119,9 +122,13 @@ impl TunnelClient {
                 .insert(key, p.clone());
             pooled = p;
         }
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(http::Method::CONNECT)
-            .uri(original_dst.to_string())
+            .uri(original_dst.to_string());
+        if let Some(addr) = source_addr {
+            req = req.header(http::header::FORWARDED, format!("for=\"{addr}\""));
+        }
+        let req = req
             .body(Empty::<Bytes>::new())
             .expect("CONNECT request with an ip:port authority is valid");
         let resp = pooled
@@ -186,6 +193,7 @@ impl TunnelClient {
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|source| TunnelError::Http { node, source })?;
+        tracing::info!(%node, peer = %leaf.id, source = %source.svid().spiffe_id(), generation = source_generation, "tunnel connection to node proxy established");
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(%node, error = %e, "tunnel connection to node proxy ended");

@@ -41,7 +41,12 @@ struct Forwarder {
 }
 
 impl InboundHandler for Forwarder {
-    fn admit(&self, _peer: &SpiffeId, dst: SocketAddr) -> Result<(), http::StatusCode> {
+    fn admit(
+        &self,
+        _peer: &SpiffeId,
+        dst: SocketAddr,
+        _reported: Option<SocketAddr>,
+    ) -> Result<(), http::StatusCode> {
         if Some(dst) == self.deny_dst {
             return Err(http::StatusCode::FORBIDDEN);
         }
@@ -115,7 +120,7 @@ async fn tunnel_carries_bytes_to_the_original_destination_with_verified_ids_on_b
     let client = TunnelClient::default();
     let web = store(&ca, WEB);
     let mut t = client
-        .open(&web, node_b, &AllowedIds::ids([id(NODE_B)]), echo)
+        .open(&web, node_b, &AllowedIds::ids([id(NODE_B)]), echo, None)
         .await
         .unwrap();
     assert_eq!(t.peer_id, id(NODE_B));
@@ -135,14 +140,20 @@ async fn streams_share_one_connection_per_source_identity_and_node() {
     let client = TunnelClient::default();
     let web = store(&ca, WEB);
     let expect = AllowedIds::ids([id(NODE_B)]);
-    let mut a = client.open(&web, node_b, &expect, echo).await.unwrap();
-    let mut b = client.open(&web, node_b, &expect, echo).await.unwrap();
+    let mut a = client
+        .open(&web, node_b, &expect, echo, None)
+        .await
+        .unwrap();
+    let mut b = client
+        .open(&web, node_b, &expect, echo, None)
+        .await
+        .unwrap();
     roundtrip(&mut a, b"first").await;
     roundtrip(&mut b, b"second").await;
     roundtrip(&mut a, b"first again").await;
     assert_eq!(client.pooled_connections(), 1);
     let db = store(&ca, DB);
-    let mut c = client.open(&db, node_b, &expect, echo).await.unwrap();
+    let mut c = client.open(&db, node_b, &expect, echo, None).await.unwrap();
     roundtrip(&mut c, b"other identity").await;
     assert_eq!(client.pooled_connections(), 2);
     let served = handler.served.lock().unwrap().clone();
@@ -172,7 +183,7 @@ async fn node_refuses_a_source_id_it_does_not_allow_and_names_the_reason() {
     let client = TunnelClient::default();
     let db = store(&ca, DB);
     let err = client
-        .open(&db, node_b, &AllowedIds::AnyTrusted, echo)
+        .open(&db, node_b, &AllowedIds::AnyTrusted, echo, None)
         .await
         .unwrap_err();
     assert!(
@@ -204,7 +215,7 @@ async fn node_refuses_an_expired_source_certificate() {
     );
     assert!(
         TunnelClient::default()
-            .open(&expired, node_b, &AllowedIds::AnyTrusted, echo)
+            .open(&expired, node_b, &AllowedIds::AnyTrusted, echo, None)
             .await
             .is_err()
     );
@@ -231,6 +242,7 @@ async fn source_refuses_a_node_with_an_unexpected_identity() {
             impostor,
             &AllowedIds::ids([id(NODE_B)]),
             echo,
+            None,
         )
         .await
         .unwrap_err();
@@ -256,7 +268,7 @@ async fn refused_connect_returns_the_status_and_keeps_the_connection_usable() {
     let client = TunnelClient::default();
     let web = store(&ca, WEB);
     let err = client
-        .open(&web, node_b, &AllowedIds::AnyTrusted, denied)
+        .open(&web, node_b, &AllowedIds::AnyTrusted, denied, None)
         .await
         .unwrap_err();
     assert!(
@@ -264,7 +276,7 @@ async fn refused_connect_returns_the_status_and_keeps_the_connection_usable() {
         "{err:?}"
     );
     let mut ok = client
-        .open(&web, node_b, &AllowedIds::AnyTrusted, echo)
+        .open(&web, node_b, &AllowedIds::AnyTrusted, echo, None)
         .await
         .unwrap();
     roundtrip(&mut ok, b"still fine").await;
@@ -298,11 +310,17 @@ async fn source_rotation_moves_new_streams_to_a_new_connection_without_breaking_
     let client = TunnelClient::default();
     let web = store(&ca, WEB);
     let expect = AllowedIds::ids([id(NODE_B)]);
-    let mut before = client.open(&web, node_b, &expect, echo).await.unwrap();
+    let mut before = client
+        .open(&web, node_b, &expect, echo, None)
+        .await
+        .unwrap();
     roundtrip(&mut before, b"before rotation").await;
 
     web.set_svid(ca.issue_for(&id(WEB), HOUR).unwrap());
-    let mut after = client.open(&web, node_b, &expect, echo).await.unwrap();
+    let mut after = client
+        .open(&web, node_b, &expect, echo, None)
+        .await
+        .unwrap();
     roundtrip(&mut after, b"after rotation").await;
     // The stream opened before the rotation still carries data.
     roundtrip(&mut before, b"old stream still open").await;
