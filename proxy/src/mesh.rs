@@ -472,7 +472,7 @@ impl TunnelInbound {
         peer: &SpiffeId,
         dst: SocketAddr,
         reported: Option<SocketAddr>,
-    ) -> Result<Downstream, (http::StatusCode, FlowRecord)> {
+    ) -> Result<Downstream, Box<(http::StatusCode, FlowRecord)>> {
         let snap = self.proxy.policy.current();
         let refuse = |code, drop: DropReason, reason: String| {
             let src = FlowEndpoint::new(
@@ -489,7 +489,7 @@ impl TunnelInbound {
             rec.auth_type = AuthType::Spire;
             rec.peer_spiffe_id = Some(peer.to_string());
             rec.policy = reason;
-            (code, rec)
+            Box::new((code, rec))
         };
         if !self.local(&snap.endpoints, dst) {
             return Err(refuse(
@@ -530,7 +530,8 @@ impl crate::tunnel::InboundHandler for TunnelInbound {
     ) -> Result<(), http::StatusCode> {
         let down = match self.downstream(peer, dst, reported) {
             Ok(d) => d,
-            Err((code, rec)) => {
+            Err(refused) => {
+                let (code, rec) = *refused;
                 tracing::warn!(%peer, %dst, "tunnel stream refused: {}", rec.policy);
                 self.proxy.flows.record(rec);
                 return Err(code);

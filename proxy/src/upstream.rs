@@ -227,10 +227,13 @@ pub fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
 pub struct UpstreamPool {
     mark: u32,
     connect_timeout: Duration,
-    clients: Mutex<HashMap<(SocketAddr, bool, Option<String>), UpstreamClient>>,
+    clients: Mutex<HashMap<PoolKey, UpstreamClient>>,
 }
 
 const MAX_CLIENTS: usize = 4096;
+
+/// (original destination, HTTP/2?, tunnel pool key when reached through another node's proxy).
+type PoolKey = (SocketAddr, bool, Option<String>);
 
 impl UpstreamPool {
     pub fn new(mark: u32, connect_timeout: Duration) -> Self {
