@@ -151,6 +151,7 @@ async fn start_with(limits: Limits) -> Harness {
         }),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
+        mesh: None,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
@@ -499,7 +500,7 @@ async fn loopback_throughput() {
 async fn per_request_cost() {
     let h = start().await;
     let snap = h.proxy.policy.current();
-    let client: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let client = &tollgate::decision::Downstream::plain("127.0.0.1:40000".parse().unwrap());
     let dst: SocketAddr = format!("127.0.0.2:{}", h.backend_port).parse().unwrap();
     let headers = [("host", "server"), ("user-agent", "wrk"), ("accept", "*/*")];
     let n = 200_000u32;
@@ -515,7 +516,7 @@ async fn per_request_cost() {
     for _ in 0..n {
         let mut rec = tollgate::flow::FlowRecord::new(
             tollgate::flow::Verdict::Forwarded,
-            tollgate::decision::flow_endpoint(&snap, client),
+            tollgate::decision::source_endpoint(&snap, client),
             tollgate::decision::flow_endpoint(&snap, dst),
             "HTTP",
         );
