@@ -42,7 +42,15 @@ fn api_pod_addr(ip: &str) -> SocketAddr {
 fn allowed(policy: &PolicySource, to: &str, path: &str) -> bool {
     let snap = policy.current();
     matches!(
-        decide_request(&snap, web(), api_pod_addr(to), "GET", path, "api", &[]),
+        decide_request(
+            &snap,
+            &tollgate::decision::Downstream::plain(web()),
+            api_pod_addr(to),
+            "GET",
+            path,
+            "api",
+            &[]
+        ),
         RequestDecision::Forward { .. }
     )
 }
