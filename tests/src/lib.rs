@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod dns;
+pub mod mesh;
 pub mod scenario;
 
 /// Where the cgroup-v2 hierarchy is mounted on the project's machines (hybrid layout).

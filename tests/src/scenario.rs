@@ -43,6 +43,9 @@ pub struct EndpointSpec {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub ip: String,
+    /// The node the pod runs on (two-node tests, `mesh.rs`).
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl EndpointSpec {
