@@ -116,11 +116,19 @@ pub async fn handle(
             return;
         }
     };
-    // A local pod connecting to a pod of another node: through that node's tunnel, as the pod's SVID.
-    let outbound = proxy
-        .mesh
-        .as_ref()
-        .map(|m| m.outbound(&proxy.policy.current().endpoints, client, dst));
+    // A local pod connecting to a pod of another node (or to a rule requiring authentication): through the
+    // tunnel, as the pod's SVID.
+    let outbound = proxy.mesh.as_ref().map(|m| {
+        let snap = proxy.policy.current();
+        let auth_required = matches!(
+            decision::plan_connection(&snap, &Downstream::plain(client), dst),
+            ConnectionPlan::Drop {
+                drop_reason: DropReason::AuthRequired,
+                ..
+            }
+        );
+        m.outbound(&snap.endpoints, client, dst, auth_required)
+    });
     let (down, dial) = match outbound {
         None | Some(Ok(None)) => (Downstream::plain(client), Dial::Direct),
         Some(Ok(Some(route))) => route,

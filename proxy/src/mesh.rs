@@ -146,17 +146,21 @@ pub enum Route {
     Tunnel { node: String, tunnel: SocketAddr },
 }
 
-/// Where a connection to `dst` goes: through the tunnel when `dst` is a pod of another node in `nodes`.
+/// Where a connection to `dst` goes: through the tunnel when `dst` is a pod of another node in `nodes`; for a pod of
+/// this node only when the connection must be authenticated (`auth_required`): it then goes through this node's own
+/// tunnel listener, so `authentication.mode: required` means a real mTLS handshake with the source's SVID on one node
+/// as across nodes. Other same-node connections stay in-process.
 pub fn route(
     endpoints: &EndpointTable,
     this_node: &str,
     nodes: &BTreeMap<String, SocketAddr>,
     dst: IpAddr,
+    auth_required: bool,
 ) -> Route {
     let Some(node) = endpoints.by_ip(dst).and_then(|e| e.node.as_deref()) else {
         return Route::Direct;
     };
-    if node == this_node {
+    if node == this_node && !auth_required {
         return Route::Direct;
     }
     match nodes.get(node) {
@@ -369,10 +373,15 @@ impl Mesh {
         endpoints: &EndpointTable,
         client: SocketAddr,
         dst: SocketAddr,
+        auth_required: bool,
     ) -> Result<Option<(Downstream, crate::upstream::Dial)>, String> {
-        let Route::Tunnel { node, tunnel } =
-            route(endpoints, &self.node_name, &self.nodes, dst.ip())
-        else {
+        let Route::Tunnel { node, tunnel } = route(
+            endpoints,
+            &self.node_name,
+            &self.nodes,
+            dst.ip(),
+            auth_required,
+        ) else {
             return Ok(None);
         };
         let source = endpoints.by_ip(client.ip()).ok_or_else(|| {
@@ -674,7 +683,7 @@ mod tests {
         )
         .unwrap();
         let t = table();
-        let r = |ip: &str| route(&t, "a", &nodes, ip.parse().unwrap());
+        let r = |ip: &str| route(&t, "a", &nodes, ip.parse().unwrap(), false);
         assert_eq!(
             r("10.0.2.20"),
             Route::Tunnel {
@@ -683,6 +692,14 @@ mod tests {
             }
         );
         assert_eq!(r("10.0.1.11"), Route::Direct, "same node");
+        assert_eq!(
+            route(&t, "a", &nodes, "10.0.1.11".parse().unwrap(), true),
+            Route::Tunnel {
+                node: "a".into(),
+                tunnel: "192.168.0.1:15008".parse().unwrap()
+            },
+            "same node, authentication required: through our own tunnel"
+        );
         assert_eq!(r("10.0.3.30"), Route::Direct, "node c has no tunnel");
         assert_eq!(r("10.0.4.40"), Route::Direct, "no node");
         assert_eq!(r("8.8.8.8"), Route::Direct, "not a pod");

@@ -1,7 +1,7 @@
 //! `authentication: {mode: required}` end to end, as root: a port with no L7 rules whose allow rule requires mutual
 //! authentication is still diverted to the proxy by the eBPF layer, and a plain connection to it is refused with an
-//! AUTH_REQUIRED flow record (the node-to-node mTLS tunnel is the only way to satisfy such a rule, and it is not
-//! wired into the connection path yet). A port of another rule without authentication keeps working.
+//! AUTH_REQUIRED flow record (only the node-to-node mTLS tunnel satisfies such a rule; `mtls_e2e.rs` tests it). A
+//! port of another rule without authentication keeps working.
 
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario, H2C_PORT, HTTP_PORT};
 

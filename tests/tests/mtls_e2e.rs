@@ -37,6 +37,7 @@ endpoints:
   - {name: web, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.8.10, node: a}
   - {name: batch, namespace: prod, labels: {app: batch, io.cilium.k8s.policy.serviceaccount: batch}, ip: 10.0.8.11, node: a}
   - {name: api, namespace: prod, labels: {app: api, io.cilium.k8s.policy.serviceaccount: api}, ip: 10.0.9.20, node: b}
+  - {name: web-b, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.9.21, node: b}
 "#;
 
 /// The api pod's L4-only (no HTTP rules) port, authentication required.
@@ -234,6 +235,18 @@ fn cross_node_traffic_goes_through_the_tunnel_as_tls_with_the_certificate_identi
         "{}",
         nodes.b.proxy_log()
     );
+
+    // On one node the rule means the same: web-b's connection to api goes through node B's own tunnel listener
+    // with web's SVID (a real handshake), not around it.
+    let b3 = nodes.b.flows().len();
+    let same = nodes.b.curl("prod/web-b", &[&url(HTTP_PORT, "/public/same-node")]).unwrap();
+    assert_eq!(status(&same), 200, "{}", nodes.b.proxy_log());
+    let rec = flow(&nodes.b, b3, "same-node /public/same-node", |f| {
+        f["l7"]["http"]["url"].as_str().is_some_and(|u| u.ends_with("/public/same-node"))
+            && f["peer_spiffe_id"] == WEB_ID
+    });
+    assert_eq!(rec["auth_type"], "SPIRE", "{rec}");
+    assert_eq!(rec["source"]["ip"], "10.0.9.21", "{rec}");
 
     // Only TLS crossed the link: every payload-carrying segment is to or from the tunnel port, no HTTP in clear.
     // dumpcap writes what it captured when it stops; give it the packets in flight first.

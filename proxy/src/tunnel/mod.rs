@@ -6,20 +6,15 @@
 //! verification against the bundle of the peer's trust domain). Streams for the same (source identity, destination
 //! node) share one pooled HTTP/2 connection.
 //!
-//! NOT wired into `connection.rs` / `run.rs` yet. Entry points for that wiring:
+//! Wired by `crate::mesh` (which node a destination lives on, whose SVID a connection carries, the
+//! [`InboundHandler`] that maps a peer's ID to an identity and runs the connection pipeline) and `run.rs`
+//! (`--tunnel-listen`). Entry points:
 //!
-//! - Outbound (source node): [`TunnelClient::open`]`(source_store, node_addr, &expected_node_ids, original_dst)`
-//!   returns an [`OutboundTunnel`] whose `stream` (tokio `AsyncRead + AsyncWrite`) replaces the upstream TCP
-//!   socket, and whose `peer_id` is the verified destination node identity. `source_store` is the
-//!   [`certs::SvidStore`] of the source workload's identity (the pool is keyed by its SPIFFE ID and the node).
-//! - Inbound (destination node): implement [`InboundHandler`] — `admit` (is `original_dst` a local endpoint, does L3
-//!   policy let `peer` in; an `Err(status)` answers the CONNECT with that status), `serve` (run the ingress L7
-//!   pipeline on `tunnel.stream` with source identity mapped from `tunnel.peer_id`; flow records get
-//!   `auth_type = SPIRE` and the peer's SPIFFE ID), `refused` (a failed handshake: the `PeerRejection` names the
-//!   reason for a DROPPED flow record) — then `TunnelServer::new(store, allowed, handler)?.serve(listener)`.
-//!
-//! Policy `authentication: {mode: required}` / AUTH_REQUIRED is not implemented here: the policy model must accept the
-//! field first, then the plain (non-tunnel) path refuses such connections.
+//! - Outbound (source node): [`TunnelClient::open`]`(source_store, node_addr, &expected_node_ids, original_dst,
+//!   source_addr)` returns an [`OutboundTunnel`] whose `stream` replaces the upstream TCP socket.
+//! - Inbound (destination node): `TunnelServer::new(store, allowed, handler)?.serve(listener)`; the handler's
+//!   `admit` may refuse a CONNECT with a status, `serve` runs the stream, `refused` reports failed handshakes with
+//!   their `PeerRejection`.
 
 mod inbound;
 mod outbound;

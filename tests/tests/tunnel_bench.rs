@@ -1,0 +1,110 @@
+//! Two-hop added latency of the node-to-node mTLS tunnel (ignored: a benchmark, not a test). Run as root with
+//! release binaries:
+//!
+//! ```sh
+//! cargo build --release -p tollgate -p tollgate-load -p tollgate-e2e
+//! cargo test --release -p tollgate-e2e --test tunnel_bench -- --ignored --nocapture
+//! ```
+//!
+//! Open-loop HTTP/1.1 GETs at 1000 rps from a pod on node A to nginx in a pod on node B (`tollgate-load run`, from
+//! inside the client pod), alternating in each round between:
+//! - `plaintext`: no proxy on either node (eBPF redirect removed): the packets are only routed across the link;
+//! - `tunnel`: node A's tollgate (HTTP policy) -> mTLS HTTP/2 CONNECT -> node B's tollgate (HTTP policy) -> nginx.
+//!
+//! Prints p50/p99/p99.9 per round and the added p99 (tunnel - plaintext).
+
+use std::process::Stdio;
+
+use serde_json::Value;
+use tollgate_e2e::mesh::TwoNodes;
+use tollgate_e2e::scenario::HTTP_PORT;
+use tollgate_e2e::{TempDir, built_binary, require_root};
+
+const CASE: &str = r#"name: tunnel-bench
+policies:
+  - apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: api-mtls, namespace: prod}
+    spec:
+      endpointSelector: {matchLabels: {app: api}}
+      ingress:
+        - fromEndpoints: [{matchLabels: {app: web}}]
+          authentication: {mode: required}
+          toPorts:
+            - ports: [{port: "8080", protocol: TCP}]
+              rules: {http: [{method: GET, path: "/public.*"}]}
+endpoints:
+  - {name: web, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.8.10, node: a}
+  - {name: api, namespace: prod, labels: {app: api, io.cilium.k8s.policy.serviceaccount: api}, ip: 10.0.9.20, node: b}
+"#;
+
+fn load(nodes: &TwoNodes, out: &TempDir, label: &str) -> Value {
+    let json = out.path().join(format!("{label}.json"));
+    let status = nodes
+        .a
+        .pod("prod/web")
+        .command(built_binary("tollgate-load"))
+        .args([
+            "run",
+            "--target",
+            &format!("10.0.9.20:{HTTP_PORT}"),
+            "--path",
+            "/public/bench",
+            "--rate",
+            "1000",
+            "--duration",
+            "12",
+            "--warmup",
+            "2",
+            "--connections",
+            "8",
+            "--label",
+            label,
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "tollgate-load {label} failed");
+    let v: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["summary"]["errors"], 0, "{label}: errors {v}");
+    v
+}
+
+#[test]
+#[ignore = "benchmark: run with --release --ignored as root"]
+fn two_hop_added_p99_at_1000_rps() {
+    require_root();
+    let mut nodes = TwoNodes::new("tunnel-bench", CASE).unwrap();
+    let out = TempDir::new("tunnel-bench-out").unwrap();
+    println!("| round | row | achieved rps | p50 µs | p99 µs | p99.9 µs |");
+    println!("|---|---|---|---|---|---|");
+    let mut added = Vec::new();
+    for round in 1..=3 {
+        nodes.start(&[]).unwrap();
+        let t = load(&nodes, &out, &format!("tunnel-{round}"));
+        for sc in [&mut nodes.a, &mut nodes.b] {
+            sc.kill_proxy();
+            sc.remove_pins();
+        }
+        let p = load(&nodes, &out, &format!("plaintext-{round}"));
+        for (name, v) in [("plaintext", &p), ("tunnel (2 proxies)", &t)] {
+            let s = &v["summary"];
+            println!(
+                "| {round} | {name} | {:.0} | {} | {} | {} |",
+                s["achieved_rps"].as_f64().unwrap(),
+                s["p50_us"],
+                s["p99_us"],
+                s["p999_us"]
+            );
+        }
+        let d = t["summary"]["p99_us"].as_i64().unwrap() - p["summary"]["p99_us"].as_i64().unwrap();
+        added.push(d);
+    }
+    added.sort();
+    println!(
+        "added p99 per round (µs): {added:?}; median {} µs",
+        added[1]
+    );
+}
