@@ -4,7 +4,8 @@
 //! `cargo test -p tollgate-e2e --release --test mtls_bench -- --ignored --nocapture`
 //!
 //! Both servers present an SVID (ECDSA P-256) from one dev CA, require a client SVID from it, speak TLS 1.3 only
-//! with ALPN h2 and never resume sessions (HAProxy: `no-tls-tickets`, `tune.ssl.cachesize 0`). Both are pinned to
+//! with ALPN h2 and never resume sessions nor send tickets (HAProxy: `no-tls-tickets`, `tune.ssl.cachesize 0`, and
+//! OpenSSL's `NumTickets = 0` through `OPENSSL_CONF`). Both are pinned to
 //! CPU 1 (HAProxy with `nbthread 1`), the load generator (`tollgate-tls-bench load`, the same rustls client for
 //! both) to CPU 0. Rounds alternate the servers; each round runs one server for `BENCH_SECS` (default 5) with
 //! `BENCH_CONNECTIONS` (default 32) concurrent handshake loops. Server CPU time (utime + stime from
@@ -16,8 +17,8 @@
 //! setup on top of the handshake. The client needs that answer either way: it proves the server accepted its
 //! certificate (TLS 1.3 clients finish before the server has checked theirs).
 //!
-//! Fails when haproxy or taskset is missing, CPU 0 or 1 is not usable, any handshake failed (client or server side)
-//! or no handshake happened. Servers are stopped by PID; the temporary directory is removed.
+//! Fails when haproxy or taskset is missing, CPU 0 or 1 is not usable, any handshake failed (client or server side),
+//! no handshake happened or a server sent session tickets. Servers are stopped by PID; the temporary directory is removed.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -163,6 +164,13 @@ fn load(
         "{}: no handshake happened: {report}",
         server.name()
     );
+    // Same work on both sides: neither server may issue session tickets (the client would not use them anyway).
+    assert_eq!(
+        report["tickets_received"].as_u64(),
+        Some(0),
+        "{}: the server sent TLS 1.3 session tickets: {report}",
+        server.name()
+    );
     report
 }
 
@@ -301,7 +309,24 @@ frontend bench
         ca = server_files.bundle.display(),
     );
     let conf_path = dir.write("haproxy.cfg", &conf).expect("haproxy.cfg");
+    // `no-tls-tickets` and no session cache still leave OpenSSL sending two TLS 1.3 NewSessionTickets per handshake
+    // (checked with `openssl s_client -msg`); HAProxy 2.6 has no setting for that, OpenSSL's own config does.
+    // Tollgate's server_config sends none (send_tls13_tickets = 0), so HAProxy sends none either.
+    let openssl_conf = dir
+        .write(
+            "openssl.cnf",
+            "openssl_conf = default_conf
+[default_conf]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+NumTickets = 0
+",
+        )
+        .expect("openssl.cnf");
     run(Command::new(&haproxy_bin)
+        .env("OPENSSL_CONF", &openssl_conf)
         .arg("-c")
         .arg("-f")
         .arg(&conf_path))
@@ -309,6 +334,7 @@ frontend bench
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", SERVER_CPU])
         .arg(&haproxy_bin)
+        .env("OPENSSL_CONF", &openssl_conf)
         .arg("-db")
         .arg("-f")
         .arg(&conf_path)

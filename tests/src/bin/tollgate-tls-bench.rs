@@ -16,7 +16,7 @@
 //!   a minimal HTTP/2 request (preface, empty SETTINGS, `GET /`) and waits for a HEADERS frame carrying `:status
 //!   200`, which is what HAProxy in `mode http` with `http-request return status 200` answers on an h2 connection.
 //!   Either way an answer from the server proves it accepted the client certificate. Prints one JSON line:
-//!   `{"handshakes", "failures", "secs", "per_sec", "errors", "negotiated"}`.
+//!   `{"handshakes", "failures", "secs", "per_sec", "errors", "tickets_received", "negotiated"}`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -206,6 +206,8 @@ struct LoadStats {
     errors: Errors,
     /// Filled by the first success only (formatting it costs client CPU, which the load generator is short of).
     negotiated: std::sync::OnceLock<Negotiated>,
+    /// TLS 1.3 NewSessionTickets received, summed over connections (both servers are set up to send none).
+    tickets: AtomicU64,
 }
 
 /// The client half of an HTTP/2 connection with one `GET /` (stream 1, END_STREAM): the preface, an empty SETTINGS
@@ -227,7 +229,7 @@ async fn load_one(
     connector: &TlsConnector,
     addr: SocketAddr,
     openssl_compatible: bool,
-    negotiated: &std::sync::OnceLock<Negotiated>,
+    stats: &LoadStats,
 ) -> Result<()> {
     let tcp = TcpStream::connect(addr).await.context("TCP connect")?;
     let _ = tcp.set_nodelay(true);
@@ -238,9 +240,9 @@ async fn load_one(
             Some(r) => anyhow::anyhow!("server refused by our verifier ({}): {e}", r.code()),
             None => anyhow::anyhow!("handshake: {e}"),
         })?;
-    if negotiated.get().is_none() {
+    if stats.negotiated.get().is_none() {
         let conn = tls.get_ref().1;
-        let _ = negotiated.set(Negotiated {
+        let _ = stats.negotiated.set(Negotiated {
             protocol: format!("{:?}", conn.protocol_version()),
             cipher_suite: format!("{:?}", conn.negotiated_cipher_suite().map(|s| s.suite())),
             key_exchange: format!(
@@ -272,6 +274,13 @@ async fn load_one(
                 String::from_utf8_lossy(&reply)
             );
         }
+    }
+    // Tickets come before any application data, so every one sent has been read by now.
+    let tickets = tls.get_ref().1.tls13_tickets_received();
+    if tickets > 0 {
+        stats
+            .tickets
+            .fetch_add(u64::from(tickets), Ordering::Relaxed);
     }
     Ok(())
 }
@@ -349,7 +358,7 @@ fn load(args: &Args) -> Result<()> {
                 while Instant::now() < deadline {
                     let one = tokio::time::timeout(
                         CONNECTION_TIMEOUT,
-                        load_one(&connector, addr, openssl_compatible, &stats.negotiated),
+                        load_one(&connector, addr, openssl_compatible, &stats),
                     )
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("connection timed out")));
@@ -379,6 +388,7 @@ fn load(args: &Args) -> Result<()> {
                 "secs": secs,
                 "per_sec": handshakes as f64 / secs,
                 "errors": stats.errors.list(),
+                "tickets_received": stats.tickets.load(Ordering::Relaxed),
                 "negotiated": negotiated.map(|n| serde_json::json!({
                     "protocol": n.protocol,
                     "cipher_suite": n.cipher_suite,
