@@ -16,6 +16,9 @@
 //! (`mode http`) answers an HTTP/2 `GET /` with `http-request return status 200`, which costs it an HTTP/2 session
 //! setup on top of the handshake. The client needs that answer either way: it proves the server accepted its
 //! certificate (TLS 1.3 clients finish before the server has checked theirs).
+//! To size that extra, each round also runs the same request against the same HAProxy process over plain TCP
+//! (`proto h2`, no TLS); the table subtracts HAProxy's CPU per h2c request from its CPU per TLS connection for an
+//! estimate of the handshake alone.
 //!
 //! Fails when haproxy or taskset is missing, CPU 0 or 1 is not usable, any handshake failed (client or server side),
 //! no handshake happened or a server sent session tickets. Servers are stopped by PID; the temporary directory is removed.
@@ -97,6 +100,8 @@ fn wait_for_tcp(addr: SocketAddr, server: &mut ChildGuard, what: &str) {
 enum Server {
     Tollgate,
     Haproxy,
+    /// The same HAProxy process answering the same HTTP/2 request without TLS: its cost for the HTTP/2 part.
+    HaproxyH2c,
 }
 
 impl Server {
@@ -104,6 +109,7 @@ impl Server {
         match self {
             Server::Tollgate => "tollgate (rustls)",
             Server::Haproxy => "haproxy (OpenSSL)",
+            Server::HaproxyH2c => "haproxy h2c, no TLS (requests)",
         }
     }
 }
@@ -142,8 +148,14 @@ fn load(
         .args(["load", "--connect", &addr.to_string(), "--svid-dir"])
         .arg(client_dir)
         .args(["--connections", &connections, "--duration-secs", secs]);
-    if server == Server::Haproxy {
-        cmd.arg("--openssl-compatible");
+    match server {
+        Server::Tollgate => {}
+        Server::Haproxy => {
+            cmd.arg("--openssl-compatible");
+        }
+        Server::HaproxyH2c => {
+            cmd.arg("--plain-h2c");
+        }
     }
     let out =
         run(&mut cmd).unwrap_or_else(|e| panic!("load generator against {}: {e:#}", server.name()));
@@ -289,6 +301,7 @@ fn mtls_full_handshakes_per_core_tollgate_vs_haproxy() {
 
     // HAProxy on the same CPU, one thread, no session cache, no tickets.
     let haproxy_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let h2c_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let conf = format!(
         "global
   nbthread 1
@@ -303,6 +316,9 @@ defaults
   timeout http-request 10s
 frontend bench
   bind {haproxy_addr} ssl crt {crt} ca-file {ca} verify required alpn h2 ssl-min-ver TLSv1.3 no-tls-tickets
+  http-request return status 200
+frontend bench_h2c
+  bind {h2c_addr} proto h2
   http-request return status 200
 ",
         crt = haproxy_pem.display(),
@@ -355,6 +371,7 @@ NumTickets = 0
     let servers = [
         (Server::Tollgate, tollgate_addr, tollgate.id()),
         (Server::Haproxy, haproxy_addr, haproxy.id()),
+        (Server::HaproxyH2c, h2c_addr, haproxy.id()),
     ];
     // Warm-up (not reported): caches, page faults, the first allocations.
     for &(server, addr, _) in &servers {
@@ -431,7 +448,7 @@ fn render(results: &[Round], secs: &str) -> String {
     t.push_str(
         "\n| mean over rounds | handshakes/s | handshakes per server CPU-s (per core) |\n| --- | ---: | ---: |\n",
     );
-    for s in [Server::Tollgate, Server::Haproxy] {
+    for s in [Server::Tollgate, Server::Haproxy, Server::HaproxyH2c] {
         t.push_str(&format!(
             "| {} | {:.0} | {:.0} |\n",
             s.name(),
@@ -443,6 +460,14 @@ fn render(results: &[Round], secs: &str) -> String {
         "| ratio tollgate / haproxy | {:.2} | {:.2} |\n",
         rate(Server::Tollgate) / rate(Server::Haproxy),
         per_cpu(Server::Tollgate) / per_cpu(Server::Haproxy)
+    ));
+    // HAProxy's CPU per TLS connection minus its CPU per h2c connection: the handshake alone (TCP accept and close
+    // stay counted on both sides, as does Tollgate's `ok` + close_notify).
+    let handshake_only = 1.0 / (1.0 / per_cpu(Server::Haproxy) - 1.0 / per_cpu(Server::HaproxyH2c));
+    t.push_str(&format!(
+        "| haproxy, HTTP/2 part subtracted (estimate) | | {handshake_only:.0} |\n\
+         | ratio tollgate / haproxy without its HTTP/2 part | | {:.2} |\n",
+        per_cpu(Server::Tollgate) / handshake_only
     ));
     t.push_str(
         "\n| round | ratio handshakes/s | ratio per server CPU-s |\n| ---: | ---: | ---: |\n",

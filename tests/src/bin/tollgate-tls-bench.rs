@@ -9,13 +9,16 @@
 //!   Prints `listening on ADDR` when ready; on SIGTERM/SIGINT prints one JSON line
 //!   `{"accepted", "handshakes", "failures", "errors"}` and exits.
 //!
-//! `tollgate-tls-bench load --connect ADDR --svid-dir DIR --connections N --duration-secs S [--openssl-compatible]`
+//! `tollgate-tls-bench load --connect ADDR --svid-dir DIR --connections N --duration-secs S`
+//!   `[--openssl-compatible | --plain-h2c]`
 //!   N concurrent loops (tokio multi-thread runtime, one worker per CPU it may run on), each doing full handshakes
 //!   back to back with `certs::client_config` and the SVID of `DIR`: a new TCP connection each time, no resumption.
 //!   Without `--openssl-compatible` it expects exactly `ok` then a clean close (the `serve` side). With it, it sends
 //!   a minimal HTTP/2 request (preface, empty SETTINGS, `GET /`) and waits for a HEADERS frame carrying `:status
 //!   200`, which is what HAProxy in `mode http` with `http-request return status 200` answers on an h2 connection.
-//!   Either way an answer from the server proves it accepted the client certificate. Prints one JSON line:
+//!   Either way an answer from the server proves it accepted the client certificate. `--plain-h2c` sends the same
+//!   HTTP/2 request over plain TCP without TLS (`--svid-dir` still required, unused): what HAProxy spends on the
+//!   HTTP/2 part alone, to separate it from the handshake. Prints one JSON line:
 //!   `{"handshakes", "failures", "secs", "per_sec", "errors", "tickets_received", "negotiated"}`.
 
 use std::net::SocketAddr;
@@ -40,7 +43,7 @@ const MAX_ERRORS: usize = 8;
 
 const USAGE: &str = "usage:
   tollgate-tls-bench serve --listen ADDR --svid-dir DIR
-  tollgate-tls-bench load --connect ADDR --svid-dir DIR --connections N --duration-secs S [--openssl-compatible]";
+  tollgate-tls-bench load --connect ADDR --svid-dir DIR --connections N --duration-secs S [--openssl-compatible | --plain-h2c]";
 
 /// `--name value` pairs and bare `--flag`s.
 #[derive(Debug, Default)]
@@ -229,10 +232,17 @@ async fn load_one(
     connector: &TlsConnector,
     addr: SocketAddr,
     openssl_compatible: bool,
+    plain_h2c: bool,
     stats: &LoadStats,
 ) -> Result<()> {
-    let tcp = TcpStream::connect(addr).await.context("TCP connect")?;
+    let mut tcp = TcpStream::connect(addr).await.context("TCP connect")?;
     let _ = tcp.set_nodelay(true);
+    if plain_h2c {
+        tcp.write_all(H2_REQUEST)
+            .await
+            .context("writing the h2c request")?;
+        return read_h2_status_200(&mut tcp).await;
+    }
     let mut tls = connector
         .connect(certs::server_name(), tcp)
         .await
@@ -336,7 +346,8 @@ fn load(args: &Args) -> Result<()> {
     let svid_dir = args.get("svid-dir")?.to_owned();
     let connections: usize = args.parsed("connections")?;
     let duration = Duration::from_secs_f64(args.parsed("duration-secs")?);
-    let openssl_compatible = args.flag("openssl-compatible");
+    let plain_h2c = args.flag("plain-h2c");
+    let openssl_compatible = args.flag("openssl-compatible") || plain_h2c;
     if connections == 0 {
         bail!("--connections must be at least 1");
     }
@@ -358,7 +369,7 @@ fn load(args: &Args) -> Result<()> {
                 while Instant::now() < deadline {
                     let one = tokio::time::timeout(
                         CONNECTION_TIMEOUT,
-                        load_one(&connector, addr, openssl_compatible, &stats),
+                        load_one(&connector, addr, openssl_compatible, plain_h2c, &stats),
                     )
                     .await
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("connection timed out")));
@@ -406,7 +417,9 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let result = match argv.first().map(String::as_str) {
         Some("serve") => Args::parse(&argv[1..], &[]).and_then(|a| serve(&a)),
-        Some("load") => Args::parse(&argv[1..], &["openssl-compatible"]).and_then(|a| load(&a)),
+        Some("load") => {
+            Args::parse(&argv[1..], &["openssl-compatible", "plain-h2c"]).and_then(|a| load(&a))
+        }
         _ => Err(anyhow::anyhow!("{USAGE}")),
     };
     match result {
