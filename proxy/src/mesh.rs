@@ -137,6 +137,14 @@ pub fn workload_id(td: &TrustDomain, ep: &policy_model::Endpoint) -> Result<Spif
         .map_err(|e| format!("pod {}/{}: {e}", ep.namespace, ep.name))
 }
 
+/// Whether a pod runs on `this_node`: named so, or enrolled here (a cgroup) when the endpoint names no node.
+pub fn is_local(ep: &policy_model::Endpoint, this_node: &str) -> bool {
+    match &ep.node {
+        Some(n) => n == this_node,
+        None => ep.cgroup.is_some(),
+    }
+}
+
 /// How a connection to `dst` leaves this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -384,9 +392,14 @@ impl Mesh {
         ) else {
             return Ok(None);
         };
-        let source = endpoints.by_ip(client.ip()).ok_or_else(|| {
-            format!("{client} is not a known pod, so it has no SVID for the tunnel to node {node}")
-        })?;
+        // Only pods of THIS node get an SVID from us: anything else (a plain connection from another node steered
+        // here by TC, the host) must never be authenticated by its address.
+        let Some(source) = endpoints
+            .by_ip(client.ip())
+            .filter(|e| is_local(e, &self.node_name))
+        else {
+            return Ok(None);
+        };
         let source_id = workload_id(&self.trust_domain, source)?;
         let store = self.svid(&source_id).map_err(|e| e.to_string())?;
         let down = Downstream {
@@ -469,10 +482,9 @@ pub struct TunnelInbound {
 impl TunnelInbound {
     /// Whether `dst` is a pod of this node: named so, or enrolled here when the endpoint names no node.
     fn local(&self, endpoints: &EndpointTable, dst: SocketAddr) -> bool {
-        endpoints.by_ip(dst.ip()).is_some_and(|e| match &e.node {
-            Some(n) => *n == self.mesh.node_name,
-            None => e.cgroup.is_some(),
-        })
+        endpoints
+            .by_ip(dst.ip())
+            .is_some_and(|e| is_local(e, &self.mesh.node_name))
     }
 
     /// The downstream a tunnel stream is served as, or the record of why it is refused.
@@ -701,6 +713,14 @@ mod tests {
             "same node, authentication required: through our own tunnel"
         );
         assert_eq!(r("10.0.3.30"), Route::Direct, "node c has no tunnel");
+        // Only this node's pods are ever given an SVID as a source.
+        let ep = |ip: &str| t.by_ip(ip.parse().unwrap()).unwrap().clone();
+        assert!(is_local(&ep("10.0.1.10"), "a"));
+        assert!(!is_local(&ep("10.0.2.20"), "a"));
+        let mut unnamed = ep("10.0.4.40");
+        assert!(!is_local(&unnamed, "a"), "no node, not enrolled here");
+        unnamed.cgroup = Some("/cg".into());
+        assert!(is_local(&unnamed, "a"), "no node, enrolled here");
         assert_eq!(r("10.0.4.40"), Route::Direct, "no node");
         assert_eq!(r("8.8.8.8"), Route::Direct, "not a pod");
     }

@@ -239,10 +239,15 @@ fn cross_node_traffic_goes_through_the_tunnel_as_tls_with_the_certificate_identi
     // On one node the rule means the same: web-b's connection to api goes through node B's own tunnel listener
     // with web's SVID (a real handshake), not around it.
     let b3 = nodes.b.flows().len();
-    let same = nodes.b.curl("prod/web-b", &[&url(HTTP_PORT, "/public/same-node")]).unwrap();
+    let same = nodes
+        .b
+        .curl("prod/web-b", &[&url(HTTP_PORT, "/public/same-node")])
+        .unwrap();
     assert_eq!(status(&same), 200, "{}", nodes.b.proxy_log());
     let rec = flow(&nodes.b, b3, "same-node /public/same-node", |f| {
-        f["l7"]["http"]["url"].as_str().is_some_and(|u| u.ends_with("/public/same-node"))
+        f["l7"]["http"]["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/public/same-node"))
             && f["peer_spiffe_id"] == WEB_ID
     });
     assert_eq!(rec["auth_type"], "SPIRE", "{rec}");
