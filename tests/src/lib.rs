@@ -607,6 +607,7 @@ impl Drop for TempDir {
 }
 
 /// A real nginx serving inside a pod: `GET` of any path answers 200 with a body naming the server and the path.
+/// Keep-alive connections are not closed after nginx's default 1000 requests (load runs reuse them).
 /// `http1_port` serves HTTP/1.1, `h2c_port` HTTP/2 with prior knowledge (nginx 1.22 syntax).
 #[derive(Debug)]
 pub struct Nginx {
@@ -622,7 +623,7 @@ impl Nginx {
         let conf = format!(
             "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\ndaemon off;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             http {{\n  access_log {d}/access.log;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                server {{\n    listen {http1_port};\n    listen {h2c_port} http2;\n\
                  location / {{ default_type text/plain; return 200 \"{name} $request_method $request_uri\\n\"; }}\n  }}\n}}\n",
