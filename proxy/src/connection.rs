@@ -120,13 +120,16 @@ pub async fn handle(
     // tunnel, as the pod's SVID.
     let outbound = proxy.mesh.as_ref().map(|m| {
         let snap = proxy.policy.current();
-        let auth_required = matches!(
-            decision::plan_connection(&snap, &Downstream::plain(client), dst),
-            ConnectionPlan::Drop {
-                drop_reason: DropReason::AuthRequired,
-                ..
-            }
-        );
+        // Only asked for a destination on this node (an extra verdict per such connection).
+        let auth_required = || {
+            matches!(
+                decision::plan_connection(&snap, &Downstream::plain(client), dst),
+                ConnectionPlan::Drop {
+                    drop_reason: DropReason::AuthRequired,
+                    ..
+                }
+            )
+        };
         m.outbound(&snap.endpoints, client, dst, auth_required)
     });
     let (down, dial) = match outbound {

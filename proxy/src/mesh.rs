@@ -155,20 +155,20 @@ pub enum Route {
 }
 
 /// Where a connection to `dst` goes: through the tunnel when `dst` is a pod of another node in `nodes`; for a pod of
-/// this node only when the connection must be authenticated (`auth_required`): it then goes through this node's own
-/// tunnel listener, so `authentication.mode: required` means a real mTLS handshake with the source's SVID on one node
+/// this node only when the connection must be authenticated (`auth_required`, only asked then: it costs a policy
+/// evaluation): it then goes through this node's own tunnel listener, so `authentication.mode: required` means a real mTLS handshake with the source's SVID on one node
 /// as across nodes. Other same-node connections stay in-process.
 pub fn route(
     endpoints: &EndpointTable,
     this_node: &str,
     nodes: &BTreeMap<String, SocketAddr>,
     dst: IpAddr,
-    auth_required: bool,
+    auth_required: impl FnOnce() -> bool,
 ) -> Route {
     let Some(node) = endpoints.by_ip(dst).and_then(|e| e.node.as_deref()) else {
         return Route::Direct;
     };
-    if node == this_node && !auth_required {
+    if node == this_node && !auth_required() {
         return Route::Direct;
     }
     match nodes.get(node) {
@@ -381,7 +381,7 @@ impl Mesh {
         endpoints: &EndpointTable,
         client: SocketAddr,
         dst: SocketAddr,
-        auth_required: bool,
+        auth_required: impl FnOnce() -> bool,
     ) -> Result<Option<(Downstream, crate::upstream::Dial)>, String> {
         let Route::Tunnel { node, tunnel } = route(
             endpoints,
@@ -411,6 +411,7 @@ impl Mesh {
         let dial = TunnelDial {
             mesh: self.clone(),
             source: store,
+            pool_key: format!("{source_id} via {tunnel}"),
             source_id,
             client,
             node,
@@ -426,6 +427,8 @@ struct TunnelDial {
     mesh: Arc<Mesh>,
     source: Arc<SvidStore>,
     source_id: SpiffeId,
+    /// Upstream pool key (asked per request): one pool per (source identity, node tunnel).
+    pool_key: String,
     client: SocketAddr,
     node: String,
     tunnel: SocketAddr,
@@ -464,7 +467,7 @@ impl TunnelDialer for TunnelDial {
     }
 
     fn pool_key(&self) -> String {
-        format!("{} via {}", self.source_id, self.tunnel)
+        self.pool_key.clone()
     }
 }
 
@@ -695,7 +698,7 @@ mod tests {
         )
         .unwrap();
         let t = table();
-        let r = |ip: &str| route(&t, "a", &nodes, ip.parse().unwrap(), false);
+        let r = |ip: &str| route(&t, "a", &nodes, ip.parse().unwrap(), || false);
         assert_eq!(
             r("10.0.2.20"),
             Route::Tunnel {
@@ -705,7 +708,7 @@ mod tests {
         );
         assert_eq!(r("10.0.1.11"), Route::Direct, "same node");
         assert_eq!(
-            route(&t, "a", &nodes, "10.0.1.11".parse().unwrap(), true),
+            route(&t, "a", &nodes, "10.0.1.11".parse().unwrap(), || true),
             Route::Tunnel {
                 node: "a".into(),
                 tunnel: "192.168.0.1:15008".parse().unwrap()

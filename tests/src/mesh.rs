@@ -15,6 +15,31 @@ use anyhow::{Context, Result, bail};
 use crate::scenario::{CaseFile, EbpfScenario};
 use crate::{TempDir, next_id, run, tollgate_bin};
 
+/// The mTLS tests' cluster: web and batch on node A, api and web-b on node B; api's HTTP ports 8080/8081 (GET
+/// `/public.*`) and its L4 port 9080 admit web only, and only authenticated (`authentication.mode: required`).
+pub const MTLS_CASE: &str = r#"name: mtls
+policies:
+  - apiVersion: cilium.io/v2
+    kind: CiliumNetworkPolicy
+    metadata: {name: api-mtls, namespace: prod}
+    spec:
+      endpointSelector: {matchLabels: {app: api}}
+      ingress:
+        - fromEndpoints: [{matchLabels: {app: web}}]
+          authentication: {mode: required}
+          toPorts:
+            - ports: [{port: "8080", protocol: TCP}, {port: "8081", protocol: TCP}]
+              rules: {http: [{method: GET, path: "/public.*"}]}
+        - fromEndpoints: [{matchLabels: {app: web}}]
+          authentication: {mode: required}
+          toPorts: [{ports: [{port: "9080", protocol: TCP}]}]
+endpoints:
+  - {name: web, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.8.10, node: a}
+  - {name: batch, namespace: prod, labels: {app: batch, io.cilium.k8s.policy.serviceaccount: batch}, ip: 10.0.8.11, node: a}
+  - {name: api, namespace: prod, labels: {app: api, io.cilium.k8s.policy.serviceaccount: api}, ip: 10.0.9.20, node: b}
+  - {name: web-b, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.9.21, node: b}
+"#;
+
 /// The tunnel port (HBONE's).
 pub const TUNNEL_PORT: u16 = 15008;
 /// The TC-steered transparent listener on node B (plain connections arriving from the other node).

@@ -13,32 +13,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tollgate_e2e::mesh::{TUNNEL_PORT, TwoNodes};
+use tollgate_e2e::mesh::{MTLS_CASE, TUNNEL_PORT, TwoNodes};
 use tollgate_e2e::scenario::{H2C_PORT, HTTP_PORT};
 use tollgate_e2e::{ChildGuard, Nginx, TempDir, built_binary, require_root, require_tool};
-
-const CASE: &str = r#"name: mtls
-policies:
-  - apiVersion: cilium.io/v2
-    kind: CiliumNetworkPolicy
-    metadata: {name: api-mtls, namespace: prod}
-    spec:
-      endpointSelector: {matchLabels: {app: api}}
-      ingress:
-        - fromEndpoints: [{matchLabels: {app: web}}]
-          authentication: {mode: required}
-          toPorts:
-            - ports: [{port: "8080", protocol: TCP}, {port: "8081", protocol: TCP}]
-              rules: {http: [{method: GET, path: "/public.*"}]}
-        - fromEndpoints: [{matchLabels: {app: web}}]
-          authentication: {mode: required}
-          toPorts: [{ports: [{port: "9080", protocol: TCP}]}]
-endpoints:
-  - {name: web, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.8.10, node: a}
-  - {name: batch, namespace: prod, labels: {app: batch, io.cilium.k8s.policy.serviceaccount: batch}, ip: 10.0.8.11, node: a}
-  - {name: api, namespace: prod, labels: {app: api, io.cilium.k8s.policy.serviceaccount: api}, ip: 10.0.9.20, node: b}
-  - {name: web-b, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.9.21, node: b}
-"#;
 
 /// The api pod's L4-only (no HTTP rules) port, authentication required.
 const L4_PORT: u16 = 9080;
@@ -106,7 +83,7 @@ fn capture(
 #[test]
 fn cross_node_traffic_goes_through_the_tunnel_as_tls_with_the_certificate_identity() {
     require_root();
-    let mut nodes = TwoNodes::new("mtls", CASE).unwrap();
+    let mut nodes = TwoNodes::new("mtls", MTLS_CASE).unwrap();
     nodes.start(&[]).unwrap();
     let scratch = TempDir::new("mtls-capture").unwrap();
     let (tshark, pcap, tshark_log) = capture(&nodes, &scratch);
@@ -339,7 +316,7 @@ fn cross_node_traffic_goes_through_the_tunnel_as_tls_with_the_certificate_identi
 fn every_refused_handshake_has_a_named_flow_record() {
     require_root();
     let openssl = require_tool("openssl");
-    let mut nodes = TwoNodes::new("mtls-refusals", CASE).unwrap();
+    let mut nodes = TwoNodes::new("mtls-refusals", MTLS_CASE).unwrap();
     nodes.start(&[]).unwrap();
     let dir = TempDir::new("mtls-refusal-certs").unwrap();
     // Certificates no node should accept, made with the same tooling a user has.
@@ -457,7 +434,7 @@ fn every_refused_handshake_has_a_named_flow_record() {
 fn svids_rotating_during_h2load_lose_no_request() {
     require_root();
     let h2load = require_tool("h2load");
-    let mut nodes = TwoNodes::new("mtls-rotation", CASE).unwrap();
+    let mut nodes = TwoNodes::new("mtls-rotation", MTLS_CASE).unwrap();
     // 4 s SVIDs, renewed every 2 s, for the node proxies and the web workload alike.
     nodes.start(&["--svid-ttl-secs", "4"]).unwrap();
     // An L4-only port (spliced): every new connection is a new CONNECT stream, so new TLS connections with the

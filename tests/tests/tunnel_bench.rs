@@ -17,30 +17,12 @@
 use std::process::Stdio;
 
 use serde_json::Value;
-use tollgate_e2e::mesh::TwoNodes;
+use tollgate_e2e::mesh::{MTLS_CASE, TwoNodes};
 use tollgate_e2e::scenario::HTTP_PORT;
 use tollgate_e2e::{TempDir, built_binary, require_root};
 
 /// Rounds (each: plaintext then tunnel, open loop at 1000 rps and closed loop).
 const ROUNDS: usize = 3;
-
-const CASE: &str = r#"name: tunnel-bench
-policies:
-  - apiVersion: cilium.io/v2
-    kind: CiliumNetworkPolicy
-    metadata: {name: api-mtls, namespace: prod}
-    spec:
-      endpointSelector: {matchLabels: {app: api}}
-      ingress:
-        - fromEndpoints: [{matchLabels: {app: web}}]
-          authentication: {mode: required}
-          toPorts:
-            - ports: [{port: "8080", protocol: TCP}]
-              rules: {http: [{method: GET, path: "/public.*"}]}
-endpoints:
-  - {name: web, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.8.10, node: a}
-  - {name: api, namespace: prod, labels: {app: api, io.cilium.k8s.policy.serviceaccount: api}, ip: 10.0.9.20, node: b}
-"#;
 
 fn load(nodes: &TwoNodes, out: &TempDir, label: &str, rate: Option<&str>) -> Value {
     let json = out.path().join(format!("{label}.json"));
@@ -79,7 +61,7 @@ fn load(nodes: &TwoNodes, out: &TempDir, label: &str, rate: Option<&str>) -> Val
 #[ignore = "benchmark: run with --release --ignored as root"]
 fn two_hop_added_p99_at_1000_rps() {
     require_root();
-    let mut nodes = TwoNodes::new("tunnel-bench", CASE).unwrap();
+    let mut nodes = TwoNodes::new("tunnel-bench", MTLS_CASE).unwrap();
     let out = TempDir::new("tunnel-bench-out").unwrap();
     println!("| round | row | achieved rps | p50 µs | p99 µs | p99.9 µs |");
     println!("|---|---|---|---|---|---|");
