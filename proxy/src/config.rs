@@ -135,6 +135,13 @@ pub struct RunArgs {
     /// Seconds without traffic after which a connection is closed.
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs_f64())]
     pub idle_timeout_secs: f64,
+    /// Seconds a request body has to start arriving; it earns one more second per --request-body-min-rate bytes
+    /// (408 when it falls behind).
+    #[arg(long, default_value_t = Limits::default().body_grace.as_secs_f64())]
+    pub request_body_timeout_secs: f64,
+    /// Minimum request body rate in bytes per second once the grace is used up.
+    #[arg(long, default_value_t = Limits::default().body_min_rate)]
+    pub request_body_min_rate: u64,
     /// Seconds open connections keep being served after a restart handoff or SIGTERM before they are asked to
     /// close (hitless upgrades: clients finish on the old process, new connections go to the new one).
     #[arg(long, default_value_t = Limits::default().drain.as_secs_f64())]
@@ -174,6 +181,8 @@ impl RunArgs {
             max_headers: self.max_headers,
             header_read_timeout: secs("header-read-timeout-secs", self.header_read_timeout_secs)?,
             idle_timeout: secs("idle-timeout-secs", self.idle_timeout_secs)?,
+            body_grace: secs("request-body-timeout-secs", self.request_body_timeout_secs)?,
+            body_min_rate: self.request_body_min_rate.max(1),
             max_connections: self.max_connections,
             h2_max_concurrent_streams: self.h2_max_concurrent_streams,
             drain: secs("drain-secs", self.drain_secs)?,

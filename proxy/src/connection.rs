@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
-use crate::activity::{Activity, Tracked};
+use crate::activity::{Activity, RequestClock, Tracked};
 use crate::decision::{self, ConnectionPlan, Downstream};
 use crate::flow::{DropReason, FlowEndpoint, FlowLog, FlowRecord, HttpInfo, L7Info, Verdict};
 use crate::http::{ConnCtx, Forward, PolicyLayer};
@@ -25,7 +25,7 @@ use crate::limits::Limits;
 use crate::linger::LingeringStream;
 use crate::original_dst::OriginalDst;
 use crate::policy_source::PolicySource;
-use crate::request_framing::FramingGuard;
+use crate::request_framing::{FramingGuard, UpgradeSignal};
 use crate::upstream::{Dial, UpstreamPool};
 
 /// State shared by every connection of the daemon.
@@ -43,6 +43,9 @@ pub struct Proxy {
     pub kafka_topics: Arc<crate::kafka::TopicIds>,
     /// The node-to-node mTLS tunnel (`--tunnel-listen`); `None` = every connection goes direct.
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
+    /// Cancelled when the drain after a handoff or SIGTERM begins: HTTP/1 responses then carry
+    /// `Connection: close` and HTTP/2 connections get GOAWAY, so busy clients move to the successor on their own.
+    pub draining: CancellationToken,
 }
 
 pub(crate) fn endpoints(
@@ -271,20 +274,25 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 ) {
     let limits = proxy.limits.clone();
     let activity = Activity::new();
+    let upgrade = Arc::new(UpgradeSignal::default());
     // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
     let io = TokioIo::new(FramingGuard::new(
         Tracked::new(stream, activity.clone()),
         limits.h1_max_buf_size(),
+        upgrade.clone(),
     ));
     let ctx = Arc::new(ConnCtx {
         proxy: proxy.clone(),
         client: down.clone(),
         dst,
         dial,
+        upgrade,
+        requests: RequestClock::default(),
+        tunnels: Default::default(),
     });
     let svc = ServiceBuilder::new()
         .layer(PolicyLayer { ctx: ctx.clone() })
-        .service(Forward { ctx });
+        .service(Forward { ctx: ctx.clone() });
     let svc = TowerToHyperService::new(svc);
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -303,12 +311,30 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut closing = false;
+    let mut drain_seen = false;
+    let first_request_due = tokio::time::sleep(limits.header_read_timeout);
+    tokio::pin!(first_request_due);
     let result = loop {
         tokio::select! {
-            r = conn.as_mut() => break r,
+            r = conn.as_mut() => break Some(r),
+            // No bytes either way, or (h2 PINGs, a body-less keep-alive) no request started: close gracefully.
             _ = activity.idle(limits.idle_timeout), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            _ = ctx.requests.idle(limits.idle_timeout), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            // Protocol detection and the first request head are bounded like any later head.
+            _ = &mut first_request_due, if !ctx.requests.started() => break None,
+            _ = proxy.draining.cancelled(), if !drain_seen => {
+                drain_seen = true;
+                // HTTP/2 clients get GOAWAY now; HTTP/1 ones get `Connection: close` on their next response.
+                if ctx.requests.saw_http2() {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
             }
             _ = shutdown.cancelled(), if !closing => {
                 closing = true;
@@ -316,9 +342,50 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
         }
     };
-    if let Err(e) = result {
-        record_connection_error(&proxy, &down, dst, e.as_ref());
+    match result {
+        None => record_limit(
+            &proxy,
+            &down,
+            dst,
+            format!(
+                "no request within {:?} of connecting (--header-read-timeout-secs): slow or silent client",
+                limits.header_read_timeout
+            ),
+        ),
+        Some(Err(e)) => record_connection_error(&proxy, &down, dst, e.as_ref()),
+        Some(Ok(())) => {}
     }
+    // Upgraded tunnels (WebSocket, CONNECT) keep this connection's permit and obey its limits until they end.
+    let tunnels = std::mem::take(&mut *ctx.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
+    serve_tunnels(tunnels, &activity, &limits, &shutdown).await;
+}
+
+/// Waits for the upgraded tunnels of one connection; closes them when idle past the idle timeout or when open
+/// connections are asked to close (end of a drain).
+async fn serve_tunnels(
+    mut tunnels: tokio::task::JoinSet<()>,
+    activity: &Activity,
+    limits: &Limits,
+    shutdown: &CancellationToken,
+) {
+    if tunnels.is_empty() {
+        return;
+    }
+    tokio::select! {
+        _ = async { while tunnels.join_next().await.is_some() {} } => {}
+        _ = activity.idle(limits.idle_timeout) => tracing::debug!("closing idle upgraded connection"),
+        _ = shutdown.cancelled() => tracing::debug!("closing upgraded connection: shutting down"),
+    }
+    tunnels.abort_all();
+}
+
+fn record_limit(proxy: &Proxy, down: &Downstream, dst: SocketAddr, why: String) {
+    let (s, d) = endpoints(proxy, down, dst);
+    let mut rec = FlowRecord::new(Verdict::Dropped, s, d, "HTTP");
+    down.stamp(&mut rec);
+    rec.drop_reason = Some(DropReason::LimitExceeded);
+    rec.policy = why;
+    proxy.flows.record(rec);
 }
 
 /// hyper answers malformed or oversized HTTP/1 heads itself (400 / 431) and then reports the error here; the flow

@@ -13,6 +13,8 @@ pub const PERMISSION_DENIED: u32 = 7;
 pub const UNAVAILABLE: u32 = 14;
 /// gRPC INVALID_ARGUMENT, for requests the proxy refuses to parse.
 pub const INVALID_ARGUMENT: u32 = 3;
+/// gRPC `DEADLINE_EXCEEDED`.
+pub const DEADLINE_EXCEEDED: u32 = 4;
 
 /// A request is gRPC when it is HTTP/2 and its content type is `application/grpc` or `application/grpc+<codec>`.
 pub fn is_grpc(version: Version, headers: &HeaderMap) -> bool {

@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tower::{Layer, Service};
 
+use crate::body_rate::MinRateBody;
 use crate::connection::Proxy;
 use crate::decision::{self, RequestDecision};
 use crate::flow::{DropReason, FlowRecord, HttpInfo, L7Info, Verdict};
@@ -43,6 +44,13 @@ pub struct ConnCtx {
     pub dst: SocketAddr,
     /// How upstream connections are made: direct, or through another node's tunnel.
     pub dial: crate::upstream::Dial,
+    /// Tells the framing guard whether a request asking to switch protocols was switched.
+    pub upgrade: Arc<crate::request_framing::UpgradeSignal>,
+    /// When requests last started or were answered (the connection's request-level idle clock).
+    pub requests: crate::activity::RequestClock,
+    /// Upgraded tunnels (WebSocket, CONNECT) spliced from this connection: they outlive hyper's connection task
+    /// and keep the connection's permit, idle timeout and drain (`connection::serve_http` waits for them).
+    pub tunnels: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 /// The HTTP denial body users of CiliumNetworkPolicy expect.
@@ -77,6 +85,8 @@ pub enum LocalReply {
     Denied,
     BadRequest,
     BadGateway,
+    /// The request body fell behind the minimum rate (408).
+    TooSlow,
 }
 
 /// Pure mapping from a local reply to the response (gRPC: trailers-only with the matching grpc-status).
@@ -94,6 +104,10 @@ pub fn local_reply(kind: LocalReply, is_grpc: bool, detail: &str) -> Response<Pr
             LocalReply::BadGateway => {
                 (grpc::UNAVAILABLE, format!("upstream unavailable: {detail}"))
             }
+            LocalReply::TooSlow => (
+                grpc::DEADLINE_EXCEEDED,
+                format!("request refused by proxy: {detail}"),
+            ),
         };
         return grpc::status_response(status, &msg)
             .map(|b| b.map_err(|never| match never {}).boxed_unsync());
@@ -107,12 +121,19 @@ pub fn local_reply(kind: LocalReply, is_grpc: bool, detail: &str) -> Response<Pr
         LocalReply::BadGateway => {
             text_response(StatusCode::BAD_GATEWAY, "Upstream unavailable\r\n")
         }
+        LocalReply::TooSlow => {
+            text_response(StatusCode::REQUEST_TIMEOUT, "Request body too slow\r\n")
+        }
     }
 }
 
-/// Marks a response the `Forward` service built because the upstream failed (for the flow verdict).
+/// Marks a response the `Forward` service built itself (for the flow verdict): the upstream failed, or the
+/// request body fell behind the minimum rate.
 #[derive(Debug, Clone)]
-struct UpstreamFailed(String);
+struct ForwardFailed {
+    drop_reason: DropReason,
+    detail: String,
+}
 
 /// Layer that puts policy enforcement in front of an inner HTTP service.
 #[derive(Debug, Clone)]
@@ -147,16 +168,40 @@ fn version_label(v: Version) -> &'static str {
     }
 }
 
-/// The host a request names: the URI authority (HTTP/2 `:authority`, absolute-form) or the Host header.
-fn host_of<B>(req: &Request<B>) -> String {
-    if let Some(a) = req.uri().authority() {
-        return a.as_str().to_string();
+/// Why a request's host is refused (400): the host the policy checks must be exactly the one the upstream gets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("request has {0} Host headers; send exactly one (RFC 9112 section 3.2)")]
+    Duplicate(usize),
+    #[error(
+        "request target names host {authority:?} but the Host header says {host:?}; they must agree"
+    )]
+    Mismatch { authority: String, host: String },
+    #[error("Host header is not visible ASCII")]
+    NotAscii,
+}
+
+/// The one host a request names: the URI authority (HTTP/2 `:authority`, absolute-form) or the Host header. A
+/// request naming two different hosts, or carrying two Host headers, is refused: policy would check one and the
+/// upstream could act on the other.
+fn request_host<B>(req: &Request<B>) -> Result<String, HostError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    let extra = hosts.count();
+    if extra > 0 {
+        return Err(HostError::Duplicate(extra + 1));
     }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string()
+    let host = host
+        .map(|h| h.to_str().map_err(|_| HostError::NotAscii))
+        .transpose()?;
+    match (req.uri().authority(), host) {
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h) => Err(HostError::Mismatch {
+            authority: a.as_str().to_string(),
+            host: h.to_string(),
+        }),
+        (Some(a), _) => Ok(a.as_str().to_string()),
+        (None, h) => Ok(h.unwrap_or("").to_string()),
+    }
 }
 
 /// Header pairs for the policy query: names lower-case, repeated headers joined with ", ".
@@ -194,6 +239,150 @@ fn policy_target<B>(req: &Request<B>) -> Result<String, request_path::PathError>
     request_path::normalize(pq)
 }
 
+/// Why the proxy answers a request itself. Turned into the response and the flow verdict in ONE place
+/// ([`Refusal::reply`]), whichever phase refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// Malformed or ambiguous: path, host, upstream URI (400 / gRPC INVALID_ARGUMENT).
+    Malformed(String),
+    /// Denied by policy (403 / gRPC PERMISSION_DENIED).
+    Denied {
+        reason: String,
+        drop_reason: DropReason,
+    },
+    /// The policy asked for a header change that cannot be made: fail closed (403, verdict ERROR).
+    HeaderAction(String),
+}
+
+impl Refusal {
+    fn reply(self, is_grpc: bool, rec: &mut FlowRecord) -> Response<ProxyBody> {
+        let (verdict, drop_reason, kind, detail) = match self {
+            Refusal::Malformed(d) => (
+                Verdict::Dropped,
+                DropReason::InvalidRequest,
+                LocalReply::BadRequest,
+                d,
+            ),
+            Refusal::Denied {
+                reason,
+                drop_reason,
+            } => (Verdict::Dropped, drop_reason, LocalReply::Denied, reason),
+            Refusal::HeaderAction(d) => (
+                Verdict::Error,
+                DropReason::InvalidRequest,
+                LocalReply::Denied,
+                d,
+            ),
+        };
+        rec.verdict = verdict;
+        rec.drop_reason = Some(drop_reason);
+        let resp = local_reply(kind, is_grpc, &detail);
+        rec.policy = detail;
+        resp
+    }
+}
+
+/// What the normalize phase hands on: the host and path that policy checks AND the upstream receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    host: String,
+    path: String,
+}
+
+/// Phase 1, normalize: one host, one canonical path, hop-by-hop headers gone. Stripping comes first so that policy
+/// sees, and header actions apply to, exactly what the upstream will receive: a `Connection` token can never
+/// remove a header a policy added.
+fn normalize<B>(req: &mut Request<B>, dst: SocketAddr) -> Result<Target, Refusal> {
+    let mut host = request_host(req).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    if host.is_empty() {
+        if req.version() == Version::HTTP_11 {
+            return Err(Refusal::Malformed(
+                "HTTP/1.1 request without a Host header (RFC 9112 section 3.2)".into(),
+            ));
+        }
+        // HTTP/1.0 without Host: the upstream will be sent the address, so that is what policy checks.
+        host = dst.to_string();
+    }
+    let path = policy_target(req).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let is_connect = req.method() == Method::CONNECT;
+    let keep_upgrade = !is_connect && wants_upgrade(req);
+    strip_hop_by_hop(req.headers_mut(), keep_upgrade);
+    Ok(Target { host, path })
+}
+
+/// Phase 2, authorize: the request against the snapshot current when it arrived. Allowed: the header actions.
+fn authorize<B>(
+    ctx: &ConnCtx,
+    snapshot: &crate::policy_source::PolicySnapshot,
+    req: &Request<B>,
+    target: &Target,
+    rec: &mut FlowRecord,
+) -> Result<Vec<crate::policy_adapter::HeaderAction>, Refusal> {
+    let headers = joined_headers(req.headers());
+    let header_refs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let d = decision::decide_request(
+        snapshot,
+        &ctx.client,
+        ctx.dst,
+        req.method().as_str(),
+        &target.path,
+        &target.host,
+        &header_refs,
+    );
+    rec.traffic_direction = d.direction();
+    match d {
+        RequestDecision::Deny {
+            reason,
+            drop_reason,
+            ..
+        } => Err(Refusal::Denied {
+            reason,
+            drop_reason,
+        }),
+        RequestDecision::Forward {
+            reason,
+            header_actions,
+            ..
+        } => {
+            rec.policy = reason;
+            Ok(header_actions)
+        }
+    }
+}
+
+/// Phases 1 to 3 on one request: normalize, authorize, apply header actions, point it at the upstream.
+fn admit<B>(
+    ctx: &ConnCtx,
+    req: &mut Request<B>,
+    rec: &mut FlowRecord,
+    info: &mut HttpInfo,
+) -> Result<(), Refusal> {
+    let target = normalize(req, ctx.dst).inspect_err(|_| {
+        info.url = format!("http://{}{}", raw_host(req), req.uri().path());
+    })?;
+    info.url = format!("http://{}{}", target.host, target.path);
+    let snapshot = ctx.proxy.policy.current();
+    let actions = authorize(ctx, &snapshot, req, &target, rec)?;
+    info.headers = header_actions::apply(req.headers_mut(), &actions)
+        .map_err(|e| Refusal::HeaderAction(format!("{}; {e}", rec.policy)))?;
+    set_upstream_target(req, &target).map_err(Refusal::Malformed)
+}
+
+/// The host as the client sent it, for the record of a refused request.
+fn raw_host<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            let h = req.headers().get(header::HOST)?;
+            Some(String::from_utf8_lossy(h.as_bytes()).into_owned())
+        })
+        .unwrap_or_default()
+}
+
 impl<S> Service<Request<Incoming>> for PolicyService<S>
 where
     S: Service<Request<Incoming>, Response = Response<ProxyBody>, Error = Infallible>
@@ -218,6 +407,10 @@ where
         Box::pin(async move {
             let start = Instant::now();
             let is_grpc = grpc::is_grpc(req.version(), req.headers());
+            let asks_switch = asks_protocol_switch(&req);
+            let is_connect = req.method() == Method::CONNECT;
+            let http2 = req.version() == Version::HTTP_2;
+            ctx.requests.request_started(http2);
             let snapshot = ctx.proxy.policy.current();
             let mut rec = FlowRecord::new(
                 Verdict::Forwarded,
@@ -225,95 +418,41 @@ where
                 decision::flow_endpoint(&snapshot, ctx.dst),
                 if is_grpc { "gRPC" } else { "HTTP" },
             );
+            drop(snapshot);
             ctx.client.stamp(&mut rec);
             let mut info = HttpInfo {
                 method: req.method().as_str().to_string(),
-                url: String::new(),
-                code: 0,
                 protocol: version_label(req.version()).to_string(),
                 ..Default::default()
             };
-            let host = host_of(&req);
-            let target = policy_target(&req);
-            info.url = format!(
-                "http://{host}{}",
-                target.as_deref().unwrap_or_else(|_| req.uri().path())
-            );
-
-            let resp = match target {
-                Err(e) => {
-                    rec.verdict = Verdict::Dropped;
-                    rec.drop_reason = Some(DropReason::InvalidRequest);
-                    rec.policy = e.to_string();
-                    local_reply(LocalReply::BadRequest, is_grpc, &e.to_string())
-                }
-                Ok(path) => {
-                    let headers = joined_headers(req.headers());
-                    let header_refs: Vec<(&str, &str)> = headers
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
-                    let d = decision::decide_request(
-                        &snapshot,
-                        &ctx.client,
-                        ctx.dst,
-                        req.method().as_str(),
-                        &path,
-                        &host,
-                        &header_refs,
-                    );
-                    rec.traffic_direction = d.direction();
-                    match d {
-                        RequestDecision::Deny {
-                            reason,
-                            drop_reason,
-                            ..
-                        } => {
-                            rec.verdict = Verdict::Dropped;
-                            rec.drop_reason = Some(drop_reason);
-                            rec.policy = reason;
-                            local_reply(LocalReply::Denied, is_grpc, &rec.policy)
-                        }
-                        RequestDecision::Forward {
-                            reason,
-                            header_actions: actions,
-                            ..
-                        } => {
-                            rec.policy = reason;
-                            match header_actions::apply(req.headers_mut(), &actions) {
-                                Err(e) => {
-                                    // Fail closed: a policy that asked for a header change we cannot make.
-                                    rec.verdict = Verdict::Error;
-                                    rec.drop_reason = Some(DropReason::InvalidRequest);
-                                    rec.policy = format!("{}; {e}", rec.policy);
-                                    local_reply(LocalReply::Denied, is_grpc, &e.to_string())
-                                }
-                                Ok(logged) => {
-                                    info.headers = logged;
-                                    if let Err(e) =
-                                        set_upstream_uri(&mut req, &host, &path, ctx.dst)
-                                    {
-                                        rec.verdict = Verdict::Dropped;
-                                        rec.drop_reason = Some(DropReason::InvalidRequest);
-                                        rec.policy = e;
-                                        local_reply(LocalReply::BadRequest, is_grpc, &rec.policy)
-                                    } else {
-                                        let Ok(resp) = inner.call(req).await;
-                                        if let Some(UpstreamFailed(e)) =
-                                            resp.extensions().get::<UpstreamFailed>()
-                                        {
-                                            rec.verdict = Verdict::Error;
-                                            rec.drop_reason = Some(DropReason::UpstreamError);
-                                            rec.policy = format!("{}; upstream: {e}", rec.policy);
-                                        }
-                                        resp
-                                    }
-                                }
-                            }
-                        }
+            let resp = match admit(&ctx, &mut req, &mut rec, &mut info) {
+                Err(refusal) => refusal.reply(is_grpc, &mut rec),
+                Ok(()) => {
+                    let Ok(resp) = inner.call(req).await;
+                    if let Some(f) = resp.extensions().get::<ForwardFailed>() {
+                        rec.verdict = if f.drop_reason == DropReason::UpstreamError {
+                            Verdict::Error
+                        } else {
+                            Verdict::Dropped
+                        };
+                        rec.drop_reason = Some(f.drop_reason);
+                        rec.policy = format!("{}; {}", rec.policy, f.detail);
                     }
+                    resp
                 }
             };
+            let mut resp = resp;
+            if asks_switch {
+                ctx.upgrade
+                    .settle(switched_protocols(is_connect, resp.status()));
+            }
+            if !http2 && ctx.proxy.draining.is_cancelled() {
+                // Draining for a successor: the client learns it must reconnect from this response, before it
+                // sends another request on a connection about to close.
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ctx.requests.responded();
             info.code = resp.status().as_u16();
             if is_grpc {
                 info.grpc_status = resp
@@ -332,30 +471,25 @@ where
     }
 }
 
-/// Points the request at the original destination: absolute URI (hyper's client needs one) with the client's own
-/// authority (so Host / `:authority` reach the server unchanged) and the *normalized* path.
-fn set_upstream_uri<B>(
-    req: &mut Request<B>,
-    host: &str,
-    path: &str,
-    dst: SocketAddr,
-) -> Result<(), String> {
+/// Phase 3, point at the upstream: absolute URI (hyper's client needs one) whose authority is the checked host, the
+/// *normalized* path, and (HTTP/1.1) a Host header equal to that host, so the upstream receives exactly what
+/// policy checked. HTTP/2 carries the host as `:authority` only.
+fn set_upstream_target<B>(req: &mut Request<B>, target: &Target) -> Result<(), String> {
     if req.method() == Method::CONNECT {
         return Ok(());
     }
-    let authority = if host.is_empty() {
-        dst.to_string()
-    } else {
-        host.to_string()
-    };
-    let path = if path == "*" { "/" } else { path };
-    let uri: Uri = format!("http://{authority}{path}")
-        .parse()
-        .or_else(|_| format!("http://{dst}{path}").parse())
-        .map_err(|e| {
-            format!("cannot build the upstream URI from host {host:?} and path {path:?}: {e}")
-        })?;
+    let Target { host, path } = target;
+    let path = if path == "*" { "/" } else { path.as_str() };
+    let uri: Uri = format!("http://{host}{path}").parse().map_err(|e| {
+        format!("cannot build the upstream URI from host {host:?} and path {path:?}: {e}")
+    })?;
     *req.uri_mut() = uri;
+    if req.version() == Version::HTTP_2 {
+        req.headers_mut().remove(header::HOST);
+    } else {
+        let value = HeaderValue::from_str(host).map_err(|e| format!("host {host:?}: {e}"))?;
+        req.headers_mut().insert(header::HOST, value);
+    }
     Ok(())
 }
 
@@ -394,6 +528,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
+}
+
+/// An HTTP/1 request the framing guard treats as asking to switch protocols (it pauses after it until told).
+fn asks_protocol_switch<B>(req: &Request<B>) -> bool {
+    req.version() != Version::HTTP_2
+        && (req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE))
+}
+
+/// Whether a response switched the connection to a tunnel.
+fn switched_protocols(is_connect: bool, status: StatusCode) -> bool {
+    status == StatusCode::SWITCHING_PROTOCOLS || (is_connect && status.is_success())
 }
 
 /// HTTP/1.1 `Upgrade` other than `h2c`. An h2c upgrade is declined (the request is served as HTTP/1.1, which RFC
@@ -443,7 +588,7 @@ impl Service<Request<Incoming>> for Forward {
             let upgrade = is_connect || wants_upgrade(&req);
             let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
             let http2 = req.version() == Version::HTTP_2;
-            strip_hop_by_hop(req.headers_mut(), upgrade && !is_connect);
+            // Hop-by-hop headers were stripped before the policy saw the request (`normalize`).
             *req.version_mut() = if http2 {
                 Version::HTTP_2
             } else {
@@ -453,7 +598,10 @@ impl Service<Request<Incoming>> for Forward {
             // A bodyless request can be replayed once if the upstream refused it unprocessed (HTTP/2 GOAWAY).
             let replay =
                 (!upgrade && http_body::Body::is_end_stream(req.body())).then(|| replay_head(&req));
-            let mut result = client.request(req.map(BodyExt::boxed_unsync)).await;
+            let limits = &ctx.proxy.limits;
+            let (grace, rate) = (limits.body_grace, limits.body_min_rate);
+            let req = req.map(|b| MinRateBody::new(b, grace, rate).boxed_unsync());
+            let mut result = client.request(req).await;
             if let (Err(e), Some(head)) = (&result, replay)
                 && crate::upstream::refused_unprocessed(e)
             {
@@ -462,11 +610,11 @@ impl Service<Request<Incoming>> for Forward {
             }
             match result {
                 Ok(mut resp) => {
-                    let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                        || (is_connect && resp.status().is_success());
+                    let switched = switched_protocols(is_connect, resp.status());
                     if let (Some(down), true) = (downstream_upgrade, switched) {
                         let up = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(async move {
+                        let mut tunnels = ctx.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+                        tunnels.spawn(async move {
                             match tokio::try_join!(down, up) {
                                 Ok((d, u)) => {
                                     let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
@@ -482,9 +630,16 @@ impl Service<Request<Incoming>> for Forward {
                 }
                 Err(e) => {
                     let detail = error_chain(&e);
+                    let (kind, drop_reason) = match crate::body_rate::too_slow(&e) {
+                        Some(_) => (LocalReply::TooSlow, DropReason::LimitExceeded),
+                        None => (LocalReply::BadGateway, DropReason::UpstreamError),
+                    };
                     tracing::debug!(dst = %ctx.dst, "upstream request failed: {detail}");
-                    let mut resp = local_reply(LocalReply::BadGateway, is_grpc, &detail);
-                    resp.extensions_mut().insert(UpstreamFailed(detail));
+                    let mut resp = local_reply(kind, is_grpc, &detail);
+                    resp.extensions_mut().insert(ForwardFailed {
+                        drop_reason,
+                        detail: format!("upstream: {detail}"),
+                    });
                     Ok(resp)
                 }
             }
@@ -599,14 +754,93 @@ mod tests {
     }
 
     #[test]
-    fn upstream_uri_keeps_host_and_uses_normalized_path() {
+    fn the_upstream_gets_the_checked_host_and_normalized_path() {
         let dst: SocketAddr = "10.0.1.20:8080".parse().unwrap();
         let mut r = req("GET", "/api/v1/../admin", &[("host", "api")]);
-        set_upstream_uri(&mut r, "api", "/api/admin", dst).unwrap();
+        let t = normalize(&mut r, dst).unwrap();
+        assert_eq!(
+            t,
+            Target {
+                host: "api".into(),
+                path: "/api/admin".into()
+            }
+        );
+        set_upstream_target(&mut r, &t).unwrap();
         assert_eq!(r.uri().to_string(), "http://api/api/admin");
+        assert_eq!(r.headers()["host"], "api");
+        // Absolute form with a matching Host (any case): the authority is what both policy and upstream see.
+        let mut r = req("GET", "http://API.example/x", &[("host", "api.example")]);
+        let t = normalize(&mut r, dst).unwrap();
+        set_upstream_target(&mut r, &t).unwrap();
+        assert_eq!(r.headers()["host"], "API.example");
+        assert_eq!(r.headers().get_all("host").iter().count(), 1);
+        // HTTP/1.0 without Host: the address is the host, checked and sent.
         let mut r = req("GET", "/x", &[]);
-        set_upstream_uri(&mut r, "", "/x", dst).unwrap();
+        *r.version_mut() = Version::HTTP_10;
+        let t = normalize(&mut r, dst).unwrap();
+        assert_eq!(t.host, "10.0.1.20:8080");
+        set_upstream_target(&mut r, &t).unwrap();
         assert_eq!(r.uri().to_string(), "http://10.0.1.20:8080/x");
+    }
+
+    /// The host policy checks is the one the upstream receives: two hosts in one request are refused.
+    #[test]
+    fn requests_naming_two_hosts_are_refused() {
+        let dst: SocketAddr = "10.0.1.20:8080".parse().unwrap();
+        let refused = |mut r: Request<()>| match normalize(&mut r, dst) {
+            Err(Refusal::Malformed(why)) => why,
+            other => panic!("{:?} {:?}: {other:?}", r.uri(), r.headers()),
+        };
+        let why = refused(req(
+            "GET",
+            "http://allowed.example/public/a",
+            &[("host", "evil.internal")],
+        ));
+        assert!(why.contains("evil.internal"), "{why}");
+        let why = refused(req(
+            "GET",
+            "/public/a",
+            &[("host", "allowed.example"), ("host", "evil.internal")],
+        ));
+        assert!(why.contains("2 Host headers"), "{why}");
+        // HTTP/2: `:authority` and a `host` header that disagree.
+        let mut r = req(
+            "GET",
+            "http://allowed.example/public/a",
+            &[("host", "evil.internal")],
+        );
+        *r.version_mut() = Version::HTTP_2;
+        refused(r);
+        let why = refused(req("GET", "/public/a", &[]));
+        assert!(why.contains("without a Host"), "{why}");
+    }
+
+    /// A `Connection` token naming a header the policy adds cannot remove it: stripping comes before the actions.
+    #[test]
+    fn connection_tokens_are_stripped_before_header_actions() {
+        use crate::policy_adapter::HeaderAction;
+        let dst: SocketAddr = "10.0.1.20:8080".parse().unwrap();
+        let mut r = req(
+            "GET",
+            "/",
+            &[
+                ("host", "api"),
+                ("connection", "x-tenant"),
+                ("x-tenant", "forged"),
+            ],
+        );
+        normalize(&mut r, dst).unwrap();
+        assert!(r.headers().get("x-tenant").is_none(), "{:?}", r.headers());
+        header_actions::apply(
+            r.headers_mut(),
+            &[HeaderAction::Replace {
+                name: "x-tenant".into(),
+                value: "blue".into(),
+            }],
+        )
+        .unwrap();
+        assert_eq!(r.headers()["x-tenant"], "blue");
+        assert!(r.headers().get("connection").is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! must not re-implement policy semantics; eBPF programs are loaded only through `redirect-ebpf` (see `datapath`).
 
 pub mod activity;
+pub mod body_rate;
 pub mod certs_cli;
 pub mod config;
 pub mod connection;

@@ -11,10 +11,18 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Most header fields in one HTTP/1 request; 431 beyond it.
     pub max_headers: usize,
-    /// Time a client has to send a complete HTTP/1 request head after connecting or after the previous response.
+    /// Time a client has to send a complete HTTP/1 request head after connecting or after the previous response,
+    /// and time any connection to an HTTP port has to start its first request (protocol detection included).
     pub header_read_timeout: Duration,
-    /// A connection with no bytes in either direction for this long is closed (gracefully for HTTP).
+    /// A connection with no bytes in either direction for this long is closed (gracefully for HTTP); an HTTP
+    /// connection on which no request started for this long is closed too (h2 PINGs alone do not keep it).
+    /// Upgraded (WebSocket, CONNECT) tunnels obey it as well.
     pub idle_timeout: Duration,
+    /// A request body has this long to start, and earns one second more per `body_min_rate` bytes delivered;
+    /// one falling behind gets 408 (a trickled body cannot hold a connection forever).
+    pub body_grace: Duration,
+    /// See `body_grace`, in bytes per second.
+    pub body_min_rate: u64,
     /// Concurrent downstream connections; beyond it an HTTP port answers 503 and closes, others are closed.
     pub max_connections: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS advertised to clients.
@@ -39,6 +47,8 @@ impl Default for Limits {
             max_headers: 100,
             header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            body_grace: Duration::from_secs(30),
+            body_min_rate: 500,
             max_connections: 16_384,
             h2_max_concurrent_streams: 256,
             connect_timeout: Duration::from_secs(5),

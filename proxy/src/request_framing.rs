@@ -9,12 +9,22 @@
 //! after earlier pipelined responses. Bodies are followed (Content-Length, chunked) so that body bytes are never
 //! mistaken for a head.
 //!
-//! Everything it does not understand (HTTP/2 preface, parse errors, oversized heads, upgrades, CONNECT) it passes
-//! through untouched and stops tracking: hyper then applies its own rules (400 / 431 / protocol switch).
+//! A head asking to switch protocols (`Upgrade`, `CONNECT`) is followed by a pause: the bytes after it are held
+//! until the service says whether the switch happened ([`UpgradeSignal`]). Switched: they are tunnel bytes and
+//! pass untouched from then on. Declined (an h2c upgrade, a 403, an upstream that did not switch): they are the
+//! next requests and are tracked like any others.
+//!
+//! Leading empty lines before a request line are passed on (hyper ignores them, as RFC 9112 section 2.2 allows)
+//! and never mistaken for the request line.
+//!
+//! Everything it does not understand (HTTP/2 preface, parse errors, oversized heads) it passes through untouched
+//! and stops tracking: hyper then applies its own rules (400 / 431).
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -31,6 +41,8 @@ enum State {
     ChunkDataEnd,
     /// Chunked body: trailer section; `true` while the current line is still empty.
     Trailer(bool),
+    /// After a head asking to switch protocols: holding what follows until the switch is settled.
+    AwaitUpgrade,
     /// Not tracking any more: bytes pass unchanged.
     Passthrough,
 }
@@ -45,6 +57,8 @@ pub struct FramingTracker {
     released: usize,
     seen_te: bool,
     seen_cl: bool,
+    /// The current message asked to switch protocols: once its body is done, wait for the outcome.
+    upgrade_pending: bool,
     max_head: usize,
     /// Heads refused so far (for tests and logs).
     pub refused: u32,
@@ -58,6 +72,7 @@ impl FramingTracker {
             released: 0,
             seen_te: false,
             seen_cl: false,
+            upgrade_pending: false,
             max_head,
             refused: 0,
         }
@@ -71,12 +86,50 @@ impl FramingTracker {
         held
     }
 
+    /// The state after a message's last byte: the next head, or a pause while a protocol switch is settled.
+    fn message_done(&mut self) -> State {
+        if std::mem::take(&mut self.upgrade_pending) {
+            State::AwaitUpgrade
+        } else {
+            State::Head
+        }
+    }
+
+    /// The service's answer to the pending protocol switch. Switched: what was held (and everything after) is
+    /// tunnel data. Declined: what was held is the next requests, tracked as usual.
+    pub fn settle_upgrade(&mut self, switched: bool, out: &mut Vec<u8>) {
+        if self.state != State::AwaitUpgrade {
+            return;
+        }
+        let held = std::mem::take(&mut self.head);
+        if switched {
+            self.state = State::Passthrough;
+            out.extend_from_slice(&held);
+        } else {
+            self.state = State::Head;
+            self.feed(&held, out);
+        }
+    }
+
     /// Feeds bytes read from the client; appends what hyper may see to `out`.
     pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         while !input.is_empty() {
             match self.state {
                 State::Passthrough => {
                     out.extend_from_slice(input);
+                    return;
+                }
+                State::AwaitUpgrade => {
+                    // Held whole: tunnel bytes must not be parsed (or rewritten), requests not yet released.
+                    if self.head.len() + input.len() > self.max_head {
+                        // A client that talks past an unanswered upgrade: give hyper everything and stop.
+                        out.extend_from_slice(&self.head);
+                        out.extend_from_slice(input);
+                        self.head.clear();
+                        self.state = State::Passthrough;
+                        return;
+                    }
+                    self.head.extend_from_slice(input);
                     return;
                 }
                 State::Head => {
@@ -99,7 +152,7 @@ impl FramingTracker {
                     out.extend_from_slice(&input[..take]);
                     input = &input[take..];
                     self.state = if n - take as u64 == 0 {
-                        State::Head
+                        self.message_done()
                     } else {
                         State::Body(n - take as u64)
                     };
@@ -130,19 +183,30 @@ impl FramingTracker {
     /// Returns the bytes after the head once the head is complete.
     fn release_lines(&mut self, out: &mut Vec<u8>) -> Option<Vec<u8>> {
         loop {
-            let start = self.released;
-            let Some(nl) = self.head[start..].iter().position(|&c| c == b'\n') else {
-                if start == 0 || !self.head[..start].contains(&b'\n') {
-                    // Still in the request line.
-                    out.extend_from_slice(&self.head[start..]);
+            // The current line starts after the last newline; the request line may be partly released already.
+            let start = self.head[..self.released]
+                .iter()
+                .rposition(|&c| c == b'\n')
+                .map_or(0, |i| i + 1);
+            let in_request_line = start == 0;
+            let Some(nl) = self.head[self.released..].iter().position(|&c| c == b'\n') else {
+                // A lone CR at the start may be the first half of an empty line: wait for the next byte.
+                if in_request_line && self.head != *b"\r" {
+                    out.extend_from_slice(&self.head[self.released..]);
                     self.released = self.head.len();
                 }
                 return None;
             };
-            let end = start + nl + 1;
-            let first_line = !self.head[..start].contains(&b'\n');
+            let end = self.released + nl + 1;
             let line_is_empty = matches!(&self.head[start..end], b"\n" | b"\r\n");
-            if !first_line && !line_is_empty {
+            if in_request_line && line_is_empty {
+                // An empty line before the request line: hyper skips it, so must we (it is not the request line).
+                out.extend_from_slice(&self.head[self.released..end]);
+                self.head.drain(..end);
+                self.released = 0;
+                continue;
+            }
+            if !in_request_line && !line_is_empty {
                 let line = &self.head[start..end];
                 let te = starts_with_name(line, b"transfer-encoding");
                 let cl = starts_with_name(line, b"content-length");
@@ -153,15 +217,20 @@ impl FramingTracker {
                 self.seen_te |= te;
                 self.seen_cl |= cl;
             }
-            out.extend_from_slice(&self.head[start..end]);
+            out.extend_from_slice(&self.head[self.released..end]);
             self.released = end;
-            if line_is_empty && !first_line {
+            if line_is_empty {
                 let rest = self.head.split_off(end);
                 let head = std::mem::take(&mut self.head);
                 self.released = 0;
                 self.seen_te = false;
                 self.seen_cl = false;
-                self.state = framing_of(&head);
+                let (framing, switches) = framing_of(&head);
+                self.upgrade_pending = switches;
+                self.state = match framing {
+                    State::Head => self.message_done(),
+                    other => other,
+                };
                 return Some(rest);
             }
         }
@@ -186,6 +255,7 @@ impl FramingTracker {
                 _ => State::ChunkDataEnd,
             },
             State::Trailer(empty) => match b {
+                b'\n' if empty && self.upgrade_pending => State::AwaitUpgrade,
                 b'\n' if empty => State::Head,
                 b'\n' => State::Trailer(true),
                 b'\r' => State::Trailer(empty),
@@ -203,46 +273,76 @@ fn starts_with_name(line: &[u8], name: &[u8]) -> bool {
         && line[name.len()] == b':'
 }
 
-/// The body framing of a complete head; anything hyper would refuse (or that switches protocols) is passed
-/// through untracked.
-fn framing_of(head: &[u8]) -> State {
+/// The body framing of a complete head (anything hyper would refuse is passed through untracked), and whether the
+/// head asks to switch protocols (`Upgrade`, `CONNECT`): its body, if any, is followed, then the outcome awaited.
+fn framing_of(head: &[u8]) -> (State, bool) {
     let mut headers = [httparse::EMPTY_HEADER; 256];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
-        return State::Passthrough;
+        return (State::Passthrough, false);
     }
-    let method_connect = req.method == Some("CONNECT");
     let mut te: Option<&[u8]> = None;
     let mut cl: Option<&[u8]> = None;
-    let mut upgrade = false;
+    let mut switches = req.method == Some("CONNECT");
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("content-length") {
             cl = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
+            switches = true;
         }
     }
-    if method_connect || upgrade || (te.is_some() && cl.is_some()) {
-        return State::Passthrough;
+    if te.is_some() && cl.is_some() {
+        return (State::Passthrough, false);
     }
     if let Some(te) = te {
         let last = te.rsplit(|&c| c == b',').next().unwrap_or(b"");
         return if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            State::ChunkSize(0, false)
+            (State::ChunkSize(0, false), switches)
         } else {
-            State::Passthrough
+            (State::Passthrough, false)
         };
     }
-    match cl.map(|v| {
+    let framing = match cl.map(|v| {
         std::str::from_utf8(v)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
     }) {
         None | Some(Some(0)) => State::Head,
         Some(Some(n)) => State::Body(n),
-        Some(None) => State::Passthrough,
+        Some(None) => return (State::Passthrough, false),
+    };
+    (framing, switches)
+}
+
+/// Whether a protocol switch the guard is waiting for happened, told by the HTTP service (which sees the response)
+/// to the guard (which holds the bytes after the request). At most one switch is pending per connection: the
+/// guard releases nothing after an upgrade head until it is settled.
+#[derive(Debug, Default)]
+pub struct UpgradeSignal {
+    /// 0: nothing to tell, 1: switched, 2: declined.
+    outcome: AtomicU8,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl UpgradeSignal {
+    /// Called for every HTTP/1 request that asked to switch protocols, once its response is known.
+    pub fn settle(&self, switched: bool) {
+        self.outcome
+            .store(if switched { 1 } else { 2 }, Ordering::Release);
+        if let Some(w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            w.wake();
+        }
+    }
+
+    fn take(&self, cx: &Context<'_>) -> Option<bool> {
+        *self.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        match self.outcome.swap(0, Ordering::AcqRel) {
+            1 => Some(true),
+            2 => Some(false),
+            _ => None,
+        }
     }
 }
 
@@ -251,16 +351,18 @@ fn framing_of(head: &[u8]) -> State {
 pub struct FramingGuard<T> {
     inner: T,
     tracker: FramingTracker,
+    upgrade: Arc<UpgradeSignal>,
     ready: Vec<u8>,
     pos: usize,
     eof: bool,
 }
 
 impl<T> FramingGuard<T> {
-    pub fn new(inner: T, max_head: usize) -> Self {
+    pub fn new(inner: T, max_head: usize, upgrade: Arc<UpgradeSignal>) -> Self {
         FramingGuard {
             inner,
             tracker: FramingTracker::new(max_head),
+            upgrade,
             ready: Vec::new(),
             pos: 0,
             eof: false,
@@ -288,6 +390,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
             }
             if this.eof {
                 return Poll::Ready(Ok(()));
+            }
+            if this.tracker.state == State::AwaitUpgrade
+                && let Some(switched) = this.upgrade.take(cx)
+            {
+                this.tracker.settle_upgrade(switched, &mut this.ready);
+                continue;
             }
             if matches!(this.tracker.state, State::Passthrough) {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -409,18 +517,89 @@ mod tests {
     }
 
     #[test]
-    fn h2_preface_upgrades_and_garbage_switch_to_passthrough() {
+    fn h2_preface_and_garbage_switch_to_passthrough() {
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04";
         let (out, _) = run(preface, 4);
         assert_eq!(out, preface);
-        let ws = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x05hello\r\n\r\n";
-        let (out, t) = run(ws, 3);
-        assert_eq!(
-            (out.as_slice(), t.state.clone()),
-            (&ws[..], State::Passthrough)
-        );
         let (out, _) = run(b"GARBAGE\r\n\r\nmore", 2);
         assert_eq!(out, b"GARBAGE\r\n\r\nmore");
+    }
+
+    const WS: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+
+    /// After a switch, the bytes are tunnel data: released unchanged, even ones that look like a smuggling head.
+    #[test]
+    fn bytes_after_a_switched_upgrade_pass_untouched() {
+        let after = SMUGGLE;
+        for step in [1, 3, 1000] {
+            let mut t = FramingTracker::new(64 * 1024);
+            let mut out = Vec::new();
+            for chunk in [WS, after].concat().chunks(step) {
+                t.feed(chunk, &mut out);
+            }
+            assert_eq!(
+                out, WS,
+                "step {step}: nothing after the upgrade head before it is settled"
+            );
+            assert_eq!(t.state, State::AwaitUpgrade);
+            t.settle_upgrade(true, &mut out);
+            t.feed(b"\x81\x05hello", &mut out);
+            assert_eq!(out, [WS, after, b"\x81\x05hello"].concat(), "step {step}");
+            assert_eq!((t.refused, t.state.clone()), (0, State::Passthrough));
+        }
+    }
+
+    /// A declined upgrade (h2c, a 403, an upstream that did not switch) leaves an HTTP/1.1 connection whose next
+    /// requests are still guarded.
+    #[test]
+    fn a_declined_upgrade_keeps_the_guard_on() {
+        let h2c = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+        let connect = b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n";
+        let with_body = b"POST /up HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade\r\nContent-Length: 4\r\n\r\nbody";
+        for first in [WS, h2c, connect, with_body] {
+            for step in [1, 5, 4096] {
+                let mut t = FramingTracker::new(64 * 1024);
+                let mut out = Vec::new();
+                for chunk in [first, SMUGGLE].concat().chunks(step) {
+                    t.feed(chunk, &mut out);
+                }
+                assert_eq!(out, first);
+                t.settle_upgrade(false, &mut out);
+                assert_eq!(
+                    t.refused,
+                    1,
+                    "{} step {step}",
+                    String::from_utf8_lossy(first)
+                );
+                assert_eq!(out.len(), first.len() + SMUGGLE.len());
+            }
+        }
+    }
+
+    /// Empty lines before a request line are skipped by hyper; they must not pass for the request line (which made
+    /// the next line look like a header and two empty lines look like a whole head).
+    #[test]
+    fn leading_empty_lines_are_not_the_request_line() {
+        for lead in [&b"\r\n"[..], b"\r\n\r\n", b"\n", b"\n\r\n\n"] {
+            for step in [1, 2, 4096] {
+                let input = [lead, SMUGGLE].concat();
+                let (out, t) = run(&input, step);
+                assert_eq!(t.refused, 1, "{lead:?} step {step}");
+                assert_eq!(out.len(), input.len());
+            }
+        }
+        let mut t = FramingTracker::new(1024);
+        let mut out = Vec::new();
+        t.feed(b"GET / HTTP/1.1", &mut out);
+        t.feed(
+            b"\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &mut out,
+        );
+        assert_eq!(
+            t.refused, 1,
+            "a CRLF ending a released request line is not an empty line"
+        );
     }
 
     #[test]

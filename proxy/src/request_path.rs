@@ -14,6 +14,15 @@
 //! 5. `.` and `..` segments are resolved (RFC 3986 section 5.2.4), after step 2 so encoded dots resolve too; `..`
 //!    at the root stays at the root (`/../admin` is `/admin`).
 //! 6. A trailing slash is kept (`/api/` and `/api` stay different, as servers treat them differently).
+//! 7. Spellings that some backend resolves differently from us are rejected (400), never passed on:
+//!    - a dot segment carrying `;` parameters (`/public/..;/admin`, `/.;/admin`, also when the dots or the `;` are
+//!      percent-encoded): Tomcat and other servlet containers strip the parameters and then resolve `..`, so the
+//!      request would reach a path the policy never saw;
+//!    - an encoded `%` that forms another escape (`%252e`): a backend that decodes twice would see `%2e`, a dot;
+//!    - percent-escapes that decode to invalid UTF-8, overlong forms included (`%C0%AE` is an overlong `.`, which
+//!      old decoders turn into a dot).
+//!
+//!    A `;` elsewhere (`/a;v=1/b`) is an ordinary character: the segment is matched and forwarded as sent.
 //!
 //! This module is pure (no I/O) so every rule is tested directly.
 
@@ -32,6 +41,17 @@ pub enum PathError {
     Backslash,
     #[error("request path has a '%' not followed by two hex digits at byte {0}")]
     BadPercentEncoding(usize),
+    #[error(
+        "request path has a dot segment with ';' parameters ({0:?}), which servlet containers resolve as '..' or '.'; \
+         send the path without them"
+    )]
+    DotSegmentParameters(String),
+    #[error("request path contains a double-encoded escape ({0}); encode the character once")]
+    DoubleEncoding(String),
+    #[error(
+        "request path's percent-escapes decode to invalid (or overlong) UTF-8; encode characters as UTF-8"
+    )]
+    InvalidUtf8,
 }
 
 /// Normalizes a request target (`path[?query]`) per the module rules.
@@ -43,6 +63,7 @@ pub fn normalize(target: &str) -> Result<String, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotOriginForm(target.to_string()));
     }
+    reject_divergent_spellings(path)?;
     let decoded = decode_unreserved(path)?;
     let mut out = resolve_segments(&decoded);
     if let Some(q) = query {
@@ -50,6 +71,45 @@ pub fn normalize(target: &str) -> Result<String, PathError> {
         out.push_str(q);
     }
     Ok(out)
+}
+
+/// Step 7: refuses spellings that backends resolve differently (see the module docs). `path` is as sent; escapes
+/// that are not two hex digits are left for `decode_unreserved` to report.
+fn reject_divergent_spellings(path: &str) -> Result<(), PathError> {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| Some(hex_val(*bytes.get(i + 1)?)? * 16 + hex_val(*bytes.get(i + 2)?)?))
+            .flatten();
+        match escape {
+            Some(b'%')
+                if bytes.len() >= i + 5
+                    && hex_val(bytes[i + 3]).is_some()
+                    && hex_val(bytes[i + 4]).is_some() =>
+            {
+                return Err(PathError::DoubleEncoding(path[i..i + 5].to_string()));
+            }
+            Some(v) => {
+                decoded.push(v);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8(decoded).map_err(|_| PathError::InvalidUtf8)?;
+    for seg in decoded.split('/') {
+        if let Some((name, _params)) = seg.split_once(';')
+            && matches!(name, "." | "..")
+        {
+            return Err(PathError::DotSegmentParameters(seg.to_string()));
+        }
+    }
+    Ok(())
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -243,6 +303,47 @@ mod tests {
         ] {
             assert!(normalize(rejected).is_err(), "{rejected} must be rejected");
         }
+    }
+
+    /// Step 7: what Tomcat, double decoders and overlong-UTF-8 decoders would resolve past the policy is refused.
+    #[test]
+    fn spellings_backends_resolve_differently_are_rejected() {
+        for p in [
+            "/public/..;/admin",
+            "/public/..;jsessionid=1/admin",
+            "/public/.;/admin",
+            "/public/%2e%2e;/admin",
+            "/public/%2e%2e%3b/admin",
+            "/public/..%3B/admin",
+        ] {
+            assert!(
+                matches!(normalize(p), Err(PathError::DotSegmentParameters(_))),
+                "{p}: {:?}",
+                normalize(p)
+            );
+        }
+        for p in ["/public/%252e%252e/admin", "/a%252Fb", "/%2525"] {
+            assert!(
+                matches!(normalize(p), Err(PathError::DoubleEncoding(_))),
+                "{p}: {:?}",
+                normalize(p)
+            );
+        }
+        for p in [
+            "/public/%C0%AE%C0%AE/admin",
+            "/%c0%af",
+            "/%E0%80%AE",
+            "/%FF",
+            "/%C3",
+        ] {
+            assert_eq!(normalize(p), Err(PathError::InvalidUtf8), "{p}");
+        }
+        // Ordinary uses stay allowed: parameters on a named segment, an encoded percent before non-hex, UTF-8.
+        assert_eq!(ok("/a;v=1/b"), "/a;v=1/b");
+        assert_eq!(ok("/a;v=1/../b"), "/b");
+        assert_eq!(ok("/100%25"), "/100%25");
+        assert_eq!(ok("/%25zz"), "/%25zz");
+        assert_eq!(ok("/caf%C3%A9"), "/caf%C3%A9");
     }
 
     /// Normalization is idempotent: the normalized form normalizes to itself, so the upstream sees what was checked.

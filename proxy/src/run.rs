@@ -100,6 +100,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
         mesh: mesh.clone(),
+        draining: CancellationToken::new(),
     });
     if let (Some(mesh), Some(addr)) = (&mesh, args.mesh.tunnel_listen) {
         start_tunnel(mesh, addr, &proxy, close_connections.clone())?;
@@ -124,6 +125,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             connections: proxy.connections.clone(),
             kafka_topics: proxy.kafka_topics.clone(),
             mesh: mesh.clone(),
+            draining: proxy.draining.clone(),
         });
         tracing::info!(listen = %addr, interfaces = ?args.tc_interfaces, "TC ingress steering listener ready");
         // Its own stop token: once a successor has taken this socket, this process stops accepting on it even if
@@ -165,6 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         stop.cancel();
     });
     serve(listener, proxy.clone(), shutdown, close_connections.clone()).await;
+    proxy.draining.cancel();
     tracing::info!(
         "stopped accepting; serving open connections for up to {:?}, then asking them to close",
         limits.drain

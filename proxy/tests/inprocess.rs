@@ -151,6 +151,7 @@ async fn start_with(limits: Limits) -> Harness {
         }),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
+        draining: Default::default(),
         mesh: None,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -207,7 +207,7 @@ pub async fn serve<S: crate::connection::ClientStream>(
                 let req = request::decode(frame.slice(4..))?;
                 let snap = proxy.policy.current();
                 let (policy_topics, record_topics, unknown_id) =
-                    policy::topic_names(&req, &proxy.kafka_topics);
+                    policy::topic_names(&req, &proxy.kafka_topics, dst);
                 let decision =
                     policy::decide(&snap, &down, dst, &req, &policy_topics, unknown_id);
                 let expects = response::expects_response(&req);
@@ -339,7 +339,7 @@ pub async fn serve<S: crate::connection::ClientStream>(
                                     named,
                                     |t| policy::topic_visible(&snap, &down, dst, &req, t),
                                 )?;
-                                proxy.kafka_topics.learn(&report.learned);
+                                proxy.kafka_topics.learn(dst, &report.learned);
                                 if !report.denied.is_empty() {
                                     let (what, denied) = if named {
                                         ("TOPIC_AUTHORIZATION_FAILED for", true)

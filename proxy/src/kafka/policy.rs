@@ -8,7 +8,7 @@ use kafka_protocol::messages::ApiKey;
 
 use super::request::{KafkaRequest, TopicRef};
 use super::response::code;
-use super::topic_ids::TopicIds;
+use super::topic_ids::{IdLookup, TopicIds};
 use crate::decision::{self, Downstream, drop_reason_of};
 use crate::flow::{DropReason, TrafficDirection};
 use crate::policy_adapter::{Decision, L7Kind};
@@ -35,25 +35,45 @@ pub enum KafkaDecision {
 /// A topic no rule can name: stands for topics the proxy cannot read, so only topic-free rules allow them.
 const UNREADABLE_TOPIC: &str = "";
 
-/// Topic names for the flow record and the policy check. Unknown ids and unlisted topics become
-/// `UNREADABLE_TOPIC` for the check; the record shows the id.
-pub fn topic_names(req: &KafkaRequest, ids: &TopicIds) -> (Vec<String>, Vec<String>, bool) {
+/// Why a request's topic ids could not all be named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownIds {
+    /// Every id was named by this broker (or the request names topics by name).
+    #[default]
+    None,
+    /// An id no broker has announced yet: the client is ahead of the proxy.
+    NotLearned,
+    /// An id only another destination announced: never trusted here (a tenant's own broker could have made it up).
+    FromOtherBroker,
+}
+
+/// Topic names for the flow record and the policy check, ids resolved with the names `broker` itself gave them.
+/// Unknown ids and unlisted topics become `UNREADABLE_TOPIC` for the check; the record shows the id.
+pub fn topic_names(
+    req: &KafkaRequest,
+    ids: &TopicIds,
+    broker: SocketAddr,
+) -> (Vec<String>, Vec<String>, UnknownIds) {
     let mut for_policy = Vec::with_capacity(req.topics.len());
     let mut for_record = Vec::with_capacity(req.topics.len());
-    let mut unknown_id = false;
+    let mut unknown = UnknownIds::None;
     for t in &req.topics {
         match t {
             TopicRef::Name(n) => {
                 for_policy.push(n.clone());
                 for_record.push(n.clone());
             }
-            TopicRef::Id(id) => match ids.name(id) {
-                Some(n) => {
+            TopicRef::Id(id) => match ids.lookup(broker, id) {
+                IdLookup::Name(n) => {
                     for_policy.push(n.clone());
                     for_record.push(n);
                 }
-                None => {
-                    unknown_id = true;
+                miss => {
+                    unknown = match (unknown, miss) {
+                        (_, IdLookup::LearnedFromOtherBroker)
+                        | (UnknownIds::FromOtherBroker, _) => UnknownIds::FromOtherBroker,
+                        _ => UnknownIds::NotLearned,
+                    };
                     for_policy.push(UNREADABLE_TOPIC.to_string());
                     for_record.push(format!("id:{id}"));
                 }
@@ -64,7 +84,7 @@ pub fn topic_names(req: &KafkaRequest, ids: &TopicIds) -> (Vec<String>, Vec<Stri
             }
         }
     }
-    (for_policy, for_record, unknown_id)
+    (for_policy, for_record, unknown)
 }
 
 /// Decides one request against the snapshot current when it arrived. The connection verdict is re-evaluated,
@@ -80,7 +100,7 @@ pub fn decide(
     dst: SocketAddr,
     req: &KafkaRequest,
     policy_topics: &[String],
-    unknown_id: bool,
+    unknown_id: UnknownIds,
 ) -> KafkaDecision {
     let (flow, conn) = decision::connection_verdict(snap, client, dst);
     let direction = crate::policy_adapter::direction(&conn.reason);
@@ -127,7 +147,7 @@ pub fn decide(
                     direction,
                     filter_metadata: is_metadata,
                 },
-                Decision::Deny if unknown_id => KafkaDecision::Deny {
+                Decision::Deny if unknown_id == UnknownIds::NotLearned => KafkaDecision::Deny {
                     reason: format!(
                         "{}; the request names a topic id not seen in a Metadata response yet (the client \
                          refreshes its metadata and retries)",
@@ -137,6 +157,18 @@ pub fn decide(
                     direction,
                     error_code: code::UNKNOWN_TOPIC_ID,
                 },
+                Decision::Deny if unknown_id == UnknownIds::FromOtherBroker => {
+                    KafkaDecision::Deny {
+                        reason: format!(
+                            "{}; the request names a topic id this broker never announced (only another \
+                         destination did, which is never trusted for this one)",
+                            v.reason
+                        ),
+                        drop_reason: drop_reason_of(&v.reason),
+                        direction,
+                        error_code: code::TOPIC_AUTHORIZATION_FAILED,
+                    }
+                }
                 Decision::Deny => KafkaDecision::Deny {
                     reason: v.reason.to_string(),
                     drop_reason: drop_reason_of(&v.reason),
@@ -283,7 +315,7 @@ mod tests {
                 &topics,
             ))
             .unwrap();
-            let (policy_topics, _, unknown) = topic_names(&req, &ids);
+            let (policy_topics, _, unknown) = topic_names(&req, &ids, dst);
             let d = decide(
                 &snap,
                 &Downstream::plain(client),
@@ -330,7 +362,7 @@ mod tests {
         };
         let run = |id| {
             let req = frame(id);
-            let (t, rec, unknown) = topic_names(&req, &ids);
+            let (t, rec, unknown) = topic_names(&req, &ids, kafka);
             (
                 decide(
                     &snap,
@@ -355,7 +387,24 @@ mod tests {
             "{d:?}"
         );
         assert_eq!(rec, vec![format!("id:{orders}")]);
-        ids.learn(&[(orders, "orders".into()), (payments, "payments".into())]);
+        // Another destination (a tenant's own broker) announcing the ids teaches nothing about this one.
+        let rogue: SocketAddr = "10.0.3.99:9092".parse().unwrap();
+        ids.learn(rogue, &[(payments, "orders".into())]);
+        let (d, _) = run(payments);
+        assert!(
+            matches!(
+                d,
+                KafkaDecision::Deny {
+                    error_code: code::TOPIC_AUTHORIZATION_FAILED,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        ids.learn(
+            kafka,
+            &[(orders, "orders".into()), (payments, "payments".into())],
+        );
         assert!(matches!(run(orders).0, KafkaDecision::Forward { .. }));
         assert!(matches!(
             run(payments).0,
