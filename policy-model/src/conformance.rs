@@ -1,4 +1,4 @@
-//! Conformance cases (format: `shared/conformance/README.md`): parse a case file and run every case through the
+//! Conformance cases (format: `policy-model/conformance/README.md`): parse a case file and run every case through the
 //! real engine. Pure: the caller reads the file and prints the results.
 //!
 //! Decisions: a policy in a case file that fails validation or compilation makes the whole file an error (the

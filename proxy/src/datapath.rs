@@ -456,13 +456,13 @@ spec:
 
     #[test]
     fn plan_marks_fqdn_restricted_identities_and_redirects_their_dns() {
-        let snap = crate::dns::learn::tests::conformance_snapshot("dns-fqdn");
+        let snap = crate::dns::learn::tests::conformance_snapshot("dns-telemetry");
         let plan = DatapathPlan::new(&snap.engine, &snap.endpoints).unwrap();
-        let worker = snap
+        let fetcher = snap
             .endpoints
-            .identity_of_ip("10.0.2.10".parse().unwrap())
+            .identity_of_ip("10.0.23.10".parse().unwrap())
             .0;
-        assert_eq!(plan.fqdn_restricted, BTreeSet::from([worker]));
+        assert_eq!(plan.fqdn_restricted, BTreeSet::from([fetcher]));
         let dns: Vec<_> = plan
             .redirects
             .iter()
@@ -472,8 +472,8 @@ spec:
         assert_eq!(
             dns,
             [
-                (worker, Direction::Egress, 53, Protocol::Tcp),
-                (worker, Direction::Egress, 53, Protocol::Udp)
+                (fetcher, Direction::Egress, 53, Protocol::Tcp),
+                (fetcher, Direction::Egress, 53, Protocol::Udp)
             ]
         );
     }

@@ -1,8 +1,13 @@
 //! Flow records: one per HTTP request (L7) or per refused/spliced connection (L3/L4), kept in a bounded in-memory
 //! ring and written as JSON lines to stdout or a file.
 //!
-//! Field names follow /work/notes/CONTRACT.md (modelled on Hubble's `Flow`). Writing never blocks the data path:
-//! records go through a bounded channel to a writer task, and a full channel counts the record as lost.
+//! The JSON field names are modelled on Hubble's `Flow` (flow.proto): `time`, `uuid`, `verdict` (FORWARDED, DROPPED,
+//! ERROR), `drop_reason`, `source` / `destination` (ip, port, identity, namespace, pod, `k8s:key=value` labels),
+//! `l7` (`http`: method, url, code, protocol; `kafka`: api_key, api_version, correlation_id, topics, error_code),
+//! `dns` (query, qtypes, rcode, ips, ttl, cnames, rrtypes), `traffic_direction` (INGRESS, EGRESS), `latency_ns`,
+//! `auth_type`, plus `protocol` and `policy` (which rule allowed or which policy denied); `hubble.rs` maps them to
+//! Hubble's protobuf field numbers. Writing never blocks the data path: records go through a bounded channel to a
+//! writer task, and a full channel counts the record as lost.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
@@ -165,7 +170,7 @@ impl AuthType {
     }
 }
 
-/// One flow record (CONTRACT.md field names).
+/// One flow record (field names modelled on Hubble's `Flow`, see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlowRecord {
     /// RFC 3339 UTC with nanoseconds.

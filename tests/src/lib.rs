@@ -74,12 +74,13 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `../shared/conformance/` beside the checkout. Tests load the cases from there directly, never from a copy.
+/// `policy-model/conformance/`, the project's own conformance cases. Tests load the cases from there directly,
+/// never from a copy.
 pub fn conformance_dir() -> PathBuf {
-    let dir = workspace_root().join("../shared/conformance");
+    let dir = workspace_root().join("policy-model/conformance");
     assert!(
         dir.is_dir(),
-        "conformance cases not found at {}: the checkout must have shared/ beside it",
+        "conformance cases not found at {}: they are part of the repository",
         dir.display()
     );
     dir

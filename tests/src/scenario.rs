@@ -26,7 +26,7 @@ pub const HTTP_PORT: u16 = 8080;
 /// ... and h2c (prior knowledge) here.
 pub const H2C_PORT: u16 = 8081;
 
-/// A conformance case file (`../shared/conformance/*.yaml`), kept as loose values: the engine parses the policies.
+/// A conformance case file (`policy-model/conformance/*.yaml`), kept as loose values: the engine parses the policies.
 #[derive(Debug, Deserialize)]
 pub struct CaseFile {
     pub name: String,
@@ -55,7 +55,7 @@ impl EndpointSpec {
 }
 
 impl CaseFile {
-    /// Loads `<name>.yaml` from the shared conformance folder (never a copy).
+    /// Loads `<name>.yaml` from the repository's conformance folder (never a copy).
     pub fn load(name: &str) -> Result<Self> {
         let path = conformance_dir().join(format!("{name}.yaml"));
         let text =

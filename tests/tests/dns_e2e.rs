@@ -1,7 +1,7 @@
-//! DNS proxy and DNS-aware FQDN egress, end to end as root: the `dns-fqdn` conformance case as a node (eBPF
-//! redirect), dnsmasq as the cluster resolver in the `coredns` pod, stand-in "external" servers in namespaces at the
-//! conformance IPs, and real clients (dig over UDP and TCP, glibc's resolver via getent, curl, Python sockets) in
-//! the `worker` pod.
+//! DNS proxy and DNS-aware FQDN egress, end to end as root: the `dns-telemetry` conformance case as a node (eBPF
+//! redirect), dnsmasq as the cluster resolver in the `resolver` pod, stand-in "external" servers in namespaces at
+//! the conformance IPs, and real clients (dig over UDP and TCP, glibc's resolver via getent, curl, Python sockets)
+//! in the `fetcher` pod.
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -12,25 +12,27 @@ use tollgate_e2e::dns::{loop_field, query_loop, start_dnsmasq};
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
 use tollgate_e2e::{ChildGuard, Nginx, Pod, require_root, require_tool};
 
-const WORKER: &str = "prod/worker";
-const COREDNS: &str = "kube-system/coredns";
-const RESOLVER: &str = "10.0.0.53";
+const FETCHER: &str = "ops/fetcher";
+const RESOLVER_POD: &str = "kube-system/resolver";
+const RESOLVER: &str = "10.0.23.53";
 /// The TTL dnsmasq gives its answers: short, so expiry is observable in the test.
 const TTL_SECS: u64 = 3;
 
 /// What dnsmasq serves (the conformance `dns_cache` names, plus the names the cases ask about).
 const RECORDS: &[(&str, &str)] = &[
-    ("api.stripe.com", "203.0.113.10"),
-    ("bucket.s3.amazonaws.com", "198.51.100.20"),
-    ("s3.amazonaws.com", "192.0.2.99"),
-    ("evil.example.org", "192.0.2.99"),
+    ("telemetry.example.net", "203.0.113.40"),
+    ("img.assets.example.com", "198.51.100.44"),
+    ("assets.example.com", "192.0.2.77"),
+    ("eu.img.assets.example.com", "192.0.2.77"),
+    ("beacon.telemetry.example.net", "192.0.2.77"),
+    ("tracker.example.org", "192.0.2.77"),
 ];
 
 /// "External" servers: a namespace per IP, nginx (plain HTTP) on 443.
 const EXTERNAL: &[(&str, &str)] = &[
-    ("stripe", "203.0.113.10"),
-    ("bucket", "198.51.100.20"),
-    ("other", "192.0.2.99"),
+    ("telemetry", "203.0.113.40"),
+    ("assets", "198.51.100.44"),
+    ("other", "192.0.2.77"),
 ];
 
 struct Node {
@@ -58,7 +60,7 @@ fn node(extra_args: &[&str]) -> Node {
     require_root();
     require_tool("dig");
     require_tool("python3");
-    let case = CaseFile::load("dns-fqdn").expect("conformance case dns-fqdn");
+    let case = CaseFile::load("dns-telemetry").expect("conformance case dns-telemetry");
     let mut scenario = EbpfScenario::new(case).expect("scenario");
     let mut externals = Vec::new();
     for (name, ip) in EXTERNAL {
@@ -73,15 +75,15 @@ fn node(extra_args: &[&str]) -> Node {
         .map(|(i, (name, ip))| format!("{name},{ip},2001:db8::{}", i + 1))
         .collect();
     let dnsmasq = start_dnsmasq(
-        scenario.pod(COREDNS),
+        scenario.pod(RESOLVER_POD),
         RESOLVER,
         &records,
         &[format!("--local-ttl={TTL_SECS}")],
-        ("api.stripe.com", "203.0.113.10"),
+        ("telemetry.example.net", "203.0.113.40"),
     )
     .expect("dnsmasq");
-    // glibc's resolver in the worker pod uses the cluster resolver (`ip netns exec` bind-mounts this file).
-    let resolv_dir = PathBuf::from("/etc/netns").join(scenario.pod(WORKER).netns.name());
+    // glibc's resolver in the fetcher pod uses the cluster resolver (`ip netns exec` bind-mounts this file).
+    let resolv_dir = PathBuf::from("/etc/netns").join(scenario.pod(FETCHER).netns.name());
     std::fs::create_dir_all(&resolv_dir).expect("resolv.conf dir");
     std::fs::write(
         resolv_dir.join("resolv.conf"),
@@ -99,9 +101,9 @@ fn node(extra_args: &[&str]) -> Node {
     }
 }
 
-/// `dig` from the worker pod against the cluster resolver; returns its full output.
+/// `dig` from the fetcher pod against the cluster resolver; returns its full output.
 fn dig(n: &Node, name: &str, qtype: &str, tcp: bool) -> String {
-    let mut cmd = n.scenario.pod(WORKER).command("dig");
+    let mut cmd = n.scenario.pod(FETCHER).command("dig");
     cmd.args([&format!("@{RESOLVER}"), "+time=5", "+tries=1", name, qtype]);
     if tcp {
         cmd.arg("+tcp");
@@ -117,11 +119,11 @@ fn status(dig_out: &str) -> &str {
         .unwrap_or("NO ANSWER")
 }
 
-/// A Python snippet run in the worker pod (exact errno of connect(): the kernel gate answers EPERM).
+/// A Python snippet run in the fetcher pod (exact errno of connect(): the kernel gate answers EPERM).
 fn py(n: &Node, code: &str) -> String {
     let o = n
         .scenario
-        .pod(WORKER)
+        .pod(FETCHER)
         .command("python3")
         .args(["-c", code])
         .output()
@@ -166,8 +168,8 @@ fn wait_dns_flow(n: &Node, after: usize, pred: impl Fn(&Value) -> bool) -> Value
 fn dns_policy_fqdn_learning_and_kernel_gate() {
     let n = node(&["--dns-gc-secs", "1"]);
 
-    // Before any DNS answer, the FQDN-restricted worker cannot reach any external IP (EPERM at connect()).
-    assert_eq!(connect_result(&n, "203.0.113.10", 443), "errno 1");
+    // Before any DNS answer, the FQDN-restricted fetcher cannot reach any external IP (EPERM at connect()).
+    assert_eq!(connect_result(&n, "203.0.113.40", 443), "errno 1");
 
     // Every DNS case of the conformance file, as real traffic over UDP and over TCP.
     let mut replayed = 0;
@@ -198,7 +200,7 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
                 "{f}"
             );
             assert_eq!(f["dns"]["qtypes"][0], qtype, "{f}");
-            assert_eq!(f["source"]["pod"], "worker", "{f}");
+            assert_eq!(f["source"]["pod"], "fetcher", "{f}");
             assert_eq!(f["destination"]["ip"], RESOLVER, "{f}");
             if allow && qtype == "A" {
                 assert!(f["dns"]["ttl"].as_u64().unwrap() <= TTL_SECS, "{f}");
@@ -207,40 +209,40 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
             replayed += 1;
         }
     }
-    assert_eq!(replayed, 10, "5 DNS cases x UDP and TCP");
+    assert_eq!(replayed, 14, "7 DNS cases x UDP and TCP");
 
     // glibc's resolver (connected UDP socket) through the proxy.
     let o = n
         .scenario
-        .pod(WORKER)
+        .pod(FETCHER)
         .command("getent")
-        .args(["ahostsv4", "api.stripe.com"])
+        .args(["ahostsv4", "telemetry.example.net"])
         .output()
         .expect("getent");
-    assert!(text(&o).contains("203.0.113.10"), "getent: {}", text(&o));
+    assert!(text(&o).contains("203.0.113.40"), "getent: {}", text(&o));
 
     // The connect cases of the conformance file: learned IPs on 443 are reachable; an IP DNS never answered to
     // this pod is refused at connect() by the kernel.
-    dig(&n, "api.stripe.com", "A", false);
-    dig(&n, "bucket.s3.amazonaws.com", "A", false);
-    assert_eq!(connect_result(&n, "203.0.113.10", 443), "ok 200");
-    assert_eq!(connect_result(&n, "198.51.100.20", 443), "ok 200");
+    dig(&n, "telemetry.example.net", "A", false);
+    dig(&n, "img.assets.example.com", "A", false);
+    assert_eq!(connect_result(&n, "203.0.113.40", 443), "ok 200");
+    assert_eq!(connect_result(&n, "198.51.100.44", 443), "ok 200");
     // Only the rule's port: the learned IP on 80 is refused by the kernel (EPERM, not "connection refused").
-    assert_eq!(connect_result(&n, "203.0.113.10", 80), "errno 1");
+    assert_eq!(connect_result(&n, "203.0.113.40", 80), "errno 1");
     let out = n
         .scenario
-        .curl(WORKER, &["http://203.0.113.10:443/"])
+        .curl(FETCHER, &["http://203.0.113.40:443/"])
         .expect("curl");
     assert!(
-        text(&out).starts_with("200 203.0.113.10:443"),
+        text(&out).starts_with("200 203.0.113.40:443"),
         "curl: {}",
         text(&out)
     );
-    // 192.0.2.99 was answered for s3.amazonaws.com and evil.example.org, both DENIED queries: not learned.
-    assert_eq!(connect_result(&n, "192.0.2.99", 443), "errno 1");
+    // 192.0.2.77 is what dnsmasq serves for the names whose queries are DENIED: never learned.
+    assert_eq!(connect_result(&n, "192.0.2.77", 443), "errno 1");
     let out = n
         .scenario
-        .curl(WORKER, &["http://192.0.2.99:443/"])
+        .curl(FETCHER, &["http://192.0.2.77:443/"])
         .expect("curl");
     assert!(
         text(&out).starts_with("000"),
@@ -252,7 +254,7 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
         .scenario
         .wait_flow(0, |f| {
             f["verdict"] == "DROPPED"
-                && f["destination"]["ip"] == "192.0.2.99"
+                && f["destination"]["ip"] == "192.0.2.77"
                 && f["policy"]
                     .as_str()
                     .is_some_and(|p| p.contains("kernel FQDN gate"))
@@ -264,16 +266,16 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
             )
         });
     assert_eq!(f["destination"]["port"], 443, "{f}");
-    assert_eq!(f["source"]["pod"], "worker", "{f}");
+    assert_eq!(f["source"]["pod"], "fetcher", "{f}");
     assert_eq!(f["drop_reason"], "POLICY_DENIED", "{f}");
 
     // TTL expiry: a connection opened while the answer was valid outlives it; a new connect after it is refused.
-    dig(&n, "api.stripe.com", "A", false);
+    dig(&n, "telemetry.example.net", "A", false);
     let expiry = py(
         &n,
         &format!(
-            "import socket,time\nold=socket.create_connection(('203.0.113.10',443),timeout=5)\n\
-             time.sleep({})\ntry:\n socket.create_connection(('203.0.113.10',443),timeout=5)\n print('new ok')\n\
+            "import socket,time\nold=socket.create_connection(('203.0.113.40',443),timeout=5)\n\
+             time.sleep({})\ntry:\n socket.create_connection(('203.0.113.40',443),timeout=5)\n print('new ok')\n\
              except OSError as e:\n print('new errno', e.errno)\n\
              old.sendall(b'GET /still-open HTTP/1.0\\r\\n\\r\\n')\nprint('old', old.recv(200).split(b' ')[1].decode())",
             TTL_SECS + 2
@@ -290,15 +292,15 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
     // The refusal after expiry names what the IP was served for (the cache keeps it until GC).
     let refused_after_expiry = n.scenario.flows().iter().any(|f| {
         f["verdict"] == "DROPPED"
-            && f["destination"]["ip"] == "203.0.113.10"
+            && f["destination"]["ip"] == "203.0.113.40"
             && f["policy"]
                 .as_str()
                 .is_some_and(|p| p.contains("kernel FQDN gate"))
     });
     assert!(refused_after_expiry, "a DROPPED record for the expired IP");
     // Asking again re-opens it.
-    dig(&n, "api.stripe.com", "A", false);
-    assert_eq!(connect_result(&n, "203.0.113.10", 443), "ok 200");
+    dig(&n, "telemetry.example.net", "A", false);
+    assert_eq!(connect_result(&n, "203.0.113.40", 443), "ok 200");
 
     // Malformed packets: a compression loop gets FORMERR with the client's id; a 3-byte packet is dropped; both
     // leave a DROPPED flow record.
@@ -364,9 +366,15 @@ fn dns_policy_fqdn_learning_and_kernel_gate() {
     );
 }
 
-/// A client in the worker pod querying `api.stripe.com` in a loop for 12 s.
-fn worker_query_loop(n: &Node) -> std::process::Child {
-    query_loop(n.scenario.pod(WORKER), RESOLVER, "api.stripe.com", 12).expect("python3 loop")
+/// A client in the fetcher pod querying `telemetry.example.net` in a loop for 12 s.
+fn fetcher_query_loop(n: &Node) -> std::process::Child {
+    query_loop(
+        n.scenario.pod(FETCHER),
+        RESOLVER,
+        "telemetry.example.net",
+        12,
+    )
+    .expect("python3 loop")
 }
 
 /// Planned restart: a second tollgate takes the DNS sockets (and the listener) over while a client queries in a
@@ -374,7 +382,7 @@ fn worker_query_loop(n: &Node) -> std::process::Child {
 #[test]
 fn dns_keeps_answering_across_a_planned_restart() {
     let mut n = node(&[]);
-    let child = worker_query_loop(&n);
+    let child = fetcher_query_loop(&n);
     std::thread::sleep(Duration::from_secs(2));
     let args = n.scenario.ebpf_args();
     n.scenario.start_proxy_with(&args).expect("second tollgate");
@@ -405,7 +413,7 @@ fn dns_keeps_answering_across_a_planned_restart() {
 #[test]
 fn dns_gap_after_a_crash_is_bounded() {
     let mut n = node(&[]);
-    let child = worker_query_loop(&n);
+    let child = fetcher_query_loop(&n);
     std::thread::sleep(Duration::from_secs(2));
     n.scenario.kill_proxy();
     n.scenario

@@ -1,5 +1,5 @@
 //! End-to-end for the user-facing flow log: real curl traffic through `tollgate run` (iptables TPROXY in a node
-//! netns, nginx in the target pod, policies from ../shared/conformance/http-basic.yaml), then the Observer API
+//! netns, nginx in the target pod, policies from policy-model/conformance/http-ledger.yaml), then the Observer API
 //! queried with filters by (a) the Rust client generated from proxy/proto and (b) an independent Python grpcio
 //! client; follow mode; `tollgate observe --verdict DROPPED -o json`; `/metrics`, `/readyz`; the rotated JSON
 //! export.
@@ -25,7 +25,7 @@ use tollgate_e2e::{
 const PROXY_PORT: u16 = 15001;
 const OBSERVER: &str = "127.0.0.1:4245";
 const METRICS: &str = "127.0.0.1:9965";
-const API: &str = "10.0.1.20";
+const LEDGER: &str = "10.0.21.20";
 
 struct Setup {
     // Drop order: proxy, servers, pods, node, files.
@@ -41,7 +41,7 @@ impl Setup {
         require_root();
         require_tool("iptables");
         let case: Value = serde_yaml::from_str(
-            &fs::read_to_string(conformance_dir().join("http-basic.yaml")).unwrap(),
+            &fs::read_to_string(conformance_dir().join("http-ledger.yaml")).unwrap(),
         )
         .unwrap();
         let mut node = Node::new("flowlog").unwrap();
@@ -65,7 +65,7 @@ impl Setup {
         )
         .unwrap();
         tollgate_e2e::tproxy_all_tcp(&node, PROXY_PORT).unwrap();
-        let nginx = Nginx::start(&pods["api"], 8080, 18081).unwrap();
+        let nginx = Nginx::start(&pods["ledger"], 8080, 18081).unwrap();
         let stderr = fs::File::create(dir.path().join("tollgate.stderr")).unwrap();
         let mut cmd = node.command(tollgate_bin());
         cmd.args(["run", "--listen", &format!("0.0.0.0:{PROXY_PORT}")])
@@ -177,7 +177,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 /// curl from a pod; returns the HTTP status (0 when the connection was refused/reset).
 fn curl(pod: &Pod, method: &str, path: &str) -> u16 {
-    let url = format!("http://{API}:8080{path}");
+    let url = format!("http://{LEDGER}:8080{path}");
     let out = tollgate_e2e::scenario::curl_from(pod, &["-X", method, &url]).unwrap();
     // `curl_from` prints `<status> <peer>`.
     String::from_utf8_lossy(&out.stdout)
@@ -218,12 +218,15 @@ fn wait_flows(setup: &Setup, n: usize) -> Vec<Flow> {
 #[test]
 fn flows_are_queryable_followable_exported_and_counted() {
     let mut setup = Setup::new();
-    let frontend = &setup.pods["frontend"];
-    assert_eq!(curl(frontend, "GET", "/api/v1/users"), 200);
-    assert_eq!(curl(frontend, "DELETE", "/api/v1/users"), 403);
-    assert_eq!(curl(frontend, "GET", "/admin"), 403);
-    let batch_status = curl(&setup.pods["batch"], "GET", "/api/v1/users");
-    assert_ne!(batch_status, 200, "batch is not allowed to reach api");
+    let portal = &setup.pods["portal"];
+    assert_eq!(curl(portal, "GET", "/books/v2/entries"), 200);
+    assert_eq!(curl(portal, "DELETE", "/books/v2/entries"), 403);
+    assert_eq!(curl(portal, "GET", "/admin"), 403);
+    let reporter_status = curl(&setup.pods["reporter"], "GET", "/books/v2/entries");
+    assert_ne!(
+        reporter_status, 200,
+        "reporter is not allowed to reach ledger"
+    );
     let all = wait_flows(&setup, 4);
     assert_eq!(all.len(), 4, "one flow per request: {all:#?}");
 
@@ -232,7 +235,7 @@ fn flows_are_queryable_followable_exported_and_counted() {
         whitelist: vec![FlowFilter {
             verdict: vec![Verdict::Dropped as i32],
             protocol: s(&["http"]),
-            source_pod: s(&["prod/frontend"]),
+            source_pod: s(&["billing/portal"]),
             ..Default::default()
         }],
         ..Default::default()
@@ -243,10 +246,14 @@ fn flows_are_queryable_followable_exported_and_counted() {
         vec![
             (
                 "DELETE".to_string(),
-                format!("http://{API}:8080/api/v1/users"),
+                format!("http://{LEDGER}:8080/books/v2/entries"),
                 403
             ),
-            ("GET".to_string(), format!("http://{API}:8080/admin"), 403),
+            (
+                "GET".to_string(),
+                format!("http://{LEDGER}:8080/admin"),
+                403
+            ),
         ]
     );
     for f in &dropped_http {
@@ -255,15 +262,15 @@ fn flows_are_queryable_followable_exported_and_counted() {
             !f.tollgate_policy.is_empty(),
             "the deciding policy is named"
         );
-        assert_eq!(f.source.as_ref().unwrap().labels, vec!["k8s:app=frontend"]);
-        assert_eq!(f.destination.as_ref().unwrap().pod_name, "api");
+        assert_eq!(f.source.as_ref().unwrap().labels, vec!["k8s:app=portal"]);
+        assert_eq!(f.destination.as_ref().unwrap().pod_name, "ledger");
     }
-    // Whitelist OR + blacklist: GETs to api, minus /admin.
+    // Whitelist OR + blacklist: GETs to ledger, minus /admin.
     let gets = setup.get_flows(GetFlowsRequest {
         whitelist: vec![FlowFilter {
-            destination_pod: s(&["prod/api"]),
+            destination_pod: s(&["billing/ledger"]),
             http_method: s(&["GET"]),
-            source_label: s(&["app=frontend"]),
+            source_label: s(&["app=portal"]),
             ..Default::default()
         }],
         blacklist: vec![FlowFilter {
@@ -276,20 +283,20 @@ fn flows_are_queryable_followable_exported_and_counted() {
         gets.iter().map(http).collect::<Vec<_>>(),
         vec![(
             "GET".to_string(),
-            format!("http://{API}:8080/api/v1/users"),
+            format!("http://{LEDGER}:8080/books/v2/entries"),
             200
         )]
     );
     assert_eq!(gets[0].verdict, Verdict::Forwarded as i32);
-    let batch = setup.get_flows(GetFlowsRequest {
+    let reporter = setup.get_flows(GetFlowsRequest {
         whitelist: vec![FlowFilter {
-            source_label: s(&["k8s:app=batch"]),
+            source_label: s(&["k8s:app=reporter"]),
             ..Default::default()
         }],
         ..Default::default()
     });
-    assert_eq!(batch.len(), 1, "{batch:#?}");
-    assert_eq!(batch[0].verdict, Verdict::Dropped as i32);
+    assert_eq!(reporter.len(), 1, "{reporter:#?}");
+    assert_eq!(reporter[0].verdict, Verdict::Dropped as i32);
     let last_two = setup.get_flows(GetFlowsRequest {
         number: 2,
         ..Default::default()
@@ -337,7 +344,7 @@ fn flows_are_queryable_followable_exported_and_counted() {
             .collect()
     };
     let flows = py(
-        r#"{"whitelist": [{"source_pod": ["prod/frontend"], "http_status_code": ["4+"]}],
+        r#"{"whitelist": [{"source_pod": ["billing/portal"], "http_status_code": ["4+"]}],
             "blacklist": [{"http_method": ["DELETE"]}]}"#,
     );
     assert_eq!(flows.len(), 1, "{flows:#?}");
@@ -345,11 +352,11 @@ fn flows_are_queryable_followable_exported_and_counted() {
     assert_eq!(flows[0]["drop_reason_desc"], "POLICY_DENIED");
     assert_eq!(
         flows[0]["l7"]["http"]["url"],
-        format!("http://{API}:8080/admin")
+        format!("http://{LEDGER}:8080/admin")
     );
     assert_eq!(flows[0]["l7"]["http"]["code"], 403);
-    assert_eq!(flows[0]["source"]["pod_name"], "frontend");
-    assert_eq!(flows[0]["IP"]["destination"], API);
+    assert_eq!(flows[0]["source"]["pod_name"], "portal");
+    assert_eq!(flows[0]["IP"]["destination"], LEDGER);
     assert_eq!(flows[0]["l4"]["TCP"]["destination_port"], 8080);
     assert_eq!(flows[0]["uuid"], dropped_http[1].uuid);
     let forwarded = py(r#"{"whitelist": [{"verdict": ["FORWARDED"]}]}"#);
@@ -375,19 +382,19 @@ fn flows_are_queryable_followable_exported_and_counted() {
     assert_eq!(lines.len(), 3, "{lines:#?}");
     assert!(lines.iter().all(|l| l["flow"]["verdict"] == "DROPPED"));
     assert_eq!(lines[0]["flow"]["l7"]["http"]["method"], "DELETE");
-    assert_eq!(lines[0]["flow"]["source"]["namespace"], "prod");
+    assert_eq!(lines[0]["flow"]["source"]["namespace"], "billing");
     assert!(lines[0]["node_name"].is_string());
     let compact = setup.node_output(
         tollgate_bin(),
-        &["observe", "--server", OBSERVER, "--pod", "prod/frontend"],
+        &["observe", "--server", OBSERVER, "--pod", "billing/portal"],
     );
     let compact = String::from_utf8_lossy(&compact.stdout).to_string();
-    eprintln!("tollgate observe --pod prod/frontend:\n{compact}");
+    eprintln!("tollgate observe --pod billing/portal:\n{compact}");
     let compact_lines: Vec<&str> = compact.lines().collect();
     assert_eq!(compact_lines.len(), 3, "{compact}");
     assert!(
-        compact_lines[1].contains("prod/frontend:")
-            && compact_lines[1].contains(&format!("-> prod/api:8080 DELETE http://{API}:8080/api/v1/users => 403 DROPPED (POLICY_DENIED) policy: ")),
+        compact_lines[1].contains("billing/portal:")
+            && compact_lines[1].contains(&format!("-> billing/ledger:8080 DELETE http://{LEDGER}:8080/books/v2/entries => 403 DROPPED (POLICY_DENIED) policy: ")),
         "{compact}"
     );
 
@@ -401,7 +408,7 @@ fn flows_are_queryable_followable_exported_and_counted() {
                 .get_flows(GetFlowsRequest {
                     follow: true,
                     whitelist: vec![FlowFilter {
-                        source_pod: s(&["prod/frontend"]),
+                        source_pod: s(&["billing/portal"]),
                         ..Default::default()
                     }],
                     ..Default::default()
@@ -410,9 +417,9 @@ fn flows_are_queryable_followable_exported_and_counted() {
                 .unwrap()
                 .into_inner();
             // The server subscribed before answering; traffic now must show up.
-            let pod = &setup.pods["frontend"];
+            let pod = &setup.pods["portal"];
             // Blocking is fine here: the response is buffered by the connection until we poll the stream.
-            assert_eq!(curl(pod, "GET", "/api/v1/follow-me"), 200);
+            assert_eq!(curl(pod, "GET", "/books/v2/follow-me"), 200);
             tokio::time::timeout(Duration::from_secs(5), stream.message())
                 .await
                 .expect("follow mode delivered nothing within 5s")
@@ -423,10 +430,13 @@ fn flows_are_queryable_followable_exported_and_counted() {
     let Some(get_flows_response::ResponseTypes::Flow(f)) = followed.response_types else {
         panic!("no flow in {followed:?}");
     };
-    assert_eq!(http(&f).1, format!("http://{API}:8080/api/v1/follow-me"));
+    assert_eq!(
+        http(&f).1,
+        format!("http://{LEDGER}:8080/books/v2/follow-me")
+    );
     assert_eq!(http(&f).2, 200);
 
-    // /metrics against the traffic: 5 flows, 3 DROPPED (2 HTTP from frontend + batch), 2 FORWARDED HTTP.
+    // /metrics against the traffic: 5 flows, 3 DROPPED (2 HTTP from portal + reporter), 2 FORWARDED HTTP.
     let all = wait_flows(&setup, 5);
     let metrics = String::from_utf8_lossy(
         &setup
@@ -464,16 +474,16 @@ fn flows_are_queryable_followable_exported_and_counted() {
             "{metrics}"
         );
     }
-    let frontend_id = all[0].source.as_ref().unwrap().identity;
-    let api_id = all[0].destination.as_ref().unwrap().identity;
+    let portal_id = all[0].source.as_ref().unwrap().identity;
+    let ledger_id = all[0].destination.as_ref().unwrap().identity;
     assert_eq!(
         sum(
             "tollgate_requests_total{",
             &[
                 "protocol=\"HTTP\"",
                 "verdict=\"DROPPED\"",
-                &format!("source_identity=\"{frontend_id}\""),
-                &format!("destination_identity=\"{api_id}\"")
+                &format!("source_identity=\"{portal_id}\""),
+                &format!("destination_identity=\"{ledger_id}\"")
             ]
         ),
         2,
@@ -574,7 +584,7 @@ fn flows_are_queryable_followable_exported_and_counted() {
                 "--http-status",
                 "2+",
                 "--pod",
-                "prod/frontend",
+                "billing/portal",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
@@ -599,14 +609,14 @@ fn flows_are_queryable_followable_exported_and_counted() {
     // must not be printed at all.
     for _ in 0..20 {
         assert_eq!(
-            curl(&setup.pods["frontend"], "DELETE", "/api/v1/users"),
+            curl(&setup.pods["portal"], "DELETE", "/books/v2/entries"),
             403
         );
         assert_eq!(
             curl(
-                &setup.pods["frontend"],
+                &setup.pods["portal"],
                 "GET",
-                "/api/v1/missing-in-nginx-is-fine"
+                "/books/v2/missing-in-nginx-is-fine"
             ),
             200
         );
@@ -619,7 +629,7 @@ fn flows_are_queryable_followable_exported_and_counted() {
     let v: Value = serde_json::from_str(&first).unwrap();
     assert_eq!(
         v["flow"]["l7"]["http"]["url"],
-        format!("http://{API}:8080/api/v1/missing-in-nginx-is-fine")
+        format!("http://{LEDGER}:8080/books/v2/missing-in-nginx-is-fine")
     );
     drop(observe);
 

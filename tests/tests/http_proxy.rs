@@ -1,6 +1,6 @@
 //! End-to-end: `tollgate run` on a node netns, pods steered to it with iptables TPROXY, real nginx / grpcio
 //! servers and real curl / h2load / grpcio clients. Policies, endpoints and expectations come straight from
-//! ../shared/conformance/{http-basic,grpc-and-defaults}.yaml.
+//! policy-model/conformance/{http-ledger,grpc-library}.yaml.
 //!
 //! Needs root, iptables (TPROXY + socket match), nginx, curl, h2load, python3 with grpcio + grpcio-tools.
 
@@ -285,9 +285,9 @@ fn src_pod_of(f: &Value) -> String {
     )
 }
 
-/// Replays every http-basic case with real curl in one HTTP mode, nginx serving that protocol on the case port.
-fn replay_http_basic(mode: &str, redirect: Redirect) {
-    let case_file = CaseFile::load("http-basic.yaml");
+/// Replays every http-ledger case with real curl in one HTTP mode, nginx serving that protocol on the case port.
+fn replay_http_ledger(mode: &str, redirect: Redirect) {
+    let case_file = CaseFile::load("http-ledger.yaml");
     let mut cluster = Cluster::with_redirect("httpb", &case_file, redirect);
     let endpoints = case_file.endpoints();
     let h2 = mode == "--http2-prior-knowledge";
@@ -378,42 +378,42 @@ fn replay_http_basic(mode: &str, redirect: Redirect) {
 }
 
 #[test]
-fn http_basic_cases_over_http1() {
-    replay_http_basic("--http1.1", Redirect::Tproxy);
+fn http_ledger_cases_over_http1() {
+    replay_http_ledger("--http1.1", Redirect::Tproxy);
 }
 
 #[test]
-fn http_basic_cases_over_h2c_prior_knowledge() {
-    replay_http_basic("--http2-prior-knowledge", Redirect::Tproxy);
+fn http_ledger_cases_over_h2c_prior_knowledge() {
+    replay_http_ledger("--http2-prior-knowledge", Redirect::Tproxy);
 }
 
 /// The same cases with iptables REDIRECT: proves the SO_ORIGINAL_DST source end to end.
 #[test]
-fn http_basic_cases_with_nat_redirect_and_so_original_dst() {
-    replay_http_basic("--http1.1", Redirect::NatRedirect);
+fn http_ledger_cases_with_nat_redirect_and_so_original_dst() {
+    replay_http_ledger("--http1.1", Redirect::NatRedirect);
 }
 
 const GRPC_PROTO: &str = r#"syntax = "proto3";
-package shop;
-service Catalog {
-  rpc GetItem (Item) returns (Item);
-  rpc ListItem (Item) returns (Item);
-  rpc DeleteItem (Item) returns (Item);
+package media;
+service Library {
+  rpc FetchAlbum (Album) returns (Album);
+  rpc BrowseAlbum (Album) returns (Album);
+  rpc RemoveAlbum (Album) returns (Album);
 }
-message Item { string id = 1; }
+message Album { string id = 1; }
 "#;
 
 const GRPC_SERVER: &str = r#"
 import sys, grpc
 from concurrent import futures
 sys.path.insert(0, sys.argv[1])
-import shop_pb2, shop_pb2_grpc
-class Catalog(shop_pb2_grpc.CatalogServicer):
-    def GetItem(self, req, ctx): return shop_pb2.Item(id="got " + req.id)
-    def ListItem(self, req, ctx): return shop_pb2.Item(id="listed " + req.id)
-    def DeleteItem(self, req, ctx): return shop_pb2.Item(id="deleted " + req.id)
+import media_pb2, media_pb2_grpc
+class Library(media_pb2_grpc.LibraryServicer):
+    def FetchAlbum(self, req, ctx): return media_pb2.Album(id="fetched " + req.id)
+    def BrowseAlbum(self, req, ctx): return media_pb2.Album(id="browsed " + req.id)
+    def RemoveAlbum(self, req, ctx): return media_pb2.Album(id="removed " + req.id)
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-shop_pb2_grpc.add_CatalogServicer_to_server(Catalog(), server)
+media_pb2_grpc.add_LibraryServicer_to_server(Library(), server)
 server.add_insecure_port(sys.argv[2])
 server.start()
 server.wait_for_termination()
@@ -423,11 +423,11 @@ server.wait_for_termination()
 const GRPC_CLIENT: &str = r#"
 import sys, grpc
 sys.path.insert(0, sys.argv[1])
-import shop_pb2, shop_pb2_grpc
+import media_pb2, media_pb2_grpc
 ch = grpc.insecure_channel(sys.argv[2])
-stub = shop_pb2_grpc.CatalogStub(ch)
+stub = media_pb2_grpc.LibraryStub(ch)
 try:
-    r = getattr(stub, sys.argv[3])(shop_pb2.Item(id="x1"), timeout=5)
+    r = getattr(stub, sys.argv[3])(media_pb2.Album(id="a1"), timeout=5)
     print("OK", r.id)
 except grpc.RpcError as e:
     print("ERR", e.code().value[0], e.details())
@@ -448,7 +448,7 @@ fn python_with_grpc() -> PathBuf {
 }
 
 fn generate_grpc(dir: &Path, py: &Path) {
-    fs::write(dir.join("shop.proto"), GRPC_PROTO).unwrap();
+    fs::write(dir.join("media.proto"), GRPC_PROTO).unwrap();
     fs::write(dir.join("server.py"), GRPC_SERVER).unwrap();
     fs::write(dir.join("client.py"), GRPC_CLIENT).unwrap();
     let out = Command::new(py)
@@ -456,7 +456,7 @@ fn generate_grpc(dir: &Path, py: &Path) {
         .arg(dir)
         .arg(format!("--python_out={}", dir.display()))
         .arg(format!("--grpc_python_out={}", dir.display()))
-        .arg(dir.join("shop.proto"))
+        .arg(dir.join("media.proto"))
         .output()
         .unwrap();
     assert!(
@@ -467,9 +467,9 @@ fn generate_grpc(dir: &Path, py: &Path) {
 }
 
 #[test]
-fn grpc_and_defaults_cases_with_real_grpc() {
+fn grpc_library_cases_with_real_grpc() {
     let py = python_with_grpc();
-    let case_file = CaseFile::load("grpc-and-defaults.yaml");
+    let case_file = CaseFile::load("grpc-library.yaml");
     let mut cluster = Cluster::new("grpc", &case_file);
     let endpoints = case_file.endpoints();
     let gdir = TempDir::new("grpcgen").unwrap();
@@ -549,7 +549,7 @@ fn grpc_and_defaults_cases_with_real_grpc() {
                     .arg(gdir.path().join("client.py"))
                     .arg(gdir.path())
                     .arg(format!("{to_ip}:{port}"))
-                    .arg("GetItem")
+                    .arg("FetchAlbum")
                     .output()
                     .unwrap();
                 let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -621,13 +621,12 @@ sys.stdout.write(data.decode('latin-1'))
 
 #[test]
 fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
-    let case_file = CaseFile::load("http-basic.yaml");
+    let case_file = CaseFile::load("http-ledger.yaml");
     let mut cluster = Cluster::new("hostile", &case_file);
-    let api = "prod/api";
-    let nginx = Nginx::start(cluster.pod(api), 8080, 18081).unwrap();
-    let client = cluster.pod("prod/frontend");
-    let base = "http://10.0.1.20:8080";
-    let out = curl(client, &["--http1.1", &format!("{base}/api/v1/users")]);
+    let nginx = Nginx::start(cluster.pod("billing/ledger"), 8080, 18081).unwrap();
+    let client = cluster.pod("billing/portal");
+    let base = "http://10.0.21.20:8080";
+    let out = curl(client, &["--http1.1", &format!("{base}/books/v2/entries")]);
     assert_eq!(
         status_of(&out),
         Some(200),
@@ -641,7 +640,7 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
     let big = format!("X-Big: {}", "a".repeat(70 * 1024));
     let out = curl(
         client,
-        &["--http1.1", "-H", &big, &format!("{base}/api/v1/users")],
+        &["--http1.1", "-H", &big, &format!("{base}/books/v2/entries")],
     );
     assert_eq!(
         status_of(&out),
@@ -655,7 +654,7 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
         args.push("-H".into());
         args.push(format!("X-H{i}: v"));
     }
-    args.push(format!("{base}/api/v1/users"));
+    args.push(format!("{base}/books/v2/entries"));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_eq!(
         status_of(&curl(client, &refs)),
@@ -664,16 +663,16 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
     );
 
     // Malformed request line: 400.
-    let resp = raw_http(client, "10.0.1.20", 8080, "GARBAGE\\r\\n\\r\\n");
+    let resp = raw_http(client, "10.0.21.20", 8080, "GARBAGE\\r\\n\\r\\n");
     assert!(
         resp.starts_with("HTTP/1.1 400"),
         "malformed request line got {resp:?}"
     );
 
     // Transfer-Encoding + Content-Length (a smuggling attempt hiding GET /admin): 400, nothing forwarded.
-    let smuggle = "POST /api/v1/orders HTTP/1.1\\r\\nHost: api\\r\\nContent-Type: application/json\\r\\n\
-                   Content-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /admin HTTP/1.1\\r\\nHost: api\\r\\n\\r\\n";
-    let resp = raw_http(client, "10.0.1.20", 8080, smuggle);
+    let smuggle = "PUT /books/v2/entries HTTP/1.1\\r\\nHost: ledger\\r\\nContent-Type: application/json\\r\\n\
+                   Content-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /admin HTTP/1.1\\r\\nHost: ledger\\r\\n\\r\\n";
+    let resp = raw_http(client, "10.0.21.20", 8080, smuggle);
     assert!(resp.starts_with("HTTP/1.1 400"), "TE+CL got {resp:?}");
     assert_eq!(
         resp.matches("HTTP/1.1").count(),
@@ -681,16 +680,16 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
         "the smuggled request must not be answered: {resp:?}"
     );
 
-    // Path tricks: each spelling of a path outside /api/v1/ is denied (or refused), never served.
+    // Path tricks: each spelling of a path outside /books/v2/ is denied (or refused), never served.
     for (path, want) in [
-        ("/api/v1/../admin", 403),
-        ("/api/v1/../../admin", 403),
-        ("/api/v1/%2e%2e/%2e%2e/admin", 403),
-        ("/api/v1/%2E%2E/%2E%2E/admin", 403),
+        ("/books/v2/../admin", 403),
+        ("/books/v2/../../admin", 403),
+        ("/books/v2/%2e%2e/%2e%2e/admin", 403),
+        ("/books/v2/%2E%2E/%2E%2E/admin", 403),
         ("//admin", 403),
-        ("/api/v1/..%2F..%2Fadmin", 400),
-        ("/api/v1/%2e%2e%2fadmin", 400),
-        ("/api/v1/..\\..\\admin", 400),
+        ("/books/v2/..%2F..%2Fadmin", 400),
+        ("/books/v2/%2e%2e%2fadmin", 400),
+        ("/books/v2/..\\..\\admin", 400),
     ] {
         let out = curl(
             client,
@@ -707,7 +706,7 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
             &[
                 "--http2-prior-knowledge",
                 "--path-as-is",
-                &format!("http://10.0.1.20:8080{path}"),
+                &format!("{base}{path}"),
             ],
         );
         // Over h2 the same request is refused the same way (the upstream is HTTP/1-only here, so only denials
@@ -725,13 +724,13 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
         &[
             "--http1.1",
             "--path-as-is",
-            &format!("{base}/api/v1/./x/../users"),
+            &format!("{base}/books/v2/./x/../entries"),
         ],
     );
     assert_eq!(status_of(&out), Some(200));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
-        "api GET /api/v1/users\n"
+        "ledger GET /books/v2/entries\n"
     );
     let access = fs::read_to_string(nginx.dir.path().join("access.log")).unwrap();
     assert!(
@@ -740,7 +739,7 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
     );
 
     // The proxy is still up and serving other connections.
-    let out = curl(client, &["--http1.1", &format!("{base}/api/v1/users")]);
+    let out = curl(client, &["--http1.1", &format!("{base}/books/v2/entries")]);
     assert_eq!(status_of(&out), Some(200));
     assert!(pod_sh(client, "echo ok").contains("ok"));
     let flows = cluster.flows();
@@ -788,15 +787,15 @@ fn h2load_summary(text: &str) -> (u64, u64, u64, u64, u64) {
 #[test]
 fn hot_reload_under_h2_load_applies_to_open_connections() {
     let h2load = require_tool("h2load");
-    let case_file = CaseFile::load("http-basic.yaml");
+    let case_file = CaseFile::load("http-ledger.yaml");
     let mut cluster = Cluster::new("reload", &case_file);
-    let _nginx = Nginx::start(cluster.pod("prod/api"), 18080, 8080).unwrap();
-    let url = "http://10.0.1.20:8080/api/v1/users";
+    let _nginx = Nginx::start(cluster.pod("billing/ledger"), 18080, 8080).unwrap();
+    let url = "http://10.0.21.20:8080/books/v2/entries";
     let original = case_file.policies_yaml();
 
     // 1. An invalid update is rejected with file/document/field and the old policy keeps enforcing.
     let policy_path = cluster.policy_path();
-    fs::write(&policy_path, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: broken, namespace: prod}\nspec: {endpointSelector: 7}\n").unwrap();
+    fs::write(&policy_path, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: broken, namespace: billing}\nspec: {endpointSelector: 7}\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cluster.stderr().contains("policy update rejected") {
         assert!(
@@ -820,7 +819,7 @@ fn hot_reload_under_h2_load_applies_to_open_connections() {
         "error must name the document: {line}"
     );
     let out = curl(
-        cluster.pod("prod/frontend"),
+        cluster.pod("billing/portal"),
         &["--http2-prior-knowledge", url],
     );
     assert_eq!(
@@ -834,7 +833,7 @@ fn hot_reload_under_h2_load_applies_to_open_connections() {
     // 2. Under load, switch allow -> deny.
     let flows_before = cluster.flows().len();
     let out_path = cluster.dir.path().join("h2load.out");
-    let mut cmd = cluster.pod("prod/frontend").command(&h2load);
+    let mut cmd = cluster.pod("billing/portal").command(&h2load);
     cmd.args(["-n", "20000", "-c", "4", "-m", "10", url])
         .stdout(fs::File::create(&out_path).unwrap())
         .stderr(Stdio::null());
@@ -848,7 +847,9 @@ fn hot_reload_under_h2_load_applies_to_open_connections() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    fs::write(&policy_path, original.replace("/api/v1/.*", "/nothing/.*")).unwrap();
+    let denying = original.replace("/books/v2/.*", "/nothing/.*");
+    assert_ne!(denying, original, "the GET rule's path is in the policy");
+    fs::write(&policy_path, denying).unwrap();
     let status = loop {
         if let Some(s) = load.child_mut().try_wait().unwrap() {
             break s;

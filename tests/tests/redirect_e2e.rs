@@ -1,6 +1,6 @@
 //! End-to-end through the eBPF redirect layer, no iptables anywhere: pods (netns + cgroup) curl each other's real
 //! nginx; `cgroup/connect4` sends only connections to ports with L7 policy to `tollgate run --redirect ebpf`, which
-//! reads the original destination from the maps and enforces the http-basic conformance cases.
+//! reads the original destination from the maps and enforces the http-ledger conformance cases.
 //!
 //! Needs root, clang-built eBPF objects (built with the workspace), bpffs at /sys/fs/bpf, nginx, curl, nsenter.
 
@@ -33,12 +33,12 @@ fn http_args(case: &serde_yaml::Value, ip: &str, port: u64) -> Vec<String> {
     args
 }
 
-/// Every http-basic case with an L7 part is replayed as real traffic through the eBPF redirect and gets the verdict
+/// Every http-ledger case with an L7 part is replayed as real traffic through the eBPF redirect and gets the verdict
 /// the case expects, with a flow record carrying the identities and the client's getpeername showing the server.
 #[test]
-fn http_basic_cases_through_the_ebpf_redirect() {
+fn http_ledger_cases_through_the_ebpf_redirect() {
     require_root();
-    let case = CaseFile::load("http-basic").unwrap();
+    let case = CaseFile::load("http-ledger").unwrap();
     let mut sc = EbpfScenario::new(case).unwrap();
     sc.start_proxy().unwrap();
     let ip_of = |key: &str| sc.pod(key).ip.to_string();
@@ -50,7 +50,7 @@ fn http_basic_cases_through_the_ebpf_redirect() {
         .filter(|c| c.get("http").is_some())
         .cloned()
         .collect();
-    assert!(cases.len() >= 5, "http-basic should have L7 cases");
+    assert!(cases.len() >= 5, "http-ledger should have L7 cases");
     for c in &cases {
         let from = c["from"].as_str().unwrap();
         let to = c["to"].as_str().unwrap();
@@ -142,32 +142,32 @@ fn http_basic_cases_through_the_ebpf_redirect() {
 #[test]
 fn ports_without_l7_policy_bypass_the_proxy() {
     require_root();
-    let case = CaseFile::load("http-basic").unwrap();
+    let case = CaseFile::load("http-ledger").unwrap();
     let mut sc = EbpfScenario::new(case).unwrap();
     sc.start_proxy().unwrap();
-    let api = sc.pod("prod/api").ip.to_string();
-    let frontend = sc.pod("prod/frontend").ip.to_string();
+    let ledger = sc.pod("billing/ledger").ip.to_string();
+    let portal = sc.pod("billing/portal").ip.to_string();
 
-    // prod/api -> prod/frontend:8080: frontend is selected by no policy, so no L7 redirect exists for it.
+    // billing/ledger -> billing/portal:8080: portal is selected by no policy, so no L7 redirect exists for it.
     let before = sc.flows().len();
     let out = sc
         .curl(
-            "prod/api",
-            &[&format!("http://{frontend}:{HTTP_PORT}/direct")],
+            "billing/ledger",
+            &[&format!("http://{portal}:{HTTP_PORT}/direct")],
         )
         .unwrap();
     assert_eq!(
         status_and_peer(&out),
-        (200, format!("{frontend}:{HTTP_PORT}")),
+        (200, format!("{portal}:{HTTP_PORT}")),
         "{out:?}"
     );
-    // The h2c port of api has no L7 rule either (the policy names 8080 only).
+    // The h2c port of ledger has no L7 rule either (the policy names 8080 only).
     let out = sc
         .curl(
-            "prod/frontend",
+            "billing/portal",
             &[
                 "--http2-prior-knowledge",
-                &format!("http://{api}:{H2C_PORT}/direct"),
+                &format!("http://{ledger}:{H2C_PORT}/direct"),
             ],
         )
         .unwrap();
@@ -175,15 +175,15 @@ fn ports_without_l7_policy_bypass_the_proxy() {
     // Then one that is redirected, to prove the flow log is live.
     let out = sc
         .curl(
-            "prod/frontend",
-            &[&format!("http://{api}:{HTTP_PORT}/api/v1/ping")],
+            "billing/portal",
+            &[&format!("http://{ledger}:{HTTP_PORT}/books/v2/ping")],
         )
         .unwrap();
     assert_eq!(status_and_peer(&out).0, 200, "{out:?}\n{}", sc.proxy_log());
     let flow = sc.wait_flow(before, |f| {
         f["l7"]["http"]["url"]
             .as_str()
-            .is_some_and(|u| u.ends_with("/api/v1/ping"))
+            .is_some_and(|u| u.ends_with("/books/v2/ping"))
     });
     assert!(flow.is_some(), "the redirected request has a flow");
     let flows: Vec<Value> = sc.flows().into_iter().skip(before).collect();
@@ -202,14 +202,14 @@ fn ports_without_l7_policy_bypass_the_proxy() {
 #[test]
 fn proxy_restart_keeps_redirect_state_and_fails_closed() {
     require_root();
-    let case = CaseFile::load("http-basic").unwrap();
+    let case = CaseFile::load("http-ledger").unwrap();
     let mut sc = EbpfScenario::new(case).unwrap();
     sc.start_proxy().unwrap();
-    let api = sc.pod("prod/api").ip.to_string();
-    let denied = format!("http://{api}:{HTTP_PORT}/admin");
-    let allowed = format!("http://{api}:{HTTP_PORT}/api/v1/users");
+    let ledger = sc.pod("billing/ledger").ip.to_string();
+    let denied = format!("http://{ledger}:{HTTP_PORT}/admin");
+    let allowed = format!("http://{ledger}:{HTTP_PORT}/books/v2/entries");
 
-    let out = sc.curl("prod/frontend", &[&denied]).unwrap();
+    let out = sc.curl("billing/portal", &[&denied]).unwrap();
     assert_eq!(status_and_peer(&out).0, 403);
 
     sc.kill_proxy();
@@ -217,7 +217,7 @@ fn proxy_restart_keeps_redirect_state_and_fails_closed() {
     let mut during = Vec::new();
     for _ in 0..5 {
         let out = sc
-            .curl("prod/frontend", &["--max-time", "1", &denied])
+            .curl("billing/portal", &["--max-time", "1", &denied])
             .unwrap();
         during.push(status_and_peer(&out).0);
     }
@@ -241,9 +241,9 @@ fn proxy_restart_keeps_redirect_state_and_fails_closed() {
         "{}",
         sc.proxy_log()
     );
-    let out = sc.curl("prod/frontend", &[&allowed]).unwrap();
+    let out = sc.curl("billing/portal", &[&allowed]).unwrap();
     assert_eq!(status_and_peer(&out).0, 200, "{out:?}\n{}", sc.proxy_log());
-    let out = sc.curl("prod/frontend", &[&denied]).unwrap();
+    let out = sc.curl("billing/portal", &[&denied]).unwrap();
     assert_eq!(status_and_peer(&out).0, 403);
     eprintln!(
         "proxy restart: new process serving {ready_after:?} after start (includes eBPF load and adoption)"
@@ -251,16 +251,17 @@ fn proxy_restart_keeps_redirect_state_and_fails_closed() {
     assert!(ready_after < Duration::from_secs(20));
 }
 
-/// Starts [`client_loop_script`] in the frontend pod against the api pod's `path`; returns the loop and its stop file.
+/// Starts [`client_loop_script`] in the portal pod against the ledger pod's `path`; returns the loop and its stop
+/// file.
 fn client_loop(
     sc: &EbpfScenario,
     path: &str,
     interval_ms: u64,
 ) -> (tollgate_e2e::ChildGuard, std::path::PathBuf) {
-    let url = format!("http://{}:{HTTP_PORT}{path}", sc.pod("prod/api").ip);
+    let url = format!("http://{}:{HTTP_PORT}{path}", sc.pod("billing/ledger").ip);
     let stop = sc.dir.path().join("stop-client");
     let client = tollgate_e2e::ChildGuard::spawn(
-        sc.pod("prod/frontend")
+        sc.pod("billing/portal")
             .command("bash")
             .args(["-c", &client_loop_script(&url, interval_ms, &stop)])
             .stdout(std::process::Stdio::piped()),
@@ -269,7 +270,7 @@ fn client_loop(
     (client, stop)
 }
 
-/// A client loop in the frontend pod: one new connection per request to `url`, every `interval_ms`, until the file
+/// A client loop in the portal pod: one new connection per request to `url`, every `interval_ms`, until the file
 /// `stop` exists (or 30 s pass); prints `<ms since start> <http code>` per request (code 0 = no connection).
 fn client_loop_script(url: &str, interval_ms: u64, stop: &std::path::Path) -> String {
     let stop = stop.display();
@@ -296,12 +297,12 @@ fn parse_loop(out: &std::process::Output) -> Vec<(u64, u16)> {
 /// through the redirect sees no failure at all.
 #[test]
 fn planned_restart_with_port_handoff_loses_no_connection() {
-    // A new connection every 20 ms from the frontend pod to an allowed path.
-    let case = CaseFile::load("http-basic").unwrap();
+    // A new connection every 20 ms from the portal pod to an allowed path.
+    let case = CaseFile::load("http-ledger").unwrap();
     let mut sc = EbpfScenario::new(case).unwrap();
     sc.start_proxy().unwrap();
-    // a new connection per request from the frontend pod
-    let (mut client, stop) = client_loop(&sc, "/api/v1/users", 20);
+    // a new connection per request from the portal pod
+    let (mut client, stop) = client_loop(&sc, "/books/v2/entries", 20);
     std::thread::sleep(Duration::from_millis(800));
     sc.start_proxy().unwrap(); // the new process, alongside the old one
     std::thread::sleep(Duration::from_millis(300));
@@ -346,7 +347,7 @@ fn planned_restart_with_port_handoff_loses_no_connection() {
 #[test]
 fn crash_restart_gap_is_refusals_only() {
     // A denied path: a 200 would mean a request bypassed the proxy while it was down.
-    let case = CaseFile::load("http-basic").unwrap();
+    let case = CaseFile::load("http-ledger").unwrap();
     let mut sc = EbpfScenario::new(case).unwrap();
     sc.start_proxy().unwrap();
     // denied: a 200 would mean the proxy was bypassed

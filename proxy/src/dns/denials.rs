@@ -100,38 +100,38 @@ mod tests {
 
     #[test]
     fn a_refusal_names_the_destination_and_what_it_served() {
-        let snap = conformance_snapshot("dns-fqdn");
-        let worker = snap
+        let snap = conformance_snapshot("dns-telemetry");
+        let fetcher = snap
             .endpoints
-            .identity_of_ip("10.0.2.10".parse().unwrap())
+            .identity_of_ip("10.0.23.10".parse().unwrap())
             .0;
         let d = FqdnDenial {
-            identity: worker,
+            identity: fetcher,
             family: 4,
             proto: libc::IPPROTO_TCP as u8,
             port: 443u16.to_be(),
-            ip: [u32::from_ne_bytes([203, 0, 113, 10]), 0, 0, 0],
-            src_ip4: u32::from_ne_bytes([10, 0, 2, 10]),
+            ip: [u32::from_ne_bytes([203, 0, 113, 40]), 0, 0, 0],
+            src_ip4: u32::from_ne_bytes([10, 0, 23, 10]),
             pad: 0,
         };
         let rec = record(&snap, &d).unwrap();
         assert_eq!(rec.verdict, Verdict::Dropped);
-        assert_eq!(rec.destination.ip, "203.0.113.10");
+        assert_eq!(rec.destination.ip, "203.0.113.40");
         assert_eq!(rec.destination.port, 443);
-        assert_eq!(rec.source.pod.as_deref(), Some("worker"));
+        assert_eq!(rec.source.pod.as_deref(), Some("fetcher"));
         assert!(rec.policy.contains("no DNS answer"), "{}", rec.policy);
         // After an answer expired, the record says which name the IP served.
         let past = SystemTime::now() - Duration::from_secs(60);
         snap.fqdn.write().insert(
-            Some("10.0.2.10".parse().unwrap()),
-            "api.stripe.com",
-            &["203.0.113.10".parse().unwrap()],
+            Some("10.0.23.10".parse().unwrap()),
+            "telemetry.example.net",
+            &["203.0.113.40".parse().unwrap()],
             Duration::from_secs(5),
             past,
         );
         let rec = record(&snap, &d).unwrap();
         assert!(
-            rec.policy.contains("served for api.stripe.com"),
+            rec.policy.contains("served for telemetry.example.net"),
             "{}",
             rec.policy
         );

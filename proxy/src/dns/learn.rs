@@ -181,11 +181,16 @@ pub(crate) mod tests {
     use policy_model::{Decision, Protocol};
     use std::sync::Mutex;
 
-    /// The shared conformance case's policies and endpoints as a snapshot (never a copy of the file).
+    /// `policy-model/conformance/<case>.yaml`, the repository's own conformance case file.
+    pub(crate) fn conformance_path(case: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../policy-model/conformance")
+            .join(format!("{case}.yaml"))
+    }
+
+    /// A conformance case's policies and endpoints as a snapshot (read from the case file, never a copy).
     pub(crate) fn conformance_snapshot(case: &str) -> PolicySnapshot {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/conformance")
-            .join(format!("{case}.yaml"));
+        let path = conformance_path(case);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
         let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
@@ -250,34 +255,35 @@ pub(crate) mod tests {
         }
     }
 
-    const WORKER: &str = "10.0.2.10";
+    /// The FQDN-restricted workload of `dns-telemetry` (ops/fetcher).
+    const FETCHER: &str = "10.0.23.10";
 
     #[test]
     fn only_names_selected_by_to_fqdns_reach_the_kernel() {
-        let snap = conformance_snapshot("dns-fqdn");
-        let worker = snap.endpoints.identity_of_ip(WORKER.parse().unwrap());
-        assert_eq!(snap.engine.fqdn_restricted(), vec![worker]);
-        let stripe = LearnPlan::new(
+        let snap = conformance_snapshot("dns-telemetry");
+        let fetcher = snap.endpoints.identity_of_ip(FETCHER.parse().unwrap());
+        assert_eq!(snap.engine.fqdn_restricted(), vec![fetcher]);
+        let telemetry = LearnPlan::new(
             &snap.engine,
-            worker,
-            &info(&["api.stripe.com"], &["203.0.113.10"], 5),
+            fetcher,
+            &info(&["telemetry.example.net"], &["203.0.113.40"], 5),
             Duration::ZERO,
         )
         .unwrap();
-        assert!(stripe.to_kernel);
+        assert!(telemetry.to_kernel);
         assert_eq!(
-            stripe.ports,
+            telemetry.ports,
             Some(vec![(Protocol::Tcp, 443)]),
             "the kernel gate opens the rule's port only"
         );
-        assert_eq!(stripe.ttl, Duration::from_secs(5));
-        // Selected through the CNAME target (matchPattern *.s3.amazonaws.com).
+        assert_eq!(telemetry.ttl, Duration::from_secs(5));
+        // Selected through the CNAME target (matchPattern *.assets.example.com).
         let via_cname = LearnPlan::new(
             &snap.engine,
-            worker,
+            fetcher,
             &info(
-                &["files.example", "bucket.s3.amazonaws.com"],
-                &["198.51.100.20"],
+                &["downloads.example", "img.assets.example.com"],
+                &["198.51.100.44"],
                 5,
             ),
             Duration::from_secs(60),
@@ -287,33 +293,33 @@ pub(crate) mod tests {
         assert_eq!(via_cname.ttl, Duration::from_secs(60), "min TTL applies");
         let other = LearnPlan::new(
             &snap.engine,
-            worker,
-            &info(&["s3.amazonaws.com"], &["192.0.2.5"], 5),
+            fetcher,
+            &info(&["assets.example.com"], &["192.0.2.5"], 5),
             Duration::ZERO,
         )
         .unwrap();
         assert!(
             !other.to_kernel,
-            "*.s3.amazonaws.com does not select s3.amazonaws.com"
+            "*.assets.example.com does not select assets.example.com"
         );
         assert_eq!(
-            LearnPlan::new(&snap.engine, worker, &info(&["x"], &[], 5), Duration::ZERO),
+            LearnPlan::new(&snap.engine, fetcher, &info(&["x"], &[], 5), Duration::ZERO),
             None
         );
-        let mut nx = info(&["api.stripe.com"], &["203.0.113.10"], 5);
+        let mut nx = info(&["telemetry.example.net"], &["203.0.113.40"], 5);
         nx.rcode = 3;
         assert_eq!(
-            LearnPlan::new(&snap.engine, worker, &nx, Duration::ZERO),
+            LearnPlan::new(&snap.engine, fetcher, &nx, Duration::ZERO),
             None
         );
     }
 
     #[test]
     fn learning_opens_the_connection_verdict_and_expiry_closes_it() {
-        let snap = conformance_snapshot("dns-fqdn");
-        let src: IpAddr = WORKER.parse().unwrap();
-        let worker = snap.endpoints.identity_of_ip(src);
-        let dst: IpAddr = "203.0.113.10".parse().unwrap();
+        let snap = conformance_snapshot("dns-telemetry");
+        let src: IpAddr = FETCHER.parse().unwrap();
+        let fetcher = snap.endpoints.identity_of_ip(src);
+        let dst: IpAddr = "203.0.113.40".parse().unwrap();
         let flow = snap.engine.flow(src, dst, 443, Protocol::Tcp);
         let now = SystemTime::now();
         let verdict = |at| {
@@ -330,15 +336,15 @@ pub(crate) mod tests {
         };
         let plan = LearnPlan::new(
             &snap.engine,
-            worker,
-            &info(&["api.stripe.com"], &["203.0.113.10"], 5),
+            fetcher,
+            &info(&["telemetry.example.net"], &["203.0.113.40"], 5),
             Duration::ZERO,
         )
         .unwrap();
-        learner.apply(src, worker.0, &plan, now).unwrap();
+        learner.apply(src, fetcher.0, &plan, now).unwrap();
         assert_eq!(
             *gate.allowed.lock().unwrap(),
-            vec![(worker.0, dst, Duration::from_secs(5))]
+            vec![(fetcher.0, dst, Duration::from_secs(5))]
         );
         assert_eq!(
             *gate.ports.lock().unwrap(),
@@ -361,9 +367,9 @@ pub(crate) mod tests {
 
     #[test]
     fn the_51st_ip_evicts_the_oldest_from_cache_and_kernel() {
-        let snap = conformance_snapshot("dns-fqdn");
-        let src: IpAddr = WORKER.parse().unwrap();
-        let worker = snap.endpoints.identity_of_ip(src);
+        let snap = conformance_snapshot("dns-telemetry");
+        let src: IpAddr = FETCHER.parse().unwrap();
+        let fetcher = snap.endpoints.identity_of_ip(src);
         let gate = Arc::new(Recorder::default());
         let learner = Learner {
             cache: snap.fqdn.clone(),
@@ -375,17 +381,17 @@ pub(crate) mod tests {
             let ip = format!("198.51.100.{i}");
             let plan = LearnPlan::new(
                 &snap.engine,
-                worker,
-                &info(&["api.stripe.com"], &[&ip], 300),
+                fetcher,
+                &info(&["telemetry.example.net"], &[&ip], 300),
                 Duration::ZERO,
             )
             .unwrap();
-            learner.apply(src, worker.0, &plan, now).unwrap();
+            learner.apply(src, fetcher.0, &plan, now).unwrap();
         }
         assert_eq!(snap.fqdn.read().len(), 50);
         assert_eq!(
             *gate.removed.lock().unwrap(),
-            vec![(worker.0, "198.51.100.0".parse().unwrap())]
+            vec![(fetcher.0, "198.51.100.0".parse().unwrap())]
         );
         assert!(
             snap.fqdn

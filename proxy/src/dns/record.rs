@@ -150,14 +150,14 @@ mod tests {
 
     #[test]
     fn answered_denied_and_malformed_records_and_their_hubble_form() {
-        let snap = conformance_snapshot("dns-fqdn");
-        let client: SocketAddr = "10.0.2.10:40000".parse().unwrap();
-        let resolver: SocketAddr = "10.0.0.53:53".parse().unwrap();
-        let msg = query(1, "Bucket.s3.amazonaws.com", RecordType::A, false);
+        let snap = conformance_snapshot("dns-telemetry");
+        let client: SocketAddr = "10.0.23.10:40000".parse().unwrap();
+        let resolver: SocketAddr = "10.0.23.53:53".parse().unwrap();
+        let msg = query(1, "Img.assets.example.com", RecordType::A, false);
         let q = parse_query(&msg).unwrap();
         let info = ResponseInfo {
-            names: vec!["bucket.s3.amazonaws.com".into(), "s3-1.aws.example".into()],
-            ips: vec!["198.51.100.20".parse().unwrap()],
+            names: vec!["img.assets.example.com".into(), "edge-7.cdn.example".into()],
+            ips: vec!["198.51.100.44".parse().unwrap()],
             ttl: 60,
             rrtypes: vec!["CNAME".into(), "A".into()],
             ..Default::default()
@@ -175,12 +175,12 @@ mod tests {
         );
         assert_eq!(rec.verdict, Verdict::Forwarded);
         assert_eq!(rec.protocol, "DNS");
-        assert_eq!(rec.source.pod.as_deref(), Some("worker"));
-        assert_eq!(rec.destination.pod.as_deref(), Some("coredns"));
+        assert_eq!(rec.source.pod.as_deref(), Some("fetcher"));
+        assert_eq!(rec.destination.pod.as_deref(), Some("resolver"));
         let json = serde_json::to_value(&rec).unwrap();
-        assert_eq!(json["dns"]["query"], "Bucket.s3.amazonaws.com.");
-        assert_eq!(json["dns"]["cnames"][0], "s3-1.aws.example.");
-        assert_eq!(json["dns"]["ips"][0], "198.51.100.20");
+        assert_eq!(json["dns"]["query"], "Img.assets.example.com.");
+        assert_eq!(json["dns"]["cnames"][0], "edge-7.cdn.example.");
+        assert_eq!(json["dns"]["ips"][0], "198.51.100.44");
         let f = crate::hubble::to_flow(&rec, "node");
         let l7 = f.l7.expect("L7 flow");
         let Some(flow::layer7::Record::Dns(d)) = l7.record else {
@@ -188,7 +188,7 @@ mod tests {
         };
         assert_eq!(
             (d.query.as_str(), d.ttl, d.rcode),
-            ("Bucket.s3.amazonaws.com.", 60, 0)
+            ("Img.assets.example.com.", 60, 0)
         );
         assert_eq!(d.qtypes, ["A"]);
         assert_eq!(d.rrtypes, ["CNAME", "A"]);

@@ -218,8 +218,8 @@ mod tests {
     use crate::kafka::response::error_frame;
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::{
-        FetchRequest, ProduceRequest, RequestHeader, RequestKind, TopicName, fetch_request,
-        produce_request,
+        FetchRequest, MetadataRequest, ProduceRequest, RequestHeader, RequestKind, TopicName,
+        fetch_request, metadata_request, produce_request,
     };
     use kafka_protocol::protocol::{Encodable, StrBytes};
 
@@ -255,6 +255,16 @@ mod tests {
                         .collect(),
                 ),
             ),
+            ApiKey::Metadata => RequestKind::Metadata(
+                MetadataRequest::default().with_topics(Some(
+                    topics
+                        .iter()
+                        .map(|t| {
+                            metadata_request::MetadataRequestTopic::default().with_name(Some(tn(t)))
+                        })
+                        .collect(),
+                )),
+            ),
             ApiKey::ApiVersions => RequestKind::ApiVersions(Default::default()),
             ApiKey::JoinGroup => RequestKind::JoinGroup(Default::default()),
             other => panic!("add a request builder for {other:?}"),
@@ -271,13 +281,12 @@ mod tests {
         buf.freeze()
     }
 
-    /// Every case of the shared `kafka-roles` conformance file, as the proxy sees it: bytes decoded, decided,
-    /// and for denials a local response carrying TOPIC_AUTHORIZATION_FAILED.
+    /// Every case of the `kafka-events` conformance file, as the proxy sees it: bytes decoded, decided, and for
+    /// denials a local response carrying TOPIC_AUTHORIZATION_FAILED.
     #[test]
     fn conformance_cases_through_decode_decide_and_respond() {
-        let snap = crate::dns::learn::tests::conformance_snapshot("kafka-roles");
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/conformance/kafka-roles.yaml");
+        let snap = crate::dns::learn::tests::conformance_snapshot("kafka-events");
+        let path = crate::dns::learn::tests::conformance_path("kafka-events");
         let v: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let ip_of = |who: &str| -> std::net::IpAddr {
@@ -294,7 +303,7 @@ mod tests {
         };
         let ids = TopicIds::default();
         let cases = v["cases"].as_sequence().unwrap();
-        assert!(cases.len() >= 8);
+        assert!(cases.len() >= 10, "kafka-events has {} cases", cases.len());
         for case in cases {
             let k = &case["kafka"];
             let key = api_key(k["api_key"].as_str().unwrap());
@@ -338,12 +347,12 @@ mod tests {
 
     #[test]
     fn unknown_topic_ids_get_unknown_topic_id_and_known_ones_are_checked_by_name() {
-        let snap = crate::dns::learn::tests::conformance_snapshot("kafka-roles");
-        let producer: SocketAddr = "10.0.3.10:40000".parse().unwrap();
-        let kafka: SocketAddr = "10.0.3.20:9092".parse().unwrap();
+        let snap = crate::dns::learn::tests::conformance_snapshot("kafka-events");
+        let producer: SocketAddr = "10.0.24.10:40000".parse().unwrap();
+        let kafka: SocketAddr = "10.0.24.20:9092".parse().unwrap();
         let ids = TopicIds::default();
-        let orders = uuid::Uuid::from_u128(0x0a);
-        let payments = uuid::Uuid::from_u128(0x0b);
+        let events = uuid::Uuid::from_u128(0x0a);
+        let audit = uuid::Uuid::from_u128(0x0b);
         // Produce v13 names topics by id only.
         let frame = |id: uuid::Uuid| {
             let body =
@@ -375,7 +384,7 @@ mod tests {
                 rec,
             )
         };
-        let (d, rec) = run(orders);
+        let (d, rec) = run(events);
         assert!(
             matches!(
                 d,
@@ -386,11 +395,11 @@ mod tests {
             ),
             "{d:?}"
         );
-        assert_eq!(rec, vec![format!("id:{orders}")]);
+        assert_eq!(rec, vec![format!("id:{events}")]);
         // Another destination (a tenant's own broker) announcing the ids teaches nothing about this one.
-        let rogue: SocketAddr = "10.0.3.99:9092".parse().unwrap();
-        ids.learn(rogue, &[(payments, "orders".into())]);
-        let (d, _) = run(payments);
+        let rogue: SocketAddr = "10.0.24.99:9092".parse().unwrap();
+        ids.learn(rogue, &[(audit, "events".into())]);
+        let (d, _) = run(audit);
         assert!(
             matches!(
                 d,
@@ -401,13 +410,10 @@ mod tests {
             ),
             "{d:?}"
         );
-        ids.learn(
-            kafka,
-            &[(orders, "orders".into()), (payments, "payments".into())],
-        );
-        assert!(matches!(run(orders).0, KafkaDecision::Forward { .. }));
+        ids.learn(kafka, &[(events, "events".into()), (audit, "audit".into())]);
+        assert!(matches!(run(events).0, KafkaDecision::Forward { .. }));
         assert!(matches!(
-            run(payments).0,
+            run(audit).0,
             KafkaDecision::Deny {
                 error_code: code::TOPIC_AUTHORIZATION_FAILED,
                 ..
