@@ -754,6 +754,108 @@ fn hostile_input_is_refused_and_the_proxy_keeps_serving() {
     cluster.assert_proxy_running();
 }
 
+/// Issue 22's request-level bypasses against the real daemon with raw sockets: two hosts in one request, path
+/// spellings backends resolve past the policy, and the framing guard after leading empty lines and after a
+/// declined (h2c) upgrade. Each gets 400 and a DROPPED record naming why; nothing reaches the server.
+#[test]
+fn host_path_and_framing_bypasses_are_refused() {
+    let case_file = CaseFile::load("http-ledger.yaml");
+    let mut cluster = Cluster::new("bypass", &case_file);
+    let nginx = Nginx::start(cluster.pod("billing/ledger"), 8080, 18082).unwrap();
+    let client = cluster.pod("billing/portal");
+    let ok = raw_http(
+        client,
+        "10.0.21.20",
+        8080,
+        "GET /books/v2/entries HTTP/1.1\\r\\nHost: ledger\\r\\nConnection: close\\r\\n\\r\\n",
+    );
+    assert!(
+        ok.starts_with("HTTP/1.1 200"),
+        "sanity: {ok:?} {}",
+        cluster.stderr()
+    );
+
+    let smuggle = "PUT /books/v2/entries HTTP/1.1\\r\\nHost: ledger\\r\\nContent-Type: application/json\\r\\n\
+                   Content-Length: 4\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /admin HTTP/1.1\\r\\nHost: ledger\\r\\n\\r\\n";
+    let h2c = "GET /books/v2/entries HTTP/1.1\\r\\nHost: ledger\\r\\nUpgrade: h2c\\r\\n\
+               Connection: Upgrade, HTTP2-Settings\\r\\nHTTP2-Settings: AAMAAABkAAQAAP__\\r\\n\\r\\n";
+    let cases: Vec<(&str, String, usize)> = vec![
+        (
+            "absolute-form authority differs from Host",
+            "GET http://ledger/books/v2/entries HTTP/1.1\\r\\nHost: evil.internal\\r\\n\\r\\n"
+                .into(),
+            0,
+        ),
+        (
+            "two Host headers",
+            "GET /books/v2/entries HTTP/1.1\\r\\nHost: ledger\\r\\nHost: evil.internal\\r\\n\\r\\n"
+                .into(),
+            0,
+        ),
+        (
+            "dot segment with parameters",
+            "GET /books/v2/..;/admin HTTP/1.1\\r\\nHost: ledger\\r\\n\\r\\n".into(),
+            0,
+        ),
+        (
+            "encoded dot segment with parameters",
+            "GET /books/v2/%2e%2e%3b/admin HTTP/1.1\\r\\nHost: ledger\\r\\n\\r\\n".into(),
+            0,
+        ),
+        (
+            "double-encoded dots",
+            "GET /books/v2/%252e%252e/admin HTTP/1.1\\r\\nHost: ledger\\r\\n\\r\\n".into(),
+            0,
+        ),
+        (
+            "overlong UTF-8 dots",
+            "GET /books/v2/%C0%AE%C0%AE/admin HTTP/1.1\\r\\nHost: ledger\\r\\n\\r\\n".into(),
+            0,
+        ),
+        (
+            "leading empty lines, then TE+CL",
+            format!("\\r\\n\\r\\n{smuggle}"),
+            0,
+        ),
+        (
+            "declined h2c upgrade, then TE+CL",
+            format!("{h2c}{smuggle}"),
+            1,
+        ),
+    ];
+    for (what, request, answered_before) in &cases {
+        let resp = raw_http(client, "10.0.21.20", 8080, request);
+        let statuses: Vec<&str> = resp
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &resp[i + 9..i + 12])
+            .collect();
+        let mut want = vec!["200"; *answered_before];
+        want.push("400");
+        assert_eq!(statuses, want, "{what}: {resp:?}");
+    }
+    let access = fs::read_to_string(nginx.dir.path().join("access.log")).unwrap();
+    assert!(
+        !access.contains("admin"),
+        "a refused request reached the server:\n{access}"
+    );
+    let flows = cluster.flows();
+    for needle in [
+        "Host headers",
+        "Host header says",
+        "dot segment",
+        "double-encoded",
+        "UTF-8",
+    ] {
+        assert!(
+            flows.iter().any(|f| f["verdict"] == "DROPPED"
+                && f["drop_reason"] == "INVALID_REQUEST"
+                && f["policy"].as_str().is_some_and(|p| p.contains(needle))),
+            "no DROPPED INVALID_REQUEST record naming {needle:?}: {flows:#?}"
+        );
+    }
+    cluster.assert_proxy_running();
+}
+
 /// Parses h2load's summary into (done, succeeded-ish 2xx, 4xx, 5xx, errored).
 fn h2load_summary(text: &str) -> (u64, u64, u64, u64, u64) {
     let num_before = |line: &str, word: &str| -> u64 {
