@@ -348,7 +348,8 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             &down,
             dst,
             format!(
-                "no request within {:?} of connecting (--header-read-timeout-secs): slow or silent client",
+                "request not received in time: none started within {:?} of connecting \
+                 (--header-read-timeout-secs): silent client, or protocol never detected",
                 limits.header_read_timeout
             ),
         ),

@@ -421,6 +421,37 @@ async fn slow_request_heads_time_out() {
     );
 }
 
+/// Protocol detection is bounded by the header timeout too: a silent connection, or one sending only the start
+/// of the HTTP/2 preface, is closed after `--header-read-timeout-secs`, not after the (much longer) idle timeout.
+#[tokio::test]
+async fn silent_and_half_preface_connections_are_closed_at_the_header_timeout() {
+    let h = start_with(Limits {
+        header_read_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    })
+    .await;
+    for first in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(
+            n.is_ok(),
+            "{first:?}: connection not closed at the header timeout"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let flows = h.proxy.flows.last(10);
+    assert!(
+        flows.iter().any(
+            |f| f.drop_reason == Some(tollgate::flow::DropReason::LimitExceeded)
+                && f.policy.contains("protocol never detected")
+        ),
+        "{flows:#?}"
+    );
+}
+
 #[tokio::test]
 async fn h2_streams_beyond_the_limit_are_refused_not_crashing() {
     let h = start_with(Limits {
