@@ -58,22 +58,18 @@ impl Activity {
 }
 
 /// Request-level activity of one HTTP connection: when a request last started or was answered, whether any has
-/// started, whether it speaks HTTP/2. Bytes alone (h2 PINGs, WINDOW_UPDATEs) do not count as activity here.
+/// started. Bytes alone (h2 PINGs, WINDOW_UPDATEs) do not count as activity here.
 #[derive(Debug, Default)]
 pub struct RequestClock {
     clock: Activity,
     started: std::sync::atomic::AtomicBool,
-    http2: std::sync::atomic::AtomicBool,
 }
 
 impl RequestClock {
     /// A request head arrived.
-    pub fn request_started(&self, http2: bool) {
+    pub fn request_started(&self) {
         self.clock.touch();
         self.started.store(true, Ordering::Relaxed);
-        if http2 {
-            self.http2.store(true, Ordering::Relaxed);
-        }
     }
 
     /// A response head was sent.
@@ -83,10 +79,6 @@ impl RequestClock {
 
     pub fn started(&self) -> bool {
         self.started.load(Ordering::Relaxed)
-    }
-
-    pub fn saw_http2(&self) -> bool {
-        self.http2.load(Ordering::Relaxed)
     }
 
     /// Resolves once no request has started or been answered for `timeout`.

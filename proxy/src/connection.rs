@@ -44,7 +44,9 @@ pub struct Proxy {
     /// The node-to-node mTLS tunnel (`--tunnel-listen`); `None` = every connection goes direct.
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
     /// Cancelled when the drain after a handoff or SIGTERM begins: HTTP/1 responses then carry
-    /// `Connection: close` and HTTP/2 connections get GOAWAY, so busy clients move to the successor on their own.
+    /// `Connection: close`, so busy keep-alive clients move to the successor on their own. HTTP/2 connections
+    /// get GOAWAY only when the drain ends (an early GOAWAY made h2load, which does not retry refused streams,
+    /// count errors in the upgrade e2e test).
     pub draining: CancellationToken,
 }
 
@@ -311,7 +313,6 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut closing = false;
-    let mut drain_seen = false;
     let first_request_due = tokio::time::sleep(limits.header_read_timeout);
     tokio::pin!(first_request_due);
     let result = loop {
@@ -328,14 +329,6 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             }
             // Protocol detection and the first request head are bounded like any later head.
             _ = &mut first_request_due, if !ctx.requests.started() => break None,
-            _ = proxy.draining.cancelled(), if !drain_seen => {
-                drain_seen = true;
-                // HTTP/2 clients get GOAWAY now; HTTP/1 ones get `Connection: close` on their next response.
-                if ctx.requests.saw_http2() {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-            }
             _ = shutdown.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();

@@ -410,7 +410,7 @@ where
             let asks_switch = asks_protocol_switch(&req);
             let is_connect = req.method() == Method::CONNECT;
             let http2 = req.version() == Version::HTTP_2;
-            ctx.requests.request_started(http2);
+            ctx.requests.request_started();
             let snapshot = ctx.proxy.policy.current();
             let mut rec = FlowRecord::new(
                 Verdict::Forwarded,
