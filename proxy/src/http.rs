@@ -356,6 +356,7 @@ fn authorize<B>(
 /// Phases 1 to 3 on one request: normalize, authorize, apply header actions, point it at the upstream.
 fn admit<B>(
     ctx: &ConnCtx,
+    snapshot: &crate::policy_source::PolicySnapshot,
     req: &mut Request<B>,
     rec: &mut FlowRecord,
     info: &mut HttpInfo,
@@ -364,8 +365,7 @@ fn admit<B>(
         info.url = format!("http://{}{}", raw_host(req), req.uri().path());
     })?;
     info.url = format!("http://{}{}", target.host, target.path);
-    let snapshot = ctx.proxy.policy.current();
-    let actions = authorize(ctx, &snapshot, req, &target, rec)?;
+    let actions = authorize(ctx, snapshot, req, &target, rec)?;
     info.headers = header_actions::apply(req.headers_mut(), &actions)
         .map_err(|e| Refusal::HeaderAction(format!("{}; {e}", rec.policy)))?;
     set_upstream_target(req, &target).map_err(Refusal::Malformed)
@@ -418,14 +418,16 @@ where
                 decision::flow_endpoint(&snapshot, ctx.dst),
                 if is_grpc { "gRPC" } else { "HTTP" },
             );
-            drop(snapshot);
             ctx.client.stamp(&mut rec);
             let mut info = HttpInfo {
                 method: req.method().as_str().to_string(),
                 protocol: version_label(req.version()).to_string(),
                 ..Default::default()
             };
-            let resp = match admit(&ctx, &mut req, &mut rec, &mut info) {
+            // One snapshot per request: the record's endpoints and the decision come from the same generation.
+            let admitted = admit(&ctx, &snapshot, &mut req, &mut rec, &mut info);
+            drop(snapshot);
+            let resp = match admitted {
                 Err(refusal) => refusal.reply(is_grpc, &mut rec),
                 Ok(()) => {
                     let Ok(resp) = inner.call(req).await;
