@@ -180,11 +180,17 @@ fn upgrade_under_h2load_new_connections_and_dns_loses_nothing() {
         0,
         "{h2out}\n{log}"
     );
-    assert_eq!(
-        h2load_field(&h2out, "status codes:", "2xx"),
-        done,
-        "{h2out}"
-    );
+    // h2load counts a status code when the response headers arrive, but
+    // counts a request done only when its stream ends inside the timed
+    // window: a response whose headers came just before the stop is in the
+    // status codes but not in `done`. So every non-2xx count must be zero
+    // and 2xx must cover at least every request done.
+    for class in ["3xx", "4xx", "5xx"] {
+        assert_eq!(h2load_field(&h2out, "status codes:", class), 0, "{h2out}");
+    }
+    let ok = h2load_field(&h2out, "status codes:", "2xx");
+    let started = h2load_field(&h2out, "requests:", "started");
+    assert!((done..=started).contains(&ok), "{h2out}");
 
     let dns_out = text(&dns);
     eprintln!("DNS across the upgrade: {dns_out}");
