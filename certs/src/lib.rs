@@ -8,6 +8,8 @@
 //! a development CA re-issuing at half-life, the SPIFFE Workload API over a Unix socket); the development CA used by
 //! `tollgate certs`. It does not own the tunnel or policy: the proxy uses this crate for both.
 
+#![forbid(unsafe_code)]
+
 pub mod bundle;
 pub mod devca;
 pub mod source;

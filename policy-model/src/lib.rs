@@ -34,6 +34,8 @@
 //!   `headerMatches` actions are returned. `headerMatches[].secret` is rejected (no secret store yet).
 //! - A request with L7 rules in both directions (egress of the client, ingress of the server) must pass both.
 
+#![forbid(unsafe_code)]
+
 pub mod conformance;
 pub mod dns;
 mod engine;
