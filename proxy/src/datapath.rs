@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use policy_model::{EndpointTable, PolicyEngine};
 use redirect_ebpf::{
-    Direction, EndpointInfo, L7Kind, L7Redirect, OriginalDstReader, Protocol, ProxyConfig,
-    Redirect, RedirectError, RedirectOptions,
+    EndpointInfo, L7Kind, L7Redirect, OriginalDstReader, Protocol, ProxyConfig, Redirect,
+    RedirectError, RedirectOptions,
 };
 use thiserror::Error;
 use tokio::net::TcpStream;
@@ -109,10 +109,6 @@ impl DatapathPlan {
                 // The sock_addr hooks see TCP and UDP only; SCTP L7 rules cannot exist (no SCTP L7 parser).
                 policy_model::Protocol::Sctp => continue,
             };
-            let direction = match p.direction {
-                policy_model::Direction::Ingress => Direction::Ingress,
-                policy_model::Direction::Egress => Direction::Egress,
-            };
             let kind = match p.kind {
                 Some(policy_model::L7Kind::Http) => L7Kind::Http,
                 // A port diverted only because its rule requires authentication goes to the main listener too:
@@ -123,7 +119,7 @@ impl DatapathPlan {
             };
             let r = L7Redirect {
                 identity: p.identity.0,
-                direction,
+                direction: p.direction,
                 port: p.port,
                 end_port: p.end_port,
                 protocol,
@@ -387,7 +383,7 @@ impl OriginalDst for EbpfOriginalDst {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use policy_model::{Endpoint, load_policies};
+    use policy_model::{Direction, Endpoint, load_policies};
 
     fn engine(yaml: &str, eps: Vec<Endpoint>) -> (PolicyEngine, EndpointTable) {
         let table = EndpointTable::new(eps).unwrap();

@@ -10,11 +10,8 @@ use crate::maps::*;
 /// Most ports one [`L7Redirect`] range may expand to: every port is one policy-map entry.
 pub const MAX_PORT_RANGE: u32 = 4096;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
+/// The policy engine's direction, so the proxy hands its plans down without a translation table.
+pub use policy_model::Direction;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -29,12 +26,11 @@ pub enum L7Kind {
     Dns,
 }
 
-impl Direction {
-    pub(crate) fn raw(self) -> u8 {
-        match self {
-            Direction::Ingress => DIR_INGRESS,
-            Direction::Egress => DIR_EGRESS,
-        }
+/// The direction's value in the kernel maps (`DIR_*` in the shared C header).
+fn direction_raw(direction: Direction) -> u8 {
+    match direction {
+        Direction::Ingress => DIR_INGRESS,
+        Direction::Egress => DIR_EGRESS,
     }
 }
 
@@ -111,12 +107,17 @@ pub fn policy_entries(redirects: &[L7Redirect]) -> Result<PolicyEntries, Redirec
             )));
         }
         for port in r.port..=end {
-            out.entry((r.identity, r.direction.raw(), r.protocol.raw(), port))
-                .or_insert(PolicyValue {
-                    l7_kind: r.kind.raw(),
-                    proxy_port: r.proxy_port.unwrap_or(0),
-                    flags: 0,
-                });
+            out.entry((
+                r.identity,
+                direction_raw(r.direction),
+                r.protocol.raw(),
+                port,
+            ))
+            .or_insert(PolicyValue {
+                l7_kind: r.kind.raw(),
+                proxy_port: r.proxy_port.unwrap_or(0),
+                flags: 0,
+            });
         }
     }
     Ok(out)
