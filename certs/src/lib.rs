@@ -13,6 +13,7 @@
 pub mod bundle;
 pub mod devca;
 pub mod source;
+pub mod source_handle;
 pub mod spiffe_id;
 pub mod store;
 pub mod svid;
@@ -25,7 +26,8 @@ pub use {rustls, rustls_pki_types as pki_types, webpki};
 
 pub use bundle::{BundleError, TrustBundle, TrustBundleSet};
 pub use devca::{DevCa, DevCaError, SvidFiles, write_svid_files};
-pub use source::{DevCaSource, FileSource, SourceError, SourceHandle};
+pub use source::{DevCaSource, FileSource, SourceError};
+pub use source_handle::SourceHandle;
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 pub use store::SvidStore;
 pub use svid::{LeafInfo, Svid, SvidError, parse_leaf};

@@ -11,10 +11,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::task::JoinHandle;
-
 use crate::bundle::{BundleError, TrustBundle, TrustBundleSet};
 use crate::devca::{DevCa, DevCaError, SvidFiles};
+use crate::source_handle::{SourceHandle, record};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 use crate::store::SvidStore;
 use crate::svid::{Svid, SvidError};
@@ -30,43 +29,6 @@ pub enum SourceError {
     DevCa(#[from] DevCaError),
     #[error(transparent)]
     WorkloadApi(#[from] WorkloadApiError),
-}
-
-/// A running source task. Dropping it stops the task; the store keeps its last SVID.
-#[derive(Debug)]
-pub struct SourceHandle {
-    task: JoinHandle<()>,
-    last_error: Arc<Mutex<Option<String>>>,
-}
-
-impl SourceHandle {
-    pub(crate) fn new(task: JoinHandle<()>, last_error: Arc<Mutex<Option<String>>>) -> Self {
-        Self { task, last_error }
-    }
-
-    /// The last refresh failure, cleared by the next success.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("not poisoned").clone()
-    }
-}
-
-impl Drop for SourceHandle {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-pub(crate) fn record(cell: &Mutex<Option<String>>, result: Result<(), String>) {
-    let mut slot = cell.lock().expect("not poisoned");
-    match result {
-        Ok(()) => *slot = None,
-        Err(e) => {
-            if slot.as_deref() != Some(e.as_str()) {
-                tracing::warn!(error = %e, "SVID source refresh failed; keeping the current SVID");
-            }
-            *slot = Some(e);
-        }
-    }
 }
 
 /// SVID and bundles from PEM files.

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::bundle::{BundleError, TrustBundle, TrustBundleSet};
-use crate::source::{SourceHandle, record};
+use crate::source_handle::{SourceHandle, record};
 use crate::spiffe_id::SpiffeId;
 use crate::store::SvidStore;
 use crate::svid::{Svid, SvidError, split_der_certificates};
