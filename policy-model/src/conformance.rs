@@ -209,7 +209,7 @@ fn kafka_key(v: &Value) -> Result<i16, String> {
 /// Parse and run a case file. `file_name` is used in errors only.
 pub fn run_file(file_name: &str, yaml: &str) -> Result<FileRun, PolicyError> {
     let file: CaseFile = serde_yaml::from_str(yaml).map_err(|e| {
-        let (path, reason) = crate::load::split_serde_error(&e.to_string());
+        let (path, reason) = crate::error::split_serde_error(&e.to_string());
         PolicyError::new(file_name, 0, path, reason)
     })?;
     let _ = &file.description;

@@ -29,3 +29,19 @@ impl PolicyError {
         }
     }
 }
+
+/// Split a serde_yaml message `path: reason at line L column C` into (path, reason).
+pub(crate) fn split_serde_error(msg: &str) -> (String, String) {
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    // serde_yaml prefixes the path as "a.b[0].c: " when it is known.
+    if let Some((path, reason)) = msg.split_once(": ")
+        && !path.contains(' ')
+        && !path.is_empty()
+    {
+        return (path.to_string(), reason.to_string());
+    }
+    ("(document)".to_string(), msg.to_string())
+}

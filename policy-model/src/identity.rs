@@ -173,7 +173,7 @@ impl EndpointTable {
     /// Parse a file of the form `endpoints: [...]`.
     pub fn from_yaml(file_name: &str, yaml: &str) -> Result<Self, PolicyError> {
         let file: EndpointFile = serde_yaml::from_str(yaml).map_err(|e| {
-            let (path, reason) = crate::load::split_serde_error(&e.to_string());
+            let (path, reason) = crate::error::split_serde_error(&e.to_string());
             PolicyError::new(file_name, 0, path, reason)
         })?;
         Self::new(file.endpoints).map_err(|mut e| {

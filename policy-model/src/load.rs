@@ -134,22 +134,6 @@ pub(crate) struct Rule {
     pub auth_required: bool,
 }
 
-/// Split a serde_yaml message `path: reason at line L column C` into (path, reason).
-pub(crate) fn split_serde_error(msg: &str) -> (String, String) {
-    let msg = match msg.rfind(" at line ") {
-        Some(i) => &msg[..i],
-        None => msg,
-    };
-    // serde_yaml prefixes the path as "a.b[0].c: " when it is known.
-    if let Some((path, reason)) = msg.split_once(": ")
-        && !path.contains(' ')
-        && !path.is_empty()
-    {
-        return (path.to_string(), reason.to_string());
-    }
-    ("(document)".to_string(), msg.to_string())
-}
-
 struct Ctx<'a> {
     file: &'a str,
     document: usize,
@@ -173,7 +157,7 @@ pub fn load_policies(file_name: &str, yaml: &str) -> PolicyLoad {
         let value = match Value::deserialize(de) {
             Ok(v) => v,
             Err(e) => {
-                let (path, reason) = split_serde_error(&e.to_string());
+                let (path, reason) = crate::error::split_serde_error(&e.to_string());
                 out.errors
                     .push(ctx.err(path, format!("invalid YAML: {reason}")));
                 // A syntax error leaves the stream unusable; later documents cannot be trusted.
@@ -229,7 +213,7 @@ fn typed<T: for<'de> Deserialize<'de>>(ctx: &Ctx, value: &Value) -> Result<T, Po
     // Re-serialise so serde_yaml's path-tracking deserializer reports the field path of the problem.
     let text = serde_yaml::to_string(value).map_err(|e| ctx.err("(document)", e.to_string()))?;
     serde_yaml::from_str(&text).map_err(|e| {
-        let (path, reason) = split_serde_error(&e.to_string());
+        let (path, reason) = crate::error::split_serde_error(&e.to_string());
         ctx.err(path, reason)
     })
 }
