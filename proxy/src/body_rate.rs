@@ -56,10 +56,10 @@ impl<B> MinRateBody<B> {
 impl<B> Body for MinRateBody<B>
 where
     B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<crate::http::BoxError>,
+    B::Error: Into<crate::body::BoxError>,
 {
     type Data = Bytes;
-    type Error = crate::http::BoxError;
+    type Error = crate::body::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

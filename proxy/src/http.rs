@@ -18,7 +18,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -30,9 +29,7 @@ use crate::decision::{self, RequestDecision};
 use crate::flow::{DropReason, FlowRecord, HttpInfo, L7Info, Verdict};
 use crate::{grpc, header_actions, request_path};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body of every response the proxy sends downstream.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub use crate::body::{BoxError, ProxyBody};
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

@@ -7,6 +7,7 @@
 //! must not re-implement policy semantics; eBPF programs are loaded only through `redirect-ebpf` (see `datapath`).
 
 pub mod activity;
+pub mod body;
 pub mod body_rate;
 pub mod certs_cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod dns;
 pub mod flow;
 pub mod flow_export;
 pub mod flow_filter;
+pub mod fqdn_cache;
 pub mod grpc;
 pub mod handoff;
 pub mod header_actions;

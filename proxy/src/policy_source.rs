@@ -24,7 +24,7 @@ pub struct PolicySnapshot {
     pub engine: PolicyEngine,
     pub endpoints: EndpointTable,
     /// Names learned by the DNS proxy; one cache shared by every snapshot (a reload keeps what was learned).
-    pub fqdn: crate::dns::SharedFqdnCache,
+    pub fqdn: crate::fqdn_cache::SharedFqdnCache,
     /// 1 for the first load, +1 per applied update.
     pub generation: u64,
 }
@@ -180,7 +180,7 @@ pub fn compile(
     Ok(PolicySnapshot {
         engine,
         endpoints: table,
-        fqdn: crate::dns::SharedFqdnCache::default(),
+        fqdn: crate::fqdn_cache::SharedFqdnCache::default(),
         generation,
     })
 }
@@ -191,7 +191,7 @@ pub fn snapshot(engine: PolicyEngine, endpoints: EndpointTable) -> PolicySnapsho
     PolicySnapshot {
         engine,
         endpoints,
-        fqdn: crate::dns::SharedFqdnCache::default(),
+        fqdn: crate::fqdn_cache::SharedFqdnCache::default(),
         generation: 0,
     }
 }

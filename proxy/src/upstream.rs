@@ -202,7 +202,7 @@ impl tower::Service<Uri> for MarkedConnector {
 
 /// Request bodies sent upstream: the client's own body, or an empty one when a bodyless request is replayed.
 pub type UpstreamBody =
-    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::http::BoxError>;
+    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::body::BoxError>;
 
 pub type UpstreamClient = Client<MarkedConnector, UpstreamBody>;
 

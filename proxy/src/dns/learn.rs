@@ -5,26 +5,13 @@
 //! The plan (which IPs, which TTL, what goes to the kernel) is pure ([`LearnPlan::new`]); [`Learner`] applies it.
 
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use policy_model::{FqdnCache, Identity, PolicyEngine, Protocol};
+use policy_model::{Identity, PolicyEngine, Protocol};
 
 use super::message::ResponseInfo;
-
-/// The node's learned names, shared by every policy snapshot (a reload keeps what was learned).
-#[derive(Debug, Clone, Default)]
-pub struct SharedFqdnCache(Arc<RwLock<FqdnCache>>);
-
-impl SharedFqdnCache {
-    pub fn read(&self) -> RwLockReadGuard<'_, FqdnCache> {
-        self.0.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn write(&self) -> RwLockWriteGuard<'_, FqdnCache> {
-        self.0.write().unwrap_or_else(|p| p.into_inner())
-    }
-}
+use crate::fqdn_cache::SharedFqdnCache;
 
 /// Where learned IPs go in the kernel: the eBPF FQDN map (implemented by the datapath; tests use a recorder).
 pub trait FqdnGate: Send + Sync {

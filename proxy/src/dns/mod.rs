@@ -30,8 +30,6 @@ use crate::flow::FlowLog;
 use crate::handoff;
 use crate::policy_source::PolicySource;
 
-pub use learn::SharedFqdnCache;
-
 /// What a denied query is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DenyResponse {
