@@ -24,9 +24,9 @@ use hyper_util::rt::TokioIo;
 use tower::{Layer, Service};
 
 use crate::body_rate::MinRateBody;
-use crate::connection::Proxy;
 use crate::decision::{self, RequestDecision};
 use crate::flow::{DropReason, FlowRecord, HttpInfo, L7Info, Verdict};
+use crate::inputs::Proxy;
 use crate::{grpc, header_actions, request_path};
 
 pub use crate::body::{BoxError, ProxyBody};

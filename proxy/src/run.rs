@@ -10,10 +10,11 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedirectMode, RunArgs};
-use crate::connection::{self, Proxy};
+use crate::connection;
 use crate::datapath::{Datapath, DatapathOptions, DatapathPlan};
 use crate::flow::FlowLog;
 use crate::handoff;
+use crate::inputs::Proxy;
 use crate::listener;
 use crate::original_dst::{OriginalDst, SoOriginalDst, Tproxy};
 use crate::policy_source::PolicySource;
@@ -220,7 +221,7 @@ fn start_tunnel(
     close: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = mesh.node_svid()?;
-    let handler = Arc::new(crate::mesh::TunnelInbound {
+    let handler = Arc::new(crate::mesh_inbound::TunnelInbound {
         proxy: proxy.clone(),
         mesh: mesh.clone(),
         listen: addr,

@@ -19,8 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use tollgate::connection::Proxy;
 use tollgate::flow::{FlowLog, FlowSink};
+use tollgate::inputs::Proxy;
 use tollgate::limits::Limits;
 use tollgate::original_dst::MapLookup;
 use tollgate::policy_source::PolicySource;

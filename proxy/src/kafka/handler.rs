@@ -24,9 +24,9 @@ use super::policy::{self, KafkaDecision};
 use super::request::{self, FrameError, KafkaRequest};
 use super::response::{self, ResponseError};
 use crate::activity::{Activity, Tracked};
-use crate::connection::{Proxy, endpoints};
 use crate::decision::Downstream;
 use crate::flow::{DropReason, FlowRecord, KafkaInfo, L7Info, TrafficDirection, Verdict};
+use crate::inputs::{ClientStream, Proxy, endpoints};
 use crate::upstream::Dial;
 
 /// Requests a client may have in flight on one connection before the proxy stops reading more (librdkafka's
@@ -127,7 +127,7 @@ fn kafka_info(req: &KafkaRequest, topics: Vec<String>) -> KafkaInfo {
 }
 
 /// Handles one connection to a port with Kafka rules until either side closes or the daemon shuts down.
-pub async fn serve<S: crate::connection::ClientStream>(
+pub async fn serve<S: ClientStream>(
     proxy: Arc<Proxy>,
     stream: S,
     down: Downstream,
