@@ -18,6 +18,7 @@ pub mod flow;
 pub mod flow_export;
 pub mod flow_filter;
 pub mod grpc;
+pub mod h2_refusal;
 pub mod handoff;
 pub mod header_actions;
 pub mod http;
