@@ -206,11 +206,13 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let activity = Activity::new();
     let upgrade = Arc::new(UpgradeSignal::default());
     // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
-    let io = TokioIo::new(FramingGuard::new(
+    let guard = FramingGuard::new(
         Tracked::new(stream, activity.clone()),
         limits.h1_max_buf_size(),
         upgrade.clone(),
-    ));
+    );
+    let smuggling = guard.refusals();
+    let io = TokioIo::new(guard);
     let ctx = Arc::new(ConnCtx {
         proxy: proxy.clone(),
         client: down.clone(),
@@ -256,7 +258,12 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 conn.as_mut().graceful_shutdown();
             }
             // Protocol detection and the first request head are bounded like any later head.
-            _ = &mut first_request_due, if !ctx.requests.started() => break None,
+            // select! checks a guard only on entry: a request may have started while the timer was waiting.
+            _ = &mut first_request_due, if !ctx.requests.started() => {
+                if !ctx.requests.started() {
+                    break None;
+                }
+            }
             _ = shutdown.cancelled(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
@@ -274,7 +281,9 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 limits.header_read_timeout
             ),
         ),
-        Some(Err(e)) => record_connection_error(&proxy, &down, dst, e.as_ref()),
+        Some(Err(e)) => {
+            record_connection_error(&proxy, &down, dst, e.as_ref(), smuggling.count() > 0)
+        }
         Some(Ok(())) => {}
     }
     // Upgraded tunnels (WebSocket, CONNECT) keep this connection's permit and obey its limits until they end.
@@ -310,31 +319,58 @@ fn record_limit(proxy: &Proxy, down: &Downstream, dst: SocketAddr, why: String) 
     proxy.flows.record(rec);
 }
 
-/// hyper answers malformed or oversized HTTP/1 heads itself (400 / 431) and then reports the error here; the flow
-/// log still needs a record of it. Clean closes and client resets are not flows.
+/// hyper answers malformed or oversized HTTP/1 heads itself (400 / 431), and h2 closes abusive HTTP/2 connections
+/// itself (GOAWAY); both then report the error here, and the flow log still needs a record of it. `smuggling`: the
+/// framing guard refused a head (hyper reports it as a plain parse error). Clean closes and client resets are not
+/// flows.
 fn record_connection_error(
     proxy: &Proxy,
     down: &Downstream,
     dst: SocketAddr,
     e: &(dyn std::error::Error + Send + Sync + 'static),
+    smuggling: bool,
 ) {
     let Some(h) = e.downcast_ref::<hyper::Error>() else {
         tracing::debug!(client = %down.addr, %dst, "HTTP connection error: {e}");
         return;
     };
-    let (code, reason, what) = if h.is_parse_too_large() {
+    let h2_refusal = std::error::Error::source(h)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(crate::h2_refusal::refusal);
+    let (code, reason, why, protocol) = if let Some((reason, why)) = h2_refusal {
+        (0, reason, why, "HTTP/2")
+    } else if h.is_parse_too_large() {
+        let what = "request head too large (--max-header-bytes / --max-headers)";
         (
             431,
             DropReason::LimitExceeded,
-            "request head too large (--max-header-bytes / --max-headers)",
+            format!("{what}: {h}"),
+            "HTTP/1.1",
+        )
+    } else if h.is_parse() && smuggling {
+        let what = "request smuggling: the head carries both Transfer-Encoding and Content-Length \
+                    (RFC 9112 section 6.1), refused";
+        (
+            400,
+            DropReason::InvalidRequest,
+            format!("{what}: {h}"),
+            "HTTP/1.1",
         )
     } else if h.is_parse() {
-        (400, DropReason::InvalidRequest, "malformed HTTP request")
+        let what = "malformed HTTP request";
+        (
+            400,
+            DropReason::InvalidRequest,
+            format!("{what}: {h}"),
+            "HTTP/1.1",
+        )
     } else if h.is_timeout() {
+        let what = "request head not received in time (--header-read-timeout-secs)";
         (
             0,
             DropReason::LimitExceeded,
-            "request head not received in time (--header-read-timeout-secs)",
+            format!("{what}: {h}"),
+            "HTTP/1.1",
         )
     } else {
         tracing::debug!(client = %down.addr, %dst, "HTTP connection ended: {}", crate::http::error_chain(h));
@@ -344,11 +380,11 @@ fn record_connection_error(
     let mut rec = FlowRecord::new(Verdict::Dropped, s, d, "HTTP");
     down.stamp(&mut rec);
     rec.drop_reason = Some(reason);
-    rec.policy = format!("{what}: {h}");
+    rec.policy = why;
     rec.l7 = Some(L7Info {
         http: Some(HttpInfo {
             code,
-            protocol: "HTTP/1.1".into(),
+            protocol: protocol.into(),
             ..Default::default()
         }),
         kafka: None,

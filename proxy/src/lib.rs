@@ -20,6 +20,7 @@ pub mod flow_export;
 pub mod flow_filter;
 pub mod fqdn_cache;
 pub mod grpc;
+pub mod h2_refusal;
 pub mod handoff;
 pub mod header_actions;
 pub mod http;

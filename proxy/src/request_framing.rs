@@ -22,7 +22,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -346,12 +346,24 @@ impl UpgradeSignal {
     }
 }
 
+/// How many heads a [`FramingGuard`] refused, readable after the guard was handed to hyper: hyper's error for such
+/// a head is a generic parse error, and the flow record must say it was a smuggling attempt.
+#[derive(Debug, Clone, Default)]
+pub struct FramingRefusals(Arc<AtomicU32>);
+
+impl FramingRefusals {
+    pub fn count(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// I/O wrapper applying [`FramingTracker`] to what the client sends; writes pass straight through.
 #[derive(Debug)]
 pub struct FramingGuard<T> {
     inner: T,
     tracker: FramingTracker,
     upgrade: Arc<UpgradeSignal>,
+    refusals: FramingRefusals,
     ready: Vec<u8>,
     pos: usize,
     eof: bool,
@@ -363,10 +375,16 @@ impl<T> FramingGuard<T> {
             inner,
             tracker: FramingTracker::new(max_head),
             upgrade,
+            refusals: FramingRefusals::default(),
             ready: Vec::new(),
             pos: 0,
             eof: false,
         }
+    }
+
+    /// A handle on the count of refused heads, to read once hyper has reported its error.
+    pub fn refusals(&self) -> FramingRefusals {
+        self.refusals.clone()
     }
 }
 
@@ -378,6 +396,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
+            this.refusals
+                .0
+                .store(this.tracker.refused, Ordering::Relaxed);
             if this.pos < this.ready.len() {
                 let n = buf.remaining().min(this.ready.len() - this.pos);
                 buf.put_slice(&this.ready[this.pos..this.pos + n]);
