@@ -146,9 +146,11 @@ pub struct RunArgs {
     /// close (hitless upgrades: clients finish on the old process, new connections go to the new one).
     #[arg(long, default_value_t = Limits::default().drain.as_secs_f64())]
     pub drain_secs: f64,
-    /// Concurrent downstream connections (503 / close beyond it).
-    #[arg(long, default_value_t = Limits::default().max_connections)]
-    pub max_connections: usize,
+    /// Concurrent downstream connections (503 / close beyond it). Default: 16384, or fewer when the hard
+    /// open-file limit cannot carry that many (2 descriptors each; a warning says so). A value given here that
+    /// the limit cannot carry stops the daemon at start-up instead.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// HTTP/2 max concurrent streams per connection.
     #[arg(long, default_value_t = Limits::default().h2_max_concurrent_streams)]
     pub h2_max_concurrent_streams: u32,
@@ -172,7 +174,7 @@ fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
 impl RunArgs {
     pub fn limits(&self) -> anyhow::Result<Limits> {
         anyhow::ensure!(
-            self.max_connections > 0,
+            self.max_connections != Some(0),
             "--max-connections must be at least 1"
         );
         anyhow::ensure!(self.max_headers > 0, "--max-headers must be at least 1");
@@ -183,7 +185,9 @@ impl RunArgs {
             idle_timeout: secs("idle-timeout-secs", self.idle_timeout_secs)?,
             body_grace: secs("request-body-timeout-secs", self.request_body_timeout_secs)?,
             body_min_rate: self.request_body_min_rate.max(1),
-            max_connections: self.max_connections,
+            max_connections: self
+                .max_connections
+                .unwrap_or(Limits::default().max_connections),
             h2_max_concurrent_streams: self.h2_max_concurrent_streams,
             drain: secs("drain-secs", self.drain_secs)?,
             kafka_max_frame: self.kafka_max_frame_bytes,

@@ -18,7 +18,7 @@ use tower::ServiceBuilder;
 
 use crate::activity::{Activity, RequestClock, Tracked};
 use crate::decision::{self, ConnectionPlan, Downstream};
-use crate::flow::{DropReason, FlowRecord, HttpInfo, L7Info, Verdict};
+use crate::flow::{DropReason, FlowEndpoint, FlowRecord, HttpInfo, L7Info, Verdict};
 use crate::http::{ConnCtx, Forward, PolicyLayer};
 use crate::inputs::{ClientStream, Proxy, endpoints, reset};
 use crate::limits::Limits;
@@ -98,30 +98,7 @@ pub async fn dispatch<S: ClientStream>(
     let (src_ep, dst_ep) = endpoints(&proxy, &down, dst);
 
     let Some(_permit) = permit else {
-        let mut rec = FlowRecord::new(Verdict::Error, src_ep, dst_ep, "TCP");
-        down.stamp(&mut rec);
-        rec.drop_reason = Some(DropReason::LimitExceeded);
-        rec.policy = format!(
-            "connection limit {} reached (--max-connections)",
-            proxy.limits.max_connections
-        );
-        let mut stream = stream;
-        if matches!(plan, ConnectionPlan::Http { .. }) {
-            // An HTTP/1 client reads this as 503; an h2 client sees a protocol error and retries elsewhere.
-            let _ = stream
-                .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 21\r\nconnection: close\r\n\r\nProxy connection limit")
-                .await;
-            rec.protocol = "HTTP".into();
-            rec.l7 = Some(L7Info {
-                http: Some(HttpInfo {
-                    code: 503,
-                    ..Default::default()
-                }),
-                kafka: None,
-            });
-        }
-        proxy.flows.record(rec);
-        let _ = stream.shutdown().await;
+        refuse_over_limit(&proxy, stream, &down, &plan, src_ep, dst_ep).await;
         return;
     };
 
@@ -190,6 +167,47 @@ pub async fn dispatch<S: ClientStream>(
             crate::kafka::handler::serve(proxy, stream, down, dst, dial, shutdown).await
         }
     }
+}
+
+/// Over `--max-connections`: an HTTP port answers 503 (then a lingering close), any other port is closed; both
+/// with a LIMIT_EXCEEDED record.
+async fn refuse_over_limit<S: ClientStream>(
+    proxy: &Proxy,
+    mut stream: S,
+    down: &Downstream,
+    plan: &ConnectionPlan,
+    src_ep: FlowEndpoint,
+    dst_ep: FlowEndpoint,
+) {
+    let mut rec = FlowRecord::new(Verdict::Error, src_ep, dst_ep, "TCP");
+    down.stamp(&mut rec);
+    rec.drop_reason = Some(DropReason::LimitExceeded);
+    rec.policy = format!(
+        "connection limit {} reached (--max-connections)",
+        proxy.limits.max_connections
+    );
+    if matches!(plan, ConnectionPlan::Http { .. }) {
+        // An HTTP/1 client reads this as 503; an h2 client sees a protocol error and retries elsewhere. The
+        // HTTP stream closes lingeringly: a request arriving after the answer must not become an RST that
+        // destroys the answer in the client's receive buffer.
+        let mut http = stream.for_http();
+        let _ = http
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 22\r\nconnection: close\r\n\r\nProxy connection limit")
+            .await;
+        rec.protocol = "HTTP".into();
+        rec.l7 = Some(L7Info {
+            http: Some(HttpInfo {
+                code: 503,
+                ..Default::default()
+            }),
+            kafka: None,
+        });
+        proxy.flows.record(rec);
+        let _ = http.flush().await;
+        return;
+    }
+    proxy.flows.record(rec);
+    let _ = stream.shutdown().await;
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on one downstream connection until it closes, idles out, or the

@@ -15,6 +15,7 @@ pub mod connection;
 pub mod datapath;
 pub mod decision;
 pub mod dns;
+pub mod fd_limit;
 pub mod flow;
 pub mod flow_export;
 pub mod flow_filter;

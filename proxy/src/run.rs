@@ -21,7 +21,8 @@ use crate::policy_source::PolicySource;
 use crate::upstream::UpstreamPool;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let limits = args.limits()?;
+    let mut limits = args.limits()?;
+    limits.max_connections = open_file_budget(&args, &limits)?;
     // Standalone mode reads files (watched); Kubernetes mode waits for the first full list from the API server
     // and keeps a reconciler that feeds later states through the same gate once the datapath is programmed.
     let (policy, _watch, kube_updates) = if args.kube.kubernetes {
@@ -106,6 +107,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let (Some(mesh), Some(addr)) = (&mesh, args.mesh.tunnel_listen) {
         start_tunnel(mesh, addr, &proxy, close_connections.clone())?;
     }
+    // Before "ready" is logged: a SIGTERM right after it must drain, not kill (start-up stays killable).
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     tracing::info!(
         listen = %args.listen,
         redirect = ?args.redirect,
@@ -157,8 +161,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // Observer API, admin/metrics server and flow export (observer.rs); ready from here on.
     crate::observer::start_services(&args, &flows, &policy, shutdown.clone())?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let stop = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -211,6 +213,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Give the flow writer a moment to flush what is queued.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     Ok(())
+}
+
+/// Raises the open-file limit for the configured connections and DNS queries; returns the connection limit to
+/// serve (the default shrinks to fit; an explicit `--max-connections` that does not fit is an error).
+fn open_file_budget(args: &RunArgs, limits: &crate::limits::Limits) -> anyhow::Result<usize> {
+    use crate::fd_limit::{self, Demand, Plan};
+    let dns_enabled = args.dns.dns_port != 0
+        && (args.redirect == RedirectMode::Ebpf || args.dns.dns_upstream.is_some());
+    let demand = Demand {
+        max_connections: limits.max_connections as u64,
+        explicit: args.max_connections.is_some(),
+        dns: if dns_enabled {
+            fd_limit::dns_descriptors(args.dns.dns_max_inflight, args.dns.dns_max_tcp_connections)
+        } else {
+            0
+        },
+    };
+    let limit = fd_limit::raise(demand.descriptors())
+        .context("raising the open-file limit (RLIMIT_NOFILE) for --max-connections")?;
+    match fd_limit::plan(demand, limit)? {
+        Plan::Serve { max_connections } => {
+            tracing::debug!(open_file_limit = limit, max_connections, "open-file limit");
+            Ok(max_connections as usize)
+        }
+        Plan::Shrink { max_connections } => {
+            tracing::warn!(
+                open_file_limit = limit,
+                max_connections,
+                default = limits.max_connections,
+                "the hard open-file limit cannot carry the default --max-connections: serving fewer; raise \
+                 LimitNOFILE / ulimit -n (2 per connection) or set --max-connections"
+            );
+            Ok(max_connections as usize)
+        }
+    }
 }
 
 /// The mTLS tunnel listener other node proxies connect to (HTTP/2 CONNECT streams into the connection pipeline).

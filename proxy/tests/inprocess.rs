@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -56,7 +56,8 @@ spec:
     )
 }
 
-/// Backend: 101 + echo for Upgrade, 200 + echo for CONNECT, header report for /hdr, gRPC-ish OK for POST.
+/// Backend: 101 + echo for Upgrade, 200 + echo for CONNECT, header report for /hdr, gRPC-ish OK for POST (after
+/// reading the whole request body, so a slow body holds the request).
 async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let echo_after_upgrade = |mut req: Request<Incoming>| {
         tokio::spawn(async move {
@@ -85,6 +86,11 @@ async fn backend(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
             .insert("upgrade", "websocket".parse().unwrap());
         return Ok(r);
     }
+    let (parts, body) = req.into_parts();
+    if parts.method == http::Method::POST && body.collect().await.is_err() {
+        return Ok(Response::new(Full::new(Bytes::from_static(b"body failed"))));
+    }
+    let req = Request::from_parts(parts, ());
     let body = format!(
         "{} {} added={:?} secret={:?} version={:?}",
         req.method(),
@@ -449,6 +455,87 @@ async fn silent_and_half_preface_connections_are_closed_at_the_header_timeout() 
                 && f.policy.contains("protocol never detected")
         ),
         "{flows:#?}"
+    );
+}
+
+/// A request body trickled one byte at a time falls behind `--request-body-min-rate` after its grace: 408 to the
+/// client and a DROPPED LIMIT_EXCEEDED record naming the flags, instead of a connection held forever.
+#[tokio::test]
+async fn trickled_request_body_gets_408_and_a_dropped_record() {
+    let h = start_with(Limits {
+        body_grace: Duration::from_millis(500),
+        body_min_rate: 1000,
+        ..Limits::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(b"POST /pkg.Svc/Ok HTTP/1.1\r\nHost: server\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    // One byte every 200 ms: 5 B/s, far below 1000 B/s; at most 60 bytes (12 s), well under the 100 announced.
+    let trickle = tokio::spawn(async move {
+        for _ in 0..60 {
+            if wr.write_all(b"x").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut head = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), rd.read_exact(&mut head))
+        .await
+        .expect("no answer to a trickled body within 10 s")
+        .unwrap();
+    trickle.abort();
+    assert_eq!(&head, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&head));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let f = h.proxy.flows.last(1).pop().unwrap();
+    assert_eq!(f.verdict, tollgate::flow::Verdict::Dropped, "{f:#?}");
+    assert_eq!(
+        f.drop_reason,
+        Some(tollgate::flow::DropReason::LimitExceeded)
+    );
+    assert_eq!(f.l7.unwrap().http.unwrap().code, 408);
+    assert!(f.policy.contains("--request-body-min-rate"), "{}", f.policy);
+}
+
+/// An HTTP/2 connection with no request open, kept busy only by the client's PINGs (bytes move, so the byte-level
+/// idle clock never fires), is still closed at the idle timeout: the request clock sees no request.
+#[tokio::test]
+async fn h2_connection_kept_alive_only_by_pings_is_closed_at_the_idle_timeout() {
+    let h = start_with(Limits {
+        idle_timeout: Duration::from_secs(1),
+        ..Limits::default()
+    })
+    .await;
+    let s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://server/ok/ping")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        send.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let started = std::time::Instant::now();
+    // PINGs every 200 ms from here on; the proxy must still close at ~1 s (10 s allowed on a loaded machine).
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("an h2 connection kept alive only by PINGs was not closed at the idle timeout")
+        .unwrap()
+        .ok();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
     );
 }
 

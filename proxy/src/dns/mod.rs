@@ -68,6 +68,10 @@ pub struct DnsArgs {
     /// Queries in flight before new ones get SERVFAIL (overload).
     #[arg(long, default_value_t = 8192)]
     pub dns_max_inflight: usize,
+    /// DNS-over-TCP client connections open at once; a connection beyond it is closed at once (RST) with a
+    /// DROPPED record (a client falling back to TCP retries; a flood cannot exhaust descriptors).
+    #[arg(long, default_value_t = 1024)]
+    pub dns_max_tcp_connections: usize,
     /// Seconds between FQDN cache / kernel map garbage collections.
     #[arg(long, default_value_t = 5.0)]
     pub dns_gc_secs: f64,
@@ -79,6 +83,8 @@ pub struct DnsOptions {
     pub deny_response: DenyResponse,
     pub upstream_timeout: Duration,
     pub mark: u32,
+    /// `--dns-max-tcp-connections` (named in the records of refused connections).
+    pub max_tcp_connections: usize,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
@@ -128,6 +134,7 @@ pub fn start(
         deny_response: args.dns_deny_response,
         upstream_timeout: secs("dns-upstream-timeout-secs", args.dns_upstream_timeout_secs)?,
         mark,
+        max_tcp_connections: args.dns_max_tcp_connections,
     };
     let cache = policy.current().fqdn.clone();
     let server = Arc::new(server::DnsServer {
@@ -141,6 +148,7 @@ pub fn start(
         origin,
         opts,
         inflight: Arc::new(tokio::sync::Semaphore::new(args.dns_max_inflight)),
+        tcp_connections: Arc::new(tokio::sync::Semaphore::new(args.dns_max_tcp_connections)),
         sockets: server::SocketPool::default(),
     });
     let udp_path = handoff_path(handoff_socket, "udp");

@@ -139,6 +139,25 @@ pub fn no_origin(
     rec
 }
 
+/// A DNS-over-TCP connection closed at accept because `limit` connections are already open.
+pub fn tcp_connection_limit(
+    snap: &PolicySnapshot,
+    client: SocketAddr,
+    resolver: Option<SocketAddr>,
+    limit: usize,
+) -> FlowRecord {
+    let mut rec = base(snap, client, resolver, Verdict::Dropped, Instant::now());
+    rec.drop_reason = Some(DropReason::LimitExceeded);
+    rec.policy = format!(
+        "DNS TCP connection limit {limit} reached (--dns-max-tcp-connections); connection closed"
+    );
+    rec.dns = Some(DnsInfo {
+        observation_source: "proxy-refused".into(),
+        ..Default::default()
+    });
+    rec
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,8 @@ pub struct DnsServer {
     pub opts: DnsOptions,
     /// One permit per query in flight; none left means SERVFAIL at once (overload).
     pub inflight: Arc<Semaphore>,
+    /// One permit per open DNS-over-TCP client connection (`--dns-max-tcp-connections`).
+    pub tcp_connections: Arc<Semaphore>,
     /// Idle upstream UDP sockets per resolver, reused one query at a time.
     pub sockets: SocketPool,
 }
@@ -174,9 +176,32 @@ impl DnsServer {
                 },
                 _ = stop.cancelled() => break,
             };
+            let Ok(permit) = self.tcp_connections.clone().try_acquire_owned() else {
+                self.refuse_tcp(stream, client);
+                continue;
+            };
             let me = self.clone();
-            tokio::spawn(async move { me.tcp_connection(stream, client).await });
+            tokio::spawn(async move {
+                me.tcp_connection(stream, client).await;
+                drop(permit);
+            });
         }
+    }
+
+    /// Over the TCP connection limit: closed with RST (a clean close would read as an empty answer) and recorded.
+    fn refuse_tcp(&self, stream: TcpStream, client: SocketAddr) {
+        METRICS.overload();
+        let resolver = self.origin.tcp(&stream).map(|o| o.resolver);
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+        drop(stream);
+        let limit = self.opts.max_tcp_connections;
+        tracing::debug!(%client, limit, "DNS TCP connection refused: connection limit reached");
+        self.flows.record(record::tcp_connection_limit(
+            &self.policy.current(),
+            client,
+            resolver,
+            limit,
+        ));
     }
 
     async fn tcp_connection(self: Arc<Self>, mut stream: TcpStream, client: SocketAddr) {
@@ -566,6 +591,10 @@ mod tests {
     }
 
     async fn harness(deny: DenyResponse, inflight: usize) -> Harness {
+        harness_with_tcp_limit(deny, inflight, 1024).await
+    }
+
+    async fn harness_with_tcp_limit(deny: DenyResponse, inflight: usize, tcp: usize) -> Harness {
         let resolver = fake_resolver().await;
         let dir = tempfile::tempdir().unwrap();
         let policy = format!(
@@ -613,8 +642,10 @@ spec:
                 deny_response: deny,
                 upstream_timeout: Duration::from_millis(500),
                 mark: 0,
+                max_tcp_connections: tcp,
             },
             inflight: Arc::new(Semaphore::new(inflight)),
+            tcp_connections: Arc::new(Semaphore::new(tcp)),
             sockets: SocketPool::default(),
         });
         let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
@@ -801,6 +832,54 @@ spec:
             Message::from_vec(&r).unwrap().metadata.response_code,
             ResponseCode::Refused
         );
+    }
+
+    /// Beyond `--dns-max-tcp-connections` open TCP connections a new one is reset at once and recorded; closing
+    /// one frees its place.
+    #[tokio::test]
+    async fn tcp_connections_beyond_the_limit_are_reset_and_recorded() {
+        let h = harness_with_tcp_limit(DenyResponse::Refused, 64, 2).await;
+        let connect = || async {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(format!("{POD}:0").parse().unwrap()).unwrap();
+            sock.connect(h.tcp).await.unwrap()
+        };
+        let (first, _second) = (connect().await, connect().await);
+        // Both are accepted (and hold their places) before the third arrives.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut third = connect().await;
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("the connection over the limit is closed at once");
+        assert!(
+            matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "reset, not a clean close: {read:?}"
+        );
+        let f = last_flow(&h);
+        assert_eq!(f.verdict, Verdict::Dropped);
+        assert_eq!(f.drop_reason, Some(crate::flow::DropReason::LimitExceeded));
+        assert!(
+            f.policy.contains("--dns-max-tcp-connections"),
+            "{}",
+            f.policy
+        );
+        drop(first);
+        // The closed connection's place is free again once the server has seen it close.
+        let q = query(9, "a.test", RecordType::A, false);
+        let mut answered = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut s = connect().await;
+            s.write_all(&(q.len() as u16).to_be_bytes()).await.unwrap();
+            s.write_all(&q).await.unwrap();
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).await.is_ok() {
+                answered = true;
+                break;
+            }
+        }
+        assert!(answered, "a place freed by a closed connection is reused");
     }
 
     #[tokio::test]
