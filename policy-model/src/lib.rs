@@ -57,6 +57,7 @@ pub use error::PolicyError;
 pub use fqdn::FqdnCache;
 pub use identity::{Endpoint, EndpointTable, Identity};
 pub use load::{Policy, PolicyLoad, load_policies};
+pub use spec::cilium_spec_schema;
 pub use verdict::{
     ConnectionVerdict, Decision, Direction, DnsQuery, Flow, HeaderAction, HttpRequest,
     KafkaRequest, L7Kind, L7Port, PolicyKind, Protocol, Reason, RequestVerdict, RuleRef,

@@ -291,6 +291,12 @@ fn load_cilium(ctx: &Ctx, doc: CiliumDoc, kind: PolicyKind) -> Result<Policy, Po
         (Some(_), Some(_)) => return Err(ctx.err("specs", "use either spec or specs, not both")),
         (None, None) => return Err(ctx.err("spec", "missing")),
     };
+    reject_unenforced(
+        ctx,
+        "spec",
+        &[(spec.node_selector.is_some(), "nodeSelector")],
+        "host policies (tollgate enforces pod traffic)",
+    )?;
     let sel = spec.endpoint_selector.as_ref().ok_or_else(|| {
         ctx.err(
             "spec.endpointSelector",
@@ -446,8 +452,39 @@ fn cidr(ctx: &Ctx, path: &str, s: &str) -> Result<IpNet, PolicyError> {
     ))
 }
 
+/// Rejects the first Cilium field in `fields` (set, name) that tollgate accepts on the wire but does not enforce:
+/// a policy half-enforced would allow or deny what its author did not write.
+fn reject_unenforced(
+    ctx: &Ctx,
+    path: &str,
+    fields: &[(bool, &str)],
+    what: &str,
+) -> Result<(), PolicyError> {
+    match fields.iter().find(|(set, _)| *set) {
+        Some((_, field)) => Err(ctx.err(
+            format!("{path}.{field}"),
+            format!(
+                "{what} are not enforced by tollgate; remove {field}, or leave this policy to a Cilium agent"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn cidr_set(ctx: &Ctx, path: &str, s: &CidrSetSpec) -> Result<Peer, PolicyError> {
-    let net = cidr(ctx, &format!("{path}.cidr"), &s.cidr)?;
+    reject_unenforced(
+        ctx,
+        path,
+        &[
+            (s.cidr_group_ref.is_some(), "cidrGroupRef"),
+            (s.cidr_group_selector.is_some(), "cidrGroupSelector"),
+        ],
+        "CiliumCIDRGroup references",
+    )?;
+    let Some(cidr_text) = &s.cidr else {
+        return Err(ctx.err(format!("{path}.cidr"), "missing; write it like 10.0.0.0/8"));
+    };
+    let net = cidr(ctx, &format!("{path}.cidr"), cidr_text)?;
     let mut except = Vec::new();
     for (i, e) in s.except.iter().flatten().enumerate() {
         let p = format!("{path}.except[{i}]");
@@ -514,6 +551,21 @@ fn cilium_rule(
         Direction::Ingress => ("from", "to"),
         Direction::Egress => ("to", "from"),
     };
+    reject_unenforced(
+        ctx,
+        path,
+        &[
+            (r.from_requires.is_some(), "fromRequires"),
+            (r.to_requires.is_some(), "toRequires"),
+            (r.from_nodes.is_some(), "fromNodes"),
+            (r.to_nodes.is_some(), "toNodes"),
+            (r.from_groups.is_some(), "fromGroups"),
+            (r.to_groups.is_some(), "toGroups"),
+            (r.to_services.is_some(), "toServices"),
+            (r.icmps.is_some(), "icmps"),
+        ],
+        "requirements, node, cloud-group, service and ICMP peers",
+    )?;
     let wrong_side = [
         (r.from_endpoints.is_some(), "fromEndpoints"),
         (r.to_endpoints.is_some(), "toEndpoints"),
@@ -660,6 +712,17 @@ fn port_rule(
     pr: &PortRuleSpec,
     deny: bool,
 ) -> Result<PortRule, PolicyError> {
+    reject_unenforced(
+        ctx,
+        path,
+        &[
+            (pr.terminating_tls.is_some(), "terminatingTLS"),
+            (pr.originating_tls.is_some(), "originatingTLS"),
+            (pr.server_names.is_some(), "serverNames"),
+            (pr.listener.is_some(), "listener"),
+        ],
+        "TLS interception, SNI matching and Envoy listeners",
+    )?;
     let ports = match &pr.ports {
         Some(p) if !p.is_empty() => p
             .iter()
@@ -691,6 +754,12 @@ fn port_rule(
 }
 
 fn l7_rules(ctx: &Ctx, path: &str, r: &L7RulesSpec) -> Result<L7Def, PolicyError> {
+    reject_unenforced(
+        ctx,
+        path,
+        &[(r.l7proto.is_some(), "l7proto"), (r.l7.is_some(), "l7")],
+        "generic L7 protocol rules",
+    )?;
     let kinds: Vec<&str> = [
         (r.http.is_some(), "http"),
         (r.kafka.is_some(), "kafka"),

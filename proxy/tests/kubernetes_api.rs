@@ -273,3 +273,342 @@ async fn api_errors_and_a_stale_resource_version_lead_to_a_relist() {
 
     assert_requests_within_rbac(&server);
 }
+
+/// Every Cilium policy document in the repository: the conformance cases, the deploy examples, the API fixtures.
+fn repository_cilium_policies() -> Vec<(String, Value)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out = Vec::new();
+    let mut add = |origin: String, doc: Value| {
+        if doc["apiVersion"] == "cilium.io/v2" {
+            out.push((origin, doc));
+        }
+    };
+    let mut conformance: Vec<_> = std::fs::read_dir(root.join("policy-model/conformance"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    conformance.sort();
+    for path in conformance {
+        let file: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (i, doc) in file["policies"].as_array().unwrap().iter().enumerate() {
+            add(format!("{}: policies[{i}]", path.display()), doc.clone());
+        }
+    }
+    let examples = root.join("deploy/examples/demo.yaml");
+    let text = std::fs::read_to_string(&examples).unwrap();
+    for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let doc: Value = serde::Deserialize::deserialize(de).unwrap();
+        add(format!("{}: document {i}", examples.display()), doc);
+    }
+    let fixture = fixtures().join("ciliumnetworkpolicies.json");
+    let docs: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
+    for (i, doc) in docs.into_iter().enumerate() {
+        add(format!("{}: [{i}]", fixture.display()), doc);
+    }
+    out
+}
+
+/// Creates `doc` through the API (as `kubectl apply` does for a new object), returning the server's error text.
+async fn create(client: &kube::Client, doc: &Value) -> Result<(), String> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
+    let kind = doc["kind"].as_str().unwrap();
+    let plural = format!("{}s", kind.to_ascii_lowercase()).replace("policys", "policies");
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("cilium.io", "v2", kind), &plural);
+    let obj: DynamicObject = serde_json::from_value(doc.clone()).unwrap();
+    let api: kube::Api<DynamicObject> = match doc["metadata"]["namespace"].as_str() {
+        Some(ns) => kube::Api::namespaced_with(client.clone(), ns, &ar),
+        None if kind == "CiliumNetworkPolicy" => {
+            kube::Api::namespaced_with(client.clone(), "default", &ar)
+        }
+        None => kube::Api::all_with(client.clone(), &ar),
+    };
+    api.create(&PostParams::default(), &obj)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_policy_in_the_repository_applies_through_the_crds() {
+    let server = ApiServer::start(&fixtures()).await;
+    let client = server.client();
+    let policies = repository_cilium_policies();
+    assert!(
+        policies.len() >= 20,
+        "found only {} policies",
+        policies.len()
+    );
+    let mut rejected = Vec::new();
+    for (i, (origin, doc)) in policies.iter().enumerate() {
+        let mut doc = doc.clone();
+        // Unique names: the same name appears in several case files.
+        doc["metadata"]["name"] = format!("p{i}").into();
+        if let Err(e) = create(&client, &doc).await {
+            rejected.push(format!("{origin}: {e}"));
+        }
+    }
+    assert!(
+        rejected.is_empty(),
+        "the CRDs refuse policies the loader accepts:\n{}",
+        rejected.join("\n")
+    );
+    assert!(
+        policies
+            .iter()
+            .any(|(_, d)| d["specs"].is_array() && d["specs"][0]["labels"].is_array()),
+        "the repository's policies include one written as `specs` with `labels`"
+    );
+
+    // The schema is strict, as the real API server is with kubectl's default field validation: a typo is refused.
+    let typo = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                      "metadata": {"name": "typo", "namespace": "shop"},
+                      "spec": {"endpointSelector": {}, "ingres": [{}]}});
+    let err = create(&client, &typo).await.unwrap_err();
+    assert!(
+        err.contains(r#"unknown field \"spec.ingres\""#)
+            || err.contains("unknown field \"spec.ingres\""),
+        "{err}"
+    );
+    let bad_type = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+                          "metadata": {"name": "bad-type", "namespace": "shop"},
+                          "spec": {"endpointSelector": {}, "ingress": [{"toPorts": [{"ports": [{"port": true}]}]}]}});
+    let err = create(&client, &bad_type).await.unwrap_err();
+    assert!(
+        err.contains("spec.ingress[0].toPorts[0].ports[0].port"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cilium_fields_tollgate_does_not_enforce_are_accepted_by_the_api_and_rejected_by_the_loader()
+ {
+    let server = ApiServer::start(&fixtures()).await;
+    let host_policy = json!({"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy",
+        "metadata": {"name": "host-fw"},
+        "spec": {"nodeSelector": {"matchLabels": {"role": "worker"}},
+                 "ingress": [{"fromEntities": ["cluster"], "icmps": [{"fields": [{"type": 8, "family": "IPv4"}]}]}],
+                 "egress": [{"toServices": [{"k8sService": {"serviceName": "db", "namespace": "shop"}}],
+                             "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}],
+                                          "terminatingTLS": {"secret": {"name": "tls", "namespace": "shop"}},
+                                          "serverNames": ["db.shop"]}]}]}});
+    create(&server.client(), &host_policy)
+        .await
+        .expect("the API accepts what Cilium's CRDs accept");
+    let load = policy_model::load_policies("host-fw", &host_policy.to_string());
+    assert_eq!(load.policies.len(), 0);
+    let err = load.errors[0].to_string();
+    assert!(
+        err.contains("spec.nodeSelector") && err.contains("not enforced by tollgate"),
+        "{err}"
+    );
+}
+
+/// Log lines of the current thread's tasks (the test runs on a current-thread runtime, so every watcher's).
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).to_string()
+    }
+}
+
+fn requests_since(server: &ApiServer, from: usize) -> Vec<String> {
+    server.requests.lock().unwrap()[from..]
+        .iter()
+        .map(|(_, pq)| pq.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn after_an_outage_every_watch_is_back_within_seconds_and_a_410_is_no_warning() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _log_guard = tracing::subscriber::set_default(subscriber);
+    let server = ApiServer::start(&fixtures()).await;
+    let client = api::client(server.config(), "node-a").unwrap();
+    let (source, reconciler) = kubernetes::start_with_client(client, scope())
+        .await
+        .expect("initial sync");
+    let policy = Arc::new(source);
+    tokio::spawn(kubernetes::watch::run_updates(reconciler, policy.clone()));
+
+    // The routine 410: history compacted, watches cut; the re-list repairs a missed delete, and nothing warns.
+    server.delete(PODS, "shop/web-7d9f8c6b5-x2k4p", false);
+    server.compact_and_cut();
+    eventually("re-list after 410 removes the missed pod", || {
+        policy
+            .current()
+            .endpoints
+            .by_ip("10.1.0.10".parse().unwrap())
+            .is_none()
+    })
+    .await;
+    let text = logs.text();
+    assert!(text.contains("410"), "the 410 is logged at debug: {text}");
+    assert!(
+        !text.contains(" WARN "),
+        "a 410 is routine, not a warning: {text}"
+    );
+
+    // An outage long enough for several failed reconnects of every watcher; a policy changes meanwhile.
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    // The web pod comes back while the API server is down (its requests are then allowed again).
+    let text = std::fs::read_to_string(fixtures().join("pods.json")).unwrap();
+    let web_back = serde_json::from_str::<Vec<Value>>(&text).unwrap().remove(0);
+    server.put(PODS, web_back);
+    let seen = server.requests.lock().unwrap().len();
+    let back = Instant::now();
+    server.restart().await;
+    let collections = [
+        PODS,
+        "/api/v1/namespaces",
+        NPS,
+        CNPS,
+        "/apis/cilium.io/v2/ciliumclusterwidenetworkpolicies",
+    ];
+    let reconnected = || {
+        let reqs = requests_since(&server, seen);
+        collections
+            .iter()
+            .all(|c| reqs.iter().any(|pq| pq.starts_with(&format!("{c}?"))))
+    };
+    while !(reconnected() && allowed(&policy, "10.1.0.20", "/v1/items")) {
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "after the outage: reconnected {}, change enforced {}; requests {:?}; logs {}",
+            reconnected(),
+            allowed(&policy, "10.1.0.20", "/v1/items"),
+            requests_since(&server, seen),
+            logs.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = back.elapsed();
+    eprintln!("every watcher back and the change enforced {took:?} after the API server");
+    // The retry delay is capped at 1 s (plus jitter below it); 3 s leaves room for a loaded machine.
+    assert!(
+        took < Duration::from_secs(3),
+        "watchers came back {took:?} after the API server did: {:?}",
+        requests_since(&server, seen)
+    );
+
+    let agents = server.user_agents.lock().unwrap().clone();
+    let expected = format!("tollgate/{} (node-a)", env!("CARGO_PKG_VERSION"));
+    assert!(
+        agents.iter().all(|a| *a == expected),
+        "every request carries {expected:?}: {:?}",
+        agents.iter().collect::<std::collections::BTreeSet<_>>()
+    );
+}
+
+fn valid_condition_of(server: &ApiServer) -> Option<Value> {
+    server.get(CNPS, "shop/api-l7")?["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Valid")
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_applied_beside_other_conditions_and_not_rewritten_when_unchanged() {
+    let server = ApiServer::start(&fixtures()).await;
+    // Another controller's condition on the policy before tollgate starts.
+    let mut cnp = server.get(CNPS, "shop/api-l7").unwrap();
+    cnp["status"] = json!({"conditions": [{"type": "Audited", "status": "True", "reason": "Reviewed",
+                                           "lastTransitionTime": "2026-11-01T00:00:00Z"}]});
+    server.put(CNPS, cnp);
+    let (source, reconciler) = kubernetes::start_with_client(server.client(), scope())
+        .await
+        .expect("initial sync");
+    tokio::spawn(kubernetes::watch::run_updates(reconciler, Arc::new(source)));
+    eventually("Valid=True on api-l7", || {
+        valid_condition_of(&server).is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    let obj = server.get(CNPS, "shop/api-l7").unwrap();
+    let conditions = obj["status"]["conditions"].as_array().unwrap();
+    assert!(
+        conditions.iter().any(|c| c["type"] == "Audited"),
+        "another writer's condition survives: {conditions:?}"
+    );
+    assert!(
+        server
+            .patch_types
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| t == "application/apply-patch+yaml"),
+        "status is written by server-side apply"
+    );
+    assert!(
+        server
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, _)| m == "PATCH")
+            .all(|(_, pq)| pq.contains("fieldManager=tollgate") && pq.contains("force=true"))
+    );
+    let since = valid_condition_of(&server).unwrap()["lastTransitionTime"].clone();
+    let writes = server.patches.lock().unwrap().len();
+    assert_eq!(writes, 1, "one write for one policy");
+
+    // A second daemon (a restart) over the same objects writes nothing: the objects already show its verdict.
+    let (_source2, reconciler2) = kubernetes::start_with_client(server.client(), scope())
+        .await
+        .expect("second sync");
+    drop(reconciler2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        server.patches.lock().unwrap().len(),
+        writes,
+        "a restart rewrites no status"
+    );
+
+    // A new, still valid generation: written (observedGeneration), the transition time unchanged.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    server.put(CNPS, cnp_with_path(&server, "/v2/.*"));
+    eventually("Valid for generation 2", || {
+        valid_condition_of(&server).is_some_and(|c| c["observedGeneration"] == 2)
+    })
+    .await;
+    let c = valid_condition_of(&server).unwrap();
+    assert_eq!(
+        c["lastTransitionTime"], since,
+        "status unchanged: no transition"
+    );
+    let obj = server.get(CNPS, "shop/api-l7").unwrap();
+    assert!(
+        obj["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Audited")
+    );
+}

@@ -1,6 +1,30 @@
 //! Every Kubernetes API call tollgate makes, in one table. The watchers and the status writer take their
 //! resources from here, and the RBAC test checks `deploy/`'s ClusterRole grants exactly these verbs, no more.
 
+/// The User-Agent of every request, so API server audit logs and priority-and-fairness rules can tell tollgate's
+/// requests, and which node sent them, from other clients'.
+pub fn user_agent(node_name: &str) -> String {
+    format!("tollgate/{} ({node_name})", env!("CARGO_PKG_VERSION"))
+}
+
+/// A client for `config` whose requests carry [`user_agent`].
+pub fn client(mut config: kube::Config, node_name: &str) -> Result<kube::Client, ClientError> {
+    let agent = http::HeaderValue::from_str(&user_agent(node_name))
+        .map_err(|_| ClientError::NodeName(node_name.to_string()))?;
+    config.headers.push((http::header::USER_AGENT, agent));
+    kube::Client::try_from(config).map_err(ClientError::Build)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "node name {0:?} cannot be sent in a User-Agent header; pass the node's DNS name with --node-name"
+    )]
+    NodeName(String),
+    #[error("building the Kubernetes API client: {0}")]
+    Build(#[source] kube::Error),
+}
+
 /// One resource and the verbs used on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiUse {
@@ -148,6 +172,14 @@ mod tests {
             Some("networking.k8s.io|networkpolicies|get")
         );
         assert_eq!(t("GET", "/version"), None);
+    }
+
+    #[test]
+    fn user_agent_names_version_and_node() {
+        assert_eq!(
+            user_agent("node-a"),
+            format!("tollgate/{} (node-a)", env!("CARGO_PKG_VERSION"))
+        );
     }
 
     #[test]

@@ -66,9 +66,10 @@ impl KubeArgs {
 /// policy source built from that state plus the reconciler that keeps it current (`watch::run_updates`).
 pub async fn start(args: &KubeArgs) -> anyhow::Result<(PolicySource, watch::Reconciler)> {
     let scope = args.scope()?;
-    let client = kube::Client::try_default().await.context(
+    let config = kube::Config::infer().await.context(
         "connecting to the Kubernetes API: no in-cluster service account and no usable $KUBECONFIG",
     )?;
+    let client = api::client(config, &scope.node_name)?;
     start_with_client(client, scope).await
 }
 

@@ -1,18 +1,19 @@
 //! The I/O half of Kubernetes mode: one kube-rs watcher per resource (list + watch, re-list after errors or a
-//! stale resourceVersion, exponential backoff), one reconciler task that owns the `ClusterState`, recompiles after
+//! stale resourceVersion, a short jittered backoff reset by every success), one reconciler task that owns the `ClusterState`, recompiles after
 //! each burst of changes once every resource has synced, hands snapshots to the `PolicySource` (through the same
 //! datapath gate as a file reload) and writes policy status back.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
 use tokio::sync::mpsc;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use super::api::{self, ApiUse};
 use super::cgroup;
 use super::cluster::{ClusterState, Compiled, PolicyKey, PolicyKind, PolicyObject, PolicyOutcome};
+use super::crd::PolicyCondition;
 use super::status;
 use crate::policy_source::PolicySource;
 
@@ -60,6 +62,109 @@ fn cilium_resource(kind: PolicyKind) -> (ApiResource, ApiUse) {
     )
 }
 
+/// Delay between a watcher's failed attempts: exponential from `FIRST_RETRY` to `MAX_RETRY`, each delay drawn in
+/// [half, full] so a thousand nodes do not reconnect in step, and back to the start after any success, so the
+/// first retry after an API server comes back is never more than `MAX_RETRY` away.
+#[derive(Debug, Clone)]
+pub struct RetryBackoff {
+    attempt: u32,
+    rng: u64,
+}
+
+pub const FIRST_RETRY: Duration = Duration::from_millis(100);
+pub const MAX_RETRY: Duration = Duration::from_secs(1);
+
+impl RetryBackoff {
+    pub fn new(seed: u64) -> Self {
+        RetryBackoff {
+            attempt: 0,
+            // xorshift needs a non-zero state.
+            rng: seed | 1,
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+}
+
+impl Iterator for RetryBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let full = FIRST_RETRY
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(MAX_RETRY);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = full / 2;
+        let spread = (full - half).as_millis() as u64 + 1;
+        Some(half + Duration::from_millis(self.next_random() % spread))
+    }
+}
+
+impl Backoff for RetryBackoff {
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+fn backoff_seed(what: &str) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64 ^ d.as_secs())
+        .unwrap_or(0);
+    what.bytes()
+        .fold(nanos ^ u64::from(std::process::id()), |h, b| {
+            h.rotate_left(5) ^ u64::from(b)
+        })
+}
+
+/// A resourceVersion the API server no longer has (410 Gone): routine after a compaction or restart; the watcher
+/// re-lists.
+fn is_expired(e: &watcher::Error) -> bool {
+    let api_code = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 410);
+    match e {
+        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => api_code(e),
+        watcher::Error::NoResourceVersion => false,
+    }
+}
+
+fn is_forbidden(e: &watcher::Error) -> bool {
+    let api_code = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
+    match e {
+        watcher::Error::WatchError(status) => status.code == 403,
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => api_code(e),
+        watcher::Error::NoResourceVersion => false,
+    }
+}
+
+fn log_watch_error(what: &str, e: &watcher::Error) {
+    if is_expired(e) {
+        tracing::debug!(
+            resource = what,
+            "watch of {what} expired (410 Gone), re-listing: {e}"
+        );
+    } else if is_forbidden(e) {
+        tracing::warn!(
+            resource = what,
+            "watching {what} is forbidden, retrying: {e} (the tollgate ClusterRole must grant list/watch on {what})"
+        );
+    } else {
+        tracing::warn!(
+            resource = what,
+            "watching {what} failed, retrying within {}s: {e} (check that the API server is reachable)",
+            MAX_RETRY.as_secs()
+        );
+    }
+}
+
 /// Runs one watcher, forwarding its events; errors are logged (the backoff retries) and never end the stream.
 fn spawn_watcher<K, F>(api: Api<K>, what: &'static str, tx: mpsc::Sender<Change>, wrap: F)
 where
@@ -68,7 +173,7 @@ where
 {
     tokio::spawn(async move {
         let mut stream = watcher::watcher(api, watcher::Config::default())
-            .default_backoff()
+            .backoff(RetryBackoff::new(backoff_seed(what)))
             .boxed();
         while let Some(item) = stream.next().await {
             match item {
@@ -77,11 +182,7 @@ where
                         return;
                     }
                 }
-                Err(e) => tracing::warn!(
-                    resource = what,
-                    "watching {what} failed, retrying with backoff: {e} (check the API server address and that \
-                     the tollgate ClusterRole grants list/watch on {what})"
-                ),
+                Err(e) => log_watch_error(what, &e),
             }
         }
     });
@@ -104,8 +205,8 @@ pub struct Reconciler {
     /// Objects received since the last `Init` of each resource (a re-list replaces that resource wholesale).
     relisting: BTreeMap<&'static str, Vec<Change>>,
     dirty: bool,
-    /// Status last written per object: (generation, outcome).
-    written: BTreeMap<PolicyKey, (Option<i64>, PolicyOutcome)>,
+    /// Tollgate's `Valid` condition per object: as last watched, or as last written (until the watch shows it).
+    observed: BTreeMap<PolicyKey, PolicyCondition>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -157,7 +258,7 @@ pub fn start_watchers(client: Client, scope: NodeScope) -> Reconciler {
         synced: HashSet::new(),
         relisting: BTreeMap::new(),
         dirty: false,
-        written: BTreeMap::new(),
+        observed: BTreeMap::new(),
     }
 }
 
@@ -275,6 +376,10 @@ impl Reconciler {
             }
             Change::Cilium(kind, Event::Apply(o) | Event::InitApply(o)) => {
                 if let Some(obj) = PolicyObject::from_cilium(kind, &o) {
+                    match status::observed_valid(o.data.get("status")) {
+                        Some(c) => self.observed.insert(obj.key.clone(), c),
+                        None => self.observed.remove(&obj.key),
+                    };
                     self.state.apply_policy(obj);
                 }
             }
@@ -287,19 +392,22 @@ impl Reconciler {
         }
     }
 
-    /// Writes the `Valid` condition of every Cilium policy whose outcome or generation changed. A failed write is
-    /// logged and retried after the next change (it never blocks enforcement).
+    /// Writes the `Valid` condition of every Cilium policy whose object does not already show it, by server-side
+    /// apply of that one condition. A failed write is logged and retried after the next change (it never blocks
+    /// enforcement).
     async fn write_status(&mut self, outcomes: &BTreeMap<PolicyKey, PolicyOutcome>) {
-        self.written.retain(|k, _| outcomes.contains_key(k));
+        self.observed.retain(|k, _| outcomes.contains_key(k));
         let now = status::rfc3339(SystemTime::now());
         for (key, outcome) in outcomes {
             if !key.kind.has_status() {
                 continue;
             }
             let generation = self.state.policies.get(key).and_then(|o| o.generation);
-            if self.written.get(key) == Some(&(generation, outcome.clone())) {
+            let Some(condition) =
+                status::condition_to_write(outcome, generation, self.observed.get(key), &now)
+            else {
                 continue;
-            }
+            };
             if let PolicyOutcome::Rejected { errors, .. } = outcome {
                 tracing::error!(policy = %key.source_name(), "policy rejected: {}", errors.join("; "));
             }
@@ -308,14 +416,19 @@ impl Reconciler {
                 Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
                 None => Api::all_with(self.client.clone(), &ar),
             };
-            let body = status::status_patch(outcome, generation, &now);
+            let body = status::apply_body(
+                key.kind.as_str(),
+                &key.name,
+                key.namespace.as_deref(),
+                &condition,
+            );
+            let params = PatchParams::apply(status::FIELD_MANAGER).force();
             match api
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body))
+                .patch_status(&key.name, &params, &Patch::Apply(&body))
                 .await
             {
                 Ok(_) => {
-                    self.written
-                        .insert(key.clone(), (generation, outcome.clone()));
+                    self.observed.insert(key.clone(), condition);
                 }
                 Err(e) => tracing::warn!(
                     policy = %key.source_name(),
@@ -359,4 +472,41 @@ pub async fn run_updates(mut reconciler: Reconciler, policy: Arc<PolicySource>) 
         }
     }
     tracing::error!("every Kubernetes watcher stopped; the last policy keeps enforcing");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_to_the_cap_with_jitter_and_reset_on_success() {
+        let mut b = RetryBackoff::new(42);
+        let first: Vec<Duration> = b.by_ref().take(12).collect();
+        assert!(
+            first[0] >= FIRST_RETRY / 2 && first[0] <= FIRST_RETRY,
+            "{first:?}"
+        );
+        assert!(first.iter().all(|d| *d <= MAX_RETRY), "{first:?}");
+        assert!(first[6..].iter().all(|d| *d >= MAX_RETRY / 2), "{first:?}");
+        b.reset();
+        assert!(b.next().unwrap() <= FIRST_RETRY, "reset starts over");
+        // Two nodes' delays differ (jitter), so they do not reconnect in step.
+        let other: Vec<Duration> = RetryBackoff::new(7).take(12).collect();
+        assert_ne!(first, other);
+    }
+
+    #[test]
+    fn a_410_is_routine_and_a_403_is_about_rbac() {
+        let status = |code| kube::core::Status::failure("x", "y").with_code(code);
+        assert!(is_expired(&watcher::Error::WatchError(Box::new(status(
+            410
+        )))));
+        assert!(!is_forbidden(&watcher::Error::WatchError(Box::new(
+            status(410)
+        ))));
+        assert!(is_forbidden(&watcher::Error::InitialListFailed(
+            kube::Error::Api(Box::new(status(403)))
+        )));
+        assert!(!is_expired(&watcher::Error::NoResourceVersion));
+    }
 }

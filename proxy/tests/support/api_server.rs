@@ -1,7 +1,11 @@
 //! A small Kubernetes API server for tests: serves list and watch (chunked JSON event stream) for a fixed set of
 //! collections from objects shaped exactly as a real API server returns them, with resourceVersions, `410 Gone`
-//! for a compacted resourceVersion, injectable 500s, and merge-PATCH of the status subresource. It records every
-//! request so tests can check what the daemon asked for. No real cluster can run on the test machine.
+//! for a compacted resourceVersion, injectable 500s, create (POST) of Cilium policies validated against the CRD
+//! schema `tollgate crds` prints (strict field validation, as kubectl applies), merge-PATCH and server-side apply
+//! of the status subresource (conditions merged by `type`, per field manager, no write when nothing changed), and
+//! `coordination.k8s.io/v1` Leases with optimistic concurrency. It can be stopped and restarted on the same address
+//! (an API server outage). It records every request and its User-Agent so tests can check what the daemon asked
+//! for. No real cluster can run on the test machine.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -15,6 +19,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
+
+use super::structural;
 
 /// One served collection: its path, list kind and apiVersion.
 #[derive(Debug, Clone)]
@@ -68,6 +74,52 @@ struct Store {
     /// A watch from a resourceVersion below this gets 410 Gone.
     compacted_below: u64,
     fail_next_list: BTreeMap<&'static str, u32>,
+    /// "ns/name" -> Lease object.
+    leases: BTreeMap<String, Value>,
+    /// (collection, "ns/name", condition type) -> the field manager that applied it.
+    condition_owners: BTreeMap<(&'static str, String, String), String>,
+}
+
+/// What a request path names: a collection, optionally a namespace, an object and a subresource.
+#[derive(Debug, Default)]
+struct Route {
+    /// The cluster-wide collection path, e.g. /apis/cilium.io/v2/ciliumnetworkpolicies.
+    collection: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn route_of(path: &str) -> Option<Route> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (base, rest) = match parts.as_slice() {
+        ["api", v, rest @ ..] => (format!("/api/{v}"), rest),
+        ["apis", g, v, rest @ ..] => (format!("/apis/{g}/{v}"), rest),
+        _ => return None,
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(ns.to_string()), tail),
+        other => (None, other),
+    };
+    let (resource, name, subresource) = match rest {
+        [r] => (*r, None, None),
+        [r, n] => (*r, Some(n.to_string()), None),
+        [r, n, sub] => (*r, Some(n.to_string()), Some(sub.to_string())),
+        _ => return None,
+    };
+    Some(Route {
+        collection: format!("{base}/{resource}"),
+        namespace,
+        name,
+        subresource,
+    })
+}
+
+/// The one listener task and its connections, so `stop` can drop them all (connections refused, as during an
+/// API server restart).
+#[derive(Debug, Default)]
+struct Serving {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +130,12 @@ pub struct ApiServer {
     /// Bumped to end every open watch stream (as an API server restart or load balancer timeout does).
     cut: broadcast::Sender<()>,
     pub requests: Arc<Mutex<Vec<(String, String)>>>,
+    /// The User-Agent header of each request, in the order of `requests`.
+    pub user_agents: Arc<Mutex<Vec<String>>>,
+    /// Status patches received: (path, body, content type).
     pub patches: Arc<Mutex<Vec<(String, Value)>>>,
+    pub patch_types: Arc<Mutex<Vec<String>>>,
+    serving: Arc<Mutex<Serving>>,
 }
 
 fn key_of(obj: &Value) -> String {
@@ -134,27 +191,57 @@ impl ApiServer {
             events: broadcast::channel(1024).0,
             cut: broadcast::channel(16).0,
             requests: Arc::default(),
+            user_agents: Arc::default(),
             patches: Arc::default(),
+            patch_types: Arc::default(),
+            serving: Arc::default(),
         };
-        let s = server.clone();
-        tokio::spawn(async move {
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let s = self.clone();
+        let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let s = s.clone();
-                tokio::spawn(async move {
+                let s2 = s.clone();
+                let conn = tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        let s = s.clone();
+                        let s = s2.clone();
                         async move { Ok::<_, Infallible>(s.handle(req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
                         .await;
                 });
+                s.serving.lock().unwrap().tasks.push(conn);
             }
         });
-        server
+        self.serving.lock().unwrap().tasks.push(accept);
+    }
+
+    /// An outage: the listener closes (new connections are refused) and every open connection and watch is dropped.
+    pub fn stop(&self) {
+        let _ = self.cut.send(());
+        for task in self.serving.lock().unwrap().tasks.drain(..) {
+            task.abort();
+        }
+    }
+
+    /// Back from the outage on the same address, with the same objects.
+    pub async fn restart(&self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("rebinding {}: {e}", self.addr));
+        self.serve(listener);
+    }
+
+    /// The client configuration for this server (tests build their client from it as the daemon does).
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(format!("http://{}", self.addr).parse().unwrap())
     }
 
     pub fn client(&self) -> kube::Client {
@@ -233,6 +320,13 @@ impl ApiServer {
             .lock()
             .unwrap()
             .push((method.clone(), pq.clone()));
+        let user_agent = req
+            .headers()
+            .get(hyper::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        self.user_agents.lock().unwrap().push(user_agent);
         let path = req.uri().path().to_string();
         let query: BTreeMap<String, String> = req
             .uri()
@@ -244,9 +338,18 @@ impl ApiServer {
                     .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect();
-        if method == "PATCH" && path.ends_with("/status") {
+        let content_type = req
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let route = route_of(&path).unwrap_or_default();
+        if method != "GET" || route.name.is_some() {
             let body = req.into_body().collect().await.unwrap().to_bytes();
-            return self.patch_status(&path, serde_json::from_slice(&body).unwrap_or(Value::Null));
+            // YAML is a superset of JSON: apply patches may be either.
+            let body: Value = serde_yaml::from_slice(&body).unwrap_or(Value::Null);
+            return self.handle_write(&method, &path, &route, &query, &content_type, body);
         }
         let Some(coll) = collection_of(&path) else {
             return full(
@@ -339,42 +442,266 @@ impl ApiServer {
             .unwrap()
     }
 
-    fn patch_status(&self, path: &str, body: Value) -> Response<Body> {
-        // /apis/cilium.io/v2/[namespaces/{ns}/]{plural}/{name}/status
-        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let (ns, plural, name) = match parts.as_slice() {
-            [
-                "apis",
-                "cilium.io",
-                "v2",
-                "namespaces",
-                ns,
-                plural,
-                name,
-                "status",
-            ] => (*ns, *plural, *name),
-            ["apis", "cilium.io", "v2", plural, name, "status"] => ("", *plural, *name),
-            _ => return full(StatusCode::NOT_FOUND, &status_body(404, "NotFound", path)),
+    #[allow(clippy::too_many_arguments)]
+    fn handle_write(
+        &self,
+        method: &str,
+        path: &str,
+        route: &Route,
+        query: &BTreeMap<String, String>,
+        content_type: &str,
+        body: Value,
+    ) -> Response<Body> {
+        if route.collection == "/apis/coordination.k8s.io/v1/leases" {
+            return self.lease(method, route, body);
+        }
+        let Some(coll) = collection_of(&route.collection) else {
+            return full(
+                StatusCode::NOT_FOUND,
+                &status_body(404, "NotFound", &route.collection),
+            );
         };
-        let coll = COLLECTIONS
-            .iter()
-            .find(|c| c.path.ends_with(&format!("/{plural}")))
-            .expect("cilium collection");
+        let key = format!(
+            "{}/{}",
+            route.namespace.as_deref().unwrap_or(""),
+            route.name.as_deref().unwrap_or("")
+        );
+        match (method, route.name.is_some(), route.subresource.as_deref()) {
+            ("POST", false, None) => self.create(coll, route, body),
+            ("GET", true, None) => match self.get(coll.path, &key) {
+                Some(obj) => full(StatusCode::OK, &obj),
+                None => full(StatusCode::NOT_FOUND, &status_body(404, "NotFound", &key)),
+            },
+            ("PATCH", true, Some("status")) => {
+                self.patch_status(coll, path, route, &key, query, content_type, body)
+            }
+            _ => full(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status_body(405, "MethodNotAllowed", &format!("{method} {route:?}")),
+            ),
+        }
+    }
+
+    /// The openAPIV3Schema a Cilium collection is validated against: the one `tollgate crds` prints.
+    fn schema_of(coll: &Collection) -> Option<Value> {
+        let crd = match coll.fixture {
+            "ciliumnetworkpolicies.json" => tollgate::kubernetes::crd::cilium_network_policy(),
+            "ciliumclusterwidenetworkpolicies.json" => {
+                tollgate::kubernetes::crd::cilium_clusterwide_network_policy()
+            }
+            _ => return None,
+        };
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()?
+            .open_api_v3_schema
+            .as_ref()?;
+        Some(serde_json::to_value(schema).unwrap())
+    }
+
+    fn invalid(kind: &str, name: &str, errors: &[String]) -> Response<Body> {
+        full(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &status_body(
+                422,
+                "Invalid",
+                &format!("{kind} \"{name}\" is invalid: {}", errors.join(", ")),
+            ),
+        )
+    }
+
+    fn create(&self, coll: &'static Collection, route: &Route, mut obj: Value) -> Response<Body> {
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if let Some(schema) = Self::schema_of(coll) {
+            let errors = structural::validate(&obj, &schema);
+            if !errors.is_empty() {
+                let kind = obj["kind"].as_str().unwrap_or("").to_string();
+                return Self::invalid(&kind, &name, &errors);
+            }
+        }
+        if let Some(ns) = &route.namespace {
+            obj["metadata"]["namespace"] = ns.clone().into();
+        }
+        // The status subresource: status is not set by create.
+        if let Some(map) = obj.as_object_mut() {
+            map.remove("status");
+        }
+        obj["metadata"]["generation"] = 1.into();
+        let key = key_of(&obj);
+        if self.get(coll.path, &key).is_some() {
+            return full(
+                StatusCode::CONFLICT,
+                &status_body(409, "AlreadyExists", &format!("{key} already exists")),
+            );
+        }
+        self.put(coll.path, obj);
+        full(StatusCode::CREATED, &self.get(coll.path, &key).unwrap())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn patch_status(
+        &self,
+        coll: &'static Collection,
+        path: &str,
+        route: &Route,
+        key: &str,
+        query: &BTreeMap<String, String>,
+        content_type: &str,
+        body: Value,
+    ) -> Response<Body> {
         self.patches
             .lock()
             .unwrap()
             .push((path.to_string(), body.clone()));
-        let Some(mut obj) = self.get(coll.path, &format!("{ns}/{name}")) else {
-            return full(
-                StatusCode::NOT_FOUND,
-                &status_body(404, "NotFound", &format!("{ns}/{name}")),
-            );
+        self.patch_types
+            .lock()
+            .unwrap()
+            .push(content_type.to_string());
+        let Some(mut obj) = self.get(coll.path, key) else {
+            return full(StatusCode::NOT_FOUND, &status_body(404, "NotFound", key));
         };
-        obj["status"] = body["status"].clone();
-        self.put(coll.path, obj.clone());
-        full(
-            StatusCode::OK,
-            &self.get(coll.path, &format!("{ns}/{name}")).unwrap(),
-        )
+        let before = obj.clone();
+        let status = match content_type {
+            "application/merge-patch+json" => body["status"].clone(),
+            "application/apply-patch+yaml" => {
+                let Some(manager) = query.get("fieldManager").filter(|m| !m.is_empty()) else {
+                    return full(
+                        StatusCode::BAD_REQUEST,
+                        &status_body(
+                            400,
+                            "BadRequest",
+                            "PATCH: fieldManager is required for apply requests",
+                        ),
+                    );
+                };
+                if body["apiVersion"].is_null() || body["kind"].is_null() {
+                    return full(
+                        StatusCode::BAD_REQUEST,
+                        &status_body(400, "BadRequest", "apply patches need apiVersion and kind"),
+                    );
+                }
+                self.apply_conditions(coll.path, key, manager, &obj["status"], &body["status"])
+            }
+            other => {
+                return full(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    &status_body(415, "UnsupportedMediaType", other),
+                );
+            }
+        };
+        obj["status"] = status;
+        if let Some(schema) = Self::schema_of(coll) {
+            let errors = structural::validate(&obj, &schema);
+            if !errors.is_empty() {
+                let name = route.name.clone().unwrap_or_default();
+                return Self::invalid(obj["kind"].as_str().unwrap_or(""), &name, &errors);
+            }
+        }
+        // Like the real server: a patch that changes nothing writes nothing (no new resourceVersion, no event).
+        if obj != before {
+            self.put(coll.path, obj);
+        }
+        full(StatusCode::OK, &self.get(coll.path, key).unwrap())
+    }
+
+    /// Server-side apply of `status.conditions` (a list-map keyed by `type`): the manager's applied conditions
+    /// replace theirs by type, conditions of other managers stay, the manager's conditions it no longer applies go.
+    fn apply_conditions(
+        &self,
+        coll: &'static str,
+        key: &str,
+        manager: &str,
+        current: &Value,
+        applied: &Value,
+    ) -> Value {
+        let mut st = self.store.lock().unwrap();
+        let owner = |st: &Store, t: &str| {
+            st.condition_owners
+                .get(&(coll, key.to_string(), t.to_string()))
+                .cloned()
+        };
+        let applied_list = applied["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let applied_types: Vec<String> = applied_list
+            .iter()
+            .map(|c| c["type"].as_str().unwrap_or("").to_string())
+            .collect();
+        let mut out: Vec<Value> = Vec::new();
+        for c in current["conditions"].as_array().into_iter().flatten() {
+            let t = c["type"].as_str().unwrap_or("").to_string();
+            let mine = owner(&st, &t).as_deref() == Some(manager);
+            if applied_types.contains(&t) || mine {
+                continue;
+            }
+            out.push(c.clone());
+        }
+        for (c, t) in applied_list.into_iter().zip(applied_types) {
+            st.condition_owners
+                .insert((coll, key.to_string(), t), manager.to_string());
+            out.push(c);
+        }
+        let mut status = current.clone();
+        if !status.is_object() {
+            status = json!({});
+        }
+        status["conditions"] = Value::Array(out);
+        status
+    }
+
+    /// Leases: get, create (409 when it exists), update (409 when the resourceVersion is stale).
+    fn lease(&self, method: &str, route: &Route, mut body: Value) -> Response<Body> {
+        let ns = route.namespace.clone().unwrap_or_default();
+        let mut st = self.store.lock().unwrap();
+        match (method, &route.name) {
+            ("GET", Some(name)) => match st.leases.get(&format!("{ns}/{name}")) {
+                Some(l) => full(StatusCode::OK, l),
+                None => full(
+                    StatusCode::NOT_FOUND,
+                    &status_body(404, "NotFound", &format!("leases \"{name}\" not found")),
+                ),
+            },
+            ("POST", None) => {
+                let key = format!("{ns}/{}", body["metadata"]["name"].as_str().unwrap_or(""));
+                if st.leases.contains_key(&key) {
+                    return full(
+                        StatusCode::CONFLICT,
+                        &status_body(409, "AlreadyExists", &key),
+                    );
+                }
+                st.rv += 1;
+                body["metadata"]["resourceVersion"] = st.rv.to_string().into();
+                body["metadata"]["namespace"] = ns.into();
+                st.leases.insert(key, body.clone());
+                full(StatusCode::CREATED, &body)
+            }
+            ("PUT", Some(name)) => {
+                let key = format!("{ns}/{name}");
+                let current_rv = st
+                    .leases
+                    .get(&key)
+                    .map(|l| l["metadata"]["resourceVersion"].clone());
+                if current_rv != Some(body["metadata"]["resourceVersion"].clone()) {
+                    return full(
+                        StatusCode::CONFLICT,
+                        &status_body(
+                            409,
+                            "Conflict",
+                            "Operation cannot be fulfilled on leases.coordination.k8s.io: the object has been \
+                             modified; please apply your changes to the latest version and try again",
+                        ),
+                    );
+                }
+                st.rv += 1;
+                body["metadata"]["resourceVersion"] = st.rv.to_string().into();
+                st.leases.insert(key, body.clone());
+                full(StatusCode::OK, &body)
+            }
+            _ => full(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status_body(405, "MethodNotAllowed", method),
+            ),
+        }
     }
 }

@@ -6,6 +6,8 @@
 #[allow(dead_code)]
 #[path = "../../../proxy/tests/support/api_server.rs"]
 mod api_server;
+#[path = "../../../proxy/tests/support/structural.rs"]
+mod structural;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
