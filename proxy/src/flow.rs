@@ -200,6 +200,21 @@ pub struct FlowRecord {
     /// destination node proxy on the source node; or the ID a refused peer presented.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_spiffe_id: Option<String>,
+    /// The policy generation in force when the record was logged (stamped by [`FlowLog::record`] when the
+    /// daemon registered a source with [`FlowLog::set_revision_source`]); Hubble's `Policy.revision`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub policy_revision: u64,
+    /// The request's W3C `traceparent` header, when it carried one (Hubble's `trace_context`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
+    /// Set by [`FlowLog::record`] on the first record of a connection with a given policy outcome: the observer
+    /// then emits a Cilium policy-verdict event (type 5) naming the deciding policies before the record itself.
+    #[serde(skip)]
+    pub policy_verdict_event: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl FlowRecord {
@@ -225,6 +240,9 @@ impl FlowRecord {
             policy: String::new(),
             auth_type: AuthType::Disabled,
             peer_spiffe_id: None,
+            policy_revision: 0,
+            trace_parent: None,
+            policy_verdict_event: false,
         }
     }
 }
@@ -342,6 +360,72 @@ pub struct FlowLog {
     live: tokio::sync::broadcast::Sender<std::sync::Arc<FlowRecord>>,
     /// Consumers that must see every record (metrics, file export); called synchronously, so they must be cheap.
     taps: std::sync::RwLock<Vec<FlowTap>>,
+    /// Connections (with their policy outcome) that already had a policy-verdict event, see [`PolicyVerdicts`].
+    policy_verdicts: Mutex<PolicyVerdicts>,
+    /// The live policy generation, stamped on each record (`policy_revision`).
+    revision: std::sync::OnceLock<RevisionSlot>,
+}
+
+/// Reads the policy generation in force now (see [`FlowLog::set_revision_source`]).
+pub type RevisionSource = Box<dyn Fn() -> u64 + Send + Sync>;
+
+struct RevisionSlot(RevisionSource);
+
+impl std::fmt::Debug for RevisionSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RevisionSource")
+    }
+}
+
+/// Remembers which (connection, policy outcome) pairs already produced a policy-verdict event, so Cilium's "one
+/// per new connection" holds for keep-alive connections carrying many requests. Bounded: the oldest keys are
+/// forgotten first (a forgotten, still-open connection gets one more event, never an unbounded set).
+#[derive(Debug, Default)]
+struct PolicyVerdicts {
+    seen: std::collections::HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+/// Connection keys [`PolicyVerdicts`] remembers (16 bytes each, twice).
+const POLICY_VERDICT_KEYS: usize = 16_384;
+
+impl PolicyVerdicts {
+    /// True the first time this connection is seen with this outcome.
+    fn first(&mut self, rec: &FlowRecord) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&rec.source.ip, rec.source.port, &rec.destination.ip).hash(&mut h);
+        (
+            rec.destination.port,
+            &rec.protocol,
+            rec.verdict == Verdict::Forwarded,
+        )
+            .hash(&mut h);
+        let key = h.finish();
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > POLICY_VERDICT_KEYS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+}
+
+/// Records that come from a policy decision (allowed, or denied by policy), as opposed to parse errors, limits or
+/// upstream failures: only these get Cilium's policy-verdict event.
+fn is_policy_decision(rec: &FlowRecord) -> bool {
+    match rec.verdict {
+        Verdict::Forwarded => true,
+        Verdict::Dropped => matches!(
+            rec.drop_reason,
+            Some(DropReason::PolicyDenied | DropReason::PolicyDeny | DropReason::AuthRequired)
+        ),
+        Verdict::Error => false,
+    }
 }
 
 /// A consumer of every flow record, registered with [`FlowLog::add_tap`].
@@ -380,10 +464,29 @@ impl FlowLog {
             tx,
             live: tokio::sync::broadcast::channel(LIVE_QUEUE).0,
             taps: std::sync::RwLock::new(Vec::new()),
+            policy_verdicts: Mutex::new(PolicyVerdicts::default()),
+            revision: std::sync::OnceLock::new(),
         })
     }
 
-    pub fn record(&self, rec: FlowRecord) {
+    /// Registers where the live policy generation comes from (once; later calls are ignored).
+    pub fn set_revision_source(&self, source: RevisionSource) {
+        let _ = self.revision.set(RevisionSlot(source));
+    }
+
+    pub fn record(&self, mut rec: FlowRecord) {
+        if rec.policy_revision == 0
+            && let Some(revision) = self.revision.get()
+        {
+            rec.policy_revision = (revision.0)();
+        }
+        if is_policy_decision(&rec) {
+            rec.policy_verdict_event = self
+                .policy_verdicts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .first(&rec);
+        }
         // Shared between the ring and the writer: one allocation, no deep copy.
         let rec = Arc::new(rec);
         self.counters.seen.fetch_add(1, Ordering::Relaxed);
@@ -510,6 +613,37 @@ mod tests {
         assert_eq!(last, vec![2, 3, 4]);
         assert_eq!(log.counters.seen.load(Ordering::Relaxed), 5);
         assert_eq!(log.counters.lost.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn one_policy_verdict_per_connection_and_outcome() {
+        let log = FlowLog::new(16, FlowSink::None).unwrap();
+        log.set_revision_source(Box::new(|| 7));
+        let conn = |port: u16, verdict: Verdict| {
+            let mut r = rec(1);
+            r.source.port = port;
+            r.verdict = verdict;
+            if verdict == Verdict::Dropped {
+                r.drop_reason = Some(DropReason::PolicyDenied);
+            }
+            r
+        };
+        log.record(conn(1000, Verdict::Forwarded));
+        log.record(conn(1000, Verdict::Forwarded));
+        log.record(conn(1000, Verdict::Dropped));
+        log.record(conn(1001, Verdict::Forwarded));
+        let mut err = conn(1002, Verdict::Error);
+        err.drop_reason = Some(DropReason::UpstreamError);
+        log.record(err);
+        let flags: Vec<bool> = log
+            .last(10)
+            .iter()
+            .map(|r| r.policy_verdict_event)
+            .collect();
+        assert_eq!(flags, [true, false, true, true, false]);
+        assert!(log.last(10).iter().all(|r| r.policy_revision == 7));
+        let json = serde_json::to_value(&log.last(1)[0]).unwrap();
+        assert!(json.get("policy_verdict_event").is_none(), "internal flag");
     }
 
     #[test]

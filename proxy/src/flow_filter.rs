@@ -228,6 +228,10 @@ pub struct Filter {
     http_path: Vec<Regex>,
     http_status: Vec<StatusSel>,
     traffic_direction: Vec<i32>,
+    /// (type, sub type when matched) from `EventTypeFilter`.
+    event_type: Vec<(i32, Option<i32>)>,
+    reply: Vec<bool>,
+    uuid: Vec<String>,
 }
 
 fn labels(field: &'static str, v: &[String]) -> Result<Vec<Vec<LabelTerm>>, FilterError> {
@@ -290,6 +294,13 @@ impl Filter {
                 .map(|s| StatusSel::parse(s))
                 .collect::<Result<_, _>>()?,
             traffic_direction: f.traffic_direction.clone(),
+            event_type: f
+                .event_type
+                .iter()
+                .map(|e| (e.r#type, e.match_sub_type.then_some(e.sub_type)))
+                .collect(),
+            reply: f.reply.clone(),
+            uuid: f.uuid.clone(),
         })
     }
 
@@ -337,6 +348,13 @@ impl Filter {
                 http.is_some_and(|h| s.matches(h.code))
             })
             && any(&self.traffic_direction, |d| *d == flow.traffic_direction)
+            && any(&self.event_type, |(ty, sub)| {
+                flow.event_type
+                    .as_ref()
+                    .is_some_and(|e| e.r#type == *ty && sub.is_none_or(|s| s == e.sub_type))
+            })
+            && any(&self.reply, |r| flow.is_reply == Some(*r))
+            && any(&self.uuid, |u| *u == flow.uuid)
     }
 }
 

@@ -416,6 +416,12 @@ where
                 if is_grpc { "gRPC" } else { "HTTP" },
             );
             ctx.client.stamp(&mut rec);
+            // For Hubble's trace_context; the header is forwarded untouched.
+            rec.trace_parent = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
             let mut info = HttpInfo {
                 method: req.method().as_str().to_string(),
                 protocol: version_label(req.version()).to_string(),

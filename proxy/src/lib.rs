@@ -7,6 +7,7 @@
 //! must not re-implement policy semantics; eBPF programs are loaded only through `redirect-ebpf` (see `datapath`).
 
 pub mod activity;
+pub mod agent_events;
 pub mod body;
 pub mod body_rate;
 pub mod certs_cli;
@@ -16,6 +17,7 @@ pub mod datapath;
 pub mod decision;
 pub mod dns;
 pub mod fd_limit;
+pub mod field_mask;
 pub mod flow;
 pub mod flow_export;
 pub mod flow_filter;
@@ -39,6 +41,7 @@ pub mod observe_cli;
 pub mod observer;
 pub mod original_dst;
 pub mod policy_adapter;
+pub mod policy_attribution;
 pub mod policy_cli;
 pub mod policy_source;
 pub mod request_framing;

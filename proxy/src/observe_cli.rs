@@ -184,16 +184,13 @@ fn ports(f: &Flow) -> (Option<u32>, Option<u32>, &'static str) {
     }
 }
 
-/// `GET /api/v1/users => 403`, or the L4 protocol for non-L7 flows.
+/// The flow's `Summary` (Cilium's wording, filled by `hubble::summary`), recomputed for flows from servers
+/// that leave it empty.
 pub fn summary(f: &Flow) -> String {
-    match f.l7.as_ref().and_then(|l| l.record.as_ref()) {
-        Some(layer7::Record::Http(h)) if h.code != 0 => {
-            format!("{} {} => {}", h.method, h.url, h.code)
-        }
-        Some(layer7::Record::Http(h)) => format!("{} {}", h.method, h.url),
-        Some(layer7::Record::Dns(d)) => format!("DNS {} {}", d.query, d.qtypes.join(",")),
-        Some(layer7::Record::Kafka(k)) => format!("Kafka {} {}", k.api_key, k.topic),
-        None => ports(f).2.to_string(),
+    if f.summary.is_empty() {
+        crate::hubble::summary(f)
+    } else {
+        f.summary.clone()
     }
 }
 
@@ -210,16 +207,30 @@ fn endpoints(f: &Flow) -> (String, String) {
     )
 }
 
-/// One line: time, source -> destination, protocol summary, verdict and the deciding policy.
+/// One line: time, client -> server (`<-` for replies, `<>` when the server did not say), summary, verdict and the
+/// deciding policy; policy-verdict events also name the policies, as `hubble observe --print-policy-names` does.
 pub fn compact(f: &Flow) -> String {
-    let (src, dst) = endpoints(f);
+    let (mut src, mut dst) = endpoints(f);
+    let arrow = match f.is_reply {
+        None => "<>",
+        Some(false) => "->",
+        Some(true) => {
+            // A reply travels server -> client; show it on the client's line the other way round.
+            std::mem::swap(&mut src, &mut dst);
+            "<-"
+        }
+    };
     let mut verdict = verdict_name(f.verdict).to_string();
     if let Ok(r) = DropReason::try_from(f.drop_reason_desc)
         && r != DropReason::Unknown
     {
         verdict = format!("{verdict} ({})", r.as_str_name());
     }
-    let mut line = format!("{} {src} -> {dst} {} {verdict}", time(f), summary(f));
+    let mut line = format!("{} {src} {arrow} {dst} {} {verdict}", time(f), summary(f));
+    let names = policy_names(f);
+    if !names.is_empty() {
+        line.push_str(&format!(" policies: {}", names.join(", ")));
+    }
     if !f.tollgate_peer_spiffe_id.is_empty() {
         line.push_str(&format!(" mtls: {}", f.tollgate_peer_spiffe_id));
     }
@@ -227,6 +238,26 @@ pub fn compact(f: &Flow) -> String {
         line.push_str(&format!(" policy: {}", f.tollgate_policy));
     }
     line
+}
+
+/// `kind:namespace/name` of the policies a policy-verdict event names (allowing and denying, both directions).
+fn policy_names(f: &Flow) -> Vec<String> {
+    if f.event_type.as_ref().map(|e| e.r#type) != Some(crate::hubble::event_type::POLICY_VERDICT) {
+        return Vec::new();
+    }
+    [
+        &f.ingress_allowed_by,
+        &f.egress_allowed_by,
+        &f.ingress_denied_by,
+        &f.egress_denied_by,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| match p.namespace.as_str() {
+        "" => format!("{}:{}", p.kind, p.name),
+        ns => format!("{}:{ns}/{}", p.kind, p.name),
+    })
+    .collect()
 }
 
 fn table_header() -> String {
@@ -251,6 +282,11 @@ fn table_row(f: &Flow) -> String {
                 .map_or("?", |t| t.as_str_name())
                 .to_ascii_lowercase()
         ),
+        None if f.event_type.as_ref().map(|e| e.r#type)
+            == Some(crate::hubble::event_type::POLICY_VERDICT) =>
+        {
+            "policy-verdict".to_string()
+        }
         None => FlowType::try_from(f.r#type)
             .map_or("?", |t| t.as_str_name())
             .to_string(),
@@ -327,21 +363,47 @@ pub fn flow_json(f: &Flow) -> Value {
             json!(L7FlowType::try_from(l7.r#type).map_or("UNKNOWN_L7_TYPE", |t| t.as_str_name())),
         );
         l.insert("latency_ns".into(), json!(l7.latency_ns.to_string()));
-        if let Some(layer7::Record::Http(h)) = &l7.record {
-            let headers: Vec<Value> = h
-                .headers
-                .iter()
-                .map(|x| json!({"key": x.key, "value": x.value}))
-                .collect();
-            l.insert(
-                "http".into(),
-                json!({"code": h.code, "method": h.method, "url": h.url, "protocol": h.protocol, "headers": headers}),
-            );
+        if let Some((key, value)) = l7_record_json(l7.record.as_ref()) {
+            l.insert(key.into(), value);
         }
         m.insert("l7".into(), Value::Object(l));
     }
     if let Some(ev) = &f.event_type {
-        m.insert("event_type".into(), json!({"type": ev.r#type}));
+        m.insert(
+            "event_type".into(),
+            json!({"type": ev.r#type, "sub_type": ev.sub_type}),
+        );
+    }
+    if let Some(r) = f.is_reply {
+        m.insert("is_reply".into(), json!(r));
+    }
+    if !f.node_labels.is_empty() {
+        m.insert("node_labels".into(), json!(f.node_labels));
+    }
+    if let Some(id) = f
+        .trace_context
+        .as_ref()
+        .and_then(|t| t.parent.as_ref())
+        .map(|p| p.trace_id.as_str())
+    {
+        m.insert("trace_context".into(), json!({"parent": {"trace_id": id}}));
+    }
+    for (key, list) in [
+        ("egress_allowed_by", &f.egress_allowed_by),
+        ("ingress_allowed_by", &f.ingress_allowed_by),
+        ("egress_denied_by", &f.egress_denied_by),
+        ("ingress_denied_by", &f.ingress_denied_by),
+    ] {
+        if !list.is_empty() {
+            let v: Vec<Value> = list
+                .iter()
+                .map(|p| json!({"name": p.name, "namespace": p.namespace, "labels": p.labels, "revision": p.revision.to_string(), "kind": p.kind}))
+                .collect();
+            m.insert(key.into(), json!(v));
+        }
+    }
+    if !f.summary.is_empty() {
+        m.insert("Summary".into(), json!(f.summary));
     }
     m.insert(
         "traffic_direction".into(),
@@ -369,6 +431,34 @@ pub fn flow_json(f: &Flow) -> Value {
         );
     }
     Value::Object(m)
+}
+
+/// `"http"` / `"dns"` / `"kafka"` and the record in proto field names.
+fn l7_record_json(r: Option<&layer7::Record>) -> Option<(&'static str, Value)> {
+    Some(match r? {
+        layer7::Record::Http(h) => {
+            let headers: Vec<Value> = h
+                .headers
+                .iter()
+                .map(|x| json!({"key": x.key, "value": x.value}))
+                .collect();
+            (
+                "http",
+                json!({"code": h.code, "method": h.method, "url": h.url, "protocol": h.protocol, "headers": headers}),
+            )
+        }
+        layer7::Record::Dns(d) => (
+            "dns",
+            json!({"query": d.query, "ips": d.ips, "ttl": d.ttl, "cnames": d.cnames,
+                   "observation_source": d.observation_source, "rcode": d.rcode, "qtypes": d.qtypes,
+                   "rrtypes": d.rrtypes}),
+        ),
+        layer7::Record::Kafka(k) => (
+            "kafka",
+            json!({"error_code": k.error_code, "api_version": k.api_version, "api_key": k.api_key,
+                   "correlation_id": k.correlation_id, "topic": k.topic}),
+        ),
+    })
 }
 
 fn json_response(resp: &GetFlowsResponse, f: &Flow) -> Value {
@@ -463,12 +553,15 @@ mod tests {
         let r = sample();
         assert_eq!(
             render(&r, Output::Compact).unwrap(),
-            "2026-11-23T00:01:02.500000000Z prod/web:40000 -> prod/api:8080 GET /api/v1/users => 403 \
+            "2026-11-23T00:01:02.500000000Z prod/web:40000 -> prod/api:8080 HTTP/1.1 GET /api/v1/users \
              DROPPED (POLICY_DENIED) policy: no rule"
         );
         let row = render(&r, Output::Table).unwrap();
         assert!(row.contains("http-request"), "{row}");
-        assert!(row.ends_with("DROPPED   GET /api/v1/users => 403"), "{row}");
+        assert!(
+            row.ends_with("DROPPED   HTTP/1.1 GET /api/v1/users"),
+            "{row}"
+        );
         let v: Value = serde_json::from_str(&render(&r, Output::Json).unwrap()).unwrap();
         assert_eq!(v["node_name"], "node-a");
         assert_eq!(v["flow"]["verdict"], "DROPPED");
@@ -479,6 +572,60 @@ mod tests {
         assert_eq!(v["flow"]["l7"]["http"]["code"], 403);
         assert_eq!(v["flow"]["event_type"]["type"], 129);
         assert_eq!(v["flow"]["tollgate_policy"], "no rule");
+    }
+
+    #[test]
+    fn replies_point_back_and_policy_verdicts_name_policies() {
+        use crate::flow::{FlowEndpoint, FlowRecord, HttpInfo, L7Info, Verdict as V};
+        let labels = [("app".to_string(), "web".to_string())].into();
+        let mut rec = FlowRecord::new(
+            V::Forwarded,
+            FlowEndpoint::new("10.0.1.10:40000".parse().unwrap(), 256)
+                .with_pod("prod", "web", &labels),
+            FlowEndpoint::new("10.0.1.20:8080".parse().unwrap(), 257)
+                .with_pod("prod", "api", &labels),
+            "HTTP",
+        );
+        rec.policy = "allowed by CiliumNetworkPolicy prod/api-allow ingress[0] l7[0]".into();
+        rec.policy_verdict_event = true;
+        rec.latency_ns = 3_000_000;
+        rec.l7 = Some(L7Info {
+            http: Some(HttpInfo {
+                method: "GET".into(),
+                url: "http://api/x".into(),
+                code: 200,
+                protocol: "HTTP/1.1".into(),
+                ..Default::default()
+            }),
+            kafka: None,
+        });
+        let lines: Vec<String> =
+            crate::hubble::to_flows(&rec, &crate::hubble::NodeInfo::named("n"))
+                .iter()
+                .map(compact)
+                .collect();
+        assert_eq!(lines.len(), 3);
+        assert!(
+            lines[0].contains("prod/web:40000 -> prod/api:8080 TCP Flags: SYN FORWARDED")
+                && lines[0].contains("policies: CiliumNetworkPolicy:prod/api-allow"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].contains("-> prod/api:8080 HTTP/1.1 GET http://api/x FORWARDED"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains(
+                "prod/web:40000 <- prod/api:8080 HTTP/1.1 200 3ms (GET http://api/x) FORWARDED"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            !lines[1].contains("policies:"),
+            "names only on policy-verdict events"
+        );
+        let unknown = Flow::default();
+        assert!(compact(&unknown).contains(" <> "), "{}", compact(&unknown));
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! The Hubble-compatible `observer.Observer` gRPC service over the flow log: `GetFlows` (history, filters,
-//! follow mode) and `ServerStatus`. Selection logic lives in `flow_filter` (pure); this module does the streaming.
+//! follow mode, field masks), `GetAgentEvents`, `GetNodes` and `ServerStatus`, plus the standard
+//! `grpc.health.v1.Health` that `hubble status` checks first. Selection logic lives in `flow_filter` and
+//! `field_mask` (pure); each flow record becomes Cilium's sequence of flows in `hubble::to_flows`; this module
+//! does the streaming.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -7,21 +10,31 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::agent_events::AgentEvents;
+use crate::field_mask::FieldMask;
 use crate::flow::{FlowLog, FlowRecord};
 use crate::flow_filter::Selection;
 use crate::hubble::{
+    NodeInfo,
     flow::Flow,
+    health::{
+        HealthCheckRequest, HealthCheckResponse,
+        health_check_response::ServingStatus,
+        health_server::{Health, HealthServer},
+    },
     observer::{
-        GetFlowsRequest, GetFlowsResponse, ServerStatusRequest, ServerStatusResponse,
+        GetAgentEventsRequest, GetAgentEventsResponse, GetFlowsRequest, GetFlowsResponse,
+        GetNodesRequest, GetNodesResponse, Node, ServerStatusRequest, ServerStatusResponse, Tls,
         get_flows_response,
         observer_server::{Observer, ObserverServer},
     },
-    to_flow,
+    relay::NodeState,
+    to_flows,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -35,21 +48,113 @@ pub enum ObserverError {
     },
 }
 
-/// The service state: the flow log and this node's name for `node_name`.
+/// The service state: the flow log, the agent events, and what this node reports about itself.
 #[derive(Debug, Clone)]
 pub struct ObserverService {
     flows: Arc<FlowLog>,
-    node_name: Arc<str>,
+    node: Arc<NodeInfo>,
+    /// The Observer API address, as `GetNodes` reports it.
+    address: Arc<str>,
+    events: Arc<AgentEvents>,
     started: Instant,
 }
+
+/// `tollgate <version>`, as `ServerStatus` and `GetNodes` report it.
+pub fn version() -> String {
+    format!("tollgate {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The gRPC service names `hubble status` and generic health probes ask about ("" is the whole server).
+const HEALTH_SERVICES: [&str; 3] = ["", "hubble.server.Observer", "observer.Observer"];
 
 impl ObserverService {
     pub fn new(flows: Arc<FlowLog>, node_name: &str) -> Self {
         ObserverService {
             flows,
-            node_name: node_name.into(),
+            node: Arc::new(NodeInfo {
+                name: node_name.to_string(),
+                labels: node_labels(node_name),
+            }),
+            address: "".into(),
+            events: Arc::new(AgentEvents::default()),
             started: Instant::now(),
         }
+    }
+
+    /// Reports `address` as this node's Observer address in `GetNodes`.
+    pub fn with_address(mut self, address: SocketAddr) -> Self {
+        self.address = address.to_string().into();
+        self
+    }
+
+    /// Serves `events` through `GetAgentEvents`.
+    pub fn with_events(mut self, events: Arc<AgentEvents>) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// The standard health service for the same server.
+    pub fn health(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService)
+    }
+}
+
+/// Hubble's `node_labels`: `kubernetes.io/hostname=<node>`, plus `TOLLGATE_NODE_LABELS` (`k=v,k2=v2`), since the
+/// Kubernetes downward API cannot hand a pod its node's labels.
+pub fn node_labels(node_name: &str) -> Vec<String> {
+    let mut labels = vec![format!("kubernetes.io/hostname={node_name}")];
+    if let Ok(extra) = std::env::var("TOLLGATE_NODE_LABELS") {
+        labels.extend(
+            extra
+                .split(',')
+                .map(str::trim)
+                .filter(|l| l.contains('=') && !l.starts_with("kubernetes.io/hostname="))
+                .map(String::from),
+        );
+    }
+    labels
+}
+
+/// `grpc.health.v1.Health`: the observer answers SERVING while it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthService;
+
+type HealthStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+fn health_of(service: &str) -> Result<HealthCheckResponse, Status> {
+    if HEALTH_SERVICES.contains(&service) {
+        Ok(HealthCheckResponse {
+            status: ServingStatus::Serving as i32,
+        })
+    } else {
+        Err(Status::not_found(format!(
+            "unknown service {service:?}; this server reports health for \"\", hubble.server.Observer and observer.Observer"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl Health for HealthService {
+    type WatchStream = HealthStream;
+
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        health_of(&request.into_inner().service).map(Response::new)
+    }
+
+    /// The status never changes while the server runs: one answer, then the stream stays open.
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let first = health_of(&request.into_inner().service).unwrap_or(HealthCheckResponse {
+            status: ServingStatus::ServiceUnknown as i32,
+        });
+        let stream =
+            futures::stream::once(async move { Ok(first) }).chain(futures::stream::pending());
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 
@@ -81,26 +186,40 @@ pub struct Window {
     pub until: Option<i128>,
 }
 
+fn timestamp_ns(t: &prost_types::Timestamp) -> i128 {
+    i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
+}
+
 impl Window {
     fn from_request(r: &GetFlowsRequest) -> Self {
-        let ns = |t: &prost_types::Timestamp| {
-            i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos)
-        };
+        Window::from_times(r.number, r.first, r.follow, &r.since, &r.until)
+    }
+
+    fn from_times(
+        number: u64,
+        first: bool,
+        follow: bool,
+        since: &Option<prost_types::Timestamp>,
+        until: &Option<prost_types::Timestamp>,
+    ) -> Self {
         Window {
-            number: r.number,
-            first: r.first,
-            follow: r.follow,
-            since: r.since.as_ref().map(ns),
-            until: r.until.as_ref().map(ns),
+            number,
+            first,
+            follow,
+            since: since.as_ref().map(timestamp_ns),
+            until: until.as_ref().map(timestamp_ns),
         }
     }
 
-    fn in_time(&self, flow: &Flow) -> bool {
-        let Some(t) = flow.time.as_ref() else {
-            return self.since.is_none() && self.until.is_none();
-        };
-        let t = i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos);
+    fn in_time_ns(&self, t: i128) -> bool {
         self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u)
+    }
+
+    fn in_time(&self, flow: &Flow) -> bool {
+        match flow.time.as_ref() {
+            Some(t) => self.in_time_ns(timestamp_ns(t)),
+            None => self.since.is_none() && self.until.is_none(),
+        }
     }
 
     /// A followed stream ends with the first flow after `until`.
@@ -113,7 +232,7 @@ impl Window {
 
     /// Picks the historical flows to send, oldest first. `number == 0` means all of them unless following (then
     /// only new flows are sent, like `hubble observe -f`).
-    pub fn pick(&self, selected: Vec<Flow>) -> Vec<Flow> {
+    pub fn pick<T>(&self, selected: Vec<T>) -> Vec<T> {
         let n = match (self.number, self.follow) {
             (0, true) if self.since.is_none() => 0,
             (0, _) => selected.len(),
@@ -129,6 +248,7 @@ impl Window {
 }
 
 type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<GetAgentEventsResponse, Status>> + Send>>;
 
 fn response(flow: Flow, node: &str) -> GetFlowsResponse {
     GetFlowsResponse {
@@ -138,18 +258,63 @@ fn response(flow: Flow, node: &str) -> GetFlowsResponse {
     }
 }
 
+/// Everything that decides which flows a `GetFlows` stream sends, and in what shape.
+struct Query {
+    window: Window,
+    selection: Selection,
+    mask: Option<FieldMask>,
+    node: Arc<NodeInfo>,
+}
+
+impl Query {
+    fn compile(req: &GetFlowsRequest, node: Arc<NodeInfo>) -> Result<Self, Status> {
+        let selection = Selection::compile(&req.whitelist, &req.blacklist)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let paths = req
+            .experimental
+            .as_ref()
+            .and_then(|e| e.field_mask.as_ref())
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        let mask =
+            FieldMask::compile(&paths).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Query {
+            window: Window::from_request(req),
+            selection,
+            mask,
+            node,
+        })
+    }
+
+    /// The selected flows of one record, in Cilium's shape (see `hubble::to_flows`); filters see whole flows,
+    /// the mask applies last.
+    fn flows_of(&self, rec: &FlowRecord) -> Vec<Flow> {
+        to_flows(rec, &self.node)
+            .into_iter()
+            .filter(|f| self.window.in_time(f) && self.selection.accepts(f))
+            .collect()
+    }
+
+    fn shape(&self, f: Flow) -> GetFlowsResponse {
+        let f = match &self.mask {
+            Some(m) => m.apply(&f),
+            None => f,
+        };
+        response(f, &self.node.name)
+    }
+}
+
 #[tonic::async_trait]
 impl Observer for ObserverService {
     type GetFlowsStream = FlowStream;
+    type GetAgentEventsStream = EventStream;
 
     async fn get_flows(
         &self,
         request: Request<GetFlowsRequest>,
     ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let req = request.into_inner();
-        let selection = Selection::compile(&req.whitelist, &req.blacklist)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let window = Window::from_request(&req);
+        let query = Query::compile(&request.into_inner(), self.node.clone())?;
+        let window = query.window;
         // Subscribe before taking the history so no record falls between the two; duplicates are skipped by uuid.
         let live = window.follow.then(|| self.flows.subscribe());
         let history: Vec<FlowRecord> = self.flows.last(usize::MAX);
@@ -158,17 +323,48 @@ impl Observer for ObserverService {
         } else {
             HashSet::new()
         };
-        let node = self.node_name.clone();
-        let selected: Vec<Flow> = history
-            .iter()
-            .map(|r| to_flow(r, &node))
-            .filter(|f| window.in_time(f) && selection.accepts(f))
-            .collect();
+        let selected: Vec<Flow> = history.iter().flat_map(|r| query.flows_of(r)).collect();
         let picked = window.pick(selected);
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
             for f in picked {
-                if tx.send(Ok(response(f, &node))).await.is_err() {
+                if tx.send(Ok(query.shape(f))).await.is_err() {
+                    return;
+                }
+            }
+            let Some(live) = live else { return };
+            follow(live, seen, query, tx).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_agent_events(
+        &self,
+        request: Request<GetAgentEventsRequest>,
+    ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        let req = request.into_inner();
+        let window = Window::from_times(req.number, req.first, req.follow, &req.since, &req.until);
+        let live = window.follow.then(|| self.events.subscribe());
+        let in_time = move |t: &prost_types::Timestamp| window.in_time_ns(timestamp_ns(t));
+        let history: Vec<_> = self
+            .events
+            .history()
+            .into_iter()
+            .filter(|e| in_time(&e.time))
+            .collect();
+        let picked = window.pick(history);
+        let node = self.node.name.clone();
+        let event = move |e: crate::agent_events::Stamped| GetAgentEventsResponse {
+            agent_event: Some(e.event),
+            node_name: node.clone(),
+            time: Some(e.time),
+        };
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            for e in picked {
+                if tx.send(Ok(event(e))).await.is_err() {
                     return;
                 }
             }
@@ -176,23 +372,12 @@ impl Observer for ObserverService {
             loop {
                 tokio::select! {
                     got = live.recv() => match got {
-                        Ok(rec) => {
-                            if seen.contains(&rec.uuid) {
-                                continue;
-                            }
-                            let f = to_flow(&rec, &node);
-                            if window.past_until(&f) {
-                                return;
-                            }
-                            if window.in_time(&f) && selection.accepts(&f)
-                                && tx.send(Ok(response(f, &node))).await.is_err()
-                            {
+                        Ok(e) if in_time(&e.time) => {
+                            if tx.send(Ok(event(e))).await.is_err() {
                                 return;
                             }
                         }
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            tracing::warn!(skipped = n, "observer follower fell behind; skipped flows");
-                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                         Err(broadcast::error::RecvError::Closed) => return,
                     },
                     _ = tx.closed() => return,
@@ -204,11 +389,96 @@ impl Observer for ObserverService {
         )))
     }
 
+    async fn get_nodes(
+        &self,
+        _request: Request<GetNodesRequest>,
+    ) -> Result<Response<GetNodesResponse>, Status> {
+        let c = self.counts();
+        Ok(Response::new(GetNodesResponse {
+            nodes: vec![Node {
+                name: self.node.name.clone(),
+                version: version(),
+                address: self.address.to_string(),
+                state: NodeState::NodeConnected as i32,
+                tls: Some(Tls {
+                    enabled: false,
+                    server_name: String::new(),
+                }),
+                uptime_ns: c.uptime_ns,
+                num_flows: c.num_flows,
+                max_flows: c.max_flows,
+                seen_flows: c.seen_flows,
+            }],
+        }))
+    }
+
     async fn server_status(
         &self,
         _request: Request<ServerStatusRequest>,
     ) -> Result<Response<ServerStatusResponse>, Status> {
+        let c = self.counts();
         Ok(Response::new(ServerStatusResponse {
+            num_flows: c.num_flows,
+            max_flows: c.max_flows,
+            seen_flows: c.seen_flows,
+            uptime_ns: c.uptime_ns,
+            // A standalone node: itself, always reachable.
+            num_connected_nodes: Some(1),
+            num_unavailable_nodes: Some(0),
+            unavailable_nodes: Vec::new(),
+            version: version(),
+            flows_rate: self.flows_rate(),
+        }))
+    }
+}
+
+/// Follow mode: new records as they come, until the client leaves or a flow passes `until`.
+async fn follow(
+    mut live: broadcast::Receiver<Arc<FlowRecord>>,
+    seen: HashSet<String>,
+    query: Query,
+    tx: mpsc::Sender<Result<GetFlowsResponse, Status>>,
+) {
+    loop {
+        tokio::select! {
+            got = live.recv() => match got {
+                Ok(rec) => {
+                    if seen.contains(&rec.uuid) {
+                        continue;
+                    }
+                    for f in to_flows(&rec, &query.node) {
+                        if query.window.past_until(&f) {
+                            return;
+                        }
+                        if query.window.in_time(&f) && query.selection.accepts(&f)
+                            && tx.send(Ok(query.shape(f))).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(skipped = n, "observer follower fell behind; skipped flows");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// What `ServerStatus` and `GetNodes` report. Counts are flow records (one per request, query or refused
+/// connection); `GetFlows` sends each as Cilium's one to three flows (policy verdict, request, response).
+struct Counts {
+    num_flows: u64,
+    max_flows: u64,
+    seen_flows: u64,
+    uptime_ns: u64,
+}
+
+impl ObserverService {
+    fn counts(&self) -> Counts {
+        Counts {
             num_flows: self.flows.len() as u64,
             max_flows: self.flows.capacity() as u64,
             seen_flows: self
@@ -217,7 +487,22 @@ impl Observer for ObserverService {
                 .seen
                 .load(std::sync::atomic::Ordering::Relaxed),
             uptime_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-        }))
+        }
+    }
+
+    /// Records per second over the last minute (over the uptime when shorter).
+    fn flows_rate(&self) -> f64 {
+        let now = crate::agent_events::now();
+        let minute_ago = timestamp_ns(&now) - 60_000_000_000;
+        let recent = self
+            .flows
+            .last(usize::MAX)
+            .iter()
+            .filter_map(|r| crate::hubble::timestamp(&r.time))
+            .filter(|t| timestamp_ns(t) >= minute_ago)
+            .count();
+        let span = self.started.elapsed().as_secs_f64().clamp(1.0, 60.0);
+        recent as f64 / span
     }
 }
 
@@ -230,10 +515,11 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ObserverError::Bind { addr, source })?;
-    let svc = ObserverService::new(flows, &node_name());
+    let svc = ObserverService::new(flows, &node_name()).with_address(addr);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Ok(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .add_service(svc.health())
             .add_service(ObserverServer::new(svc))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await;
@@ -311,7 +597,13 @@ pub fn start_services(
         }),
     });
     let (observer_addr, metrics_addr) = (args.observer_listen, args.metrics_listen);
-    let svc = ObserverService::new(flows.clone(), &node_name());
+    let p = policy.clone();
+    flows.set_revision_source(Box::new(move || p.current().generation));
+    let events = Arc::new(AgentEvents::default());
+    events.clone().watch(policy.clone(), shutdown.clone());
+    let svc = ObserverService::new(flows.clone(), &node_name())
+        .with_address(observer_addr)
+        .with_events(events);
     let stop = shutdown.clone();
     tokio::spawn(async move {
         let Some(listener) = bind_patiently("observer API", observer_addr, &stop).await else {
@@ -319,6 +611,7 @@ pub fn start_services(
         };
         ready.store(true, Ordering::Relaxed);
         let r = tonic::transport::Server::builder()
+            .add_service(svc.health())
             .add_service(ObserverServer::new(svc))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -21,7 +21,7 @@ def generate(proto_dir, out_dir):
     # The well-known types come from grpcio-tools first, so the stubs import the protobuf package's Timestamp.
     rc = protoc.main([
         "protoc", f"-I{wkt}", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
-        "flow/flow.proto", "observer/observer.proto",
+        "flow/flow.proto", "relay/relay.proto", "observer/observer.proto",
     ])
     if rc != 0:
         sys.exit(f"protoc failed ({rc}) on {proto_dir}")
@@ -37,7 +37,7 @@ def main():
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as out:
-        for d in ("flow", "observer"):
+        for d in ("flow", "relay", "observer"):
             os.makedirs(os.path.join(out, d), exist_ok=True)
         generate(args.proto_dir, out)
         sys.path.insert(0, out)

@@ -2,7 +2,9 @@
 //! netns, nginx in the target pod, policies from policy-model/conformance/http-ledger.yaml), then the Observer API
 //! queried with filters by (a) the Rust client generated from proxy/proto and (b) an independent Python grpcio
 //! client; follow mode; `tollgate observe --verdict DROPPED -o json`; `/metrics`, `/readyz`; the rotated JSON
-//! export.
+//! export. `hubble_compatibility` checks what the Hubble CLI needs (issue 18): health, ServerStatus, GetNodes,
+//! Cilium's flow shapes (policy verdicts with policy names, REQUEST/RESPONSE, Summary, is_reply, trace_context),
+//! event-type/reply filters, field masks, first/since/until and agent events.
 //!
 //! Needs root, iptables (TPROXY + socket match), nginx, curl, python3 with grpcio + grpcio-tools.
 
@@ -13,10 +15,17 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tollgate::hubble::flow::{Flow, FlowFilter, Verdict, layer7};
-use tollgate::hubble::observer::{
-    GetFlowsRequest, ServerStatusRequest, get_flows_response, observer_client::ObserverClient,
+use tollgate::hubble::flow::{
+    AgentEventType, EventTypeFilter, Flow, FlowFilter, L7FlowType, Verdict, agent_event, layer7,
 };
+use tollgate::hubble::health::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tollgate::hubble::observer::{
+    GetAgentEventsRequest, GetFlowsRequest, GetNodesRequest, ServerStatusRequest,
+    get_flows_request::Experimental, get_flows_response, observer_client::ObserverClient,
+};
+use tollgate::hubble::relay::NodeState;
 use tollgate_e2e::{
     ChildGuard, Nginx, Node, Pod, TempDir, conformance_dir, require_root, require_tool,
     tollgate_bin, workspace_root,
@@ -37,21 +46,21 @@ struct Setup {
 }
 
 impl Setup {
-    fn new() -> Self {
+    fn new(tag: &str) -> Self {
         require_root();
         require_tool("iptables");
         let case: Value = serde_yaml::from_str(
             &fs::read_to_string(conformance_dir().join("http-ledger.yaml")).unwrap(),
         )
         .unwrap();
-        let mut node = Node::new("flowlog").unwrap();
+        let mut node = Node::new(tag).unwrap();
         let mut pods = BTreeMap::new();
         for e in case["endpoints"].as_array().unwrap() {
             let name = e["name"].as_str().unwrap();
             let pod = node.add_pod(name, e["ip"].as_str().unwrap()).unwrap();
             pods.insert(name.to_string(), pod);
         }
-        let dir = TempDir::new("flowlog").unwrap();
+        let dir = TempDir::new(tag).unwrap();
         let policies: Vec<String> = case["policies"]
             .as_array()
             .unwrap()
@@ -194,6 +203,20 @@ fn http(f: &Flow) -> (String, String, u32) {
     }
 }
 
+/// The flows that stand for requests (and refused connections): Cilium's policy-verdict events and L7 replies
+/// left out, so there is one per flow record.
+fn requests(all: &[Flow]) -> Vec<Flow> {
+    all.iter()
+        .filter(|f| {
+            f.event_type.as_ref().map(|e| e.r#type) != Some(POLICY_VERDICT)
+                && f.is_reply != Some(true)
+        })
+        .cloned()
+        .collect()
+}
+
+const POLICY_VERDICT: i32 = 5;
+
 fn s(v: &[&str]) -> Vec<String> {
     v.iter().map(|x| x.to_string()).collect()
 }
@@ -217,7 +240,7 @@ fn wait_flows(setup: &Setup, n: usize) -> Vec<Flow> {
 
 #[test]
 fn flows_are_queryable_followable_exported_and_counted() {
-    let mut setup = Setup::new();
+    let mut setup = Setup::new("flowlog");
     let portal = &setup.pods["portal"];
     assert_eq!(curl(portal, "GET", "/books/v2/entries"), 200);
     assert_eq!(curl(portal, "DELETE", "/books/v2/entries"), 403);
@@ -227,8 +250,11 @@ fn flows_are_queryable_followable_exported_and_counted() {
         reporter_status, 200,
         "reporter is not allowed to reach ledger"
     );
-    let all = wait_flows(&setup, 4);
-    assert_eq!(all.len(), 4, "one flow per request: {all:#?}");
+    // As Cilium emits them: a policy verdict per connection, then REQUEST + RESPONSE for the allowed GET, one
+    // REQUEST for each denied request, one drop for the refused connection.
+    let all = wait_flows(&setup, 9);
+    assert_eq!(all.len(), 9, "{all:#?}");
+    assert_eq!(requests(&all).len(), 4, "one per request: {all:#?}");
 
     // (a) Rust client generated from proxy/proto.
     let dropped_http = setup.get_flows(GetFlowsRequest {
@@ -279,12 +305,13 @@ fn flows_are_queryable_followable_exported_and_counted() {
         }],
         ..Default::default()
     });
+    // The REQUEST flow (the RESPONSE comes from ledger, so the source filters leave it out): no status yet.
     assert_eq!(
         gets.iter().map(http).collect::<Vec<_>>(),
         vec![(
             "GET".to_string(),
             format!("http://{LEDGER}:8080/books/v2/entries"),
-            200
+            0
         )]
     );
     assert_eq!(gets[0].verdict, Verdict::Forwarded as i32);
@@ -295,15 +322,22 @@ fn flows_are_queryable_followable_exported_and_counted() {
         }],
         ..Default::default()
     });
-    assert_eq!(reporter.len(), 1, "{reporter:#?}");
-    assert_eq!(reporter[0].verdict, Verdict::Dropped as i32);
+    assert_eq!(reporter.len(), 2, "policy verdict + drop: {reporter:#?}");
+    assert!(
+        reporter
+            .iter()
+            .all(|f| f.verdict == Verdict::Dropped as i32)
+    );
     let last_two = setup.get_flows(GetFlowsRequest {
         number: 2,
         ..Default::default()
     });
     assert_eq!(
         last_two.iter().map(|f| &f.uuid).collect::<Vec<_>>(),
-        all[2..].iter().map(|f| &f.uuid).collect::<Vec<_>>()
+        all[all.len() - 2..]
+            .iter()
+            .map(|f| &f.uuid)
+            .collect::<Vec<_>>()
     );
     let status = setup.in_node(|| {
         rt().block_on(async {
@@ -360,7 +394,12 @@ fn flows_are_queryable_followable_exported_and_counted() {
     assert_eq!(flows[0]["l4"]["TCP"]["destination_port"], 8080);
     assert_eq!(flows[0]["uuid"], dropped_http[1].uuid);
     let forwarded = py(r#"{"whitelist": [{"verdict": ["FORWARDED"]}]}"#);
-    assert_eq!(forwarded.len(), 1, "{forwarded:#?}");
+    assert_eq!(
+        forwarded.len(),
+        3,
+        "verdict, request, response: {forwarded:#?}"
+    );
+    assert_eq!(forwarded[2]["is_reply"], true, "{forwarded:#?}");
 
     // `tollgate observe --verdict DROPPED -o json` (and compact, for the README sample).
     let out = setup.node_output(
@@ -378,6 +417,7 @@ fn flows_are_queryable_followable_exported_and_counted() {
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .filter(|v: &Value| v["flow"]["event_type"]["type"] != POLICY_VERDICT)
         .collect();
     assert_eq!(lines.len(), 3, "{lines:#?}");
     assert!(lines.iter().all(|l| l["flow"]["verdict"] == "DROPPED"));
@@ -391,11 +431,15 @@ fn flows_are_queryable_followable_exported_and_counted() {
     let compact = String::from_utf8_lossy(&compact.stdout).to_string();
     eprintln!("tollgate observe --pod billing/portal:\n{compact}");
     let compact_lines: Vec<&str> = compact.lines().collect();
-    assert_eq!(compact_lines.len(), 3, "{compact}");
+    assert_eq!(compact_lines.len(), 7, "{compact}");
     assert!(
-        compact_lines[1].contains("billing/portal:")
-            && compact_lines[1].contains(&format!("-> billing/ledger:8080 DELETE http://{LEDGER}:8080/books/v2/entries => 403 DROPPED (POLICY_DENIED) policy: ")),
+        compact_lines[4].contains("billing/portal:")
+            && compact_lines[4].contains(&format!("-> billing/ledger:8080 HTTP/1.1 DELETE http://{LEDGER}:8080/books/v2/entries DROPPED (POLICY_DENIED) policy: ")),
         "{compact}"
+    );
+    assert!(
+        compact_lines[2].contains("<- billing/ledger:8080 HTTP/1.1 200 "),
+        "the reply line points back: {compact}"
     );
 
     // Follow mode: a stream opened now sees a request made afterwards, and nothing from before.
@@ -407,10 +451,17 @@ fn flows_are_queryable_followable_exported_and_counted() {
             let mut stream = c
                 .get_flows(GetFlowsRequest {
                     follow: true,
-                    whitelist: vec![FlowFilter {
-                        source_pod: s(&["billing/portal"]),
-                        ..Default::default()
-                    }],
+                    // Replies come from ledger to portal.
+                    whitelist: vec![
+                        FlowFilter {
+                            source_pod: s(&["billing/portal"]),
+                            ..Default::default()
+                        },
+                        FlowFilter {
+                            destination_pod: s(&["billing/portal"]),
+                            ..Default::default()
+                        },
+                    ],
                     ..Default::default()
                 })
                 .await
@@ -420,11 +471,18 @@ fn flows_are_queryable_followable_exported_and_counted() {
             let pod = &setup.pods["portal"];
             // Blocking is fine here: the response is buffered by the connection until we poll the stream.
             assert_eq!(curl(pod, "GET", "/books/v2/follow-me"), 200);
-            tokio::time::timeout(Duration::from_secs(5), stream.message())
-                .await
-                .expect("follow mode delivered nothing within 5s")
-                .unwrap()
-                .expect("stream ended")
+            // Policy verdict, request, then the response.
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(
+                    tokio::time::timeout(Duration::from_secs(5), stream.message())
+                        .await
+                        .expect("follow mode delivered nothing within 5s")
+                        .unwrap()
+                        .expect("stream ended"),
+                );
+            }
+            got.pop().unwrap()
         })
     });
     let Some(get_flows_response::ResponseTypes::Flow(f)) = followed.response_types else {
@@ -437,7 +495,8 @@ fn flows_are_queryable_followable_exported_and_counted() {
     assert_eq!(http(&f).2, 200);
 
     // /metrics against the traffic: 5 flows, 3 DROPPED (2 HTTP from portal + reporter), 2 FORWARDED HTTP.
-    let all = wait_flows(&setup, 5);
+    let all = requests(&wait_flows(&setup, 12));
+    assert_eq!(all.len(), 5, "{all:#?}");
     let metrics = String::from_utf8_lossy(
         &setup
             .node_output(
@@ -633,5 +692,264 @@ fn flows_are_queryable_followable_exported_and_counted() {
     );
     drop(observe);
 
+    setup.proxy.assert_running().unwrap();
+}
+
+/// curl from a pod with extra arguments; returns the HTTP status.
+fn curl_with(pod: &Pod, args: &[&str]) -> u16 {
+    let out = tollgate_e2e::scenario::curl_from(pod, args).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn hubble_compatibility() {
+    let mut setup = Setup::new("hubble");
+    let url = format!("http://{OBSERVER}");
+    // `hubble status`: health first, then ServerStatus; `hubble list nodes`: GetNodes.
+    let (health, unknown, status, nodes) = setup.in_node(|| {
+        rt().block_on(async {
+            let mut h = HealthClient::connect(url.clone()).await.unwrap();
+            let mut st = Vec::new();
+            for service in ["hubble.server.Observer", ""] {
+                let r = h
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .unwrap();
+                st.push(r.into_inner().status);
+            }
+            let unknown = h
+                .check(HealthCheckRequest {
+                    service: "nope".into(),
+                })
+                .await
+                .unwrap_err()
+                .code();
+            let mut c = ObserverClient::connect(url.clone()).await.unwrap();
+            let status = c
+                .server_status(ServerStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            let nodes = c.get_nodes(GetNodesRequest {}).await.unwrap().into_inner();
+            (st, unknown, status, nodes)
+        })
+    });
+    assert_eq!(health, [ServingStatus::Serving as i32; 2]);
+    assert_eq!(unknown, tonic::Code::NotFound);
+    assert!(status.version.starts_with("tollgate "), "{status:?}");
+    assert_eq!(
+        (
+            status.num_connected_nodes,
+            status.num_unavailable_nodes,
+            status.max_flows
+        ),
+        (Some(1), Some(0), 4096)
+    );
+    assert!(status.uptime_ns > 0);
+    assert_eq!(nodes.nodes.len(), 1, "{nodes:?}");
+    let node = &nodes.nodes[0];
+    assert_eq!(node.state, NodeState::NodeConnected as i32);
+    assert_eq!(node.address, OBSERVER);
+    assert!(node.version.starts_with("tollgate ") && !node.name.is_empty());
+
+    // Traffic: allowed (with a traceparent), denied by L7 rules, refused at the connection.
+    let portal = &setup.pods["portal"];
+    let traceparent = "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let entries = format!("http://{LEDGER}:8080/books/v2/entries");
+    assert_eq!(curl_with(portal, &["-H", traceparent, &entries]), 200);
+    assert_eq!(curl(portal, "DELETE", "/books/v2/entries"), 403);
+    assert_ne!(
+        curl(&setup.pods["reporter"], "GET", "/books/v2/entries"),
+        200
+    );
+    let all = wait_flows(&setup, 7);
+    assert_eq!(all.len(), 7, "{all:#?}");
+    let event = |f: &Flow| f.event_type.as_ref().unwrap().r#type;
+    assert_eq!(
+        all.iter().map(event).collect::<Vec<_>>(),
+        [5, 129, 129, 5, 129, 5, 1],
+        "{all:#?}"
+    );
+    let (pv, req, resp) = (&all[0], &all[1], &all[2]);
+    assert_eq!(pv.verdict, Verdict::Forwarded as i32);
+    let by = &pv.ingress_allowed_by;
+    assert_eq!(by.len(), 1, "{pv:#?}");
+    assert_eq!(
+        (
+            by[0].name.as_str(),
+            by[0].namespace.as_str(),
+            by[0].kind.as_str(),
+            by[0].revision
+        ),
+        ("ledger-http", "billing", "CiliumNetworkPolicy", 1)
+    );
+    assert_eq!(req.summary, format!("HTTP/1.1 GET {entries}"));
+    assert_eq!(req.is_reply, Some(false));
+    assert_eq!(req.l7.as_ref().unwrap().r#type, L7FlowType::Request as i32);
+    assert_eq!(
+        req.trace_context
+            .as_ref()
+            .unwrap()
+            .parent
+            .as_ref()
+            .unwrap()
+            .trace_id,
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+    assert!(
+        req.node_labels
+            .iter()
+            .any(|l| l.starts_with("kubernetes.io/hostname="))
+    );
+    assert_eq!(resp.is_reply, Some(true));
+    assert_eq!(
+        resp.l7.as_ref().unwrap().r#type,
+        L7FlowType::Response as i32
+    );
+    assert!(
+        resp.summary.starts_with("HTTP/1.1 200 ")
+            && resp.summary.ends_with(&format!("ms (GET {entries})")),
+        "{}",
+        resp.summary
+    );
+    assert_eq!(resp.source.as_ref().unwrap().pod_name, "ledger");
+    let denied_pv = &all[3];
+    assert_eq!(denied_pv.verdict, Verdict::Dropped as i32);
+    assert_eq!(denied_pv.drop_reason, 133);
+    assert_eq!(denied_pv.ingress_denied_by.len(), 1, "{denied_pv:#?}");
+    assert_eq!(denied_pv.ingress_denied_by[0].name, "ledger-http");
+    assert_eq!(all[4].summary, format!("HTTP/1.1 DELETE {entries}"));
+    // Default deny names no policy, as in Cilium.
+    assert!(all[5].ingress_denied_by.is_empty() && all[6].r#type == 1);
+
+    // `hubble observe --type policy-verdict`, replies only, and a field mask.
+    let pvs = setup.get_flows(GetFlowsRequest {
+        whitelist: vec![FlowFilter {
+            event_type: vec![EventTypeFilter {
+                r#type: POLICY_VERDICT,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    assert_eq!(pvs.len(), 3);
+    let replies = setup.get_flows(GetFlowsRequest {
+        whitelist: vec![FlowFilter {
+            reply: vec![true],
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    assert_eq!(
+        replies.iter().map(|f| &f.uuid).collect::<Vec<_>>(),
+        [&resp.uuid]
+    );
+    let masked = setup.get_flows(GetFlowsRequest {
+        experimental: Some(Experimental {
+            field_mask: Some(prost_types::FieldMask {
+                paths: s(&["time", "verdict", "l7.http.url"]),
+            }),
+        }),
+        ..Default::default()
+    });
+    assert_eq!(masked.len(), 7);
+    assert_eq!(masked[1].time, req.time);
+    assert!(
+        masked[1].source.is_none() && masked[1].summary.is_empty() && masked[1].uuid.is_empty()
+    );
+    assert_eq!(http(&masked[1]).1, entries);
+
+    // first / since / until.
+    let first = setup.get_flows(GetFlowsRequest {
+        number: 2,
+        first: true,
+        ..Default::default()
+    });
+    assert_eq!(
+        first.iter().map(|f| &f.uuid).collect::<Vec<_>>(),
+        [&pv.uuid, &req.uuid]
+    );
+    let window = setup.get_flows(GetFlowsRequest {
+        since: all[3].time,
+        until: all[4].time,
+        ..Default::default()
+    });
+    assert_eq!(
+        window.iter().map(|f| &f.uuid).collect::<Vec<_>>(),
+        [&all[3].uuid, &all[4].uuid]
+    );
+
+    // Agent events: the start and the loaded policy, then an endpoint added by a live update.
+    let (history, update) = setup.in_node(|| {
+        rt().block_on(async {
+            let mut c = ObserverClient::connect(url.clone()).await.unwrap();
+            let mut history = Vec::new();
+            let mut s = c.get_agent_events(GetAgentEventsRequest::default()).await.unwrap().into_inner();
+            while let Some(e) = s.message().await.unwrap() {
+                history.push(e.agent_event.unwrap());
+            }
+            let mut live = c
+                .get_agent_events(GetAgentEventsRequest {
+                    follow: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let eps = fs::read_to_string(setup.dir.path().join("endpoints.yaml")).unwrap();
+            let added = eps.replacen(
+                "endpoints:\n",
+                "endpoints:\n- {name: auditor, namespace: billing, labels: {app: auditor}, ip: 10.0.21.30}\n",
+                1,
+            );
+            assert_ne!(added, eps, "endpoints.yaml starts with `endpoints:`: {eps}");
+            setup.dir.write("endpoints.yaml", &added).unwrap();
+            let mut update = Vec::new();
+            while update.len() < 2 {
+                let e = tokio::time::timeout(Duration::from_secs(10), live.message())
+                    .await
+                    .expect("no agent event within 10s of the endpoints update")
+                    .unwrap()
+                    .expect("stream ended");
+                update.push(e.agent_event.unwrap());
+            }
+            (history, update)
+        })
+    });
+    let types =
+        |v: &[tollgate::hubble::flow::AgentEvent]| v.iter().map(|e| e.r#type).collect::<Vec<_>>();
+    assert_eq!(
+        types(&history),
+        [
+            AgentEventType::AgentStarted as i32,
+            AgentEventType::PolicyUpdated as i32
+        ]
+    );
+    assert_eq!(
+        types(&update),
+        [
+            AgentEventType::EndpointCreated as i32,
+            AgentEventType::PolicyUpdated as i32
+        ],
+        "{update:#?}"
+    );
+    let Some(agent_event::Notification::EndpointUpdate(ep)) = &update[0].notification else {
+        panic!("{update:#?}");
+    };
+    assert_eq!(
+        (ep.namespace.as_str(), ep.pod_name.as_str()),
+        ("billing", "auditor")
+    );
+    let Some(agent_event::Notification::PolicyUpdate(p)) = &update[1].notification else {
+        panic!("{update:#?}");
+    };
+    assert_eq!(p.revision, 2);
     setup.proxy.assert_running().unwrap();
 }
