@@ -747,4 +747,10 @@ fn announced_frames_cannot_exhaust_memory() {
             .all(|l| l.contains("--kafka-frame-timeout-secs")),
         "{reasons:#?}"
     );
+    // 64 MiB announced against a 24 MiB budget: some frames were held back by the budget, not by their senders.
+    assert!(
+        reasons.iter().any(|l| l
+            .contains("waiting for room in the in-flight budget (--kafka-inflight-budget-bytes)")),
+        "{reasons:#?}"
+    );
 }

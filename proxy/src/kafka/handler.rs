@@ -712,9 +712,9 @@ mod tests {
             heads.lock().unwrap().push((h.clone(), size));
             Ok(())
         };
-        let r = rules(&budget, 400, &record_head);
+        let r = rules(&budget, 2000, &record_head);
         let (result, held_midway) = tokio::join!(read_request(&mut server, &r), async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             budget.total() - budget.available()
         });
         // Budget (and buffer) grow with what arrived: at most double, never the announced 8 MiB.
@@ -806,16 +806,16 @@ mod tests {
         // 300 KiB for frame bodies: one 290 KiB frame fits, a second must wait for it.
         let budget = FrameBudget::new(400 * 1024);
         let frame = produce_frame(290 * 1024);
-        let read_one = |budget| {
+        let read_one = |budget, timeout_ms| {
             let frame = frame.clone();
             async move {
                 let (mut client, mut server) = tokio::io::duplex(1 << 20);
                 client.write_all(&frame).await.unwrap();
-                read_request(&mut server, &rules(budget, 300, &allow)).await
+                read_request(&mut server, &rules(budget, timeout_ms, &allow)).await
             }
         };
-        let first = read_one(&budget).await.unwrap().expect("a frame");
-        let err = read_one(&budget).await.unwrap_err();
+        let first = read_one(&budget, 10_000).await.unwrap().expect("a frame");
+        let err = read_one(&budget, 300).await.unwrap_err();
         assert!(
             err.to_string().contains(
                 "waiting for room in the in-flight budget (--kafka-inflight-budget-bytes)"
@@ -823,7 +823,7 @@ mod tests {
             "{err}"
         );
         drop(first);
-        assert!(read_one(&budget).await.unwrap().is_some());
+        assert!(read_one(&budget, 10_000).await.unwrap().is_some());
         assert_eq!(budget.available(), budget.total());
     }
 }
