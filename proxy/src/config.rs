@@ -154,9 +154,20 @@ pub struct RunArgs {
     /// HTTP/2 max concurrent streams per connection.
     #[arg(long, default_value_t = Limits::default().h2_max_concurrent_streams)]
     pub h2_max_concurrent_streams: u32,
-    /// Largest Kafka frame in bytes; a bigger request or response closes that connection.
+    /// Largest Kafka request frame in bytes; a bigger one closes that connection (raise it with clients'
+    /// `max.request.size` / `message.max.bytes`).
     #[arg(long, default_value_t = Limits::default().kafka_max_frame)]
     pub kafka_max_frame_bytes: usize,
+    /// Largest Kafka response frame in bytes (Fetch responses up to consumers' `fetch.max.bytes`).
+    #[arg(long, default_value_t = Limits::default().kafka_max_response)]
+    pub kafka_max_response_bytes: usize,
+    /// Bytes of Kafka request frames being received, all connections together; three quarters of it are for
+    /// the parts of frames beyond their first 64 KiB, so it must be at least 4/3 of --kafka-max-frame-bytes.
+    #[arg(long, default_value_t = Limits::default().kafka_inflight_budget)]
+    pub kafka_inflight_budget_bytes: usize,
+    /// Seconds a Kafka request frame has from its first byte to its last, waiting for budget included.
+    #[arg(long, default_value_t = Limits::default().kafka_frame_timeout.as_secs_f64())]
+    pub kafka_frame_timeout_secs: f64,
     #[command(flatten)]
     pub dns: crate::dns::DnsArgs,
     /// Kubernetes mode: policies and endpoints from the API server instead of --policy/--endpoints.
@@ -171,6 +182,15 @@ fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
         .map_err(|e| anyhow::anyhow!("--{name} {v}: {e}; give a non-negative number of seconds"))
 }
 
+/// The smallest budget whose share for frame bodies holds `body` bytes.
+fn least_kafka_budget(body: usize) -> usize {
+    let mut budget = body + body / 3;
+    while crate::kafka::budget::FrameBudget::bulk_share(budget) < body {
+        budget += 1;
+    }
+    budget
+}
+
 impl RunArgs {
     pub fn limits(&self) -> anyhow::Result<Limits> {
         anyhow::ensure!(
@@ -178,6 +198,7 @@ impl RunArgs {
             "--max-connections must be at least 1"
         );
         anyhow::ensure!(self.max_headers > 0, "--max-headers must be at least 1");
+        self.check_kafka_budget()?;
         Ok(Limits {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
@@ -191,8 +212,27 @@ impl RunArgs {
             h2_max_concurrent_streams: self.h2_max_concurrent_streams,
             drain: secs("drain-secs", self.drain_secs)?,
             kafka_max_frame: self.kafka_max_frame_bytes,
+            kafka_max_response: self.kafka_max_response_bytes,
+            kafka_inflight_budget: self.kafka_inflight_budget_bytes,
+            kafka_frame_timeout: secs("kafka-frame-timeout-secs", self.kafka_frame_timeout_secs)?,
             ..Limits::default()
         })
+    }
+
+    /// The largest frame must fit in the budget's share for frame bodies, or it could never complete.
+    fn check_kafka_budget(&self) -> anyhow::Result<()> {
+        use crate::kafka::budget::{FrameBudget, HEAD_BYTES};
+        let bodies = FrameBudget::bulk_share(self.kafka_inflight_budget_bytes);
+        let largest = (self.kafka_max_frame_bytes + 4).saturating_sub(HEAD_BYTES);
+        anyhow::ensure!(
+            largest <= bodies,
+            "--kafka-inflight-budget-bytes {} leaves {bodies} bytes for frame bodies, too few for a frame of \
+             --kafka-max-frame-bytes {}: give a budget of at least {}",
+            self.kafka_inflight_budget_bytes,
+            self.kafka_max_frame_bytes,
+            least_kafka_budget(largest)
+        );
+        Ok(())
     }
 
     pub fn flow_sink(&self) -> FlowSink {
@@ -216,5 +256,47 @@ mod tests {
         assert_eq!(parse_mark("0xb00"), Ok(0xb00));
         assert_eq!(parse_mark("2816"), Ok(0xb00));
         assert!(parse_mark("zz").unwrap_err().contains("not a mark"));
+    }
+
+    fn run_args(flags: &[&str]) -> RunArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let base = ["tollgate", "--policy", "p.yaml", "--endpoints", "e.yaml"];
+        <Cli as clap::Parser>::try_parse_from(base.iter().chain(flags))
+            .unwrap()
+            .run
+    }
+
+    #[test]
+    fn the_kafka_budget_must_hold_the_largest_frame() {
+        let limits = run_args(&[]).limits().unwrap();
+        assert_eq!(limits.kafka_max_frame, 8 << 20);
+        assert_eq!(limits.kafka_inflight_budget, 24 << 20);
+        assert_eq!(limits.kafka_frame_timeout, Duration::from_secs(30));
+        let err = run_args(&["--kafka-max-frame-bytes", "33554432"])
+            .limits()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--kafka-inflight-budget-bytes 25165824 leaves 18874368 bytes")
+                && err.contains("at least"),
+            "{err}"
+        );
+        // The budget the message asks for is enough, and one byte less is not.
+        let least: usize = err.rsplit(' ').next().unwrap().parse().unwrap();
+        let with = |b: usize| {
+            run_args(&[
+                "--kafka-max-frame-bytes",
+                "33554432",
+                "--kafka-inflight-budget-bytes",
+                &b.to_string(),
+            ])
+            .limits()
+        };
+        assert!(with(least).is_ok());
+        assert!(with(least - 1).is_err());
     }
 }

@@ -35,9 +35,17 @@ pub struct Limits {
     pub drain: Duration,
     /// How long in-flight requests get to finish once connections are asked to close.
     pub shutdown_grace: Duration,
-    /// Largest Kafka request or response frame (brokers' `socket.request.max.bytes` default: 100 MiB); a bigger
-    /// one closes the connection with a flow record.
+    /// Largest Kafka request frame (8 MiB: 8 times what clients send by default); a bigger one closes the
+    /// connection with a flow record before any of it is buffered.
     pub kafka_max_frame: usize,
+    /// Largest Kafka response frame (100 MiB, brokers' `socket.request.max.bytes`: Fetch responses are streamed).
+    pub kafka_max_response: usize,
+    /// Bytes of Kafka request frames being received, all connections together (`kafka::budget`); a frame waits
+    /// for room within its deadline.
+    pub kafka_inflight_budget: usize,
+    /// Time from a Kafka request frame's first byte to its last (budget waits included); past it the connection
+    /// is closed with a DROPPED record, so a frame announced and never finished holds nothing for long.
+    pub kafka_frame_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -55,6 +63,11 @@ impl Default for Limits {
             drain: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             kafka_max_frame: crate::kafka::request::DEFAULT_MAX_FRAME,
+            kafka_max_response: crate::kafka::request::DEFAULT_MAX_RESPONSE,
+            // Three frames at the 8 MiB limit, or 18 MiB of frame bodies (`kafka::budget`) and 6 MiB kept for
+            // small requests; RSS stays well under 64 MiB whatever the clients announce.
+            kafka_inflight_budget: 24 * 1024 * 1024,
+            kafka_frame_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -101,6 +101,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         original_dst,
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
+        kafka_budget: Arc::new(crate::kafka::budget::FrameBudget::new(
+            limits.kafka_inflight_budget,
+        )),
         mesh: mesh.clone(),
         draining: CancellationToken::new(),
     });
@@ -129,6 +132,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             original_dst: Box::new(Tproxy { listen: addr }),
             connections: proxy.connections.clone(),
             kafka_topics: proxy.kafka_topics.clone(),
+            kafka_budget: proxy.kafka_budget.clone(),
             mesh: mesh.clone(),
             draining: proxy.draining.clone(),
         });

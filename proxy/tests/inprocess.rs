@@ -157,6 +157,9 @@ async fn start_with(limits: Limits) -> Harness {
         }),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
+        kafka_budget: Arc::new(tollgate::kafka::budget::FrameBudget::new(
+            limits.kafka_inflight_budget,
+        )),
         draining: Default::default(),
         mesh: None,
     });

@@ -68,6 +68,11 @@ fn rdkafka_dir() -> TempDir {
 }
 
 fn node() -> KafkaNode {
+    node_with(&[])
+}
+
+/// A node whose proxy gets `flags` on top of the scenario's redirect flags.
+fn node_with(flags: &[&str]) -> KafkaNode {
     require_root();
     require_tool("kcat");
     let tansu = tansu();
@@ -113,7 +118,9 @@ fn node() -> KafkaNode {
             .expect("tansu topic create");
         assert!(o.status.success(), "creating {topic}: {}", text(&o));
     }
-    scenario.start_proxy().expect("tollgate");
+    let mut args = scenario.ebpf_args();
+    args.extend(flags.iter().map(|f| f.to_string()));
+    scenario.start_proxy_with(&args).expect("tollgate");
     KafkaNode {
         scenario,
         _broker: broker,
@@ -488,13 +495,15 @@ print(json.dumps(out))
         "{out}"
     );
     // The flow log is written asynchronously: wait until the fourth refusal is there.
+    let refusal =
+        |f: &Value| f["drop_reason"] == "INVALID_REQUEST" || f["drop_reason"] == "LIMIT_EXCEEDED";
     for _ in 0..200 {
         let refused = n
             .scenario
             .flows()
             .into_iter()
             .skip(before)
-            .filter(|f| f["drop_reason"] == "INVALID_REQUEST")
+            .filter(refusal)
             .count();
         if refused >= 4 {
             break;
@@ -506,11 +515,11 @@ print(json.dumps(out))
         .flows()
         .into_iter()
         .skip(before)
-        .filter(|f| f["protocol"] == "Kafka" && f["drop_reason"] == "INVALID_REQUEST")
-        .map(|f| f["policy"].as_str().unwrap().to_string())
+        .filter(|f| f["protocol"] == "Kafka" && refusal(f))
+        .map(|f| format!("{} {}", f["drop_reason"], f["policy"]))
         .collect();
     for want in [
-        "exceeds the 104857600-byte limit",
+        "\"LIMIT_EXCEEDED\" \"Kafka connection closed: request: frame of 200000000 bytes exceeds the 8388608-byte limit",
         "unknown API key 32512",
         "version 99 is outside",
         "malformed Produce v9",
@@ -521,4 +530,227 @@ print(json.dumps(out))
         );
     }
     n.scenario.assert_proxy_running().expect("proxy alive");
+}
+
+/// The default largest Kafka request frame (`--kafka-max-frame-bytes`).
+const MAX_FRAME: usize = 8 * 1024 * 1024;
+/// The frame deadline the memory test gives the proxy: long enough for kcat to produce while the attack holds.
+const FRAME_TIMEOUT_SECS: u64 = 12;
+
+/// Eight connections each announce a frame at the limit and send all of it but 4 KiB, a ninth announces one byte
+/// more than the limit and sends as much, a tenth sends a large Fetch the writer may not send at all. Prints `ATTACKING <time>`
+/// once the senders have stalled or finished, then one JSON line when every connection was closed.
+const MEMORY_ATTACK: &str = r#"
+import socket, struct, sys, json, threading, time
+host, port = sys.argv[1].split(":"); port = int(port)
+limit = int(sys.argv[2])
+def header(key, ver, corr):
+    return struct.pack(">hhih", key, ver, corr, 2) + b"w1"
+def produce_v3_head(corr, size):
+    t = b"events"
+    head = header(0, 3, corr) + struct.pack(">hhi", -1, 1, 5000) + struct.pack(">i", 1) + struct.pack(">h", len(t)) + t
+    head += struct.pack(">i", 1) + struct.pack(">i", 0)
+    return head + struct.pack(">i", size - len(head) - 4)
+def wait_closed(s):
+    try:
+        while s.recv(65536):
+            pass
+    except OSError:
+        pass
+    return time.time()
+progress = [0] * 8
+results = [None] * 8
+def attack(i):
+    s = socket.create_connection((host, port), timeout=120)
+    started = time.time()
+    head = produce_v3_head(100 + i, limit)
+    s.sendall(struct.pack(">i", limit) + head)
+    target = limit - len(head) - 4096
+    chunk = b"\0" * 65536
+    closed = None
+    try:
+        while progress[i] < target:
+            n = min(len(chunk), target - progress[i])
+            s.sendall(chunk[:n])
+            progress[i] += n
+    except OSError:
+        closed = time.time()
+    if closed is None:
+        closed = wait_closed(s)
+    results[i] = {"started": started, "sent": progress[i], "closed": closed}
+threads = [threading.Thread(target=attack, args=(i,)) for i in range(8)]
+for t in threads:
+    t.start()
+last, still = -1, 0
+for _ in range(240):
+    time.sleep(0.25)
+    total = sum(progress)
+    still = still + 1 if total == last else 0
+    last = total
+    if still >= 4 or all(r is not None for r in results):
+        break
+print("ATTACKING", time.time(), sum(progress), flush=True)
+out = {}
+s = socket.create_connection((host, port), timeout=30)
+t0 = time.time()
+try:
+    s.sendall(struct.pack(">i", limit + 1) + produce_v3_head(9, limit + 1) + b"\0" * (limit - 65536))
+except OSError:
+    pass
+out["oversized_closed_after"] = wait_closed(s) - t0
+s = socket.create_connection((host, port), timeout=30)
+s.sendall(struct.pack(">i", limit) + header(1, 12, 10) + b"\0" * 65536)
+t0 = time.time(); out["denied_header_closed_after"] = wait_closed(s) - t0
+for t in threads:
+    t.join(120)
+out["attackers"] = results
+print(json.dumps(out), flush=True)
+"#;
+
+/// The PID of the scenario's running proxy: the process whose command line names this scenario's flow log.
+fn proxy_pid(n: &KafkaNode) -> u32 {
+    let flow_log = n.scenario.flow_path().display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.get(1).is_some_and(|a| *a == b"run") && args.contains(&flow_log.as_bytes())
+        })
+        .expect("the proxy process (its command line names the scenario's flow log)")
+}
+
+/// A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Issue 22 item 4: connections announcing large frames and never finishing them cannot take the daemon's memory
+/// (<= 64 MiB of RSS growth for eight of them at the limit), a legitimate produce works meanwhile, an oversized
+/// frame and a large request the header already denies are refused at once, and the stalled frames are closed
+/// at the frame deadline with DROPPED records naming it.
+#[test]
+fn announced_frames_cannot_exhaust_memory() {
+    use std::io::BufRead;
+    let timeout = FRAME_TIMEOUT_SECS.to_string();
+    let n = node_with(&["--kafka-frame-timeout-secs", &timeout]);
+    let pid = proxy_pid(&n);
+    // One request first, so the connection machinery's first allocations are in the baseline.
+    probe(&n, WRITER, "apiversions", 3, "w1", &[]);
+    // "5" resets the peak RSS (VmHWM) to the current RSS (proc(5), clear_refs).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
+    let rss_before = status_kib(pid, "VmRSS");
+    let flows_before = n.scenario.flows().len();
+    let mut attack = ChildGuard::spawn(
+        n.scenario
+            .pod(WRITER)
+            .command("python3")
+            .args(["-c", MEMORY_ATTACK, BROKER, &MAX_FRAME.to_string()])
+            .stdout(std::process::Stdio::piped()),
+    )
+    .expect("attack script");
+    let mut lines = std::io::BufReader::new(attack.child_mut().stdout.take().unwrap()).lines();
+    let attacking = lines
+        .next()
+        .and_then(|l| l.ok())
+        .filter(|l| l.starts_with("ATTACKING"))
+        .unwrap_or_else(|| panic!("the attack did not start:\n{}", n.scenario.proxy_log()));
+    let hwm_attacking = status_kib(pid, "VmHWM");
+    // A legitimate produce while the attackers hold their frames.
+    let produced = {
+        let mut cmd = n.scenario.pod(WRITER).command("sh");
+        cmd.env("LD_LIBRARY_PATH", n.rdkafka_dir.path()).args([
+            "-c",
+            &format!(
+                "echo during-attack | kcat -b {BROKER} -X client.id=w1 -P -t events -m 10 && echo sent"
+            ),
+        ]);
+        text(&cmd.output().expect("kcat -P"))
+    };
+    let produced_at = unix_now();
+    let report = lines
+        .next()
+        .and_then(|l| l.ok())
+        .unwrap_or_else(|| panic!("the attack printed no result:\n{}", n.scenario.proxy_log()));
+    let _ = attack.child_mut().wait();
+    let hwm = status_kib(pid, "VmHWM");
+    let growth_mib = (hwm.saturating_sub(rss_before)) as f64 / 1024.0;
+    eprintln!(
+        "RSS before {rss_before} KiB, peak while attacking {hwm_attacking} KiB, peak overall {hwm} KiB: growth \
+         {growth_mib:.1} MiB ({attacking})"
+    );
+    assert!(
+        growth_mib <= 64.0,
+        "RSS grew by {growth_mib:.1} MiB under the attack"
+    );
+    assert!(
+        produced.contains("sent"),
+        "kcat produce during the attack: {produced}"
+    );
+    let r: Value = serde_json::from_str(&report).unwrap_or_else(|e| panic!("{report}: {e}"));
+    for key in ["oversized_closed_after", "denied_header_closed_after"] {
+        let after = r[key].as_f64().unwrap();
+        assert!(after < 5.0, "{key}: {after} s: {r}");
+    }
+    for a in r["attackers"].as_array().unwrap() {
+        let held = a["closed"].as_f64().unwrap() - a["started"].as_f64().unwrap();
+        // Closed by the frame deadline, not the 300 s idle timeout.
+        assert!(
+            held >= FRAME_TIMEOUT_SECS as f64 - 1.0 && held < FRAME_TIMEOUT_SECS as f64 + 20.0,
+            "attacker held {held:.1} s: {r}"
+        );
+        assert!(
+            a["closed"].as_f64().unwrap() > produced_at,
+            "the attack was still on when kcat produced: {r}"
+        );
+    }
+    let refusals = |fs: &[Value]| -> Vec<String> {
+        fs.iter()
+            .skip(flows_before)
+            .filter(|f| f["protocol"] == "Kafka" && f["verdict"] == "DROPPED")
+            .map(|f| format!("{} {}", f["drop_reason"], f["policy"]))
+            .collect()
+    };
+    let wants = [
+        "\"LIMIT_EXCEEDED\" \"Kafka connection closed: request: frame of 8388608 bytes not complete",
+        "exceeds the 8388608-byte limit (--kafka-max-frame-bytes)",
+        "\"POLICY_DENIED\" \"Kafka connection closed: request: Fetch v12 request of 8388608 bytes denied from its header",
+    ];
+    let complete = |fs: &[Value]| {
+        let r = refusals(fs);
+        r.iter().filter(|l| l.contains(wants[0])).count() >= 8
+            && wants[1..].iter().all(|w| r.iter().any(|l| l.contains(w)))
+    };
+    let flows = kafka_flows(&n, complete);
+    let reasons = refusals(&flows);
+    assert!(
+        complete(&flows),
+        "8 deadline records, an oversized one and a header-denied one: {reasons:#?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .filter(|l| l.contains(wants[0]))
+            .all(|l| l.contains("--kafka-frame-timeout-secs")),
+        "{reasons:#?}"
+    );
+    // 64 MiB announced against a 24 MiB budget: some frames were held back by the budget, not by their senders.
+    assert!(
+        reasons.iter().any(|l| l
+            .contains("waiting for room in the in-flight budget (--kafka-inflight-budget-bytes)")),
+        "{reasons:#?}"
+    );
 }

@@ -1,7 +1,8 @@
 //! Fuzzes the Kafka request path (`proxy/src/kafka/request.rs` and `response.rs`, compiled in directly): arbitrary
-//! bytes as a request frame (length check, header and body decoding, topic extraction) and, for every frame that
-//! decodes, the local error responses the proxy would send, which must parse back as a response of the same key
-//! and version with the same correlation id. The same bytes also go through the Metadata response filter. Must
+//! bytes as a request frame (length check, the header decoded ahead of the body, which must agree with the whole
+//! frame's decoding, header and body decoding, topic extraction) and, for every frame that decodes, the local error
+//! responses the proxy would send, which must parse back as a response of the same key and version with the same
+//! correlation id. The same bytes also go through the Metadata response filter. Must
 //! never panic.
 #![no_main]
 
@@ -22,7 +23,14 @@ fuzz_target!(|data: &[u8]| {
         let _ = request::frame_len(data[..4].try_into().unwrap(), request::DEFAULT_MAX_FRAME);
     }
     let frame = Bytes::copy_from_slice(data);
+    // The header decoded ahead of the body must agree with the whole frame's decoding.
+    let head = request::decode_head(data);
     if let Ok(req) = request::decode(frame.clone()) {
+        let head = head.expect("a frame that decodes has a header that decodes");
+        assert_eq!(
+            (head.api_key, head.api_version, head.correlation_id, head.client_id.as_deref()),
+            (req.api_key, req.api_version, req.correlation_id, req.client_id.as_deref())
+        );
         for code in [29, 100] {
             match response::error_frame(&req, code) {
                 Ok(out) => {

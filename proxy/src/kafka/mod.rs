@@ -6,8 +6,10 @@
 //! - `response`: the local error responses (29 TOPIC_AUTHORIZATION_FAILED on every topic/partition, or the API's
 //!   closest authorization error) and the Metadata response filter.
 //! - `topic_ids`: topic ids learned from Metadata responses, for requests that name topics by id.
+//! - `budget`: the process-wide memory budget for request frames being received.
 //! - `handler`: the connection loop that carries decisions out, keeping responses in request order.
 
+pub mod budget;
 pub mod handler;
 pub mod policy;
 pub mod request;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use crate::policy_adapter::KafkaRequest as PolicyRequest;
 use kafka_protocol::messages::ApiKey;
 
-use super::request::{KafkaRequest, TopicRef};
+use super::request::{HeadView, KafkaRequest, TopicRef};
 use super::response::code;
 use super::topic_ids::{IdLookup, TopicIds};
 use crate::decision::{self, Downstream, drop_reason_of};
@@ -98,7 +98,7 @@ pub fn decide(
     snap: &PolicySnapshot,
     client: &Downstream,
     dst: SocketAddr,
-    req: &KafkaRequest,
+    req: HeadView<'_>,
     policy_topics: &[String],
     unknown_id: UnknownIds,
 ) -> KafkaDecision {
@@ -136,7 +136,7 @@ pub fn decide(
                 &PolicyRequest {
                     api_key: req.api_key as i16,
                     api_version: req.api_version,
-                    client_id: req.client_id.as_deref(),
+                    client_id: req.client_id,
                     topics: &names,
                 },
             );
@@ -187,6 +187,19 @@ pub fn decide(
             error_code: code::TOPIC_AUTHORIZATION_FAILED,
         },
     }
+}
+
+/// The decision from a request's header alone, before its body (and the topics in it) has arrived: `Deny` only
+/// when the request is denied whatever topics it names (the connection is no longer allowed, or no rule matches
+/// its API key, version and client id), since a request naming no topic needs just one rule matching its header
+/// and a request naming topics needs one per topic. `Forward` means "decide again once the body is read".
+pub fn decide_head(
+    snap: &PolicySnapshot,
+    client: &Downstream,
+    dst: SocketAddr,
+    head: HeadView<'_>,
+) -> KafkaDecision {
+    decide(snap, client, dst, head, &[], UnknownIds::None)
 }
 
 /// Whether a topic in a Metadata response stays visible to this client: a Metadata request naming only it would
@@ -304,6 +317,7 @@ mod tests {
         let ids = TopicIds::default();
         let cases = v["cases"].as_sequence().unwrap();
         assert!(cases.len() >= 10, "kafka-events has {} cases", cases.len());
+        let mut head_denied = 0;
         for case in cases {
             let k = &case["kafka"];
             let key = api_key(k["api_key"].as_str().unwrap());
@@ -329,11 +343,17 @@ mod tests {
                 &snap,
                 &Downstream::plain(client),
                 dst,
-                &req,
+                req.view(),
                 &policy_topics,
                 unknown,
             );
             let want_allow = case["expect"].as_str() == Some("allow");
+            // The header decision only refuses what the whole request would be refused for.
+            let head = decide_head(&snap, &Downstream::plain(client), dst, req.view());
+            if matches!(head, KafkaDecision::Deny { .. }) {
+                assert!(!want_allow, "{case:?}: denied from the header");
+                head_denied += 1;
+            }
             match d {
                 KafkaDecision::Forward { .. } => assert!(want_allow, "{case:?}: forwarded"),
                 KafkaDecision::Deny { error_code, .. } => {
@@ -343,6 +363,8 @@ mod tests {
                 }
             }
         }
+        // Fetch from the writer and Produce from the reader: no rule matches their API key at all.
+        assert_eq!(head_denied, 2);
     }
 
     #[test]
@@ -377,7 +399,7 @@ mod tests {
                     &snap,
                     &Downstream::plain(producer),
                     kafka,
-                    &req,
+                    req.view(),
                     &t,
                     unknown,
                 ),

@@ -8,8 +8,14 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
 use kafka_protocol::protocol::Decodable;
 use thiserror::Error;
 
-/// Brokers' default `socket.request.max.bytes`.
-pub const DEFAULT_MAX_FRAME: usize = 100 * 1024 * 1024;
+/// The default largest request frame: 8 times what clients send by default (the Java producer's `max.request.size`
+/// is 1 MiB, librdkafka's `message.max.bytes` 1,000,000, and brokers refuse record batches over their 1 MiB
+/// `message.max.bytes`), far below brokers' 100 MiB `socket.request.max.bytes`, which no client comes near.
+pub const DEFAULT_MAX_FRAME: usize = 8 * 1024 * 1024;
+
+/// The default largest response frame: Fetch responses reach consumers' `fetch.max.bytes` (50 MiB in both
+/// clients) and are streamed through, not buffered, so this stays at brokers' 100 MiB.
+pub const DEFAULT_MAX_RESPONSE: usize = 100 * 1024 * 1024;
 
 /// A topic as a request names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -34,10 +40,47 @@ pub struct KafkaRequest {
     pub body: RequestKind,
 }
 
+/// A request header: what the policy needs before the body (the topics) has arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<String>,
+}
+
+/// The header fields a decision reads, borrowed from a `RequestHead` or a decoded `KafkaRequest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadView<'a> {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub client_id: Option<&'a str>,
+}
+
+impl RequestHead {
+    pub fn view(&self) -> HeadView<'_> {
+        HeadView {
+            api_key: self.api_key,
+            api_version: self.api_version,
+            client_id: self.client_id.as_deref(),
+        }
+    }
+}
+
+impl KafkaRequest {
+    pub fn view(&self) -> HeadView<'_> {
+        HeadView {
+            api_key: self.api_key,
+            api_version: self.api_version,
+            client_id: self.client_id.as_deref(),
+        }
+    }
+}
+
 /// Why a frame cannot be handled: the connection is closed with a flow record naming this.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum FrameError {
-    #[error("frame of {size} bytes exceeds the {limit}-byte limit")]
+    #[error("frame of {size} bytes exceeds the {limit}-byte limit (--kafka-max-frame-bytes)")]
     TooLarge { size: usize, limit: usize },
     #[error("frame length {0} is negative")]
     NegativeLength(i32),
@@ -69,8 +112,22 @@ pub fn frame_len(prefix: [u8; 4], limit: usize) -> Result<usize, FrameError> {
     Ok(size)
 }
 
-/// Decodes one request frame (without its length prefix).
-pub fn decode(frame: Bytes) -> Result<KafkaRequest, FrameError> {
+/// Decodes the header at the start of a request frame (without its length prefix) from the first bytes of the
+/// frame: an API key or version this codec cannot read is refused here, before any of the body has to arrive.
+/// `frame` may end anywhere after the header; a header it does not hold whole is `Malformed`.
+pub fn decode_head(frame: &[u8]) -> Result<RequestHead, FrameError> {
+    let (api_key, version) = api_key_and_version(frame)?;
+    let mut buf = Bytes::copy_from_slice(frame);
+    let header = decode_header(&mut buf, api_key, version)?;
+    Ok(RequestHead {
+        api_key,
+        api_version: version,
+        correlation_id: header.correlation_id,
+        client_id: header.client_id.map(|c| c.to_string()),
+    })
+}
+
+fn api_key_and_version(frame: &[u8]) -> Result<(ApiKey, i16), FrameError> {
     if frame.len() < 8 {
         return Err(FrameError::Truncated(frame.len()));
     }
@@ -86,14 +143,27 @@ pub fn decode(frame: Bytes) -> Result<KafkaRequest, FrameError> {
             max: range.max,
         });
     }
+    Ok((api_key, version))
+}
+
+fn decode_header(
+    buf: &mut Bytes,
+    api_key: ApiKey,
+    version: i16,
+) -> Result<RequestHeader, FrameError> {
+    RequestHeader::decode(buf, api_key.request_header_version(version)).map_err(|e| {
+        FrameError::Malformed {
+            what: format!("{api_key:?} v{version} request header"),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Decodes one request frame (without its length prefix).
+pub fn decode(frame: Bytes) -> Result<KafkaRequest, FrameError> {
+    let (api_key, version) = api_key_and_version(&frame)?;
     let mut buf = frame;
-    let header =
-        RequestHeader::decode(&mut buf, api_key.request_header_version(version)).map_err(|e| {
-            FrameError::Malformed {
-                what: format!("{api_key:?} v{version} request header"),
-                reason: e.to_string(),
-            }
-        })?;
+    let header = decode_header(&mut buf, api_key, version)?;
     let body =
         RequestKind::decode(api_key, &mut buf, version).map_err(|e| FrameError::Malformed {
             what: format!("{api_key:?} v{version} request body"),
@@ -457,6 +527,42 @@ mod tests {
             assert!(req.topics.is_empty());
             assert_eq!(req.api_key, ApiKey::ApiVersions);
         }
+    }
+
+    #[test]
+    fn the_header_decodes_from_the_first_bytes_of_a_frame() {
+        let t = TopicProduceData::default().with_name(name("orders"));
+        let body = RequestKind::Produce(ProduceRequest::default().with_topic_data(vec![t]));
+        for v in [3, 9] {
+            let whole = frame(ApiKey::Produce, v, &body);
+            // The header alone, with or without some of the body after it.
+            for end in [whole.len() - 10, whole.len()] {
+                let head = decode_head(&whole[..end]).unwrap_or_else(|e| panic!("v{v}: {e}"));
+                assert_eq!(
+                    head,
+                    RequestHead {
+                        api_key: ApiKey::Produce,
+                        api_version: v,
+                        correlation_id: 42,
+                        client_id: Some("p1".into())
+                    }
+                );
+            }
+        }
+        // An API key or version the codec cannot read is refused from 8 bytes.
+        assert_eq!(
+            decode_head(b"\x7f\x00\x00\x01\x00\x00\x00\x01"),
+            Err(FrameError::UnknownApiKey(0x7f00))
+        );
+        assert!(matches!(
+            decode_head(b"\x00\x00\x00\x63\x00\x00\x00\x01"),
+            Err(FrameError::UnsupportedVersion { version: 99, .. })
+        ));
+        // A client id running past the bytes given: malformed, not a wait for more.
+        assert!(matches!(
+            decode_head(b"\x00\x00\x00\x03\x00\x00\x00\x01\x7f\xffp1"),
+            Err(FrameError::Malformed { .. })
+        ));
     }
 
     #[test]
