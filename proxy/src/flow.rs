@@ -301,6 +301,11 @@ fn uuid_v4() -> String {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&hi.to_be_bytes());
     b[8..].copy_from_slice(&lo.to_be_bytes());
+    uuid_v4_text(b)
+}
+
+/// 16 random (or hashed) bytes as RFC 9562 version-4 text: the version and variant bits set, 8-4-4-4-12 hex.
+pub(crate) fn uuid_v4_text(mut b: [u8; 16]) -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();

@@ -361,17 +361,7 @@ fn derived_uuid(uuid: &str, what: &str) -> String {
         (uuid, what, i).hash(&mut h);
         half.copy_from_slice(&h.finish().to_be_bytes());
     }
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::flow::uuid_v4_text(b)
 }
 
 /// Cilium's policy-match type for an allowed connection (`policy-verdict:L3-L4` in Hubble's output).
