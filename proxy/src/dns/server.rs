@@ -312,7 +312,11 @@ impl DnsServer {
             Transport::Udp => self.forward_udp(resolver, msg, &query).await,
             Transport::Tcp => self.forward_tcp(resolver, msg, &query).await,
         };
-        let (mut resp, info) = match forwarded {
+        let answered = forwarded.and_then(|(resp, info)| {
+            self.learn_before_release(&snap.engine, client, flow.src_identity, &info, &query.name)
+                .map(|()| (resp, info))
+        });
+        let (mut resp, info) = match answered {
             Ok(x) => x,
             Err(why) => {
                 METRICS.servfail();
@@ -327,33 +331,6 @@ impl DnsServer {
                 return Some(message::answer_from_query(msg, &query, Rcode::ServFail));
             }
         };
-        // Learn before release: the client may connect the moment it has the answer.
-        if let Some(plan) =
-            LearnPlan::new(&snap.engine, flow.src_identity, &info, self.learner.min_ttl)
-        {
-            let hold = Instant::now();
-            let learned =
-                self.learner
-                    .apply(client.ip(), flow.src_identity.0, &plan, SystemTime::now());
-            METRICS.hold(hold.elapsed());
-            if let Err(e) = learned {
-                // Releasing an answer the kernel gate does not know would make the client's connect fail: fail
-                // the query instead, so the client retries.
-                tracing::warn!(name = %query.name, "FQDN learning failed, answering SERVFAIL: {e}");
-                METRICS.servfail();
-                self.flows.record(record::dns_flow(
-                    &snap,
-                    client,
-                    resolver,
-                    &query,
-                    Outcome::UpstreamFailed {
-                        why: format!("FQDN learning failed: {e}"),
-                    },
-                    started,
-                ));
-                return Some(message::answer_from_query(msg, &query, Rcode::ServFail));
-            }
-        }
         message::restore_case(&mut resp, msg, &query);
         self.flows.record(record::dns_flow(
             &snap,
@@ -367,6 +344,31 @@ impl DnsServer {
             started,
         ));
         Some(resp)
+    }
+
+    /// Learns what an allowed answer teaches BEFORE it is released: the client may connect the moment it has the
+    /// answer. `Err` names why learning failed; the query must then fail (SERVFAIL, the client retries), since an
+    /// answer the kernel gate does not know would make the client's connect fail.
+    fn learn_before_release(
+        &self,
+        engine: &policy_model::PolicyEngine,
+        client: SocketAddr,
+        source: policy_model::Identity,
+        info: &ResponseInfo,
+        name: &str,
+    ) -> Result<(), String> {
+        let Some(plan) = LearnPlan::new(engine, source, info, self.learner.min_ttl) else {
+            return Ok(());
+        };
+        let hold = Instant::now();
+        let learned = self
+            .learner
+            .apply(client.ip(), source.0, &plan, SystemTime::now());
+        METRICS.hold(hold.elapsed());
+        learned.map_err(|e| {
+            tracing::warn!(%name, "FQDN learning failed, answering SERVFAIL: {e}");
+            format!("FQDN learning failed: {e}")
+        })
     }
 
     /// Sends the client's bytes to the resolver from a marked socket of the pool and waits for the matching
