@@ -23,29 +23,7 @@ use crate::upstream::UpstreamPool;
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut limits = args.limits()?;
     limits.max_connections = open_file_budget(&args, &limits)?;
-    // Standalone mode reads files (watched); Kubernetes mode waits for the first full list from the API server
-    // and keeps a reconciler that feeds later states through the same gate once the datapath is programmed.
-    let (policy, _watch, kube_updates) = if args.kube.kubernetes {
-        let (source, reconciler) = crate::kubernetes::start(&args.kube).await?;
-        (Arc::new(source), None, Some(reconciler))
-    } else {
-        let (Some(policy_path), Some(endpoints_path)) = (&args.policy, &args.endpoints) else {
-            anyhow::bail!("--policy and --endpoints are required without --kubernetes");
-        };
-        let policy = Arc::new(
-            PolicySource::load(policy_path, endpoints_path).with_context(|| {
-                format!(
-                    "loading policy {} with endpoints {}",
-                    policy_path.display(),
-                    endpoints_path.display()
-                )
-            })?,
-        );
-        let watch = policy
-            .watch(args.recheck()?)
-            .with_context(|| format!("watching {} for policy updates", policy_path.display()))?;
-        (policy, Some(watch), None)
-    };
+    let (policy, _watch, kube_updates) = load_policy(&args).await?;
     let flows = Arc::new(FlowLog::new(args.flow_ring, args.flow_sink())?);
     let datapath = match args.redirect {
         RedirectMode::Ebpf => Some(start_datapath(&args, &policy)?),
@@ -121,39 +99,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "tollgate proxy ready"
     );
 
-    // TC-steered ingress (eBPF mode): a transparent listener whose accepted sockets' local address is the original
-    // destination; same policy, flow log and connection budget as the main listener.
     if let Some((addr, tproxy_listener)) = tproxy_listener {
-        let ingress = Arc::new(Proxy {
-            policy: policy.clone(),
-            flows: flows.clone(),
-            upstream: UpstreamPool::new(args.mark, limits.connect_timeout),
-            limits: limits.clone(),
-            original_dst: Box::new(Tproxy { listen: addr }),
-            connections: proxy.connections.clone(),
-            kafka_topics: proxy.kafka_topics.clone(),
-            kafka_budget: proxy.kafka_budget.clone(),
-            mesh: mesh.clone(),
-            draining: proxy.draining.clone(),
-        });
-        tracing::info!(listen = %addr, interfaces = ?args.tc_interfaces, "TC ingress steering listener ready");
-        // Its own stop token: once a successor has taken this socket, this process stops accepting on it even if
-        // the main listener's handoff has not happened yet.
-        let tproxy_stop = shutdown.child_token();
-        {
-            use std::os::fd::AsRawFd;
-            handoff::serve(
-                tproxy_path,
-                tproxy_listener.as_raw_fd(),
-                tproxy_stop.clone(),
-            )?;
-        }
-        tokio::spawn(serve(
+        let stop = shutdown.child_token();
+        start_tproxy_ingress(
+            &args,
+            &proxy,
+            addr,
             tproxy_listener,
-            ingress,
-            tproxy_stop,
-            close_connections.clone(),
-        ));
+            tproxy_path,
+            stop,
+            &close_connections,
+        )?;
     }
     {
         use std::os::fd::AsRawFd;
@@ -174,13 +130,101 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         stop.cancel();
     });
     serve(listener, proxy.clone(), shutdown, close_connections.clone()).await;
+    drain(&proxy, dns.as_ref(), close_connections).await;
+    Ok(())
+}
+
+/// The policy source. Standalone mode reads files (watched; the guard keeps the watch); Kubernetes mode waits for
+/// the first full list from the API server and returns the reconciler that feeds later states through the same
+/// gate once the datapath is programmed.
+async fn load_policy(
+    args: &RunArgs,
+) -> anyhow::Result<(
+    Arc<PolicySource>,
+    Option<crate::policy_source::WatchGuard>,
+    Option<crate::kubernetes::watch::Reconciler>,
+)> {
+    if args.kube.kubernetes {
+        let (source, reconciler) = crate::kubernetes::start(&args.kube).await?;
+        Ok((Arc::new(source), None, Some(reconciler)))
+    } else {
+        let (Some(policy_path), Some(endpoints_path)) = (&args.policy, &args.endpoints) else {
+            anyhow::bail!("--policy and --endpoints are required without --kubernetes");
+        };
+        let policy = Arc::new(
+            PolicySource::load(policy_path, endpoints_path).with_context(|| {
+                format!(
+                    "loading policy {} with endpoints {}",
+                    policy_path.display(),
+                    endpoints_path.display()
+                )
+            })?,
+        );
+        let watch = policy
+            .watch(args.recheck()?)
+            .with_context(|| format!("watching {} for policy updates", policy_path.display()))?;
+        Ok((policy, Some(watch), None))
+    }
+}
+
+/// TC-steered ingress (eBPF mode): a transparent listener whose accepted sockets' local address is the original
+/// destination; same policy, flow log and connection budget as the main listener. `stop` is its own token: once a
+/// successor has taken this socket, this process stops accepting on it even if the main listener's handoff has
+/// not happened yet.
+fn start_tproxy_ingress(
+    args: &RunArgs,
+    proxy: &Arc<Proxy>,
+    addr: std::net::SocketAddr,
+    tproxy_listener: tokio::net::TcpListener,
+    tproxy_path: std::path::PathBuf,
+    tproxy_stop: CancellationToken,
+    close_connections: &CancellationToken,
+) -> anyhow::Result<()> {
+    let ingress = Arc::new(Proxy {
+        policy: proxy.policy.clone(),
+        flows: proxy.flows.clone(),
+        upstream: UpstreamPool::new(args.mark, proxy.limits.connect_timeout),
+        limits: proxy.limits.clone(),
+        original_dst: Box::new(Tproxy { listen: addr }),
+        connections: proxy.connections.clone(),
+        kafka_topics: proxy.kafka_topics.clone(),
+        kafka_budget: proxy.kafka_budget.clone(),
+        mesh: proxy.mesh.clone(),
+        draining: proxy.draining.clone(),
+    });
+    tracing::info!(listen = %addr, interfaces = ?args.tc_interfaces, "TC ingress steering listener ready");
+    {
+        use std::os::fd::AsRawFd;
+        handoff::serve(
+            tproxy_path,
+            tproxy_listener.as_raw_fd(),
+            tproxy_stop.clone(),
+        )?;
+    }
+    tokio::spawn(serve(
+        tproxy_listener,
+        ingress,
+        tproxy_stop,
+        close_connections.clone(),
+    ));
+    Ok(())
+}
+
+/// The drain after the listener stopped: HTTP/1 responses start carrying `Connection: close`, open connections get
+/// `--drain-secs` to finish, are then asked to close (HTTP/2 GOAWAY, tunnels closed) and get the shutdown grace;
+/// the DNS proxy drains too and the flow writer gets a moment to flush.
+async fn drain(
+    proxy: &Proxy,
+    dns: Option<&crate::dns::DnsHandle>,
+    close_connections: CancellationToken,
+) {
     proxy.draining.cancel();
     tracing::info!(
         "stopped accepting; serving open connections for up to {:?}, then asking them to close",
-        limits.drain
+        proxy.limits.drain
     );
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let idle = tokio::time::timeout(limits.drain, proxy.connections.acquire_many(all))
+    let all = u32::try_from(proxy.limits.max_connections).unwrap_or(u32::MAX);
+    let idle = tokio::time::timeout(proxy.limits.drain, proxy.connections.acquire_many(all))
         .await
         .is_ok();
     close_connections.cancel();
@@ -189,22 +233,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         tracing::info!(
             "drain period over: asking open connections to close, waiting up to {:?}",
-            limits.shutdown_grace
+            proxy.limits.shutdown_grace
         );
-        tokio::time::timeout(limits.shutdown_grace, proxy.connections.acquire_many(all))
-            .await
-            .map(drop)
+        tokio::time::timeout(
+            proxy.limits.shutdown_grace,
+            proxy.connections.acquire_many(all),
+        )
+        .await
+        .map(drop)
     };
-    let seen = flows
+    let seen = proxy
+        .flows
         .counters
         .seen
         .load(std::sync::atomic::Ordering::Relaxed);
-    let lost = flows
+    let lost = proxy
+        .flows
         .counters
         .lost
         .load(std::sync::atomic::Ordering::Relaxed);
-    if let Some(dns) = &dns {
-        dns.drain(limits.shutdown_grace).await;
+    if let Some(dns) = dns {
+        dns.drain(proxy.limits.shutdown_grace).await;
     }
     if drained.is_err() {
         tracing::warn!("grace period over with connections still open; closing them");
@@ -216,7 +265,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     // Give the flow writer a moment to flush what is queued.
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    Ok(())
 }
 
 /// Raises the open-file limit for the configured connections and DNS queries; returns the connection limit to
