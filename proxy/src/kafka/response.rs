@@ -72,18 +72,35 @@ macro_rules! top_level {
 /// TOPIC_AUTHORIZATION_FAILED for a policy denial, 100 UNKNOWN_TOPIC_ID for an unseen topic id), the API's
 /// closest authorization error where it has no per-topic field.
 pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, ResponseError> {
-    use code::*;
-    let group = GROUP_AUTHORIZATION_FAILED;
-    let cluster = CLUSTER_AUTHORIZATION_FAILED;
-    let txn = TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
-    let resource_code = |t: i8| {
-        if t == RESOURCE_TOPIC {
-            topic_code
-        } else {
-            cluster
-        }
-    };
-    Ok(match &req.body {
+    const BY_SHAPE: [fn(&KafkaRequest, i16) -> Option<ResponseKind>; 9] = [
+        errors_produce_to_metadata,
+        errors_offset_commit_to_offset_fetch,
+        errors_create_topics_to_incremental_alter_configs,
+        errors_create_partitions_to_offset_for_leader_epoch,
+        errors_txn_offset_commit_to_alter_replica_log_dirs,
+        errors_write_txn_markers_to_create_acls,
+        errors_delete_acls_to_share_group_heartbeat,
+        errors_share_fetch_to_elect_leaders,
+        errors_alter_partition_reassignments_to_update_raft_voter,
+    ];
+    BY_SHAPE
+        .iter()
+        .find_map(|build| build(req, topic_code))
+        .ok_or(ResponseError::NoLocalResponse(req.api_key))
+}
+
+/// The closest authorization error of a config resource: the topic's code for a topic, the cluster's otherwise.
+fn resource_code(resource_type: i8, topic_code: i16) -> i16 {
+    if resource_type == RESOURCE_TOPIC {
+        topic_code
+    } else {
+        code::CLUSTER_AUTHORIZATION_FAILED
+    }
+}
+
+/// The local error responses of `Produce` through `Metadata` (in `error_body`'s order), or `None` for others.
+fn errors_produce_to_metadata(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
+    Some(match &req.body {
         RequestKind::Produce(r) => ResponseKind::Produce(
             ProduceResponse::default().with_responses(
                 r.topic_data
@@ -168,6 +185,17 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .collect(),
             ),
         ),
+        _ => return None,
+    })
+}
+
+/// The local error responses of `OffsetCommit` through `OffsetFetch` (in `error_body`'s order), or `None` for others.
+fn errors_offset_commit_to_offset_fetch(
+    req: &KafkaRequest,
+    topic_code: i16,
+) -> Option<ResponseKind> {
+    use code::{GROUP_AUTHORIZATION_FAILED, NONE};
+    Some(match &req.body {
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(
             OffsetCommitResponse::default().with_topics(
                 r.topics
@@ -211,9 +239,9 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                         )
                 })
                 .collect();
-            // Without named topics the denial is about the group.
+            // Without named topics the denial is about the GROUP_AUTHORIZATION_FAILED.
             let top = if topics.is_empty() && req.api_version >= 2 {
-                group
+                GROUP_AUTHORIZATION_FAILED
             } else {
                 NONE
             };
@@ -249,7 +277,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                                     )
                             })
                             .collect();
-                        let top = if topics.is_empty() { group } else { NONE };
+                        let top = if topics.is_empty() { GROUP_AUTHORIZATION_FAILED } else { NONE };
                         offset_fetch_response::OffsetFetchResponseGroup::default()
                             .with_group_id(g.group_id.clone())
                             .with_topics(topics)
@@ -258,6 +286,16 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .collect(),
             ),
         ),
+        _ => return None,
+    })
+}
+
+/// The local error responses of `CreateTopics` through `IncrementalAlterConfigs` (in `error_body`'s order), or `None` for others.
+fn errors_create_topics_to_incremental_alter_configs(
+    req: &KafkaRequest,
+    topic_code: i16,
+) -> Option<ResponseKind> {
+    Some(match &req.body {
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(
             CreateTopicsResponse::default().with_topics(
                 r.topics
@@ -318,7 +356,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                         describe_configs_response::DescribeConfigsResult::default()
                             .with_resource_type(x.resource_type)
                             .with_resource_name(x.resource_name.clone())
-                            .with_error_code(resource_code(x.resource_type))
+                            .with_error_code(resource_code(x.resource_type, topic_code))
                     })
                     .collect(),
             ),
@@ -331,7 +369,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                         alter_configs_response::AlterConfigsResourceResponse::default()
                             .with_resource_type(x.resource_type)
                             .with_resource_name(x.resource_name.clone())
-                            .with_error_code(resource_code(x.resource_type))
+                            .with_error_code(resource_code(x.resource_type, topic_code))
                     })
                     .collect(),
             ),
@@ -344,11 +382,21 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                         incremental_alter_configs_response::AlterConfigsResourceResponse::default()
                             .with_resource_type(x.resource_type)
                             .with_resource_name(x.resource_name.clone())
-                            .with_error_code(resource_code(x.resource_type))
+                            .with_error_code(resource_code(x.resource_type, topic_code))
                     })
                     .collect(),
             ),
         ),
+        _ => return None,
+    })
+}
+
+/// The local error responses of `CreatePartitions` through `OffsetForLeaderEpoch` (in `error_body`'s order), or `None` for others.
+fn errors_create_partitions_to_offset_for_leader_epoch(
+    req: &KafkaRequest,
+    topic_code: i16,
+) -> Option<ResponseKind> {
+    Some(match &req.body {
         RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(
             CreatePartitionsResponse::default().with_results(
                 r.topics
@@ -424,6 +472,16 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .collect(),
             ),
         ),
+        _ => return None,
+    })
+}
+
+/// The local error responses of `TxnOffsetCommit` through `AlterReplicaLogDirs` (in `error_body`'s order), or `None` for others.
+fn errors_txn_offset_commit_to_alter_replica_log_dirs(
+    req: &KafkaRequest,
+    topic_code: i16,
+) -> Option<ResponseKind> {
+    Some(match &req.body {
         RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
             TxnOffsetCommitResponse::default().with_topics(
                 r.topics
@@ -514,6 +572,17 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .collect(),
             ),
         ),
+        _ => return None,
+    })
+}
+
+/// The local error responses of `WriteTxnMarkers` through `CreateAcls` (in `error_body`'s order), or `None` for others.
+fn errors_write_txn_markers_to_create_acls(
+    req: &KafkaRequest,
+    _topic_code: i16,
+) -> Option<ResponseKind> {
+    use code::{CLUSTER_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED};
+    Some(match &req.body {
         RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(
             WriteTxnMarkersResponse::default().with_markers(
                 r.markers
@@ -533,7 +602,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                                                     .map(|&i| {
                                                         write_txn_markers_response::WritableTxnMarkerPartitionResult::default()
                                                             .with_partition_index(i)
-                                                            .with_error_code(cluster)
+                                                            .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
                                                     })
                                                     .collect(),
                                             )
@@ -551,7 +620,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .map(|g| {
                         describe_groups_response::DescribedGroup::default()
                             .with_group_id(g.clone())
-                            .with_error_code(group)
+                            .with_error_code(GROUP_AUTHORIZATION_FAILED)
                     })
                     .collect(),
             ),
@@ -563,7 +632,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .map(|g| {
                         delete_groups_response::DeletableGroupResult::default()
                             .with_group_id(g.clone())
-                            .with_error_code(group)
+                            .with_error_code(GROUP_AUTHORIZATION_FAILED)
                     })
                     .collect(),
             ),
@@ -575,7 +644,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .map(|g| {
                         consumer_group_describe_response::DescribedGroup::default()
                             .with_group_id(g.clone())
-                            .with_error_code(group)
+                            .with_error_code(GROUP_AUTHORIZATION_FAILED)
                     })
                     .collect(),
             ),
@@ -587,7 +656,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .map(|g| {
                         share_group_describe_response::DescribedGroup::default()
                             .with_group_id(g.clone())
-                            .with_error_code(group)
+                            .with_error_code(GROUP_AUTHORIZATION_FAILED)
                     })
                     .collect(),
             ),
@@ -597,18 +666,32 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                 r.creations
                     .iter()
                     .map(|_| {
-                        create_acls_response::AclCreationResult::default().with_error_code(cluster)
+                        create_acls_response::AclCreationResult::default().with_error_code(CLUSTER_AUTHORIZATION_FAILED)
                     })
                     .collect(),
             ),
         ),
+        _ => return None,
+    })
+}
+
+/// The local error responses of `DeleteAcls` through `ShareGroupHeartbeat` (in `error_body`'s order), or `None` for others.
+fn errors_delete_acls_to_share_group_heartbeat(
+    req: &KafkaRequest,
+    _topic_code: i16,
+) -> Option<ResponseKind> {
+    use code::{
+        CLUSTER_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED,
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    };
+    Some(match &req.body {
         RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(
             DeleteAclsResponse::default().with_filter_results(
                 r.filters
                     .iter()
                     .map(|_| {
                         delete_acls_response::DeleteAclsFilterResult::default()
-                            .with_error_code(cluster)
+                            .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
                     })
                     .collect(),
             ),
@@ -619,7 +702,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .iter()
                     .map(|e| {
                         alter_client_quotas_response::EntryData::default()
-                            .with_error_code(cluster)
+                            .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
                             .with_entity(
                                 e.entity
                                     .iter()
@@ -643,7 +726,7 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .map(|user: StrBytes| {
                         alter_user_scram_credentials_response::AlterUserScramCredentialsResult::default()
                             .with_user(user)
-                            .with_error_code(cluster)
+                            .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
                     })
                     .collect(),
             ),
@@ -655,23 +738,23 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                     .map(|t| {
                         describe_transactions_response::TransactionState::default()
                             .with_transactional_id(t.clone())
-                            .with_error_code(txn)
+                            .with_error_code(TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
                     })
                     .collect(),
             ),
         ),
         RequestKind::InitProducerId(r) => {
-            // Idempotent producers need the cluster's IDEMPOTENT_WRITE; transactional ones their transactional id.
+            // Idempotent producers need the CLUSTER_AUTHORIZATION_FAILED's IDEMPOTENT_WRITE; transactional ones their transactional id.
             let c = if r.transactional_id.is_some() {
-                txn
+                TRANSACTIONAL_ID_AUTHORIZATION_FAILED
             } else {
-                cluster
+                CLUSTER_AUTHORIZATION_FAILED
             };
             top_level!(InitProducerId, c)
         }
         RequestKind::FindCoordinator(r) => {
-            // Key type 1 is a transactional id; 0 (and share groups) a group.
-            let c = if r.key_type == 1 { txn } else { group };
+            // Key type 1 is a transactional id; 0 (and share groups) a GROUP_AUTHORIZATION_FAILED.
+            let c = if r.key_type == 1 { TRANSACTIONAL_ID_AUTHORIZATION_FAILED } else { GROUP_AUTHORIZATION_FAILED };
             let mut resp = FindCoordinatorResponse::default();
             if req.api_version < 4 {
                 resp.error_code = c;
@@ -691,18 +774,41 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                 .collect();
             ResponseKind::FindCoordinator(resp)
         }
-        RequestKind::JoinGroup(_) => top_level!(JoinGroup, group),
-        RequestKind::Heartbeat(_) => top_level!(Heartbeat, group),
-        RequestKind::LeaveGroup(_) => top_level!(LeaveGroup, group),
-        RequestKind::SyncGroup(_) => top_level!(SyncGroup, group),
-        RequestKind::ConsumerGroupHeartbeat(_) => top_level!(ConsumerGroupHeartbeat, group),
-        RequestKind::ShareGroupHeartbeat(_) => top_level!(ShareGroupHeartbeat, group),
-        RequestKind::ShareFetch(_) => top_level!(ShareFetch, group),
-        RequestKind::ShareAcknowledge(_) => top_level!(ShareAcknowledge, group),
-        RequestKind::AlterShareGroupOffsets(_) => top_level!(AlterShareGroupOffsets, group),
-        RequestKind::DeleteShareGroupOffsets(_) => top_level!(DeleteShareGroupOffsets, group),
-        RequestKind::AddOffsetsToTxn(_) => top_level!(AddOffsetsToTxn, txn),
-        RequestKind::EndTxn(_) => top_level!(EndTxn, txn),
+        RequestKind::JoinGroup(_) => top_level!(JoinGroup, GROUP_AUTHORIZATION_FAILED),
+        RequestKind::Heartbeat(_) => top_level!(Heartbeat, GROUP_AUTHORIZATION_FAILED),
+        RequestKind::LeaveGroup(_) => top_level!(LeaveGroup, GROUP_AUTHORIZATION_FAILED),
+        RequestKind::SyncGroup(_) => top_level!(SyncGroup, GROUP_AUTHORIZATION_FAILED),
+        RequestKind::ConsumerGroupHeartbeat(_) => top_level!(ConsumerGroupHeartbeat, GROUP_AUTHORIZATION_FAILED),
+        RequestKind::ShareGroupHeartbeat(_) => top_level!(ShareGroupHeartbeat, GROUP_AUTHORIZATION_FAILED),
+        _ => return None,
+    })
+}
+
+/// The local error responses of `ShareFetch` through `ElectLeaders` (in `error_body`'s order), or `None` for others.
+fn errors_share_fetch_to_elect_leaders(
+    req: &KafkaRequest,
+    topic_code: i16,
+) -> Option<ResponseKind> {
+    use code::{
+        CLUSTER_AUTHORIZATION_FAILED, DELEGATION_TOKEN_AUTHORIZATION_FAILED,
+        GROUP_AUTHORIZATION_FAILED, NONE, SASL_AUTHENTICATION_FAILED,
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    };
+    Some(match &req.body {
+        RequestKind::ShareFetch(_) => top_level!(ShareFetch, GROUP_AUTHORIZATION_FAILED),
+        RequestKind::ShareAcknowledge(_) => {
+            top_level!(ShareAcknowledge, GROUP_AUTHORIZATION_FAILED)
+        }
+        RequestKind::AlterShareGroupOffsets(_) => {
+            top_level!(AlterShareGroupOffsets, GROUP_AUTHORIZATION_FAILED)
+        }
+        RequestKind::DeleteShareGroupOffsets(_) => {
+            top_level!(DeleteShareGroupOffsets, GROUP_AUTHORIZATION_FAILED)
+        }
+        RequestKind::AddOffsetsToTxn(_) => {
+            top_level!(AddOffsetsToTxn, TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        }
+        RequestKind::EndTxn(_) => top_level!(EndTxn, TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
         RequestKind::SaslHandshake(_) => top_level!(SaslHandshake, SASL_AUTHENTICATION_FAILED),
         RequestKind::SaslAuthenticate(_) => {
             top_level!(SaslAuthenticate, SASL_AUTHENTICATION_FAILED)
@@ -717,15 +823,24 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
             top_level!(ExpireDelegationToken, DELEGATION_TOKEN_AUTHORIZATION_FAILED)
         }
         RequestKind::DescribeDelegationToken(_) => {
-            top_level!(DescribeDelegationToken, DELEGATION_TOKEN_AUTHORIZATION_FAILED)
+            top_level!(
+                DescribeDelegationToken,
+                DELEGATION_TOKEN_AUTHORIZATION_FAILED
+            )
         }
-        RequestKind::ApiVersions(_) => top_level!(ApiVersions, cluster),
-        RequestKind::ListGroups(_) => top_level!(ListGroups, cluster),
-        RequestKind::DescribeAcls(_) => top_level!(DescribeAcls, cluster),
-        RequestKind::DescribeLogDirs(_) => top_level!(DescribeLogDirs, cluster),
+        RequestKind::ApiVersions(_) => top_level!(ApiVersions, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::ListGroups(_) => top_level!(ListGroups, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::DescribeAcls(_) => top_level!(DescribeAcls, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::DescribeLogDirs(_) => {
+            top_level!(DescribeLogDirs, CLUSTER_AUTHORIZATION_FAILED)
+        }
         RequestKind::ElectLeaders(r) => ResponseKind::ElectLeaders(
             ElectLeadersResponse::default()
-                .with_error_code(if req.api_version >= 1 { cluster } else { NONE })
+                .with_error_code(if req.api_version >= 1 {
+                    CLUSTER_AUTHORIZATION_FAILED
+                } else {
+                    NONE
+                })
                 .with_replica_election_results(
                     r.topic_partitions
                         .iter()
@@ -747,41 +862,78 @@ pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, R
                         .collect(),
                 ),
         ),
+        _ => return None,
+    })
+}
+
+/// The local error responses of `AlterPartitionReassignments` through `UpdateRaftVoter` (in `error_body`'s order), or `None` for others.
+fn errors_alter_partition_reassignments_to_update_raft_voter(
+    req: &KafkaRequest,
+    _topic_code: i16,
+) -> Option<ResponseKind> {
+    use code::CLUSTER_AUTHORIZATION_FAILED;
+    Some(match &req.body {
         RequestKind::AlterPartitionReassignments(_) => {
-            top_level!(AlterPartitionReassignments, cluster)
+            top_level!(AlterPartitionReassignments, CLUSTER_AUTHORIZATION_FAILED)
         }
         RequestKind::ListPartitionReassignments(_) => {
-            top_level!(ListPartitionReassignments, cluster)
+            top_level!(ListPartitionReassignments, CLUSTER_AUTHORIZATION_FAILED)
         }
-        RequestKind::DescribeClientQuotas(_) => top_level!(DescribeClientQuotas, cluster),
+        RequestKind::DescribeClientQuotas(_) => {
+            top_level!(DescribeClientQuotas, CLUSTER_AUTHORIZATION_FAILED)
+        }
         RequestKind::DescribeUserScramCredentials(_) => {
-            top_level!(DescribeUserScramCredentials, cluster)
+            top_level!(DescribeUserScramCredentials, CLUSTER_AUTHORIZATION_FAILED)
         }
-        RequestKind::UpdateFeatures(_) => top_level!(UpdateFeatures, cluster),
-        RequestKind::DescribeCluster(_) => top_level!(DescribeCluster, cluster),
-        RequestKind::ListTransactions(_) => top_level!(ListTransactions, cluster),
+        RequestKind::UpdateFeatures(_) => top_level!(UpdateFeatures, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::DescribeCluster(_) => {
+            top_level!(DescribeCluster, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::ListTransactions(_) => {
+            top_level!(ListTransactions, CLUSTER_AUTHORIZATION_FAILED)
+        }
         RequestKind::GetTelemetrySubscriptions(_) => {
-            top_level!(GetTelemetrySubscriptions, cluster)
+            top_level!(GetTelemetrySubscriptions, CLUSTER_AUTHORIZATION_FAILED)
         }
-        RequestKind::PushTelemetry(_) => top_level!(PushTelemetry, cluster),
-        RequestKind::ListConfigResources(_) => top_level!(ListConfigResources, cluster),
-        RequestKind::Vote(_) => top_level!(Vote, cluster),
-        RequestKind::BeginQuorumEpoch(_) => top_level!(BeginQuorumEpoch, cluster),
-        RequestKind::EndQuorumEpoch(_) => top_level!(EndQuorumEpoch, cluster),
-        RequestKind::DescribeQuorum(_) => top_level!(DescribeQuorum, cluster),
-        RequestKind::AlterPartition(_) => top_level!(AlterPartition, cluster),
-        RequestKind::Envelope(_) => top_level!(Envelope, cluster),
-        RequestKind::FetchSnapshot(_) => top_level!(FetchSnapshot, cluster),
-        RequestKind::BrokerRegistration(_) => top_level!(BrokerRegistration, cluster),
-        RequestKind::BrokerHeartbeat(_) => top_level!(BrokerHeartbeat, cluster),
-        RequestKind::UnregisterBroker(_) => top_level!(UnregisterBroker, cluster),
-        RequestKind::AllocateProducerIds(_) => top_level!(AllocateProducerIds, cluster),
-        RequestKind::ControllerRegistration(_) => top_level!(ControllerRegistration, cluster),
-        RequestKind::AssignReplicasToDirs(_) => top_level!(AssignReplicasToDirs, cluster),
-        RequestKind::AddRaftVoter(_) => top_level!(AddRaftVoter, cluster),
-        RequestKind::RemoveRaftVoter(_) => top_level!(RemoveRaftVoter, cluster),
-        RequestKind::UpdateRaftVoter(_) => top_level!(UpdateRaftVoter, cluster),
-        _ => return Err(ResponseError::NoLocalResponse(req.api_key)),
+        RequestKind::PushTelemetry(_) => top_level!(PushTelemetry, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::ListConfigResources(_) => {
+            top_level!(ListConfigResources, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::Vote(_) => top_level!(Vote, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::BeginQuorumEpoch(_) => {
+            top_level!(BeginQuorumEpoch, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::EndQuorumEpoch(_) => top_level!(EndQuorumEpoch, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::DescribeQuorum(_) => top_level!(DescribeQuorum, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::AlterPartition(_) => top_level!(AlterPartition, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::Envelope(_) => top_level!(Envelope, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::FetchSnapshot(_) => top_level!(FetchSnapshot, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::BrokerRegistration(_) => {
+            top_level!(BrokerRegistration, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::BrokerHeartbeat(_) => {
+            top_level!(BrokerHeartbeat, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::UnregisterBroker(_) => {
+            top_level!(UnregisterBroker, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::AllocateProducerIds(_) => {
+            top_level!(AllocateProducerIds, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::ControllerRegistration(_) => {
+            top_level!(ControllerRegistration, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::AssignReplicasToDirs(_) => {
+            top_level!(AssignReplicasToDirs, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::AddRaftVoter(_) => top_level!(AddRaftVoter, CLUSTER_AUTHORIZATION_FAILED),
+        RequestKind::RemoveRaftVoter(_) => {
+            top_level!(RemoveRaftVoter, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        RequestKind::UpdateRaftVoter(_) => {
+            top_level!(UpdateRaftVoter, CLUSTER_AUTHORIZATION_FAILED)
+        }
+        _ => return None,
     })
 }
 
