@@ -198,10 +198,30 @@ fn by_name_or_id(name: &str, id: &uuid::Uuid) -> TopicRef {
 /// Resource type 2 is TOPIC in DescribeConfigs / AlterConfigs / IncrementalAlterConfigs.
 const RESOURCE_TOPIC: i8 = 2;
 
+/// The topics one run of API keys names, or `None` for keys outside the run.
+type TopicsOf = fn(&RequestKind) -> Option<Vec<TopicRef>>;
+
 /// Every topic the request names; empty for keys that carry none (ApiVersions, JoinGroup, ...). A Metadata
 /// request for all topics (`topics: null`) names none: the response is what a policy would filter.
 pub fn topics_of(body: &RequestKind) -> Vec<TopicRef> {
-    let mut t: Vec<TopicRef> = match body {
+    const BY_KEY: [TopicsOf; 3] = [
+        topics_produce_to_alter_configs,
+        topics_incremental_alter_configs_to_write_txn_markers,
+        topics_consumer_group_heartbeat_to_share_group_heartbeat,
+    ];
+    // Keys none of them knows carry no topic.
+    let mut t = BY_KEY
+        .iter()
+        .find_map(|topics| topics(body))
+        .unwrap_or_default();
+    t.sort();
+    t.dedup();
+    t
+}
+
+/// The topics of `Produce` through `AlterConfigs` (in `topics_of`'s order), or `None` for other keys.
+fn topics_produce_to_alter_configs(body: &RequestKind) -> Option<Vec<TopicRef>> {
+    Some(match body {
         RequestKind::Produce(r) => r
             .topic_data
             .iter()
@@ -279,6 +299,15 @@ pub fn topics_of(body: &RequestKind) -> Vec<TopicRef> {
             .filter(|d| d.resource_type == RESOURCE_TOPIC)
             .map(|d| TopicRef::Name(d.resource_name.to_string()))
             .collect(),
+        _ => return None,
+    })
+}
+
+/// The topics of `IncrementalAlterConfigs` through `WriteTxnMarkers` (in `topics_of`'s order), or `None` for other keys.
+fn topics_incremental_alter_configs_to_write_txn_markers(
+    body: &RequestKind,
+) -> Option<Vec<TopicRef>> {
+    Some(match body {
         RequestKind::IncrementalAlterConfigs(r) => r
             .resources
             .iter()
@@ -356,6 +385,15 @@ pub fn topics_of(body: &RequestKind) -> Vec<TopicRef> {
             .flat_map(|m| m.topics.iter())
             .map(|d| TopicRef::Name(d.name.0.to_string()))
             .collect(),
+        _ => return None,
+    })
+}
+
+/// The topics of `ConsumerGroupHeartbeat` through `ShareGroupHeartbeat` (in `topics_of`'s order), or `None` for other keys.
+fn topics_consumer_group_heartbeat_to_share_group_heartbeat(
+    body: &RequestKind,
+) -> Option<Vec<TopicRef>> {
+    Some(match body {
         RequestKind::ConsumerGroupHeartbeat(r) => {
             let mut t: Vec<TopicRef> = r
                 .subscribed_topic_names
@@ -409,11 +447,8 @@ pub fn topics_of(body: &RequestKind) -> Vec<TopicRef> {
             .flatten()
             .map(|n| TopicRef::Name(n.0.to_string()))
             .collect(),
-        _ => Vec::new(),
-    };
-    t.sort();
-    t.dedup();
-    t
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
