@@ -111,6 +111,18 @@ pub struct RunArgs {
     /// identities are counted as `other`.
     #[arg(long, default_value_t = 1000)]
     pub metrics_max_series: usize,
+    /// Hubble metric families in Cilium's syntax, e.g.
+    /// `dns;drop;flow;httpV2:sourceContext=namespace;destinationContext=workload-name;policy`
+    /// (contexts: namespace, workload-name, pod, identity; `labelsContext=source_namespace,...`).
+    #[arg(long, default_value = "dns;drop;flow;httpV2;policy")]
+    pub hubble_metrics: String,
+    /// Most label sets per `hubble_*` family; further ones are counted under `overflow`.
+    #[arg(long, default_value_t = 10_000)]
+    pub hubble_metrics_max_series: usize,
+    /// Seconds after which a `hubble_*` series naming an endpoint (context labels) and no longer fed is removed,
+    /// so deleted pods' series go away.
+    #[arg(long, default_value_t = 600)]
+    pub hubble_metrics_expiry_secs: u64,
     /// Export flows as JSON lines to this file for log shippers, rotated by size.
     #[arg(long, env = "TOLLGATE_FLOW_EXPORT")]
     pub flow_export: Option<PathBuf>,

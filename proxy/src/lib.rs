@@ -28,6 +28,7 @@ pub mod handoff;
 pub mod header_actions;
 pub mod http;
 pub mod hubble;
+pub mod hubble_metrics;
 pub mod inputs;
 pub mod kafka;
 pub mod kubernetes;

@@ -12,7 +12,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::time::Instant;
+
 use crate::flow::{FlowLog, FlowRecord, FlowTap};
+use crate::hubble_metrics::{HubbleConfig, HubbleMetrics};
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -61,6 +64,8 @@ struct Series {
 pub struct Metrics {
     series: Mutex<Series>,
     max_series: usize,
+    /// The `hubble_*` families (see `hubble_metrics`).
+    hubble: Mutex<HubbleMetrics>,
 }
 
 fn verdict_name(v: crate::flow::Verdict) -> &'static str {
@@ -85,15 +90,26 @@ fn drop_name(r: crate::flow::DropReason) -> &'static str {
 }
 
 impl Metrics {
+    /// `tollgate_*` metrics plus every `hubble_*` family without context labels.
     pub fn new(max_series: usize) -> Self {
+        let hubble = HubbleConfig::all(10_000, std::time::Duration::from_secs(600));
+        Self::with_hubble(max_series, hubble)
+    }
+
+    pub fn with_hubble(max_series: usize, hubble: HubbleConfig) -> Self {
         Metrics {
             series: Mutex::new(Series::default()),
             max_series,
+            hubble: Mutex::new(HubbleMetrics::new(hubble)),
         }
     }
 
     /// Counts one flow record.
     pub fn observe(&self, rec: &FlowRecord) {
+        self.hubble
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe_at(rec, Instant::now());
         let verdict = verdict_name(rec.verdict);
         let mut key = RequestKey {
             protocol: rec.protocol.clone(),
@@ -185,6 +201,10 @@ impl Metrics {
             extra.policy_reload_errors,
         );
         out.push_str(&crate::dns::metrics::METRICS.render());
+        drop(s);
+        let mut hubble = self.hubble.lock().unwrap_or_else(|p| p.into_inner());
+        hubble.expire(Instant::now());
+        hubble.render(&mut out);
         out
     }
 }

@@ -561,6 +561,15 @@ async fn bind_patiently(
     }
 }
 
+/// Why the daemon's observability could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServicesError {
+    #[error(transparent)]
+    Export(#[from] crate::flow_export::ExportError),
+    #[error(transparent)]
+    HubbleMetrics(#[from] crate::hubble_metrics::ConfigError),
+}
+
 /// Starts the daemon's observability: the Observer API, the admin server (metrics fed from the flow log,
 /// readiness set now: the policy is loaded and the proxy listeners are bound when `run` calls this) and the
 /// optional flow export.
@@ -569,7 +578,7 @@ pub fn start_services(
     flows: &Arc<FlowLog>,
     policy: &Arc<crate::policy_source::PolicySource>,
     shutdown: CancellationToken,
-) -> Result<(), crate::flow_export::ExportError> {
+) -> Result<(), ServicesError> {
     use std::sync::atomic::{AtomicBool, Ordering};
     if let Some(path) = &args.flow_export {
         let export = Arc::new(crate::flow_export::FlowExport::start(
@@ -581,7 +590,15 @@ pub fn start_services(
         )?);
         export.attach(flows);
     }
-    let metrics = Arc::new(crate::metrics::Metrics::new(args.metrics_max_series));
+    let hubble = crate::hubble_metrics::HubbleConfig::parse(
+        &args.hubble_metrics,
+        args.hubble_metrics_max_series,
+        std::time::Duration::from_secs(args.hubble_metrics_expiry_secs),
+    )?;
+    let metrics = Arc::new(crate::metrics::Metrics::with_hubble(
+        args.metrics_max_series,
+        hubble,
+    ));
     metrics.attach(flows);
     let (f, p) = (flows.clone(), policy.clone());
     let ready = Arc::new(AtomicBool::new(false));

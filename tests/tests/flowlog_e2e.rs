@@ -79,6 +79,7 @@ impl Setup {
         let mut cmd = node.command(tollgate_bin());
         cmd.args(["run", "--listen", &format!("0.0.0.0:{PROXY_PORT}")])
             .args(["--observer-listen", OBSERVER, "--metrics-listen", METRICS])
+            .args(["--hubble-metrics", HUBBLE_METRICS])
             .arg("--policy")
             .arg(dir.path().join("policy.yaml"))
             .arg("--endpoints")
@@ -568,6 +569,7 @@ fn flows_are_queryable_followable_exported_and_counted() {
         metrics.contains("tollgate_policy_generation 1\n"),
         "{metrics}"
     );
+    assert_hubble_families(&metrics, &sum);
     let health = setup.node_output(
         "curl",
         &[
@@ -952,4 +954,121 @@ fn hubble_compatibility() {
     };
     assert_eq!(p.revision, 2);
     setup.proxy.assert_running().unwrap();
+}
+
+/// Cilium's syntax, with context labels on httpV2 (the other families keep Cilium's defaults).
+const HUBBLE_METRICS: &str = "dns;drop;flow;httpV2:sourceContext=workload-name;destinationContext=pod|identity;labelsContext=source_namespace,destination_namespace;policy";
+
+/// Each hubble_* family with Cilium's labels, after the traffic of `flows_are_queryable_followable_exported_and_counted`:
+/// portal GET 200 twice, DELETE 403 and GET /admin 403 (policy-denied requests), reporter's connection refused.
+fn assert_hubble_families(metrics: &str, sum: &dyn Fn(&str, &[&str]) -> u64) {
+    let flows = "hubble_flows_processed_total{";
+    assert_eq!(
+        sum(
+            flows,
+            &["type=\"L7\"", "subtype=\"http\"", "verdict=\"FORWARDED\""]
+        ),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(
+            flows,
+            &["type=\"L7\"", "subtype=\"http\"", "verdict=\"DROPPED\""]
+        ),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(
+            flows,
+            &["type=\"L3_L4\"", "subtype=\"\"", "verdict=\"DROPPED\""]
+        ),
+        1,
+        "{metrics}"
+    );
+    assert!(
+        sum(
+            "hubble_drop_total{",
+            &["reason=\"POLICY_DENIED\"", "protocol=\"TCP\""]
+        ) >= 2,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum("hubble_drop_total{", &[]),
+        sum("tollgate_drops_total{", &[]),
+        "{metrics}"
+    );
+    let portal_to_ledger = [
+        "source=\"portal\"",
+        "destination=\"billing/ledger\"",
+        "source_namespace=\"billing\"",
+        "destination_namespace=\"billing\"",
+    ];
+    let http = |extra: &[&'static str]| {
+        let mut must = vec!["protocol=\"HTTP/1.1\""];
+        must.extend(extra);
+        must.extend(portal_to_ledger);
+        must
+    };
+    let req = "hubble_http_requests_total{";
+    assert_eq!(
+        sum(req, &http(&["method=\"GET\"", "status=\"200\""])),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(req, &http(&["method=\"GET\"", "status=\"403\""])),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(req, &http(&["method=\"DELETE\"", "status=\"403\""])),
+        1,
+        "{metrics}"
+    );
+    let dur = "hubble_http_request_duration_seconds_count{";
+    assert_eq!(sum(dur, &http(&["method=\"GET\""])), 3, "{metrics}");
+    for l in metrics
+        .lines()
+        .filter(|l| l.starts_with("hubble_http_request"))
+    {
+        assert!(
+            l.contains("reporter=\"client\"") || l.contains("reporter=\"server\""),
+            "{l}"
+        );
+        assert!(
+            !l.starts_with("hubble_http_request_duration") || !l.contains("status="),
+            "{l}"
+        );
+    }
+    let verdicts = "hubble_policy_verdicts_total{";
+    assert_eq!(
+        sum(verdicts, &["match=\"l7/http\"", "action=\"forwarded\""]),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(verdicts, &["match=\"l7/http\"", "action=\"dropped\""]),
+        2,
+        "{metrics}"
+    );
+    assert_eq!(
+        sum(verdicts, &["match=\"l3-l4\"", "action=\"dropped\""]),
+        1,
+        "{metrics}"
+    );
+    for l in metrics.lines().filter(|l| l.starts_with(verdicts)) {
+        assert!(
+            l.contains("direction=\"ingress\"") || l.contains("direction=\"egress\""),
+            "{l}"
+        );
+    }
+    // No DNS traffic here: the families are declared (dns_e2e carries the DNS traffic).
+    for family in ["hubble_dns_queries_total", "hubble_dns_responses_total"] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family} counter\n")),
+            "{metrics}"
+        );
+    }
 }
