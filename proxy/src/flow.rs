@@ -49,6 +49,21 @@ pub enum DropReason {
     AuthRequired,
 }
 
+impl DropReason {
+    /// The name flow records and metric labels use (the same as its JSON form).
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::PolicyDenied => "POLICY_DENIED",
+            DropReason::PolicyDeny => "POLICY_DENY",
+            DropReason::InvalidRequest => "INVALID_REQUEST",
+            DropReason::LimitExceeded => "LIMIT_EXCEEDED",
+            DropReason::UpstreamError => "UPSTREAM_ERROR",
+            DropReason::UnsupportedProtocol => "UNSUPPORTED_PROTOCOL",
+            DropReason::AuthRequired => "AUTH_REQUIRED",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TrafficDirection {
@@ -667,6 +682,22 @@ mod tests {
         let one = ids.iter().next().unwrap();
         assert_eq!(&one[14..15], "4");
         assert!(matches!(&one[19..20], "8" | "9" | "a" | "b"), "{one}");
+    }
+
+    #[test]
+    fn drop_reason_names_are_their_json_form() {
+        use DropReason::*;
+        for r in [
+            PolicyDenied,
+            PolicyDeny,
+            InvalidRequest,
+            LimitExceeded,
+            UpstreamError,
+            UnsupportedProtocol,
+            AuthRequired,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.name(), "{r:?}");
+        }
     }
 
     #[test]

@@ -452,10 +452,7 @@ fn family_labels(rec: &FlowRecord) -> Vec<(Group, usize, Labels)> {
         out.push((
             Group::Drop,
             DROPS,
-            vec![
-                ("reason", s(drop_reason_name(reason))),
-                ("protocol", s(proto)),
-            ],
+            vec![("reason", s(reason.name())), ("protocol", s(proto))],
         ));
     }
     if let Some(h) = http {
@@ -525,18 +522,6 @@ fn policy_action(rec: &FlowRecord) -> Option<&'static str> {
             Some("dropped")
         }
         _ => None,
-    }
-}
-
-fn drop_reason_name(r: DropReason) -> &'static str {
-    match r {
-        DropReason::PolicyDenied => "POLICY_DENIED",
-        DropReason::PolicyDeny => "POLICY_DENY",
-        DropReason::InvalidRequest => "INVALID_REQUEST",
-        DropReason::LimitExceeded => "LIMIT_EXCEEDED",
-        DropReason::UpstreamError => "UPSTREAM_ERROR",
-        DropReason::UnsupportedProtocol => "UNSUPPORTED_PROTOCOL",
-        DropReason::AuthRequired => "AUTH_REQUIRED",
     }
 }
 
@@ -610,7 +595,7 @@ impl Family {
                 .label_names
                 .iter()
                 .zip(values)
-                .map(|(n, v)| format!("{n}=\"{}\"", escape(v)))
+                .map(|(n, v)| format!("{n}=\"{}\"", escape_label_value(v)))
                 .collect();
             let labels = labels.join(",");
             let Some(h) = &e.histogram else {
@@ -632,7 +617,8 @@ impl Family {
     }
 }
 
-fn escape(s: &str) -> String {
+/// A Prometheus label value in the text exposition: backslash, double quote and newline escaped.
+pub(crate) fn escape_label_value(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

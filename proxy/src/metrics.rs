@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::flow::{FlowLog, FlowRecord, FlowTap};
-use crate::hubble_metrics::{HubbleConfig, HubbleMetrics};
+use crate::hubble_metrics::{HubbleConfig, HubbleMetrics, escape_label_value};
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -76,19 +76,6 @@ fn verdict_name(v: crate::flow::Verdict) -> &'static str {
     }
 }
 
-fn drop_name(r: crate::flow::DropReason) -> &'static str {
-    use crate::flow::DropReason::*;
-    match r {
-        PolicyDenied => "POLICY_DENIED",
-        PolicyDeny => "POLICY_DENY",
-        InvalidRequest => "INVALID_REQUEST",
-        LimitExceeded => "LIMIT_EXCEEDED",
-        UpstreamError => "UPSTREAM_ERROR",
-        UnsupportedProtocol => "UNSUPPORTED_PROTOCOL",
-        AuthRequired => "AUTH_REQUIRED",
-    }
-}
-
 impl Metrics {
     /// `tollgate_*` metrics plus every `hubble_*` family without context labels.
     pub fn new(max_series: usize) -> Self {
@@ -124,7 +111,7 @@ impl Metrics {
         }
         *s.requests.entry(key).or_insert(0) += 1;
         if let Some(r) = rec.drop_reason {
-            *s.drops.entry(drop_name(r)).or_insert(0) += 1;
+            *s.drops.entry(r.name()).or_insert(0) += 1;
         }
         // Latency is only measured for requests the proxy parsed (L7); an L4 record carries none.
         if rec.l7.is_some() {
@@ -152,10 +139,10 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "tollgate_requests_total{{protocol=\"{}\",verdict=\"{}\",source_identity=\"{}\",destination_identity=\"{}\"}} {n}",
-                esc(&k.protocol),
+                escape_label_value(&k.protocol),
                 k.verdict,
-                esc(&k.source),
-                esc(&k.destination)
+                escape_label_value(&k.source),
+                escape_label_value(&k.destination)
             );
         }
         out.push_str("# HELP tollgate_drops_total Requests and connections not forwarded, by reason.\n# TYPE tollgate_drops_total counter\n");
@@ -164,7 +151,10 @@ impl Metrics {
         }
         out.push_str("# HELP tollgate_request_duration_seconds Time from request to verdict/response for parsed (L7) requests.\n# TYPE tollgate_request_duration_seconds histogram\n");
         for ((proto, verdict), h) in &s.latency {
-            let labels = format!("protocol=\"{}\",verdict=\"{verdict}\"", esc(proto));
+            let labels = format!(
+                "protocol=\"{}\",verdict=\"{verdict}\"",
+                escape_label_value(proto)
+            );
             for (b, c) in BUCKETS.iter().zip(h.counts) {
                 let _ = writeln!(
                     out,
@@ -216,12 +206,6 @@ pub struct Gauges {
     pub flows_lost: u64,
     pub policy_generation: u64,
     pub policy_reload_errors: u64,
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// What the admin server serves.
