@@ -7,9 +7,13 @@
 //!   closest authorization error) and the Metadata response filter.
 //! - `topic_ids`: topic ids learned from Metadata responses, for requests that name topics by id.
 //! - `budget`: the process-wide memory budget for request frames being received.
+//! - `frame_read`: reading one request frame under those rules (deadline, budget, header decided first).
+//! - `conn_error`: why a connection closes, and the verdict its record carries.
 //! - `handler`: the connection loop that carries decisions out, keeping responses in request order.
 
 pub mod budget;
+mod conn_error;
+mod frame_read;
 pub mod handler;
 pub mod policy;
 pub mod request;
