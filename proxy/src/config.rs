@@ -132,6 +132,14 @@ pub struct RunArgs {
     /// Rotated export files kept (`<path>.1` newest .. `<path>.N`).
     #[arg(long, default_value_t = 5)]
     pub flow_export_keep: u32,
+    /// Cilium's dynamic flow logs: a YAML file with a `flowLogs` list, each a named export with its own file
+    /// (`filePath`, `fileMaxSizeMb`, `fileMaxBackups`), `includeFilters`, `excludeFilters`, `fieldMask` and `end`;
+    /// lines are Hubble JSON. The file is re-read when it changes: no restart.
+    #[arg(long, env = "TOLLGATE_HUBBLE_FLOWLOGS_CONFIG_PATH")]
+    pub hubble_flowlogs_config_path: Option<PathBuf>,
+    /// Seconds between checks of the flow-log configuration file for changes.
+    #[arg(long, default_value_t = 5.0)]
+    pub hubble_flowlogs_reload_secs: f64,
     /// Seconds between periodic policy re-checks (inotify triggers reloads immediately; this is the fallback).
     #[arg(long, default_value_t = 2.0)]
     pub recheck_secs: f64,

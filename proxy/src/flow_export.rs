@@ -95,13 +95,13 @@ impl FlowExport {
         if rotation.max_bytes < 1024 {
             return Err(ExportError::TooSmall(rotation.max_bytes));
         }
-        let file = open(&rotation.path)?;
+        let out = RotatingFile::open(rotation)?;
         let (tx, rx) = sync_channel(QUEUE);
         let counters = Arc::new(ExportCounters::default());
         let c = counters.clone();
         std::thread::Builder::new()
             .name("flow-export".into())
-            .spawn(move || write_loop(rotation, file, rx, &c))
+            .spawn(move || write_loop(out, rx, &c))
             .map_err(|source| ExportError::Io {
                 path: PathBuf::from("<thread>"),
                 source,
@@ -139,46 +139,74 @@ fn open(path: &Path) -> Result<(std::fs::File, u64), ExportError> {
     Ok((f, size))
 }
 
-fn write_loop(
+/// A live file and its rotation: lines are appended, the file rotated first when a line would take it past the
+/// size limit. Shared by the static export and every dynamic flow log.
+#[derive(Debug)]
+pub struct RotatingFile {
     rotation: Rotation,
-    file: (std::fs::File, u64),
-    rx: Receiver<Arc<FlowRecord>>,
-    counters: &ExportCounters,
-) {
-    let (mut file, mut size) = file;
+    file: std::fs::File,
+    size: u64,
+}
+
+impl RotatingFile {
+    pub fn open(rotation: Rotation) -> Result<Self, ExportError> {
+        let (file, size) = open(&rotation.path)?;
+        Ok(RotatingFile {
+            rotation,
+            file,
+            size,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.rotation.path
+    }
+
+    /// Appends one line (its newline included); `Ok(true)` when the file was rotated first.
+    pub fn write_line(&mut self, line: &[u8]) -> std::io::Result<bool> {
+        let mut rotated = false;
+        if self.rotation.must_rotate(self.size, line.len() as u64) {
+            let reopened = if self.rotation.keep == 0 {
+                std::fs::File::create(&self.rotation.path)
+            } else {
+                self.rotation
+                    .rotate()
+                    .and_then(|()| std::fs::File::create(&self.rotation.path))
+            };
+            match reopened {
+                Ok(f) => {
+                    self.file = f;
+                    self.size = 0;
+                    rotated = true;
+                }
+                Err(e) => {
+                    tracing::warn!(path = %self.rotation.path.display(), "flow export rotation failed: {e}");
+                }
+            }
+        }
+        self.file.write_all(line)?;
+        self.size += line.len() as u64;
+        Ok(rotated)
+    }
+}
+
+fn write_loop(mut out: RotatingFile, rx: Receiver<Arc<FlowRecord>>, counters: &ExportCounters) {
     while let Ok(rec) = rx.recv() {
         let mut line = match serde_json::to_vec(&*rec) {
             Ok(l) => l,
             Err(_) => continue,
         };
         line.push(b'\n');
-        if rotation.must_rotate(size, line.len() as u64) {
-            let reopened = if rotation.keep == 0 {
-                std::fs::File::create(&rotation.path)
-            } else {
-                rotation
-                    .rotate()
-                    .and_then(|()| std::fs::File::create(&rotation.path))
-            };
-            match reopened {
-                Ok(f) => {
-                    file = f;
-                    size = 0;
+        match out.write_line(&line) {
+            Ok(rotated) => {
+                if rotated {
                     counters.rotations.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    tracing::warn!(path = %rotation.path.display(), "flow export rotation failed: {e}");
-                }
-            }
-        }
-        match file.write_all(&line) {
-            Ok(()) => {
-                size += line.len() as u64;
                 counters.written.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 counters.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(path = %rotation.path.display(), "flow export write failed: {e}");
+                tracing::warn!(path = %out.path().display(), "flow export write failed: {e}");
             }
         }
     }

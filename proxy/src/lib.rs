@@ -21,6 +21,8 @@ pub mod field_mask;
 pub mod flow;
 pub mod flow_export;
 pub mod flow_filter;
+pub mod flow_logs;
+pub mod flow_logs_config;
 pub mod fqdn_cache;
 pub mod grpc;
 pub mod h2_refusal;

@@ -151,7 +151,7 @@ pub fn render(resp: &GetFlowsResponse, output: Output) -> Option<String> {
     })
 }
 
-fn time(f: &Flow) -> String {
+pub(crate) fn time(f: &Flow) -> String {
     f.time
         .as_ref()
         .map(|t| {

@@ -567,6 +567,8 @@ pub enum ServicesError {
     #[error(transparent)]
     Export(#[from] crate::flow_export::ExportError),
     #[error(transparent)]
+    FlowLogs(#[from] crate::flow_logs::FlowLogsError),
+    #[error(transparent)]
     HubbleMetrics(#[from] crate::hubble_metrics::ConfigError),
 }
 
@@ -589,6 +591,15 @@ pub fn start_services(
             },
         )?);
         export.attach(flows);
+    }
+    if let Some(path) = &args.hubble_flowlogs_config_path {
+        let name = node_name();
+        let node = NodeInfo {
+            labels: node_labels(&name),
+            name,
+        };
+        let every = std::time::Duration::from_secs_f64(args.hubble_flowlogs_reload_secs.max(0.05));
+        crate::flow_logs::FlowLogs::start(path.clone(), node, every)?.attach(flows);
     }
     let hubble = crate::hubble_metrics::HubbleConfig::parse(
         &args.hubble_metrics,
