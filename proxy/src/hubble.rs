@@ -250,13 +250,20 @@ fn base_flow(rec: &FlowRecord, node: &NodeInfo, l7: Option<flow::Layer7>) -> flo
         node_name: node.name.clone(),
         node_labels: node.labels.clone(),
         l7,
-        event_type: Some(flow::CiliumEventType {
-            r#type: match (is_l7, rec.verdict) {
-                (true, _) => event_type::L7,
-                (false, Verdict::Dropped) => event_type::DROP,
-                (false, _) => event_type::TRACE,
+        // A drop event's subtype is its drop reason, which the hubble CLI prints ("Policy denied DROPPED").
+        event_type: Some(match (is_l7, rec.verdict) {
+            (true, _) => flow::CiliumEventType {
+                r#type: event_type::L7,
+                sub_type: 0,
             },
-            sub_type: 0,
+            (false, Verdict::Dropped) => flow::CiliumEventType {
+                r#type: event_type::DROP,
+                sub_type: drop_reason_desc,
+            },
+            (false, _) => flow::CiliumEventType {
+                r#type: event_type::TRACE,
+                sub_type: 0,
+            },
         }),
         traffic_direction: direction(rec.traffic_direction) as i32,
         is_reply: Some(false),
@@ -1231,8 +1238,14 @@ mod tests {
         );
         let mut l4 = http_record(Verdict::Dropped, 0);
         l4.l7 = None;
+        l4.drop_reason = Some(DropReason::PolicyDenied);
         let f = &to_flows(&l4, &node())[0];
         assert_eq!((f.r#type, f.event_type.as_ref().unwrap().r#type), (1, 1));
+        assert_eq!(
+            f.event_type.as_ref().unwrap().sub_type,
+            flow::DropReason::PolicyDenied as i32,
+            "a drop event's subtype is its reason (the hubble CLI prints it)"
+        );
         assert_eq!(f.summary, "TCP");
         l4.verdict = Verdict::Forwarded;
         assert_eq!(

@@ -41,6 +41,19 @@ pub(crate) fn next_id() -> u32 {
 }
 
 /// Panics unless running as root: namespaces, cgroups and eBPF need it.
+/// For checking a running scenario by hand with tools CI lacks (the real `hubble` CLI): with
+/// `TOLLGATE_E2E_HOLD_SECS=N`, prints where to look and keeps the scenario up N seconds. Does nothing otherwise.
+pub fn hold_for_hand_check(what: &str) {
+    let Some(secs) = std::env::var("TOLLGATE_E2E_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        return;
+    };
+    eprintln!("holding {secs} s for a hand check: {what}");
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+}
+
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

@@ -989,6 +989,10 @@ fn hubble_compatibility() {
     };
     assert_eq!(p.revision, 2);
     setup.proxy.assert_running().unwrap();
+    tollgate_e2e::hold_for_hand_check(&format!(
+        "observer at {OBSERVER} in netns {}",
+        setup.node.netns.name()
+    ));
 }
 
 /// Cilium's syntax, with context labels on httpV2 (the other families keep Cilium's defaults).
