@@ -135,11 +135,16 @@ impl FramingTracker {
                 State::Head => {
                     self.head.extend_from_slice(input);
                     input = &[];
-                    if let Some(rest) = self.release_lines(out) {
-                        // The head is complete: continue with what followed it (body or pipelined requests).
-                        let mut more = Vec::new();
-                        self.feed(&rest, &mut more);
-                        out.extend_from_slice(&more);
+                    if self.release_lines(out) {
+                        // The head is complete and `head` holds what followed it (body or pipelined requests):
+                        // continue with those bytes, then give the buffer back so its capacity serves the next
+                        // head (no allocation per request on a keep-alive connection).
+                        let mut rest = std::mem::take(&mut self.head);
+                        self.feed(&rest, out);
+                        if self.head.is_empty() {
+                            rest.clear();
+                            self.head = rest;
+                        }
                     } else if self.head.len() > self.max_head {
                         out.extend_from_slice(&self.head[self.released..]);
                         self.head.clear();
@@ -180,8 +185,8 @@ impl FramingTracker {
     /// Releases every complete line of the head to `out`, breaking the name of a `Transfer-Encoding` or
     /// `Content-Length` line when the other one was already seen in this head. The request line is released even
     /// while incomplete (it is never rewritten), so hyper can detect the protocol and run its header timeout.
-    /// Returns the bytes after the head once the head is complete.
-    fn release_lines(&mut self, out: &mut Vec<u8>) -> Option<Vec<u8>> {
+    /// Once the head is complete, `head` keeps only the bytes after it, and the result is `true`.
+    fn release_lines(&mut self, out: &mut Vec<u8>) -> bool {
         loop {
             // The current line starts after the last newline; the request line may be partly released already.
             let start = self.head[..self.released]
@@ -195,7 +200,7 @@ impl FramingTracker {
                     out.extend_from_slice(&self.head[self.released..]);
                     self.released = self.head.len();
                 }
-                return None;
+                return false;
             };
             let end = self.released + nl + 1;
             let line_is_empty = matches!(&self.head[start..end], b"\n" | b"\r\n");
@@ -220,18 +225,17 @@ impl FramingTracker {
             out.extend_from_slice(&self.head[self.released..end]);
             self.released = end;
             if line_is_empty {
-                let rest = self.head.split_off(end);
-                let head = std::mem::take(&mut self.head);
+                let (framing, switches) = framing_of(&self.head[..end]);
+                self.head.drain(..end);
                 self.released = 0;
                 self.seen_te = false;
                 self.seen_cl = false;
-                let (framing, switches) = framing_of(&head);
                 self.upgrade_pending = switches;
                 self.state = match framing {
                     State::Head => self.message_done(),
                     other => other,
                 };
-                return Some(rest);
+                return true;
             }
         }
     }
@@ -421,8 +425,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
             if matches!(this.tracker.state, State::Passthrough) {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
-            let mut scratch = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut scratch);
+            // Uninitialised: the read fills what it returns, and nothing else is looked at.
+            let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+            let mut rb = ReadBuf::uninit(&mut scratch);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -432,8 +437,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
                         this.ready = this.tracker.take_held();
                         this.pos = 0;
                     } else {
-                        let data = rb.filled().to_vec();
-                        this.tracker.feed(&data, &mut this.ready);
+                        this.tracker.feed(rb.filled(), &mut this.ready);
                     }
                 }
             }
@@ -480,6 +484,45 @@ mod tests {
         }
         out.extend(t.take_held());
         (out, t)
+    }
+
+    /// Splits `input` at pseudo-random points (a fixed seed per round, so failures reproduce).
+    fn run_split(input: &[u8], seed: u64) -> Vec<u8> {
+        let mut t = FramingTracker::new(64 * 1024);
+        let mut out = Vec::new();
+        let (mut rest, mut x) = (input, seed | 1);
+        while !rest.is_empty() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = ((x % 23) as usize + 1).min(rest.len());
+            t.feed(&rest[..n], &mut out);
+            rest = &rest[n..];
+        }
+        out.extend(t.take_held());
+        out
+    }
+
+    #[test]
+    fn output_does_not_depend_on_how_the_input_was_split() {
+        let streams: [&[u8]; 4] = [
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\r\nPOST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.1\r\n\r\n",
+            b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /d HTTP/1.1\r\n\r\n",
+            SMUGGLE,
+        ];
+        for input in streams {
+            let (whole, _) = run(input, input.len());
+            for seed in 0..200 {
+                assert_eq!(
+                    run_split(input, seed),
+                    whole,
+                    "seed {seed}: {}",
+                    String::from_utf8_lossy(input)
+                );
+            }
+            assert_eq!(whole.len(), input.len());
+        }
     }
 
     const SMUGGLE: &[u8] =
