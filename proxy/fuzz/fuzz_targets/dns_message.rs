@@ -1,4 +1,4 @@
-//! Fuzzes the DNS proxy's message path (`proxy/src/dns/message.rs`, compiled in directly so the target does not
+//! Fuzzes the DNS proxy's message path (the `tollgate-dns-codec` crate, `proxy/codecs/dns`, so the target does not
 //! build the whole daemon): arbitrary bytes as a client query (check, self-built answers), and as an upstream
 //! response to a fixed query (inspection, CNAME chain following, 0x20 restore). Must never panic; every answer the
 //! proxy builds itself must be a well-formed DNS response.
@@ -7,11 +7,7 @@
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/dns/message.rs"]
-#[allow(dead_code)]
-mod message;
-
-use message::*;
+use tollgate_dns_codec::message::*;
 
 /// `www.example.com A` with EDNS, id 0x1234, as a client would send it.
 const QUERY: &[u8] = &[

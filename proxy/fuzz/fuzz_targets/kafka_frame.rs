@@ -1,4 +1,4 @@
-//! Fuzzes the Kafka request path (`proxy/src/kafka/request.rs` and `response.rs`, compiled in directly): arbitrary
+//! Fuzzes the Kafka request path (the `tollgate-kafka-codec` crate, `proxy/codecs/kafka`): arbitrary
 //! bytes as a request frame (length check, the header decoded ahead of the body, which must agree with the whole
 //! frame's decoding, header and body decoding, topic extraction) and, for every frame that decodes, the local error
 //! responses the proxy would send, which must parse back as a response of the same key and version with the same
@@ -11,12 +11,7 @@ use kafka_protocol::messages::{ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::Decodable;
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/kafka/request.rs"]
-#[allow(dead_code)]
-mod request;
-#[path = "../../src/kafka/response.rs"]
-#[allow(dead_code)]
-mod response;
+use tollgate_kafka_codec::{request, response};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= 4 {

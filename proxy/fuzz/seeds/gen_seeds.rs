@@ -18,15 +18,8 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 // The proxy code the targets fuzz, to check every seed is accepted by it (a seed that fails early is wasted).
-#[path = "../../src/dns/message.rs"]
-#[allow(dead_code)]
-mod message;
-#[path = "../../src/kafka/request.rs"]
-#[allow(dead_code)]
-mod request;
-#[path = "../../src/kafka/response.rs"]
-#[allow(dead_code)]
-mod response;
+use tollgate_dns_codec::message;
+use tollgate_kafka_codec::{request, response};
 
 fn s(v: &'static str) -> StrBytes {
     StrBytes::from_static_str(v)

@@ -2,19 +2,19 @@
 //! forwards allowed queries to the resolver the pod asked, and learns FQDN -> IP from the answers for `toFQDNs`
 //! (the policy snapshot's cache and the kernel's FQDN gate), before the answer is released.
 //!
-//! Parts: `message` (pure DNS handling), `learn` (FQDN learning plan + application), `server` (listeners and
+//! Parts: `message` (pure DNS handling, the `tollgate-dns-codec` crate in `proxy/codecs/dns`), `learn` (FQDN learning plan + application), `server` (listeners and
 //! forwarder), `record` (flow records), `metrics` (counters, hold histogram), `origin` (where a query was going,
 //! from the eBPF maps). `start` wires them for `tollgate run`, including the socket handoff on restart.
 
 pub mod denials;
 pub mod learn;
-pub mod message;
+pub use tollgate_dns_codec::message;
 pub mod metrics;
 pub mod origin;
 pub mod record;
 pub mod server;
 #[cfg(test)]
-mod testutil;
+use tollgate_dns_codec::testutil;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;

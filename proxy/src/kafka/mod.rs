@@ -1,10 +1,9 @@
 //! Kafka on the wire: ports whose policy has `kafka` rules.
 //!
-//! - `request`: frame length checks, request header and body decoding with the `kafka-protocol` crate for every
-//!   API key and version it knows, and the topics each request names (by name, or by id).
+//! - `request` and `response`, re-exported from the `tollgate-kafka-codec` crate (`proxy/codecs/kafka`, pure, also
+//!   what the fuzz target builds): frame checks, request decoding and the topics a request names; the local error
+//!   responses and the Metadata response filter.
 //! - `policy`: the pure decision for one request (forward, or answer locally with which error code).
-//! - `response`: the local error responses (29 TOPIC_AUTHORIZATION_FAILED on every topic/partition, or the API's
-//!   closest authorization error) and the Metadata response filter.
 //! - `topic_ids`: topic ids learned from Metadata responses, for requests that name topics by id.
 //! - `budget`: the process-wide memory budget for request frames being received.
 //! - `frame_read`: reading one request frame under those rules (deadline, budget, header decided first).
@@ -16,8 +15,7 @@ mod conn_error;
 mod frame_read;
 pub mod handler;
 pub mod policy;
-pub mod request;
-pub mod response;
 pub mod topic_ids;
 
+pub use tollgate_kafka_codec::{request, response};
 pub use topic_ids::TopicIds;

@@ -328,7 +328,7 @@ fn lower_no_dot(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::testutil::{a, cname, query, response};
+    use crate::testutil::{a, cname, query, response};
     use hickory_proto::op::ResponseCode;
     use hickory_proto::rr::RecordType;
 

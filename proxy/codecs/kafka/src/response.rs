@@ -1034,7 +1034,7 @@ pub fn filter_metadata(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::request::{TopicRef, decode};
+    use crate::request::{TopicRef, decode};
     use kafka_protocol::messages::TopicName;
 
     fn name(s: &'static str) -> TopicName {
