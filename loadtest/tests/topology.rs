@@ -10,6 +10,7 @@ use std::time::Duration;
 use tollgate_load::client::Protocol;
 use tollgate_load::engine::{self, Mode, RunConfig};
 use tollgate_load::progress::Progress;
+use tollgate_load::runner;
 use tollgate_load::scenario::{self, Env, RunOptions, Scenario};
 
 /// The netns tests check that nothing of theirs is left behind, so they must not overlap.
@@ -29,6 +30,8 @@ fn workdir(tag: &str) -> PathBuf {
 fn opts() -> RunOptions {
     RunOptions {
         tollgate_bin: std::env::var_os("TOLLGATE_BIN").map(PathBuf::from),
+        rounds: Some(1),
+        ..RunOptions::default()
     }
 }
 
@@ -76,7 +79,7 @@ fn netns_scenario_measures_direct_and_peer_and_cleans_up() {
     let _serial = netns_lock();
     let s = Scenario::parse(Path::new("netns.toml"), NETNS).unwrap();
     let dir = workdir("netns");
-    let r = scenario::run(&s, &dir, opts(), &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
+    let r = runner::run(&s, &dir, opts(), &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.groups.len(), 1);
     for row in &r.groups[0] {
         assert_eq!(row.summary.errors, 0, "{}", row.label);
@@ -384,7 +387,7 @@ addr = "127.0.0.1:19092"
 "#;
     let s = Scenario::parse(Path::new("kafka.toml"), text).unwrap();
     let dir = workdir("kafka");
-    let r = scenario::run(&s, &dir, opts(), &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
+    let r = runner::run(&s, &dir, opts(), &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
     let open = &r.groups[0][0].summary;
     assert_eq!(open.errors, 0, "{open:?}");
     assert!((190..=210).contains(&open.requests), "{open:?}");
