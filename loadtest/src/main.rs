@@ -229,8 +229,15 @@ fn scenario_cmd(a: ScenarioArgs) -> anyhow::Result<()> {
             .command
             .clone()
             .unwrap_or_else(|| format!("tollgate-load scenario {}", file.display()));
-        let plots = a.plots.clone().unwrap_or_else(|| dir.clone());
-        md.push_str(&section(&s, file, &command, &result, &plots)?);
+        let link = a.plots.clone().unwrap_or_else(|| dir.clone());
+        md.push_str(&section(
+            &s,
+            file,
+            &command,
+            &result,
+            &plot_dir(&a, &out, &link),
+            &link,
+        )?);
     }
     drop(progress);
     let verdict = gate.verdict();
@@ -256,6 +263,42 @@ fn scenario_cmd(a: ScenarioArgs) -> anyhow::Result<()> {
     };
     std::fs::write(path, report::benchmarks_document(&md, &machine))
         .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(plots) = &a.plots {
+        publish_plots(&out.join("plots"), plots)?;
+    }
+    Ok(())
+}
+
+/// Where plots are drawn: with `--benchmarks` and `--plots`, a staging directory under `out` (they replace the
+/// published ones only when BENCHMARKS.md is written, so a refused busy run leaves both untouched); else `link`.
+fn plot_dir(a: &ScenarioArgs, out: &std::path::Path, link: &std::path::Path) -> PathBuf {
+    match (&a.benchmarks, &a.plots) {
+        (Some(_), Some(_)) => out.join("plots"),
+        _ => link.to_path_buf(),
+    }
+}
+
+/// Replaces the SVGs in `dest` with the staged ones.
+fn publish_plots(staged: &std::path::Path, dest: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let svgs = |dir: &std::path::Path| -> anyhow::Result<Vec<PathBuf>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "svg") {
+                v.push(p);
+            }
+        }
+        Ok(v)
+    };
+    for old in svgs(dest)? {
+        std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    for new in svgs(staged)? {
+        let to = dest.join(new.file_name().unwrap_or_default());
+        std::fs::copy(&new, &to)
+            .with_context(|| format!("copying {} to {}", new.display(), to.display()))?;
+    }
     Ok(())
 }
 
@@ -267,6 +310,7 @@ fn section(
     command: &str,
     result: &ScenarioResult,
     plots: &std::path::Path,
+    link: &std::path::Path,
 ) -> anyhow::Result<String> {
     let mut md = format!(
         "## {}\n\nReproduce: `{command}` (scenario `{}`)\n\n",
@@ -302,7 +346,8 @@ fn section(
                 s.name, first.mode
             );
             tollgate_load::plot::percentile_curves(&svg, &title, shown)?;
-            md.push_str(&format!("\n![{title}]({})\n", svg.display()));
+            let shown = link.join(svg.file_name().unwrap_or_default());
+            md.push_str(&format!("\n![{title}]({})\n", shown.display()));
         }
         md.push('\n');
     }
@@ -313,7 +358,8 @@ fn section(
             s.name
         );
         tollgate_load::plot::latency_vs_rate(&svg, &title, &last_round)?;
-        md.push_str(&format!("![{title}]({})\n\n", svg.display()));
+        let shown = link.join(svg.file_name().unwrap_or_default());
+        md.push_str(&format!("![{title}]({})\n\n", shown.display()));
     }
     Ok(md)
 }

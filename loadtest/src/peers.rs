@@ -91,9 +91,9 @@ pub fn nginx_backend(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {workdir}/backend-error.log;\npid {workdir}/backend.pid;\n\
          events {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {workdir}/b-body;\n  proxy_temp_path {workdir}/b-proxy;\n\
-           fastcgi_temp_path {workdir}/b-fcgi;\n  uwsgi_temp_path {workdir}/b-uwsgi;\n  scgi_temp_path {workdir}/b-scgi;\n\
-           keepalive_requests 1000000;\n  http2_max_concurrent_streams 1000;\n\
-           server {{\n{listens}    location / {{ {answer} }}\n  }}\n}}\n"
+           \x20 fastcgi_temp_path {workdir}/b-fcgi;\n  uwsgi_temp_path {workdir}/b-uwsgi;\n  scgi_temp_path {workdir}/b-scgi;\n\
+           \x20 keepalive_requests 1000000;\n  http2_max_concurrent_streams 1000;\n\
+           \x20 server {{\n{listens}    location / {{ {answer} }}\n  }}\n}}\n"
     )
 }
 
@@ -118,11 +118,11 @@ pub fn nginx_peer(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {workdir}/peer-error.log;\npid {workdir}/peer.pid;\n\
          events {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {workdir}/p-body;\n  proxy_temp_path {workdir}/p-proxy;\n\
-           fastcgi_temp_path {workdir}/p-fcgi;\n  uwsgi_temp_path {workdir}/p-uwsgi;\n  scgi_temp_path {workdir}/p-scgi;\n\
-           keepalive_requests 1000000;\n\
-           upstream backend {{ server {backend}; keepalive 64; keepalive_requests 1000000; }}\n\
-           proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n\
-           server {{\n    listen {listen};\n{locations}    location / {{ return 403; }}\n  }}\n}}\n"
+           \x20 fastcgi_temp_path {workdir}/p-fcgi;\n  uwsgi_temp_path {workdir}/p-uwsgi;\n  scgi_temp_path {workdir}/p-scgi;\n\
+           \x20 keepalive_requests 1000000;\n\
+           \x20 upstream backend {{ server {backend}; keepalive 64; keepalive_requests 1000000; }}\n\
+           \x20 proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n\
+           \x20 server {{\n    listen {listen};\n{locations}    location / {{ return 403; }}\n  }}\n}}\n"
     )
 }
 

@@ -517,7 +517,8 @@ pub fn external_markdown(r: &ScenarioResult) -> String {
     }
     if !ratios.is_empty() {
         out.push_str(&format!(
-            "\n| generator | ratio of rps per proxy core (medians) | |\n|---|---|---:|\n{ratios}"
+            "\nTollgate divided by each peer, rps per proxy core (medians):\n\n\
+             | generator | ratio | rps per proxy core |\n|---|---|---:|\n{ratios}"
         ));
     }
     out.push('\n');

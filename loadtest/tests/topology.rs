@@ -105,6 +105,33 @@ fn netns_scenario_measures_direct_and_peer_and_cleans_up() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A "proxy" that does not deny (here the backend itself, answering every path) is refused before any load runs,
+/// with an error naming it: its figures would not compare with proxies that enforce the rules.
+#[test]
+fn a_measured_target_that_does_not_deny_is_refused() {
+    let _serial = netns_lock();
+    let text = NETNS.replace(
+        "[[target]]\nlabel = \"direct\"\naddr = \"10.0.1.20:8080\"\n",
+        "[[target]]\nlabel = \"open-door\"\naddr = \"10.0.1.20:8080\"\nmeasure = \"backend\"\n",
+    );
+    assert!(text.contains("open-door"));
+    let s = Scenario::parse(Path::new("open.toml"), &text).unwrap();
+    let dir = workdir("open-door");
+    let err = runner::run(&s, &dir, opts(), &mut Progress::new()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("open-door does not enforce the scenario's rules")
+            && msg.contains("GET /not-in-policy got HTTP 200"),
+        "{msg}"
+    );
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 const TOLLGATE: &str = r#"
 name = "tollgate-smoke"
 topology = "netns"
