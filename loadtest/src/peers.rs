@@ -127,30 +127,34 @@ pub fn nginx_peer(
 }
 
 /// HAProxy as a peer proxy at its best for this job: one thread mapped to `core` (the core it is pinned to),
-/// server connections reused across requests (`http-reuse always`), `rules` ACLs (method + exact path), deny by
-/// default. `h2` speaks h2c on both sides (`proto h2`).
+/// server connections reused across requests (`http-reuse always`), and the rules as one ACL whose exact paths
+/// are loaded from `paths_file` (written from [`haproxy_paths`]): HAProxy indexes one ACL's string patterns in a
+/// tree, where one `http-request allow if { path ... }` line per rule is a linear scan that halved its rps per
+/// CPU-second in a measurement here (29k against 60k). Everything else is denied. `h2` speaks h2c on both sides
+/// (`proto h2`).
 pub fn haproxy_peer(
     listen: SocketAddr,
     backend: SocketAddr,
     rules: RuleSet,
     core: usize,
     h2: bool,
+    paths_file: &str,
 ) -> String {
-    let mut acls = String::new();
-    for i in 0..rules.count {
-        acls.push_str(&format!(
-            "  http-request allow if METH_{} {{ path {} }}\n",
-            rules.method(),
-            rules.path(i)
-        ));
-    }
     let proto = if h2 { " proto h2" } else { "" };
     format!(
         "global\n  nbthread 1\n  cpu-map 1/1 {core}\n  maxconn 4000\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
-         frontend fe\n  bind {listen}{proto}\n{acls}  http-request deny\n  default_backend be\n\
-         backend be\n  http-reuse always\n  server s1 {backend}{proto}\n"
+         frontend fe\n  bind {listen}{proto}\n\
+         \x20 acl rule_paths path -f {paths_file}\n\
+         \x20 http-request deny unless METH_{method} rule_paths\n  default_backend be\n\
+         backend be\n  http-reuse always\n  server s1 {backend}{proto}\n",
+        method = rules.method()
     )
+}
+
+/// The exact paths of `rules`, one a line: HAProxy's pattern file for [`haproxy_peer`].
+pub fn haproxy_paths(rules: RuleSet) -> String {
+    (0..rules.count).map(|i| rules.path(i) + "\n").collect()
 }
 
 /// Tollgate's policy with the same `rules` allow rules as the peers (method + path, Cilium L7 HTTP rules) for
@@ -297,34 +301,36 @@ mod tests {
     #[test]
     fn haproxy_peer_one_pinned_thread_reuse_and_deny_by_default() {
         let (a, b) = addrs();
-        let h = haproxy_peer(a, b, RuleSet::http(100), 0, false);
-        assert_eq!(
-            h.matches("http-request allow if METH_GET { path /api/v1/resource-")
-                .count(),
-            100
-        );
+        let h = haproxy_peer(a, b, RuleSet::http(100), 0, false, "/w/haproxy-paths.lst");
         assert!(h.contains("  nbthread 1\n  cpu-map 1/1 0\n"), "{h}");
         assert!(h.contains("  http-reuse always\n") && h.contains("server s1 127.0.0.1:2\n"));
-        // The deny comes after every allow: first match wins.
-        assert!(h.rfind("http-request allow").unwrap() < h.find("  http-request deny\n").unwrap());
-        assert!(!h.contains("proto h2"));
-        let h2 = haproxy_peer(
-            a,
-            b,
-            RuleSet {
-                count: 2,
-                grpc: true,
-            },
-            1,
-            true,
+        assert!(
+            h.contains("\n  acl rule_paths path -f /w/haproxy-paths.lst\n"),
+            "{h}"
         );
+        assert!(
+            h.contains("\n  http-request deny unless METH_GET rule_paths\n"),
+            "{h}"
+        );
+        assert!(!h.contains("proto h2"));
+        let paths = haproxy_paths(RuleSet::http(100));
+        assert_eq!(paths.lines().count(), 100);
+        assert!(
+            paths.starts_with("/api/v1/resource-0\n") && paths.ends_with("/api/v1/resource-99\n")
+        );
+        let grpc = RuleSet {
+            count: 2,
+            grpc: true,
+        };
+        let h2 = haproxy_peer(a, b, grpc, 1, true, "/p");
         assert!(
             h2.contains("bind 127.0.0.1:1 proto h2\n")
                 && h2.contains("server s1 127.0.0.1:2 proto h2\n")
         );
-        assert!(
-            h2.contains("cpu-map 1/1 1\n")
-                && h2.contains("METH_POST { path /load.v1.Bench/Call1 }")
+        assert!(h2.contains("cpu-map 1/1 1\n") && h2.contains("deny unless METH_POST rule_paths"));
+        assert_eq!(
+            haproxy_paths(grpc),
+            "/load.v1.Bench/Call0\n/load.v1.Bench/Call1\n"
         );
     }
 
@@ -344,17 +350,17 @@ mod tests {
     #[test]
     fn excerpt_folds_rule_lines_but_keeps_the_rest() {
         let (a, b) = addrs();
-        let full = haproxy_peer(a, b, RuleSet::http(100), 0, false);
+        let full = nginx_peer("/w", a, b, RuleSet::http(100));
         let e = config_excerpt(&full, RuleSet::http(100).prefix());
         assert!(
-            e.contains("  # ... 97 more rule lines of the same shape ...\n"),
+            e.contains("    # ... 97 more rule lines of the same shape ...\n"),
             "{e}"
         );
         assert!(
-            e.contains("resource-0 }") && e.contains("resource-1 }") && e.contains("resource-99 }")
+            e.contains("resource-0 {") && e.contains("resource-1 {") && e.contains("resource-99 {")
         );
-        assert!(!e.contains("resource-50 }"));
-        assert!(e.contains("nbthread 1") && e.contains("http-request deny\n"));
+        assert!(!e.contains("resource-50 {"));
+        assert!(e.contains("worker_processes 1;") && e.contains("location / { return 403; }"));
         assert_eq!(config_excerpt("a\nb\n", "zzz"), "a\nb\n");
         let three = "x /p0\nx /p1\nx /p2\n";
         assert_eq!(config_excerpt(three, "/p"), three);

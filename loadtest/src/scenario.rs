@@ -628,6 +628,10 @@ pub fn start(
             port, backend_port, ..
         } => {
             let listen = SocketAddr::new(peer_ip, *port);
+            let paths = write(
+                workdir.join(format!("{}-paths.lst", svc.name())),
+                &peers::haproxy_paths(s.rule_set()),
+            )?;
             let conf = write(
                 workdir.join(format!("{}.cfg", svc.name())),
                 &peers::haproxy_peer(
@@ -636,6 +640,7 @@ pub fn start(
                     s.rule_set(),
                     s.proxy_core,
                     matches!(s.protocol, Protocol::Http2 | Protocol::Grpc),
+                    &paths.display().to_string(),
                 ),
             )?;
             (
@@ -943,7 +948,13 @@ fn shown_config(s: &Scenario, svc: &Service, workdir: &Path) -> Option<String> {
         ),
         _ => return None,
     };
-    let text = std::fs::read_to_string(workdir.join(file)).ok()?;
+    let mut text = std::fs::read_to_string(workdir.join(file)).ok()?;
+    if let Service::HaproxyPeer { .. } = svc {
+        // The ACL's patterns live in their own file; show it under the configuration.
+        let list = format!("{}-paths.lst", svc.name());
+        let paths = std::fs::read_to_string(workdir.join(&list)).ok()?;
+        text.push_str(&format!("\n# {list}:\n{paths}"));
+    }
     Some(peers::config_excerpt(&text, fold))
 }
 
