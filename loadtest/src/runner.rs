@@ -126,6 +126,17 @@ fn check_enforcement(
     Ok(())
 }
 
+/// [`check_enforcement`] for every measured target of an HTTP scenario (DNS and Kafka enforcement is proven by
+/// the topology tests instead).
+fn check_all_enforce(s: &Scenario, env: &Env, workdir: &Path) -> Result<(), ScenarioError> {
+    if s.is_http() {
+        for t in s.targets.iter().filter(|t| t.measure.is_some()) {
+            check_enforcement(s, env, t, workdir)?;
+        }
+    }
+    Ok(())
+}
+
 /// Idle RSS of every measured target's proxy, and with `idle_connections` its growth per held connection.
 fn measure_idle(
     s: &Scenario,
@@ -291,6 +302,8 @@ fn run_rounds(
     let mut n = 0;
     for round in 1..=rounds {
         let before = load_sample(opts)?;
+        // Again before every round: a proxy is measured only while it is seen to deny.
+        check_all_enforce(s, env, workdir)?;
         for (m, mode) in modes.iter().enumerate() {
             let duration = match mode {
                 Mode::Open { duration, .. } | Mode::Closed { duration } => *duration,
@@ -379,11 +392,7 @@ pub fn run(
         running.push(crate::scenario::start(s, svc, workdir, &env)?);
     }
     std::thread::sleep(Duration::from_millis(500));
-    if s.is_http() {
-        for t in s.targets.iter().filter(|t| t.measure.is_some()) {
-            check_enforcement(s, &env, t, workdir)?;
-        }
-    }
+    check_all_enforce(s, &env, workdir)?;
     let idle = measure_idle(s, &env, &running, progress)?;
     let rounds = run_rounds(s, &env, &running, workdir, &opts, progress)?;
     for r in &mut running {

@@ -105,6 +105,56 @@ fn netns_scenario_measures_direct_and_peer_and_cleans_up() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two interleaved rounds with wrk beside our generator: every round has a row per target, wrk rows carry the
+/// peer's CPU, the load average is recorded around each round, and the peer's configuration is kept for the report.
+#[test]
+fn rounds_interleave_targets_and_wrk_rows_charge_the_peer() {
+    let _serial = netns_lock();
+    let text = NETNS.replacen(
+        "[[service]]",
+        "[[external]]\ntool = \"wrk\"\nargs = [\"-t1\", \"-c4\"]\nduration = 1.0\n[[service]]",
+        1,
+    );
+    let text = text.replacen("idle_connections = 50\n", "", 1);
+    let s = Scenario::parse(Path::new("rounds.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let dir = workdir("rounds");
+    let opts = RunOptions {
+        rounds: Some(2),
+        ..opts()
+    };
+    let r = runner::run(&s, &dir, opts, &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
+    let order: Vec<(usize, &str)> = r.groups[0]
+        .iter()
+        .map(|x| (x.round, x.label.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [(1, "direct"), (1, "nginx"), (2, "direct"), (2, "nginx")]
+    );
+    assert_eq!(r.externals.len(), 4);
+    for e in &r.externals {
+        assert!(e.output.rps > 0.0 && e.output.non_2xx == 0, "{e:?}");
+        assert_eq!(e.proxy.is_some(), e.label == "nginx", "{e:?}");
+    }
+    assert!(
+        r.externals
+            .iter()
+            .any(|e| e.rps_per_proxy_core().is_some_and(|v| v > 0.0))
+    );
+    assert_eq!(r.rounds.len(), 2);
+    assert!(
+        r.configs
+            .iter()
+            .any(|c| c.service == "nginx" && c.text.contains("keepalive 64;"))
+    );
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A "proxy" that does not deny (here the backend itself, answering every path) is refused before any load runs,
 /// with an error naming it: its figures would not compare with proxies that enforce the rules.
 #[test]
