@@ -210,6 +210,14 @@ fn scenario_cmd(a: ScenarioArgs) -> anyhow::Result<()> {
         "tollgate-load: 1-minute load {:.2}, {:.1} other runnable tasks (threshold {:.2})",
         initial.one_min, initial.runnable_others, a.max_load
     );
+    if let Verdict::BusyRefused(why) = gate.verdict()
+        && a.benchmarks.is_some()
+    {
+        eprintln!(
+            "tollgate-load: NOT PUBLISHABLE: {why}; the results will be printed but not written to BENCHMARKS.md \
+             (stop builds and tests and re-run, or pass --allow-busy)"
+        );
+    }
     let mut md = String::new();
     let mut progress = Progress::new();
     for file in &a.files {
