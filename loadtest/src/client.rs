@@ -210,41 +210,74 @@ impl Connection {
     /// Sends one request and reads the whole response; `false` on any transport or status failure. A failed
     /// HTTP/1.1 connection stays failed (later calls return `false` quickly), which shows up as errors.
     pub async fn send(&mut self) -> bool {
+        match &mut self.sender {
+            Sender::Dns(d) => d.query().await,
+            Sender::Kafka(k) => k.produce().await,
+            Sender::H1(_) | Sender::H2(_) => {
+                let grpc = self.grpc;
+                self.answer().await.is_some_and(|a| a.ok(grpc))
+            }
+        }
+    }
+
+    /// Sends one HTTP request and reads the whole response: its status and gRPC status. `None` on a transport
+    /// failure, and for DNS and Kafka connections (they have no HTTP answer).
+    pub async fn answer(&mut self) -> Option<Answer> {
         let req = http::Request::from_parts(self.request.clone(), Full::new(self.body.clone()));
         let resp = match &mut self.sender {
-            Sender::Dns(d) => return d.query().await,
-            Sender::Kafka(k) => return k.produce().await,
+            Sender::Dns(_) | Sender::Kafka(_) => return None,
             Sender::H1(s) => {
-                if s.ready().await.is_err() {
-                    return false;
-                }
+                s.ready().await.ok()?;
                 s.send_request(req).await
             }
             Sender::H2(s) => {
-                if s.ready().await.is_err() {
-                    return false;
-                }
+                s.ready().await.ok()?;
                 s.send_request(req).await
             }
         };
-        let Ok(resp) = resp else { return false };
-        let status_ok = resp.status().is_success();
+        let resp = resp.ok()?;
+        let status = resp.status().as_u16();
         let header_grpc_status = resp.headers().get("grpc-status").cloned();
-        let Ok(collected) = resp.into_body().collect().await else {
-            return false;
-        };
-        if !status_ok {
-            return false;
+        let collected = resp.into_body().collect().await.ok()?;
+        // Trailers-only responses put grpc-status in the headers.
+        let grpc_status = collected
+            .trailers()
+            .and_then(|t| t.get("grpc-status").cloned())
+            .or(header_grpc_status)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        Some(Answer {
+            status,
+            grpc_status,
+        })
+    }
+}
+
+/// What an HTTP request got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub grpc_status: Option<String>,
+}
+
+impl Answer {
+    /// A success: 2xx, and for gRPC also `grpc-status: 0`.
+    pub fn ok(&self, grpc: bool) -> bool {
+        (200..300).contains(&self.status) && (!grpc || self.grpc_status.as_deref() == Some("0"))
+    }
+
+    /// A policy denial: HTTP 403, or gRPC PERMISSION_DENIED (7).
+    pub fn denied(&self) -> bool {
+        self.status == 403 || self.grpc_status.as_deref() == Some("7")
+    }
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}", self.status)?;
+        if let Some(g) = &self.grpc_status {
+            write!(f, " grpc-status {g}")?;
         }
-        if self.grpc {
-            // Trailers-only responses put grpc-status in the headers.
-            let status = collected
-                .trailers()
-                .and_then(|t| t.get("grpc-status").cloned())
-                .or(header_grpc_status);
-            return status.is_some_and(|s| s.as_bytes() == b"0");
-        }
-        true
+        Ok(())
     }
 }
 
@@ -260,6 +293,18 @@ mod tests {
             protocol,
             payload,
         }
+    }
+
+    #[test]
+    fn answers_ok_and_denied() {
+        let a = |status, g: Option<&str>| Answer {
+            status,
+            grpc_status: g.map(String::from),
+        };
+        assert!(a(200, None).ok(false) && !a(200, None).ok(true) && a(200, Some("0")).ok(true));
+        assert!(a(403, None).denied() && a(200, Some("7")).denied() && !a(404, None).denied());
+        assert!(!a(403, None).ok(false) && !a(200, None).denied());
+        assert_eq!(a(200, Some("7")).to_string(), "HTTP 200 grpc-status 7");
     }
 
     #[test]

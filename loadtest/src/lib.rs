@@ -7,13 +7,17 @@
 pub mod client;
 pub mod dns;
 pub mod engine;
+pub mod external;
 pub mod kafka;
 pub mod netns;
 pub mod peers;
 pub mod plot;
 pub mod procstat;
 pub mod progress;
+pub mod quiet;
 pub mod report;
+pub mod runner;
 pub mod scenario;
 pub mod schedule;
+pub mod spread;
 pub mod stats;

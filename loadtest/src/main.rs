@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use tollgate_load::client::{Protocol, Target};
 use tollgate_load::engine::{self, Mode, RunConfig};
 use tollgate_load::progress::Progress;
-use tollgate_load::report::{self, RunResult};
+use tollgate_load::quiet::{self, Gate, Verdict};
+use tollgate_load::report::{self, RunResult, ScenarioResult};
+use tollgate_load::runner;
 use tollgate_load::scenario::{self, Scenario};
 
 #[derive(Debug, Parser)]
@@ -49,7 +51,29 @@ enum Cmd {
         /// The tollgate binary for `kind = "tollgate"` services (default: `tollgate` next to this executable).
         #[arg(long)]
         tollgate_bin: Option<PathBuf>,
+        /// Rounds per scenario (overrides the scenario's `rounds`, default 3).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// The quiet-machine threshold: the 1-minute load average before the start and the other runnable tasks
+        /// between rounds must not exceed it, or BENCHMARKS.md is not written.
+        #[arg(long, default_value_t = quiet::DEFAULT_MAX_LOAD)]
+        max_load: f64,
+        /// Write BENCHMARKS.md even from a busy machine, with a bold NOT PUBLISHABLE line above every table.
+        #[arg(long)]
+        allow_busy: bool,
     },
+}
+
+/// The `scenario` subcommand's arguments.
+struct ScenarioArgs {
+    files: Vec<PathBuf>,
+    out: PathBuf,
+    plots: Option<PathBuf>,
+    benchmarks: Option<PathBuf>,
+    command: Option<String>,
+    opts: scenario::RunOptions,
+    max_load: f64,
+    allow_busy: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +146,7 @@ fn main() -> anyhow::Result<()> {
                     Some(r) => format!("open@{r}rps"),
                     None => "closed".into(),
                 },
+                round: 0,
                 connections: a.connections,
                 payload: a.payload,
                 response_bytes: 0,
@@ -153,62 +178,196 @@ fn main() -> anyhow::Result<()> {
             benchmarks,
             command,
             tollgate_bin,
-        } => {
-            let out = std::path::absolute(&out)
-                .with_context(|| format!("resolving {}", out.display()))?;
-            let opts = scenario::RunOptions { tollgate_bin };
-            let mut md = String::new();
-            let mut progress = Progress::new();
-            for file in &files {
-                let s = Scenario::load(file)?;
-                let dir = out.join(&s.name);
-                let result = scenario::run(&s, &dir.join("work"), opts.clone(), &mut progress)?;
-                std::fs::write(
-                    dir.join("results.json"),
-                    serde_json::to_vec_pretty(&result)?,
-                )
-                .with_context(|| format!("writing {}/results.json", dir.display()))?;
-                let command = command
-                    .clone()
-                    .unwrap_or_else(|| format!("tollgate-load scenario {}", file.display()));
-                md.push_str(&format!(
-                    "## {}\n\nReproduce: `{command}` (scenario `{}`)\n\n",
-                    s.name,
-                    file.display()
-                ));
-                md.push_str(&report::headlines(&result));
-                if result.idle.iter().any(|i| i.connections > 0) {
-                    md.push_str(&report::idle_markdown(&result.idle));
-                }
-                let plots = plots.clone().unwrap_or_else(|| dir.clone());
-                std::fs::create_dir_all(&plots)
-                    .with_context(|| format!("creating {}", plots.display()))?;
-                for g in &result.groups {
-                    md.push_str(&report::markdown(g));
-                    if let Some(first) = g.first() {
-                        let svg = plots.join(format!("{}-{}.svg", s.name, first.mode));
-                        let title = format!("{} {}: latency by percentile", s.name, first.mode);
-                        tollgate_load::plot::percentile_curves(&svg, &title, g)?;
-                        md.push_str(&format!("\n![{title}]({})\n", svg.display()));
-                    }
-                    md.push('\n');
-                }
-                if s.rates.len() > 1 {
-                    let svg = plots.join(format!("{}-latency-vs-rate.svg", s.name));
-                    let title = format!("{}: p50 and p99 latency vs offered rate", s.name);
-                    tollgate_load::plot::latency_vs_rate(&svg, &title, &result.groups)?;
-                    md.push_str(&format!("![{title}]({})\n\n", svg.display()));
-                }
-            }
-            drop(progress);
-            std::fs::write(out.join("summary.md"), &md)
-                .with_context(|| format!("writing {}/summary.md", out.display()))?;
-            if let Some(path) = &benchmarks {
-                std::fs::write(path, report::benchmarks_document(&md))
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            print!("{md}");
-        }
+            rounds,
+            max_load,
+            allow_busy,
+        } => scenario_cmd(ScenarioArgs {
+            files,
+            out,
+            plots,
+            benchmarks,
+            command,
+            opts: scenario::RunOptions {
+                tollgate_bin,
+                rounds,
+                load_window: Duration::from_secs(1),
+            },
+            max_load,
+            allow_busy,
+        })?,
     }
     Ok(())
+}
+
+/// Runs the scenario files, renders the report, and writes BENCHMARKS.md only when the load gate allows it.
+fn scenario_cmd(a: ScenarioArgs) -> anyhow::Result<()> {
+    let out =
+        std::path::absolute(&a.out).with_context(|| format!("resolving {}", a.out.display()))?;
+    let initial = quiet::sample(10, Duration::from_secs(1)).context("reading /proc/loadavg")?;
+    let mut gate = Gate::new(a.max_load, a.allow_busy, initial.one_min);
+    gate.record(initial);
+    eprintln!(
+        "tollgate-load: 1-minute load {:.2}, {:.1} other runnable tasks (threshold {:.2})",
+        initial.one_min, initial.runnable_others, a.max_load
+    );
+    if let Verdict::BusyRefused(why) = gate.verdict()
+        && a.benchmarks.is_some()
+    {
+        eprintln!(
+            "tollgate-load: NOT PUBLISHABLE: {why}; the results will be printed but not written to BENCHMARKS.md \
+             (stop builds and tests and re-run, or pass --allow-busy)"
+        );
+    }
+    let mut md = String::new();
+    let mut progress = Progress::new();
+    for file in &a.files {
+        let s = Scenario::load(file)?;
+        let dir = out.join(&s.name);
+        let result = runner::run(&s, &dir.join("work"), a.opts.clone(), &mut progress)?;
+        for l in &result.rounds {
+            gate.record(l.before);
+            gate.record(l.after);
+        }
+        std::fs::write(
+            dir.join("results.json"),
+            serde_json::to_vec_pretty(&result)?,
+        )
+        .with_context(|| format!("writing {}/results.json", dir.display()))?;
+        let command = a
+            .command
+            .clone()
+            .unwrap_or_else(|| format!("tollgate-load scenario {}", file.display()));
+        let link = a.plots.clone().unwrap_or_else(|| dir.clone());
+        md.push_str(&section(
+            &s,
+            file,
+            &command,
+            &result,
+            &plot_dir(&a, &out, &link),
+            &link,
+        )?);
+    }
+    drop(progress);
+    let verdict = gate.verdict();
+    if let Some(banner) = verdict.banner() {
+        md = quiet::mark_tables(&md, &banner);
+    }
+    std::fs::write(out.join("summary.md"), &md)
+        .with_context(|| format!("writing {}/summary.md", out.display()))?;
+    print!("{md}");
+    let Some(path) = &a.benchmarks else {
+        return Ok(());
+    };
+    let machine = match &verdict {
+        Verdict::Quiet => report::machine_line(a.max_load, gate.worst()),
+        Verdict::BusyAllowed(why) => {
+            format!("**NOT PUBLISHABLE: {why}; written because of --allow-busy.**")
+        }
+        Verdict::BusyRefused(why) => anyhow::bail!(
+            "NOT PUBLISHABLE: {why}; not writing {}. Re-run on a quiet machine (stop builds and tests), or pass \
+             --allow-busy to write it marked as not publishable",
+            path.display()
+        ),
+    };
+    std::fs::write(path, report::benchmarks_document(&md, &machine))
+        .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(plots) = &a.plots {
+        publish_plots(&out.join("plots"), plots)?;
+    }
+    Ok(())
+}
+
+/// Where plots are drawn: with `--benchmarks` and `--plots`, a staging directory under `out` (they replace the
+/// published ones only when BENCHMARKS.md is written, so a refused busy run leaves both untouched); else `link`.
+fn plot_dir(a: &ScenarioArgs, out: &std::path::Path, link: &std::path::Path) -> PathBuf {
+    match (&a.benchmarks, &a.plots) {
+        (Some(_), Some(_)) => out.join("plots"),
+        _ => link.to_path_buf(),
+    }
+}
+
+/// Replaces the SVGs in `dest` with the staged ones.
+fn publish_plots(staged: &std::path::Path, dest: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let svgs = |dir: &std::path::Path| -> anyhow::Result<Vec<PathBuf>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "svg") {
+                v.push(p);
+            }
+        }
+        Ok(v)
+    };
+    for old in svgs(dest)? {
+        std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
+    }
+    for new in svgs(staged)? {
+        let to = dest.join(new.file_name().unwrap_or_default());
+        std::fs::copy(&new, &to)
+            .with_context(|| format!("copying {} to {}", new.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+/// One scenario's part of the report: configurations, headline, external generators, idle memory, load per
+/// round, and the full tables with plots (plots show the last round).
+fn section(
+    s: &Scenario,
+    file: &std::path::Path,
+    command: &str,
+    result: &ScenarioResult,
+    plots: &std::path::Path,
+    link: &std::path::Path,
+) -> anyhow::Result<String> {
+    let mut md = format!(
+        "## {}\n\nReproduce: `{command}` (scenario `{}`)\n\n",
+        s.name,
+        file.display()
+    );
+    md.push_str(&report::headlines(result));
+    md.push_str(&report::external_markdown(result));
+    if result.idle.iter().any(|i| i.connections > 0) {
+        md.push_str(&report::idle_markdown(&result.idle));
+    }
+    md.push_str(&report::rounds_markdown(result));
+    md.push_str(&report::configs_markdown(result));
+    std::fs::create_dir_all(plots).with_context(|| format!("creating {}", plots.display()))?;
+    let last = result
+        .groups
+        .iter()
+        .flatten()
+        .map(|r| r.round)
+        .max()
+        .unwrap_or(0);
+    let last_round: Vec<Vec<RunResult>> = result
+        .groups
+        .iter()
+        .map(|g| g.iter().filter(|r| r.round == last).cloned().collect())
+        .collect();
+    for (g, shown) in result.groups.iter().zip(&last_round) {
+        md.push_str(&report::markdown(g));
+        if let Some(first) = shown.first() {
+            let svg = plots.join(format!("{}-{}.svg", s.name, first.mode));
+            let title = format!(
+                "{} {}: latency by percentile (round {last})",
+                s.name, first.mode
+            );
+            tollgate_load::plot::percentile_curves(&svg, &title, shown)?;
+            let shown = link.join(svg.file_name().unwrap_or_default());
+            md.push_str(&format!("\n![{title}]({})\n", shown.display()));
+        }
+        md.push('\n');
+    }
+    if s.rates.len() > 1 {
+        let svg = plots.join(format!("{}-latency-vs-rate.svg", s.name));
+        let title = format!(
+            "{}: p50 and p99 latency vs offered rate (round {last})",
+            s.name
+        );
+        tollgate_load::plot::latency_vs_rate(&svg, &title, &last_round)?;
+        let shown = link.join(svg.file_name().unwrap_or_default());
+        md.push_str(&format!("![{title}]({})\n\n", shown.display()));
+    }
+    Ok(md)
 }

@@ -4,77 +4,169 @@
 
 use std::net::SocketAddr;
 
-/// The allowed path of rule `i`; load runs target the last rule, the worst case for first-match lists.
+/// The L7 rules every proxy of a scenario enforces: GET (POST for gRPC) on `count` exact paths; load targets the
+/// last one, the worst case for first-match rule lists, and the deny check asks for [`RuleSet::DENIED_PATH`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleSet {
+    pub count: usize,
+    /// gRPC-shaped paths (`/load.v1.Bench/CallN`) and POST instead of `/api/v1/resource-N` and GET.
+    pub grpc: bool,
+}
+
+impl RuleSet {
+    /// A path no rule allows: every proxy must answer it with a denial before it is measured.
+    pub const DENIED_PATH: &str = "/not-in-policy";
+
+    pub fn http(count: usize) -> Self {
+        RuleSet { count, grpc: false }
+    }
+
+    pub fn method(&self) -> &'static str {
+        if self.grpc { "POST" } else { "GET" }
+    }
+
+    /// The prefix shared by every rule path (also how [`config_excerpt`] recognises rule lines).
+    pub fn prefix(&self) -> &'static str {
+        if self.grpc {
+            "/load.v1.Bench/Call"
+        } else {
+            "/api/v1/resource-"
+        }
+    }
+
+    /// The allowed path of rule `i`.
+    pub fn path(&self, i: usize) -> String {
+        format!("{}{i}", self.prefix())
+    }
+
+    /// The path load runs ask for: the last rule.
+    pub fn bench_path(&self) -> String {
+        self.path(self.count.saturating_sub(1))
+    }
+}
+
+/// The allowed path of HTTP rule `i`.
 pub fn rule_path(i: usize) -> String {
-    format!("/api/v1/resource-{i}")
+    RuleSet::http(i + 1).path(i)
+}
+
+/// How the backend answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Http1,
+    /// h2c prior knowledge (nginx 1.22 `listen ... http2` without TLS speaks only h2c on that port).
+    H2c,
+    /// h2c with `content-type: application/grpc` and a `grpc-status: 0` trailer.
+    Grpc,
 }
 
 /// nginx as the backend: single process (`master_process off`) so /proc accounting covers all of it.
 /// Listens on `host` at every port in `ports` (netns scenarios use a second port for the tollgate-diverted rows).
-pub fn nginx_backend(workdir: &str, host: &str, ports: &[u16], body_bytes: usize) -> String {
+pub fn nginx_backend(
+    workdir: &str,
+    host: &str,
+    ports: &[u16],
+    body_bytes: usize,
+    kind: BackendKind,
+) -> String {
     let body = "x".repeat(body_bytes);
+    let flags = if kind == BackendKind::Http1 {
+        ""
+    } else {
+        " http2"
+    };
     let listens: String = ports
         .iter()
-        .map(|p| format!("    listen {host}:{p} reuseport;\n"))
+        .map(|p| format!("    listen {host}:{p}{flags} reuseport;\n"))
         .collect();
+    let answer = match kind {
+        BackendKind::Grpc => {
+            format!(
+                "default_type application/grpc; add_trailer grpc-status 0 always; return 200 \"{body}\";"
+            )
+        }
+        _ => format!("default_type text/plain; return 200 \"{body}\";"),
+    };
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {workdir}/backend-error.log;\npid {workdir}/backend.pid;\n\
          events {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {workdir}/b-body;\n  proxy_temp_path {workdir}/b-proxy;\n\
-           fastcgi_temp_path {workdir}/b-fcgi;\n  uwsgi_temp_path {workdir}/b-uwsgi;\n  scgi_temp_path {workdir}/b-scgi;\n\
-           keepalive_requests 1000000;\n\
-           server {{\n{listens}    location / {{ default_type text/plain; return 200 \"{body}\"; }}\n  }}\n}}\n"
+           \x20 fastcgi_temp_path {workdir}/b-fcgi;\n  uwsgi_temp_path {workdir}/b-uwsgi;\n  scgi_temp_path {workdir}/b-scgi;\n\
+           \x20 keepalive_requests 1000000;\n  http2_max_concurrent_streams 1000;\n\
+           \x20 server {{\n{listens}    location / {{ {answer} }}\n  }}\n}}\n"
     )
 }
 
-/// nginx as a peer proxy: `rules` exact-path locations allowing GET to the backend, everything else 403.
-/// Listens on `listen`, proxies to `backend`.
-pub fn nginx_peer(workdir: &str, listen: SocketAddr, backend: SocketAddr, rules: usize) -> String {
+/// nginx as a peer proxy at its best for this job: one worker, upstream keep-alive (HTTP/1.1 to the backend,
+/// `Connection` cleared), `rules` exact-path `location =` blocks allowing GET, everything else 403.
+/// Listens on `listen`, proxies to `backend`. HTTP/1.1 only: nginx cannot speak HTTP/2 to an upstream.
+pub fn nginx_peer(
+    workdir: &str,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    rules: RuleSet,
+) -> String {
     let mut locations = String::new();
-    for i in 0..rules {
+    for i in 0..rules.count {
         locations.push_str(&format!(
-            "    location = {} {{ limit_except GET {{ deny all; }} proxy_pass http://backend; }}\n",
-            rule_path(i)
+            "    location = {} {{ limit_except {} {{ deny all; }} proxy_pass http://backend; }}\n",
+            rules.path(i),
+            rules.method()
         ));
     }
     format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\nerror_log {workdir}/peer-error.log;\npid {workdir}/peer.pid;\n\
          events {{ worker_connections 20000; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {workdir}/p-body;\n  proxy_temp_path {workdir}/p-proxy;\n\
-           fastcgi_temp_path {workdir}/p-fcgi;\n  uwsgi_temp_path {workdir}/p-uwsgi;\n  scgi_temp_path {workdir}/p-scgi;\n\
-           keepalive_requests 1000000;\n\
-           upstream backend {{ server {backend}; keepalive 64; }}\n\
-           proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n\
-           server {{\n    listen {listen};\n{locations}    location / {{ return 403; }}\n  }}\n}}\n"
+           \x20 fastcgi_temp_path {workdir}/p-fcgi;\n  uwsgi_temp_path {workdir}/p-uwsgi;\n  scgi_temp_path {workdir}/p-scgi;\n\
+           \x20 keepalive_requests 1000000;\n\
+           \x20 upstream backend {{ server {backend}; keepalive 64; keepalive_requests 1000000; }}\n\
+           \x20 proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n\
+           \x20 server {{\n    listen {listen};\n{locations}    location / {{ return 403; }}\n  }}\n}}\n"
     )
 }
 
-/// HAProxy as a peer proxy: `rules` ACLs (method GET and exact path), one thread, deny by default.
-pub fn haproxy_peer(listen: SocketAddr, backend: SocketAddr, rules: usize) -> String {
-    let mut acls = String::new();
-    for i in 0..rules {
-        acls.push_str(&format!(
-            "  http-request allow if METH_GET {{ path {} }}\n",
-            rule_path(i)
-        ));
-    }
+/// HAProxy as a peer proxy at its best for this job: one thread mapped to `core` (the core it is pinned to),
+/// server connections reused across requests (`http-reuse always`), and the rules as one ACL whose exact paths
+/// are loaded from `paths_file` (written from [`haproxy_paths`]): HAProxy indexes one ACL's string patterns in a
+/// tree, where one `http-request allow if { path ... }` line per rule is a linear scan that halved its rps per
+/// CPU-second in a measurement here (29k against 60k). Everything else is denied. `h2` speaks h2c on both sides
+/// (`proto h2`).
+pub fn haproxy_peer(
+    listen: SocketAddr,
+    backend: SocketAddr,
+    rules: RuleSet,
+    core: usize,
+    h2: bool,
+    paths_file: &str,
+) -> String {
+    let proto = if h2 { " proto h2" } else { "" };
     format!(
-        "global\n  nbthread 1\n  maxconn 4000\n\
+        "global\n  nbthread 1\n  cpu-map 1/1 {core}\n  maxconn 4000\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
-         frontend fe\n  bind {listen}\n{acls}  http-request deny\n  default_backend be\n\
-         backend be\n  http-reuse always\n  server s1 {backend}\n"
+         frontend fe\n  bind {listen}{proto}\n\
+         \x20 acl rule_paths path -f {paths_file}\n\
+         \x20 http-request deny unless METH_{method} rule_paths\n  default_backend be\n\
+         backend be\n  http-reuse always\n  server s1 {backend}{proto}\n",
+        method = rules.method()
     )
 }
 
-/// Tollgate's policy with the same `rules` allow rules as the peers (method GET + path, Cilium L7 HTTP rules) for
+/// The exact paths of `rules`, one a line: HAProxy's pattern file for [`haproxy_peer`].
+pub fn haproxy_paths(rules: RuleSet) -> String {
+    (0..rules.count).map(|i| rules.path(i) + "\n").collect()
+}
+
+/// Tollgate's policy with the same `rules` allow rules as the peers (method + path, Cilium L7 HTTP rules) for
 /// traffic from the `app: client` pod to TCP `port` of the `app: server` pod; anything else on that port is denied
 /// (403) by L7 default-deny.
-pub fn tollgate_policy(port: u16, rules: usize) -> String {
+pub fn tollgate_policy(port: u16, rules: RuleSet) -> String {
     let mut http = String::new();
-    for i in 0..rules {
+    for i in 0..rules.count {
         http.push_str(&format!(
-            "                - {{method: GET, path: \"{}\"}}\n",
-            rule_path(i)
+            "                - {{method: {}, path: \"{}\"}}\n",
+            rules.method(),
+            rules.path(i)
         ));
     }
     format!(
@@ -86,6 +178,35 @@ pub fn tollgate_policy(port: u16, rules: usize) -> String {
          \x20         rules:\n\
          \x20           http:\n{http}"
     )
+}
+
+/// A configuration for the report: rule lines (those naming `rule_prefix`) beyond the first two and the last are
+/// folded into one comment line, so 100 rules read as their shape and count.
+pub fn config_excerpt(text: &str, rule_prefix: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let rule_idx: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].contains(rule_prefix))
+        .collect();
+    let mut out = String::new();
+    let folded = rule_idx.len().saturating_sub(3);
+    for (i, line) in lines.iter().enumerate() {
+        let pos = rule_idx.iter().position(|&r| r == i);
+        match pos {
+            Some(p) if p >= 2 && p + 1 < rule_idx.len() => {
+                if p == 2 {
+                    let indent: String = line.chars().take_while(|c| *c == ' ').collect();
+                    out.push_str(&format!(
+                        "{indent}# ... {folded} more rule lines of the same shape ...\n"
+                    ));
+                }
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Tollgate's DNS policy: the `app: client` pod may query the `app: server` pod's `port` (UDP/TCP) for `rules`
@@ -144,29 +265,110 @@ pub fn tollgate_endpoints(client: &str, server: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn peers_carry_the_requested_number_of_rules() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let n = nginx_peer("/w", a, b, 100);
-        assert_eq!(n.matches("location = /api/v1/resource-").count(), 100);
-        assert!(n.contains(&format!("location = {} ", rule_path(99))));
-        assert!(n.contains("listen 127.0.0.1:1;") && n.contains("server 127.0.0.1:2;"));
-        let h = haproxy_peer(a, b, 100);
-        assert_eq!(h.matches("http-request allow if METH_GET").count(), 100);
-        assert!(h.contains("server s1 127.0.0.1:2"));
+    fn addrs() -> (SocketAddr, SocketAddr) {
+        (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        )
     }
 
     #[test]
-    fn backend_body_has_the_requested_size() {
-        let b = nginx_backend("/w", "127.0.0.1", &[8080, 8090], 1024);
+    fn nginx_peer_one_worker_upstream_keepalive_and_deny_by_default() {
+        let (a, b) = addrs();
+        let n = nginx_peer("/w", a, b, RuleSet::http(100));
+        assert_eq!(n.matches("location = /api/v1/resource-").count(), 100);
+        assert_eq!(n.matches("limit_except GET { deny all; }").count(), 100);
+        assert!(n.contains(&format!("location = {} ", rule_path(99))));
+        assert!(n.contains("listen 127.0.0.1:1;") && n.contains("server 127.0.0.1:2;"));
+        assert!(n.contains("worker_processes 1;") && n.contains("keepalive 64;"));
+        assert!(
+            n.contains("proxy_http_version 1.1;")
+                && n.contains("proxy_set_header Connection \"\";")
+        );
+        assert!(n.contains("location / { return 403; }"));
+        let g = nginx_peer(
+            "/w",
+            a,
+            b,
+            RuleSet {
+                count: 3,
+                grpc: true,
+            },
+        );
+        assert!(g.contains("location = /load.v1.Bench/Call2 { limit_except POST"));
+    }
+
+    #[test]
+    fn haproxy_peer_one_pinned_thread_reuse_and_deny_by_default() {
+        let (a, b) = addrs();
+        let h = haproxy_peer(a, b, RuleSet::http(100), 0, false, "/w/haproxy-paths.lst");
+        assert!(h.contains("  nbthread 1\n  cpu-map 1/1 0\n"), "{h}");
+        assert!(h.contains("  http-reuse always\n") && h.contains("server s1 127.0.0.1:2\n"));
+        assert!(
+            h.contains("\n  acl rule_paths path -f /w/haproxy-paths.lst\n"),
+            "{h}"
+        );
+        assert!(
+            h.contains("\n  http-request deny unless METH_GET rule_paths\n"),
+            "{h}"
+        );
+        assert!(!h.contains("proto h2"));
+        let paths = haproxy_paths(RuleSet::http(100));
+        assert_eq!(paths.lines().count(), 100);
+        assert!(
+            paths.starts_with("/api/v1/resource-0\n") && paths.ends_with("/api/v1/resource-99\n")
+        );
+        let grpc = RuleSet {
+            count: 2,
+            grpc: true,
+        };
+        let h2 = haproxy_peer(a, b, grpc, 1, true, "/p");
+        assert!(
+            h2.contains("bind 127.0.0.1:1 proto h2\n")
+                && h2.contains("server s1 127.0.0.1:2 proto h2\n")
+        );
+        assert!(h2.contains("cpu-map 1/1 1\n") && h2.contains("deny unless METH_POST rule_paths"));
+        assert_eq!(
+            haproxy_paths(grpc),
+            "/load.v1.Bench/Call0\n/load.v1.Bench/Call1\n"
+        );
+    }
+
+    #[test]
+    fn backend_body_has_the_requested_size_and_protocol() {
+        let b = nginx_backend("/w", "127.0.0.1", &[8080, 8090], 1024, BackendKind::Http1);
         assert!(b.contains(&format!("\"{}\"", "x".repeat(1024))));
-        assert!(b.contains("listen 127.0.0.1:8080 ") && b.contains("listen 127.0.0.1:8090 "));
+        assert!(
+            b.contains("listen 127.0.0.1:8080 reuseport;") && b.contains("listen 127.0.0.1:8090 ")
+        );
+        let h2 = nginx_backend("/w", "0.0.0.0", &[8080], 10, BackendKind::H2c);
+        assert!(h2.contains("listen 0.0.0.0:8080 http2 reuseport;") && !h2.contains("grpc"));
+        let g = nginx_backend("/w", "0.0.0.0", &[8080], 10, BackendKind::Grpc);
+        assert!(g.contains("add_trailer grpc-status 0 always;") && g.contains("application/grpc"));
+    }
+
+    #[test]
+    fn excerpt_folds_rule_lines_but_keeps_the_rest() {
+        let (a, b) = addrs();
+        let full = nginx_peer("/w", a, b, RuleSet::http(100));
+        let e = config_excerpt(&full, RuleSet::http(100).prefix());
+        assert!(
+            e.contains("    # ... 97 more rule lines of the same shape ...\n"),
+            "{e}"
+        );
+        assert!(
+            e.contains("resource-0 {") && e.contains("resource-1 {") && e.contains("resource-99 {")
+        );
+        assert!(!e.contains("resource-50 {"));
+        assert!(e.contains("worker_processes 1;") && e.contains("location / { return 403; }"));
+        assert_eq!(config_excerpt("a\nb\n", "zzz"), "a\nb\n");
+        let three = "x /p0\nx /p1\nx /p2\n";
+        assert_eq!(config_excerpt(three, "/p"), three);
     }
 
     #[test]
     fn tollgate_policy_has_the_rules_and_is_yaml() {
-        let p = tollgate_policy(8090, 100);
+        let p = tollgate_policy(8090, RuleSet::http(100));
         assert_eq!(p.matches("{method: GET, path: ").count(), 100);
         assert!(p.contains(&format!("path: \"{}\"", rule_path(99))));
         assert!(p.contains("port: \"8090\""));

@@ -188,6 +188,7 @@ mod tests {
         let r = |label: &str, mode: &str, p50, p99| RunResult {
             label: label.into(),
             mode: mode.into(),
+            round: 0,
             connections: 1,
             payload: 0,
             response_bytes: 0,

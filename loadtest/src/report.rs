@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::external::ToolOutput;
+use crate::quiet::LoadSample;
+use crate::spread::{self, Spread};
 use crate::stats::Summary;
 
 /// One measured run, as written by `tollgate-load run --json`.
@@ -11,6 +14,9 @@ pub struct RunResult {
     pub label: String,
     /// `open@1000rps` or `closed`.
     pub mode: String,
+    /// Which round of the scenario (1-based; 0 for a single `tollgate-load run`).
+    #[serde(default)]
+    pub round: usize,
     pub connections: u64,
     /// Request body bytes (Kafka: record value bytes).
     pub payload: usize,
@@ -53,6 +59,53 @@ pub struct ScenarioResult {
     /// Runs grouped by mode (each open-loop rate, then closed loop), targets in file order.
     pub groups: Vec<Vec<RunResult>>,
     pub idle: Vec<IdleCost>,
+    /// wrk / h2load runs, every round.
+    #[serde(default)]
+    pub externals: Vec<ExternalResult>,
+    /// The load average before and after each round.
+    #[serde(default)]
+    pub rounds: Vec<RoundLoad>,
+    /// The peers' and tollgate's configurations, rule lines folded.
+    #[serde(default)]
+    pub configs: Vec<ShownConfig>,
+    /// The scenario's notes (what was not run and why).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// One external generator run (wrk, h2load) against one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalResult {
+    pub label: String,
+    /// `wrk -t1 -c8`, `h2load -c8 -m10`.
+    pub generator: String,
+    pub round: usize,
+    pub output: ToolOutput,
+    pub proxy: Option<ProxyCost>,
+}
+
+impl ExternalResult {
+    /// Requests per second per CPU core the proxy used over the run (= requests per proxy CPU-second).
+    pub fn rps_per_proxy_core(&self) -> Option<f64> {
+        let p = self.proxy?;
+        let cores = p.cpu_secs / p.wall_secs;
+        (cores > 0.0).then(|| self.output.rps / cores)
+    }
+}
+
+/// The load average around one round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RoundLoad {
+    pub round: usize,
+    pub before: LoadSample,
+    pub after: LoadSample,
+}
+
+/// A service's configuration as shown in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShownConfig {
+    pub service: String,
+    pub text: String,
 }
 
 /// CPU and memory of the measured proxy process, from /proc.
@@ -111,11 +164,15 @@ fn ms(us: u64) -> String {
 /// columns.
 pub fn markdown(results: &[RunResult]) -> String {
     let mut out = String::from(
-        "| label | protocol | mode | conns | req B | resp B | requests | errors | rps | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | rps / baseline | p99 / baseline | proxy CPU cores per 1000 rps | proxy RSS MiB |\n\
-         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| label | protocol | mode | round | conns | req B | resp B | requests | errors | rps | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | rps / baseline | p99 / baseline | proxy CPU cores per 1000 rps | proxy RSS MiB |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    let base = results.first().map(|r| &r.summary);
     for r in results {
+        // The baseline is the first row of the same round.
+        let base = results
+            .iter()
+            .find(|b| b.round == r.round)
+            .map(|b| &b.summary);
         let s = &r.summary;
         let ratio = |num: f64, den: f64| {
             if den > 0.0 {
@@ -140,10 +197,11 @@ pub fn markdown(results: &[RunResult]) -> String {
             None => ("-".into(), "-".into()),
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.label,
             r.protocol,
             r.mode,
+            r.round,
             r.connections,
             r.payload,
             r.response_bytes,
@@ -255,17 +313,101 @@ pub fn headline_rows(r: &ScenarioResult) -> Vec<Headline> {
         .collect()
 }
 
-/// The headline table of a scenario plus, when a `tollgate` row exists, its ratios to every other proxy.
+/// The distinct rounds of a scenario's runs, in order.
+fn round_numbers(r: &ScenarioResult) -> Vec<usize> {
+    let mut v: Vec<usize> = r.groups.iter().flatten().map(|x| x.round).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The scenario as if only `round` had been run.
+fn round_of(r: &ScenarioResult, round: usize) -> ScenarioResult {
+    ScenarioResult {
+        name: r.name.clone(),
+        groups: r
+            .groups
+            .iter()
+            .map(|g| g.iter().filter(|x| x.round == round).cloned().collect())
+            .collect(),
+        idle: r.idle.clone(),
+        externals: Vec::new(),
+        rounds: Vec::new(),
+        configs: Vec::new(),
+        notes: Vec::new(),
+    }
+}
+
+/// Headline figures of one proxy over the rounds (idle memory is measured once, before the rounds).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadlineSpread {
+    pub label: String,
+    pub max_rps: Option<Spread>,
+    pub max_rps_vs_direct: Option<Spread>,
+    pub rps_per_core: Option<Spread>,
+    pub added_p50_ms: Option<Spread>,
+    pub added_p99_ms: Option<Spread>,
+    pub cores_per_krps: Option<Spread>,
+    pub idle_rss_mib: Option<f64>,
+    pub mib_per_10k_idle: Option<f64>,
+}
+
+/// Each round's headline figures (computed within the round: added latency over that round's direct row), then
+/// per proxy the median, min and max over the rounds.
+pub fn headline_spreads(r: &ScenarioResult) -> Vec<HeadlineSpread> {
+    let per_round: Vec<Vec<Headline>> = round_numbers(r)
+        .into_iter()
+        .map(|n| headline_rows(&round_of(r, n)))
+        .collect();
+    headline_rows(r)
+        .into_iter()
+        .map(|h| {
+            let label = h.label;
+            let over = |f: fn(&Headline) -> Option<f64>| {
+                Spread::of(
+                    per_round
+                        .iter()
+                        .filter_map(|rows| rows.iter().find(|x| x.label == label).and_then(f)),
+                )
+            };
+            HeadlineSpread {
+                max_rps: over(|x| x.max_rps),
+                max_rps_vs_direct: over(|x| x.max_rps_vs_direct),
+                rps_per_core: over(|x| x.rps_per_core),
+                added_p50_ms: over(|x| x.added_p50_ms),
+                added_p99_ms: over(|x| x.added_p99_ms),
+                cores_per_krps: over(|x| x.cores_per_krps),
+                idle_rss_mib: h.idle_rss_mib,
+                mib_per_10k_idle: h.mib_per_10k_idle,
+                label,
+            }
+        })
+        .collect()
+}
+
+/// A ratio spread as `0.40x` or `0.40x (0.38–0.41)`.
+fn show_x(s: Option<Spread>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s.rounds <= 1 => format!("{:.2}x", s.median),
+        Some(s) => format!("{:.2}x ({:.2}–{:.2})", s.median, s.min, s.max),
+    }
+}
+
+/// The headline table of a scenario (medians over rounds, min–max in brackets) plus, when a `tollgate` row
+/// exists, its ratios of medians to every other proxy.
 pub fn headlines(r: &ScenarioResult) -> String {
-    let rows = headline_rows(r);
+    let rows = headline_spreads(r);
     if rows.is_empty() {
         return String::new();
     }
     let reference = reference_group(&r.groups)
         .and_then(|g| g.first())
         .map_or("-".to_string(), |x| x.mode.clone());
+    let rounds = round_numbers(r).len();
     let mut out = format!(
-        "Headline figures (added latency and CPU at {reference}; max rps and rps per proxy core from the closed loop):\n\n\
+        "Headline figures, median of {rounds} round(s) with (min–max) (added latency and CPU at {reference}; max rps \
+         and rps per proxy core from the closed loop):\n\n\
          | proxy | max rps | max rps / direct | rps per proxy core | added p50 ms | added p99 ms | CPU cores per 1000 rps | idle RSS MiB | MiB per 10k idle conns |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
@@ -273,45 +415,153 @@ pub fn headlines(r: &ScenarioResult) -> String {
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             h.label,
-            opt(h.max_rps, 0),
-            h.max_rps_vs_direct
-                .map_or("-".into(), |r| format!("{r:.2}x")),
-            opt(h.rps_per_core, 0),
-            opt(h.added_p50_ms, 2),
-            opt(h.added_p99_ms, 2),
-            opt(h.cores_per_krps, 3),
+            spread::show(h.max_rps, 0),
+            show_x(h.max_rps_vs_direct),
+            spread::show(h.rps_per_core, 0),
+            spread::show(h.added_p50_ms, 2),
+            spread::show(h.added_p99_ms, 2),
+            spread::show(h.cores_per_krps, 3),
             opt(h.idle_rss_mib, 1),
             opt(h.mib_per_10k_idle, 1),
         ));
     }
-    if let Some(t) = rows.iter().find(|h| h.label == "tollgate") {
-        let others: Vec<&Headline> = rows.iter().filter(|h| h.label != "tollgate").collect();
-        if !others.is_empty() {
-            out.push_str(
-                "\nTollgate divided by each peer (same run; higher is better for rps per core, lower for the rest):\n\n\
-                 | ratio | rps per proxy core | added p99 | CPU per 1000 rps | idle RSS | memory per 10k idle conns |\n\
-                 |---|---:|---:|---:|---:|---:|\n",
-            );
-            // Only positive figures make a meaningful ratio: an added latency can come out at or below zero when
-            // the baseline's own tail noise is larger than the proxy's cost.
-            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                (Some(a), Some(b)) if a > 0.0 && b > 0.0 => format!("{:.2}x", a / b),
-                _ => "n/a".into(),
-            };
-            for o in others {
-                out.push_str(&format!(
-                    "| tollgate / {} | {} | {} | {} | {} | {} |\n",
-                    o.label,
-                    ratio(t.rps_per_core, o.rps_per_core),
-                    ratio(t.added_p99_ms, o.added_p99_ms),
-                    ratio(t.cores_per_krps, o.cores_per_krps),
-                    ratio(t.idle_rss_mib, o.idle_rss_mib),
-                    ratio(t.mib_per_10k_idle, o.mib_per_10k_idle),
-                ));
-            }
+    out.push_str(&tollgate_ratios(&rows));
+    out.push('\n');
+    out
+}
+
+/// Tollgate's medians divided by every other proxy's.
+fn tollgate_ratios(rows: &[HeadlineSpread]) -> String {
+    let Some(t) = rows.iter().find(|h| h.label == "tollgate") else {
+        return String::new();
+    };
+    let others: Vec<&HeadlineSpread> = rows.iter().filter(|h| h.label != "tollgate").collect();
+    if others.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nTollgate divided by each peer (medians of the same rounds; higher is better for rps per core, lower for the rest):\n\n\
+         | ratio | rps per proxy core | added p99 | CPU per 1000 rps | idle RSS | memory per 10k idle conns |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    // Only positive figures make a meaningful ratio: an added latency can come out at or below zero when the
+    // baseline's own tail noise is larger than the proxy's cost.
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 => format!("{:.2}x", a / b),
+        _ => "n/a".into(),
+    };
+    let med = |s: Option<Spread>| s.map(|s| s.median);
+    for o in others {
+        out.push_str(&format!(
+            "| tollgate / {} | {} | {} | {} | {} | {} |\n",
+            o.label,
+            ratio(med(t.rps_per_core), med(o.rps_per_core)),
+            ratio(med(t.added_p99_ms), med(o.added_p99_ms)),
+            ratio(med(t.cores_per_krps), med(o.cores_per_krps)),
+            ratio(t.idle_rss_mib, o.idle_rss_mib),
+            ratio(t.mib_per_10k_idle, o.mib_per_10k_idle),
+        ));
+    }
+    out
+}
+
+/// The external generators' rows: per generator and target, rps and rps per proxy CPU core (= per proxy
+/// CPU-second) over the rounds, and tollgate's ratio to each peer.
+pub fn external_markdown(r: &ScenarioResult) -> String {
+    if r.externals.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "External generators (median of the rounds with (min–max); rps per proxy core = the generator's rps divided \
+         by the proxy's utime+stime from /proc over the run per wall second):\n\n\
+         | generator | target | rps | rps per proxy core | non-2xx | errors |\n|---|---|---:|---:|---:|---:|\n",
+    );
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for e in &r.externals {
+        let k = (e.generator.clone(), e.label.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
         }
     }
+    let per_core = |g: &str, l: &str| {
+        Spread::of(
+            r.externals
+                .iter()
+                .filter(|e| e.generator == g && e.label == l)
+                .filter_map(ExternalResult::rps_per_proxy_core),
+        )
+    };
+    let mut ratios = String::new();
+    for (g, l) in &keys {
+        let runs: Vec<&ExternalResult> = r
+            .externals
+            .iter()
+            .filter(|e| &e.generator == g && &e.label == l)
+            .collect();
+        out.push_str(&format!(
+            "| {g} | {l} | {} | {} | {} | {} |\n",
+            spread::show(Spread::of(runs.iter().map(|e| e.output.rps)), 0),
+            spread::show(per_core(g, l), 0),
+            runs.iter().map(|e| e.output.non_2xx).sum::<u64>(),
+            runs.iter().map(|e| e.output.errors).sum::<u64>(),
+        ));
+        if l != "tollgate"
+            && let (Some(t), Some(o)) = (per_core(g, "tollgate"), per_core(g, l))
+            && o.median > 0.0
+        {
+            ratios.push_str(&format!(
+                "| {g} | tollgate / {l} | {:.2}x |\n",
+                t.median / o.median
+            ));
+        }
+    }
+    if !ratios.is_empty() {
+        out.push_str(&format!(
+            "\nTollgate divided by each peer, rps per proxy core (medians):\n\n\
+             | generator | ratio | rps per proxy core |\n|---|---|---:|\n{ratios}"
+        ));
+    }
     out.push('\n');
+    out
+}
+
+/// The load average around each round.
+pub fn rounds_markdown(r: &ScenarioResult) -> String {
+    if r.rounds.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "Machine load per round (`/proc/loadavg`: the 1-minute average, which includes this benchmark's own load, \
+         and other runnable tasks while our services were idle, median of 10 reads):\n\n\
+         | round | 1-min load before | others runnable before | 1-min load after | others runnable after |\n\
+         |---:|---:|---:|---:|---:|\n",
+    );
+    for l in &r.rounds {
+        out.push_str(&format!(
+            "| {} | {:.2} | {:.1} | {:.2} | {:.1} |\n",
+            l.round,
+            l.before.one_min,
+            l.before.runnable_others,
+            l.after.one_min,
+            l.after.runnable_others
+        ));
+    }
+    out.push('\n');
+    out
+}
+
+/// The scenario's notes and every peer's and tollgate's configuration (collapsible, rule lines folded).
+pub fn configs_markdown(r: &ScenarioResult) -> String {
+    let mut out = String::new();
+    for n in &r.notes {
+        out.push_str(&format!("Note: {n}\n\n"));
+    }
+    for c in &r.configs {
+        out.push_str(&format!(
+            "<details><summary>Configuration of {} (as run)</summary>\n\n```\n{}```\n\n</details>\n\n",
+            c.service, c.text
+        ));
+    }
     out
 }
 
@@ -336,22 +586,37 @@ pub fn idle_markdown(idle: &[IdleCost]) -> String {
     out
 }
 
-/// BENCHMARKS.md: the generated tables under a header that says how to read them. Never edited by hand.
-pub fn benchmarks_document(sections: &str) -> String {
+/// BENCHMARKS.md: the generated tables under a header that says how to read them and how quiet the machine was
+/// (`machine`). Never edited by hand.
+pub fn benchmarks_document(sections: &str, machine: &str) -> String {
     format!(
         "# Benchmarks\n\n\
-         Generated by `tollgate-load` (`./dev bench`); do not edit by hand. Every ratio compares rows measured in the same \
-         run, one after the other, on the same machine. The machine is shared (2 cores, other engineers' builds and \
-         tests were running), so absolute figures are noisy; read the ratios. Proxies are pinned to core 0, the \
-         backend and the load generator to core 1. Scenarios with `topology = \"netns\"` run the load generator in a \
-         client pod namespace, the backend in a server pod namespace and the proxies in a node namespace between them \
-         (tollgate behind iptables TPROXY, nginx and HAProxy on the node's gateway address), so every row crosses the \
-         same veths. The first row of each table is the baseline (no proxy). \
-         `proxy CPU cores per 1000 rps` is the proxy's utime+stime from /proc over the run divided by wall time and \
-         by the achieved thousands of requests per second; `proxy RSS` is VmRSS at the end of the run; `rps per proxy \
-         core` is closed-loop rps divided by the CPU cores the proxy used; `idle RSS` is VmRSS after start, before any \
-         load; `MiB per 10k idle conns` is the VmRSS growth while holding N idle keep-alive connections (one request \
-         each) scaled to 10,000. `req B` / `resp B` are request and response body bytes.\n\n{sections}"
+         Generated by `tollgate-load` (`./dev bench`); do not edit by hand. {machine} Every figure is measured in \
+         rounds (rows interleaved across targets within a round: direct, tollgate, nginx, haproxy, then again); \
+         headline figures are the median with (min–max) over the rounds, and every ratio compares medians of the same \
+         rounds on the same machine. Proxies are pinned to core 0 (HAProxy `nbthread 1` + `cpu-map` to that core, \
+         nginx `worker_processes 1`, both with upstream keep-alive and the same rules as Tollgate; their \
+         configurations are printed under each scenario), the backend and the load generators to core 1. Before a \
+         proxy is measured it must answer one allowed request and deny one request outside the rules. An external \
+         generator (wrk for HTTP/1.1, h2load for HTTP/2 and gRPC-shaped load) measures every row beside our own. \
+         Scenarios with `topology = \"netns\"` run the load generator in a client pod namespace, the backend in a \
+         server pod namespace and the proxies in a node namespace between them (tollgate behind iptables TPROXY, \
+         nginx and HAProxy on the node's gateway address), so every row crosses the same veths. The first row of each \
+         table is the baseline (no proxy). `proxy CPU cores per 1000 rps` is the proxy's utime+stime from /proc over \
+         the run divided by wall time and by the achieved thousands of requests per second; `proxy RSS` is VmRSS at \
+         the end of the run; `rps per proxy core` is closed-loop rps divided by the CPU cores the proxy used; `idle \
+         RSS` is VmRSS after start, before any load; `MiB per 10k idle conns` is the VmRSS growth while holding N idle \
+         keep-alive connections (one request each) scaled to 10,000. `req B` / `resp B` are request and response body \
+         bytes.\n\n{sections}"
+    )
+}
+
+/// The sentence of the document header about the machine: the load gate and what it read.
+pub fn machine_line(max_load: f64, worst: f64) -> String {
+    format!(
+        "The machine was quiet: 2 cores, 1-minute load average at most {max_load:.2} before the start and at most \
+         {max_load:.2} other runnable tasks between rounds (highest reading {worst:.2}; per-round readings under each \
+         scenario)."
     )
 }
 
@@ -363,6 +628,7 @@ mod tests {
         RunResult {
             label: label.into(),
             mode: "closed".into(),
+            round: 0,
             connections: 4,
             payload: 0,
             response_bytes: 1024,
@@ -433,10 +699,12 @@ mod tests {
 
     #[test]
     fn benchmarks_document_says_it_is_generated() {
-        let d = benchmarks_document("## x\n");
+        let d = benchmarks_document("## x\n", &machine_line(0.5, 0.12));
         assert!(
             d.starts_with("# Benchmarks\n")
                 && d.contains("do not edit by hand")
+                && d.contains("highest reading 0.12")
+                && d.contains("nbthread 1")
                 && d.ends_with("## x\n")
         );
     }
@@ -481,6 +749,7 @@ mod tests {
             name: "s".into(),
             groups: vec![open, closed],
             idle: vec![idle("tollgate", 1024), idle("nginx", 4096)],
+            ..empty()
         };
         let h = headline_rows(&r);
         assert_eq!(h.len(), 2);
@@ -518,12 +787,172 @@ mod tests {
         let md = headlines(&ScenarioResult {
             name: "s".into(),
             groups: vec![g],
-            idle: vec![],
+            ..empty()
         });
         assert!(
             md.contains("| tollgate / nginx | n/a | n/a | 1.00x |"),
             "{md}"
         );
+    }
+
+    fn empty() -> ScenarioResult {
+        ScenarioResult {
+            name: "s".into(),
+            groups: vec![],
+            idle: vec![],
+            externals: vec![],
+            rounds: vec![],
+            configs: vec![],
+            notes: vec![],
+        }
+    }
+
+    fn cost(cpu_secs: f64) -> Option<ProxyCost> {
+        Some(ProxyCost {
+            cpu_secs,
+            wall_secs: 10.0,
+            rss_kib: 1024,
+        })
+    }
+
+    /// Three rounds of direct + tollgate + nginx, open loop at 1000 rps and closed loop.
+    fn three_rounds() -> ScenarioResult {
+        let mut open = Vec::new();
+        let mut closed = Vec::new();
+        for (round, tollgate_rps) in [(1, 20000.0), (2, 18000.0), (3, 21000.0)] {
+            for (label, rps, p99, cpu) in [
+                ("direct", 50000.0, 1000, None),
+                (
+                    "tollgate",
+                    tollgate_rps,
+                    3000 + round as u64 * 100,
+                    cost(10.0),
+                ),
+                ("nginx", 10000.0, 5000, cost(10.0)),
+            ] {
+                let mut o = result(label, 1000.0, p99);
+                o.mode = "open@1000rps".into();
+                o.round = round;
+                o.proxy = cpu.map(|c| ProxyCost { cpu_secs: 1.0, ..c });
+                open.push(o);
+                let mut c = result(label, rps, 1000);
+                c.round = round;
+                c.proxy = cpu;
+                closed.push(c);
+            }
+        }
+        ScenarioResult {
+            groups: vec![open, closed],
+            ..empty()
+        }
+    }
+
+    #[test]
+    fn headline_figures_are_medians_with_min_and_max_over_rounds() {
+        let r = three_rounds();
+        let h = headline_spreads(&r);
+        let t = h.iter().find(|x| x.label == "tollgate").unwrap();
+        let rps = t.max_rps.unwrap();
+        assert_eq!(
+            (rps.median, rps.min, rps.max, rps.rounds),
+            (20000.0, 18000.0, 21000.0, 3)
+        );
+        // Added p99 within each round: 2.1, 2.2, 2.3 ms over that round's direct 1 ms.
+        let p99 = t.added_p99_ms.unwrap();
+        assert!((p99.median - 2.2).abs() < 1e-9 && (p99.min - 2.1).abs() < 1e-9);
+        let md = headlines(&r);
+        assert!(md.contains("median of 3 round(s)"), "{md}");
+        assert!(
+            md.contains(
+                "| tollgate | 20000 (18000–21000) | 0.40x (0.36–0.42) | 20000 (18000–21000) |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| tollgate / nginx | 2.00x |"), "{md}");
+    }
+
+    #[test]
+    fn full_tables_compare_each_row_with_its_own_round() {
+        let r = three_rounds();
+        let md = markdown(&r.groups[1]);
+        // Round 2's tollgate (18000) against round 2's direct (50000).
+        assert!(md.contains("| tollgate | http1 | closed | 2 | 4 |"), "{md}");
+        let line = md
+            .lines()
+            .find(|l| l.contains("| closed | 2 |") && l.starts_with("| tollgate"))
+            .unwrap();
+        assert!(
+            line.contains("| 18000 |") && line.contains("| 0.36x |"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn external_rows_report_rps_per_proxy_core_and_tollgate_ratios() {
+        let ext = |label: &str, round, rps, cpu| ExternalResult {
+            label: label.into(),
+            generator: "wrk -t1 -c8".into(),
+            round,
+            output: ToolOutput {
+                rps,
+                requests: (rps * 10.0) as u64,
+                non_2xx: 0,
+                errors: 0,
+            },
+            proxy: cpu,
+        };
+        let r = ScenarioResult {
+            externals: vec![
+                ext("direct", 1, 50000.0, None),
+                ext("tollgate", 1, 30000.0, cost(5.0)),
+                ext("haproxy", 1, 40000.0, cost(10.0)),
+                ext("direct", 2, 52000.0, None),
+                ext("tollgate", 2, 32000.0, cost(5.0)),
+                ext("haproxy", 2, 40000.0, cost(10.0)),
+            ],
+            ..empty()
+        };
+        let md = external_markdown(&r);
+        assert!(
+            md.contains("| wrk -t1 -c8 | direct | 51000 (50000–52000) | - | 0 | 0 |"),
+            "{md}"
+        );
+        // 31000 rps at half a core = 62000 per core; HAProxy 40000 at one core.
+        assert!(
+            md.contains("| wrk -t1 -c8 | tollgate | 31000 (30000–32000) | 62000 (60000–64000) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| wrk -t1 -c8 | tollgate / haproxy | 1.55x |"),
+            "{md}"
+        );
+        assert!(!md.contains("tollgate / direct"), "{md}");
+        assert_eq!(external_markdown(&empty()), "");
+    }
+
+    #[test]
+    fn rounds_configs_and_notes_are_shown() {
+        let load = |one_min, others| LoadSample {
+            one_min,
+            runnable_others: others,
+        };
+        let r = ScenarioResult {
+            rounds: vec![RoundLoad {
+                round: 1,
+                before: load(0.12, 0.0),
+                after: load(1.5, 1.0),
+            }],
+            configs: vec![ShownConfig {
+                service: "haproxy".into(),
+                text: "global\n  nbthread 1\n".into(),
+            }],
+            notes: vec!["nginx cannot speak HTTP/2 to its upstream.".into()],
+            ..empty()
+        };
+        assert!(rounds_markdown(&r).contains("| 1 | 0.12 | 0.0 | 1.50 | 1.0 |"));
+        let c = configs_markdown(&r);
+        assert!(c.starts_with("Note: nginx cannot speak HTTP/2"), "{c}");
+        assert!(c.contains("<details><summary>Configuration of haproxy (as run)</summary>\n\n```\nglobal\n  nbthread 1\n```"), "{c}");
     }
 
     #[test]

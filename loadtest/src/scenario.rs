@@ -14,14 +14,11 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::client::{Connection, Protocol, Target};
-use crate::engine::{self, Mode, RunConfig};
+use crate::client::{Protocol, Target};
+use crate::engine::{self, Mode};
+use crate::external::ExternalSpec;
 use crate::netns::{self, Netns, NetnsError, Topology};
-use crate::peers;
-use crate::procstat;
-use crate::progress::Progress;
-use crate::report::{IdleCost, ProxyCost, RunResult, ScenarioResult};
-use crate::stats::Recorder;
+use crate::peers::{self, BackendKind, RuleSet};
 
 fn default_rules() -> usize {
     100
@@ -46,6 +43,9 @@ fn default_dns_port() -> u16 {
 }
 fn one_partition() -> u32 {
     1
+}
+fn default_rounds() -> usize {
+    3
 }
 
 /// Where a scenario's processes run.
@@ -108,6 +108,16 @@ pub struct Scenario {
     pub proxy_core: usize,
     #[serde(default = "one")]
     pub load_core: usize,
+    /// Rounds: every row is measured this many times, rows interleaved across targets within a round; reports
+    /// show the median with min and max. `--rounds` overrides it.
+    #[serde(default = "default_rounds")]
+    pub rounds: usize,
+    /// External generators (wrk, h2load) run against every target in every round, after our own modes.
+    #[serde(default)]
+    pub external: Vec<ExternalSpec>,
+    /// Sentences printed under the scenario's heading in the report (what was not run and why).
+    #[serde(default)]
+    pub notes: Vec<String>,
     #[serde(default, rename = "service")]
     pub services: Vec<Service>,
     #[serde(rename = "target")]
@@ -208,6 +218,29 @@ pub struct TargetSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
+    #[error(
+        "scenario {name}: service {service} is an nginx peer, but nginx cannot speak HTTP/2 to its upstream, so it \
+         is no {protocol:?} peer; remove it (say so in `notes`)"
+    )]
+    NginxNotH2 {
+        name: String,
+        service: String,
+        protocol: Protocol,
+    },
+    /// `detail` says what was asked, what came back, what was expected, and where the configuration is.
+    #[error(
+        "{label} does not enforce the scenario's rules, so its figures would not compare: {detail}"
+    )]
+    Enforcement { label: String, detail: String },
+    #[error("{program} (Debian package {package}) against {label}: {detail}")]
+    External {
+        program: String,
+        package: String,
+        label: String,
+        detail: String,
+    },
+    #[error("reading /proc/loadavg: {0}")]
+    LoadAvg(std::io::Error),
     #[error("reading scenario {path}: {source}")]
     Read {
         path: PathBuf,
@@ -296,6 +329,18 @@ impl Scenario {
                 name: s.name.clone(),
             });
         }
+        if matches!(s.protocol, Protocol::Http2 | Protocol::Grpc)
+            && let Some(n) = s
+                .services
+                .iter()
+                .find(|sv| matches!(sv, Service::NginxPeer { .. }))
+        {
+            return Err(ScenarioError::NginxNotH2 {
+                name: s.name.clone(),
+                service: n.name().into(),
+                protocol: s.protocol,
+            });
+        }
         if s.topology != TopologyKind::Netns
             && let Some(t) = s
                 .services
@@ -337,11 +382,27 @@ impl Scenario {
     pub fn request_path(&self) -> String {
         match self.protocol {
             Protocol::Kafka => self.topic.clone(),
-            _ => peers::rule_path(self.rules.saturating_sub(1)),
+            _ => self.rule_set().bench_path(),
         }
     }
 
-    fn target(&self, addr: SocketAddr) -> Target {
+    /// The HTTP rules every proxy of this scenario enforces.
+    pub fn rule_set(&self) -> RuleSet {
+        RuleSet {
+            count: self.rules,
+            grpc: self.protocol == Protocol::Grpc,
+        }
+    }
+
+    /// Whether requests are HTTP (so proxies can be probed with an allowed and a denied request).
+    pub fn is_http(&self) -> bool {
+        matches!(
+            self.protocol,
+            Protocol::Http1 | Protocol::Http2 | Protocol::Grpc
+        )
+    }
+
+    pub fn target(&self, addr: SocketAddr) -> Target {
         Target {
             addr,
             authority: DNS_NAME.into(),
@@ -356,11 +417,18 @@ impl Scenario {
 pub struct Running {
     pub name: String,
     child: Child,
+    /// The configuration it was started with, rule lines folded (peers and tollgate; for the report).
+    pub config: Option<String>,
 }
 
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its exit status if it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 
@@ -384,6 +452,10 @@ fn write(path: PathBuf, text: &str) -> Result<PathBuf, ScenarioError> {
 pub struct RunOptions {
     /// The tollgate binary; default: `tollgate` next to this executable.
     pub tollgate_bin: Option<PathBuf>,
+    /// Overrides the scenario's `rounds`.
+    pub rounds: Option<usize>,
+    /// How long the load average is sampled before and after each round (runnable tasks, median of 10 reads).
+    pub load_window: Duration,
 }
 
 /// The tollgate binary to start: the option, else `tollgate` in the directory of the running executable.
@@ -452,7 +524,7 @@ impl Env {
     }
 
     /// A command for `argv` pinned to `core`, inside `place` for the netns topology.
-    fn command(&self, place: Place, core: usize, argv: &[String]) -> Command {
+    pub fn command(&self, place: Place, core: usize, argv: &[String]) -> Command {
         match self.ns(place) {
             Some(ns) => ns.command(core, argv),
             None => {
@@ -511,7 +583,7 @@ pub fn start(
             let host = if netns { "0.0.0.0" } else { "127.0.0.1" };
             let conf = write(
                 workdir.join(format!("{}.conf", svc.name())),
-                &peers::nginx_backend(&w, host, &ports, s.response_bytes),
+                &peers::nginx_backend(&w, host, &ports, s.response_bytes, backend_kind(s.protocol)),
             )?;
             (
                 Place::Server,
@@ -536,7 +608,7 @@ pub fn start(
                     &w,
                     listen,
                     SocketAddr::new(backend_ip, *backend_port),
-                    s.rules,
+                    s.rule_set(),
                 ),
             )?;
             (
@@ -556,9 +628,20 @@ pub fn start(
             port, backend_port, ..
         } => {
             let listen = SocketAddr::new(peer_ip, *port);
+            let paths = write(
+                workdir.join(format!("{}-paths.lst", svc.name())),
+                &peers::haproxy_paths(s.rule_set()),
+            )?;
             let conf = write(
                 workdir.join(format!("{}.cfg", svc.name())),
-                &peers::haproxy_peer(listen, SocketAddr::new(backend_ip, *backend_port), s.rules),
+                &peers::haproxy_peer(
+                    listen,
+                    SocketAddr::new(backend_ip, *backend_port),
+                    s.rule_set(),
+                    s.proxy_core,
+                    matches!(s.protocol, Protocol::Http2 | Protocol::Grpc),
+                    &paths.display().to_string(),
+                ),
             )?;
             (
                 Place::Node,
@@ -597,7 +680,7 @@ pub fn start(
                         (None, Protocol::Kafka) => {
                             peers::tollgate_kafka_policy(*port, s.rules, &s.topic)
                         }
-                        (None, _) => peers::tollgate_policy(*port, s.rules),
+                        (None, _) => peers::tollgate_policy(*port, s.rule_set()),
                     },
                 )?,
             };
@@ -739,6 +822,7 @@ pub fn start(
     let mut running = Running {
         name: svc.name().into(),
         child,
+        config: shown_config(s, svc, workdir),
     };
     let not_ready = |detail: String| ScenarioError::NotReady {
         name: svc.name().into(),
@@ -836,188 +920,42 @@ pub fn pin_self(core: usize) {
         .status();
 }
 
-fn sample(r: &Running) -> Result<procstat::ProcSample, ScenarioError> {
-    procstat::sample(r.pid()).map_err(|source| ScenarioError::Proc {
-        name: r.name.clone(),
-        source,
-    })
-}
-
-fn mode_label(mode: &Mode) -> String {
-    match mode {
-        Mode::Open { rate, .. } => format!("open@{rate}rps"),
-        Mode::Closed { .. } => "closed".into(),
+/// How the backend answers for the scenario's protocol.
+fn backend_kind(p: Protocol) -> BackendKind {
+    match p {
+        Protocol::Http2 => BackendKind::H2c,
+        Protocol::Grpc => BackendKind::Grpc,
+        _ => BackendKind::Http1,
     }
 }
 
-/// Opens `n` connections to `target` from the client side, one request each, holds them idle and returns the
-/// proxy's RSS (KiB) before and with them, and how many opened and answered.
-fn idle_rss(
-    env: &Env,
-    target: Target,
-    pid: u32,
-    n: usize,
-) -> Result<(u64, u64, usize), ScenarioError> {
-    env.in_client(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(async move {
-            let before = procstat::sample(pid).map(|s| s.rss_kib).unwrap_or(0);
-            let mut conns = Vec::with_capacity(n);
-            for _ in 0..n {
-                if let Ok(mut c) = Connection::open(&target).await
-                    && c.send().await
-                {
-                    conns.push(c);
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let after = procstat::sample(pid).map(|s| s.rss_kib).unwrap_or(0);
-            let opened = conns.len();
-            drop(conns);
-            (before, after, opened)
-        })
-    })
-}
-
-/// Runs one load run where the generator lives.
-fn load(env: &Env, cfg: RunConfig) -> Result<Recorder, ScenarioError> {
-    let rec = env.in_client(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(engine::run(&cfg))
-    })??;
-    Ok(rec)
-}
-
-/// Runs the whole scenario: services, idle memory, then every target at every mode.
-pub fn run(
-    s: &Scenario,
-    workdir: &Path,
-    opts: RunOptions,
-    progress: &mut Progress,
-) -> Result<ScenarioResult, ScenarioError> {
-    std::fs::create_dir_all(workdir).map_err(|source| ScenarioError::Write {
-        path: workdir.into(),
-        source,
-    })?;
-    pin_self(s.load_core);
-    progress.note(&format!("{}: starting services", s.name));
-    // Declared before `running` so the services are killed before their namespaces go.
-    let env = Env::new(s, opts)?;
-    let mut running = Vec::new();
-    for svc in &s.services {
-        running.push(start(s, svc, workdir, &env)?);
+/// The configuration file `start` wrote for a peer or tollgate, rule lines folded, for the report.
+fn shown_config(s: &Scenario, svc: &Service, workdir: &Path) -> Option<String> {
+    let (file, fold) = match svc {
+        Service::NginxPeer { .. } => (format!("{}.conf", svc.name()), s.rule_set().prefix()),
+        Service::HaproxyPeer { .. } => (format!("{}.cfg", svc.name()), s.rule_set().prefix()),
+        Service::Tollgate {
+            policy: None,
+            dns_upstream,
+            ..
+        } => (
+            "tollgate-policy.yaml".to_string(),
+            match (dns_upstream, s.protocol) {
+                (Some(_), _) => "matchName: \"host-",
+                (None, Protocol::Kafka) => "topic: topic-",
+                (None, _) => s.rule_set().prefix(),
+            },
+        ),
+        _ => return None,
+    };
+    let mut text = std::fs::read_to_string(workdir.join(file)).ok()?;
+    if let Service::HaproxyPeer { .. } = svc {
+        // The ACL's patterns live in their own file; show it under the configuration.
+        let list = format!("{}-paths.lst", svc.name());
+        let paths = std::fs::read_to_string(workdir.join(&list)).ok()?;
+        text.push_str(&format!("\n# {list}:\n{paths}"));
     }
-    let find = |m: &String| running.iter().find(|r| &r.name == m).expect("validated");
-    std::thread::sleep(Duration::from_millis(500));
-    let mut idle = Vec::new();
-    for t in &s.targets {
-        let Some(r) = t.measure.as_ref().map(find) else {
-            continue;
-        };
-        let idle_rss_kib = sample(r)?.rss_kib;
-        let mut cost = IdleCost {
-            label: t.label.clone(),
-            idle_rss_kib,
-            connections: 0,
-            rss_before_kib: 0,
-            rss_with_connections_kib: 0,
-        };
-        if s.idle_connections > 0 {
-            progress.note(&format!(
-                "{}: {} idle connections through {}",
-                s.name, s.idle_connections, t.label
-            ));
-            let (before, after, opened) =
-                idle_rss(&env, s.target(t.addr), r.pid(), s.idle_connections)?;
-            if opened < s.idle_connections {
-                return Err(ScenarioError::Idle {
-                    label: t.label.clone(),
-                    opened,
-                    wanted: s.idle_connections,
-                });
-            }
-            cost.connections = opened;
-            cost.rss_before_kib = before;
-            cost.rss_with_connections_kib = after;
-        }
-        idle.push(cost);
-    }
-    let modes = s.modes();
-    let total = modes.len() * s.targets.len();
-    let mut groups = Vec::new();
-    let mut n = 0;
-    for mode in &modes {
-        let mut group = Vec::new();
-        for t in &s.targets {
-            n += 1;
-            let duration = match mode {
-                Mode::Open { duration, .. } | Mode::Closed { duration } => *duration,
-            };
-            progress.start(
-                n,
-                total,
-                &format!("{} {} {}", s.name, t.label, mode_label(mode)),
-                duration,
-            );
-            let measured = t.measure.as_ref().map(find);
-            let before = measured.map(sample).transpose()?;
-            let cfg = RunConfig {
-                target: s.target(t.addr),
-                mode: *mode,
-                connections: s.connections,
-                warmup: Duration::from_secs_f64(s.warmup),
-            };
-            let t0 = Instant::now();
-            let rec = load(&env, cfg)?;
-            let wall = t0.elapsed().as_secs_f64();
-            let proxy = match (measured, before) {
-                (Some(r), Some(b)) => {
-                    let a = sample(r)?;
-                    Some(ProxyCost {
-                        cpu_secs: a.cpu_secs - b.cpu_secs,
-                        wall_secs: wall,
-                        rss_kib: a.rss_kib,
-                    })
-                }
-                _ => None,
-            };
-            group.push(RunResult {
-                label: t.label.clone(),
-                mode: mode_label(mode),
-                connections: s.connections,
-                payload: s.payload,
-                response_bytes: match s.protocol {
-                    Protocol::Http1 | Protocol::Http2 | Protocol::Grpc => s.response_bytes,
-                    Protocol::Dns | Protocol::Kafka => 0,
-                },
-                protocol: format!("{:?}", s.protocol).to_lowercase(),
-                summary: rec.summary().into(),
-                proxy,
-            });
-        }
-        groups.push(group);
-    }
-    progress.finish();
-    for r in &mut running {
-        if let Ok(Some(status)) = r.child.try_wait() {
-            return Err(ScenarioError::NotReady {
-                name: r.name.clone(),
-                detail: format!("exited during the run with {status}"),
-                log: workdir.join(format!("{}.log", r.name)),
-            });
-        }
-    }
-    Ok(ScenarioResult {
-        name: s.name.clone(),
-        groups,
-        idle,
-    })
+    Some(peers::config_excerpt(&text, fold))
 }
 
 #[cfg(test)]
@@ -1105,6 +1043,36 @@ measure = "haproxy"
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn rounds_externals_and_h2_peers() {
+        let s = Scenario::parse(Path::new("x"), EXAMPLE).unwrap();
+        assert_eq!((s.rounds, s.external.len()), (3, 0));
+        let with_wrk = EXAMPLE.replacen(
+            "[[service]]",
+            "rounds = 5\nnotes = [\"n\"]\n[[external]]\ntool = \"wrk\"\nargs = [\"-t1\", \"-c8\"]\nduration = 10.0\n[[service]]",
+            1,
+        );
+        let s = Scenario::parse(Path::new("x"), &with_wrk).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (s.rounds, s.external[0].name(), s.notes.len()),
+            (5, "wrk -t1 -c8".to_string(), 1)
+        );
+        let grpc = EXAMPLE.replace("name = \"t\"\n", "name = \"t\"\nprotocol = \"grpc\"\n");
+        let s = Scenario::parse(Path::new("x"), &grpc).unwrap();
+        assert_eq!(s.request_path(), "/load.v1.Bench/Call99");
+        assert_eq!(s.rule_set().method(), "POST");
+        let nginx_h2 = format!(
+            "{}[[service]]\nkind = \"nginx-peer\"\nname = \"nginx\"\nport = 1\nbackend_port = 2\n",
+            EXAMPLE.replace("name = \"t\"\n", "name = \"t\"\nprotocol = \"http2\"\n")
+        );
+        let e = Scenario::parse(Path::new("x"), &nginx_h2).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("nginx cannot speak HTTP/2 to its upstream"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tollgate_load::client::Protocol;
 use tollgate_load::engine::{self, Mode, RunConfig};
 use tollgate_load::progress::Progress;
+use tollgate_load::runner;
 use tollgate_load::scenario::{self, Env, RunOptions, Scenario};
 
 /// The netns tests check that nothing of theirs is left behind, so they must not overlap.
@@ -29,6 +30,8 @@ fn workdir(tag: &str) -> PathBuf {
 fn opts() -> RunOptions {
     RunOptions {
         tollgate_bin: std::env::var_os("TOLLGATE_BIN").map(PathBuf::from),
+        rounds: Some(1),
+        ..RunOptions::default()
     }
 }
 
@@ -76,7 +79,7 @@ fn netns_scenario_measures_direct_and_peer_and_cleans_up() {
     let _serial = netns_lock();
     let s = Scenario::parse(Path::new("netns.toml"), NETNS).unwrap();
     let dir = workdir("netns");
-    let r = scenario::run(&s, &dir, opts(), &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
+    let r = runner::run(&s, &dir, opts(), &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.groups.len(), 1);
     for row in &r.groups[0] {
         assert_eq!(row.summary.errors, 0, "{}", row.label);
@@ -94,6 +97,83 @@ fn netns_scenario_measures_direct_and_peer_and_cleans_up() {
     assert_eq!(r.idle.len(), 1);
     assert_eq!(r.idle[0].connections, 50);
     assert!(r.idle[0].idle_rss_kib > 0);
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two interleaved rounds with wrk beside our generator: every round has a row per target, wrk rows carry the
+/// peer's CPU, the load average is recorded around each round, and the peer's configuration is kept for the report.
+#[test]
+fn rounds_interleave_targets_and_wrk_rows_charge_the_peer() {
+    let _serial = netns_lock();
+    let text = NETNS.replacen(
+        "[[service]]",
+        "[[external]]\ntool = \"wrk\"\nargs = [\"-t1\", \"-c4\"]\nduration = 1.0\n[[service]]",
+        1,
+    );
+    let text = text.replacen("idle_connections = 50\n", "", 1);
+    let s = Scenario::parse(Path::new("rounds.toml"), &text).unwrap_or_else(|e| panic!("{e}"));
+    let dir = workdir("rounds");
+    let opts = RunOptions {
+        rounds: Some(2),
+        ..opts()
+    };
+    let r = runner::run(&s, &dir, opts, &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
+    let order: Vec<(usize, &str)> = r.groups[0]
+        .iter()
+        .map(|x| (x.round, x.label.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        [(1, "direct"), (1, "nginx"), (2, "direct"), (2, "nginx")]
+    );
+    assert_eq!(r.externals.len(), 4);
+    for e in &r.externals {
+        assert!(e.output.rps > 0.0 && e.output.non_2xx == 0, "{e:?}");
+        assert_eq!(e.proxy.is_some(), e.label == "nginx", "{e:?}");
+    }
+    assert!(
+        r.externals
+            .iter()
+            .any(|e| e.rps_per_proxy_core().is_some_and(|v| v > 0.0))
+    );
+    assert_eq!(r.rounds.len(), 2);
+    assert!(
+        r.configs
+            .iter()
+            .any(|c| c.service == "nginx" && c.text.contains("keepalive 64;"))
+    );
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A "proxy" that does not deny (here the backend itself, answering every path) is refused before any load runs,
+/// with an error naming it: its figures would not compare with proxies that enforce the rules.
+#[test]
+fn a_measured_target_that_does_not_deny_is_refused() {
+    let _serial = netns_lock();
+    let text = NETNS.replace(
+        "[[target]]\nlabel = \"direct\"\naddr = \"10.0.1.20:8080\"\n",
+        "[[target]]\nlabel = \"open-door\"\naddr = \"10.0.1.20:8080\"\nmeasure = \"backend\"\n",
+    );
+    assert!(text.contains("open-door"));
+    let s = Scenario::parse(Path::new("open.toml"), &text).unwrap();
+    let dir = workdir("open-door");
+    let err = runner::run(&s, &dir, opts(), &mut Progress::new()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("open-door does not enforce the scenario's rules")
+            && msg.contains("GET /not-in-policy got HTTP 200"),
+        "{msg}"
+    );
     assert!(
         our_namespaces().is_empty(),
         "left behind: {:?}",
@@ -384,7 +464,7 @@ addr = "127.0.0.1:19092"
 "#;
     let s = Scenario::parse(Path::new("kafka.toml"), text).unwrap();
     let dir = workdir("kafka");
-    let r = scenario::run(&s, &dir, opts(), &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
+    let r = runner::run(&s, &dir, opts(), &mut Progress::new()).unwrap_or_else(|e| panic!("{e}"));
     let open = &r.groups[0][0].summary;
     assert_eq!(open.errors, 0, "{open:?}");
     assert!((190..=210).contains(&open.requests), "{open:?}");
