@@ -531,8 +531,14 @@ impl PolicyEngine {
     /// Does an egress `toFQDNs` allow rule of `identity` select `name`? (Whether IPs learned for `name` matter to
     /// this identity's connects.)
     pub fn fqdn_selects(&self, identity: Identity, name: &str) -> bool {
+        !self.fqdn_rules(identity, name).is_empty()
+    }
+
+    /// The egress `toFQDNs` allow rules of `identity` that select `name` (the rules IPs learned for `name` feed),
+    /// in rule order; empty for non-endpoint identities.
+    pub fn fqdn_rules(&self, identity: Identity, name: &str) -> Vec<RuleRef> {
         if !identity.is_endpoint() {
-            return false;
+            return Vec::new();
         }
         let n = normalize_name(name);
         let Some(d) = self
@@ -540,12 +546,18 @@ impl PolicyEngine {
             .get((identity.0 - Identity::FIRST_ALLOCATED) as usize)
             .and_then(|both| both[dir_slot(Direction::Egress)].as_ref())
         else {
-            return false;
+            return Vec::new();
         };
-        d.allow.iter().any(|&r| match &self.rules[r].peers {
-            CompiledPeers::Match { fqdns, .. } => fqdns.iter().any(|m| m.matches_normalized(&n)),
-            _ => false,
-        })
+        d.allow
+            .iter()
+            .filter(|&&r| match &self.rules[r].peers {
+                CompiledPeers::Match { fqdns, .. } => {
+                    fqdns.iter().any(|m| m.matches_normalized(&n))
+                }
+                _ => false,
+            })
+            .map(|&r| self.rules[r].rule.clone())
+            .collect()
     }
 
     /// The (protocol, first port, last port) on which `identity`'s egress `toFQDNs` allow rules selecting `name`

@@ -107,6 +107,10 @@ pub struct RunArgs {
         env = "TOLLGATE_METRICS_LISTEN"
     )]
     pub metrics_listen: SocketAddr,
+    /// Serve the web UI (service map, flows, drops, HTTP endpoints, DNS) on this address, e.g. 127.0.0.1:12000.
+    /// Off by default; it is read-only but shows every flow, so keep it on loopback or behind a proxy.
+    #[arg(long, env = "TOLLGATE_UI_LISTEN")]
+    pub ui_listen: Option<SocketAddr>,
     /// Most distinct (protocol, verdict, source, destination) label sets in `tollgate_requests_total`; further
     /// identities are counted as `other`.
     #[arg(long, default_value_t = 1000)]

@@ -52,4 +52,5 @@ pub mod request_path;
 pub mod run;
 pub mod tcp;
 pub mod tunnel;
+pub mod ui;
 pub mod upstream;

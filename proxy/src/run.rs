@@ -121,6 +121,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // Observer API, admin/metrics server and flow export (observer.rs); ready from here on.
     crate::observer::start_services(&args, &flows, &policy, shutdown.clone())?;
+    if let Some(addr) = args.ui_listen {
+        crate::ui::start_local(addr, &flows, &policy, shutdown.clone()).await?;
+    }
     let stop = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {

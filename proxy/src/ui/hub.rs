@@ -1,0 +1,136 @@
+//! [`UiHub`]: what the UI server reads. Whoever has flows pushes them in with [`UiHub::ingest`] (the daemon from
+//! its flow log, see `local.rs`; `tollgate relay` from its merged stream); the hub keeps the aggregates, a bounded
+//! ring of recent flows for the table, and a broadcast for live updates.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::aggregate::{Aggregate, DnsRow, DropRow, EndpointRow, FqdnRules, Limits, ServiceMap};
+use super::query::{FlowQuery, FlowRow};
+use crate::hubble::flow::Flow;
+
+/// Flows the table can search (newest kept).
+pub const RING: usize = 5_000;
+/// Flows a live subscriber may fall behind before it skips ahead.
+const LIVE_QUEUE: usize = 1_024;
+/// Rows per view in a snapshot.
+const VIEW_ROWS: usize = 200;
+
+/// The live policy the UI explains flows with (absent for a relay that has none).
+pub trait PolicyLens: FqdnRules + Send + Sync {}
+impl<T: FqdnRules + Send + Sync> PolicyLens for T {}
+
+/// The UI's state, shared by every connection of the UI server.
+pub struct UiHub {
+    aggregate: Mutex<Aggregate>,
+    ring: Mutex<VecDeque<Arc<Flow>>>,
+    ring_capacity: usize,
+    live: broadcast::Sender<Arc<Flow>>,
+    policy: Option<Box<dyn PolicyLens>>,
+    /// Where the flows come from (`node <name>` or `relay`), shown in the header.
+    pub source: String,
+}
+
+impl std::fmt::Debug for UiHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UiHub")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything the page shows besides the flow table, for one namespace view.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub version: u64,
+    pub source: String,
+    pub now_ns: i64,
+    pub flows_seen: u64,
+    pub map: ServiceMap,
+    pub drops: Vec<DropRow>,
+    pub http: Vec<EndpointRow>,
+    pub dns: Vec<DnsRow>,
+}
+
+impl UiHub {
+    pub fn new(
+        source: &str,
+        limits: Limits,
+        ring: usize,
+        policy: Option<Box<dyn PolicyLens>>,
+    ) -> Self {
+        UiHub {
+            aggregate: Mutex::new(Aggregate::new(limits)),
+            ring: Mutex::new(VecDeque::with_capacity(ring.min(1024))),
+            ring_capacity: ring.max(1),
+            live: broadcast::channel(LIVE_QUEUE).0,
+            policy,
+            source: source.to_string(),
+        }
+    }
+
+    /// Takes one flow: counted, kept for the table, sent to live subscribers.
+    pub fn ingest(&self, flow: Flow) {
+        self.aggregate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ingest(&flow);
+        let flow = Arc::new(flow);
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(flow.clone());
+        }
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() >= self.ring_capacity {
+            ring.pop_front();
+        }
+        ring.push_back(flow);
+    }
+
+    /// Flows from now on (subscribe before reading [`UiHub::flows`] to miss nothing).
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Flow>> {
+        self.live.subscribe()
+    }
+
+    /// The newest flows the query accepts, newest first.
+    pub fn flows(&self, q: &FlowQuery) -> Vec<FlowRow> {
+        let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        ring.iter()
+            .rev()
+            .filter(|f| q.accepts(f))
+            .take(q.limit)
+            .map(|f| FlowRow::of(f))
+            .collect()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.aggregate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .version()
+    }
+
+    pub fn snapshot(&self, ns: Option<&str>, now_ns: i64) -> Snapshot {
+        let agg = self.aggregate.lock().unwrap_or_else(|p| p.into_inner());
+        let rules = self.policy.as_deref().map(|p| p as &dyn FqdnRules);
+        Snapshot {
+            version: agg.version(),
+            source: self.source.clone(),
+            now_ns,
+            flows_seen: agg.flows,
+            map: agg.service_map(ns, now_ns),
+            drops: agg.drops(50, now_ns),
+            http: agg.http_endpoints(ns, VIEW_ROWS, now_ns),
+            dns: agg.dns_names(ns, VIEW_ROWS, rules),
+        }
+    }
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
