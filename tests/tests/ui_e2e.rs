@@ -287,7 +287,7 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
     require_tool("chromium");
     let s = Setup::new();
     background_traffic(&s);
-    let mut b = Browser::launch(s.node.command("chromium"), 1600, 1000).unwrap();
+    let mut b = Browser::launch(s.node.netns.command("chromium"), 1600, 1000).unwrap();
     b.navigate(&format!("http://{UI}/")).unwrap();
 
     // The map: four workloads in two namespaces, three edges, colours by verdict.
@@ -409,7 +409,7 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
                 .all(|x| x.0 == "billing/ledger" || x.1 == "billing/ledger")
     });
     assert!(
-        b.eval("document.getElementById('detail').innerText")
+        b.eval("document.getElementById('detail').textContent")
             .unwrap()
             .as_str()
             .unwrap()
@@ -429,7 +429,7 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
         .unwrap();
     let why = why.as_str().unwrap().to_string();
     assert!(
-        why.contains("Denied by policy") && why.contains("ledger-http"),
+        why.contains("Denied by policy") && why.contains("no ingress rule matched"),
         "{why}"
     );
     save(&mut b, "flow-policy.png");
@@ -458,7 +458,7 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
         allowed
             .as_str()
             .unwrap()
-            .contains("allowed by CiliumNetworkPolicy shop/api-http ingress[0] l7[0]"),
+            .contains("allowed by CiliumNetworkPolicy shop/api-http ingress[0] l7["),
         "{allowed}"
     );
     b.eval("tollgate.select(null), true").unwrap();

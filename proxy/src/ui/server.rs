@@ -80,6 +80,7 @@ pub async fn serve_on(
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(io, svc);
             let _ = conn.await;
@@ -263,5 +264,86 @@ async fn pump(
             _ = stop.cancelled() => return,
             _ = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ui::aggregate::Limits;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str, until: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: ui\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 8192];
+        let read = async {
+            loop {
+                let n = s.read(&mut buf).await.unwrap();
+                out.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&out);
+                if n == 0 || text.contains(until) {
+                    return text.into_owned();
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("answer in time")
+    }
+
+    #[tokio::test]
+    async fn serves_page_json_and_live_events() {
+        let hub = Arc::new(UiHub::new("node test", Limits::default(), 100, None));
+        let stop = CancellationToken::new();
+        let addr = serve("127.0.0.1:0".parse().unwrap(), hub.clone(), stop.clone())
+            .await
+            .unwrap();
+        let page = get(addr, "/", "</html>").await;
+        assert!(
+            page.starts_with("HTTP/1.1 200") && page.contains("content-security-policy"),
+            "{page}"
+        );
+        let snap = get(addr, "/api/snapshot?ns=shop", "\"dns\"").await;
+        assert!(snap.contains("\"source\":\"node test\""), "{snap}");
+        let bad = get(addr, "/api/flows?verdict=MAYBE", "}").await;
+        assert!(
+            bad.starts_with("HTTP/1.1 400") && bad.contains("verdict"),
+            "{bad}"
+        );
+        // A live stream starts with a snapshot, then carries new flows its filter accepts.
+        let fe = crate::ui::aggregate::tests::ep("shop", "frontend", "10.0.5.10", 40000, 300);
+        let api = crate::ui::aggregate::tests::ep("shop", "api", "10.0.5.20", 8080, 301);
+        let rec = crate::ui::aggregate::tests::http(
+            fe,
+            api,
+            "GET",
+            "/x",
+            403,
+            crate::flow::Verdict::Dropped,
+            0,
+        );
+        let feeder = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                for f in crate::ui::aggregate::tests::flows_of(&rec) {
+                    hub.ingest(f);
+                }
+            })
+        };
+        let events = get(addr, "/api/events?verdict=DROPPED", "event: flows").await;
+        feeder.await.unwrap();
+        assert!(
+            events.contains("text/event-stream") && events.contains("event: snapshot"),
+            "{events}"
+        );
+        assert!(events.contains("HTTP/1.1 GET http://api/x"), "{events}");
+        let post = get(addr, "/api/snapshot", "\r\n\r\n").await;
+        assert!(post.starts_with("HTTP/1.1 200"));
+        stop.cancel();
     }
 }

@@ -31,20 +31,20 @@ const cy = cytoscape({
       "shape": "round-rectangle", "background-color": "#e9eef5", "background-opacity": 0.55,
       "border-width": 1, "border-color": "#c9d3df", "border-style": "dashed",
       "label": "data(label)", "text-valign": "top", "text-halign": "center", "text-margin-y": -4,
-      "font-size": 12, "font-weight": 700, "color": "#5b6b80", "padding": 18,
+      "font-size": 14, "font-weight": 700, "color": "#5b6b80", "padding": 22,
       "font-family": "DejaVu Sans, sans-serif" } },
     { selector: "node.outside", style: { "background-color": "#f4efe6", "border-color": "#dccfb6" } },
     { selector: "node.wl", style: {
-      "shape": "round-rectangle", "width": 132, "height": 44, "background-color": "#ffffff",
+      "shape": "round-rectangle", "width": 150, "height": 50, "background-color": "#ffffff",
       "border-width": 1.5, "border-color": "#b8c4d3", "label": "data(label)", "text-wrap": "wrap",
-      "text-valign": "center", "font-size": 12, "color": "#1d2733", "font-family": "DejaVu Sans, sans-serif" } },
+      "text-valign": "center", "font-size": 14, "line-height": 1.35, "color": "#1d2733", "font-family": "DejaVu Sans, sans-serif" } },
     { selector: "node.wl.world, node.wl.fqdn, node.wl.host", style: { "shape": "ellipse", "width": 120, "background-color": "#fffaf0", "border-color": "#d9c394" } },
     { selector: "node.wl.hasdrops", style: { "border-color": "#dc3d3d", "border-width": 2.5 } },
     { selector: "node.wl:selected", style: { "border-color": "#3b6fd8", "border-width": 3, "background-color": "#eef3fd" } },
     { selector: "edge", style: {
       "curve-style": "bezier", "target-arrow-shape": "triangle", "arrow-scale": 1.1,
       "line-color": "data(color)", "target-arrow-color": "data(color)", "width": "data(width)",
-      "label": "data(label)", "font-size": 10.5, "text-rotation": "autorotate", "color": "#34445a",
+      "label": "data(label)", "font-size": 12, "text-rotation": "autorotate", "color": "#34445a", "text-wrap": "wrap",
       "text-background-color": "#ffffff", "text-background-opacity": 0.92, "text-background-padding": 2,
       "text-background-shape": "round-rectangle", "font-family": "DejaVu Sans, sans-serif" } },
     { selector: "edge.dropped", style: { "line-style": "dashed", "line-dash-pattern": [7, 4], "color": "#b42323" } },
@@ -139,16 +139,19 @@ function renderMap(map) {
     const pods = n.kind === "pod" ? `\n${n.pods.length} pod${n.pods.length === 1 ? "" : "s"}` : "";
     elements.push({ group: "nodes", data: { id: n.id, parent, label: n.name + pods }, classes: "wl " + n.kind });
   }
-  for (const id of nsIds) {
+  // Compound (namespace) nodes go first: a child can only be added once its parent exists.
+  elements.unshift(...[...nsIds].sort().map((id) => {
     const outside = id === "ns:~outside";
-    elements.push({ group: "nodes", data: { id, label: outside ? "outside the cluster" : id.slice(3) }, classes: "ns" + (outside ? " outside" : "") });
-  }
+    return { group: "nodes", data: { id, label: outside ? "outside the cluster" : id.slice(3) }, classes: "ns" + (outside ? " outside" : "") };
+  }));
   const dropTargets = new Set();
   for (const e of map.edges) {
     if (e.recent_drops > 0) dropTargets.add(e.to);
-    const parts = [e.protocols.join("/") + (e.ports.length ? ":" + e.ports.join(",") : ""), fmtRate(e.rate) + "/s"];
-    if (e.errors) parts.push(e.errors + " err");
-    if (e.drops) parts.push(e.drops + " dropped");
+    const head = e.protocols.join("/") + (e.ports.length ? " :" + e.ports.join(",") : "") + " · " + fmtRate(e.rate) + "/s";
+    const tail = [];
+    if (e.errors) tail.push(e.errors + " errors");
+    if (e.drops) tail.push(e.drops + " dropped");
+    const parts = tail.length ? [head + "\n" + tail.join(" · ")] : [head];
     elements.push({ group: "edges", data: {
       id: e.from + "->" + e.to, source: e.from, target: e.to, label: parts.join(" · "),
       color: COLORS[e.verdict], width: Math.min(7, 1.6 + Math.log2(1 + e.rate * 4)),
@@ -174,8 +177,12 @@ function renderMap(map) {
     state.structure = structure;
     cy.layout({
       name: "fcose", animate: !state.firstLayout, animationDuration: 400, randomize: state.firstLayout,
-      nodeRepulsion: 9000, idealEdgeLength: 150, nodeSeparation: 90, nestingFactor: 0.6, gravityCompound: 1.2,
-      tilingPaddingVertical: 30, tilingPaddingHorizontal: 30, fit: true, padding: 40,
+      nodeRepulsion: 6000, idealEdgeLength: 190, nodeSeparation: 120, nestingFactor: 0.3, gravity: 0.6,
+      gravityCompound: 1.5, tilingPaddingVertical: 30, tilingPaddingHorizontal: 30, fit: true, padding: 50,
+      stop: () => {
+        // A small map fills the pane but never zooms past readable; a large one stays fitted.
+        if (cy.zoom() > 1.6) { cy.zoom(1.6); cy.center(); }
+      },
     }).run();
     state.firstLayout = false;
   }
@@ -261,12 +268,12 @@ function renderFlowDetail(r) {
 // ---------- tables ----------
 function renderRows(live, fresh) {
   $("count-flows").textContent = state.rows.length;
-  $("flow-rows").innerHTML = state.rows.map((r) => `<tr data-uuid="${esc(r.uuid)}" class="${fresh && fresh.has(r.uuid) ? "fresh" : ""}${state.selectedFlow === r.uuid ? " sel" : ""}">
+  $("flow-rows").innerHTML = state.rows.map((r) => `<tr data-uuid="${esc(r.uuid)}" class="${fresh && fresh.has(r.uuid) ? "fresh" : ""}${state.selectedFlow === r.uuid ? " sel" : ""}${r.kind === "policy-verdict" ? " pv" : ""}">
     <td class="mono muted">${fmtTime(r.time_ns)}</td>
     <td>${esc(endpointText(r.source))}</td><td class="muted">${r.kind === "response" ? "←" : "→"}</td>
     <td>${esc(endpointText(r.destination))}${r.destination.port ? `<span class="muted">:${r.destination.port}</span>` : ""}</td>
     <td><span class="proto">${esc(r.protocol)}</span></td>
-    <td class="mono">${esc(r.summary)}</td>
+    <td class="mono">${r.kind === "policy-verdict" ? `<span class="muted">policy verdict ·</span> ${esc(r.summary)}` : esc(r.summary)}</td>
     <td><span class="badge ${esc(r.verdict)}">${esc(r.verdict)}</span></td></tr>`).join("");
 }
 
