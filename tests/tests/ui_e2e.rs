@@ -340,7 +340,6 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
             .unwrap(),
         "ns:billing"
     );
-    save(&mut b, "map.png");
 
     // A denied request on an edge that did not exist: on the map as a dropped edge within 2 s.
     assert_eq!(
@@ -493,6 +492,19 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
     );
     save(&mut b, "http.png");
 
+    // The overview for the README: back on the flow table with the api workload selected.
+    b.eval("document.querySelector('[data-tab=flows]').click(), true")
+        .unwrap();
+    click_map(&mut b, "shop/api");
+    wait_table(&mut b, "api's flows", |r| {
+        !r.is_empty() && r.iter().all(|x| x.0 == "shop/api" || x.1 == "shop/api")
+    });
+    b.wait_for(
+        "document.getElementById('detail').textContent.includes('Inbound')",
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    save(&mut b, "map.png");
     assert!(
         b.page_errors.is_empty(),
         "the page logged errors: {:?}",

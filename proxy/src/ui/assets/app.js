@@ -17,6 +17,7 @@ const state = {
   structure: "",
   tab: "flows",
   firstLayout: true,
+  seq: 0,
 };
 
 cytoscape.use(cytoscapeFcose);
@@ -44,7 +45,7 @@ const cy = cytoscape({
     { selector: "edge", style: {
       "curve-style": "bezier", "target-arrow-shape": "triangle", "arrow-scale": 1.1,
       "line-color": "data(color)", "target-arrow-color": "data(color)", "width": "data(width)",
-      "label": "data(label)", "font-size": 12, "text-rotation": "autorotate", "color": "#34445a", "text-wrap": "wrap",
+      "label": "data(label)", "font-size": 12, "text-rotation": "none", "color": "#34445a", "text-wrap": "wrap",
       "text-background-color": "#ffffff", "text-background-opacity": 0.92, "text-background-padding": 2,
       "text-background-shape": "round-rectangle", "font-family": "DejaVu Sans, sans-serif" } },
     { selector: "edge.dropped", style: { "line-style": "dashed", "line-dash-pattern": [7, 4], "color": "#b42323" } },
@@ -78,10 +79,14 @@ function filterParams() {
 }
 
 async function reload() {
+  // Only the newest request may fill the table: answers to older filters can arrive late.
+  const seq = ++state.seq;
+  if (state.es) { state.es.close(); state.es = null; }
   const p = filterParams();
   p.set("limit", String(MAX_ROWS));
   const resp = await fetch("/api/flows?" + p);
   const body = await resp.json();
+  if (seq !== state.seq) return;
   if (!resp.ok) { $("filter-error").textContent = body.error; return; }
   $("filter-error").textContent = "";
   state.rows = body.flows;
@@ -256,7 +261,7 @@ function renderFlowDetail(r) {
     <div class="flowline">${esc(endpointText(r.source))}:${r.source.port}<br>→ ${esc(endpointText(r.destination))}:${r.destination.port}</div>
     <div class="policy-box ${cls}" id="policy-box"><div class="title">${title}${r.drop_reason ? ` · ${esc(r.drop_reason)}` : ""}</div>
       <code>${esc(r.policy || (ok ? "no L7 rule recorded for this flow" : "no reason recorded"))}</code>${pol ? `<div style="margin-top:6px">${pol}</div>` : ""}</div>
-    <dl><dt>Time</dt><dd>${esc(r.time)}</dd><dt>Summary</dt><dd class="mono">${esc(r.summary)}</dd>
+    <dl><dt>Time</dt><dd>${esc(r.time.replace("T", " ").replace(/\.(\d{3})\d*Z$/, ".$1 UTC"))}</dd><dt>Summary</dt><dd class="mono">${esc(r.summary)}</dd>
     ${r.http_status ? `<dt>HTTP status</dt><dd>${r.http_status}</dd>` : ""}
     ${r.latency_ms != null ? `<dt>Latency</dt><dd>${fmtMs(r.latency_ms)}</dd>` : ""}
     <dt>Direction</dt><dd>${esc(r.direction)}</dd><dt>Node</dt><dd>${esc(r.node)}</dd>
