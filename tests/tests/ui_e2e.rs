@@ -23,6 +23,7 @@ const PROXY_PORT: u16 = 15001;
 const UI: &str = "127.0.0.1:12080";
 const API: &str = "10.0.41.20";
 const LEDGER: &str = "10.0.42.20";
+const RESOLVER: &str = "10.0.43.53";
 
 const POLICY: &str = r#"
 apiVersion: cilium.io/v2
@@ -57,6 +58,21 @@ spec:
           rules:
             http:
               - {method: GET, path: "/books/.*"}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fetcher-egress, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: fetcher}}
+  egress:
+    - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: kube-dns}}]
+      toPorts:
+        - ports: [{port: "53", protocol: ANY}]
+          rules:
+            dns: [{matchPattern: "*.example.com"}]
+    - toFQDNs: [{matchName: api.example.com}]
+      toPorts:
+        - ports: [{port: "443", protocol: TCP}]
 "#;
 
 const ENDPOINTS: &str = r#"
@@ -65,12 +81,15 @@ endpoints:
   - {name: crawler, namespace: shop, labels: {app: crawler}, ip: 10.0.41.11}
   - {name: api, namespace: shop, labels: {app: api}, ip: 10.0.41.20}
   - {name: ledger, namespace: billing, labels: {app: ledger}, ip: 10.0.42.20}
+  - {name: fetcher, namespace: shop, labels: {app: fetcher}, ip: 10.0.41.12}
+  - {name: coredns, namespace: kube-system, labels: {k8s-app: kube-dns}, ip: 10.0.43.53}
 "#;
 
 struct Setup {
     // Drop order: browser users drop first (declared in the test), then the proxy, servers, pods, node, files.
     _proxy: ChildGuard,
     _nginx: Vec<Nginx>,
+    _dnsmasq: ChildGuard,
     pods: Vec<Pod>,
     node: Node,
     dir: TempDir,
@@ -101,6 +120,19 @@ impl Setup {
                 Nginx::start(pods.iter().find(|p| p.name == *name).unwrap(), 8080, 18081).unwrap()
             })
             .collect();
+        let records = [
+            "api.example.com,192.0.2.10".to_string(),
+            "www.example.com,192.0.2.11".to_string(),
+        ];
+        let coredns = pods.iter().find(|p| p.name == "coredns").unwrap();
+        let dnsmasq = tollgate_e2e::dns::start_dnsmasq(
+            coredns,
+            RESOLVER,
+            &records,
+            &[],
+            ("api.example.com", "192.0.2.10"),
+        )
+        .unwrap();
         let stderr = fs::File::create(dir.path().join("tollgate.stderr")).unwrap();
         let mut cmd = node.command(tollgate_bin());
         cmd.args(["run", "--listen", &format!("0.0.0.0:{PROXY_PORT}")])
@@ -111,6 +143,12 @@ impl Setup {
                 "127.0.0.1:9965",
             ])
             .args(["--ui-listen", UI])
+            .args([
+                "--dns-upstream",
+                &format!("{RESOLVER}:53"),
+                "--dns-port",
+                "15053",
+            ])
             .arg("--policy")
             .arg(dir.path().join("policy.yaml"))
             .arg("--endpoints")
@@ -136,6 +174,7 @@ impl Setup {
         Setup {
             _proxy: proxy,
             _nginx: nginx,
+            _dnsmasq: dnsmasq,
             pods,
             node,
             dir,
@@ -163,6 +202,20 @@ impl Setup {
 
     fn stderr(&self) -> String {
         fs::read_to_string(self.dir.path().join("tollgate.stderr")).unwrap_or_default()
+    }
+}
+
+impl Setup {
+    /// One DNS query from `pod` through the DNS proxy (on the pods' gateway); dig's answer or status line.
+    fn dig(&self, pod: &str, name: &str) -> String {
+        let out = self
+            .pod(pod)
+            .sh(&format!(
+                "dig @{} -p 15053 +time=2 +tries=1 {name} A | grep -E 'status:|^{name}' || true",
+                tollgate_e2e::POD_GATEWAY
+            ))
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
@@ -208,6 +261,14 @@ fn background_traffic(s: &Setup) {
         ),
         [200, 200, 200]
     );
+    // DNS: a name the fetcher's toFQDNs rule selects, one only its DNS rule allows, one it may not resolve.
+    assert!(
+        s.dig("fetcher", "api.example.com").contains("192.0.2.10"),
+        "{}",
+        s.stderr()
+    );
+    assert!(s.dig("fetcher", "www.example.com").contains("192.0.2.11"));
+    assert!(s.dig("fetcher", "evil.example.org").contains("REFUSED"));
 }
 
 fn screenshots() -> bool {
@@ -290,11 +351,13 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
     let mut b = Browser::launch(s.node.netns.command("chromium"), 1600, 1000).unwrap();
     b.navigate(&format!("http://{UI}/")).unwrap();
 
-    // The map: four workloads in two namespaces, three edges, colours by verdict.
+    // The map: six workloads in three namespaces, four edges, colours by verdict.
     let want_nodes = json!([
         "billing/ledger",
+        "kube-system/kube-dns",
         "shop/api",
         "shop/crawler",
+        "shop/fetcher",
         "shop/frontend"
     ]);
     b.wait_for(
@@ -305,7 +368,7 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
         Duration::from_secs(10),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", s.stderr()));
-    b.wait_for("tollgate.edges().length === 3", Duration::from_secs(5))
+    b.wait_for("tollgate.edges().length === 4", Duration::from_secs(5))
         .unwrap();
     let edges: Vec<Value> = serde_json::from_value(b.eval("tollgate.edges()").unwrap()).unwrap();
     let edge = |from: &str, to: &str| {
@@ -491,6 +554,36 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
         "{http}"
     );
     save(&mut b, "http.png");
+
+    // DNS names with their IPs and the toFQDNs rule they fed.
+    b.eval("document.querySelector('[data-tab=dns]').click(), true")
+        .unwrap();
+    let (dns, _) = b
+        .wait_for(
+            "document.getElementById('dns-rows').innerText",
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    let dns = dns.as_str().unwrap().to_string();
+    let line = |name: &str| {
+        dns.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no DNS row for {name}: {dns}"))
+            .to_string()
+    };
+    let api = line("api.example.com");
+    assert!(
+        api.contains("shop/fetcher")
+            && api.contains("192.0.2.10")
+            && api.contains("CiliumNetworkPolicy shop/fetcher-egress egress[1]"),
+        "{api}"
+    );
+    assert!(line("www.example.com").contains("none"), "{dns}");
+    assert!(
+        line("evil.example.org").contains("\t1\t"),
+        "one refused query: {dns}"
+    );
+    save(&mut b, "dns.png");
 
     // The overview for the README: back on the flow table with the api workload selected.
     b.eval("document.querySelector('[data-tab=flows]').click(), true")

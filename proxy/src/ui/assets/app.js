@@ -182,8 +182,9 @@ function renderMap(map) {
     state.structure = structure;
     cy.layout({
       name: "fcose", animate: !state.firstLayout, animationDuration: 400, randomize: state.firstLayout,
-      nodeRepulsion: 6000, idealEdgeLength: 190, nodeSeparation: 120, nestingFactor: 0.3, gravity: 0.6,
-      gravityCompound: 1.5, tilingPaddingVertical: 30, tilingPaddingHorizontal: 30, fit: true, padding: 50,
+      nodeRepulsion: 4500, idealEdgeLength: 120, nodeSeparation: 80, nestingFactor: 0.2, gravity: 0.8,
+      gravityCompound: 2.0, gravityRangeCompound: 1.2, tilingPaddingVertical: 20, tilingPaddingHorizontal: 20,
+      fit: true, padding: 36,
       stop: () => {
         // A small map fills the pane but never zooms past readable; a large one stays fitted.
         if (cy.zoom() > 1.6) { cy.zoom(1.6); cy.center(); }
