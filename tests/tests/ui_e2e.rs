@@ -494,7 +494,6 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
         why.contains("Denied by policy") && why.contains("no ingress rule matched"),
         "{why}"
     );
-    save(&mut b, "flow-policy.png");
 
     // An allowed flow names the rule that allowed it.
     click_map(&mut b, "shop/frontend->shop/api");
@@ -523,6 +522,25 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
             .contains("allowed by CiliumNetworkPolicy shop/api-http ingress[0] l7["),
         "{allowed}"
     );
+    // And a request the L7 rules denied names the policy whose rules it failed.
+    b.eval(
+        "(() => { const i = tollgate.state.rows.findIndex(r => r.verdict === 'DROPPED' && r.kind === 'request');
+           document.querySelectorAll('#flow-rows tr')[i].click(); return i; })()",
+    )
+    .unwrap();
+    let (denied, _) = b
+        .wait_for(
+            "document.getElementById('policy-box')?.innerText.includes('Denied') && document.getElementById('policy-box').innerText",
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    let denied = denied.as_str().unwrap().to_string();
+    assert!(
+        denied.contains("no http rule matched the request")
+            && denied.contains("rules of shop/api-http"),
+        "{denied}"
+    );
+    save(&mut b, "flow-policy.png");
     b.eval("tollgate.select(null), true").unwrap();
 
     // Drops ranked, HTTP endpoints with templates and quantiles.
@@ -584,6 +602,19 @@ fn ui_shows_the_service_map_drops_and_filters_live() {
         "one refused query: {dns}"
     );
     save(&mut b, "dns.png");
+
+    // The namespace view: billing's workloads and the peers that talk to them, nothing else.
+    b.eval("(() => { const s = document.getElementById('ns'); s.value = 'billing'; s.dispatchEvent(new Event('change')); return true; })()")
+        .unwrap();
+    b.wait_for(
+        "JSON.stringify(tollgate.nodes()) === JSON.stringify(['billing/ledger', 'shop/api', 'shop/crawler']) && tollgate.edges().length === 2",
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    b.eval("(() => { const s = document.getElementById('ns'); s.value = ''; s.dispatchEvent(new Event('change')); return true; })()")
+        .unwrap();
+    b.wait_for("tollgate.nodes().length === 6", Duration::from_secs(3))
+        .unwrap();
 
     // The overview for the README: back on the flow table with the api workload selected.
     b.eval("document.querySelector('[data-tab=flows]').click(), true")
