@@ -3,6 +3,7 @@
 //! ring of recent flows for the table, and a broadcast for live updates.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -32,6 +33,8 @@ pub struct UiHub {
     policy: Option<Box<dyn PolicyLens>>,
     /// Where the flows come from (`node <name>` or `relay`), shown in the header.
     pub source: String,
+    /// Flows the source could not hand over because the UI fell behind (see `local.rs`).
+    pub lost: AtomicU64,
 }
 
 impl std::fmt::Debug for UiHub {
@@ -49,6 +52,8 @@ pub struct Snapshot {
     pub source: String,
     pub now_ns: i64,
     pub flows_seen: u64,
+    /// Flows skipped because the UI fell behind the data path (the page says so).
+    pub flows_lost: u64,
     pub map: ServiceMap,
     pub drops: Vec<DropRow>,
     pub http: Vec<EndpointRow>,
@@ -69,6 +74,7 @@ impl UiHub {
             live: broadcast::channel(LIVE_QUEUE).0,
             policy,
             source: source.to_string(),
+            lost: AtomicU64::new(0),
         }
     }
 
@@ -120,6 +126,7 @@ impl UiHub {
             source: self.source.clone(),
             now_ns,
             flows_seen: agg.flows,
+            flows_lost: self.lost.load(Ordering::Relaxed),
             map: agg.service_map(ns, now_ns),
             drops: agg.drops(50, now_ns),
             http: agg.http_endpoints(ns, VIEW_ROWS, now_ns),
@@ -133,4 +140,60 @@ pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Verdict as V;
+    use crate::ui::aggregate::tests::{at, ep, flows_of, http};
+
+    #[test]
+    fn ring_is_bounded_and_newest_first() {
+        let hub = UiHub::new("node a", Limits::default(), 4, None);
+        let (fe, api) = (
+            ep("shop", "frontend", "10.0.5.10", 1, 300),
+            ep("shop", "api", "10.0.5.20", 8080, 301),
+        );
+        for i in 0..5 {
+            let mut r = at(
+                http(
+                    fe.clone(),
+                    api.clone(),
+                    "POST",
+                    &format!("/n{i}"),
+                    403,
+                    V::Dropped,
+                    0,
+                ),
+                i,
+            );
+            r.policy_verdict_event = false;
+            for f in flows_of(&r) {
+                hub.ingest(f);
+            }
+        }
+        let rows = hub.flows(&FlowQuery::parse("", 0).unwrap());
+        let urls: Vec<&str> = rows
+            .iter()
+            .map(|r| r.http_url.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "http://api/n4",
+                "http://api/n3",
+                "http://api/n2",
+                "http://api/n1"
+            ]
+        );
+        hub.lost.fetch_add(3, Ordering::Relaxed);
+        let snap = hub.snapshot(None, 0);
+        assert_eq!(
+            (snap.flows_seen, snap.flows_lost),
+            (5, 3),
+            "the aggregate saw every flow"
+        );
+        assert_eq!(snap.map.edges[0].drops, 5);
+    }
 }

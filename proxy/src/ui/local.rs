@@ -12,16 +12,21 @@ use crate::flow::{FlowLog, FlowRecord, FlowTap};
 use crate::hubble::{NodeInfo, to_flows};
 use crate::policy_source::PolicySource;
 
-/// Records queued between the data path and the UI; when the UI falls behind, records are skipped (counted in
-/// the hub's totals no more), never waited for.
+/// Records queued between the data path and the UI; when the UI falls behind, records are skipped and counted
+/// in `UiHub::lost` (the page shows it), never waited for.
 const QUEUE: usize = 8_192;
 
 /// Feeds `hub` with every record `flows` logs from now on, plus the ones its ring already holds.
 pub fn attach(flows: &Arc<FlowLog>, hub: Arc<UiHub>, node: NodeInfo, shutdown: CancellationToken) {
     let (tx, mut rx) = mpsc::channel::<Arc<FlowRecord>>(QUEUE);
     // The tap runs on the data path: a try_send and nothing else.
+    let lossy = hub.clone();
     flows.add_tap(FlowTap(Box::new(move |rec: &FlowRecord| {
-        let _ = tx.try_send(Arc::new(rec.clone()));
+        if tx.try_send(Arc::new(rec.clone())).is_err() {
+            lossy
+                .lost
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     })));
     for rec in flows.last(super::hub::RING) {
         for f in to_flows(&rec, &node) {

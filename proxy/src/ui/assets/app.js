@@ -127,6 +127,7 @@ function render(snap) {
   $("stat-drops").textContent = dropsMin;
   $("stat-drops").classList.toggle("bad", dropsMin > 0);
   $("stat-flows").textContent = snap.flows_seen.toLocaleString();
+  $("stat-lost").textContent = snap.flows_lost ? `${snap.flows_lost.toLocaleString()} skipped (UI behind)` : "";
   renderMap(snap.map);
   renderDrops(snap.drops);
   renderHttp(snap.http);
