@@ -7,6 +7,10 @@
 //! - `hub`: [`UiHub`], the state any flow source pushes Hubble flows into;
 //! - `local`: this daemon's flow log and policy as that source;
 //! - `server`: HTTP, JSON and server-sent events; `assets`: the embedded page.
+//!
+//! Mounting it over another flow source (what `tollgate relay` does with its merged stream): build
+//! `UiHub::new("relay", Limits::default(), hub::RING, None)` (or with a `PolicyLens` for the `toFQDNs` column),
+//! call [`UiHub::ingest`] with every Hubble flow received, and `server::serve(addr, hub, shutdown)`.
 
 pub mod aggregate;
 pub mod assets;
