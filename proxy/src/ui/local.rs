@@ -61,3 +61,34 @@ impl FqdnRules for LivePolicy {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::dns::learn::tests::conformance_snapshot;
+
+    /// The DNS view's rule column comes from the engine: the `toFQDNs` rules that select the name, by identity.
+    #[test]
+    fn fqdn_rules_name_the_rules_a_name_feeds() {
+        let snap = conformance_snapshot("dns-telemetry");
+        let fetcher = snap.endpoints.identity_of_ip("10.0.23.10".parse().unwrap());
+        let rules = |name: &str| -> Vec<String> {
+            snap.engine
+                .fqdn_rules(fetcher, name)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            rules("Telemetry.Example.NET."),
+            ["CiliumNetworkPolicy ops/fetcher-fqdn egress[1]"]
+        );
+        assert_eq!(rules("img.assets.example.com").len(), 1);
+        assert!(rules("other.example.net").is_empty());
+        assert!(
+            snap.engine
+                .fqdn_rules(policy_model::Identity(2), "telemetry.example.net")
+                .is_empty(),
+            "reserved identities have no rules"
+        );
+    }
+}
