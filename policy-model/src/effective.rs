@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::dns::DnsMatcher;
 use crate::engine::{CompiledL7, CompiledPeers, CompiledRule, PolicyEngine};
@@ -17,7 +17,7 @@ use crate::load::{PortMatch, PortSel};
 use crate::verdict::*;
 
 /// Rules in force for one endpoint, per direction.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EffectivePolicy {
     pub identity: u32,
     pub ingress: DirectionRules,
@@ -25,7 +25,7 @@ pub struct EffectivePolicy {
 }
 
 /// One direction of an endpoint.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DirectionRules {
     /// Default-deny: some policy with this section selects the endpoint, so only what a rule allows passes.
     pub enforced: bool,
@@ -34,7 +34,7 @@ pub struct DirectionRules {
 }
 
 /// One rule, with the policy object it came from.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EffectiveRule {
     pub rule: RuleRef,
     /// `RuleRef` rendered (`CiliumNetworkPolicy shop/api-l7 ingress[0]`), the form flow records use.
@@ -51,7 +51,7 @@ pub struct EffectiveRule {
 }
 
 /// One `toPorts` entry.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EffectivePorts {
     /// `8080/TCP`, `53/ANY`, `8000-8099/TCP`, `http-alt(named)/TCP`.
     pub ports: Vec<String>,
@@ -269,7 +269,7 @@ pub struct TraceQuestion {
 
 /// The answer: the connection verdict, then (when the port has L7 rules and a request was given) the request
 /// verdict. `final_*` is what the datapath would do.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Trace {
     pub src_identity: u32,
     pub dst_identity: u32,

@@ -121,6 +121,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // Observer API, admin/metrics server and flow export (observer.rs); ready from here on.
     crate::observer::start_services(&args, &flows, &policy, shutdown.clone())?;
+    // Admin socket for the operator CLI (admin/).
+    let proxy_cgroup = match (&args.redirect, &args.proxy_cgroup) {
+        (RedirectMode::Ebpf, Some(p)) => Some(p.clone()),
+        (RedirectMode::Ebpf, None) => own_cgroup().ok(),
+        _ => None,
+    };
+    let admin =
+        crate::admin::LiveDaemon::new(&args, policy.clone(), flows.clone(), mesh, proxy_cgroup);
+    crate::admin::start(&args, admin, shutdown.clone())?;
     let stop = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
