@@ -172,6 +172,44 @@ fn http_node_status_endpoints_policy_bpf_trace_and_reload() {
     assert_eq!(fill("tg_endpoints")["entries"], 3);
     assert_eq!(fill("tg_policy")["max_entries"], 65536);
 
+    // --server: the node's own Observer API (in the node's netns, where it listens) counts itself as connected.
+    let o = sc
+        .node
+        .command(tollgate_bin())
+        .args(["status", "--server", "127.0.0.1:4245", "--admin-socket"])
+        .arg(socket(&sc))
+        .output()
+        .expect("tollgate status --server");
+    let table = text(&o);
+    assert!(o.status.success(), "{table}");
+    assert!(
+        table.contains("1 connected / 0 unavailable nodes"),
+        "{table}"
+    );
+    assert!(
+        table.contains("NODE_CONNECTED") && table.contains("Redirect mode:   ebpf"),
+        "{table}"
+    );
+    let o = sc
+        .node
+        .command(tollgate_bin())
+        .args([
+            "status",
+            "-o",
+            "json",
+            "--server",
+            "127.0.0.1:4245",
+            "--admin-socket",
+        ])
+        .arg(socket(&sc))
+        .output()
+        .expect("tollgate status --server -o json");
+    let v: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)));
+    assert_eq!(v["relay"]["connected_nodes"], 1);
+    assert_eq!(v["relay"]["unavailable_nodes"], 0);
+    assert_eq!(v["policy"]["generation"], 1);
+
     // endpoint list / get.
     let table = cli(&sc, &["endpoint", "list"]);
     let ledger_row = table
@@ -187,7 +225,10 @@ fn http_node_status_endpoints_policy_bpf_trace_and_reload() {
         .find(|l| l.starts_with("billing/portal"))
         .expect(&table);
     assert_eq!(
-        portal_row.split_whitespace().filter(|w| *w == "Disabled").count(),
+        portal_row
+            .split_whitespace()
+            .filter(|w| *w == "Disabled")
+            .count(),
         2,
         "{table}"
     );
