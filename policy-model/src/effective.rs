@@ -198,10 +198,16 @@ fn l7_text(l7: &CompiledL7) -> Vec<String> {
                     parts.push(format!("host={h}"));
                 }
                 for h in &r.headers {
-                    parts.push(match &h.value {
-                        Some(v) => format!("header {}={v} ({:?})", h.name, h.mismatch),
+                    let mut p = match &h.value {
+                        Some(v) => format!("header {}={v}", h.name),
                         None => format!("header {}", h.name),
-                    });
+                    };
+                    // Only `headerMatches` with a mismatch action differ from a plain requirement.
+                    if h.mismatch != crate::http::Mismatch::Fail {
+                        let action = format!("{:?}", h.mismatch).to_uppercase();
+                        p.push_str(&format!(" mismatch={action}"));
+                    }
+                    parts.push(p);
                 }
                 parts.join(" ")
             })

@@ -371,7 +371,7 @@ fn map_table(maps: &[MapFill]) -> String {
                 m.name.clone(),
                 n.to_string(),
                 m.max_entries.to_string(),
-                format!("{:.1}%", n as f64 * 100.0 / f64::from(m.max_entries.max(1))),
+                fill_pct(n, m.max_entries),
             ],
             None => vec![
                 m.name.clone(),
@@ -382,6 +382,16 @@ fn map_table(maps: &[MapFill]) -> String {
         })
         .collect();
     table(&["MAP", "ENTRIES", "MAX", "FILL"], &rows, "  ")
+}
+
+/// `12.5%`; `<0.1%` for a map that holds something but rounds to nothing.
+fn fill_pct(n: usize, max: u32) -> String {
+    let pct = n as f64 * 100.0 / f64::from(max.max(1));
+    if n > 0 && pct < 0.1 {
+        "<0.1%".into()
+    } else {
+        format!("{pct:.1}%")
+    }
 }
 
 pub fn render_relay(r: &RelayStatus) -> String {
@@ -725,6 +735,13 @@ mod tests {
             "  ",
         );
         assert_eq!(t, "  A     LONGER\n  xxxx  1\n  y     22\n");
+    }
+
+    #[test]
+    fn fill_levels_never_show_a_used_map_as_empty() {
+        assert_eq!(fill_pct(0, 65536), "0.0%");
+        assert_eq!(fill_pct(3, 65536), "<0.1%");
+        assert_eq!(fill_pct(1, 1), "100.0%");
     }
 
     #[test]

@@ -76,6 +76,10 @@ fn trace(sc: &EbpfScenario, args: &[&str]) -> Value {
         if allowed { (0, 0) } else { (1, 1) },
         "{table}{err}"
     );
+    println!(
+        "---- tollgate {} ----\n{table}",
+        full[..full.len() - 2].join(" ")
+    );
     let word = if allowed { "ALLOWED" } else { "DENIED" };
     assert!(table.contains(&format!("Final verdict: {word}")), "{table}");
     assert!(table.contains(t["reason"].as_str().unwrap()), "{table}");
@@ -212,6 +216,7 @@ fn http_node_status_endpoints_policy_bpf_trace_and_reload() {
 
     // endpoint list / get.
     let table = cli(&sc, &["endpoint", "list"]);
+    println!("---- tollgate endpoint list ----\n{table}");
     let ledger_row = table
         .lines()
         .find(|l| l.starts_with("billing/ledger"))
@@ -248,6 +253,7 @@ fn http_node_status_endpoints_policy_bpf_trace_and_reload() {
 
     // policy get: the rule, its peers, ports and L7 rules, and the file it came from.
     let table = cli(&sc, &["policy", "get", "--endpoint", "billing/ledger"]);
+    println!("---- tollgate policy get --endpoint billing/ledger ----\n{table}");
     for want in [
         "Ingress: enforced (default deny)",
         "billing/portal",
@@ -275,6 +281,7 @@ fn http_node_status_endpoints_policy_bpf_trace_and_reload() {
 
     // bpf list: the redirect entry, readable.
     let table = cli(&sc, &["bpf", "list"]);
+    println!("---- tollgate bpf list ----\n{table}");
     let row = table
         .lines()
         .find(|l| l.contains("billing/ledger") && l.contains("ingress"))
