@@ -129,7 +129,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let admin =
         crate::admin::LiveDaemon::new(&args, policy.clone(), flows.clone(), mesh, proxy_cgroup);
-    crate::admin::start(&args, admin, shutdown.clone())?;
+    // Without its admin socket the daemon still enforces: say so loudly, do not stop.
+    if let Err(e) = crate::admin::start(&args, admin, shutdown.clone()) {
+        tracing::error!(
+            "{e:#}; `tollgate status` and the other operator commands cannot reach this daemon"
+        );
+    }
     let stop = shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
