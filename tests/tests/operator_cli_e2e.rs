@@ -720,3 +720,54 @@ fn kafka_trace_matches_real_requests() {
         "{t}"
     );
 }
+
+/// The mTLS tunnel in `status`: this node, its SPIFFE ID, the node SVID's expiry (dev CA, 1 h TTL) and the peer
+/// node with its tunnel address, as both nodes of a real two-node mesh see it; TC links show up too.
+#[test]
+fn status_shows_tunnel_peers_svid_expiry_and_tc_links() {
+    use tollgate_e2e::mesh::{MTLS_CASE, TUNNEL_PORT, TwoNodes};
+    require_root();
+    let mut nodes = TwoNodes::new("opcli-mtls", MTLS_CASE).expect("two nodes");
+    nodes.start(&["--svid-ttl-secs", "3600"]).expect("proxies");
+    for (sc, me, peer, peer_addr) in [
+        (&nodes.a, "a", "b", &nodes.addr_b),
+        (&nodes.b, "b", "a", &nodes.addr_a),
+    ] {
+        let st = json(sc, &["status"]);
+        let t = &st["tunnel"];
+        assert_eq!(t["node"], me, "{st:#}");
+        assert!(
+            t["node_id"].as_str().unwrap().starts_with("spiffe://"),
+            "{t}"
+        );
+        let left = t["svid_expires_in_secs"].as_i64().unwrap();
+        assert!((1..=3600).contains(&left), "{t}");
+        assert_eq!(t["peers"][0]["name"], peer);
+        assert_eq!(
+            t["peers"][0]["address"],
+            format!("{peer_addr}:{TUNNEL_PORT}")
+        );
+        assert!(
+            st["listeners"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["name"] == "mTLS tunnel"),
+            "{st:#}"
+        );
+        assert_eq!(
+            st["datapath"]["tc_links"].as_array().unwrap().len(),
+            1,
+            "{st:#}"
+        );
+        let table = cli(sc, &["status"]);
+        assert!(
+            table.contains(&format!("mTLS tunnel:     node {me} as spiffe://")),
+            "{table}"
+        );
+        assert!(
+            table.contains("PEER NODE") && table.contains(&format!("{peer_addr}:{TUNNEL_PORT}")),
+            "{table}"
+        );
+    }
+}
