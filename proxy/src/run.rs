@@ -121,6 +121,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     // Observer API, admin/metrics server and flow export (observer.rs); ready from here on.
     crate::observer::start_services(&args, &flows, &policy, shutdown.clone())?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        stop.cancel();
+    });
     // Admin socket for the operator CLI (admin/).
     let proxy_cgroup = match (&args.redirect, &args.proxy_cgroup) {
         (RedirectMode::Ebpf, Some(p)) => Some(p.clone()),
@@ -135,14 +143,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             "{e:#}; `tollgate status` and the other operator commands cannot reach this daemon"
         );
     }
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = sigterm.recv() => {}
-            _ = sigint.recv() => {}
-        }
-        stop.cancel();
-    });
     serve(listener, proxy.clone(), shutdown, close_connections.clone()).await;
     drain(&proxy, dns.as_ref(), close_connections).await;
     Ok(())
