@@ -224,12 +224,12 @@ fn header_block(flags: u8, length: usize, kept: &[u8]) -> Option<&[u8]> {
     Some(&kept[start..end])
 }
 
-/// HPACK (RFC 7541) `:status: 431` as h2 first encodes it: literal with incremental indexing, name from static
-/// index 8 (`:status`), value Huffman-coded "431".
-const STATUS_431_LITERAL: &[u8] = &[0x48, 0x83, 0x69, 0x90, 0xff];
+/// "431" Huffman-coded (RFC 7541 appendix B): 011010 011001 00001, then 7 padding one-bits.
+const HUFFMAN_431: &[u8] = &[0x69, 0x90, 0xff];
 
-/// Whether `block` is one header field, `:status: 431`: the literal h2 writes the first time, or afterwards one
-/// index into the dynamic table (where the literal put it), after any table size updates.
+/// Whether `block` is one header field, `:status: 431`, after any dynamic table size updates: a literal (with,
+/// without or never indexing) whose name is one of `:status`'s static entries (8-14) and whose value is "431",
+/// raw or Huffman-coded; or one index into the dynamic table (where an earlier such literal may have put it).
 fn only_status_431(mut block: &[u8]) -> bool {
     // Dynamic table size updates: 001xxxxx, a 5-bit-prefix integer.
     while block.first().is_some_and(|b| b & 0xe0 == 0x20) {
@@ -238,12 +238,27 @@ fn only_status_431(mut block: &[u8]) -> bool {
             None => return false,
         }
     }
-    if block == STATUS_431_LITERAL {
-        return true;
+    let Some(&first) = block.first() else {
+        return false;
+    };
+    if first & 0x80 != 0 {
+        // Indexed field past the 61 static entries, and nothing after it.
+        return hpack_int(block, 7).is_some_and(|(index, used)| index > 61 && used == block.len());
     }
-    // Indexed field (1xxxxxxx) past the 61 static entries, and nothing after it.
-    block.first().is_some_and(|b| b & 0x80 != 0)
-        && hpack_int(block, 7).is_some_and(|(index, used)| index > 61 && used == block.len())
+    let prefix = if first & 0x40 != 0 { 6 } else { 4 };
+    let Some((name, used)) = hpack_int(block, prefix) else {
+        return false;
+    };
+    if !(8..=14).contains(&name) {
+        return false;
+    }
+    let value = &block[used..];
+    let Some((len, head)) = hpack_int(value, 7) else {
+        return false;
+    };
+    let text = &value[head..];
+    let huffman = value[0] & 0x80 != 0;
+    len == text.len() as u64 && text == if huffman { HUFFMAN_431 } else { b"431" }
 }
 
 /// An HPACK integer with an `n`-bit prefix (RFC 7541 section 5.1): its value and the bytes it took. `None` when
@@ -314,7 +329,7 @@ mod tests {
             HEADERS,
             END_STREAM | END_HEADERS,
             1,
-            STATUS_431_LITERAL,
+            &[0x08, 0x83, 0x69, 0x90, 0xff],
         ));
         s.extend(frame(0x0, 0, 3, &[7; 300]));
         s.extend(frame(RST_STREAM, 0, 3, &1u32.to_be_bytes()));
@@ -376,7 +391,7 @@ mod tests {
         assert_eq!(debug.len(), MAX_CAPTURE - 8);
         assert!(r.current.is_none() && r.header_len == 0);
         // A long block is never a lone 431, even when it starts like one.
-        let mut block = STATUS_431_LITERAL.to_vec();
+        let mut block = vec![0x48, 0x83, 0x69, 0x90, 0xff];
         block.extend([0x88; 200]);
         let out = read(&mut r, &frame(HEADERS, END_HEADERS, 1, &block));
         assert!(
@@ -394,7 +409,7 @@ mod tests {
     #[test]
     fn lone_431_recognised_in_every_form() {
         let yes: &[&[u8]] = &[
-            STATUS_431_LITERAL,
+            &[0x08, 0x83, 0x69, 0x90, 0xff],
             &[0xbe],
             &[0xff, 0x10],
             &[0x3f, 0xe1, 0x1f, 0xbe],
@@ -415,7 +430,7 @@ mod tests {
         // Padding and priority are stripped first; a block without END_HEADERS is never a lone field.
         let mut padded = vec![2];
         padded.extend([0, 0, 0, 0, 16]);
-        padded.extend(STATUS_431_LITERAL);
+        padded.extend([0x08, 0x83, 0x69, 0x90, 0xff]);
         padded.extend([0, 0]);
         let f = frame(HEADERS, END_HEADERS | PADDED | PRIORITY, 5, &padded);
         let out = read(&mut FrameReader::from_server(), &f);
@@ -430,7 +445,7 @@ mod tests {
             ),
             "{out:?}"
         );
-        let f = frame(HEADERS, 0, 5, STATUS_431_LITERAL);
+        let f = frame(HEADERS, 0, 5, &[0x08, 0x83, 0x69, 0x90, 0xff]);
         let out = read(&mut FrameReader::from_server(), &f);
         assert!(
             matches!(
