@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,6 +20,8 @@ use tower::ServiceBuilder;
 use crate::activity::{Activity, RequestClock, Tracked};
 use crate::decision::{self, ConnectionPlan, Downstream};
 use crate::flow::{DropReason, FlowEndpoint, FlowRecord, HttpInfo, L7Info, Verdict};
+use crate::h2_refusal::{Refusal, RefusalLog};
+use crate::h2_watch::H2Watch;
 use crate::http::{ConnCtx, Forward, PolicyLayer};
 use crate::inputs::{ClientStream, Proxy, endpoints, reset};
 use crate::limits::Limits;
@@ -230,7 +233,13 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         upgrade.clone(),
     );
     let smuggling = guard.refusals();
-    let io = TokioIo::new(guard);
+    let h2_goaway = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(H2Watch::new(
+        guard,
+        RefusalLog::new(limits.h2_max_concurrent_streams, limits.max_header_bytes),
+        h2_refusal_sink(proxy.clone(), down.clone(), dst),
+        h2_goaway.clone(),
+    ));
     let ctx = Arc::new(ConnCtx {
         proxy: proxy.clone(),
         client: down.clone(),
@@ -299,6 +308,8 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                 limits.header_read_timeout
             ),
         ),
+        // The GOAWAY the watcher saw was recorded with the guard that fired; the error says less.
+        Some(Err(_)) if h2_goaway.load(Ordering::Relaxed) => {}
         Some(Err(e)) => {
             record_connection_error(&proxy, &down, dst, e.as_ref(), smuggling.count() > 0)
         }
@@ -326,6 +337,26 @@ async fn serve_tunnels(
         _ = shutdown.cancelled() => tracing::debug!("closing upgraded connection: shutting down"),
     }
     tunnels.abort_all();
+}
+
+/// Records what the h2 library (or the SETTINGS flood bound) refused on one HTTP/2 connection.
+fn h2_refusal_sink(proxy: Arc<Proxy>, down: Downstream, dst: SocketAddr) -> crate::h2_watch::Sink {
+    Box::new(move |r: Refusal| {
+        let (s, d) = endpoints(&proxy, &down, dst);
+        let mut rec = FlowRecord::new(Verdict::Dropped, s, d, "HTTP");
+        down.stamp(&mut rec);
+        rec.drop_reason = Some(r.reason);
+        rec.policy = r.why;
+        rec.l7 = Some(L7Info {
+            http: Some(HttpInfo {
+                code: r.code,
+                protocol: "HTTP/2".into(),
+                ..Default::default()
+            }),
+            kafka: None,
+        });
+        proxy.flows.record(rec);
+    })
 }
 
 fn record_limit(proxy: &Proxy, down: &Downstream, dst: SocketAddr, why: String) {

@@ -27,6 +27,7 @@ pub mod flow_logs_config;
 pub mod fqdn_cache;
 pub mod grpc;
 pub mod h2_refusal;
+pub mod h2_watch;
 pub mod handoff;
 pub mod header_actions;
 pub mod http;

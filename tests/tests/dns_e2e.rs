@@ -431,3 +431,50 @@ fn dns_gap_after_a_crash_is_bounded() {
         "the gap is bounded by the restart time: {s}"
     );
 }
+
+/// `--dns-max-tcp-connections 2`: with two DNS-over-TCP connections held open, a third is closed at once with a
+/// DROPPED LIMIT_EXCEEDED record naming the flag; UDP queries are still answered meanwhile, and TCP ones again
+/// once the held connections close.
+#[test]
+fn dns_tcp_connection_cap_closes_the_extra_connection_with_a_record() {
+    let n = node(&["--dns-max-tcp-connections", "2"]);
+    let before = n.scenario.flows().len();
+    let dig = format!("['dig','@{RESOLVER}','+time=5','+tries=1','telemetry.example.net','A']");
+    let out = py(
+        &n,
+        &format!(
+            "import socket,subprocess,time\n\
+             held=[socket.create_connection(('{RESOLVER}',53),timeout=5) for _ in range(2)]\n\
+             time.sleep(0.5)\n\
+             s=socket.create_connection(('{RESOLVER}',53),timeout=5)\n\
+             try:\n d=s.recv(10)\n print('third', 'closed' if d==b'' else 'data')\n\
+             except OSError as e:\n print('third errno', e.errno)\n\
+             udp=subprocess.run({dig},capture_output=True,text=True).stdout\n\
+             print('udp', 'status: NOERROR' in udp)\n\
+             for h in held: h.close()\n\
+             time.sleep(0.5)\n\
+             tcp=subprocess.run({dig}[:-1]+['A','+tcp'],capture_output=True,text=True).stdout\n\
+             print('tcp', 'status: NOERROR' in tcp)"
+        ),
+    );
+    assert!(
+        out.contains("third closed") || out.contains("third errno 104"),
+        "the connection over the cap was not closed: {out}"
+    );
+    assert!(
+        out.contains("udp True"),
+        "UDP not answered while TCP is capped: {out}"
+    );
+    assert!(
+        out.contains("tcp True"),
+        "TCP not answered once below the cap: {out}"
+    );
+    let rec = wait_dns_flow(&n, before, |f| {
+        f["verdict"] == "DROPPED" && f["drop_reason"] == "LIMIT_EXCEEDED"
+    });
+    assert_eq!(
+        rec["policy"],
+        "DNS TCP connection limit 2 reached (--dns-max-tcp-connections); connection closed",
+        "{rec:#}"
+    );
+}

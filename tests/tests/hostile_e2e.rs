@@ -777,7 +777,10 @@ fn rapid_reset(sc: &EbpfScenario) {
         &rec,
         "rapid reset",
         "LIMIT_EXCEEDED",
-        &["ENHANCE_YOUR_CALM", "rapid reset"],
+        &[
+            "rapid reset flood (CVE-2023-44487)",
+            "GOAWAY ENHANCE_YOUR_CALM (debug data \"too_many_resets\")",
+        ],
     );
 }
 
@@ -819,7 +822,10 @@ fn continuation_flood_is_cut_within_the_header_limit(sc: &EbpfScenario) {
         &rec,
         "CONTINUATION flood",
         "LIMIT_EXCEEDED",
-        &["ENHANCE_YOUR_CALM", "CONTINUATION flood"],
+        &[
+            "CONTINUATION flood (CVE-2024-27316)",
+            "GOAWAY ENHANCE_YOUR_CALM (debug data \"too_many_continuations\")",
+        ],
     );
 }
 
@@ -854,45 +860,48 @@ fn continuation_flood_keeps_memory_bounded(sc: &EbpfScenario) -> i64 {
     peak as i64 - before as i64
 }
 
-/// SETTINGS frames without ever reading the ACKs (CVE-2019-9515). h2 answers one SETTINGS at a time and reads no
-/// further until the ACK is written, so an unread socket stops the daemon reading instead of queueing ACKs; the
-/// connection, which never starts a request, is closed at --header-read-timeout-secs.
+/// SETTINGS frames (CVE-2019-9515: each costs the server an ACK). h2 only applies backpressure (it reads no
+/// further SETTINGS until the ACK is written); the proxy allows 100 in 10 s, then writes GOAWAY
+/// ENHANCE_YOUR_CALM and closes. 50 on another connection are fine: that one still serves a request.
 fn settings_flood(sc: &EbpfScenario) -> i64 {
-    let before = daemon_rss_kib(sc);
-    let mut s = connect_from(sc.pod("billing/portal"), ledger(H2C_PORT));
-    let client_port = s.local_addr().unwrap().port();
-    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &4096).unwrap();
-    s.set_write_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    let mut calm = H2Client::open(sc.pod("billing/portal"));
     let one = frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
-    let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
-    s.write_all(PREFACE).unwrap();
+    calm.send(&one.repeat(50)).unwrap();
+    h2_get(&mut calm, 1, "/books/v2/h2-settings-50");
+    let out = calm.read_until(Duration::from_secs(5), |o| o.statuses.contains_key(&1));
+    assert_eq!(out.statuses.get(&1), Some(&200), "50 SETTINGS: {out:?}");
+    assert_eq!(out.goaway, None, "50 SETTINGS: {out:?}");
+
+    let before = daemon_rss_kib(sc);
+    let mut c = H2Client::open(sc.pod("billing/portal"));
     let started = Instant::now();
-    let (mut stalled, mut frames) = (false, 0u64);
-    let closed = loop {
-        match s.write(&batch) {
-            Ok(n) => frames += n as u64 / one.len() as u64,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                stalled = true
-            }
-            Err(_) => break true,
-        }
-        if started.elapsed() > Duration::from_secs(HEADER_READ_TIMEOUT_SECS * 4) {
-            break false;
-        }
-    };
-    let rss = daemon_rss_kib(sc) as i64 - before as i64;
+    let _ = c.send(&one.repeat(1000));
+    let out = c.read_until(Duration::from_secs(5), |o| o.goaway.is_some());
+    assert_eq!(
+        out.goaway,
+        Some(ENHANCE_YOUR_CALM),
+        "SETTINGS flood: {out:?}"
+    );
+    let out = c.read_until(Duration::from_secs(5), |o| o.closed);
     assert!(
-        closed && stalled,
-        "SETTINGS flood: closed {closed}, daemon stopped reading {stalled}, after ~{frames} frames in {:?}",
+        out.closed,
+        "SETTINGS flood: still open after the GOAWAY: {out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(HEADER_READ_TIMEOUT_SECS),
+        "SETTINGS flood: cut only after {:?} (the first-request deadline, not the flood bound)",
         started.elapsed()
     );
-    let rec = dropped_record(sc, "SETTINGS flood", client_port);
+    let rss = daemon_rss_kib(sc) as i64 - before as i64;
+    let rec = dropped_record(sc, "SETTINGS flood", c.client_port);
     assert_record_names(
         &rec,
         "SETTINGS flood",
         "LIMIT_EXCEEDED",
-        &["header-read-timeout"],
+        &[
+            "HTTP/2 SETTINGS flood (CVE-2019-9515): more than 100 SETTINGS frames within 10s",
+            "GOAWAY ENHANCE_YOUR_CALM",
+        ],
     );
     rss
 }
@@ -1007,6 +1016,34 @@ fn http2_request_level_attacks_are_refused_with_a_record_each() {
         &["encoded slash"],
     );
     oversized_header_list_gets_431_and_the_connection_lives(&sc);
+    h2_undecodable(
+        &sc,
+        "h2 uppercase header name",
+        get_block("/books/v2/h2-upper", "ledger", &[("X-Upper", "1")]),
+    );
+    h2_malformed(
+        &sc,
+        "h2 connection-specific header",
+        get_block(
+            "/books/v2/h2-conn",
+            "ledger",
+            &[("connection", "keep-alive")],
+        ),
+    );
+    let mut unknown_pseudo = Vec::new();
+    hpack_literal(":bogus", "1", &mut unknown_pseudo);
+    unknown_pseudo.extend(get_block("/books/v2/h2-pseudo", "ledger", &[]));
+    h2_undecodable(&sc, "h2 unknown pseudo-header", unknown_pseudo);
+    let mut no_path = Vec::new();
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "ledger"),
+    ] {
+        hpack_literal(n, v, &mut no_path);
+    }
+    h2_malformed(&sc, "h2 request without :path", no_path);
+    streams_over_the_concurrency_limit_are_refused(&sc);
     hpack_bomb_gets_goaway(&sc);
     let access = access_log(&sc);
     for marker in [
@@ -1016,6 +1053,10 @@ fn http2_request_level_attacks_are_refused_with_a_record_each() {
         "h2-encoded-slash",
         "h2-big",
         "h2-bomb",
+        "h2-upper",
+        "h2-conn",
+        "h2-pseudo",
+        "h2-concurrent-256",
     ] {
         assert!(
             !access.contains(marker),
@@ -1056,7 +1097,95 @@ fn oversized_header_list_gets_431_and_the_connection_lives(sc: &EbpfScenario) {
         Some(&200),
         "{what}: past the first-request deadline: {out:?}"
     );
-    // No flow record: h2 answers the 431 itself and hyper never sees the stream (known gap, see the README).
+    // h2 answered the 431 itself (hyper never saw the stream); the proxy read it off the wire.
+    let rec = dropped_record(sc, what, c.client_port);
+    assert_eq!(rec["l7"]["http"]["code"], 431, "{what}: {rec:#}");
+    assert_record_names(
+        &rec,
+        what,
+        "LIMIT_EXCEEDED",
+        &[
+            "request header list over the limit of 65536 bytes (--max-header-bytes)",
+            "answered 431 by h2 on stream 1",
+        ],
+    );
+}
+
+const PROTOCOL_ERROR: u32 = 0x1;
+const REFUSED_STREAM: u32 = 0x7;
+
+/// A header block h2's decoder refuses (an uppercase name, an unknown pseudo-header): a connection error, GOAWAY PROTOCOL_ERROR, recorded as
+/// INVALID_REQUEST.
+fn h2_undecodable(sc: &EbpfScenario, what: &str, block: Vec<u8>) {
+    let mut c = H2Client::open(sc.pod("billing/portal"));
+    c.send(&split_into_frames(1, &block)).unwrap();
+    let out = c.read_until(Duration::from_secs(5), |o| o.goaway.is_some());
+    assert_eq!(out.goaway, Some(PROTOCOL_ERROR), "{what}: {out:?}");
+    assert!(out.statuses.is_empty(), "{what}: {out:?}");
+    let rec = dropped_record(sc, what, c.client_port);
+    assert_record_names(
+        &rec,
+        what,
+        "INVALID_REQUEST",
+        &["HTTP/2 protocol error; connection closed with GOAWAY PROTOCOL_ERROR"],
+    );
+}
+
+/// A request h2 finds malformed (RFC 9113 section 8.1.1) is reset with PROTOCOL_ERROR before hyper sees it; the
+/// connection lives, and the record says INVALID_REQUEST.
+fn h2_malformed(sc: &EbpfScenario, what: &str, block: Vec<u8>) {
+    let mut c = H2Client::open(sc.pod("billing/portal"));
+    c.send(&split_into_frames(1, &block)).unwrap();
+    let out = c.read_until(Duration::from_secs(5), |o| o.resets.contains_key(&1));
+    assert_eq!(out.resets.get(&1), Some(&PROTOCOL_ERROR), "{what}: {out:?}");
+    assert_eq!(out.statuses.get(&1), None, "{what}: {out:?}");
+    let rec = dropped_record(sc, what, c.client_port);
+    assert_record_names(
+        &rec,
+        what,
+        "INVALID_REQUEST",
+        &[
+            "malformed HTTP/2 request",
+            "stream 1 reset with PROTOCOL_ERROR",
+        ],
+    );
+    h2_get(&mut c, 3, "/books/v2/h2-after-malformed");
+    let out = c.read_until(Duration::from_secs(5), |o| o.statuses.contains_key(&3));
+    assert_eq!(
+        out.statuses.get(&3),
+        Some(&200),
+        "{what}: connection after: {out:?}"
+    );
+}
+
+/// More streams open at once than --h2-max-concurrent-streams (256): h2 resets the extra one with REFUSED_STREAM.
+fn streams_over_the_concurrency_limit_are_refused(sc: &EbpfScenario) {
+    let what = "h2 streams over --h2-max-concurrent-streams";
+    let mut c = H2Client::open(sc.pod("billing/portal"));
+    let mut burst = Vec::new();
+    for i in 0..257u32 {
+        // No END_STREAM: every request stays open, waiting for its body.
+        let block = get_block(&format!("/books/v2/h2-concurrent-{i}"), "ledger", &[]);
+        burst.extend(frame(HEADERS, END_HEADERS, 2 * i + 1, &block));
+    }
+    c.send(&burst).unwrap();
+    let last = 2 * 256 + 1;
+    let out = c.read_until(Duration::from_secs(5), |o| o.resets.contains_key(&last));
+    assert_eq!(
+        out.resets.get(&last),
+        Some(&REFUSED_STREAM),
+        "{what}: {out:?}"
+    );
+    let rec = dropped_record(sc, what, c.client_port);
+    assert_record_names(
+        &rec,
+        what,
+        "LIMIT_EXCEEDED",
+        &[
+            "over the limit of 256 concurrent streams (--h2-max-concurrent-streams)",
+            &format!("stream {last} reset with REFUSED_STREAM"),
+        ],
+    );
 }
 
 /// A small HEADERS frame that decodes to far more than the limit through the HPACK dynamic table (one 4 KiB
@@ -1083,7 +1212,10 @@ fn hpack_bomb_gets_goaway(sc: &EbpfScenario) {
         &rec,
         what,
         "LIMIT_EXCEEDED",
-        &["ENHANCE_YOUR_CALM", "HPACK bomb"],
+        &[
+            "HTTP/2 HPACK bomb",
+            "GOAWAY ENHANCE_YOUR_CALM (debug data \"header_list_way_too_large\")",
+        ],
     );
 }
 

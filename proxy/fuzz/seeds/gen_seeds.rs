@@ -1,4 +1,5 @@
-//! Writes the hand-made seed inputs the fuzz corpus was started from: real, valid DNS queries and answers, Kafka
+//! Writes the hand-made seed inputs the fuzz corpus was started from: real, valid DNS queries and answers, HTTP/2
+//! frames an h2 server writes when it refuses (and a client's floods), Kafka
 //! request frames of many API keys and versions, and broker Metadata responses, each checked against the proxy
 //! code the targets fuzz. Not a fuzz target (it lives outside `fuzz_targets/`, so `.ci/fuzz-smoke` does not run it):
 //!
@@ -473,6 +474,43 @@ fn check(dns: &[(&'static str, Vec<u8>)], kafka: &[(&'static str, Vec<u8>)]) {
     }
 }
 
+// ---- HTTP/2 frames ----
+
+/// What an h2 server writes when it refuses: its SETTINGS, a lone 431, resets, GOAWAYs with debug data; and a
+/// client's SETTINGS flood and CONTINUATION run. Each seed starts with the byte that picks the read split.
+fn h2_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    use tollgate_h2_codec::h2_frames::{frame, goaway, kind};
+    let with_split = |split: u8, frames: Vec<Vec<u8>>| {
+        let mut out = vec![split];
+        out.extend(frames.concat());
+        out
+    };
+    let settings = frame(kind::SETTINGS, 0, 0, &[0, 3, 0, 0, 1, 0, 0, 6, 0, 0, 64, 0]);
+    let lone_431 = frame(kind::HEADERS, 0x5, 1, &[0x48, 0x83, 0x69, 0x90, 0xff]);
+    let padded = frame(kind::HEADERS, 0x2d, 3, &[2, 0, 0, 0, 1, 16, 0xbe, 0, 0]);
+    vec![
+        ("server-refusals", with_split(0, vec![
+            settings.clone(),
+            frame(kind::SETTINGS, 1, 0, &[]),
+            lone_431,
+            padded,
+            frame(kind::RST_STREAM, 0, 5, &1u32.to_be_bytes()),
+            frame(kind::RST_STREAM, 0, 7, &7u32.to_be_bytes()),
+            goaway(7, 11, b"too_many_resets"),
+        ])),
+        ("goaway-continuations", with_split(3, vec![goaway(1, 11, b"too_many_continuations")])),
+        ("goaway-long-debug", with_split(16, vec![goaway(1, 11, &[b'x'; 300])])),
+        ("client-settings-flood", with_split(5, vec![settings; 8])),
+        ("client-continuations", with_split(1, vec![
+            frame(kind::HEADERS, 0, 1, &[0x82, 0x86, 0x84]),
+            frame(kind::CONTINUATION, 0, 1, &[0x40, 1, b'a', 1, b'b']),
+            frame(kind::CONTINUATION, 0x4, 1, &[]),
+            frame(kind::DATA, 1, 1, b"hello"),
+            frame(kind::PING, 0, 0, &[0; 8]),
+        ])),
+    ]
+}
+
 fn main() {
     let root = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
     let root = Path::new(&root);
@@ -480,4 +518,5 @@ fn main() {
     check(&dns, &kafka);
     write(&root.join("dns_message"), dns);
     write(&root.join("kafka_frame"), kafka);
+    write(&root.join("h2_frames"), h2_seeds());
 }
