@@ -4,6 +4,7 @@
 //! behind fails with [`BodyTooSlow`]; the forwarding layer answers 408 with a flow record.
 
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,7 +34,12 @@ pub struct MinRateBody<B> {
     grace: Duration,
     min_rate: u64,
     deadline: Pin<Box<Sleep>>,
+    tripped: TooSlowFlag,
 }
+
+/// Set once a [`MinRateBody`] has failed, for whoever sent it upstream: an HTTP/2 client resets the stream and
+/// returns its own error, without the body's error as a source, so the failure must be told another way.
+pub type TooSlowFlag = Arc<OnceLock<BodyTooSlow>>;
 
 impl<B> MinRateBody<B> {
     pub fn new(inner: B, grace: Duration, min_rate: u64) -> Self {
@@ -45,7 +51,13 @@ impl<B> MinRateBody<B> {
             grace,
             min_rate: min_rate.max(1),
             deadline: Box::pin(tokio::time::sleep_until(start + grace)),
+            tripped: TooSlowFlag::default(),
         }
+    }
+
+    /// Set when (and only if) this body fails for falling behind.
+    pub fn tripped(&self) -> TooSlowFlag {
+        self.tripped.clone()
     }
 
     fn earned(&self) -> Duration {
@@ -78,12 +90,16 @@ where
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow {
-                    received: this.received,
-                    elapsed: this.start.elapsed(),
-                    min_rate: this.min_rate,
-                    grace: this.grace,
-                })))),
+                Poll::Ready(()) => {
+                    let slow = BodyTooSlow {
+                        received: this.received,
+                        elapsed: this.start.elapsed(),
+                        min_rate: this.min_rate,
+                        grace: this.grace,
+                    };
+                    let _ = this.tripped.set(slow.clone());
+                    Poll::Ready(Some(Err(Box::new(slow))))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -130,6 +146,7 @@ mod tests {
     async fn a_trickled_body_fails_once_it_falls_behind() {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let mut body = trickle(rx);
+        let tripped = body.tripped();
         let feeder = tokio::spawn(async move {
             loop {
                 if tx.send(Bytes::from_static(b"x")).await.is_err() {
@@ -150,6 +167,10 @@ mod tests {
         // 10 s grace plus 1 s earned per 100 bytes: the trickle (1 byte/s) fails a little after 10 s.
         assert!(start.elapsed() < Duration::from_secs(12), "{slow}");
         assert!(slow.received >= 9, "{slow}");
+        let told = tripped
+            .get()
+            .expect("the flag tells whoever sent the body upstream");
+        assert_eq!(told.received, slow.received);
         feeder.abort();
     }
 
@@ -157,6 +178,7 @@ mod tests {
     async fn a_body_at_the_rate_completes_however_long_it_takes() {
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         let mut body = trickle(rx);
+        let tripped = body.tripped();
         tokio::spawn(async move {
             // 200 bytes/s for 60 s: well past the grace, always ahead of the rate.
             for _ in 0..60 {
@@ -169,5 +191,6 @@ mod tests {
             n += f.expect("no timeout").into_data().unwrap().len();
         }
         assert_eq!(n, 12_000);
+        assert!(tripped.get().is_none(), "a body at the rate never trips");
     }
 }

@@ -605,7 +605,10 @@ impl Service<Request<Incoming>> for Forward {
                 (!upgrade && http_body::Body::is_end_stream(req.body())).then(|| replay_head(&req));
             let limits = &ctx.proxy.limits;
             let (grace, rate) = (limits.body_grace, limits.body_min_rate);
-            let req = req.map(|b| MinRateBody::new(b, grace, rate).boxed_unsync());
+            let (parts, body) = req.into_parts();
+            let body = MinRateBody::new(body, grace, rate);
+            let body_too_slow = body.tripped();
+            let req = Request::from_parts(parts, body.boxed_unsync());
             let mut result = client.request(req).await;
             if let (Err(e), Some(head)) = (&result, replay)
                 && crate::upstream::refused_unprocessed(e)
@@ -634,8 +637,10 @@ impl Service<Request<Incoming>> for Forward {
                     Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync()))
                 }
                 Err(e) => {
-                    let detail = error_chain(&e);
-                    let (kind, drop_reason) = match crate::body_rate::too_slow(&e) {
+                    // HTTP/1 keeps the body's error as a source; HTTP/2 resets the stream and says only that.
+                    let slow = crate::body_rate::too_slow(&e).or(body_too_slow.get());
+                    let detail = slow.map_or_else(|| error_chain(&e), ToString::to_string);
+                    let (kind, drop_reason) = match slow {
                         Some(_) => (LocalReply::TooSlow, DropReason::LimitExceeded),
                         None => (LocalReply::BadGateway, DropReason::UpstreamError),
                     };

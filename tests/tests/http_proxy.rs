@@ -80,6 +80,8 @@ struct Cluster {
     node: Node,
     dir: TempDir,
     redirect: Redirect,
+    /// Daemon flags beyond the common ones (limits a test tightens).
+    extra_args: Vec<String>,
 }
 
 /// How pod traffic is steered to the proxy in the node netns.
@@ -97,6 +99,10 @@ impl Cluster {
     }
 
     fn with_redirect(tag: &str, case: &CaseFile, redirect: Redirect) -> Self {
+        Self::with_args(tag, case, redirect, &[])
+    }
+
+    fn with_args(tag: &str, case: &CaseFile, redirect: Redirect, extra_args: &[&str]) -> Self {
         require_root();
         require_tool("iptables");
         let mut node = Node::new(tag).unwrap();
@@ -125,6 +131,7 @@ impl Cluster {
             node,
             dir,
             redirect,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         c.start_proxy();
         c
@@ -167,6 +174,7 @@ impl Cluster {
             Redirect::Tproxy => "tproxy",
             Redirect::NatRedirect => "so-original-dst",
         })
+        .args(&self.extra_args)
         .env(
             "TOLLGATE_LOG",
             std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()),
@@ -399,6 +407,7 @@ service Library {
   rpc FetchAlbum (Album) returns (Album);
   rpc BrowseAlbum (Album) returns (Album);
   rpc RemoveAlbum (Album) returns (Album);
+  rpc UploadTracks (stream Album) returns (Album);
 }
 message Album { string id = 1; }
 "#;
@@ -412,6 +421,7 @@ class Library(media_pb2_grpc.LibraryServicer):
     def FetchAlbum(self, req, ctx): return media_pb2.Album(id="fetched " + req.id)
     def BrowseAlbum(self, req, ctx): return media_pb2.Album(id="browsed " + req.id)
     def RemoveAlbum(self, req, ctx): return media_pb2.Album(id="removed " + req.id)
+    def UploadTracks(self, reqs, ctx): return media_pb2.Album(id="uploaded %d" % sum(1 for _ in reqs))
 server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
 media_pb2_grpc.add_LibraryServicer_to_server(Library(), server)
 server.add_insecure_port(sys.argv[2])
@@ -433,6 +443,25 @@ except grpc.RpcError as e:
     print("ERR", e.code().value[0], e.details())
 "#;
 
+/// A client-streaming call sending `argv[3]` messages `argv[4]` seconds apart. Prints
+/// `OK <reply> <seconds>` or `ERR <status code number> <seconds> <details>`.
+const GRPC_TRICKLE_CLIENT: &str = r#"
+import sys, time, grpc
+sys.path.insert(0, sys.argv[1])
+import media_pb2, media_pb2_grpc
+stub = media_pb2_grpc.LibraryStub(grpc.insecure_channel(sys.argv[2]))
+def tracks():
+    for _ in range(int(sys.argv[3])):
+        yield media_pb2.Album(id="t")
+        time.sleep(float(sys.argv[4]))
+t0 = time.monotonic()
+try:
+    r = stub.UploadTracks(tracks(), timeout=30)
+    print("OK", r.id.replace(" ", "_"), round(time.monotonic() - t0, 2))
+except grpc.RpcError as e:
+    print("ERR", e.code().value[0], round(time.monotonic() - t0, 2), e.details())
+"#;
+
 fn python_with_grpc() -> PathBuf {
     let py = require_tool("python3");
     let ok = Command::new(&py)
@@ -451,6 +480,7 @@ fn generate_grpc(dir: &Path, py: &Path) {
     fs::write(dir.join("media.proto"), GRPC_PROTO).unwrap();
     fs::write(dir.join("server.py"), GRPC_SERVER).unwrap();
     fs::write(dir.join("client.py"), GRPC_CLIENT).unwrap();
+    fs::write(dir.join("trickle.py"), GRPC_TRICKLE_CLIENT).unwrap();
     let out = Command::new(py)
         .args(["-m", "grpc_tools.protoc", "-I"])
         .arg(dir)
@@ -586,6 +616,87 @@ fn grpc_library_cases_with_real_grpc() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// A gRPC request body trickled below the minimum rate ends as gRPC DEADLINE_EXCEEDED (trailers-only, the
+/// client's own status), not as an HTTP 408 a gRPC client cannot read, and leaves a DROPPED record naming the limit.
+/// A fast stream on the same rule goes through, so the refusal is the rate's doing, not the policy's.
+#[test]
+fn grpc_body_trickled_below_the_minimum_rate_gets_deadline_exceeded() {
+    let py = python_with_grpc();
+    let mut case_file = CaseFile::load("grpc-library.yaml");
+    case_file.doc["policies"][0]["spec"]["ingress"][0]["toPorts"][0]["rules"]["http"]
+        .as_array_mut()
+        .expect("grpc-library's http rules")
+        .push(serde_json::json!({"method": "POST", "path": "/media.Library/UploadTracks"}));
+    let limits = [
+        "--request-body-timeout-secs",
+        "2",
+        "--request-body-min-rate",
+        "500",
+    ];
+    let mut cluster = Cluster::with_args("gtrickle", &case_file, Redirect::Tproxy, &limits);
+    let gdir = TempDir::new("grpcgen").unwrap();
+    generate_grpc(gdir.path(), &py);
+    let library = cluster.pod("media/library");
+    let addr = SocketAddr::new(library.ip, 50051);
+    let mut server = library.command(&py);
+    server
+        .arg(gdir.path().join("server.py"))
+        .arg(gdir.path())
+        .arg("0.0.0.0:50051")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = ChildGuard::spawn(&mut server).unwrap();
+    library
+        .netns
+        .wait_for_tcp(addr, Duration::from_secs(15))
+        .unwrap();
+    let upload = |count: &str, gap: &str| {
+        let out = cluster
+            .pod("media/player")
+            .command(&py)
+            .arg(gdir.path().join("trickle.py"))
+            .arg(gdir.path())
+            .arg(addr.to_string())
+            .args([count, gap])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    let fast = upload("3", "0.01");
+    assert!(fast.starts_with("OK uploaded_3 "), "fast upload: {fast}");
+
+    // 7 bytes every 0.5 s (~14 B/s): behind the 500 B/s rate once the 2 s grace is used up.
+    let before = cluster.flows().len();
+    let slow = upload("40", "0.5");
+    let fields: Vec<&str> = slow.splitn(4, ' ').collect();
+    assert_eq!(fields.first(), Some(&"ERR"), "trickled upload: {slow}");
+    assert_eq!(fields[1], "4", "DEADLINE_EXCEEDED expected: {slow}");
+    let secs: f64 = fields[2].parse().unwrap();
+    assert!(
+        secs < 15.0,
+        "refused by the proxy's rate, not the client's 30 s deadline: {slow}"
+    );
+    assert!(
+        fields[3].contains("too slow"),
+        "details name the limit: {slow}"
+    );
+    let flow = cluster.wait_flow(before, "trickled upload", |f| {
+        f["l7"]["http"]["url"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/media.Library/UploadTracks"))
+    });
+    assert_eq!(flow["verdict"], "DROPPED", "{flow:#}");
+    assert_eq!(flow["drop_reason"], "LIMIT_EXCEEDED", "{flow:#}");
+    assert!(
+        flow["policy"]
+            .as_str()
+            .is_some_and(|p| p.contains("--request-body-min-rate")),
+        "{flow:#}"
+    );
+    cluster.assert_proxy_running();
 }
 
 /// Runs a shell snippet in a pod and returns stdout (exit status ignored: error responses are the point).
