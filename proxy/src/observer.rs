@@ -295,12 +295,17 @@ impl Query {
             .collect()
     }
 
+    /// The response carries the flow's time even when the mask leaves `time` out (the relay orders by it).
     fn shape(&self, f: Flow) -> GetFlowsResponse {
+        let time = f.time;
         let f = match &self.mask {
             Some(m) => m.apply(&f),
             None => f,
         };
-        response(f, &self.node.name)
+        GetFlowsResponse {
+            time,
+            ..response(f, &self.node.name)
+        }
     }
 }
 
@@ -570,6 +575,8 @@ pub enum ServicesError {
     FlowLogs(#[from] crate::flow_logs::FlowLogsError),
     #[error(transparent)]
     HubbleMetrics(#[from] crate::hubble_metrics::ConfigError),
+    #[error(transparent)]
+    ObserverTls(#[from] crate::relay::tls::TlsError),
 }
 
 /// Starts the daemon's observability: the Observer API, the admin server (metrics fed from the flow log,
@@ -633,19 +640,45 @@ pub fn start_services(
         .with_address(observer_addr)
         .with_events(events);
     let stop = shutdown.clone();
+    let tls = args
+        .observer_tls_svid_dir
+        .as_deref()
+        .map(|dir| {
+            crate::relay::tls::Identity::load(
+                "--observer-tls-svid-dir",
+                dir,
+                &args.observer_tls_client_ids,
+                "--observer-tls-client-id",
+            )
+        })
+        .transpose()?;
+    let acceptor = tls.as_ref().map(|t| t.acceptor()).transpose()?;
     tokio::spawn(async move {
         let Some(listener) = bind_patiently("observer API", observer_addr, &stop).await else {
             return;
         };
         ready.store(true, Ordering::Relaxed);
-        let r = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .add_service(svc.health())
-            .add_service(ObserverServer::new(svc))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop.cancelled_owned(),
-            )
-            .await;
+            .add_service(ObserverServer::new(svc));
+        // `tls` (the SVID file watcher) lives as long as the server.
+        let r = match (acceptor, tls) {
+            (Some(acceptor), Some(_tls)) => {
+                let incoming =
+                    crate::relay::tls::incoming(listener, acceptor, "observer API", stop.clone());
+                router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+            }
+            _ => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            }
+        };
         if let Err(e) = r {
             tracing::error!("observer server stopped: {e}");
         }
