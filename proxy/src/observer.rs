@@ -175,6 +175,16 @@ pub fn node_name() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// The daemon's node name for flows and `GetNodes`: `--node-name` when given (it also reads `NODE_NAME`), else
+/// [`node_name`].
+fn daemon_node_name(args: &crate::config::RunArgs) -> String {
+    args.kube
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(node_name)
+}
+
 /// What a `GetFlows` request asks for, apart from the filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -600,7 +610,7 @@ pub fn start_services(
         export.attach(flows);
     }
     if let Some(path) = &args.hubble_flowlogs_config_path {
-        let name = node_name();
+        let name = daemon_node_name(args);
         let node = NodeInfo {
             labels: node_labels(&name),
             name,
@@ -636,7 +646,7 @@ pub fn start_services(
     flows.set_revision_source(Box::new(move || p.current().generation));
     let events = Arc::new(AgentEvents::default());
     events.clone().watch(policy.clone(), shutdown.clone());
-    let svc = ObserverService::new(flows.clone(), &node_name())
+    let svc = ObserverService::new(flows.clone(), &daemon_node_name(args))
         .with_address(observer_addr)
         .with_events(events);
     let stop = shutdown.clone();
