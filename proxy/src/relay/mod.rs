@@ -143,7 +143,12 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let server_name =
         (!args.peer_tls_server_ids.is_empty()).then(|| args.peer_tls_server_ids.join(","));
     let pool = PeerPool::new(dialer, server_name);
-    tokio::spawn(reconcile(pool.clone(), statics, sources, shutdown.clone()));
+    tokio::spawn(follow_discovery(
+        pool.clone(),
+        statics,
+        sources,
+        shutdown.clone(),
+    ));
     let svc = RelayService::new(
         pool.clone(),
         MergeConfig {
@@ -199,8 +204,8 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     served.context("relay server")
 }
 
-/// Keeps the pool equal to the union of the static peers and every discovery source.
-async fn reconcile(
+/// Keeps the pool equal to the union of the static peers and every discovery source, until `shutdown`.
+pub async fn follow_discovery(
     pool: std::sync::Arc<PeerPool>,
     statics: Vec<PeerSpec>,
     mut sources: Vec<tokio::sync::watch::Receiver<Vec<PeerSpec>>>,
