@@ -1,6 +1,7 @@
 //! `tollgate relay` discovery and stream membership, in process: the DaemonSet's pods found through kube-rs
 //! against the test API server (real-shaped Pod objects; namespaced list + watch with a label selector), and a
-//! node added to the peers file while a followed `GetFlows` is open joining that stream. The relay against real
+//! node added to the peers file while a followed `GetFlows` is open joining that stream, and the mTLS Observer
+//! listener (node `--observer-tls-*`, relay `--tls-*`) admitting only the allowed client ID. The relay against real
 //! daemons, mTLS and crashes is `tests/tests/relay_e2e.rs`.
 
 // Shared with kubernetes_api.rs, which uses the rest of the test API server.
@@ -351,5 +352,105 @@ async fn a_node_added_to_the_peers_file_joins_an_open_follow_stream() {
         assert!(Instant::now() < deadline, "n2 never left");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    stop.cancel();
+}
+
+/// Writes an SVID for `id` from `ca` into a new directory under `root`.
+fn svid_dir(ca: &certs::DevCa, root: &Path, id: &str) -> PathBuf {
+    let dir = root.join(id.rsplit('/').next().unwrap());
+    let svid = ca
+        .issue_for(
+            &certs::SpiffeId::parse(id).unwrap(),
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    certs::write_svid_files(&svid, &ca.bundle(), &dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn the_mtls_observer_listener_admits_only_the_allowed_client_id() {
+    use tollgate::hubble::observer::ServerStatusRequest;
+    use tollgate::relay::tls::{Identity, dial, incoming};
+    let root = tempfile::tempdir().unwrap();
+    let td = certs::TrustDomain::new("cluster.local").unwrap();
+    let ca = certs::DevCa::create(&td, Duration::from_secs(3600)).unwrap();
+    let other_ca = certs::DevCa::create(&td, Duration::from_secs(3600)).unwrap();
+    let node_dir = svid_dir(
+        &ca,
+        root.path(),
+        "spiffe://cluster.local/ns/kube-system/sa/tollgate",
+    );
+    let relay_dir = svid_dir(
+        &ca,
+        root.path(),
+        "spiffe://cluster.local/ns/kube-system/sa/tollgate-relay",
+    );
+    let web_dir = svid_dir(&ca, root.path(), "spiffe://cluster.local/ns/prod/sa/web");
+    let forged_dir = svid_dir(
+        &other_ca,
+        &root.path().join("forged"),
+        "spiffe://cluster.local/ns/kube-system/sa/tollgate-relay",
+    );
+    let relay_id = "spiffe://cluster.local/ns/kube-system/sa/tollgate-relay".to_string();
+    let node_id = "spiffe://cluster.local/ns/kube-system/sa/tollgate".to_string();
+
+    // The node side, as `--observer-tls-svid-dir` + `--observer-tls-client-id` set it up.
+    let server = Identity::load(
+        "--observer-tls-svid-dir",
+        &node_dir,
+        std::slice::from_ref(&relay_id),
+        "--observer-tls-client-id",
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = CancellationToken::new();
+    let flows = Arc::new(FlowLog::new(10, FlowSink::None).unwrap());
+    flows.record(record(1));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ObserverServer::new(ObserverService::new(flows, "n1")))
+            .serve_with_incoming(incoming(
+                listener,
+                server.acceptor().unwrap(),
+                "observer API",
+                stop.clone(),
+            )),
+    );
+    let ask = async |dir: Option<&Path>, server_ids: &[String]| -> Result<u64, String> {
+        let connector = dir.map(|d| {
+            Identity::load("--peer-tls-svid-dir", d, server_ids, "--peer-tls-server-id")
+                .unwrap()
+                .connector()
+                .unwrap()
+        });
+        let ch = dial(&addr, connector, Duration::from_secs(2))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let r = ObserverClient::new(ch)
+            .server_status(ServerStatusRequest {})
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(r.into_inner().num_flows)
+    };
+    // The relay, checking the node's ID: admitted.
+    assert_eq!(
+        ask(Some(&relay_dir), std::slice::from_ref(&node_id)).await,
+        Ok(1)
+    );
+    // Another workload of the trust domain, a certificate from an unknown CA, no TLS at all: refused.
+    assert!(ask(Some(&web_dir), &[]).await.is_err());
+    assert!(ask(Some(&forged_dir), &[]).await.is_err());
+    assert!(ask(None, &[]).await.is_err());
+    // The relay refuses a server that is not the node ID it expects.
+    assert!(
+        ask(
+            Some(&relay_dir),
+            &["spiffe://cluster.local/ns/kube-system/sa/other".to_string()]
+        )
+        .await
+        .is_err()
+    );
     stop.cancel();
 }
