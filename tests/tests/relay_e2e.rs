@@ -687,7 +687,10 @@ fn relay_merges_both_nodes_and_survives_a_node_crash() {
         ]
     );
     tollgate_e2e::hold_for_hand_check(&format!(
-        "relay at {RELAY} in netns {} (nodes a, b)",
-        c.nodes.a.node.netns.name()
+        "relay at {RELAY} in netns {} (nodes a, b); node b's netns {}; client pods' netns/cgroups: a {:?} b {:?}",
+        c.nodes.a.node.netns.name(),
+        c.nodes.b.node.netns.name(),
+        c.nodes.a.pod("shop/client-a"),
+        c.nodes.b.pod("shop/client-b"),
     ));
 }
