@@ -16,16 +16,14 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(
-        "{flag} {dir}: cannot load the SVID ({source}); the directory needs svid.pem, svid.key and bundle.pem as `tollgate certs issue --out DIR` writes them"
+        "{flag} {dir}: cannot load the SVID (the directory needs svid.pem, svid.key and bundle.pem as `tollgate certs issue --out DIR` writes them)"
     )]
     Load {
         flag: &'static str,
         dir: PathBuf,
         source: Box<certs::SourceError>,
     },
-    #[error(
-        "{flag}: {id:?} is not a SPIFFE ID ({source}); write it as spiffe://<trust-domain>/<path>"
-    )]
+    #[error("{flag}: {id:?} is not a SPIFFE ID (write it as spiffe://<trust-domain>/<path>)")]
     Id {
         flag: &'static str,
         id: String,
