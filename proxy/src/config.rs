@@ -104,6 +104,14 @@ pub struct RunArgs {
         env = "TOLLGATE_OBSERVER_LISTEN"
     )]
     pub observer_listen: SocketAddr,
+    /// Serve the Observer API over mTLS with this SVID directory (svid.pem, svid.key, bundle.pem, as
+    /// `tollgate certs issue` writes them; re-read on change): clients such as `tollgate relay` must present an
+    /// SVID of the same trust domain.
+    #[arg(long, env = "TOLLGATE_OBSERVER_TLS_SVID_DIR")]
+    pub observer_tls_svid_dir: Option<std::path::PathBuf>,
+    /// With --observer-tls-svid-dir: only these client SPIFFE IDs (repeat), e.g. the relay's.
+    #[arg(long = "observer-tls-client-id")]
+    pub observer_tls_client_ids: Vec<String>,
     /// Admin HTTP server: Prometheus `/metrics`, `/healthz`, `/readyz`.
     #[arg(
         long,

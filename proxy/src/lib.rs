@@ -50,6 +50,7 @@ pub mod policy_adapter;
 pub mod policy_attribution;
 pub mod policy_cli;
 pub mod policy_source;
+pub mod relay;
 pub mod request_framing;
 pub mod request_path;
 pub mod run;

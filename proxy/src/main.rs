@@ -25,6 +25,8 @@ enum Command {
     Policy(PolicyCommand),
     /// Show flows from a running daemon's Observer API (like `hubble observe`).
     Observe(Box<tollgate::observe_cli::ObserveArgs>),
+    /// The cluster-wide Observer: every node's flows merged in time order (like Hubble relay).
+    Relay(Box<tollgate::relay::RelayArgs>),
     /// Print the CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy CRDs (for clusters without Cilium).
     Crds,
     /// Development CA: create a CA and issue SPIFFE X.509-SVIDs (demo and tests; not for production).
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Bpf(cmd) => tollgate::operator_cli::bpf(cmd),
         Command::Policy(PolicyCommand::Get(args)) => tollgate::operator_cli::policy_get(args),
         Command::Policy(PolicyCommand::Trace(args)) => tollgate::operator_cli::policy_trace(*args),
+        Command::Relay(args) => return relay(*args),
         Command::Crds => match tollgate::kubernetes::crd::manifests() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -107,6 +110,21 @@ fn run_daemon(args: tollgate::config::RunArgs) -> ExitCode {
         .enable_all()
         .build();
     block_on_edge(runtime, "tollgate", tollgate::run::run(args))
+}
+
+fn relay(args: tollgate::relay::RelayArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build();
+    block_on_edge(runtime, "tollgate relay", tollgate::relay::run(args))
 }
 
 fn observe(args: tollgate::observe_cli::ObserveArgs) -> ExitCode {

@@ -175,6 +175,16 @@ pub fn node_name() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// The daemon's node name for flows and `GetNodes`: `--node-name` when given (it also reads `NODE_NAME`), else
+/// [`node_name`].
+fn daemon_node_name(args: &crate::config::RunArgs) -> String {
+    args.kube
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(node_name)
+}
+
 /// What a `GetFlows` request asks for, apart from the filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -295,12 +305,17 @@ impl Query {
             .collect()
     }
 
+    /// The response carries the flow's time even when the mask leaves `time` out (the relay orders by it).
     fn shape(&self, f: Flow) -> GetFlowsResponse {
+        let time = f.time;
         let f = match &self.mask {
             Some(m) => m.apply(&f),
             None => f,
         };
-        response(f, &self.node.name)
+        GetFlowsResponse {
+            time,
+            ..response(f, &self.node.name)
+        }
     }
 }
 
@@ -570,6 +585,8 @@ pub enum ServicesError {
     FlowLogs(#[from] crate::flow_logs::FlowLogsError),
     #[error(transparent)]
     HubbleMetrics(#[from] crate::hubble_metrics::ConfigError),
+    #[error(transparent)]
+    ObserverTls(#[from] crate::relay::tls::TlsError),
 }
 
 /// Starts the daemon's observability: the Observer API, the admin server (metrics fed from the flow log,
@@ -593,7 +610,7 @@ pub fn start_services(
         export.attach(flows);
     }
     if let Some(path) = &args.hubble_flowlogs_config_path {
-        let name = node_name();
+        let name = daemon_node_name(args);
         let node = NodeInfo {
             labels: node_labels(&name),
             name,
@@ -629,23 +646,49 @@ pub fn start_services(
     flows.set_revision_source(Box::new(move || p.current().generation));
     let events = Arc::new(AgentEvents::default());
     events.clone().watch(policy.clone(), shutdown.clone());
-    let svc = ObserverService::new(flows.clone(), &node_name())
+    let svc = ObserverService::new(flows.clone(), &daemon_node_name(args))
         .with_address(observer_addr)
         .with_events(events);
     let stop = shutdown.clone();
+    let tls = args
+        .observer_tls_svid_dir
+        .as_deref()
+        .map(|dir| {
+            crate::relay::tls::Identity::load(
+                "--observer-tls-svid-dir",
+                dir,
+                &args.observer_tls_client_ids,
+                "--observer-tls-client-id",
+            )
+        })
+        .transpose()?;
+    let acceptor = tls.as_ref().map(|t| t.acceptor()).transpose()?;
     tokio::spawn(async move {
         let Some(listener) = bind_patiently("observer API", observer_addr, &stop).await else {
             return;
         };
         ready.store(true, Ordering::Relaxed);
-        let r = tonic::transport::Server::builder()
+        let router = tonic::transport::Server::builder()
             .add_service(svc.health())
-            .add_service(ObserverServer::new(svc))
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                stop.cancelled_owned(),
-            )
-            .await;
+            .add_service(ObserverServer::new(svc));
+        // `tls` (the SVID file watcher) lives as long as the server.
+        let r = match (acceptor, tls) {
+            (Some(acceptor), Some(_tls)) => {
+                let incoming =
+                    crate::relay::tls::incoming(listener, acceptor, "observer API", stop.clone());
+                router
+                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                    .await
+            }
+            _ => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop.cancelled_owned(),
+                    )
+                    .await
+            }
+        };
         if let Err(e) = r {
             tracing::error!("observer server stopped: {e}");
         }

@@ -136,6 +136,9 @@ fn roundtrip(doc: &Value) {
     }
     let back = match doc["kind"].as_str().unwrap() {
         "DaemonSet" => rt::<apps::DaemonSet>(doc),
+        "Deployment" => rt::<apps::Deployment>(doc),
+        "Role" => rt::<rbac::Role>(doc),
+        "RoleBinding" => rt::<rbac::RoleBinding>(doc),
         "ServiceAccount" => rt::<core::ServiceAccount>(doc),
         "ConfigMap" => rt::<core::ConfigMap>(doc),
         "Service" => rt::<core::Service>(doc),
@@ -184,6 +187,9 @@ fn chart_renders_and_plain_manifests_are_current_and_valid() {
             "ClusterRoleBinding",
             "ConfigMap",
             "DaemonSet",
+            "Deployment",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount"
         ])
@@ -270,4 +276,63 @@ fn daemonset_flags_and_config_variables_exist_in_tollgate_run() {
         );
     }
     assert!(help.contains("[env: NODE_NAME="));
+}
+
+#[test]
+fn relay_deployment_flags_exist_and_its_role_only_lists_and_watches_pods() {
+    let help = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["relay", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).to_string();
+    let docs = documents(&rendered_chart());
+    let relay = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the relay Deployment");
+    let container = &relay["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "relay");
+    for arg in args.iter().filter(|a| a.starts_with("--")) {
+        assert!(
+            help.contains(&format!("{arg} ")) || help.contains(&format!("{arg}\n")),
+            "the relay Deployment passes {arg}, which `tollgate relay` lacks"
+        );
+    }
+    // The relay's selector finds the DaemonSet's pods and not its own.
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let ds_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let selector = args[args
+        .iter()
+        .position(|a| *a == "--kubernetes-selector")
+        .unwrap()
+        + 1];
+    let own = &relay["spec"]["template"]["metadata"]["labels"];
+    let matches = |labels: &Value| {
+        selector
+            .split(',')
+            .all(|t| t.split_once('=').is_some_and(|(k, v)| labels[k] == v))
+    };
+    assert!(
+        matches(ds_labels),
+        "{selector} does not select the DaemonSet's pods"
+    );
+    assert!(!matches(own), "{selector} selects the relay itself");
+    assert!(help.contains("[env: POD_NAMESPACE="));
+    let role = docs.iter().find(|d| d["kind"] == "Role").unwrap();
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}])
+    );
+    let binding = docs.iter().find(|d| d["kind"] == "RoleBinding").unwrap();
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        relay["spec"]["template"]["spec"]["serviceAccountName"]
+    );
 }

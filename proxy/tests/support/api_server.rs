@@ -115,6 +115,60 @@ fn route_of(path: &str) -> Option<Route> {
     })
 }
 
+/// Which objects a list or watch asks for: a namespace and `labelSelector` equality terms (`k=v`, `k==v`).
+#[derive(Debug, Clone, Default)]
+struct Selector {
+    namespace: Option<String>,
+    labels: Vec<(String, String)>,
+}
+
+impl Selector {
+    fn matches(&self, obj: &Value) -> bool {
+        let meta = &obj["metadata"];
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| meta["namespace"].as_str() == Some(ns))
+            && self
+                .labels
+                .iter()
+                .all(|(k, v)| meta["labels"][k].as_str() == Some(v.as_str()))
+    }
+}
+
+fn parse_label_selector(s: &str) -> Vec<(String, String)> {
+    s.split(',')
+        .filter_map(|term| {
+            let (k, v) = term.split_once("==").or_else(|| term.split_once('='))?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The one listener task and its connections, so `stop` can drop them all (connections refused, as during an
 /// API server restart).
 #[derive(Debug, Default)]
@@ -351,7 +405,22 @@ impl ApiServer {
             let body: Value = serde_yaml::from_slice(&body).unwrap_or(Value::Null);
             return self.handle_write(&method, &path, &route, &query, &content_type, body);
         }
-        let Some(coll) = collection_of(&path) else {
+        // A namespaced list or watch (`/api/v1/namespaces/NS/pods`) serves the cluster-wide collection's objects
+        // of that namespace; `labelSelector` (equality terms) narrows either.
+        let namespaced = route.namespace.is_some() && route.subresource.is_none();
+        let list_path = if namespaced {
+            route.collection.clone()
+        } else {
+            path.clone()
+        };
+        let selector = Selector {
+            namespace: route.namespace.clone().filter(|_| namespaced),
+            labels: query
+                .get("labelSelector")
+                .map(|s| parse_label_selector(&percent_decode(s)))
+                .unwrap_or_default(),
+        };
+        let Some(coll) = collection_of(&list_path) else {
             return full(
                 StatusCode::NOT_FOUND,
                 &status_body(404, "NotFound", &format!("{path} not found")),
@@ -369,7 +438,7 @@ impl ApiServer {
                 .get("resourceVersion")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            return self.watch(coll, since);
+            return self.watch(coll, since, selector);
         }
         let mut st = self.store.lock().unwrap();
         if let Some(n) = st.fail_next_list.get_mut(coll.path)
@@ -381,7 +450,11 @@ impl ApiServer {
                 &status_body(500, "InternalError", "etcdserver: request timed out"),
             );
         }
-        let items: Vec<Value> = st.objects[coll.path].values().cloned().collect();
+        let items: Vec<Value> = st.objects[coll.path]
+            .values()
+            .filter(|o| selector.matches(o))
+            .cloned()
+            .collect();
         full(
             StatusCode::OK,
             &json!({"kind": coll.list_kind, "apiVersion": coll.api_version,
@@ -389,7 +462,7 @@ impl ApiServer {
         )
     }
 
-    fn watch(&self, coll: &'static Collection, since: u64) -> Response<Body> {
+    fn watch(&self, coll: &'static Collection, since: u64, selector: Selector) -> Response<Body> {
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(64);
         let mut live = self.events.subscribe();
         let mut cut = self.cut.subscribe();
@@ -399,7 +472,9 @@ impl ApiServer {
             let backlog: Vec<(u64, Value)> = st
                 .history
                 .iter()
-                .filter(|(rv, c, _)| *rv > since && *c == coll.path)
+                .filter(|(rv, c, ev)| {
+                    *rv > since && *c == coll.path && selector.matches(&ev["object"])
+                })
                 .map(|(rv, _, ev)| (*rv, ev.clone()))
                 .collect();
             (backlog, gone)
@@ -423,7 +498,7 @@ impl ApiServer {
             loop {
                 tokio::select! {
                     ev = live.recv() => match ev {
-                        Ok((rv, c, ev)) if c == coll.path && rv > last => {
+                        Ok((rv, c, ev)) if c == coll.path && rv > last && selector.matches(&ev["object"]) => {
                             last = rv;
                             if tx.send(line(&ev)).await.is_err() { return; }
                         }
