@@ -141,6 +141,8 @@ fn roundtrip(doc: &Value) {
         "Service" => rt::<core::Service>(doc),
         "ClusterRole" => rt::<rbac::ClusterRole>(doc),
         "ClusterRoleBinding" => rt::<rbac::ClusterRoleBinding>(doc),
+        "Role" => rt::<rbac::Role>(doc),
+        "RoleBinding" => rt::<rbac::RoleBinding>(doc),
         "CustomResourceDefinition" => rt::<ext::CustomResourceDefinition>(doc),
         other => panic!("no k8s-openapi check for kind {other}"),
     };
@@ -184,6 +186,8 @@ fn chart_renders_and_plain_manifests_are_current_and_valid() {
             "ClusterRoleBinding",
             "ConfigMap",
             "DaemonSet",
+            "Role",
+            "RoleBinding",
             "Service",
             "ServiceAccount"
         ])
@@ -210,32 +214,50 @@ fn crd_manifests_are_current_and_valid() {
 #[test]
 fn cluster_role_grants_exactly_the_api_calls_the_code_makes() {
     let docs = documents(&rendered_chart());
-    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
-    let mut granted = BTreeSet::new();
-    for rule in role["rules"].as_array().unwrap() {
-        for g in rule["apiGroups"].as_array().unwrap() {
-            for r in rule["resources"].as_array().unwrap() {
-                for v in rule["verbs"].as_array().unwrap() {
-                    granted.insert((
-                        g.as_str().unwrap().to_string(),
-                        r.as_str().unwrap().to_string(),
-                        v.as_str().unwrap().to_string(),
-                    ));
+    for (kind, scope) in [
+        ("ClusterRole", api::Scope::Cluster),
+        ("Role", api::Scope::OwnNamespace),
+    ] {
+        let role = docs.iter().find(|d| d["kind"] == kind).unwrap();
+        let mut granted = BTreeSet::new();
+        for rule in role["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for v in rule["verbs"].as_array().unwrap() {
+                        granted.insert((
+                            g.as_str().unwrap().to_string(),
+                            r.as_str().unwrap().to_string(),
+                            v.as_str().unwrap().to_string(),
+                        ));
+                    }
                 }
             }
         }
+        let used: BTreeSet<(String, String, String)> = api::API_USES
+            .iter()
+            .filter(|u| u.scope == scope)
+            .flat_map(|u| {
+                u.verbs
+                    .iter()
+                    .map(|v| (u.group.to_string(), u.resource.to_string(), v.to_string()))
+            })
+            .collect();
+        assert_eq!(
+            granted, used,
+            "{kind} rules differ from proxy/src/kubernetes/api.rs"
+        );
     }
-    let used: BTreeSet<(String, String, String)> = api::API_USES
-        .iter()
-        .flat_map(|u| {
-            u.verbs
-                .iter()
-                .map(|v| (u.group.to_string(), u.resource.to_string(), v.to_string()))
-        })
-        .collect();
+    // The Role is bound to tollgate's service account in the namespace the DaemonSet runs in.
+    let binding = docs.iter().find(|d| d["kind"] == "RoleBinding").unwrap();
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     assert_eq!(
-        granted, used,
-        "ClusterRole rules differ from proxy/src/kubernetes/api.rs"
+        binding["metadata"]["namespace"],
+        ds["metadata"]["namespace"]
+    );
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        ds["spec"]["template"]["spec"]["serviceAccountName"]
     );
 }
 
@@ -270,4 +292,17 @@ fn daemonset_flags_and_config_variables_exist_in_tollgate_run() {
         );
     }
     assert!(help.contains("[env: NODE_NAME="));
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for var in ["POD_NAMESPACE", "POD_NAME"] {
+        assert!(env.contains(&var), "the DaemonSet passes {var}");
+        assert!(
+            help.contains(&format!("[env: {var}=")),
+            "tollgate run reads {var}"
+        );
+    }
 }

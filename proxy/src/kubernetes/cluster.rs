@@ -227,38 +227,59 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    pub fn apply_pod(&mut self, pod: &Pod) {
-        if let Some(p) = PodInfo::from_pod(pod) {
-            self.pods.insert(p.uid.clone(), p);
+    // Each update says whether it changed anything, so the reconciler skips compiling for events that do not
+    // (a pod's container status, a policy's status, a re-sent object).
+
+    pub fn apply_pod(&mut self, pod: &Pod) -> bool {
+        let Some(p) = PodInfo::from_pod(pod) else {
+            return false;
+        };
+        if self.pods.get(&p.uid) == Some(&p) {
+            return false;
         }
+        self.pods.insert(p.uid.clone(), p);
+        true
     }
 
-    pub fn delete_pod(&mut self, pod: &Pod) {
-        if let Some(uid) = &pod.metadata.uid {
-            self.pods.remove(uid);
-        }
+    pub fn delete_pod(&mut self, pod: &Pod) -> bool {
+        pod.metadata
+            .uid
+            .as_ref()
+            .is_some_and(|uid| self.pods.remove(uid).is_some())
     }
 
-    pub fn apply_namespace(&mut self, ns: &Namespace) {
-        if let Some(name) = &ns.metadata.name {
-            self.namespaces
-                .insert(name.clone(), ns.metadata.labels.clone().unwrap_or_default());
+    pub fn apply_namespace(&mut self, ns: &Namespace) -> bool {
+        let Some(name) = &ns.metadata.name else {
+            return false;
+        };
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        if self.namespaces.get(name) == Some(&labels) {
+            return false;
         }
+        self.namespaces.insert(name.clone(), labels);
+        true
     }
 
-    pub fn delete_namespace(&mut self, ns: &Namespace) {
-        if let Some(name) = &ns.metadata.name {
-            self.namespaces.remove(name);
-        }
+    pub fn delete_namespace(&mut self, ns: &Namespace) -> bool {
+        ns.metadata
+            .name
+            .as_ref()
+            .is_some_and(|name| self.namespaces.remove(name).is_some())
     }
 
-    pub fn apply_policy(&mut self, obj: PolicyObject) {
+    /// Whether the policy changed. The document holds only the policy fields, so a status write (ours or
+    /// another controller's) leaves it equal.
+    pub fn apply_policy(&mut self, obj: PolicyObject) -> bool {
+        if self.policies.get(&obj.key) == Some(&obj) {
+            return false;
+        }
         self.policies.insert(obj.key.clone(), obj);
+        true
     }
 
-    pub fn delete_policy(&mut self, key: &PolicyKey) {
-        self.policies.remove(key);
+    pub fn delete_policy(&mut self, key: &PolicyKey) -> bool {
         self.last_good.remove(key);
+        self.policies.remove(key).is_some()
     }
 
     /// Drops every object of one watched kind (a re-list replaces them all).
