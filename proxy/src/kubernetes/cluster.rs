@@ -224,6 +224,15 @@ pub struct ClusterState {
     pub policies: BTreeMap<PolicyKey, PolicyObject>,
     /// The last valid version of each object (kept while a newer version is invalid).
     last_good: BTreeMap<PolicyKey, Vec<Policy>>,
+    /// Each object's document as last parsed, with the result: a compilation re-parses only changed objects.
+    parsed: BTreeMap<PolicyKey, ParsedPolicy>,
+}
+
+#[derive(Debug)]
+struct ParsedPolicy {
+    document: String,
+    policies: Vec<Policy>,
+    errors: Vec<PolicyError>,
 }
 
 impl ClusterState {
@@ -336,19 +345,48 @@ impl ClusterState {
         (out, skipped)
     }
 
+    /// What the reconciler does after a burst of events: the endpoint table, then the policies compiled against it.
+    /// (`skipped_pods` lists pods left out for a duplicate IP.)
+    pub fn rebuild(
+        &mut self,
+        node: &str,
+        cgroup_of: &dyn Fn(&PodInfo) -> Option<PathBuf>,
+    ) -> Result<Compiled, PolicyError> {
+        let (endpoints, skipped) = self.endpoints(node, cgroup_of);
+        let mut compiled = self.compile(endpoints)?;
+        compiled.skipped_pods = skipped;
+        Ok(compiled)
+    }
+
     /// Validates each policy object on its own, compiles the valid ones (falling back to an object's last valid
     /// version when its new one is invalid) and says per object what happened.
     pub fn compile(&mut self, endpoints: Vec<Endpoint>) -> Result<Compiled, PolicyError> {
         let table = EndpointTable::new(endpoints)?;
         let mut outcomes = BTreeMap::new();
         let mut chosen: BTreeMap<PolicyKey, Vec<Policy>> = BTreeMap::new();
+        let policies = &self.policies;
+        self.parsed.retain(|k, _| policies.contains_key(k));
         for (key, obj) in &self.policies {
-            let load = load_policies(&key.source_name(), &obj.document);
-            if load.errors.is_empty() {
-                chosen.insert(key.clone(), load.policies);
+            let parsed = match self.parsed.get(key) {
+                Some(p) if p.document == obj.document => p,
+                _ => {
+                    let load = load_policies(&key.source_name(), &obj.document);
+                    self.parsed.insert(
+                        key.clone(),
+                        ParsedPolicy {
+                            document: obj.document.clone(),
+                            policies: load.policies,
+                            errors: load.errors,
+                        },
+                    );
+                    &self.parsed[key]
+                }
+            };
+            if parsed.errors.is_empty() {
+                chosen.insert(key.clone(), parsed.policies.clone());
                 outcomes.insert(key.clone(), PolicyOutcome::Accepted);
             } else {
-                self.reject(key, &load.errors, &mut chosen, &mut outcomes);
+                self.reject(key, &parsed.errors, &mut chosen, &mut outcomes);
             }
         }
         // Compilation can still reject a policy (e.g. a regex too large); drop those objects and compile again.

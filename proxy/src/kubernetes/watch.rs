@@ -325,13 +325,11 @@ impl Reconciler {
             self.dirty = false;
             let root = self.scope.cgroup_root.clone();
             let cgroup_of = move |p: &super::cluster::PodInfo| cgroup::find(&root, &p.uid, p.qos);
-            let (endpoints, skipped) = self.state.endpoints(&self.scope.node_name, &cgroup_of);
-            for s in &skipped {
-                tracing::warn!("pod left out of the endpoint table: {s}");
-            }
-            match self.state.compile(endpoints) {
-                Ok(mut compiled) => {
-                    compiled.skipped_pods = skipped;
+            match self.state.rebuild(&self.scope.node_name, &cgroup_of) {
+                Ok(compiled) => {
+                    for s in &compiled.skipped_pods {
+                        tracing::warn!("pod left out of the endpoint table: {s}");
+                    }
                     self.compilations += 1;
                     self.outcomes = compiled.outcomes.clone();
                     self.write_status(&compiled.outcomes).await;
