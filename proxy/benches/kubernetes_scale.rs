@@ -86,8 +86,12 @@ fn bench(c: &mut Criterion) {
 
     let mut state = load(&objects);
     let compiled = state.rebuild("node-0", &no_cgroup).unwrap();
-    assert!(compiled.outcomes.values().all(|o| *o
-        == tollgate::kubernetes::cluster::PolicyOutcome::Accepted));
+    assert!(
+        compiled
+            .outcomes
+            .values()
+            .all(|o| *o == tollgate::kubernetes::cluster::PolicyOutcome::Accepted)
+    );
     eprintln!(
         "kubernetes_scale: RSS with {PODS} pods + {APPS} policies built (objects, state, one compiled engine): \
          {:.0} MiB",

@@ -1,8 +1,13 @@
-//! Kubernetes mode at scale, through the test API server: 1,000 policies and 1,000 pods in the initial list, then
-//! 1,000 more pods streamed as watch events, a policy edit and a pod relabel. Asserts correctness (every endpoint
+//! Kubernetes mode at scale, through the test API server: 300 policies and 1,000 pods in the initial list, then
+//! 1,000 more pods streamed as watch events, a policy edit and a pod relabel. (300, not 1,000, policies: every
+//! rebuild is still a full one, and with 1,000 the debug build took 220 s on the busy 2-core machine; the bench
+//! covers 1,000 policies and 20,000 pods in release. With 300 it still takes ~55 s there: over the ~20 s budget
+//! until rebuilds are incremental.) Asserts correctness (every endpoint
 //! present, every policy accepted with its status written once, verdicts of sampled pairs), not timing: timing is
 //! `benches/kubernetes_scale.rs`. Sized to run in seconds on 2 busy cores with a debug build.
 
+// This test uses only part of the test API server.
+#[allow(dead_code)]
 mod support;
 
 use std::net::SocketAddr;
@@ -17,7 +22,7 @@ use tollgate::decision::{Downstream, RequestDecision, decide_request};
 use tollgate::kubernetes::{self, watch::NodeScope};
 use tollgate::policy_source::PolicySource;
 
-const APPS: usize = 1_000;
+const APPS: usize = 300;
 const LISTED_PODS: usize = 1_000;
 const STREAMED_PODS: usize = 1_000;
 const PODS: &str = "/api/v1/pods";
@@ -80,7 +85,7 @@ fn pod_of(app: usize, nth: usize) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_policies_and_two_thousand_pods_stream_through_and_enforce() {
+async fn three_hundred_policies_and_two_thousand_pods_stream_through_and_enforce() {
     let dir = tempfile::tempdir().unwrap();
     write_fixtures(dir.path());
     let server = ApiServer::start(dir.path()).await;
