@@ -119,6 +119,14 @@ fn check_generated(path: &Path, expected: &str) {
     );
 }
 
+/// The document of `kind` that belongs to `app` (`tollgate` the DaemonSet's, `tollgate-relay` the relay's): both
+/// have a Role and a RoleBinding.
+fn of_app<'a>(docs: &'a [Value], kind: &str, app: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["labels"]["app.kubernetes.io/name"] == app)
+        .unwrap_or_else(|| panic!("no {kind} labelled app.kubernetes.io/name={app}"))
+}
+
 fn documents(yaml: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(yaml)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -144,6 +152,8 @@ fn roundtrip(doc: &Value) {
         "Service" => rt::<core::Service>(doc),
         "ClusterRole" => rt::<rbac::ClusterRole>(doc),
         "ClusterRoleBinding" => rt::<rbac::ClusterRoleBinding>(doc),
+        "Role" => rt::<rbac::Role>(doc),
+        "RoleBinding" => rt::<rbac::RoleBinding>(doc),
         "CustomResourceDefinition" => rt::<ext::CustomResourceDefinition>(doc),
         other => panic!("no k8s-openapi check for kind {other}"),
     };
@@ -216,32 +226,50 @@ fn crd_manifests_are_current_and_valid() {
 #[test]
 fn cluster_role_grants_exactly_the_api_calls_the_code_makes() {
     let docs = documents(&rendered_chart());
-    let role = docs.iter().find(|d| d["kind"] == "ClusterRole").unwrap();
-    let mut granted = BTreeSet::new();
-    for rule in role["rules"].as_array().unwrap() {
-        for g in rule["apiGroups"].as_array().unwrap() {
-            for r in rule["resources"].as_array().unwrap() {
-                for v in rule["verbs"].as_array().unwrap() {
-                    granted.insert((
-                        g.as_str().unwrap().to_string(),
-                        r.as_str().unwrap().to_string(),
-                        v.as_str().unwrap().to_string(),
-                    ));
+    for (kind, scope) in [
+        ("ClusterRole", api::Scope::Cluster),
+        ("Role", api::Scope::OwnNamespace),
+    ] {
+        let role = of_app(&docs, kind, "tollgate");
+        let mut granted = BTreeSet::new();
+        for rule in role["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for v in rule["verbs"].as_array().unwrap() {
+                        granted.insert((
+                            g.as_str().unwrap().to_string(),
+                            r.as_str().unwrap().to_string(),
+                            v.as_str().unwrap().to_string(),
+                        ));
+                    }
                 }
             }
         }
+        let used: BTreeSet<(String, String, String)> = api::API_USES
+            .iter()
+            .filter(|u| u.scope == scope)
+            .flat_map(|u| {
+                u.verbs
+                    .iter()
+                    .map(|v| (u.group.to_string(), u.resource.to_string(), v.to_string()))
+            })
+            .collect();
+        assert_eq!(
+            granted, used,
+            "{kind} rules differ from proxy/src/kubernetes/api.rs"
+        );
     }
-    let used: BTreeSet<(String, String, String)> = api::API_USES
-        .iter()
-        .flat_map(|u| {
-            u.verbs
-                .iter()
-                .map(|v| (u.group.to_string(), u.resource.to_string(), v.to_string()))
-        })
-        .collect();
+    // The Role is bound to tollgate's service account in the namespace the DaemonSet runs in.
+    let binding = of_app(&docs, "RoleBinding", "tollgate");
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     assert_eq!(
-        granted, used,
-        "ClusterRole rules differ from proxy/src/kubernetes/api.rs"
+        binding["metadata"]["namespace"],
+        ds["metadata"]["namespace"]
+    );
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(
+        binding["subjects"][0]["name"],
+        ds["spec"]["template"]["spec"]["serviceAccountName"]
     );
 }
 
@@ -276,6 +304,19 @@ fn daemonset_flags_and_config_variables_exist_in_tollgate_run() {
         );
     }
     assert!(help.contains("[env: NODE_NAME="));
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for var in ["POD_NAMESPACE", "POD_NAME"] {
+        assert!(env.contains(&var), "the DaemonSet passes {var}");
+        assert!(
+            help.contains(&format!("[env: {var}=")),
+            "tollgate run reads {var}"
+        );
+    }
 }
 
 #[test]
@@ -324,12 +365,12 @@ fn relay_deployment_flags_exist_and_its_role_only_lists_and_watches_pods() {
     );
     assert!(!matches(own), "{selector} selects the relay itself");
     assert!(help.contains("[env: POD_NAMESPACE="));
-    let role = docs.iter().find(|d| d["kind"] == "Role").unwrap();
+    let role = of_app(&docs, "Role", "tollgate-relay");
     assert_eq!(
         role["rules"],
         serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}])
     );
-    let binding = docs.iter().find(|d| d["kind"] == "RoleBinding").unwrap();
+    let binding = of_app(&docs, "RoleBinding", "tollgate-relay");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
     assert_eq!(
         binding["subjects"][0]["name"],

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::api_server::ApiServer;
 use tollgate::decision::{RequestDecision, decide_request};
-use tollgate::kubernetes::{self, api, watch::NodeScope};
+use tollgate::kubernetes::{self, api, lease, watch::NodeScope};
 use tollgate::policy_source::PolicySource;
 
 const PODS: &str = "/api/v1/pods";
@@ -28,6 +28,7 @@ fn scope() -> NodeScope {
     NodeScope {
         node_name: "node-a".into(),
         cgroup_root: PathBuf::from("/nonexistent-cgroup-root"),
+        lease: None,
     }
 }
 
@@ -610,5 +611,183 @@ async fn status_is_applied_beside_other_conditions_and_not_rewritten_when_unchan
             .unwrap()
             .iter()
             .any(|c| c["type"] == "Audited")
+    );
+}
+
+/// Leader-election timing scaled down from client-go's 15/10/2 s so the takeover test runs in seconds; the ratios
+/// (renew deadline < lease duration, several retries per renew deadline) are client-go's.
+fn quick_lease_timing() -> lease::LeaseTiming {
+    lease::LeaseTiming {
+        lease_duration: Duration::from_millis(3000),
+        renew_deadline: Duration::from_millis(2000),
+        retry_period: Duration::from_millis(400),
+    }
+}
+
+fn elected_scope(node: &str) -> NodeScope {
+    NodeScope {
+        node_name: node.into(),
+        lease: Some(lease::LeaseSettings {
+            namespace: "kube-system".into(),
+            identity: format!("tollgate-{node}"),
+            timing: quick_lease_timing(),
+        }),
+        ..scope()
+    }
+}
+
+fn lease_holder(server: &ApiServer) -> Option<String> {
+    server.stored_lease("kube-system", lease::LEASE_NAME)?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The User-Agents of the status writes (PATCH) so far.
+fn status_writers(server: &ApiServer) -> Vec<String> {
+    let reqs = server.requests.lock().unwrap().clone();
+    let agents = server.user_agents.lock().unwrap().clone();
+    reqs.iter()
+        .zip(agents)
+        .filter(|((m, pq), _)| m == "PATCH" && pq.contains("/status"))
+        .map(|(_, a)| a)
+        .collect()
+}
+
+async fn daemon(
+    server: &ApiServer,
+    node: &str,
+) -> (Arc<PolicySource>, tokio::task::JoinHandle<()>) {
+    let client = api::client(server.config(), node).unwrap();
+    let (source, reconciler) = kubernetes::start_with_client(client, elected_scope(node))
+        .await
+        .expect("initial sync");
+    let policy = Arc::new(source);
+    let task = tokio::spawn(kubernetes::watch::run_updates(reconciler, policy.clone()));
+    (policy, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_daemon_holds_the_lease_and_writes_status_and_another_takes_over_when_it_dies() {
+    let server = ApiServer::start(&fixtures()).await;
+    let timing = quick_lease_timing();
+    let (_policy_a, task_a) = daemon(&server, "node-a").await;
+    eventually("node-a holds the status Lease", || {
+        lease_holder(&server).as_deref() == Some("tollgate-node-a")
+    })
+    .await;
+    let (policy_b, task_b) = daemon(&server, "node-b").await;
+    eventually("Valid=True on api-l7", || {
+        valid_condition_of(&server).is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    // A new generation: both daemons compile it, only the holder writes.
+    server.put(CNPS, cnp_with_path(&server, "/v2/.*"));
+    eventually("Valid for generation 2", || {
+        valid_condition_of(&server).is_some_and(|c| c["observedGeneration"] == 2)
+    })
+    .await;
+    eventually("node-b enforces generation 2 too", || {
+        allowed(&policy_b, "10.1.0.20", "/v2/x")
+    })
+    .await;
+    tokio::time::sleep(timing.retry_period * 3).await;
+    let agent_a = api::user_agent("node-a");
+    let writers = status_writers(&server);
+    assert_eq!(writers.len(), 2, "one write per generation: {writers:?}");
+    assert!(
+        writers.iter().all(|w| *w == agent_a),
+        "only the holder writes: {writers:?}"
+    );
+    assert_eq!(
+        lease_holder(&server).as_deref(),
+        Some("tollgate-node-a"),
+        "the holder keeps renewing"
+    );
+
+    // The holder dies without releasing the lease (a crash): node-b takes over once the lease has run out.
+    task_a.abort();
+    let killed = Instant::now();
+    eventually("node-b takes the Lease", || {
+        lease_holder(&server).as_deref() == Some("tollgate-node-b")
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took <= timing.lease_duration + timing.retry_period * 2 + Duration::from_millis(500),
+        "takeover after {took:?}, lease {:?}",
+        timing.lease_duration
+    );
+    server.put(CNPS, cnp_with_path(&server, "/v3/.*"));
+    eventually("Valid for generation 3, written by node-b", || {
+        valid_condition_of(&server).is_some_and(|c| c["observedGeneration"] == 3)
+    })
+    .await;
+    let writers = status_writers(&server);
+    assert_eq!(
+        writers.last().map(String::as_str),
+        Some(api::user_agent("node-b").as_str())
+    );
+    assert_eq!(writers.len(), 3, "{writers:?}");
+    assert_requests_within_rbac(&server);
+    task_b.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_writes_and_updates_that_change_nothing_compile_nothing() {
+    let server = ApiServer::start(&fixtures()).await;
+    let (source, reconciler) = kubernetes::start_with_client(server.client(), scope())
+        .await
+        .expect("initial sync");
+    let policy = Arc::new(source);
+    tokio::spawn(kubernetes::watch::run_updates(reconciler, policy.clone()));
+    eventually("Valid=True on api-l7", || {
+        valid_condition_of(&server).is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    let quiet = Duration::from_millis(700);
+    tokio::time::sleep(quiet).await;
+    let generation = policy.current().generation;
+    assert_eq!(
+        generation, 1,
+        "our own status write (watched back as MODIFIED) compiled nothing"
+    );
+
+    // Another controller's condition on the policy: status only.
+    let mut cnp = server.get(CNPS, "shop/api-l7").unwrap();
+    cnp["status"]["conditions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "Audited", "status": "True"}));
+    server.put(CNPS, cnp);
+    // A pod's status changes in ways the policy never reads (a container restarted, a condition flipped).
+    let mut api_pod = server.get(PODS, "shop/api-5c6d7e8f9-q8w7e").unwrap();
+    api_pod["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    api_pod["status"]["containerStatuses"] = json!([{"name": "api", "restartCount": 3, "ready": false,
+        "image": "api:1", "imageID": "", "started": true}]);
+    server.put(PODS, api_pod.clone());
+    // A re-list that finds exactly what we had.
+    server.compact_and_cut();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        policy.current().generation,
+        generation,
+        "status-only updates and an unchanged re-list compiled nothing"
+    );
+
+    // A change the policy reads: exactly one new generation.
+    api_pod["metadata"]["labels"]["tier"] = "backend".into();
+    server.put(PODS, api_pod);
+    eventually("a label change compiles", || {
+        policy.current().generation > generation
+    })
+    .await;
+    tokio::time::sleep(quiet).await;
+    assert_eq!(policy.current().generation, generation + 1);
+    assert!(
+        policy
+            .current()
+            .endpoints
+            .by_ip("10.1.0.20".parse().unwrap())
+            .is_some_and(|ep| ep.labels.get("tier").map(String::as_str) == Some("backend"))
     );
 }

@@ -34,6 +34,15 @@ pub struct ApiUse {
     /// Plural resource name, with `/status` for the status subresource.
     pub resource: &'static str,
     pub verbs: &'static [&'static str],
+    /// Cluster-wide (a ClusterRole grants it) or only in tollgate's own namespace (a Role there grants it).
+    pub scope: Scope,
+}
+
+/// Where an API use is granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Cluster,
+    OwnNamespace,
 }
 
 pub const PODS: ApiUse = ApiUse {
@@ -41,42 +50,57 @@ pub const PODS: ApiUse = ApiUse {
     version: "v1",
     resource: "pods",
     verbs: &["list", "watch"],
+    scope: Scope::Cluster,
 };
 pub const NAMESPACES: ApiUse = ApiUse {
     group: "",
     version: "v1",
     resource: "namespaces",
     verbs: &["list", "watch"],
+    scope: Scope::Cluster,
 };
 pub const NETWORK_POLICIES: ApiUse = ApiUse {
     group: "networking.k8s.io",
     version: "v1",
     resource: "networkpolicies",
     verbs: &["list", "watch"],
+    scope: Scope::Cluster,
 };
 pub const CILIUM_NETWORK_POLICIES: ApiUse = ApiUse {
     group: "cilium.io",
     version: "v2",
     resource: "ciliumnetworkpolicies",
     verbs: &["list", "watch"],
+    scope: Scope::Cluster,
 };
 pub const CILIUM_CLUSTERWIDE_NETWORK_POLICIES: ApiUse = ApiUse {
     group: "cilium.io",
     version: "v2",
     resource: "ciliumclusterwidenetworkpolicies",
     verbs: &["list", "watch"],
+    scope: Scope::Cluster,
 };
 pub const CILIUM_NETWORK_POLICY_STATUS: ApiUse = ApiUse {
     group: "cilium.io",
     version: "v2",
     resource: "ciliumnetworkpolicies/status",
     verbs: &["patch"],
+    scope: Scope::Cluster,
 };
 pub const CILIUM_CLUSTERWIDE_NETWORK_POLICY_STATUS: ApiUse = ApiUse {
     group: "cilium.io",
     version: "v2",
     resource: "ciliumclusterwidenetworkpolicies/status",
     verbs: &["patch"],
+    scope: Scope::Cluster,
+};
+/// The status writer's Lease (`lease.rs`), in tollgate's own namespace only.
+pub const LEASES: ApiUse = ApiUse {
+    group: "coordination.k8s.io",
+    version: "v1",
+    resource: "leases",
+    verbs: &["get", "create", "update"],
+    scope: Scope::OwnNamespace,
 };
 
 /// The whole table.
@@ -88,6 +112,7 @@ pub const API_USES: &[ApiUse] = &[
     CILIUM_CLUSTERWIDE_NETWORK_POLICIES,
     CILIUM_NETWORK_POLICY_STATUS,
     CILIUM_CLUSTERWIDE_NETWORK_POLICY_STATUS,
+    LEASES,
 ];
 
 /// The (group, resource, verb) an HTTP request to the API server is, as RBAC sees it; `None` for paths outside
@@ -193,5 +218,7 @@ mod tests {
         assert!(!allowed("cilium.io", "ciliumnetworkpolicies", "patch"));
         assert!(!allowed("", "pods", "get"));
         assert!(!allowed("", "secrets", "list"));
+        assert!(allowed("coordination.k8s.io", "leases", "update"));
+        assert!(!allowed("coordination.k8s.io", "leases", "delete"));
     }
 }

@@ -224,41 +224,71 @@ pub struct ClusterState {
     pub policies: BTreeMap<PolicyKey, PolicyObject>,
     /// The last valid version of each object (kept while a newer version is invalid).
     last_good: BTreeMap<PolicyKey, Vec<Policy>>,
+    /// Each object's document as last parsed, with the result: a compilation re-parses only changed objects.
+    parsed: BTreeMap<PolicyKey, ParsedPolicy>,
+}
+
+#[derive(Debug)]
+struct ParsedPolicy {
+    document: String,
+    policies: Vec<Policy>,
+    errors: Vec<PolicyError>,
 }
 
 impl ClusterState {
-    pub fn apply_pod(&mut self, pod: &Pod) {
-        if let Some(p) = PodInfo::from_pod(pod) {
-            self.pods.insert(p.uid.clone(), p);
+    // Each update says whether it changed anything, so the reconciler skips compiling for events that do not
+    // (a pod's container status, a policy's status, a re-sent object).
+
+    pub fn apply_pod(&mut self, pod: &Pod) -> bool {
+        let Some(p) = PodInfo::from_pod(pod) else {
+            return false;
+        };
+        if self.pods.get(&p.uid) == Some(&p) {
+            return false;
         }
+        self.pods.insert(p.uid.clone(), p);
+        true
     }
 
-    pub fn delete_pod(&mut self, pod: &Pod) {
-        if let Some(uid) = &pod.metadata.uid {
-            self.pods.remove(uid);
-        }
+    pub fn delete_pod(&mut self, pod: &Pod) -> bool {
+        pod.metadata
+            .uid
+            .as_ref()
+            .is_some_and(|uid| self.pods.remove(uid).is_some())
     }
 
-    pub fn apply_namespace(&mut self, ns: &Namespace) {
-        if let Some(name) = &ns.metadata.name {
-            self.namespaces
-                .insert(name.clone(), ns.metadata.labels.clone().unwrap_or_default());
+    pub fn apply_namespace(&mut self, ns: &Namespace) -> bool {
+        let Some(name) = &ns.metadata.name else {
+            return false;
+        };
+        let labels = ns.metadata.labels.clone().unwrap_or_default();
+        if self.namespaces.get(name) == Some(&labels) {
+            return false;
         }
+        self.namespaces.insert(name.clone(), labels);
+        true
     }
 
-    pub fn delete_namespace(&mut self, ns: &Namespace) {
-        if let Some(name) = &ns.metadata.name {
-            self.namespaces.remove(name);
-        }
+    pub fn delete_namespace(&mut self, ns: &Namespace) -> bool {
+        ns.metadata
+            .name
+            .as_ref()
+            .is_some_and(|name| self.namespaces.remove(name).is_some())
     }
 
-    pub fn apply_policy(&mut self, obj: PolicyObject) {
+    /// Whether the policy changed. The document holds only the policy fields, so a status write (ours or
+    /// another controller's) leaves it equal.
+    pub fn apply_policy(&mut self, obj: PolicyObject) -> bool {
+        if self.policies.get(&obj.key) == Some(&obj) {
+            return false;
+        }
         self.policies.insert(obj.key.clone(), obj);
+        true
     }
 
-    pub fn delete_policy(&mut self, key: &PolicyKey) {
-        self.policies.remove(key);
+    pub fn delete_policy(&mut self, key: &PolicyKey) -> bool {
         self.last_good.remove(key);
+        self.policies.remove(key).is_some()
     }
 
     /// Drops every object of one watched kind (a re-list replaces them all).
@@ -315,19 +345,48 @@ impl ClusterState {
         (out, skipped)
     }
 
+    /// What the reconciler does after a burst of events: the endpoint table, then the policies compiled against it.
+    /// (`skipped_pods` lists pods left out for a duplicate IP.)
+    pub fn rebuild(
+        &mut self,
+        node: &str,
+        cgroup_of: &dyn Fn(&PodInfo) -> Option<PathBuf>,
+    ) -> Result<Compiled, PolicyError> {
+        let (endpoints, skipped) = self.endpoints(node, cgroup_of);
+        let mut compiled = self.compile(endpoints)?;
+        compiled.skipped_pods = skipped;
+        Ok(compiled)
+    }
+
     /// Validates each policy object on its own, compiles the valid ones (falling back to an object's last valid
     /// version when its new one is invalid) and says per object what happened.
     pub fn compile(&mut self, endpoints: Vec<Endpoint>) -> Result<Compiled, PolicyError> {
         let table = EndpointTable::new(endpoints)?;
         let mut outcomes = BTreeMap::new();
         let mut chosen: BTreeMap<PolicyKey, Vec<Policy>> = BTreeMap::new();
+        let policies = &self.policies;
+        self.parsed.retain(|k, _| policies.contains_key(k));
         for (key, obj) in &self.policies {
-            let load = load_policies(&key.source_name(), &obj.document);
-            if load.errors.is_empty() {
-                chosen.insert(key.clone(), load.policies);
+            let parsed = match self.parsed.get(key) {
+                Some(p) if p.document == obj.document => p,
+                _ => {
+                    let load = load_policies(&key.source_name(), &obj.document);
+                    self.parsed.insert(
+                        key.clone(),
+                        ParsedPolicy {
+                            document: obj.document.clone(),
+                            policies: load.policies,
+                            errors: load.errors,
+                        },
+                    );
+                    &self.parsed[key]
+                }
+            };
+            if parsed.errors.is_empty() {
+                chosen.insert(key.clone(), parsed.policies.clone());
                 outcomes.insert(key.clone(), PolicyOutcome::Accepted);
             } else {
-                self.reject(key, &load.errors, &mut chosen, &mut outcomes);
+                self.reject(key, &parsed.errors, &mut chosen, &mut outcomes);
             }
         }
         // Compilation can still reject a policy (e.g. a regex too large); drop those objects and compile again.

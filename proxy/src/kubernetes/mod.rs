@@ -8,6 +8,7 @@
 //! - `status`: the `Valid` condition written back to each Cilium policy.
 //! - `crd`: the CRDs, from our own types, for clusters without Cilium.
 //! - `api`: the one table of API calls made (RBAC is checked against it).
+//! - `lease`: the Lease that makes one daemon per cluster the status writer.
 //! - `watch`: watchers, reconciler, status writer.
 //!
 //! What this module must not do: decide policy (policy-model does) or touch the datapath (datapath.rs does, from
@@ -17,6 +18,7 @@ pub mod api;
 pub mod cgroup;
 pub mod cluster;
 pub mod crd;
+pub mod lease;
 pub mod status;
 pub mod watch;
 
@@ -39,6 +41,13 @@ pub struct KubeArgs {
     /// when that exists (hybrid hosts), else /sys/fs/cgroup.
     #[arg(long, env = "TOLLGATE_POD_CGROUP_ROOT")]
     pub pod_cgroup_root: Option<PathBuf>,
+    /// Namespace of the Lease that picks the one daemon writing policy status (the DaemonSet passes its own
+    /// namespace from the downward API). Default: the service account's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub status_lease_namespace: Option<String>,
+    /// This daemon's identity in that Lease (the DaemonSet passes metadata.name). Default: the node name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 impl KubeArgs {
@@ -56,19 +65,35 @@ impl KubeArgs {
             }
         });
         Ok(watch::NodeScope {
+            lease: None,
             node_name,
             cgroup_root,
         })
+    }
+
+    fn lease(&self, node_name: &str, default_namespace: &str) -> lease::LeaseSettings {
+        lease::LeaseSettings {
+            namespace: self
+                .status_lease_namespace
+                .clone()
+                .unwrap_or_else(|| default_namespace.to_string()),
+            identity: self
+                .pod_name
+                .clone()
+                .unwrap_or_else(|| node_name.to_string()),
+            timing: lease::LeaseTiming::default(),
+        }
     }
 }
 
 /// Connects (in-cluster config or $KUBECONFIG), waits until every resource has been listed once, and returns the
 /// policy source built from that state plus the reconciler that keeps it current (`watch::run_updates`).
 pub async fn start(args: &KubeArgs) -> anyhow::Result<(PolicySource, watch::Reconciler)> {
-    let scope = args.scope()?;
+    let mut scope = args.scope()?;
     let config = kube::Config::infer().await.context(
         "connecting to the Kubernetes API: no in-cluster service account and no usable $KUBECONFIG",
     )?;
+    scope.lease = Some(args.lease(&scope.node_name, &config.default_namespace));
     let client = api::client(config, &scope.node_name)?;
     start_with_client(client, scope).await
 }

@@ -16,12 +16,13 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch as signal};
 
 use super::api::{self, ApiUse};
 use super::cgroup;
 use super::cluster::{ClusterState, Compiled, PolicyKey, PolicyKind, PolicyObject, PolicyOutcome};
 use super::crd::PolicyCondition;
+use super::lease::{self, LeaseSettings};
 use super::status;
 use crate::policy_source::PolicySource;
 
@@ -193,6 +194,8 @@ where
 pub struct NodeScope {
     pub node_name: String,
     pub cgroup_root: PathBuf,
+    /// The Lease electing the one status writer; `None`: this daemon always writes (a single daemon, tests).
+    pub lease: Option<LeaseSettings>,
 }
 
 /// Owns the cluster state; turns watch events into compiled snapshots and status writes.
@@ -207,6 +210,12 @@ pub struct Reconciler {
     dirty: bool,
     /// Tollgate's `Valid` condition per object: as last watched, or as last written (until the watch shows it).
     observed: BTreeMap<PolicyKey, PolicyCondition>,
+    /// Whether this daemon holds the status Lease (`None`: no election, always writes).
+    leading: Option<signal::Receiver<bool>>,
+    /// The outcomes of the last compilation, written when this daemon becomes the status writer.
+    outcomes: BTreeMap<PolicyKey, PolicyOutcome>,
+    /// Compilations done (tests and the bench check that events which change nothing compile nothing).
+    pub compilations: u64,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -250,7 +259,14 @@ pub fn start_watchers(client: Client, scope: NodeScope) -> Reconciler {
             move |ev| Change::Cilium(kind, ev),
         );
     }
+    let leading = scope
+        .lease
+        .clone()
+        .map(|settings| lease::start(client.clone(), settings));
     Reconciler {
+        leading,
+        outcomes: BTreeMap::new(),
+        compilations: 0,
         client,
         scope,
         rx,
@@ -283,7 +299,21 @@ impl Reconciler {
     /// every watcher has stopped.
     pub async fn next(&mut self) -> Option<Compiled> {
         loop {
-            let change = self.rx.recv().await?;
+            let change = match self.leading.as_mut() {
+                Some(leading) => tokio::select! {
+                    change = self.rx.recv() => change?,
+                    Ok(()) = leading.changed() => {
+                        // Became the writer: write what the objects do not show yet (the last holder may have
+                        // stopped mid-way). Lost it: nothing to do, writes stop by themselves.
+                        if *leading.borrow_and_update() {
+                            let outcomes = self.outcomes.clone();
+                            self.write_status(&outcomes).await;
+                        }
+                        continue;
+                    }
+                },
+                None => self.rx.recv().await?,
+            };
             self.apply(change);
             // Take the whole burst before compiling: a re-list or a rollout arrives as many events at once.
             while let Ok(change) = self.rx.try_recv() {
@@ -295,13 +325,13 @@ impl Reconciler {
             self.dirty = false;
             let root = self.scope.cgroup_root.clone();
             let cgroup_of = move |p: &super::cluster::PodInfo| cgroup::find(&root, &p.uid, p.qos);
-            let (endpoints, skipped) = self.state.endpoints(&self.scope.node_name, &cgroup_of);
-            for s in &skipped {
-                tracing::warn!("pod left out of the endpoint table: {s}");
-            }
-            match self.state.compile(endpoints) {
-                Ok(mut compiled) => {
-                    compiled.skipped_pods = skipped;
+            match self.state.rebuild(&self.scope.node_name, &cgroup_of) {
+                Ok(compiled) => {
+                    for s in &compiled.skipped_pods {
+                        tracing::warn!("pod left out of the endpoint table: {s}");
+                    }
+                    self.compilations += 1;
+                    self.outcomes = compiled.outcomes.clone();
                     self.write_status(&compiled.outcomes).await;
                     return Some(compiled);
                 }
@@ -329,66 +359,84 @@ impl Reconciler {
             }
             Phase::InitDone => {
                 let listed = self.relisting.remove(name).unwrap_or_default();
-                self.replace_all(watched, listed);
+                // A re-list that finds what we already had (the usual case after a 410) changes nothing.
+                if self.replace_all(watched, listed) {
+                    self.dirty = true;
+                }
                 if self.synced.insert(watched) {
                     tracing::info!(resource = name, "initial list complete");
+                    self.dirty = true;
                 }
-                self.dirty = true;
             }
             Phase::Apply | Phase::Delete => {
-                self.apply_one(change);
-                self.dirty = true;
+                // Status-only updates (our own writes included) and pod updates that change no field the policy
+                // or the enrollment reads leave the state as it was: nothing to compile.
+                if self.apply_one(change) {
+                    self.dirty = true;
+                }
             }
         }
     }
 
-    fn replace_all(&mut self, watched: Watched, listed: Vec<Change>) {
+    /// Replaces every object of one resource with a re-list; whether anything differs.
+    fn replace_all(&mut self, watched: Watched, listed: Vec<Change>) -> bool {
         match watched {
-            Watched::Pods => self.state.pods.clear(),
-            Watched::Namespaces => self.state.namespaces.clear(),
-            Watched::Policy(kind) => self.state.clear_policies(kind),
-        }
-        for change in listed {
-            self.apply_one(change);
+            Watched::Pods => {
+                let old = std::mem::take(&mut self.state.pods);
+                listed.into_iter().for_each(|c| {
+                    self.apply_one(c);
+                });
+                self.state.pods != old
+            }
+            Watched::Namespaces => {
+                let old = std::mem::take(&mut self.state.namespaces);
+                listed.into_iter().for_each(|c| {
+                    self.apply_one(c);
+                });
+                self.state.namespaces != old
+            }
+            Watched::Policy(kind) => {
+                let old = self.state.policies.clone();
+                self.state.clear_policies(kind);
+                listed.into_iter().for_each(|c| {
+                    self.apply_one(c);
+                });
+                self.state.policies != old
+            }
         }
     }
 
-    fn apply_one(&mut self, change: Change) {
+    /// Applies one event; whether the state changed.
+    fn apply_one(&mut self, change: Change) -> bool {
         match change {
             Change::Pod(ev) => match *ev {
                 Event::Apply(p) | Event::InitApply(p) => self.state.apply_pod(&p),
                 Event::Delete(p) => self.state.delete_pod(&p),
-                _ => {}
+                _ => false,
             },
             Change::Namespace(Event::Apply(n) | Event::InitApply(n)) => {
                 self.state.apply_namespace(&n)
             }
             Change::Namespace(Event::Delete(n)) => self.state.delete_namespace(&n),
             Change::NetworkPolicy(Event::Apply(np) | Event::InitApply(np)) => {
-                if let Some(obj) = PolicyObject::from_network_policy(&np) {
-                    self.state.apply_policy(obj);
-                }
+                PolicyObject::from_network_policy(&np)
+                    .is_some_and(|obj| self.state.apply_policy(obj))
             }
-            Change::NetworkPolicy(Event::Delete(np)) => {
-                if let Some(obj) = PolicyObject::from_network_policy(&np) {
-                    self.state.delete_policy(&obj.key);
-                }
-            }
+            Change::NetworkPolicy(Event::Delete(np)) => PolicyObject::from_network_policy(&np)
+                .is_some_and(|obj| self.state.delete_policy(&obj.key)),
             Change::Cilium(kind, Event::Apply(o) | Event::InitApply(o)) => {
-                if let Some(obj) = PolicyObject::from_cilium(kind, &o) {
-                    match status::observed_valid(o.data.get("status")) {
-                        Some(c) => self.observed.insert(obj.key.clone(), c),
-                        None => self.observed.remove(&obj.key),
-                    };
-                    self.state.apply_policy(obj);
-                }
+                let Some(obj) = PolicyObject::from_cilium(kind, &o) else {
+                    return false;
+                };
+                match status::observed_valid(o.data.get("status")) {
+                    Some(c) => self.observed.insert(obj.key.clone(), c),
+                    None => self.observed.remove(&obj.key),
+                };
+                self.state.apply_policy(obj)
             }
-            Change::Cilium(kind, Event::Delete(o)) => {
-                if let Some(obj) = PolicyObject::from_cilium(kind, &o) {
-                    self.state.delete_policy(&obj.key);
-                }
-            }
-            _ => {}
+            Change::Cilium(kind, Event::Delete(o)) => PolicyObject::from_cilium(kind, &o)
+                .is_some_and(|obj| self.state.delete_policy(&obj.key)),
+            _ => false,
         }
     }
 
@@ -397,6 +445,9 @@ impl Reconciler {
     /// enforcement).
     async fn write_status(&mut self, outcomes: &BTreeMap<PolicyKey, PolicyOutcome>) {
         self.observed.retain(|k, _| outcomes.contains_key(k));
+        if !self.writes_status() {
+            return;
+        }
         let now = status::rfc3339(SystemTime::now());
         for (key, outcome) in outcomes {
             if !key.kind.has_status() {
@@ -422,6 +473,10 @@ impl Reconciler {
                 key.namespace.as_deref(),
                 &condition,
             );
+            // The Lease may have moved on while we were writing: stop at once.
+            if !self.writes_status() {
+                return;
+            }
             let params = PatchParams::apply(status::FIELD_MANAGER).force();
             match api
                 .patch_status(&key.name, &params, &Patch::Apply(&body))
@@ -436,6 +491,13 @@ impl Reconciler {
                 ),
             }
         }
+    }
+}
+
+impl Reconciler {
+    /// Whether this daemon writes policy status now.
+    fn writes_status(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
     }
 }
 

@@ -344,6 +344,16 @@ impl ApiServer {
             .cloned()
     }
 
+    /// A Lease as stored ("namespace", "name").
+    pub fn stored_lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.store
+            .lock()
+            .unwrap()
+            .leases
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
     /// The next `n` lists of `collection` answer 500.
     pub fn fail_lists(&self, collection: &'static str, n: u32) {
         self.store
