@@ -21,14 +21,14 @@ use crate::load::{
 use crate::verdict::*;
 
 #[derive(Debug)]
-enum CompiledL7 {
+pub(crate) enum CompiledL7 {
     Http(HttpMatcher),
     Kafka(Vec<KafkaRule>),
     Dns(Vec<DnsMatcher>),
 }
 
 impl CompiledL7 {
-    fn kind(&self) -> L7Kind {
+    pub(crate) fn kind(&self) -> L7Kind {
         match self {
             CompiledL7::Http(_) => L7Kind::Http,
             CompiledL7::Kafka(_) => L7Kind::Kafka,
@@ -38,13 +38,13 @@ impl CompiledL7 {
 }
 
 #[derive(Debug)]
-struct CompiledPortRule {
-    ports: Vec<PortMatch>,
-    l7: Option<CompiledL7>,
+pub(crate) struct CompiledPortRule {
+    pub(crate) ports: Vec<PortMatch>,
+    pub(crate) l7: Option<CompiledL7>,
 }
 
 #[derive(Debug)]
-enum CompiledPeers {
+pub(crate) enum CompiledPeers {
     Any,
     Nothing,
     Match {
@@ -58,19 +58,21 @@ enum CompiledPeers {
 }
 
 #[derive(Debug)]
-struct CompiledRule {
-    rule: RuleRef,
-    peers: CompiledPeers,
-    ports: Vec<CompiledPortRule>,
+pub(crate) struct CompiledRule {
+    pub(crate) rule: RuleRef,
+    pub(crate) peers: CompiledPeers,
+    pub(crate) ports: Vec<CompiledPortRule>,
     /// `authentication.mode: required`.
-    auth_required: bool,
+    pub(crate) auth_required: bool,
+    /// Where the rule's policy came from: file and document index (for `tollgate policy get`).
+    pub(crate) source: (String, usize),
 }
 
 #[derive(Debug, Default)]
-struct DirPolicy {
-    default_deny: bool,
-    allow: Vec<usize>,
-    deny: Vec<usize>,
+pub(crate) struct DirPolicy {
+    pub(crate) default_deny: bool,
+    pub(crate) allow: Vec<usize>,
+    pub(crate) deny: Vec<usize>,
 }
 
 /// The compiled, immutable policy engine. `Send + Sync`; share it in an `Arc` and swap it on policy changes.
@@ -172,6 +174,20 @@ impl PolicyEngine {
     /// The endpoint table the engine was compiled against.
     pub fn endpoints(&self) -> &EndpointTable {
         &self.endpoints
+    }
+
+    /// The rule lists selecting `identity` in `dir` (None: no policy selects it there).
+    pub(crate) fn dir_policy(&self, identity: Identity, dir: Direction) -> Option<&DirPolicy> {
+        if !identity.is_endpoint() {
+            return None;
+        }
+        self.subjects
+            .get((identity.0 - Identity::FIRST_ALLOCATED) as usize)
+            .and_then(|both| both[dir_slot(dir)].as_ref())
+    }
+
+    pub(crate) fn rule(&self, index: usize) -> &CompiledRule {
+        &self.rules[index]
     }
 
     /// Ids (`ns/name` or `name`) of the compiled policies.
@@ -667,7 +683,7 @@ impl PolicyEngine {
     }
 }
 
-fn dir_slot(d: Direction) -> usize {
+pub(crate) fn dir_slot(d: Direction) -> usize {
     match d {
         Direction::Ingress => 0,
         Direction::Egress => 1,
@@ -838,5 +854,6 @@ fn compile_rule(
         peers,
         ports,
         auth_required: r.auth_required,
+        source: (policy.file.clone(), policy.document),
     })
 }

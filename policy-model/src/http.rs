@@ -257,6 +257,11 @@ pub struct HttpMatcher {
 }
 
 impl HttpMatcher {
+    /// The rules as written (for `tollgate policy get`).
+    pub fn rules(&self) -> &[HttpRuleDef] {
+        &self.rules
+    }
+
     /// Compile. Rules were validated one by one at load time, so this only fails over to the per-rule form.
     pub fn new(rules: Vec<HttpRuleDef>) -> Result<Self, String> {
         let patterns: Vec<String> = rules.iter().map(HttpRuleDef::combined_pattern).collect();

@@ -38,6 +38,7 @@
 
 pub mod conformance;
 pub mod dns;
+pub mod effective;
 mod engine;
 mod error;
 pub mod fqdn;

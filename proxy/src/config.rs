@@ -84,6 +84,10 @@ pub struct RunArgs {
         env = "TOLLGATE_HANDOFF_SOCKET"
     )]
     pub handoff_socket: PathBuf,
+    /// Unix socket the operator CLI (`tollgate status`, `endpoint`, `policy get|trace`, `bpf list`) talks to; mode
+    /// 0600. Default: `admin.sock` beside --handoff-socket.
+    #[arg(long, env = "TOLLGATE_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
     /// SO_MARK on every upstream socket, so the redirect layer never loops it back (decimal or 0x-hex).
     #[arg(long, value_parser = parse_mark, default_value_t = DEFAULT_MARK, env = "TOLLGATE_MARK")]
     pub mark: u32,

@@ -7,6 +7,7 @@
 //! must not re-implement policy semantics; eBPF programs are loaded only through `redirect-ebpf` (see `datapath`).
 
 pub mod activity;
+pub mod admin;
 pub mod agent_events;
 pub mod body;
 pub mod body_rate;
@@ -42,6 +43,7 @@ pub mod mesh_inbound;
 pub mod metrics;
 pub mod observe_cli;
 pub mod observer;
+pub mod operator_cli;
 pub mod original_dst;
 pub mod policy_adapter;
 pub mod policy_attribution;

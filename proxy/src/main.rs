@@ -30,10 +30,24 @@ enum Command {
     /// Development CA: create a CA and issue SPIFFE X.509-SVIDs (demo and tests; not for production).
     #[command(subcommand)]
     Certs(tollgate::certs_cli::CertsCommand),
+    /// The local daemon's state over its admin socket: redirect mode, programs, maps, policy generation, listeners,
+    /// tunnel, flow ring (with --server: an Observer's or relay's node count).
+    Status(tollgate::operator_cli::StatusArgs),
+    /// Endpoints the local daemon knows: identity, labels, enforcement, L7 ports.
+    #[command(subcommand)]
+    Endpoint(tollgate::operator_cli::EndpointCommand),
+    /// The local daemon's pinned eBPF maps, readable.
+    #[command(subcommand)]
+    Bpf(tollgate::operator_cli::BpfCommand),
 }
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
+    /// The local daemon's effective rules per endpoint, with the policy objects they come from.
+    Get(tollgate::operator_cli::PolicyGetArgs),
+    /// Trace a connection (and request) through the LIVE daemon's policy: verdict and the rule or reason
+    /// (exit code 0 allowed, 1 denied).
+    Trace(Box<tollgate::operator_cli::TraceArgs>),
     /// Run conformance case files (policies + endpoints + expected verdicts); ends with `N passed, N failed`.
     Test {
         /// Case files or directories of `*.yaml` case files.
@@ -52,6 +66,11 @@ fn main() -> ExitCode {
     let ok = match cli.command {
         Command::Run(args) => return run_daemon(*args),
         Command::Observe(args) => return observe(*args),
+        Command::Status(args) => return status(args),
+        Command::Endpoint(cmd) => tollgate::operator_cli::endpoint(cmd),
+        Command::Bpf(cmd) => tollgate::operator_cli::bpf(cmd),
+        Command::Policy(PolicyCommand::Get(args)) => tollgate::operator_cli::policy_get(args),
+        Command::Policy(PolicyCommand::Trace(args)) => tollgate::operator_cli::policy_trace(*args),
         Command::Crds => match tollgate::kubernetes::crd::manifests() {
             Ok(yaml) => {
                 print!("{yaml}");
@@ -98,6 +117,17 @@ fn observe(args: tollgate::observe_cli::ObserveArgs) -> ExitCode {
         runtime,
         "tollgate observe",
         tollgate::observe_cli::run(args),
+    )
+}
+
+fn status(args: tollgate::operator_cli::StatusArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    block_on_edge(
+        runtime,
+        "tollgate status",
+        tollgate::operator_cli::status(args),
     )
 }
 

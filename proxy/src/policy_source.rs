@@ -68,6 +68,18 @@ pub struct PolicySource {
     before_apply: BeforeApplySlot,
     /// Updates rejected by `reload_and_report`, for the metrics.
     rejected: AtomicU64,
+    /// The last rejected update's error, cleared by the next applied one (`tollgate status`).
+    last_error: Mutex<Option<ReloadError>>,
+}
+
+/// A rejected policy update, as `tollgate status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadError {
+    /// RFC 3339.
+    pub time: String,
+    /// The generation that kept enforcing.
+    pub kept_generation: u64,
+    pub error: String,
 }
 
 /// See [`PolicySource::set_before_apply`].
@@ -209,6 +221,7 @@ impl PolicySource {
             generation: AtomicU64::new(1),
             before_apply: BeforeApplySlot::default(),
             rejected: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -227,10 +240,13 @@ impl PolicySource {
             && let Err(e) = hook(&snap)
         {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(LoadError::Datapath(e));
+            let err = LoadError::Datapath(e);
+            self.set_last_error(Some(&err));
+            return Err(err);
         }
         self.generation.store(generation, Ordering::Relaxed);
         self.current.store(Arc::new(snap));
+        self.set_last_error(None);
         Ok(generation)
     }
 
@@ -246,6 +262,7 @@ impl PolicySource {
             generation: AtomicU64::new(1),
             before_apply: BeforeApplySlot::default(),
             rejected: AtomicU64::new(0),
+            last_error: Mutex::new(None),
         })
     }
 
@@ -296,16 +313,37 @@ impl PolicySource {
     /// Reloads and logs the outcome (the one place reload results reach the operator).
     pub fn reload_and_report(&self) {
         match self.reload() {
-            Ok(Some(generation)) => tracing::info!(generation, "policy update applied"),
+            Ok(Some(generation)) => {
+                self.set_last_error(None);
+                tracing::info!(generation, "policy update applied")
+            }
             Ok(None) => {}
             Err(e) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.set_last_error(Some(&e));
                 tracing::error!(
                     "policy update rejected, generation {} keeps enforcing: {e}",
                     self.current().generation
                 )
             }
         }
+    }
+
+    fn set_last_error(&self, e: Option<&LoadError>) {
+        let value = e.map(|e| ReloadError {
+            time: crate::flow::rfc3339(std::time::SystemTime::now()),
+            kept_generation: self.current().generation,
+            error: e.to_string(),
+        });
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = value;
+    }
+
+    /// The last rejected update since the last applied one.
+    pub fn last_error(&self) -> Option<ReloadError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Policy updates rejected since start (invalid files, or the datapath refused them).

@@ -132,6 +132,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         stop.cancel();
     });
+    // Admin socket for the operator CLI (admin/).
+    let proxy_cgroup = match (&args.redirect, &args.proxy_cgroup) {
+        (RedirectMode::Ebpf, Some(p)) => Some(p.clone()),
+        (RedirectMode::Ebpf, None) => own_cgroup().ok(),
+        _ => None,
+    };
+    let admin =
+        crate::admin::LiveDaemon::new(&args, policy.clone(), flows.clone(), mesh, proxy_cgroup);
+    // Without its admin socket the daemon still enforces: say so loudly, do not stop.
+    if let Err(e) = crate::admin::start(&args, admin, shutdown.clone()) {
+        tracing::error!(
+            "{e:#}; `tollgate status` and the other operator commands cannot reach this daemon"
+        );
+    }
     serve(listener, proxy.clone(), shutdown, close_connections.clone()).await;
     drain(&proxy, dns.as_ref(), close_connections).await;
     Ok(())

@@ -10,6 +10,7 @@
 
 mod cgroup;
 pub mod error;
+pub mod inspect;
 pub mod lookup;
 pub mod maps;
 pub mod model;

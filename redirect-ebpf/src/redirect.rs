@@ -92,10 +92,10 @@ pub struct EndpointInfo {
 /// The ipcache's value with its key data (the LPM key's prefix length is carried separately by aya).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-struct IpcacheData {
-    family: u8,
-    pad: [u8; 3],
-    ip: [u32; 4],
+pub(crate) struct IpcacheData {
+    pub(crate) family: u8,
+    pub(crate) pad: [u8; 3],
+    pub(crate) ip: [u32; 4],
 }
 // SAFETY: plain integers, no implicit padding (1 + 3 + 16 bytes).
 unsafe impl aya::Pod for IpcacheData {}
@@ -183,7 +183,7 @@ fn missing_program(name: &str) -> RedirectError {
     ))
 }
 
-fn boottime_ns() -> u64 {
+pub(crate) fn boottime_ns() -> u64 {
     // SAFETY: an all-zero timespec is valid; clock_gettime fills it.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: see above.
