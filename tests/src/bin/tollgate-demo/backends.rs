@@ -86,7 +86,8 @@ impl Backends {
             resolver,
             &resolver.ip.to_string(),
             &records,
-            &[],
+            // dnsmasq's default TTL for its own records is 0, which would expire the toFQDNs grant at once.
+            &["--local-ttl=300".to_string()],
             RECORDS[0],
         )?;
         println!(
