@@ -57,6 +57,8 @@ const RELAY_ID: &str = "spiffe://cluster.local/ns/kube-system/sa/tollgate-relay"
 const OBSERVER_PORT: u16 = 4245;
 /// The relay listens on node A's loopback.
 const RELAY: &str = "127.0.0.1:4345";
+/// The relay's web UI (`--ui-listen`).
+const RELAY_UI: &str = "127.0.0.1:4346";
 
 struct Cluster {
     // Drop order: the relay first, then the nodes.
@@ -120,7 +122,7 @@ impl Cluster {
         nodes.b.start_proxy_with(&args_b).unwrap();
         let relay_log = nodes.a.dir.path().join("relay.log");
         let mut cmd = nodes.a.node.command(tollgate_bin());
-        cmd.args(["relay", "--listen", RELAY])
+        cmd.args(["relay", "--listen", RELAY, "--ui-listen", RELAY_UI])
             .args(["--peer", &format!("a={}:{OBSERVER_PORT}", nodes.addr_a)])
             .args(["--peer", &format!("b={}:{OBSERVER_PORT}", nodes.addr_b)])
             .arg("--peer-tls-svid-dir")
@@ -187,6 +189,40 @@ impl Cluster {
             .join()
             .unwrap()
         })
+    }
+
+    /// The relay UI's flow table (`/api/flows`) as (node, url, verdict) of its HTTP request rows.
+    fn ui_requests(&self) -> Vec<(String, String, String)> {
+        let body = self.in_a(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(RELAY_UI).expect("the relay's web UI");
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(s, "GET /api/flows HTTP/1.1\r\nHost: {RELAY_UI}\r\nConnection: close\r\n\r\n").unwrap();
+            let mut raw = String::new();
+            s.read_to_string(&mut raw).unwrap();
+            raw
+        });
+        let (head, json) = body.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "relay UI answered {head}");
+        let v: serde_json::Value = serde_json::from_str(json).expect("/api/flows is JSON");
+        let mut rows: Vec<(String, String, String)> = v["flows"]
+            .as_array()
+            .expect("flows")
+            .iter()
+            .filter(|r| r["kind"] == "request")
+            .map(|r| {
+                let url = r["http_url"].as_str().unwrap_or("");
+                let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+                let path = after_scheme.find('/').map_or("", |i| &after_scheme[i..]);
+                (
+                    r["node"].as_str().unwrap_or("").to_string(),
+                    path.to_string(),
+                    r["verdict"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
     }
 
     async fn client() -> ObserverClient<tonic::transport::Channel> {
@@ -372,6 +408,22 @@ fn relay_merges_both_nodes_and_survives_a_node_crash() {
     }
     c.wait("six request flows through the relay", |c| {
         requests(&flows(&c.get_flows(GetFlowsRequest::default()))).len() >= 6
+    });
+
+    // The relay's web UI shows both nodes' requests with their verdicts (one page for the cluster).
+    let want_ui: Vec<(String, String, String)> = {
+        let mut w: Vec<_> = plan
+            .iter()
+            .map(|(n, p, code)| {
+                let v = if *code == 200 { "FORWARDED" } else { "DROPPED" };
+                (n.to_string(), p.to_string(), v.to_string())
+            })
+            .collect();
+        w.sort();
+        w
+    };
+    c.wait("the relay UI's flow table shows both nodes' requests", |c| {
+        c.ui_requests() == want_ui
     });
 
     // Everything, merged in time order, from both nodes, with the verdicts each node decided.

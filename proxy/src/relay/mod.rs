@@ -10,9 +10,11 @@ pub mod merge;
 pub mod peers;
 pub mod service;
 pub mod tls;
+pub mod ui_feed;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -77,6 +79,10 @@ pub struct RelayArgs {
     /// Reconnect delays double from 0.2 s up to this (each drawn in [half, full]).
     #[arg(long, default_value_t = 10.0)]
     pub retry_max_secs: f64,
+    /// Serve the web UI over every node's flows on this address (as `tollgate run --ui-listen` does for one
+    /// node). Off by default; read-only but shows every flow: keep it on loopback or behind a proxy.
+    #[arg(long, env = "TOLLGATE_RELAY_UI_LISTEN")]
+    pub ui_listen: Option<SocketAddr>,
 }
 
 fn secs(s: f64, min: f64) -> Duration {
@@ -149,13 +155,13 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         sources,
         shutdown.clone(),
     ));
-    let svc = RelayService::new(
+    let svc = Arc::new(RelayService::new(
         pool.clone(),
         MergeConfig {
             buffer_len: args.sort_buffer_len_max,
             max_wait: Duration::from_millis(args.sort_buffer_drain_timeout_ms),
         },
-    );
+    ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -176,13 +182,18 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             )
         })
         .transpose()?;
+    if let Some(addr) = args.ui_listen {
+        ui_feed::start(addr, svc.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("relay: web UI on {addr} (--ui-listen)"))?;
+    }
     tokio::spawn(stop_on_signal(shutdown.clone()));
     tracing::info!(listen = %args.listen, tls = own_tls.is_some(), peer_tls = peer_tls.is_some(), "tollgate relay ready");
     let router = tonic::transport::Server::builder()
         .add_service(crate::hubble::health::health_server::HealthServer::new(
             crate::observer::HealthService,
         ))
-        .add_service(ObserverServer::new(svc));
+        .add_service(ObserverServer::from_arc(svc));
     let served = match &own_tls {
         Some(id) => {
             let incoming =
