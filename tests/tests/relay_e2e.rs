@@ -197,7 +197,11 @@ impl Cluster {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(RELAY_UI).expect("the relay's web UI");
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            write!(s, "GET /api/flows HTTP/1.1\r\nHost: {RELAY_UI}\r\nConnection: close\r\n\r\n").unwrap();
+            write!(
+                s,
+                "GET /api/flows HTTP/1.1\r\nHost: {RELAY_UI}\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
             let mut raw = String::new();
             s.read_to_string(&mut raw).unwrap();
             raw
@@ -422,9 +426,10 @@ fn relay_merges_both_nodes_and_survives_a_node_crash() {
         w.sort();
         w
     };
-    c.wait("the relay UI's flow table shows both nodes' requests", |c| {
-        c.ui_requests() == want_ui
-    });
+    c.wait(
+        "the relay UI's flow table shows both nodes' requests",
+        |c| c.ui_requests() == want_ui,
+    );
 
     // Everything, merged in time order, from both nodes, with the verdicts each node decided.
     let all = c.get_flows(GetFlowsRequest::default());
