@@ -25,6 +25,7 @@ use anyhow::{Context, Result, bail};
 
 pub mod browser;
 pub mod dns;
+pub mod grpc;
 pub mod kafka;
 pub mod mesh;
 pub mod scenario;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -401,67 +401,6 @@ fn http_ledger_cases_with_nat_redirect_and_so_original_dst() {
     replay_http_ledger("--http1.1", Redirect::NatRedirect);
 }
 
-const GRPC_PROTO: &str = r#"syntax = "proto3";
-package media;
-service Library {
-  rpc FetchAlbum (Album) returns (Album);
-  rpc BrowseAlbum (Album) returns (Album);
-  rpc RemoveAlbum (Album) returns (Album);
-  rpc UploadTracks (stream Album) returns (Album);
-}
-message Album { string id = 1; }
-"#;
-
-const GRPC_SERVER: &str = r#"
-import sys, grpc
-from concurrent import futures
-sys.path.insert(0, sys.argv[1])
-import media_pb2, media_pb2_grpc
-class Library(media_pb2_grpc.LibraryServicer):
-    def FetchAlbum(self, req, ctx): return media_pb2.Album(id="fetched " + req.id)
-    def BrowseAlbum(self, req, ctx): return media_pb2.Album(id="browsed " + req.id)
-    def RemoveAlbum(self, req, ctx): return media_pb2.Album(id="removed " + req.id)
-    def UploadTracks(self, reqs, ctx): return media_pb2.Album(id="uploaded %d" % sum(1 for _ in reqs))
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-media_pb2_grpc.add_LibraryServicer_to_server(Library(), server)
-server.add_insecure_port(sys.argv[2])
-server.start()
-server.wait_for_termination()
-"#;
-
-/// Prints `OK <reply>` or `ERR <status code number> <details>`.
-const GRPC_CLIENT: &str = r#"
-import sys, grpc
-sys.path.insert(0, sys.argv[1])
-import media_pb2, media_pb2_grpc
-ch = grpc.insecure_channel(sys.argv[2])
-stub = media_pb2_grpc.LibraryStub(ch)
-try:
-    r = getattr(stub, sys.argv[3])(media_pb2.Album(id="a1"), timeout=5)
-    print("OK", r.id)
-except grpc.RpcError as e:
-    print("ERR", e.code().value[0], e.details())
-"#;
-
-/// A client-streaming call sending `argv[3]` messages `argv[4]` seconds apart. Prints
-/// `OK <reply> <seconds>` or `ERR <status code number> <seconds> <details>`.
-const GRPC_TRICKLE_CLIENT: &str = r#"
-import sys, time, grpc
-sys.path.insert(0, sys.argv[1])
-import media_pb2, media_pb2_grpc
-stub = media_pb2_grpc.LibraryStub(grpc.insecure_channel(sys.argv[2]))
-def tracks():
-    for _ in range(int(sys.argv[3])):
-        yield media_pb2.Album(id="t")
-        time.sleep(float(sys.argv[4]))
-t0 = time.monotonic()
-try:
-    r = stub.UploadTracks(tracks(), timeout=30)
-    print("OK", r.id.replace(" ", "_"), round(time.monotonic() - t0, 2))
-except grpc.RpcError as e:
-    print("ERR", e.code().value[0], round(time.monotonic() - t0, 2), e.details())
-"#;
-
 fn python_with_grpc() -> PathBuf {
     let py = require_tool("python3");
     let ok = Command::new(&py)
@@ -476,26 +415,6 @@ fn python_with_grpc() -> PathBuf {
     py
 }
 
-fn generate_grpc(dir: &Path, py: &Path) {
-    fs::write(dir.join("media.proto"), GRPC_PROTO).unwrap();
-    fs::write(dir.join("server.py"), GRPC_SERVER).unwrap();
-    fs::write(dir.join("client.py"), GRPC_CLIENT).unwrap();
-    fs::write(dir.join("trickle.py"), GRPC_TRICKLE_CLIENT).unwrap();
-    let out = Command::new(py)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(dir)
-        .arg(format!("--python_out={}", dir.display()))
-        .arg(format!("--grpc_python_out={}", dir.display()))
-        .arg(dir.join("media.proto"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "grpc_tools.protoc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn grpc_library_cases_with_real_grpc() {
     let py = python_with_grpc();
@@ -503,7 +422,7 @@ fn grpc_library_cases_with_real_grpc() {
     let mut cluster = Cluster::new("grpc", &case_file);
     let endpoints = case_file.endpoints();
     let gdir = TempDir::new("grpcgen").unwrap();
-    generate_grpc(gdir.path(), &py);
+    tollgate_e2e::grpc::write_library_service(gdir.path(), &py).unwrap();
     let mut servers = Vec::new();
     let mut nginxes = Vec::new();
     for case in case_file.cases() {
@@ -637,7 +556,7 @@ fn grpc_body_trickled_below_the_minimum_rate_gets_deadline_exceeded() {
     ];
     let mut cluster = Cluster::with_args("gtrickle", &case_file, Redirect::Tproxy, &limits);
     let gdir = TempDir::new("grpcgen").unwrap();
-    generate_grpc(gdir.path(), &py);
+    tollgate_e2e::grpc::write_library_service(gdir.path(), &py).unwrap();
     let library = cluster.pod("media/library");
     let addr = SocketAddr::new(library.ip, 50051);
     let mut server = library.command(&py);

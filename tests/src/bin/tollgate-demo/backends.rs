@@ -4,11 +4,12 @@
 //! topics created. Everything is started before the proxy, so set-up traffic never crosses the redirect.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use tollgate_e2e::dns::start_dnsmasq;
+use tollgate_e2e::grpc::write_library_service;
 use tollgate_e2e::kafka::start_tansu;
 use tollgate_e2e::scenario::EbpfScenario;
 use tollgate_e2e::{ChildGuard, Nginx, Pod, TempDir, require_tool};
@@ -25,46 +26,6 @@ const RECORDS: &[(&str, &str)] = &[
     ("telemetry.example.net", "203.0.113.40"),
     ("tracker.example.org", "192.0.2.77"),
 ];
-
-const GRPC_PROTO: &str = r#"syntax = "proto3";
-package media;
-service Library {
-  rpc FetchAlbum (Album) returns (Album);
-  rpc BrowseAlbum (Album) returns (Album);
-  rpc RemoveAlbum (Album) returns (Album);
-}
-message Album { string id = 1; }
-"#;
-
-const GRPC_SERVER: &str = r#"
-import sys, grpc
-from concurrent import futures
-sys.path.insert(0, sys.argv[1])
-import media_pb2, media_pb2_grpc
-class Library(media_pb2_grpc.LibraryServicer):
-    def FetchAlbum(self, req, ctx): return media_pb2.Album(id="fetched " + req.id)
-    def BrowseAlbum(self, req, ctx): return media_pb2.Album(id="browsed " + req.id)
-    def RemoveAlbum(self, req, ctx): return media_pb2.Album(id="removed " + req.id)
-server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-media_pb2_grpc.add_LibraryServicer_to_server(Library(), server)
-server.add_insecure_port(sys.argv[2])
-server.start()
-server.wait_for_termination()
-"#;
-
-/// Prints `OK <reply>` or `ERR <status code number> <details>`.
-pub const GRPC_CLIENT: &str = r#"
-import sys, grpc
-sys.path.insert(0, sys.argv[1])
-import media_pb2, media_pb2_grpc
-ch = grpc.insecure_channel(sys.argv[2])
-stub = media_pb2_grpc.LibraryStub(ch)
-try:
-    r = getattr(stub, sys.argv[3])(media_pb2.Album(id="a1"), timeout=5)
-    print("OK", r.id)
-except grpc.RpcError as e:
-    print("ERR", e.code().value[0], e.details())
-"#;
 
 /// The running servers; dropped (killed by PID, namespaces deleted) before the scenario itself.
 pub struct Backends {
@@ -123,21 +84,7 @@ fn python() -> PathBuf {
 /// Generates the stubs with grpc_tools.protoc and starts the server; returns once it listens.
 fn start_grpc(pod: &Pod) -> Result<(TempDir, ChildGuard)> {
     let dir = TempDir::new("demo-grpc")?;
-    dir.write("media.proto", GRPC_PROTO)?;
-    dir.write("server.py", GRPC_SERVER)?;
-    dir.write("client.py", GRPC_CLIENT)?;
-    let out = Command::new(python())
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(dir.path())
-        .arg(format!("--python_out={}", dir.path().display()))
-        .arg(format!("--grpc_python_out={}", dir.path().display()))
-        .arg(dir.path().join("media.proto"))
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "grpc_tools.protoc failed (python3 needs grpcio and grpcio-tools: run `sudo ./dev setup`): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_library_service(dir.path(), &python())?;
     let mut server = ChildGuard::spawn(
         pod.command(python())
             .arg(dir.path().join("server.py"))
