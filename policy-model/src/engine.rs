@@ -484,29 +484,33 @@ impl PolicyEngine {
     /// version and client id (rules may differ per topic); a request without topics needs one matching rule.
     pub fn kafka(&self, flow: &Flow, req: &KafkaRequest) -> RequestVerdict {
         self.request(flow, L7Kind::Kafka, |list| {
-            let rules: Vec<(RuleRef, &KafkaRule)> = list
+            // Borrowed, not cloned: a port with many rules names (clones) only the one that decides.
+            let rules: Vec<_> = list
                 .iter()
                 .filter_map(|(rule, pr)| match &pr.l7 {
-                    Some(CompiledL7::Kafka(k)) => Some(k.iter().enumerate().map(|(i, k)| {
-                        let mut r = rule.rule.clone();
-                        r.l7_index = Some(i);
-                        (r, k)
-                    })),
+                    Some(CompiledL7::Kafka(k)) => {
+                        Some(k.iter().enumerate().map(move |(i, k)| (*rule, i, k)))
+                    }
                     _ => None,
                 })
                 .flatten()
-                .filter(|(_, k)| k.matches_header(req.api_key, req.api_version, req.client_id))
+                .filter(|(_, _, k)| k.matches_header(req.api_key, req.api_version, req.client_id))
                 .collect();
-            let mut first = None;
-            if req.topics.is_empty() {
-                first = rules.first().map(|(r, _)| r.clone());
+            let first = if req.topics.is_empty() {
+                rules.first()
             } else {
+                let mut first = None;
                 for t in req.topics {
-                    let hit = rules.iter().find(|(_, k)| k.allows_topic(t))?;
-                    first.get_or_insert_with(|| hit.0.clone());
+                    let hit = rules.iter().find(|(_, _, k)| k.allows_topic(t))?;
+                    first.get_or_insert(hit);
                 }
-            }
-            first.map(|r| (r, Vec::new()))
+                first
+            };
+            first.map(|(rule, i, _)| {
+                let mut r = rule.rule.clone();
+                r.l7_index = Some(*i);
+                (r, Vec::new())
+            })
         })
     }
 

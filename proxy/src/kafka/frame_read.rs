@@ -94,18 +94,37 @@ impl FrameRead<'_> {
     }
 }
 
+/// The request side of one connection: its read half and the rules every frame is read under, for all its frames.
+pub(super) struct FrameReader<'a, R> {
+    r: R,
+    rules: FrameRules<'a>,
+}
+
+impl<'a, R: AsyncRead + Unpin> FrameReader<'a, R> {
+    pub(super) fn new(r: R, rules: FrameRules<'a>) -> Self {
+        FrameReader { r, rules }
+    }
+
+    /// The next request frame; `Ok(None)` on a clean close between frames.
+    pub(super) async fn next(&mut self) -> Result<Option<Frame>, ConnError> {
+        read_request(&mut self.r, &self.rules).await
+    }
+}
+
 /// Reads one length-prefixed request frame. `Ok(None)` on a clean close between frames. A frame larger than
 /// `HEAD_BYTES` is read that far, its header decided (`head_allowed`), and only then read to its end.
 pub(super) async fn read_request<R: AsyncRead + Unpin>(
     r: &mut R,
     rules: &FrameRules<'_>,
 ) -> Result<Option<Frame>, ConnError> {
-    let mut first = [0u8; 1];
-    match r.read(&mut first).await {
+    // Up to the whole length prefix in the first read, on the stack: an idle connection holds no budget, and a
+    // frame costs one read for its prefix rather than one per byte-count step.
+    let mut first = [0u8; 4];
+    let got = match r.read(&mut first).await {
         Ok(0) => return Ok(None),
-        Ok(_) => {}
+        Ok(n) => n,
         Err(e) => return Err(ConnError::Truncated(e, "client")),
-    }
+    };
     let mut f = FrameRead {
         rules,
         size: 0,
@@ -115,7 +134,7 @@ pub(super) async fn read_request<R: AsyncRead + Unpin>(
         held: Held::default(),
     };
     f.grow(4, Part::Head).await?;
-    f.buf.extend_from_slice(&first);
+    f.buf.extend_from_slice(&first[..got]);
     f.fill(r, 4, Part::Head).await?;
     let prefix: [u8; 4] = f.buf[..4].try_into().expect("4 bytes");
     f.size = request::frame_len(prefix, rules.limit)?;

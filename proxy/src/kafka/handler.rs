@@ -9,27 +9,26 @@
 //! which are filtered to the topics the client may see.
 //!
 //! Garbage, oversized frames, unknown API keys or versions close this connection with a flow record naming the
-//! reason; other connections are not affected.
+//! reason; other connections are not affected. Every record is built by `record.rs` from a typed outcome.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::conn_error::{ConnError, head_denied};
-use super::frame_read::{Frame, FrameRules, SMALL_RESPONSE, read_request, read_response_body};
+use super::frame_read::{Frame, FrameReader, FrameRules, SMALL_RESPONSE, read_response_body};
 use super::policy::{self, KafkaDecision};
+use super::record::{Outcome, RecordEnds, RequestFacts};
 use super::request::{self, KafkaRequest, RequestHead};
 use super::response;
 use crate::activity::{Activity, Tracked};
 use crate::decision::Downstream;
-use crate::flow::{
-    DropReason, FlowEndpoint, FlowRecord, KafkaInfo, L7Info, TrafficDirection, Verdict,
-};
+use crate::flow::DropReason;
 use crate::inputs::{ClientStream, Proxy, endpoints};
 use crate::upstream::Dial;
 
@@ -37,49 +36,26 @@ use crate::upstream::Dial;
 /// default `max.in.flight` is 1,000,000 but it sends far fewer; Java's is 5).
 const MAX_IN_FLIGHT: usize = 1024;
 
+/// Read-ahead on each side: a small request (a 1 KB Produce) or response (its acknowledgement) arrives in one read
+/// rather than a length read and a body read. Larger reads bypass it. Small, as every open connection holds two;
+/// the request side's is outside the frame budget, like the socket's own buffer.
+const READ_AHEAD: usize = 2048;
+
 /// What the client is owed next, in request order.
 #[derive(Debug)]
 enum Owed {
     /// The broker's next response.
     Broker {
-        meta: Meta,
-        /// Set for Metadata: the response is filtered (`true` when the request named topics).
-        metadata_named: Option<bool>,
-        req: Option<Box<KafkaRequest>>,
+        facts: RequestFacts,
+        /// Set for Metadata: the request, whose response is filtered to the topics the client may see.
+        metadata: Option<Box<KafkaRequest>>,
     },
     /// A response the proxy built.
     Local {
-        meta: Meta,
+        facts: RequestFacts,
         frame: Bytes,
         drop: DropReason,
     },
-}
-
-/// What a flow record says about one request.
-#[derive(Debug)]
-struct Meta {
-    info: KafkaInfo,
-    reason: String,
-    direction: Option<TrafficDirection>,
-    start: Instant,
-}
-
-fn kafka_info(req: &KafkaRequest, topics: Vec<String>) -> KafkaInfo {
-    KafkaInfo {
-        api_key: format!("{:?}", req.api_key),
-        api_version: req.api_version,
-        correlation_id: req.correlation_id,
-        client_id: req.client_id.clone(),
-        topics,
-        error_code: 0,
-    }
-}
-
-fn kafka_l7(info: KafkaInfo) -> L7Info {
-    L7Info {
-        kafka: Some(info),
-        ..Default::default()
-    }
 }
 
 /// What every part of one Kafka connection needs: the daemon's inputs, who talks to whom, and where records go.
@@ -87,8 +63,7 @@ struct KafkaConn<'a> {
     proxy: &'a Proxy,
     down: &'a Downstream,
     dst: SocketAddr,
-    src_ep: FlowEndpoint,
-    dst_ep: FlowEndpoint,
+    ends: RecordEnds<'a>,
 }
 
 /// Handles one connection to a port with Kafka rules until either side closes or the daemon shuts down.
@@ -100,25 +75,30 @@ pub async fn serve<S: ClientStream>(
     dial: Dial,
     shutdown: CancellationToken,
 ) {
-    let (src_ep, dst_ep) = endpoints(&proxy, &down, dst);
+    let (src, dst_ep) = endpoints(&proxy, &down, dst);
     let conn = KafkaConn {
         proxy: &proxy,
         down: &down,
         dst,
-        src_ep,
-        dst_ep,
+        ends: RecordEnds {
+            down: &down,
+            src,
+            dst: dst_ep,
+        },
     };
     let upstream = match proxy.upstream.connect(dst, &dial).await {
         Ok(u) => u,
         Err(e) => {
-            conn.record_conn_error(&ConnError::Upstream(e));
+            conn.record_closed(&ConnError::Upstream(e));
             stream.refuse();
             return;
         }
     };
     let activity = Activity::new();
-    let (mut down_r, mut down_w) = tokio::io::split(Tracked::new(stream, activity.clone()));
-    let (mut up_r, mut up_w) = tokio::io::split(upstream);
+    let (down_r, mut down_w) = tokio::io::split(Tracked::new(stream, activity.clone()));
+    let (up_r, mut up_w) = tokio::io::split(upstream);
+    let mut up_r = BufReader::with_capacity(READ_AHEAD, up_r);
+    let down_r = BufReader::with_capacity(READ_AHEAD, down_r);
     let head_allowed = |head: &RequestHead, size: usize| conn.head_allowed(head, size);
     let rules = FrameRules {
         limit: proxy.limits.kafka_max_frame,
@@ -126,12 +106,13 @@ pub async fn serve<S: ClientStream>(
         budget: &proxy.kafka_budget,
         head_allowed: &head_allowed,
     };
+    let mut frames = FrameReader::new(down_r, rules);
     let (tx, rx) = mpsc::channel::<Owed>(MAX_IN_FLIGHT);
     // Set when either half fails: the other stops too and the connection closes.
     let failed = CancellationToken::new();
     let requests = async {
         let result = conn
-            .requests(&mut down_r, &mut up_w, &rules, tx, &failed, &shutdown)
+            .requests(&mut frames, &mut up_w, tx, &failed, &shutdown)
             .await;
         conn.finish(&result, &failed);
     };
@@ -149,47 +130,27 @@ pub async fn serve<S: ClientStream>(
 }
 
 impl KafkaConn<'_> {
-    fn flow(&self, verdict: Verdict, drop: Option<DropReason>) -> FlowRecord {
-        let mut rec = FlowRecord::new(verdict, self.src_ep.clone(), self.dst_ep.clone(), "Kafka");
-        self.down.stamp(&mut rec);
-        rec.drop_reason = drop;
-        rec
-    }
-
     /// The record of one request.
-    fn record(&self, verdict: Verdict, meta: Meta, drop: Option<DropReason>) {
-        let mut rec = self.flow(verdict, drop);
-        rec.traffic_direction = meta.direction;
-        rec.policy = meta.reason;
-        rec.latency_ns = meta.start.elapsed().as_nanos() as u64;
-        rec.l7 = Some(kafka_l7(meta.info));
-        self.proxy.flows.record(rec);
+    fn record(&self, facts: RequestFacts, outcome: Outcome) {
+        self.proxy.flows.record(self.ends.request(facts, outcome));
     }
 
     /// The record of the error that closes the connection; none when a peer simply went away.
-    fn record_conn_error(&self, e: &ConnError) {
+    fn record_closed(&self, e: &ConnError) {
         let (client, dst) = (self.down.addr, self.dst);
-        let Some((verdict, drop)) = e.outcome() else {
-            tracing::debug!(%client, %dst, "Kafka connection ended: {e}");
-            return;
-        };
-        tracing::info!(%client, %dst, "closing Kafka connection: {e}");
-        let mut rec = self.flow(verdict, Some(drop));
-        rec.policy = format!("Kafka connection closed: {e}");
-        if let ConnError::HeadDenied {
-            info, direction, ..
-        } = e
-        {
-            rec.traffic_direction = *direction;
-            rec.l7 = Some(kafka_l7((**info).clone()));
+        match self.ends.closed(e) {
+            Some(rec) => {
+                tracing::info!(%client, %dst, "closing Kafka connection: {e}");
+                self.proxy.flows.record(rec);
+            }
+            None => tracing::debug!(%client, %dst, "Kafka connection ended: {e}"),
         }
-        self.proxy.flows.record(rec);
     }
 
     /// Ends one half: its error is recorded and stops the other half.
     fn finish(&self, result: &Result<(), ConnError>, failed: &CancellationToken) {
         if let Err(e) = result {
-            self.record_conn_error(e);
+            self.record_closed(e);
             failed.cancel();
         }
     }
@@ -219,9 +180,8 @@ impl KafkaConn<'_> {
     /// client is owed next.
     async fn requests<R, W>(
         &self,
-        down_r: &mut R,
+        frames: &mut FrameReader<'_, R>,
         up_w: &mut W,
-        rules: &FrameRules<'_>,
         tx: mpsc::Sender<Owed>,
         failed: &CancellationToken,
         shutdown: &CancellationToken,
@@ -232,13 +192,13 @@ impl KafkaConn<'_> {
     {
         loop {
             let frame = tokio::select! {
-                f = read_request(down_r, rules) => f?,
+                f = frames.next() => f?,
                 _ = failed.cancelled() => return Ok(()),
                 // Draining for a restart: stop taking requests, answer those in flight, close.
                 _ = shutdown.cancelled() => return Ok(()),
             };
             let Some(frame) = frame else { return Ok(()) };
-            let Some(owed) = self.take_frame(frame, up_w).await? else {
+            let Some(owed) = self.request(frame, up_w).await? else {
                 continue;
             };
             if tx.send(owed).await.is_err() {
@@ -249,16 +209,16 @@ impl KafkaConn<'_> {
 
     /// One request frame, decided, then forwarded byte for byte or answered locally. `None` when the client is owed
     /// nothing back (acks=0): the record is then all there is.
-    async fn take_frame<W: AsyncWrite + Unpin>(
+    async fn request<W: AsyncWrite + Unpin>(
         &self,
-        Frame { bytes, budget }: Frame,
+        frame: Frame,
         up_w: &mut W,
     ) -> Result<Option<Owed>, ConnError> {
         let start = Instant::now();
-        let req = request::decode(bytes.slice(4..))?;
-        let snap = self.proxy.policy.current();
+        let req = request::decode(frame.bytes.slice(4..))?;
         let (policy_topics, record_topics, unknown_id) =
             policy::topic_names(&req, &self.proxy.kafka_topics, self.dst);
+        let snap = self.proxy.policy.current();
         let decision = policy::decide(
             &snap,
             self.down,
@@ -268,33 +228,14 @@ impl KafkaConn<'_> {
             unknown_id,
         );
         drop(snap);
-        let expects = response::expects_response(&req);
-        let info = kafka_info(&req, record_topics);
         match decision {
             KafkaDecision::Forward {
                 reason,
                 direction,
                 filter_metadata,
             } => {
-                up_w.write_all(&bytes).await.map_err(ConnError::Upstream)?;
-                drop((bytes, budget));
-                let meta = Meta {
-                    info,
-                    reason,
-                    direction,
-                    start,
-                };
-                if !expects {
-                    self.record(Verdict::Forwarded, meta, None);
-                    return Ok(None);
-                }
-                let metadata_named = filter_metadata.then_some(!req.topics.is_empty());
-                let req = filter_metadata.then(|| Box::new(req));
-                Ok(Some(Owed::Broker {
-                    meta,
-                    metadata_named,
-                    req,
-                }))
+                let facts = RequestFacts::new(&req, record_topics, reason, direction, start);
+                self.forward(frame, req, facts, filter_metadata, up_w).await
             }
             KafkaDecision::Deny {
                 reason,
@@ -302,36 +243,66 @@ impl KafkaConn<'_> {
                 direction,
                 error_code,
             } => {
-                let meta = Meta {
-                    info: KafkaInfo { error_code, ..info },
-                    reason,
-                    direction,
-                    start,
-                };
-                tracing::debug!(client = %self.down.addr, dst = %self.dst, api_key = ?req.api_key,
-                    "Kafka request denied: {}", meta.reason);
-                let answer = response::error_frame(&req, error_code);
-                // The denied frame is done with: its memory and budget go before any wait.
-                drop((req, bytes, budget));
-                let frame = match answer {
-                    Ok(frame) => frame,
-                    Err(e) => {
-                        self.record(Verdict::Dropped, meta, Some(drop_reason));
-                        return Err(e.into());
-                    }
-                };
-                if !expects {
-                    self.record(Verdict::Dropped, meta, Some(drop_reason));
-                    return Ok(None);
-                }
-                // Recorded when written, so the record's latency covers the queue wait.
-                Ok(Some(Owed::Local {
-                    meta,
-                    frame,
-                    drop: drop_reason,
-                }))
+                let mut facts = RequestFacts::new(&req, record_topics, reason, direction, start);
+                facts.info.error_code = error_code;
+                self.refuse(frame, req, facts, drop_reason)
             }
         }
+    }
+
+    /// Sends an allowed frame to the broker as it arrived.
+    async fn forward<W: AsyncWrite + Unpin>(
+        &self,
+        frame: Frame,
+        req: KafkaRequest,
+        facts: RequestFacts,
+        filter_metadata: bool,
+        up_w: &mut W,
+    ) -> Result<Option<Owed>, ConnError> {
+        let Frame { bytes, budget } = frame;
+        up_w.write_all(&bytes).await.map_err(ConnError::Upstream)?;
+        // Sent: the frame's memory and budget go before the wait for its response.
+        drop((bytes, budget));
+        if !response::expects_response(&req) {
+            self.record(facts, Outcome::Forwarded);
+            return Ok(None);
+        }
+        let metadata = filter_metadata.then(|| Box::new(req));
+        Ok(Some(Owed::Broker { facts, metadata }))
+    }
+
+    /// Builds the local error response of a denied frame; the frame never reaches the broker.
+    fn refuse(
+        &self,
+        frame: Frame,
+        req: KafkaRequest,
+        facts: RequestFacts,
+        drop_reason: DropReason,
+    ) -> Result<Option<Owed>, ConnError> {
+        tracing::debug!(client = %self.down.addr, dst = %self.dst, api_key = ?req.api_key,
+            "Kafka request denied: {}", facts.reason);
+        let answer = response::error_frame(&req, facts.info.error_code);
+        let expects = response::expects_response(&req);
+        // The denied frame is done with: its memory and budget go before any wait.
+        let Frame { bytes, budget } = frame;
+        drop((req, bytes, budget));
+        let frame = match answer {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.record(facts, Outcome::Refused(drop_reason));
+                return Err(e.into());
+            }
+        };
+        if !expects {
+            self.record(facts, Outcome::Refused(drop_reason));
+            return Ok(None);
+        }
+        // Recorded when written, so the record's latency covers the queue wait.
+        Ok(Some(Owed::Local {
+            facts,
+            frame,
+            drop: drop_reason,
+        }))
     }
 
     /// The response half: walks what the client is owed, in request order.
@@ -347,59 +318,71 @@ impl KafkaConn<'_> {
     {
         while let Some(owed) = rx.recv().await {
             match owed {
-                Owed::Local { meta, frame, drop } => {
+                Owed::Local { facts, frame, drop } => {
                     down_w
                         .write_all(&frame)
                         .await
                         .map_err(|e| ConnError::Truncated(e, "client"))?;
-                    self.record(Verdict::Dropped, meta, Some(drop));
+                    self.record(facts, Outcome::Refused(drop));
                 }
-                Owed::Broker {
-                    mut meta,
-                    metadata_named,
-                    req,
-                } => {
-                    let limit = self.proxy.limits.kafka_max_response;
-                    let (head, size) =
-                        read_response_head(up_r, meta.info.correlation_id, limit).await?;
-                    let refused = match (metadata_named, req) {
-                        (Some(named), Some(req)) => {
-                            let response = (head, size, named);
-                            self.relay_metadata(up_r, down_w, response, &req, &mut meta)
-                                .await?
-                        }
-                        _ => {
-                            relay_response(up_r, down_w, &head, size).await?;
-                            false
-                        }
-                    };
-                    if refused {
-                        // A Metadata request naming a topic the client may not use: the client sees 29.
-                        self.record(Verdict::Dropped, meta, Some(DropReason::PolicyDenied));
-                    } else {
-                        self.record(Verdict::Forwarded, meta, None);
-                    }
+                Owed::Broker { facts, metadata } => {
+                    self.response(up_r, down_w, facts, metadata.as_deref())
+                        .await?;
                 }
             }
         }
         Ok(())
     }
 
-    /// A Metadata response (`head`, `size`, whether the request named topics), filtered to the topics the client
-    /// may see; the topic ids it carries are learned for this broker. `true` when the request named a topic the
-    /// client may not use.
-    async fn relay_metadata<R, W>(
+    /// The broker's response to one forwarded request, relayed (Metadata: filtered) and recorded.
+    async fn response<R, W>(
         &self,
         up_r: &mut R,
         down_w: &mut W,
-        (head, size, named): ([u8; 8], usize, bool),
+        mut facts: RequestFacts,
+        metadata: Option<&KafkaRequest>,
+    ) -> Result<(), ConnError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let limit = self.proxy.limits.kafka_max_response;
+        let (head, size) = read_response_head(up_r, facts.info.correlation_id, limit).await?;
+        let refused = match metadata {
+            Some(req) => {
+                self.metadata(up_r, down_w, (head, size), req, &mut facts)
+                    .await?
+            }
+            None => {
+                relay_response(up_r, down_w, &head, size).await?;
+                false
+            }
+        };
+        let outcome = if refused {
+            // A Metadata request naming a topic the client may not use: the client sees 29.
+            Outcome::Refused(DropReason::PolicyDenied)
+        } else {
+            Outcome::Forwarded
+        };
+        self.record(facts, outcome);
+        Ok(())
+    }
+
+    /// A Metadata response (`head`, `size`), filtered to the topics the client may see; the topic ids it carries
+    /// are learned for this broker. `true` when the request named a topic the client may not use.
+    async fn metadata<R, W>(
+        &self,
+        up_r: &mut R,
+        down_w: &mut W,
+        (head, size): ([u8; 8], usize),
         req: &KafkaRequest,
-        meta: &mut Meta,
+        facts: &mut RequestFacts,
     ) -> Result<bool, ConnError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let named = !req.topics.is_empty();
         let body = read_response_body(up_r, &head[4..], size).await?;
         let snap = self.proxy.policy.current();
         let (filtered, report) = response::filter_metadata(&body, req.api_version, named, |t| {
@@ -414,10 +397,10 @@ impl KafkaConn<'_> {
             } else {
                 "hidden from this client"
             };
-            meta.reason = format!("{}; {what}: {}", meta.reason, report.denied.join(", "));
+            facts.reason = format!("{}; {what}: {}", facts.reason, report.denied.join(", "));
         }
         if refused {
-            meta.info.error_code = response::code::TOPIC_AUTHORIZATION_FAILED;
+            facts.info.error_code = response::code::TOPIC_AUTHORIZATION_FAILED;
         }
         match filtered {
             Some(f) => down_w.write_all(&f).await,

@@ -9,12 +9,14 @@
 //! - `frame_read`: reading one request frame under those rules (deadline, budget, header decided first).
 //! - `conn_error`: why a connection closes, and the verdict its record carries.
 //! - `handler`: the connection loop that carries decisions out, keeping responses in request order.
+//! - `record`: the flow record of each request and of an error that closes a connection, from a typed outcome.
 
 pub mod budget;
 mod conn_error;
 mod frame_read;
 pub mod handler;
 pub mod policy;
+mod record;
 pub mod topic_ids;
 
 pub use tollgate_kafka_codec::{request, response};

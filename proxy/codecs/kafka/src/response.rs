@@ -72,16 +72,21 @@ macro_rules! top_level {
 /// TOPIC_AUTHORIZATION_FAILED for a policy denial, 100 UNKNOWN_TOPIC_ID for an unseen topic id), the API's
 /// closest authorization error where it has no per-topic field.
 pub fn error_body(req: &KafkaRequest, topic_code: i16) -> Result<ResponseKind, ResponseError> {
-    const BY_SHAPE: [fn(&KafkaRequest, i16) -> Option<ResponseKind>; 9] = [
-        errors_produce_to_metadata,
-        errors_offset_commit_to_offset_fetch,
-        errors_create_topics_to_incremental_alter_configs,
-        errors_create_partitions_to_offset_for_leader_epoch,
-        errors_txn_offset_commit_to_alter_replica_log_dirs,
-        errors_write_txn_markers_to_create_acls,
-        errors_delete_acls_to_share_group_heartbeat,
-        errors_share_fetch_to_elect_leaders,
-        errors_alter_partition_reassignments_to_update_raft_voter,
+    // One helper per response shape; each knows its keys and returns `None` for the rest.
+    const BY_SHAPE: [fn(&KafkaRequest, i16) -> Option<ResponseKind>; 13] = [
+        partition_errors_produce_fetch,
+        partition_errors_offsets,
+        partition_errors_admin,
+        partition_errors_replicas,
+        partition_errors_txn,
+        offset_fetch_errors,
+        topic_errors,
+        resource_errors,
+        group_list_errors,
+        cluster_list_errors,
+        cluster_partition_errors,
+        top_level_group_txn_errors,
+        top_level_cluster_errors,
     ];
     BY_SHAPE
         .iter()
@@ -98,8 +103,8 @@ fn resource_code(resource_type: i8, topic_code: i16) -> i16 {
     }
 }
 
-/// The local error responses of `Produce` through `Metadata` (in `error_body`'s order), or `None` for others.
-fn errors_produce_to_metadata(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
+/// Produce and Fetch: every partition named carries `topic_code`. `None` for other keys.
+fn partition_errors_produce_fetch(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
     Some(match &req.body {
         RequestKind::Produce(r) => ResponseKind::Produce(
             ProduceResponse::default().with_responses(
@@ -150,6 +155,13 @@ fn errors_produce_to_metadata(req: &KafkaRequest, topic_code: i16) -> Option<Res
                         .collect(),
                 ),
         ),
+        _ => return None,
+    })
+}
+
+/// ListOffsets, OffsetCommit and DeleteRecords: every partition named carries `topic_code`. `None` for other keys.
+fn partition_errors_offsets(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
+    Some(match &req.body {
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(
             ListOffsetsResponse::default().with_topics(
                 r.topics
@@ -171,31 +183,6 @@ fn errors_produce_to_metadata(req: &KafkaRequest, topic_code: i16) -> Option<Res
                     .collect(),
             ),
         ),
-        RequestKind::Metadata(r) => ResponseKind::Metadata(
-            MetadataResponse::default().with_topics(
-                r.topics
-                    .iter()
-                    .flatten()
-                    .map(|t| {
-                        metadata_response::MetadataResponseTopic::default()
-                            .with_error_code(topic_code)
-                            .with_name(t.name.clone())
-                            .with_topic_id(t.topic_id)
-                    })
-                    .collect(),
-            ),
-        ),
-        _ => return None,
-    })
-}
-
-/// The local error responses of `OffsetCommit` through `OffsetFetch` (in `error_body`'s order), or `None` for others.
-fn errors_offset_commit_to_offset_fetch(
-    req: &KafkaRequest,
-    topic_code: i16,
-) -> Option<ResponseKind> {
-    use code::{GROUP_AUTHORIZATION_FAILED, NONE};
-    Some(match &req.body {
         RequestKind::OffsetCommit(r) => ResponseKind::OffsetCommit(
             OffsetCommitResponse::default().with_topics(
                 r.topics
@@ -218,6 +205,199 @@ fn errors_offset_commit_to_offset_fetch(
                     .collect(),
             ),
         ),
+        RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(
+            DeleteRecordsResponse::default().with_topics(
+                r.topics
+                    .iter()
+                    .map(|t| {
+                        delete_records_response::DeleteRecordsTopicResult::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        delete_records_response::DeleteRecordsPartitionResult::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_low_watermark(-1)
+                                            .with_error_code(topic_code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        _ => return None,
+    })
+}
+
+/// OffsetDelete and DescribeProducers: every partition named carries `topic_code`. `None` for other keys.
+fn partition_errors_admin(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
+    Some(match &req.body {
+        RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(
+            OffsetDeleteResponse::default().with_topics(
+                r.topics
+                    .iter()
+                    .map(|t| {
+                        offset_delete_response::OffsetDeleteResponseTopic::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        offset_delete_response::OffsetDeleteResponsePartition::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_error_code(topic_code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        RequestKind::DescribeProducers(r) => ResponseKind::DescribeProducers(
+            DescribeProducersResponse::default().with_topics(
+                r.topics
+                    .iter()
+                    .map(|t| {
+                        describe_producers_response::TopicResponse::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partition_indexes
+                                    .iter()
+                                    .map(|&i| {
+                                        describe_producers_response::PartitionResponse::default()
+                                            .with_partition_index(i)
+                                            .with_error_code(topic_code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        _ => return None,
+    })
+}
+
+/// OffsetForLeaderEpoch and AlterReplicaLogDirs: every partition named carries `topic_code`. `None` for other keys.
+fn partition_errors_replicas(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
+    Some(match &req.body {
+        RequestKind::OffsetForLeaderEpoch(r) => ResponseKind::OffsetForLeaderEpoch(
+            OffsetForLeaderEpochResponse::default().with_topics(
+                r.topics
+                    .iter()
+                    .map(|t| {
+                        offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+                            .with_topic(t.topic.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        offset_for_leader_epoch_response::EpochEndOffset::default()
+                                            .with_partition(p.partition)
+                                            .with_error_code(topic_code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        RequestKind::AlterReplicaLogDirs(r) => ResponseKind::AlterReplicaLogDirs(
+            AlterReplicaLogDirsResponse::default().with_results(
+                r.dirs
+                    .iter()
+                    .flat_map(|d| d.topics.iter())
+                    .map(|t| {
+                        alter_replica_log_dirs_response::AlterReplicaLogDirTopicResult::default()
+                            .with_topic_name(t.name.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|&i| {
+                                        alter_replica_log_dirs_response::AlterReplicaLogDirPartitionResult::default()
+                                            .with_partition_index(i)
+                                            .with_error_code(topic_code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        _ => return None,
+    })
+}
+
+/// TxnOffsetCommit and AddPartitionsToTxn: every partition named carries `topic_code`. `None` for other keys.
+fn partition_errors_txn(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
+    Some(match &req.body {
+        RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
+            TxnOffsetCommitResponse::default().with_topics(
+                r.topics
+                    .iter()
+                    .map(|t| {
+                        txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
+                            .with_name(t.name.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
+                                            .with_partition_index(p.partition_index)
+                                            .with_error_code(topic_code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        RequestKind::AddPartitionsToTxn(r) => {
+            let topic_results = |topics: &[add_partitions_to_txn_request::AddPartitionsToTxnTopic]| {
+                topics
+                    .iter()
+                    .map(|t| {
+                        add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default()
+                            .with_name(t.name.clone())
+                            .with_results_by_partition(
+                                t.partitions
+                                    .iter()
+                                    .map(|&i| {
+                                        add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default()
+                                            .with_partition_index(i)
+                                            .with_partition_error_code(topic_code)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect::<Vec<_>>()
+            };
+            ResponseKind::AddPartitionsToTxn(
+                AddPartitionsToTxnResponse::default()
+                    .with_results_by_topic_v3_and_below(topic_results(&r.v3_and_below_topics))
+                    .with_results_by_transaction(
+                        r.transactions
+                            .iter()
+                            .map(|t| {
+                                add_partitions_to_txn_response::AddPartitionsToTxnResult::default()
+                                    .with_transactional_id(t.transactional_id.clone())
+                                    .with_topic_results(topic_results(&t.topics))
+                            })
+                            .collect(),
+                    ),
+            )
+        }
+        _ => return None,
+    })
+}
+
+/// OffsetFetch: per partition before v8, per group (each with its partitions) from v8; a group naming no topic
+/// gets GROUP_AUTHORIZATION_FAILED. `None` for other keys.
+fn offset_fetch_errors(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
+    use code::{GROUP_AUTHORIZATION_FAILED, NONE};
+    Some(match &req.body {
         RequestKind::OffsetFetch(r) if req.api_version < 8 => {
             let topics: Vec<_> = r
                 .topics
@@ -290,12 +470,24 @@ fn errors_offset_commit_to_offset_fetch(
     })
 }
 
-/// The local error responses of `CreateTopics` through `IncrementalAlterConfigs` (in `error_body`'s order), or `None` for others.
-fn errors_create_topics_to_incremental_alter_configs(
-    req: &KafkaRequest,
-    topic_code: i16,
-) -> Option<ResponseKind> {
+/// Metadata, CreateTopics, DeleteTopics, CreatePartitions and DescribeTopicPartitions: one result per topic,
+/// carrying `topic_code`. `None` for other keys.
+fn topic_errors(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
     Some(match &req.body {
+        RequestKind::Metadata(r) => ResponseKind::Metadata(
+            MetadataResponse::default().with_topics(
+                r.topics
+                    .iter()
+                    .flatten()
+                    .map(|t| {
+                        metadata_response::MetadataResponseTopic::default()
+                            .with_error_code(topic_code)
+                            .with_name(t.name.clone())
+                            .with_topic_id(t.topic_id)
+                    })
+                    .collect(),
+            ),
+        ),
         RequestKind::CreateTopics(r) => ResponseKind::CreateTopics(
             CreateTopicsResponse::default().with_topics(
                 r.topics
@@ -326,28 +518,37 @@ fn errors_create_topics_to_incremental_alter_configs(
                     .collect(),
             ),
         ),
-        RequestKind::DeleteRecords(r) => ResponseKind::DeleteRecords(
-            DeleteRecordsResponse::default().with_topics(
+        RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(
+            CreatePartitionsResponse::default().with_results(
                 r.topics
                     .iter()
                     .map(|t| {
-                        delete_records_response::DeleteRecordsTopicResult::default()
+                        create_partitions_response::CreatePartitionsTopicResult::default()
                             .with_name(t.name.clone())
-                            .with_partitions(
-                                t.partitions
-                                    .iter()
-                                    .map(|p| {
-                                        delete_records_response::DeleteRecordsPartitionResult::default()
-                                            .with_partition_index(p.partition_index)
-                                            .with_low_watermark(-1)
-                                            .with_error_code(topic_code)
-                                    })
-                                    .collect(),
-                            )
+                            .with_error_code(topic_code)
                     })
                     .collect(),
             ),
         ),
+        RequestKind::DescribeTopicPartitions(r) => ResponseKind::DescribeTopicPartitions(
+            DescribeTopicPartitionsResponse::default().with_topics(
+                r.topics
+                    .iter()
+                    .map(|t| {
+                        describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic::default()
+                            .with_name(Some(t.name.clone()))
+                            .with_error_code(topic_code)
+                    })
+                    .collect(),
+            ),
+        ),
+        _ => return None,
+    })
+}
+
+/// DescribeConfigs, AlterConfigs and IncrementalAlterConfigs: one result per config resource (`resource_code`). `None` for other keys.
+fn resource_errors(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
+    Some(match &req.body {
         RequestKind::DescribeConfigs(r) => ResponseKind::DescribeConfigs(
             DescribeConfigsResponse::default().with_results(
                 r.resources
@@ -391,228 +592,11 @@ fn errors_create_topics_to_incremental_alter_configs(
     })
 }
 
-/// The local error responses of `CreatePartitions` through `OffsetForLeaderEpoch` (in `error_body`'s order), or `None` for others.
-fn errors_create_partitions_to_offset_for_leader_epoch(
-    req: &KafkaRequest,
-    topic_code: i16,
-) -> Option<ResponseKind> {
+/// DescribeGroups, DeleteGroups, ConsumerGroupDescribe, ShareGroupDescribe and FindCoordinator: one result per
+/// group (or coordinator key). `None` for other keys.
+fn group_list_errors(req: &KafkaRequest, _topic_code: i16) -> Option<ResponseKind> {
+    use code::{GROUP_AUTHORIZATION_FAILED, TRANSACTIONAL_ID_AUTHORIZATION_FAILED};
     Some(match &req.body {
-        RequestKind::CreatePartitions(r) => ResponseKind::CreatePartitions(
-            CreatePartitionsResponse::default().with_results(
-                r.topics
-                    .iter()
-                    .map(|t| {
-                        create_partitions_response::CreatePartitionsTopicResult::default()
-                            .with_name(t.name.clone())
-                            .with_error_code(topic_code)
-                    })
-                    .collect(),
-            ),
-        ),
-        RequestKind::OffsetDelete(r) => ResponseKind::OffsetDelete(
-            OffsetDeleteResponse::default().with_topics(
-                r.topics
-                    .iter()
-                    .map(|t| {
-                        offset_delete_response::OffsetDeleteResponseTopic::default()
-                            .with_name(t.name.clone())
-                            .with_partitions(
-                                t.partitions
-                                    .iter()
-                                    .map(|p| {
-                                        offset_delete_response::OffsetDeleteResponsePartition::default()
-                                            .with_partition_index(p.partition_index)
-                                            .with_error_code(topic_code)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            ),
-        ),
-        RequestKind::DescribeProducers(r) => ResponseKind::DescribeProducers(
-            DescribeProducersResponse::default().with_topics(
-                r.topics
-                    .iter()
-                    .map(|t| {
-                        describe_producers_response::TopicResponse::default()
-                            .with_name(t.name.clone())
-                            .with_partitions(
-                                t.partition_indexes
-                                    .iter()
-                                    .map(|&i| {
-                                        describe_producers_response::PartitionResponse::default()
-                                            .with_partition_index(i)
-                                            .with_error_code(topic_code)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            ),
-        ),
-        RequestKind::OffsetForLeaderEpoch(r) => ResponseKind::OffsetForLeaderEpoch(
-            OffsetForLeaderEpochResponse::default().with_topics(
-                r.topics
-                    .iter()
-                    .map(|t| {
-                        offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
-                            .with_topic(t.topic.clone())
-                            .with_partitions(
-                                t.partitions
-                                    .iter()
-                                    .map(|p| {
-                                        offset_for_leader_epoch_response::EpochEndOffset::default()
-                                            .with_partition(p.partition)
-                                            .with_error_code(topic_code)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            ),
-        ),
-        _ => return None,
-    })
-}
-
-/// The local error responses of `TxnOffsetCommit` through `AlterReplicaLogDirs` (in `error_body`'s order), or `None` for others.
-fn errors_txn_offset_commit_to_alter_replica_log_dirs(
-    req: &KafkaRequest,
-    topic_code: i16,
-) -> Option<ResponseKind> {
-    Some(match &req.body {
-        RequestKind::TxnOffsetCommit(r) => ResponseKind::TxnOffsetCommit(
-            TxnOffsetCommitResponse::default().with_topics(
-                r.topics
-                    .iter()
-                    .map(|t| {
-                        txn_offset_commit_response::TxnOffsetCommitResponseTopic::default()
-                            .with_name(t.name.clone())
-                            .with_partitions(
-                                t.partitions
-                                    .iter()
-                                    .map(|p| {
-                                        txn_offset_commit_response::TxnOffsetCommitResponsePartition::default()
-                                            .with_partition_index(p.partition_index)
-                                            .with_error_code(topic_code)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            ),
-        ),
-        RequestKind::AddPartitionsToTxn(r) => {
-            let topic_results = |topics: &[add_partitions_to_txn_request::AddPartitionsToTxnTopic]| {
-                topics
-                    .iter()
-                    .map(|t| {
-                        add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default()
-                            .with_name(t.name.clone())
-                            .with_results_by_partition(
-                                t.partitions
-                                    .iter()
-                                    .map(|&i| {
-                                        add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default()
-                                            .with_partition_index(i)
-                                            .with_partition_error_code(topic_code)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect::<Vec<_>>()
-            };
-            ResponseKind::AddPartitionsToTxn(
-                AddPartitionsToTxnResponse::default()
-                    .with_results_by_topic_v3_and_below(topic_results(&r.v3_and_below_topics))
-                    .with_results_by_transaction(
-                        r.transactions
-                            .iter()
-                            .map(|t| {
-                                add_partitions_to_txn_response::AddPartitionsToTxnResult::default()
-                                    .with_transactional_id(t.transactional_id.clone())
-                                    .with_topic_results(topic_results(&t.topics))
-                            })
-                            .collect(),
-                    ),
-            )
-        }
-        RequestKind::DescribeTopicPartitions(r) => ResponseKind::DescribeTopicPartitions(
-            DescribeTopicPartitionsResponse::default().with_topics(
-                r.topics
-                    .iter()
-                    .map(|t| {
-                        describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic::default()
-                            .with_name(Some(t.name.clone()))
-                            .with_error_code(topic_code)
-                    })
-                    .collect(),
-            ),
-        ),
-        RequestKind::AlterReplicaLogDirs(r) => ResponseKind::AlterReplicaLogDirs(
-            AlterReplicaLogDirsResponse::default().with_results(
-                r.dirs
-                    .iter()
-                    .flat_map(|d| d.topics.iter())
-                    .map(|t| {
-                        alter_replica_log_dirs_response::AlterReplicaLogDirTopicResult::default()
-                            .with_topic_name(t.name.clone())
-                            .with_partitions(
-                                t.partitions
-                                    .iter()
-                                    .map(|&i| {
-                                        alter_replica_log_dirs_response::AlterReplicaLogDirPartitionResult::default()
-                                            .with_partition_index(i)
-                                            .with_error_code(topic_code)
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            ),
-        ),
-        _ => return None,
-    })
-}
-
-/// The local error responses of `WriteTxnMarkers` through `CreateAcls` (in `error_body`'s order), or `None` for others.
-fn errors_write_txn_markers_to_create_acls(
-    req: &KafkaRequest,
-    _topic_code: i16,
-) -> Option<ResponseKind> {
-    use code::{CLUSTER_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED};
-    Some(match &req.body {
-        RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(
-            WriteTxnMarkersResponse::default().with_markers(
-                r.markers
-                    .iter()
-                    .map(|m| {
-                        write_txn_markers_response::WritableTxnMarkerResult::default()
-                            .with_producer_id(m.producer_id)
-                            .with_topics(
-                                m.topics
-                                    .iter()
-                                    .map(|t| {
-                                        write_txn_markers_response::WritableTxnMarkerTopicResult::default()
-                                            .with_name(t.name.clone())
-                                            .with_partitions(
-                                                t.partition_indexes
-                                                    .iter()
-                                                    .map(|&i| {
-                                                        write_txn_markers_response::WritableTxnMarkerPartitionResult::default()
-                                                            .with_partition_index(i)
-                                                            .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
-                                                    })
-                                                    .collect(),
-                                            )
-                                    })
-                                    .collect(),
-                            )
-                    })
-                    .collect(),
-            ),
-        ),
         RequestKind::DescribeGroups(r) => ResponseKind::DescribeGroups(
             DescribeGroupsResponse::default().with_groups(
                 r.groups
@@ -661,6 +645,41 @@ fn errors_write_txn_markers_to_create_acls(
                     .collect(),
             ),
         ),
+        RequestKind::FindCoordinator(r) => {
+            // Key type 1 is a transactional id; 0 (and share groups) a GROUP_AUTHORIZATION_FAILED.
+            let c = if r.key_type == 1 {
+                TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+            } else {
+                GROUP_AUTHORIZATION_FAILED
+            };
+            let mut resp = FindCoordinatorResponse::default();
+            if req.api_version < 4 {
+                resp.error_code = c;
+                resp.node_id = (-1).into();
+                resp.port = -1;
+            }
+            resp.coordinators = r
+                .coordinator_keys
+                .iter()
+                .map(|k| {
+                    find_coordinator_response::Coordinator::default()
+                        .with_key(k.clone())
+                        .with_node_id((-1).into())
+                        .with_port(-1)
+                        .with_error_code(c)
+                })
+                .collect();
+            ResponseKind::FindCoordinator(resp)
+        }
+        _ => return None,
+    })
+}
+
+/// CreateAcls, DeleteAcls, AlterClientQuotas, AlterUserScramCredentials and DescribeTransactions: one result per
+/// item, carrying the cluster's (or the transactional id's) code. `None` for other keys.
+fn cluster_list_errors(req: &KafkaRequest, _topic_code: i16) -> Option<ResponseKind> {
+    use code::{CLUSTER_AUTHORIZATION_FAILED, TRANSACTIONAL_ID_AUTHORIZATION_FAILED};
+    Some(match &req.body {
         RequestKind::CreateAcls(r) => ResponseKind::CreateAcls(
             CreateAclsResponse::default().with_results(
                 r.creations
@@ -671,20 +690,6 @@ fn errors_write_txn_markers_to_create_acls(
                     .collect(),
             ),
         ),
-        _ => return None,
-    })
-}
-
-/// The local error responses of `DeleteAcls` through `ShareGroupHeartbeat` (in `error_body`'s order), or `None` for others.
-fn errors_delete_acls_to_share_group_heartbeat(
-    req: &KafkaRequest,
-    _topic_code: i16,
-) -> Option<ResponseKind> {
-    use code::{
-        CLUSTER_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED,
-        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-    };
-    Some(match &req.body {
         RequestKind::DeleteAcls(r) => ResponseKind::DeleteAcls(
             DeleteAclsResponse::default().with_filter_results(
                 r.filters
@@ -743,6 +748,85 @@ fn errors_delete_acls_to_share_group_heartbeat(
                     .collect(),
             ),
         ),
+        _ => return None,
+    })
+}
+
+/// WriteTxnMarkers and ElectLeaders: per-partition results of cluster operations. `None` for other keys.
+fn cluster_partition_errors(req: &KafkaRequest, topic_code: i16) -> Option<ResponseKind> {
+    use code::{CLUSTER_AUTHORIZATION_FAILED, NONE};
+    Some(match &req.body {
+        RequestKind::WriteTxnMarkers(r) => ResponseKind::WriteTxnMarkers(
+            WriteTxnMarkersResponse::default().with_markers(
+                r.markers
+                    .iter()
+                    .map(|m| {
+                        write_txn_markers_response::WritableTxnMarkerResult::default()
+                            .with_producer_id(m.producer_id)
+                            .with_topics(
+                                m.topics
+                                    .iter()
+                                    .map(|t| {
+                                        write_txn_markers_response::WritableTxnMarkerTopicResult::default()
+                                            .with_name(t.name.clone())
+                                            .with_partitions(
+                                                t.partition_indexes
+                                                    .iter()
+                                                    .map(|&i| {
+                                                        write_txn_markers_response::WritableTxnMarkerPartitionResult::default()
+                                                            .with_partition_index(i)
+                                                            .with_error_code(CLUSTER_AUTHORIZATION_FAILED)
+                                                    })
+                                                    .collect(),
+                                            )
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
+        RequestKind::ElectLeaders(r) => ResponseKind::ElectLeaders(
+            ElectLeadersResponse::default()
+                .with_error_code(if req.api_version >= 1 {
+                    CLUSTER_AUTHORIZATION_FAILED
+                } else {
+                    NONE
+                })
+                .with_replica_election_results(
+                    r.topic_partitions
+                        .iter()
+                        .flatten()
+                        .map(|t| {
+                            elect_leaders_response::ReplicaElectionResult::default()
+                                .with_topic(t.topic.clone())
+                                .with_partition_result(
+                                    t.partitions
+                                        .iter()
+                                        .map(|&p| {
+                                            elect_leaders_response::PartitionResult::default()
+                                                .with_partition_id(p)
+                                                .with_error_code(topic_code)
+                                        })
+                                        .collect(),
+                                )
+                        })
+                        .collect(),
+                ),
+        ),
+        _ => return None,
+    })
+}
+
+/// APIs answered with one top-level code: group and share-group calls, transactions, SASL and delegation
+/// tokens. `None` for other keys.
+fn top_level_group_txn_errors(req: &KafkaRequest, _topic_code: i16) -> Option<ResponseKind> {
+    use code::{
+        CLUSTER_AUTHORIZATION_FAILED, DELEGATION_TOKEN_AUTHORIZATION_FAILED,
+        GROUP_AUTHORIZATION_FAILED, SASL_AUTHENTICATION_FAILED,
+        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    };
+    Some(match &req.body {
         RequestKind::InitProducerId(r) => {
             // Idempotent producers need the CLUSTER_AUTHORIZATION_FAILED's IDEMPOTENT_WRITE; transactional ones their transactional id.
             let c = if r.transactional_id.is_some() {
@@ -752,49 +836,16 @@ fn errors_delete_acls_to_share_group_heartbeat(
             };
             top_level!(InitProducerId, c)
         }
-        RequestKind::FindCoordinator(r) => {
-            // Key type 1 is a transactional id; 0 (and share groups) a GROUP_AUTHORIZATION_FAILED.
-            let c = if r.key_type == 1 { TRANSACTIONAL_ID_AUTHORIZATION_FAILED } else { GROUP_AUTHORIZATION_FAILED };
-            let mut resp = FindCoordinatorResponse::default();
-            if req.api_version < 4 {
-                resp.error_code = c;
-                resp.node_id = (-1).into();
-                resp.port = -1;
-            }
-            resp.coordinators = r
-                .coordinator_keys
-                .iter()
-                .map(|k| {
-                    find_coordinator_response::Coordinator::default()
-                        .with_key(k.clone())
-                        .with_node_id((-1).into())
-                        .with_port(-1)
-                        .with_error_code(c)
-                })
-                .collect();
-            ResponseKind::FindCoordinator(resp)
-        }
         RequestKind::JoinGroup(_) => top_level!(JoinGroup, GROUP_AUTHORIZATION_FAILED),
         RequestKind::Heartbeat(_) => top_level!(Heartbeat, GROUP_AUTHORIZATION_FAILED),
         RequestKind::LeaveGroup(_) => top_level!(LeaveGroup, GROUP_AUTHORIZATION_FAILED),
         RequestKind::SyncGroup(_) => top_level!(SyncGroup, GROUP_AUTHORIZATION_FAILED),
-        RequestKind::ConsumerGroupHeartbeat(_) => top_level!(ConsumerGroupHeartbeat, GROUP_AUTHORIZATION_FAILED),
-        RequestKind::ShareGroupHeartbeat(_) => top_level!(ShareGroupHeartbeat, GROUP_AUTHORIZATION_FAILED),
-        _ => return None,
-    })
-}
-
-/// The local error responses of `ShareFetch` through `ElectLeaders` (in `error_body`'s order), or `None` for others.
-fn errors_share_fetch_to_elect_leaders(
-    req: &KafkaRequest,
-    topic_code: i16,
-) -> Option<ResponseKind> {
-    use code::{
-        CLUSTER_AUTHORIZATION_FAILED, DELEGATION_TOKEN_AUTHORIZATION_FAILED,
-        GROUP_AUTHORIZATION_FAILED, NONE, SASL_AUTHENTICATION_FAILED,
-        TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-    };
-    Some(match &req.body {
+        RequestKind::ConsumerGroupHeartbeat(_) => {
+            top_level!(ConsumerGroupHeartbeat, GROUP_AUTHORIZATION_FAILED)
+        }
+        RequestKind::ShareGroupHeartbeat(_) => {
+            top_level!(ShareGroupHeartbeat, GROUP_AUTHORIZATION_FAILED)
+        }
         RequestKind::ShareFetch(_) => top_level!(ShareFetch, GROUP_AUTHORIZATION_FAILED),
         RequestKind::ShareAcknowledge(_) => {
             top_level!(ShareAcknowledge, GROUP_AUTHORIZATION_FAILED)
@@ -828,51 +879,21 @@ fn errors_share_fetch_to_elect_leaders(
                 DELEGATION_TOKEN_AUTHORIZATION_FAILED
             )
         }
+        _ => return None,
+    })
+}
+
+/// APIs answered with one top-level CLUSTER_AUTHORIZATION_FAILED: cluster administration and broker-to-broker
+/// calls. `None` for other keys.
+fn top_level_cluster_errors(req: &KafkaRequest, _topic_code: i16) -> Option<ResponseKind> {
+    use code::CLUSTER_AUTHORIZATION_FAILED;
+    Some(match &req.body {
         RequestKind::ApiVersions(_) => top_level!(ApiVersions, CLUSTER_AUTHORIZATION_FAILED),
         RequestKind::ListGroups(_) => top_level!(ListGroups, CLUSTER_AUTHORIZATION_FAILED),
         RequestKind::DescribeAcls(_) => top_level!(DescribeAcls, CLUSTER_AUTHORIZATION_FAILED),
         RequestKind::DescribeLogDirs(_) => {
             top_level!(DescribeLogDirs, CLUSTER_AUTHORIZATION_FAILED)
         }
-        RequestKind::ElectLeaders(r) => ResponseKind::ElectLeaders(
-            ElectLeadersResponse::default()
-                .with_error_code(if req.api_version >= 1 {
-                    CLUSTER_AUTHORIZATION_FAILED
-                } else {
-                    NONE
-                })
-                .with_replica_election_results(
-                    r.topic_partitions
-                        .iter()
-                        .flatten()
-                        .map(|t| {
-                            elect_leaders_response::ReplicaElectionResult::default()
-                                .with_topic(t.topic.clone())
-                                .with_partition_result(
-                                    t.partitions
-                                        .iter()
-                                        .map(|&p| {
-                                            elect_leaders_response::PartitionResult::default()
-                                                .with_partition_id(p)
-                                                .with_error_code(topic_code)
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                ),
-        ),
-        _ => return None,
-    })
-}
-
-/// The local error responses of `AlterPartitionReassignments` through `UpdateRaftVoter` (in `error_body`'s order), or `None` for others.
-fn errors_alter_partition_reassignments_to_update_raft_voter(
-    req: &KafkaRequest,
-    _topic_code: i16,
-) -> Option<ResponseKind> {
-    use code::CLUSTER_AUTHORIZATION_FAILED;
-    Some(match &req.body {
         RequestKind::AlterPartitionReassignments(_) => {
             top_level!(AlterPartitionReassignments, CLUSTER_AUTHORIZATION_FAILED)
         }
