@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind};
-use kafka_protocol::protocol::Decodable;
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use thiserror::Error;
 
 /// The default largest request frame: 8 times what clients send by default (the Java producer's `max.request.size`
@@ -204,9 +204,10 @@ type TopicsOf = fn(&RequestKind) -> Option<Vec<TopicRef>>;
 /// Every topic the request names; empty for keys that carry none (ApiVersions, JoinGroup, ...). A Metadata
 /// request for all topics (`topics: null`) names none: the response is what a policy would filter.
 pub fn topics_of(body: &RequestKind) -> Vec<TopicRef> {
-    const BY_KEY: [TopicsOf; 3] = [
-        topics_produce_to_alter_configs,
-        topics_incremental_alter_configs_to_write_txn_markers,
+    const BY_KEY: [TopicsOf; 4] = [
+        topics_produce_to_delete_records,
+        topics_of_config_resources,
+        topics_create_partitions_to_write_txn_markers,
         topics_consumer_group_heartbeat_to_share_group_heartbeat,
     ];
     // Keys none of them knows carry no topic.
@@ -219,8 +220,8 @@ pub fn topics_of(body: &RequestKind) -> Vec<TopicRef> {
     t
 }
 
-/// The topics of `Produce` through `AlterConfigs` (in `topics_of`'s order), or `None` for other keys.
-fn topics_produce_to_alter_configs(body: &RequestKind) -> Option<Vec<TopicRef>> {
+/// The topics of `Produce` through `DeleteRecords` (in `topics_of`'s order), or `None` for other keys.
+fn topics_produce_to_delete_records(body: &RequestKind) -> Option<Vec<TopicRef>> {
     Some(match body {
         RequestKind::Produce(r) => r
             .topic_data
@@ -287,33 +288,36 @@ fn topics_produce_to_alter_configs(body: &RequestKind) -> Option<Vec<TopicRef>> 
             .iter()
             .map(|d| TopicRef::Name(d.name.0.to_string()))
             .collect(),
-        RequestKind::DescribeConfigs(r) => r
-            .resources
-            .iter()
-            .filter(|d| d.resource_type == RESOURCE_TOPIC)
-            .map(|d| TopicRef::Name(d.resource_name.to_string()))
-            .collect(),
-        RequestKind::AlterConfigs(r) => r
-            .resources
-            .iter()
-            .filter(|d| d.resource_type == RESOURCE_TOPIC)
-            .map(|d| TopicRef::Name(d.resource_name.to_string()))
-            .collect(),
         _ => return None,
     })
 }
 
-/// The topics of `IncrementalAlterConfigs` through `WriteTxnMarkers` (in `topics_of`'s order), or `None` for other keys.
-fn topics_incremental_alter_configs_to_write_txn_markers(
+/// The topics of the config APIs: the resources of type TOPIC, or `None` for other keys.
+fn topics_of_config_resources(body: &RequestKind) -> Option<Vec<TopicRef>> {
+    let of = |r: &mut dyn Iterator<Item = (i8, &StrBytes)>| {
+        r.filter(|(kind, _)| *kind == RESOURCE_TOPIC)
+            .map(|(_, name)| TopicRef::Name(name.to_string()))
+            .collect()
+    };
+    Some(match body {
+        RequestKind::DescribeConfigs(r) => {
+            of(&mut r.resources.iter().map(|d| (d.resource_type, &d.resource_name)))
+        }
+        RequestKind::AlterConfigs(r) => {
+            of(&mut r.resources.iter().map(|d| (d.resource_type, &d.resource_name)))
+        }
+        RequestKind::IncrementalAlterConfigs(r) => {
+            of(&mut r.resources.iter().map(|d| (d.resource_type, &d.resource_name)))
+        }
+        _ => return None,
+    })
+}
+
+/// The topics of `CreatePartitions` through `WriteTxnMarkers` (in `topics_of`'s order), or `None` for other keys.
+fn topics_create_partitions_to_write_txn_markers(
     body: &RequestKind,
 ) -> Option<Vec<TopicRef>> {
     Some(match body {
-        RequestKind::IncrementalAlterConfigs(r) => r
-            .resources
-            .iter()
-            .filter(|d| d.resource_type == RESOURCE_TOPIC)
-            .map(|d| TopicRef::Name(d.resource_name.to_string()))
-            .collect(),
         RequestKind::CreatePartitions(r) => r
             .topics
             .iter()
