@@ -32,6 +32,16 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The result a Python client printed last (one JSON line); fails naming `what` and all it printed.
+fn result_line(out: &str, what: &str) -> Value {
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("{what} printed no result: {out}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
+}
+
 /// A path printed by a Python one-liner; fails loudly when the package is missing.
 fn python_path(code: &str, what: &str) -> PathBuf {
     let o = std::process::Command::new(require_tool("python3"))
@@ -226,12 +236,7 @@ print(json.dumps(results))
         .output()
         .expect("python producer");
     let out = text(&o);
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("producer printed no result: {out}"));
-    let r: Value = serde_json::from_str(line).unwrap();
+    let r = result_line(&out, "producer");
     assert_eq!(r["ok"], 5, "events messages delivered: {out}");
     assert_eq!(
         r["errors"],
@@ -281,12 +286,7 @@ print(json.dumps({"got": got, "errors": errors}))
         .output()
         .expect("python consumer");
     let out = text(&o);
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("consumer printed no result: {out}"));
-    let r: Value = serde_json::from_str(line).unwrap();
+    let r = result_line(&out, "consumer");
     let got: Vec<&str> = r["got"]
         .as_array()
         .unwrap()
@@ -432,12 +432,7 @@ print(json.dumps(done))
     std::io::Read::read_to_string(load.child_mut().stdout.as_mut().unwrap(), &mut out)
         .expect("producer output");
     let _ = load.child_mut().wait();
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("the load producer printed no result: {out}"));
-    let r: Value = serde_json::from_str(line).unwrap();
+    let r = result_line(&out, "the load producer");
     assert_eq!(r["ok"], RECORDS, "every allowed record acknowledged: {out}");
     assert_eq!(r["errors"], serde_json::json!([]), "{out}");
     let refused = |f: &Value| {
@@ -486,12 +481,7 @@ print(json.dumps({{"seen": len(seen), "bad": bad[:10], "errors": errors[:10]}}))
         .output()
         .expect("python consumer");
     let out = text(&o);
-    let line = out
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or_else(|| panic!("the consumer printed no result: {out}"));
-    let r: Value = serde_json::from_str(line).unwrap();
+    let r = result_line(&out, "the consumer");
     assert_eq!(
         r["bad"],
         serde_json::json!([]),

@@ -300,23 +300,24 @@ fn topics_of_config_resources(body: &RequestKind) -> Option<Vec<TopicRef>> {
             .collect()
     };
     Some(match body {
-        RequestKind::DescribeConfigs(r) => {
-            of(&mut r.resources.iter().map(|d| (d.resource_type, &d.resource_name)))
-        }
-        RequestKind::AlterConfigs(r) => {
-            of(&mut r.resources.iter().map(|d| (d.resource_type, &d.resource_name)))
-        }
-        RequestKind::IncrementalAlterConfigs(r) => {
-            of(&mut r.resources.iter().map(|d| (d.resource_type, &d.resource_name)))
-        }
+        RequestKind::DescribeConfigs(r) => of(&mut r
+            .resources
+            .iter()
+            .map(|d| (d.resource_type, &d.resource_name))),
+        RequestKind::AlterConfigs(r) => of(&mut r
+            .resources
+            .iter()
+            .map(|d| (d.resource_type, &d.resource_name))),
+        RequestKind::IncrementalAlterConfigs(r) => of(&mut r
+            .resources
+            .iter()
+            .map(|d| (d.resource_type, &d.resource_name))),
         _ => return None,
     })
 }
 
 /// The topics of `CreatePartitions` through `WriteTxnMarkers` (in `topics_of`'s order), or `None` for other keys.
-fn topics_create_partitions_to_write_txn_markers(
-    body: &RequestKind,
-) -> Option<Vec<TopicRef>> {
+fn topics_create_partitions_to_write_txn_markers(body: &RequestKind) -> Option<Vec<TopicRef>> {
     Some(match body {
         RequestKind::CreatePartitions(r) => r
             .topics
