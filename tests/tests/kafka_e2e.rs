@@ -460,10 +460,8 @@ seen, bad, errors = set(), [], []
 deadline = time.time() + 60
 while len(seen) < {RECORDS} and time.time() < deadline:
     m = c.poll(1.0)
-    if m is None:
-        continue
-    if m.error():
-        errors.append(m.error().name())
+    if m is None or m.error():
+        errors += [m.error().name()] if m is not None else []
         continue
     i = int(m.key()[1:])
     if m.value() != value(i):
