@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::learn::{LearnPlan, Learner};
 use super::message::{self, Query, Rcode, ResponseInfo};
-use super::metrics::METRICS;
+use super::metrics::DnsMetrics;
 use super::record::{self, Outcome};
 use super::{DenyResponse, DnsOptions};
 use crate::flow::FlowLog;
@@ -62,6 +62,8 @@ pub struct DnsServer {
     pub tcp_connections: Arc<Semaphore>,
     /// Idle upstream UDP sockets per resolver, reused one query at a time.
     pub sockets: SocketPool,
+    /// This proxy's counters and hold histogram (rendered by the admin server).
+    pub metrics: Arc<DnsMetrics>,
 }
 
 /// Connected upstream UDP sockets kept for reuse: creating, marking, binding and registering a socket per query
@@ -140,7 +142,7 @@ impl DnsServer {
             let started = Instant::now();
             let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
                 // Overload: answer SERVFAIL now rather than queue without bound.
-                METRICS.overload();
+                self.metrics.overload();
                 if let Ok(q) = message::parse_query(&msg) {
                     let reply = message::answer_from_query(&msg, &q, Rcode::ServFail);
                     let _ = socket.send_to(&reply, client).await;
@@ -190,7 +192,7 @@ impl DnsServer {
 
     /// Over the TCP connection limit: closed with RST (a clean close would read as an empty answer) and recorded.
     fn refuse_tcp(&self, stream: TcpStream, client: SocketAddr) {
-        METRICS.overload();
+        self.metrics.overload();
         let resolver = self.origin.tcp(&stream).map(|o| o.resolver);
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         drop(stream);
@@ -220,7 +222,7 @@ impl DnsServer {
             }
             let started = Instant::now();
             let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-                METRICS.overload();
+                self.metrics.overload();
                 return;
             };
             let reply = self
@@ -253,7 +255,7 @@ impl DnsServer {
         let query = match message::parse_query(msg) {
             Ok(q) => q,
             Err(bad) => {
-                METRICS.malformed();
+                self.metrics.malformed();
                 let reply = bad.reply(msg);
                 self.flows.record(record::malformed(
                     &snap,
@@ -268,7 +270,7 @@ impl DnsServer {
         };
         let Some(Origin { resolver }) = origin else {
             // Not redirected by the datapath (no map record): there is no resolver to forward to.
-            METRICS.servfail();
+            self.metrics.servfail();
             self.flows
                 .record(record::no_origin(&snap, client, &query, started));
             return Some(message::answer_from_query(msg, &query, Rcode::ServFail));
@@ -288,7 +290,7 @@ impl DnsServer {
             },
         );
         if verdict.decision == Decision::Deny {
-            METRICS.denied();
+            self.metrics.denied();
             let rcode = match self.opts.deny_response {
                 DenyResponse::Refused => Rcode::Refused,
                 DenyResponse::Nxdomain => Rcode::NxDomain,
@@ -307,7 +309,7 @@ impl DnsServer {
             ));
             return Some(reply);
         }
-        METRICS.allowed();
+        self.metrics.allowed();
         let forwarded = match transport {
             Transport::Udp => self.forward_udp(resolver, msg, &query).await,
             Transport::Tcp => self.forward_tcp(resolver, msg, &query).await,
@@ -319,7 +321,7 @@ impl DnsServer {
         let (mut resp, info) = match answered {
             Ok(x) => x,
             Err(why) => {
-                METRICS.servfail();
+                self.metrics.servfail();
                 self.flows.record(record::dns_flow(
                     &snap,
                     client,
@@ -364,7 +366,7 @@ impl DnsServer {
         let learned = self
             .learner
             .apply(client.ip(), source.0, &plan, SystemTime::now());
-        METRICS.hold(hold.elapsed());
+        self.metrics.hold(hold.elapsed());
         learned.map_err(|e| {
             tracing::warn!(%name, "FQDN learning failed, answering SERVFAIL: {e}");
             format!("FQDN learning failed: {e}")
@@ -649,6 +651,7 @@ spec:
             inflight: Arc::new(Semaphore::new(inflight)),
             tcp_connections: Arc::new(Semaphore::new(tcp)),
             sockets: SocketPool::default(),
+            metrics: Arc::default(),
         });
         let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let tcp = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
