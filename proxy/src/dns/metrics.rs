@@ -106,3 +106,30 @@ impl DnsMetrics {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each DNS proxy counts for itself (two in one process, e.g. tests, do not mix), and renders its outcomes
+    /// and hold histogram.
+    #[test]
+    fn instances_count_separately_and_render() {
+        let (a, b) = (DnsMetrics::new(), DnsMetrics::new());
+        a.allowed();
+        a.allowed();
+        a.hold(Duration::from_micros(20));
+        b.denied();
+        let mut out = String::new();
+        a.render(&mut out);
+        assert!(out.contains("tollgate_dns_queries_total{outcome=\"allowed\"} 2\n"));
+        assert!(out.contains("tollgate_dns_queries_total{outcome=\"denied\"} 0\n"));
+        assert!(out.contains("tollgate_dns_fqdn_hold_seconds_bucket{le=\"0.000025\"} 1\n"));
+        assert!(out.contains("tollgate_dns_fqdn_hold_seconds_bucket{le=\"0.00001\"} 0\n"));
+        assert!(out.contains("tollgate_dns_fqdn_hold_seconds_count 1"));
+        let mut other = String::new();
+        b.render(&mut other);
+        assert!(other.contains("tollgate_dns_queries_total{outcome=\"denied\"} 1\n"));
+        assert!(other.contains("tollgate_dns_queries_total{outcome=\"allowed\"} 0\n"));
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use policy_model::{Decision, DnsQuery, Protocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use super::message::{self, Query, Rcode, ResponseInfo};
 use super::metrics::DnsMetrics;
 use super::record::{self, Outcome};
 use super::{DenyResponse, DnsOptions};
-use crate::flow::FlowLog;
+use crate::flow::{FlowLog, FlowRecord};
 use crate::policy_source::PolicySource;
 
 /// Largest DNS message (TCP length prefix limit; also the UDP receive buffer).
@@ -109,6 +109,22 @@ impl std::fmt::Debug for DnsServer {
     }
 }
 
+/// A handled query: the answer to send (`None`: drop) and its flow record, built after the answer is sent so the
+/// client does not wait for it (every query still gets its record).
+struct Handled {
+    reply: Option<Vec<u8>>,
+    record: Box<dyn FnOnce() -> FlowRecord + Send>,
+}
+
+impl Handled {
+    fn new(reply: Option<Vec<u8>>, record: impl FnOnce() -> FlowRecord + Send + 'static) -> Self {
+        Handled {
+            reply,
+            record: Box::new(record),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
     Udp,
@@ -126,8 +142,13 @@ impl DnsServer {
             }
         };
         let mut buf = vec![0u8; MAX_MESSAGE];
+        // One wait for the stop for the whole loop (a fresh one per datagram registers and removes a waiter each time).
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             let (n, client) = tokio::select! {
+                biased;
+                _ = &mut stopped => break,
                 r = socket.recv_from(&mut buf) => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -136,7 +157,6 @@ impl DnsServer {
                         continue;
                     }
                 },
-                _ = stop.cancelled() => break,
             };
             let msg = buf[..n].to_vec();
             let started = Instant::now();
@@ -153,12 +173,13 @@ impl DnsServer {
             let socket = socket.clone();
             tokio::spawn(async move {
                 let origin = me.origin.udp(client, local);
-                if let Some(reply) = me
+                let handled = me
                     .handle(&msg, client, origin, Transport::Udp, started)
-                    .await
-                {
+                    .await;
+                if let Some(reply) = handled.reply {
                     let _ = socket.send_to(&reply, client).await;
                 }
+                me.flows.record((handled.record)());
                 drop(permit);
             });
         }
@@ -225,23 +246,22 @@ impl DnsServer {
                 self.metrics.overload();
                 return;
             };
-            let reply = self
+            let handled = self
                 .handle(&msg, client, origin, Transport::Tcp, started)
                 .await;
             drop(permit);
-            let Some(reply) = reply else { return };
-            let Ok(len) = u16::try_from(reply.len()) else {
-                return;
+            let sent = match &handled.reply {
+                Some(reply) => write_framed(&mut stream, reply).await.is_ok(),
+                None => false,
             };
-            if stream.write_all(&len.to_be_bytes()).await.is_err()
-                || stream.write_all(&reply).await.is_err()
-            {
+            self.flows.record((handled.record)());
+            if !sent {
                 return;
             }
         }
     }
 
-    /// One query to its answer (or `None`: drop). Records the flow.
+    /// One query to its answer (or `None`: drop) and its flow record, to be built once the answer is on its way.
     async fn handle(
         &self,
         msg: &[u8],
@@ -249,7 +269,7 @@ impl DnsServer {
         origin: Option<Origin>,
         transport: Transport,
         started: Instant,
-    ) -> Option<Vec<u8>> {
+    ) -> Handled {
         let snap = self.policy.current();
         let resolver = origin.map(|o| o.resolver);
         let query = match message::parse_query(msg) {
@@ -257,23 +277,19 @@ impl DnsServer {
             Err(bad) => {
                 self.metrics.malformed();
                 let reply = bad.reply(msg);
-                self.flows.record(record::malformed(
-                    &snap,
-                    client,
-                    resolver,
-                    &bad,
-                    reply.is_some(),
-                    started,
-                ));
-                return reply;
+                let answered = reply.is_some();
+                return Handled::new(reply, move || {
+                    record::malformed(&snap, client, resolver, &bad, answered, started)
+                });
             }
         };
         let Some(Origin { resolver }) = origin else {
             // Not redirected by the datapath (no map record): there is no resolver to forward to.
             self.metrics.servfail();
-            self.flows
-                .record(record::no_origin(&snap, client, &query, started));
-            return Some(message::answer_from_query(msg, &query, Rcode::ServFail));
+            let reply = message::answer_from_query(msg, &query, Rcode::ServFail);
+            return Handled::new(Some(reply), move || {
+                record::no_origin(&snap, client, &query, started)
+            });
         };
         let protocol = match transport {
             Transport::Udp => Protocol::Udp,
@@ -289,6 +305,10 @@ impl DnsServer {
                 qtype: query.qtype,
             },
         );
+        let for_record = snap.clone();
+        let record = move |query: Query, outcome: Outcome| {
+            move || record::dns_flow(&for_record, client, resolver, &query, outcome, started)
+        };
         if verdict.decision == Decision::Deny {
             self.metrics.denied();
             let rcode = match self.opts.deny_response {
@@ -296,18 +316,8 @@ impl DnsServer {
                 DenyResponse::Nxdomain => Rcode::NxDomain,
             };
             let reply = message::answer_from_query(msg, &query, rcode);
-            self.flows.record(record::dns_flow(
-                &snap,
-                client,
-                resolver,
-                &query,
-                Outcome::Denied {
-                    rcode,
-                    reason: verdict.reason.to_string(),
-                },
-                started,
-            ));
-            return Some(reply);
+            let reason = verdict.reason.to_string();
+            return Handled::new(Some(reply), record(query, Outcome::Denied { rcode, reason }));
         }
         self.metrics.allowed();
         let forwarded = match transport {
@@ -318,34 +328,18 @@ impl DnsServer {
             self.learn_before_release(&snap.engine, client, flow.src_identity, &info, &query.name)
                 .map(|()| (resp, info))
         });
-        let (mut resp, info) = match answered {
-            Ok(x) => x,
+        match answered {
+            Ok((mut resp, info)) => {
+                message::restore_case(&mut resp, msg, &query);
+                let reason = verdict.reason.to_string();
+                Handled::new(Some(resp), record(query, Outcome::Answered { info, reason }))
+            }
             Err(why) => {
                 self.metrics.servfail();
-                self.flows.record(record::dns_flow(
-                    &snap,
-                    client,
-                    resolver,
-                    &query,
-                    Outcome::UpstreamFailed { why },
-                    started,
-                ));
-                return Some(message::answer_from_query(msg, &query, Rcode::ServFail));
+                let reply = message::answer_from_query(msg, &query, Rcode::ServFail);
+                Handled::new(Some(reply), record(query, Outcome::UpstreamFailed { why }))
             }
-        };
-        message::restore_case(&mut resp, msg, &query);
-        self.flows.record(record::dns_flow(
-            &snap,
-            client,
-            resolver,
-            &query,
-            Outcome::Answered {
-                info,
-                reason: verdict.reason.to_string(),
-            },
-            started,
-        ));
-        Some(resp)
+        }
     }
 
     /// Learns what an allowed answer teaches BEFORE it is released: the client may connect the moment it has the
@@ -415,6 +409,11 @@ impl DnsServer {
             match message::inspect_response(query, &buf[..n]) {
                 Ok(info) => {
                     buf.truncate(n);
+                    // The answer is read: mark the socket not readable without the recv() that would find it
+                    // empty (the next datagram marks it again), sparing that failing syscall on its next query.
+                    let _ = socket.try_io(Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
                     self.sockets.give_back(resolver, socket);
                     return Ok((buf, info));
                 }
@@ -435,11 +434,7 @@ impl DnsServer {
             let mut s = crate::upstream::connect_marked(resolver, self.opts.mark, timeout)
                 .await
                 .map_err(|e| e.to_string())?;
-            let len = u16::try_from(msg.len()).map_err(|_| "query too long".to_string())?;
-            let mut out = Vec::with_capacity(msg.len() + 2);
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(msg);
-            s.write_all(&out)
+            write_framed(&mut s, msg)
                 .await
                 .map_err(|e| format!("sending to {resolver}: {e}"))?;
             let mut len = [0u8; 2];
@@ -458,6 +453,20 @@ impl DnsServer {
             Err(_) => Err(format!("{resolver} did not answer within {timeout:?}")),
         }
     }
+}
+
+/// Writes one length-prefixed DNS message (one write: prefix and message in the same segment).
+async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a {} byte DNS message does not fit a TCP length prefix", msg.len()),
+        )
+    })?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    stream.write_all(&out).await
 }
 
 /// A UDP socket connected to `dst`, with `SO_MARK` so the redirect layer never loops it back.
@@ -694,8 +703,15 @@ spec:
         r
     }
 
-    fn last_flow(h: &Harness) -> FlowRecord {
-        h.server.flows.last(1).pop().expect("a flow record")
+    /// The latest flow record, waiting (bounded) for the first one: records are written after the answer is sent.
+    async fn last_flow(h: &Harness) -> FlowRecord {
+        for _ in 0..500 {
+            if let Some(f) = h.server.flows.last(1).pop() {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no flow record within 5 s")
     }
 
     #[tokio::test]
@@ -714,7 +730,7 @@ spec:
         );
         assert_eq!(m.answers.len(), 1);
         assert!(m.edns.is_some(), "EDNS0 kept end to end");
-        let f = last_flow(&h);
+        let f = last_flow(&h).await;
         assert_eq!(f.verdict, Verdict::Forwarded);
         assert_eq!(f.protocol, "DNS");
         let dns = f.dns.unwrap();
@@ -753,7 +769,7 @@ spec:
             "smallest TTL of the chain"
         );
         assert_eq!(
-            last_flow(&h).dns.unwrap().cnames,
+            last_flow(&h).await.dns.unwrap().cnames,
             ["bucket.s3.amazonaws.com."]
         );
     }
@@ -772,7 +788,7 @@ spec:
             assert_eq!(m.metadata.id, 0x0bad);
             assert_eq!(m.queries[0].name().to_ascii(), "Evil.Example.org.");
             assert!(h.gate.allowed.lock().unwrap().is_empty());
-            let f = last_flow(&h);
+            let f = last_flow(&h).await;
             assert_eq!(f.verdict, Verdict::Dropped);
             assert_eq!(f.dns.unwrap().rcode, u16::from(want));
             assert!(f.policy.contains("denied"), "{}", f.policy);
@@ -787,7 +803,7 @@ spec:
             .expect("SERVFAIL, not silence");
         let m = Message::from_vec(&r).unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
-        let f = last_flow(&h);
+        let f = last_flow(&h).await;
         assert_eq!(f.verdict, Verdict::Error);
         assert!(f.policy.contains("did not answer"), "{}", f.policy);
     }
@@ -861,7 +877,7 @@ spec:
             matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
             "reset, not a clean close: {read:?}"
         );
-        let f = last_flow(&h);
+        let f = last_flow(&h).await;
         assert_eq!(f.verdict, Verdict::Dropped);
         assert_eq!(f.drop_reason, Some(crate::flow::DropReason::LimitExceeded));
         assert!(
@@ -895,7 +911,7 @@ spec:
         lp.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
         let r = ask_udp(h.udp, &lp).await.expect("FORMERR");
         assert_eq!((r[0], r[1], r[3] & 0x0f), (0x77, 0x77, 1));
-        let f = last_flow(&h);
+        let f = last_flow(&h).await;
         assert_eq!(f.verdict, Verdict::Dropped);
         assert!(f.policy.contains("FORMERR"), "{}", f.policy);
         // Too short to answer: dropped, but recorded.
@@ -907,6 +923,6 @@ spec:
             tokio::time::sleep(Duration::from_millis(10)).await;
             waited += 1;
         }
-        assert!(last_flow(&h).policy.contains("dropped"));
+        assert!(last_flow(&h).await.policy.contains("dropped"));
     }
 }
