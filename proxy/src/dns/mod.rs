@@ -3,9 +3,10 @@
 //! (the policy snapshot's cache and the kernel's FQDN gate), before the answer is released.
 //!
 //! Parts: `message` (pure DNS handling, the `tollgate-dns-codec` crate in `proxy/codecs/dns`), `learn` (FQDN learning plan + application), `server` (listeners and
-//! forwarder), `record` (flow records), `metrics` (counters, hold histogram), `origin` (where a query was going,
+//! forwarder), `batch` (batched UDP receive), `record` (flow records), `metrics` (counters, hold histogram), `origin` (where a query was going,
 //! from the eBPF maps). `start` wires them for `tollgate run`, including the socket handoff on restart.
 
+pub mod batch;
 pub mod denials;
 pub mod learn;
 pub use tollgate_dns_codec::message;

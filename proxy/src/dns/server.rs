@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::RecvBatch;
 use super::learn::{LearnPlan, Learner};
 use super::message::{self, Query, Rcode, ResponseInfo};
 use super::metrics::DnsMetrics;
@@ -141,16 +142,16 @@ impl DnsServer {
                 return;
             }
         };
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        // One wait for the stop for the whole loop (a fresh one per datagram registers and removes a waiter each time).
+        let mut batch = RecvBatch::new(MAX_MESSAGE);
+        // One wait for the stop for the whole loop (a fresh one per batch registers and removes a waiter each time).
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
         loop {
-            let (n, client) = tokio::select! {
+            let n = tokio::select! {
                 biased;
                 _ = &mut stopped => break,
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
+                r = batch.recv(&socket) => match r {
+                    Ok(n) => n,
                     Err(e) => {
                         tracing::warn!("DNS UDP receive failed: {e}");
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -158,31 +159,43 @@ impl DnsServer {
                     }
                 },
             };
-            let msg = buf[..n].to_vec();
             let started = Instant::now();
-            let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-                // Overload: answer SERVFAIL now rather than queue without bound.
-                self.metrics.overload();
-                if let Ok(q) = message::parse_query(&msg) {
-                    let reply = message::answer_from_query(&msg, &q, Rcode::ServFail);
-                    let _ = socket.send_to(&reply, client).await;
-                }
-                continue;
-            };
-            let me = self.clone();
-            let socket = socket.clone();
-            tokio::spawn(async move {
-                let origin = me.origin.udp(client, local);
-                let handled = me
-                    .handle(&msg, client, origin, Transport::Udp, started)
-                    .await;
-                if let Some(reply) = handled.reply {
-                    let _ = socket.send_to(&reply, client).await;
-                }
-                me.flows.record((handled.record)());
-                drop(permit);
-            });
+            for (msg, client) in (0..n).filter_map(|i| batch.datagram(i)) {
+                self.clone().spawn_udp_query(&socket, local, msg.to_vec(), client, started);
+            }
         }
+    }
+
+    /// Answers one UDP query on its own task (SERVFAIL at once when `--dns-max-inflight` queries are in flight).
+    fn spawn_udp_query(
+        self: Arc<Self>,
+        socket: &Arc<UdpSocket>,
+        local: SocketAddr,
+        msg: Vec<u8>,
+        client: SocketAddr,
+        started: Instant,
+    ) {
+        let socket = socket.clone();
+        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            // Overload: answer SERVFAIL now rather than queue without bound.
+            self.metrics.overload();
+            if let Ok(q) = message::parse_query(&msg) {
+                let reply = message::answer_from_query(&msg, &q, Rcode::ServFail);
+                let _ = socket.try_send_to(&reply, client);
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            let origin = self.origin.udp(client, local);
+            let handled = self
+                .handle(&msg, client, origin, Transport::Udp, started)
+                .await;
+            if let Some(reply) = handled.reply {
+                let _ = socket.send_to(&reply, client).await;
+            }
+            self.flows.record((handled.record)());
+            drop(permit);
+        });
     }
 
     /// Serves TCP (length-prefixed messages; pods fall back to it on TC=1) until `stop` is cancelled.
