@@ -45,17 +45,11 @@ impl RecvBatch {
 
     /// Waits until the socket is readable, then takes every datagram queued (up to [`BATCH`]).
     pub async fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let n = socket
+        // A short batch means the queue was empty, but readiness is left to the next call's `WouldBlock`: clearing
+        // it here could swallow the wake-up of a datagram that arrived in between.
+        socket
             .async_io(Interest::READABLE, || self.recv_now(socket))
-            .await?;
-        if n < BATCH {
-            // Fewer than asked: the queue is empty now. Mark the socket not readable without the call that would
-            // find it empty (the next datagram marks it again).
-            let _ = socket.try_io(Interest::READABLE, || {
-                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-            });
-        }
-        Ok(n)
+            .await
     }
 
     /// One non-blocking `recvmmsg`: `WouldBlock` when nothing is queued.
@@ -160,7 +154,7 @@ mod tests {
         assert_eq!(got[1], (big, ba));
         assert_eq!(got[2], (b"three".to_vec(), aa));
         assert!(batch.datagram(3).is_none());
-        // Readiness was cleared after a short batch; a new datagram still wakes the receiver.
+        // With the queue drained, a new datagram still wakes the receiver.
         b.send_to(b"four", to).await.unwrap();
         let n = tokio::time::timeout(std::time::Duration::from_secs(5), batch.recv(&server))
             .await
