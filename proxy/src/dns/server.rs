@@ -161,7 +161,8 @@ impl DnsServer {
             };
             let started = Instant::now();
             for (msg, client) in (0..n).filter_map(|i| batch.datagram(i)) {
-                self.clone().spawn_udp_query(&socket, local, msg.to_vec(), client, started);
+                self.clone()
+                    .spawn_udp_query(&socket, local, msg.to_vec(), client, started);
             }
         }
     }
@@ -330,7 +331,10 @@ impl DnsServer {
             };
             let reply = message::answer_from_query(msg, &query, rcode);
             let reason = verdict.reason.to_string();
-            return Handled::new(Some(reply), record(query, Outcome::Denied { rcode, reason }));
+            return Handled::new(
+                Some(reply),
+                record(query, Outcome::Denied { rcode, reason }),
+            );
         }
         self.metrics.allowed();
         let forwarded = match transport {
@@ -345,7 +349,10 @@ impl DnsServer {
             Ok((mut resp, info)) => {
                 message::restore_case(&mut resp, msg, &query);
                 let reason = verdict.reason.to_string();
-                Handled::new(Some(resp), record(query, Outcome::Answered { info, reason }))
+                Handled::new(
+                    Some(resp),
+                    record(query, Outcome::Answered { info, reason }),
+                )
             }
             Err(why) => {
                 self.metrics.servfail();
@@ -473,7 +480,10 @@ async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()>
     let len = u16::try_from(msg.len()).map_err(|_| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("a {} byte DNS message does not fit a TCP length prefix", msg.len()),
+            format!(
+                "a {} byte DNS message does not fit a TCP length prefix",
+                msg.len()
+            ),
         )
     })?;
     let mut out = Vec::with_capacity(msg.len() + 2);

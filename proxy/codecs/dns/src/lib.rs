@@ -6,6 +6,6 @@
 #![forbid(unsafe_code)]
 
 pub mod message;
-pub mod wire;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
+pub mod wire;

@@ -139,9 +139,7 @@ fn plain_answers(resp: &[u8], mut at: usize, count: u16, info: &mut ResponseInfo
         let (rtype, rttl, rdata) = answer_at(resp, at)?;
         let ip = match (rtype, rdata.len()) {
             (TYPE_A, 4) => IpAddr::V4(Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3])),
-            (TYPE_AAAA, 16) => {
-                IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(rdata).ok()?))
-            }
+            (TYPE_AAAA, 16) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(rdata).ok()?)),
             _ => return None,
         };
         let name = if rtype == TYPE_A { "A" } else { "AAAA" };
@@ -247,7 +245,11 @@ mod tests {
 
     fn both_responses(q: &Query, resp: &[u8]) -> Option<ResponseInfo> {
         let fast = plain_response(q, resp)?;
-        assert_eq!(Ok(fast.clone()), inspect_response(q, resp), "response {resp:?}");
+        assert_eq!(
+            Ok(fast.clone()),
+            inspect_response(q, resp),
+            "response {resp:?}"
+        );
         Some(fast)
     }
 
@@ -263,8 +265,11 @@ mod tests {
                 a("Api.Stripe.com", 90, "203.0.113.10"),
                 a("Api.Stripe.com", 30, "2001:db8::1"),
             ];
-            let info = both_responses(&q, &response(&msg, None, four, ResponseCode::NoError, false))
-                .expect("fast path");
+            let info = both_responses(
+                &q,
+                &response(&msg, None, four, ResponseCode::NoError, false),
+            )
+            .expect("fast path");
             assert_eq!((info.ips.len(), info.ttl), (3, 30));
             assert_eq!(info.rrtypes, ["A", "AAAA"]);
             let lower = Some("api.stripe.com");
@@ -272,8 +277,11 @@ mod tests {
             let info = both_responses(&q, &empty).expect("fast path");
             assert!(info.truncated && info.ips.is_empty() && info.ttl == 0);
             let high_ttl = vec![a("api.stripe.com", 0x8000_0001, "203.0.113.10")];
-            both_responses(&q, &response(&msg, lower, high_ttl, ResponseCode::NoError, false))
-                .expect("fast path");
+            both_responses(
+                &q,
+                &response(&msg, lower, high_ttl, ResponseCode::NoError, false),
+            )
+            .expect("fast path");
         }
     }
 
@@ -292,7 +300,13 @@ mod tests {
         for resp in [
             response(&msg, None, chain, ResponseCode::NoError, false),
             response(&msg, None, other_owner, ResponseCode::NoError, false),
-            response(&msg, Some("other.test"), vec![], ResponseCode::NoError, false),
+            response(
+                &msg,
+                Some("other.test"),
+                vec![],
+                ResponseCode::NoError,
+                false,
+            ),
             other_id,
         ] {
             assert_eq!(plain_response(&q, &resp), None, "{resp:?}");
