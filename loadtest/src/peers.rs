@@ -152,6 +152,25 @@ pub fn haproxy_peer(
     )
 }
 
+/// unbound as a plain forwarder on `listen` (UDP and TCP) to `upstream`: one thread, iterator module only (no
+/// DNSSEC validation, no trust anchor), no QNAME minimisation or prefetch, and nothing kept in the cache
+/// (`cache-max-ttl: 0`), so every query is forwarded like the dnsmasq peer (`--cache-size=0`) and tollgate do.
+/// Runs in the foreground as the invoking user, without chroot, logging to stderr.
+pub fn unbound_forwarder(listen: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "server:\n  interface: {ip}\n  port: {port}\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n\
+         \x20 directory: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  verbosity: 0\n  num-threads: 1\n\
+         \x20 access-control: 0.0.0.0/0 allow\n  do-not-query-localhost: no\n  module-config: \"iterator\"\n\
+         \x20 auto-trust-anchor-file: \"\"\n  qname-minimisation: no\n  prefetch: no\n\
+         \x20 cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n\
+         forward-zone:\n  name: \".\"\n  forward-addr: {up}@{up_port}\n",
+        ip = listen.ip(),
+        port = listen.port(),
+        up = upstream.ip(),
+        up_port = upstream.port(),
+    )
+}
+
 /// The exact paths of `rules`, one a line: HAProxy's pattern file for [`haproxy_peer`].
 pub fn haproxy_paths(rules: RuleSet) -> String {
     (0..rules.count).map(|i| rules.path(i) + "\n").collect()
@@ -385,6 +404,13 @@ mod tests {
         assert_eq!(k.matches("{role: produce, topic: ").count(), 100);
         assert!(k.ends_with("{role: produce, topic: \"load\"}\n") && k.contains("port: \"9093\""));
         assert!(k.contains("\n          rules:\n            kafka:\n                - {role"));
+        let u = unbound_forwarder(
+            "169.254.1.1:5354".parse().unwrap(),
+            "10.0.1.20:53".parse().unwrap(),
+        );
+        assert!(u.starts_with("server:\n  interface: 169.254.1.1\n  port: 5354\n"));
+        assert!(u.contains("\n  cache-max-ttl: 0\n") && u.contains("\n  num-threads: 1\n"));
+        assert!(u.ends_with("forward-zone:\n  name: \".\"\n  forward-addr: 10.0.1.20@53\n"));
         let e = tollgate_endpoints("10.0.1.10", "10.0.1.20");
         assert!(e.contains("ip: 10.0.1.10}") && e.contains("ip: 10.0.1.20}"));
     }

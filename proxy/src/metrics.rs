@@ -66,6 +66,8 @@ pub struct Metrics {
     max_series: usize,
     /// The `hubble_*` families (see `hubble_metrics`).
     hubble: Mutex<HubbleMetrics>,
+    /// The DNS proxy's counters, when one runs.
+    dns: Option<Arc<crate::dns::metrics::DnsMetrics>>,
 }
 
 fn verdict_name(v: crate::flow::Verdict) -> &'static str {
@@ -88,7 +90,14 @@ impl Metrics {
             series: Mutex::new(Series::default()),
             max_series,
             hubble: Mutex::new(HubbleMetrics::new(hubble)),
+            dns: None,
         }
+    }
+
+    /// Also exposes a DNS proxy's counters and hold histogram (`tollgate_dns_*`).
+    pub fn with_dns(mut self, dns: Option<Arc<crate::dns::metrics::DnsMetrics>>) -> Self {
+        self.dns = dns;
+        self
     }
 
     /// Counts one flow record.
@@ -190,7 +199,9 @@ impl Metrics {
             extra.policy_generation.saturating_sub(1),
             extra.policy_reload_errors,
         );
-        out.push_str(&crate::dns::metrics::METRICS.render());
+        if let Some(dns) = &self.dns {
+            dns.render(&mut out);
+        }
         drop(s);
         let mut hubble = self.hubble.lock().unwrap_or_else(|p| p.into_inner());
         hubble.expire(Instant::now());

@@ -596,6 +596,7 @@ pub fn start_services(
     args: &crate::config::RunArgs,
     flows: &Arc<FlowLog>,
     policy: &Arc<crate::policy_source::PolicySource>,
+    dns_metrics: Option<Arc<crate::dns::metrics::DnsMetrics>>,
     shutdown: CancellationToken,
 ) -> Result<(), ServicesError> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -623,10 +624,9 @@ pub fn start_services(
         args.hubble_metrics_max_series,
         std::time::Duration::from_secs(args.hubble_metrics_expiry_secs),
     )?;
-    let metrics = Arc::new(crate::metrics::Metrics::with_hubble(
-        args.metrics_max_series,
-        hubble,
-    ));
+    let metrics = Arc::new(
+        crate::metrics::Metrics::with_hubble(args.metrics_max_series, hubble).with_dns(dns_metrics),
+    );
     metrics.attach(flows);
     let (f, p) = (flows.clone(), policy.clone());
     let ready = Arc::new(AtomicBool::new(false));

@@ -120,7 +120,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         )?;
     }
     // Observer API, admin/metrics server and flow export (observer.rs); ready from here on.
-    crate::observer::start_services(&args, &flows, &policy, shutdown.clone())?;
+    let dns_metrics = dns.as_ref().map(crate::dns::DnsHandle::metrics);
+    crate::observer::start_services(&args, &flows, &policy, dns_metrics, shutdown.clone())?;
     if let Some(addr) = args.ui_listen {
         crate::ui::start_local(addr, &flows, &policy, shutdown.clone()).await?;
     }

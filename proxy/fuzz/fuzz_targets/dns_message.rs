@@ -1,13 +1,15 @@
 //! Fuzzes the DNS proxy's message path (the `tollgate-dns-codec` crate, `proxy/codecs/dns`, so the target does not
 //! build the whole daemon): arbitrary bytes as a client query (check, self-built answers), and as an upstream
 //! response to a fixed query (inspection, CNAME chain following, 0x20 restore). Must never panic; every answer the
-//! proxy builds itself must be a well-formed DNS response.
+//! proxy builds itself must be a well-formed DNS response; the in-place fast paths (`wire`) must agree with the
+//! general (hickory-proto) path on every message they accept.
 #![no_main]
 
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 
 use tollgate_dns_codec::message::*;
+use tollgate_dns_codec::wire;
 
 /// `www.example.com A` with EDNS, id 0x1234, as a client would send it.
 const QUERY: &[u8] = &[
@@ -17,7 +19,11 @@ const QUERY: &[u8] = &[
 
 fuzz_target!(|data: &[u8]| {
     // As a client query.
-    match parse_query(data) {
+    let query = parse_query(data);
+    if query.is_ok() && wire::plain_query(data).is_some() {
+        assert_eq!(query, parse_query_general(data), "fast and general query paths differ");
+    }
+    match query {
         Ok(q) => {
             for rcode in [Rcode::Refused, Rcode::NxDomain, Rcode::ServFail] {
                 let out = answer_from_query(data, &q, rcode);
@@ -36,6 +42,13 @@ fuzz_target!(|data: &[u8]| {
     let q = parse_query(QUERY).expect("fixed query");
     let mut resp = data.to_vec();
     set_id(&mut resp, q.id);
+    if let Some(fast) = wire::plain_response(&q, &resp) {
+        assert_eq!(
+            Ok(fast),
+            inspect_response_general(&q, &resp),
+            "fast and general response paths differ"
+        );
+    }
     if let Ok(info) = inspect_response(&q, &resp) {
         assert!(info.names.len() <= MAX_CNAME_CHAIN + 1);
         assert!(info.ips.is_empty() == (info.ttl == 0) || info.ttl == 0);

@@ -10,7 +10,8 @@ pub const HOLD_BUCKETS: [f64; 10] = [
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025,
 ];
 
-/// Process-wide DNS counters (one DNS proxy per process).
+/// One DNS proxy's counters: made by `dns::start`, shared with its server and handed to the admin server's
+/// `/metrics` (see `crate::metrics::Metrics::with_dns`).
 #[derive(Debug)]
 pub struct DnsMetrics {
     allowed: AtomicU64,
@@ -23,10 +24,14 @@ pub struct DnsMetrics {
     hold_sum_ns: AtomicU64,
 }
 
-pub static METRICS: DnsMetrics = DnsMetrics::new();
+impl Default for DnsMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl DnsMetrics {
-    const fn new() -> Self {
+    pub const fn new() -> Self {
         DnsMetrics {
             allowed: AtomicU64::new(0),
             denied: AtomicU64::new(0),
@@ -67,9 +72,9 @@ impl DnsMetrics {
         );
     }
 
-    /// Prometheus text for the DNS counters and hold histogram.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
+    /// Appends the Prometheus text for the DNS counters and hold histogram to `out`.
+    pub fn render(&self, out: &mut String) {
+        out.push_str(
             "# HELP tollgate_dns_queries_total DNS queries by outcome.\n# TYPE tollgate_dns_queries_total counter\n",
         );
         for (name, c) in [
@@ -99,6 +104,32 @@ impl DnsMetrics {
             "tollgate_dns_fqdn_hold_seconds_bucket{{le=\"+Inf\"}} {count}\ntollgate_dns_fqdn_hold_seconds_sum {}\ntollgate_dns_fqdn_hold_seconds_count {count}",
             self.hold_sum_ns.load(Ordering::Relaxed) as f64 / 1e9
         );
-        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each DNS proxy counts for itself (two in one process, e.g. tests, do not mix), and renders its outcomes
+    /// and hold histogram.
+    #[test]
+    fn instances_count_separately_and_render() {
+        let (a, b) = (DnsMetrics::new(), DnsMetrics::new());
+        a.allowed();
+        a.allowed();
+        a.hold(Duration::from_micros(20));
+        b.denied();
+        let mut out = String::new();
+        a.render(&mut out);
+        assert!(out.contains("tollgate_dns_queries_total{outcome=\"allowed\"} 2\n"));
+        assert!(out.contains("tollgate_dns_queries_total{outcome=\"denied\"} 0\n"));
+        assert!(out.contains("tollgate_dns_fqdn_hold_seconds_bucket{le=\"0.000025\"} 1\n"));
+        assert!(out.contains("tollgate_dns_fqdn_hold_seconds_bucket{le=\"0.00001\"} 0\n"));
+        assert!(out.contains("tollgate_dns_fqdn_hold_seconds_count 1"));
+        let mut other = String::new();
+        b.render(&mut other);
+        assert!(other.contains("tollgate_dns_queries_total{outcome=\"denied\"} 1\n"));
+        assert!(other.contains("tollgate_dns_queries_total{outcome=\"allowed\"} 0\n"));
     }
 }

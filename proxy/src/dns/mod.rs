@@ -3,9 +3,10 @@
 //! (the policy snapshot's cache and the kernel's FQDN gate), before the answer is released.
 //!
 //! Parts: `message` (pure DNS handling, the `tollgate-dns-codec` crate in `proxy/codecs/dns`), `learn` (FQDN learning plan + application), `server` (listeners and
-//! forwarder), `record` (flow records), `metrics` (counters, hold histogram), `origin` (where a query was going,
+//! forwarder), `batch` (batched UDP receive), `record` (flow records), `metrics` (counters, hold histogram), `origin` (where a query was going,
 //! from the eBPF maps). `start` wires them for `tollgate run`, including the socket handoff on restart.
 
+pub mod batch;
 pub mod denials;
 pub mod learn;
 pub use tollgate_dns_codec::message;
@@ -92,7 +93,7 @@ fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
         .map_err(|e| anyhow::anyhow!("--{name} {v}: {e}; give a non-negative number of seconds"))
 }
 
-/// The running DNS proxy's handles (for the drain at shutdown).
+/// The running DNS proxy's handles (for the drain at shutdown, and its metrics for `/metrics`).
 #[derive(Debug)]
 pub struct DnsHandle {
     pub server: Arc<server::DnsServer>,
@@ -100,6 +101,11 @@ pub struct DnsHandle {
 }
 
 impl DnsHandle {
+    /// The proxy's counters, for the admin server.
+    pub fn metrics(&self) -> Arc<metrics::DnsMetrics> {
+        self.server.metrics.clone()
+    }
+
     /// Waits (up to `grace`) for queries in flight, so their answers are sent before the process exits.
     pub async fn drain(&self, grace: Duration) {
         let all = u32::try_from(self.max_inflight).unwrap_or(u32::MAX);
@@ -150,6 +156,7 @@ pub fn start(
         inflight: Arc::new(tokio::sync::Semaphore::new(args.dns_max_inflight)),
         tcp_connections: Arc::new(tokio::sync::Semaphore::new(args.dns_max_tcp_connections)),
         sockets: server::SocketPool::default(),
+        metrics: Arc::default(),
     });
     let udp_path = handoff_path(handoff_socket, "udp");
     let tcp_path = handoff_path(handoff_socket, "tcp");

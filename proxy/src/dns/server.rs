@@ -7,17 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use policy_model::{Decision, DnsQuery, Protocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::batch::RecvBatch;
 use super::learn::{LearnPlan, Learner};
 use super::message::{self, Query, Rcode, ResponseInfo};
-use super::metrics::METRICS;
+use super::metrics::DnsMetrics;
 use super::record::{self, Outcome};
 use super::{DenyResponse, DnsOptions};
-use crate::flow::FlowLog;
+use crate::flow::{FlowLog, FlowRecord};
 use crate::policy_source::PolicySource;
 
 /// Largest DNS message (TCP length prefix limit; also the UDP receive buffer).
@@ -62,6 +63,8 @@ pub struct DnsServer {
     pub tcp_connections: Arc<Semaphore>,
     /// Idle upstream UDP sockets per resolver, reused one query at a time.
     pub sockets: SocketPool,
+    /// This proxy's counters and hold histogram (rendered by the admin server).
+    pub metrics: Arc<DnsMetrics>,
 }
 
 /// Connected upstream UDP sockets kept for reuse: creating, marking, binding and registering a socket per query
@@ -107,6 +110,22 @@ impl std::fmt::Debug for DnsServer {
     }
 }
 
+/// A handled query: the answer to send (`None`: drop) and its flow record, built after the answer is sent so the
+/// client does not wait for it (every query still gets its record).
+struct Handled {
+    reply: Option<Vec<u8>>,
+    record: Box<dyn FnOnce() -> FlowRecord + Send>,
+}
+
+impl Handled {
+    fn new(reply: Option<Vec<u8>>, record: impl FnOnce() -> FlowRecord + Send + 'static) -> Self {
+        Handled {
+            reply,
+            record: Box::new(record),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
     Udp,
@@ -123,43 +142,61 @@ impl DnsServer {
                 return;
             }
         };
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut batch = RecvBatch::new(MAX_MESSAGE);
+        // One wait for the stop for the whole loop (a fresh one per batch registers and removes a waiter each time).
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
-            let (n, client) = tokio::select! {
-                r = socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
+            let n = tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                r = batch.recv(&socket) => match r {
+                    Ok(n) => n,
                     Err(e) => {
                         tracing::warn!("DNS UDP receive failed: {e}");
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
                 },
-                _ = stop.cancelled() => break,
             };
-            let msg = buf[..n].to_vec();
             let started = Instant::now();
-            let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-                // Overload: answer SERVFAIL now rather than queue without bound.
-                METRICS.overload();
-                if let Ok(q) = message::parse_query(&msg) {
-                    let reply = message::answer_from_query(&msg, &q, Rcode::ServFail);
-                    let _ = socket.send_to(&reply, client).await;
-                }
-                continue;
-            };
-            let me = self.clone();
-            let socket = socket.clone();
-            tokio::spawn(async move {
-                let origin = me.origin.udp(client, local);
-                if let Some(reply) = me
-                    .handle(&msg, client, origin, Transport::Udp, started)
-                    .await
-                {
-                    let _ = socket.send_to(&reply, client).await;
-                }
-                drop(permit);
-            });
+            for (msg, client) in (0..n).filter_map(|i| batch.datagram(i)) {
+                self.clone()
+                    .spawn_udp_query(&socket, local, msg.to_vec(), client, started);
+            }
         }
+    }
+
+    /// Answers one UDP query on its own task (SERVFAIL at once when `--dns-max-inflight` queries are in flight).
+    fn spawn_udp_query(
+        self: Arc<Self>,
+        socket: &Arc<UdpSocket>,
+        local: SocketAddr,
+        msg: Vec<u8>,
+        client: SocketAddr,
+        started: Instant,
+    ) {
+        let socket = socket.clone();
+        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            // Overload: answer SERVFAIL now rather than queue without bound.
+            self.metrics.overload();
+            if let Ok(q) = message::parse_query(&msg) {
+                let reply = message::answer_from_query(&msg, &q, Rcode::ServFail);
+                let _ = socket.try_send_to(&reply, client);
+            }
+            return;
+        };
+        tokio::spawn(async move {
+            let origin = self.origin.udp(client, local);
+            let handled = self
+                .handle(&msg, client, origin, Transport::Udp, started)
+                .await;
+            if let Some(reply) = handled.reply {
+                let _ = socket.send_to(&reply, client).await;
+            }
+            self.flows.record((handled.record)());
+            drop(permit);
+        });
     }
 
     /// Serves TCP (length-prefixed messages; pods fall back to it on TC=1) until `stop` is cancelled.
@@ -190,7 +227,7 @@ impl DnsServer {
 
     /// Over the TCP connection limit: closed with RST (a clean close would read as an empty answer) and recorded.
     fn refuse_tcp(&self, stream: TcpStream, client: SocketAddr) {
-        METRICS.overload();
+        self.metrics.overload();
         let resolver = self.origin.tcp(&stream).map(|o| o.resolver);
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         drop(stream);
@@ -220,26 +257,25 @@ impl DnsServer {
             }
             let started = Instant::now();
             let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-                METRICS.overload();
+                self.metrics.overload();
                 return;
             };
-            let reply = self
+            let handled = self
                 .handle(&msg, client, origin, Transport::Tcp, started)
                 .await;
             drop(permit);
-            let Some(reply) = reply else { return };
-            let Ok(len) = u16::try_from(reply.len()) else {
-                return;
+            let sent = match &handled.reply {
+                Some(reply) => write_framed(&mut stream, reply).await.is_ok(),
+                None => false,
             };
-            if stream.write_all(&len.to_be_bytes()).await.is_err()
-                || stream.write_all(&reply).await.is_err()
-            {
+            self.flows.record((handled.record)());
+            if !sent {
                 return;
             }
         }
     }
 
-    /// One query to its answer (or `None`: drop). Records the flow.
+    /// One query to its answer (or `None`: drop) and its flow record, to be built once the answer is on its way.
     async fn handle(
         &self,
         msg: &[u8],
@@ -247,31 +283,27 @@ impl DnsServer {
         origin: Option<Origin>,
         transport: Transport,
         started: Instant,
-    ) -> Option<Vec<u8>> {
+    ) -> Handled {
         let snap = self.policy.current();
         let resolver = origin.map(|o| o.resolver);
         let query = match message::parse_query(msg) {
             Ok(q) => q,
             Err(bad) => {
-                METRICS.malformed();
+                self.metrics.malformed();
                 let reply = bad.reply(msg);
-                self.flows.record(record::malformed(
-                    &snap,
-                    client,
-                    resolver,
-                    &bad,
-                    reply.is_some(),
-                    started,
-                ));
-                return reply;
+                let answered = reply.is_some();
+                return Handled::new(reply, move || {
+                    record::malformed(&snap, client, resolver, &bad, answered, started)
+                });
             }
         };
         let Some(Origin { resolver }) = origin else {
             // Not redirected by the datapath (no map record): there is no resolver to forward to.
-            METRICS.servfail();
-            self.flows
-                .record(record::no_origin(&snap, client, &query, started));
-            return Some(message::answer_from_query(msg, &query, Rcode::ServFail));
+            self.metrics.servfail();
+            let reply = message::answer_from_query(msg, &query, Rcode::ServFail);
+            return Handled::new(Some(reply), move || {
+                record::no_origin(&snap, client, &query, started)
+            });
         };
         let protocol = match transport {
             Transport::Udp => Protocol::Udp,
@@ -287,27 +319,24 @@ impl DnsServer {
                 qtype: query.qtype,
             },
         );
+        let for_record = snap.clone();
+        let record = move |query: Query, outcome: Outcome| {
+            move || record::dns_flow(&for_record, client, resolver, &query, outcome, started)
+        };
         if verdict.decision == Decision::Deny {
-            METRICS.denied();
+            self.metrics.denied();
             let rcode = match self.opts.deny_response {
                 DenyResponse::Refused => Rcode::Refused,
                 DenyResponse::Nxdomain => Rcode::NxDomain,
             };
             let reply = message::answer_from_query(msg, &query, rcode);
-            self.flows.record(record::dns_flow(
-                &snap,
-                client,
-                resolver,
-                &query,
-                Outcome::Denied {
-                    rcode,
-                    reason: verdict.reason.to_string(),
-                },
-                started,
-            ));
-            return Some(reply);
+            let reason = verdict.reason.to_string();
+            return Handled::new(
+                Some(reply),
+                record(query, Outcome::Denied { rcode, reason }),
+            );
         }
-        METRICS.allowed();
+        self.metrics.allowed();
         let forwarded = match transport {
             Transport::Udp => self.forward_udp(resolver, msg, &query).await,
             Transport::Tcp => self.forward_tcp(resolver, msg, &query).await,
@@ -316,34 +345,21 @@ impl DnsServer {
             self.learn_before_release(&snap.engine, client, flow.src_identity, &info, &query.name)
                 .map(|()| (resp, info))
         });
-        let (mut resp, info) = match answered {
-            Ok(x) => x,
-            Err(why) => {
-                METRICS.servfail();
-                self.flows.record(record::dns_flow(
-                    &snap,
-                    client,
-                    resolver,
-                    &query,
-                    Outcome::UpstreamFailed { why },
-                    started,
-                ));
-                return Some(message::answer_from_query(msg, &query, Rcode::ServFail));
+        match answered {
+            Ok((mut resp, info)) => {
+                message::restore_case(&mut resp, msg, &query);
+                let reason = verdict.reason.to_string();
+                Handled::new(
+                    Some(resp),
+                    record(query, Outcome::Answered { info, reason }),
+                )
             }
-        };
-        message::restore_case(&mut resp, msg, &query);
-        self.flows.record(record::dns_flow(
-            &snap,
-            client,
-            resolver,
-            &query,
-            Outcome::Answered {
-                info,
-                reason: verdict.reason.to_string(),
-            },
-            started,
-        ));
-        Some(resp)
+            Err(why) => {
+                self.metrics.servfail();
+                let reply = message::answer_from_query(msg, &query, Rcode::ServFail);
+                Handled::new(Some(reply), record(query, Outcome::UpstreamFailed { why }))
+            }
+        }
     }
 
     /// Learns what an allowed answer teaches BEFORE it is released: the client may connect the moment it has the
@@ -364,7 +380,7 @@ impl DnsServer {
         let learned = self
             .learner
             .apply(client.ip(), source.0, &plan, SystemTime::now());
-        METRICS.hold(hold.elapsed());
+        self.metrics.hold(hold.elapsed());
         learned.map_err(|e| {
             tracing::warn!(%name, "FQDN learning failed, answering SERVFAIL: {e}");
             format!("FQDN learning failed: {e}")
@@ -413,6 +429,11 @@ impl DnsServer {
             match message::inspect_response(query, &buf[..n]) {
                 Ok(info) => {
                     buf.truncate(n);
+                    // The answer is read: mark the socket not readable without the recv() that would find it
+                    // empty (the next datagram marks it again), sparing that failing syscall on its next query.
+                    let _ = socket.try_io(Interest::READABLE, || {
+                        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+                    });
                     self.sockets.give_back(resolver, socket);
                     return Ok((buf, info));
                 }
@@ -433,11 +454,7 @@ impl DnsServer {
             let mut s = crate::upstream::connect_marked(resolver, self.opts.mark, timeout)
                 .await
                 .map_err(|e| e.to_string())?;
-            let len = u16::try_from(msg.len()).map_err(|_| "query too long".to_string())?;
-            let mut out = Vec::with_capacity(msg.len() + 2);
-            out.extend_from_slice(&len.to_be_bytes());
-            out.extend_from_slice(msg);
-            s.write_all(&out)
+            write_framed(&mut s, msg)
                 .await
                 .map_err(|e| format!("sending to {resolver}: {e}"))?;
             let mut len = [0u8; 2];
@@ -456,6 +473,23 @@ impl DnsServer {
             Err(_) => Err(format!("{resolver} did not answer within {timeout:?}")),
         }
     }
+}
+
+/// Writes one length-prefixed DNS message (one write: prefix and message in the same segment).
+async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "a {} byte DNS message does not fit a TCP length prefix",
+                msg.len()
+            ),
+        )
+    })?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    stream.write_all(&out).await
 }
 
 /// A UDP socket connected to `dst`, with `SO_MARK` so the redirect layer never loops it back.
@@ -649,6 +683,7 @@ spec:
             inflight: Arc::new(Semaphore::new(inflight)),
             tcp_connections: Arc::new(Semaphore::new(tcp)),
             sockets: SocketPool::default(),
+            metrics: Arc::default(),
         });
         let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let tcp = Arc::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -691,8 +726,15 @@ spec:
         r
     }
 
-    fn last_flow(h: &Harness) -> FlowRecord {
-        h.server.flows.last(1).pop().expect("a flow record")
+    /// The latest flow record, waiting (bounded) for the first one: records are written after the answer is sent.
+    async fn last_flow(h: &Harness) -> FlowRecord {
+        for _ in 0..500 {
+            if let Some(f) = h.server.flows.last(1).pop() {
+                return f;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no flow record within 5 s")
     }
 
     #[tokio::test]
@@ -711,7 +753,7 @@ spec:
         );
         assert_eq!(m.answers.len(), 1);
         assert!(m.edns.is_some(), "EDNS0 kept end to end");
-        let f = last_flow(&h);
+        let f = last_flow(&h).await;
         assert_eq!(f.verdict, Verdict::Forwarded);
         assert_eq!(f.protocol, "DNS");
         let dns = f.dns.unwrap();
@@ -750,7 +792,7 @@ spec:
             "smallest TTL of the chain"
         );
         assert_eq!(
-            last_flow(&h).dns.unwrap().cnames,
+            last_flow(&h).await.dns.unwrap().cnames,
             ["bucket.s3.amazonaws.com."]
         );
     }
@@ -769,7 +811,7 @@ spec:
             assert_eq!(m.metadata.id, 0x0bad);
             assert_eq!(m.queries[0].name().to_ascii(), "Evil.Example.org.");
             assert!(h.gate.allowed.lock().unwrap().is_empty());
-            let f = last_flow(&h);
+            let f = last_flow(&h).await;
             assert_eq!(f.verdict, Verdict::Dropped);
             assert_eq!(f.dns.unwrap().rcode, u16::from(want));
             assert!(f.policy.contains("denied"), "{}", f.policy);
@@ -784,7 +826,7 @@ spec:
             .expect("SERVFAIL, not silence");
         let m = Message::from_vec(&r).unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
-        let f = last_flow(&h);
+        let f = last_flow(&h).await;
         assert_eq!(f.verdict, Verdict::Error);
         assert!(f.policy.contains("did not answer"), "{}", f.policy);
     }
@@ -858,7 +900,7 @@ spec:
             matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
             "reset, not a clean close: {read:?}"
         );
-        let f = last_flow(&h);
+        let f = last_flow(&h).await;
         assert_eq!(f.verdict, Verdict::Dropped);
         assert_eq!(f.drop_reason, Some(crate::flow::DropReason::LimitExceeded));
         assert!(
@@ -892,7 +934,7 @@ spec:
         lp.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
         let r = ask_udp(h.udp, &lp).await.expect("FORMERR");
         assert_eq!((r[0], r[1], r[3] & 0x0f), (0x77, 0x77, 1));
-        let f = last_flow(&h);
+        let f = last_flow(&h).await;
         assert_eq!(f.verdict, Verdict::Dropped);
         assert!(f.policy.contains("FORMERR"), "{}", f.policy);
         // Too short to answer: dropped, but recorded.
@@ -904,6 +946,6 @@ spec:
             tokio::time::sleep(Duration::from_millis(10)).await;
             waited += 1;
         }
-        assert!(last_flow(&h).policy.contains("dropped"));
+        assert!(last_flow(&h).await.policy.contains("dropped"));
     }
 }

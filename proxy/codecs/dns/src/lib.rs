@@ -8,3 +8,4 @@
 pub mod message;
 #[cfg(any(test, feature = "testutil"))]
 pub mod testutil;
+pub mod wire;

@@ -91,8 +91,23 @@ impl Malformed {
     }
 }
 
-/// Checks a client message: one question, opcode QUERY, parseable as a whole.
+/// Checks a client message: one question, opcode QUERY, parseable as a whole. The usual shape is read in place
+/// (`wire::plain_query`); anything else goes through hickory-proto.
 pub fn parse_query(msg: &[u8]) -> Result<Query, Malformed> {
+    check_query_header(msg)?;
+    match crate::wire::plain_query(msg) {
+        Some(q) => Ok(q),
+        None => parse_query_with_hickory(msg),
+    }
+}
+
+/// [`parse_query`] without the fast path (the reference the fast path is tested against).
+pub fn parse_query_general(msg: &[u8]) -> Result<Query, Malformed> {
+    check_query_header(msg)?;
+    parse_query_with_hickory(msg)
+}
+
+fn check_query_header(msg: &[u8]) -> Result<(), Malformed> {
     if msg.len() < HEADER_LEN {
         return Err(Malformed::TooShort(msg.len()));
     }
@@ -107,6 +122,10 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Malformed> {
     if qdcount != 1 {
         return Err(Malformed::QuestionCount(qdcount));
     }
+    Ok(())
+}
+
+fn parse_query_with_hickory(msg: &[u8]) -> Result<Query, Malformed> {
     let parsed = Message::from_vec(msg).map_err(|e| Malformed::Parse(e.to_string()))?;
     let q = parsed.queries.first().ok_or(Malformed::QuestionCount(0))?;
     let question_end = question_end(msg).ok_or_else(|| {
@@ -216,8 +235,17 @@ impl std::fmt::Display for BadResponse {
     }
 }
 
-/// Checks `resp` answers `query` and extracts the CNAME chain, addresses and TTL.
+/// Checks `resp` answers `query` and extracts the CNAME chain, addresses and TTL. Answers that are only the
+/// question name's addresses are read in place (`wire::plain_response`); anything else goes through hickory-proto.
 pub fn inspect_response(query: &Query, resp: &[u8]) -> Result<ResponseInfo, BadResponse> {
+    match crate::wire::plain_response(query, resp) {
+        Some(info) => Ok(info),
+        None => inspect_response_general(query, resp),
+    }
+}
+
+/// [`inspect_response`] without the fast path (the reference the fast path is tested against).
+pub fn inspect_response_general(query: &Query, resp: &[u8]) -> Result<ResponseInfo, BadResponse> {
     let msg = Message::from_vec(resp).map_err(|e| BadResponse::Parse(e.to_string()))?;
     if msg.metadata.message_type != MessageType::Response {
         return Err(BadResponse::Mismatch("QR is 0"));
