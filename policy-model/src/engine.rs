@@ -18,6 +18,7 @@ use crate::labels::{LabelSet, Selector};
 use crate::load::{
     Entity, L7Def, NAMESPACE_NAME_LABEL, NsMatch, Peer, Peers, Policy, PortMatch, PortSel, Rule,
 };
+use crate::selector_index::Universe;
 use crate::verdict::*;
 
 #[derive(Debug)]
@@ -114,8 +115,9 @@ impl PolicyEngine {
     ) -> (PolicyEngine, Vec<PolicyError>) {
         let mut errors = Vec::new();
         let mut compiled = Vec::new();
+        let universe = Universe::new(endpoints, None);
         for policy in &policies {
-            match CompiledPolicy::new(policy, endpoints) {
+            match CompiledPolicy::new(policy, &universe) {
                 Ok(c) => compiled.push(c),
                 Err(e) => errors.push(e),
             }
@@ -762,15 +764,11 @@ fn sections(policy: &Policy) -> [(Direction, Option<&[Rule]>, bool, &[Rule]); 2]
 }
 
 impl CompiledPolicy {
-    pub(crate) fn new(policy: &Policy, endpoints: &EndpointTable) -> Result<Self, PolicyError> {
-        let all_ids: Vec<(Identity, &LabelSet)> = endpoints
-            .identities()
-            .filter_map(|id| endpoints.label_set(id).map(|s| (id, s)))
-            .collect();
+    pub(crate) fn new(policy: &Policy, universe: &Universe) -> Result<Self, PolicyError> {
         let compile_rules = |rules: &[Rule], dir: Direction| {
             rules
                 .iter()
-                .map(|r| compile_rule(policy, r, dir, &all_ids).map(Arc::new))
+                .map(|r| compile_rule(policy, r, dir, universe).map(Arc::new))
                 .collect::<Result<Vec<_>, PolicyError>>()
         };
         let mut directions = Vec::new();
@@ -783,10 +781,10 @@ impl CompiledPolicy {
                 deny: compile_rules(deny, dir)?,
             });
         }
-        let subjects = all_ids
-            .iter()
-            .filter(|(id, set)| id.is_endpoint() && peer_selects(&policy.subject, set))
-            .map(|(id, _)| *id)
+        let subjects = universe
+            .select(&policy.subject, peer_selects)
+            .into_iter()
+            .filter(|id| id.is_endpoint())
             .collect();
         Ok(CompiledPolicy {
             id: policy.id(),
@@ -829,7 +827,8 @@ impl CompiledPolicy {
     }
 }
 
-/// Whether a rule's peer list selects the identity through an endpoint selector or the `cluster` entity.
+/// Whether a rule's peer list selects the (newly allocated) identity through an endpoint selector or the
+/// `cluster` entity: what [`compile_rule`] would have put in the rule's identity set for it.
 fn list_selects_endpoint(list: &[Peer], identity: Identity, set: &LabelSet) -> bool {
     list.iter().any(|p| match p {
         Peer::Endpoints { .. } => peer_selects(p, set),
@@ -842,29 +841,29 @@ fn compile_rule(
     policy: &Policy,
     r: &Rule,
     dir: Direction,
-    all_ids: &[(Identity, &LabelSet)],
+    universe: &Universe,
 ) -> Result<CompiledRule, PolicyError> {
     let peers = match &r.peers {
         Peers::Any => CompiledPeers::Any,
         Peers::Nothing => CompiledPeers::Nothing,
         Peers::List(list) => {
-            let mut identities: HashSet<Identity> = all_ids
-                .iter()
-                .filter(|(id, set)| list_selects_endpoint(list, *id, set))
-                .map(|(id, _)| *id)
-                .collect();
+            let mut identities = HashSet::new();
             let mut all = false;
             let mut cidrs = Vec::new();
             let mut fqdns = Vec::new();
             for p in list {
                 match p {
-                    Peer::Endpoints { .. } => {}
+                    Peer::Endpoints { .. } => identities.extend(universe.select(p, peer_selects)),
                     Peer::Entity(Entity::All) => all = true,
                     Peer::Entity(Entity::World) => {
                         identities.insert(Identity::WORLD);
                     }
-                    Peer::Entity(Entity::Host | Entity::Cluster) => {
+                    Peer::Entity(Entity::Host) => {
                         identities.insert(Identity::HOST);
+                    }
+                    Peer::Entity(Entity::Cluster) => {
+                        identities.insert(Identity::HOST);
+                        identities.extend(universe.endpoint_identities());
                     }
                     Peer::Cidr { net, except } => cidrs.push((*net, except.clone())),
                     Peer::Fqdn(m) => fqdns.push(m.clone()),

@@ -119,10 +119,11 @@ struct TableInner {
 }
 
 /// How a patch of the table changed the set of allocated identities (the compiled policies follow these).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum IdentityChange {
     Added(Identity),
-    Removed(Identity),
+    /// Released, with the labels it had.
+    Removed(Identity, Arc<LabelSet>),
 }
 
 impl EndpointTable {
@@ -380,6 +381,6 @@ impl TableInner {
         }
         self.numbers.remove(&set);
         self.labels.remove(&identity);
-        Some(IdentityChange::Removed(identity))
+        Some(IdentityChange::Removed(identity, set))
     }
 }

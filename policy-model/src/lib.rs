@@ -49,6 +49,7 @@ pub mod kafka;
 pub mod labels;
 mod live;
 pub mod load;
+mod selector_index;
 mod spec;
 mod verdict;
 

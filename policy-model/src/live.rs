@@ -17,12 +17,14 @@ use crate::engine::{CompiledPolicy, PolicyEngine};
 use crate::error::PolicyError;
 use crate::identity::{Endpoint, EndpointTable, IdentityChange};
 use crate::load::Policy;
+use crate::selector_index::{SelectorIndex, Universe};
 
 /// The patched state; `K` names a policy object (its order is the policy order of the engine).
 #[derive(Debug)]
 pub struct LiveEngine<K> {
     endpoints: EndpointTable,
     objects: BTreeMap<K, CompiledObject>,
+    index: SelectorIndex,
 }
 
 /// One object's policies and their compilation.
@@ -34,9 +36,18 @@ struct CompiledObject {
 
 impl<K: Ord> Default for LiveEngine<K> {
     fn default() -> Self {
+        // The table of no endpoints still has the reserved identities (host, world), which selectors may name.
+        let endpoints = EndpointTable::new(Vec::new()).expect("no endpoints is a valid table");
+        let mut index = SelectorIndex::default();
+        for id in endpoints.identities() {
+            if let Some(set) = endpoints.label_set(id) {
+                index.add(id, set);
+            }
+        }
         LiveEngine {
-            endpoints: EndpointTable::default(),
+            endpoints,
             objects: BTreeMap::new(),
+            index,
         }
     }
 }
@@ -64,20 +75,24 @@ impl<K: Ord + Clone> LiveEngine<K> {
     /// Patches every compiled object for identities allocated or released.
     fn follow(&mut self, changes: &[IdentityChange]) {
         for change in changes {
-            for object in self.objects.values_mut() {
-                let pairs = object.compiled.iter_mut().zip(object.source.iter());
-                match *change {
-                    IdentityChange::Added(id) => {
-                        let Some(set) = self.endpoints.label_set(id) else {
-                            continue;
-                        };
+            match change {
+                IdentityChange::Added(id) => {
+                    let Some(set) = self.endpoints.label_set(*id) else {
+                        continue;
+                    };
+                    self.index.add(*id, set);
+                    for object in self.objects.values_mut() {
+                        let pairs = object.compiled.iter_mut().zip(object.source.iter());
                         for (compiled, policy) in pairs {
-                            compiled.identity_added(policy, id, set);
+                            compiled.identity_added(policy, *id, set);
                         }
                     }
-                    IdentityChange::Removed(id) => {
-                        for (compiled, _) in pairs {
-                            compiled.identity_removed(id);
+                }
+                IdentityChange::Removed(id, set) => {
+                    self.index.remove(*id, set);
+                    for object in self.objects.values_mut() {
+                        for compiled in &mut object.compiled {
+                            compiled.identity_removed(*id);
                         }
                     }
                 }
@@ -102,8 +117,9 @@ impl<K: Ord + Clone> LiveEngine<K> {
         }
         let mut compiled = Vec::with_capacity(policies.len());
         let mut errors = Vec::new();
+        let universe = Universe::new(&self.endpoints, Some(&self.index));
         for policy in policies.iter() {
-            match CompiledPolicy::new(policy, &self.endpoints) {
+            match CompiledPolicy::new(policy, &universe) {
                 Ok(c) => compiled.push(c),
                 Err(e) => errors.push(e),
             }

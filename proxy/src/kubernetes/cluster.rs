@@ -563,7 +563,10 @@ impl ClusterState {
             if parsed.errors.is_empty() {
                 match self.live.set_policies(key.clone(), parsed.policies.clone()) {
                     Ok(()) => {
-                        self.last_good.insert(key.clone(), parsed.policies.clone());
+                        let known = self.last_good.get(key);
+                        if !known.is_some_and(|p| Arc::ptr_eq(p, &parsed.policies)) {
+                            self.last_good.insert(key.clone(), parsed.policies.clone());
+                        }
                         outcomes.insert(key.clone(), PolicyOutcome::Accepted);
                         continue;
                     }
