@@ -216,8 +216,14 @@ mod tests {
     fn a_missing_run_names_the_file_and_the_command() {
         let dir = std::env::temp_dir().join(format!("kube-scale-missing-{}", std::process::id()));
         let err = read(&dir).unwrap_err().to_string();
-        assert!(err.contains("pod_event") || err.contains("startup_build"), "{err}");
-        assert!(err.contains("cargo bench -p tollgate --bench kubernetes_scale"), "{err}");
+        assert!(
+            err.contains("pod_event") || err.contains("startup_build"),
+            "{err}"
+        );
+        assert!(
+            err.contains("cargo bench -p tollgate --bench kubernetes_scale"),
+            "{err}"
+        );
     }
 
     #[test]

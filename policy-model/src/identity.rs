@@ -270,7 +270,10 @@ impl EndpointTable {
 
     /// The endpoint owning `ip`.
     pub fn by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
-        self.inner.by_ip.get(&ip).map(|&i| &*self.inner.endpoints[i])
+        self.inner
+            .by_ip
+            .get(&ip)
+            .map(|&i| &*self.inner.endpoints[i])
     }
 
     /// The endpoint `namespace/name`.
@@ -358,7 +361,11 @@ impl TableInner {
             return (*id, false);
         }
         let mut next = Identity::FIRST_ALLOCATED;
-        for id in self.labels.range(Identity(Identity::FIRST_ALLOCATED)..).map(|(id, _)| id.0) {
+        for id in self
+            .labels
+            .range(Identity(Identity::FIRST_ALLOCATED)..)
+            .map(|(id, _)| id.0)
+        {
             if id != next {
                 break;
             }

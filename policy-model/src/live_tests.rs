@@ -49,7 +49,11 @@ fn random_endpoint(rng: &mut Rng) -> Endpoint {
         labels.push(("tier", rng.pick(&["front", "back"])));
     }
     // Mostly the pod's own IP; sometimes another pod's (the table must refuse it and change nothing).
-    let addr = if rng.below(8) == 0 { rng.below(PODS) } else { pod };
+    let addr = if rng.below(8) == 0 {
+        rng.below(PODS)
+    } else {
+        pod
+    };
     let ns = NAMESPACES[pod % 2];
     let mut ep = Endpoint::new(&format!("p{pod}"), ns, &labels, ip(addr));
     ep.named_ports.insert("http".into(), 8080);
@@ -81,7 +85,10 @@ fn random_selector(rng: &mut Rng) -> String {
 
 fn random_peer(rng: &mut Rng, from: &str) -> String {
     match rng.below(4) {
-        0 => format!("{from}Entities: [{}]", rng.pick(&["cluster", "world", "all"])),
+        0 => format!(
+            "{from}Entities: [{}]",
+            rng.pick(&["cluster", "world", "all"])
+        ),
         1 => format!("{from}CIDR: [192.0.2.0/24]"),
         _ => format!("{from}Endpoints: [{}]", random_selector(rng)),
     }
@@ -122,7 +129,9 @@ fn random_policy(rng: &mut Rng, name: &str) -> String {
         let peer = random_peer(rng, "from");
         spec.push_str(&format!(", ingressDeny: [{{{peer}}}]"));
     }
-    format!("apiVersion: cilium.io/v2\nkind: {kind}\nmetadata: {{name: {name}{ns}}}\nspec: {{{spec}}}\n")
+    format!(
+        "apiVersion: cilium.io/v2\nkind: {kind}\nmetadata: {{name: {name}{ns}}}\nspec: {{{spec}}}\n"
+    )
 }
 
 /// Everything an engine says about every address pair, with identity numbers replaced by labels.

@@ -577,7 +577,10 @@ impl ClusterState {
             let errors = parsed.errors.iter().map(ToString::to_string).collect();
             let enforcing_previous = match self.last_good.get(key) {
                 Some(previous) => {
-                    let ok = self.live.set_policies(key.clone(), previous.clone()).is_ok();
+                    let ok = self
+                        .live
+                        .set_policies(key.clone(), previous.clone())
+                        .is_ok();
                     if !ok {
                         // A last-good version that itself fails to compile now must not come back.
                         self.last_good.remove(key);
@@ -908,7 +911,11 @@ mod tests {
 
     fn random_pod(rng: &mut Rng) -> Pod {
         let n = rng.below(10);
-        let phase = if rng.below(8) == 0 { "Succeeded" } else { "Running" };
+        let phase = if rng.below(8) == 0 {
+            "Succeeded"
+        } else {
+            "Running"
+        };
         pod(serde_json::json!({
             "metadata": {"name": format!("p{n}"), "namespace": (["shop", "bank"][n % 2]), "uid": format!("u{n}"),
                          "labels": {"app": (["web", "api", "db"][rng.below(3)])}},
@@ -929,7 +936,9 @@ mod tests {
         let app = |rng: &mut Rng| ["web", "api", "db"][rng.below(3)];
         let peer = match rng.below(3) {
             0 => serde_json::json!({"matchLabels": {"app": app(rng)}}),
-            1 => serde_json::json!({"matchLabels": {"io.cilium.k8s.namespace.labels.team": (["a", "b"][rng.below(2)])}}),
+            1 => {
+                serde_json::json!({"matchLabels": {"io.cilium.k8s.namespace.labels.team": (["a", "b"][rng.below(2)])}})
+            }
             _ => serde_json::json!({}),
         };
         // Valid only: an invalid update keeps the previous version enforcing, which a fresh build has no record of.
@@ -949,21 +958,32 @@ mod tests {
     /// What an engine says for every address pair, identity numbers replaced by labels.
     fn verdicts(c: &Compiled) -> Vec<String> {
         let cache = policy_model::FqdnCache::default();
-        let addrs: Vec<IpAddr> = (0..=IPS).map(|i| format!("10.2.0.{i}").parse().unwrap()).collect();
+        let addrs: Vec<IpAddr> = (0..=IPS)
+            .map(|i| format!("10.2.0.{i}").parse().unwrap())
+            .collect();
         let mut out = Vec::new();
         for &src in &addrs {
             for &dst in &addrs {
                 let flow = c.engine.flow(src, dst, 8080, Protocol::Tcp);
                 let conn = c.engine.connection(&flow, &cache, SystemTime::UNIX_EPOCH);
-                let req = policy_model::HttpRequest { method: "GET", path: "/v1/x", host: "h", headers: &[] };
+                let req = policy_model::HttpRequest {
+                    method: "GET",
+                    path: "/v1/x",
+                    host: "h",
+                    headers: &[],
+                };
                 let http = c.engine.http(&flow, &req);
                 out.push(format!(
                     "{src}->{dst} {:?} {:?} {:?} src={:?} dst={:?}",
                     conn.decision,
                     http.decision,
                     http.reason.to_string().split(" identity").next(),
-                    c.endpoints.by_ip(src).map(|e| (e.key(), &e.labels, &e.cgroup)),
-                    c.endpoints.by_ip(dst).map(|e| (e.key(), &e.labels, &e.cgroup)),
+                    c.endpoints
+                        .by_ip(src)
+                        .map(|e| (e.key(), &e.labels, &e.cgroup)),
+                    c.endpoints
+                        .by_ip(dst)
+                        .map(|e| (e.key(), &e.labels, &e.cgroup)),
                 ));
             }
         }
@@ -1009,14 +1029,22 @@ mod tests {
                 };
                 fresh.replace_pods(&pods.values().cloned().collect::<Vec<_>>());
                 let full = fresh.rebuild("node-a", &cg).unwrap();
-                assert_eq!(verdicts(&patched), verdicts(&full), "seed {seed} step {step}");
+                assert_eq!(
+                    verdicts(&patched),
+                    verdicts(&full),
+                    "seed {seed} step {step}"
+                );
                 let accepted = |c: &Compiled| -> Vec<(String, bool)> {
                     c.outcomes
                         .iter()
                         .map(|(k, o)| (k.source_name(), *o == PolicyOutcome::Accepted))
                         .collect()
                 };
-                assert_eq!(accepted(&patched), accepted(&full), "seed {seed} step {step}");
+                assert_eq!(
+                    accepted(&patched),
+                    accepted(&full),
+                    "seed {seed} step {step}"
+                );
             }
         }
     }
