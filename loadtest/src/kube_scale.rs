@@ -11,6 +11,7 @@ use serde::Deserialize;
 pub const GROUP: &str = "kubernetes_scale";
 
 /// One measured operation: criterion's benchmark id, what it is, and its goal (issue 21) in milliseconds.
+#[derive(Debug)]
 pub struct Measurement {
     pub id: &'static str,
     pub what: &'static str,

@@ -745,8 +745,10 @@ pub(crate) struct CompiledPolicy {
     directions: Vec<CompiledDirection>,
 }
 
-/// A policy's (direction, section, default deny, allow rules, deny rules) as written.
-fn sections(policy: &Policy) -> [(Direction, Option<&[Rule]>, bool, &[Rule]); 2] {
+/// A policy's (direction, allow section, default deny, deny rules) as written.
+type Section<'a> = (Direction, Option<&'a [Rule]>, bool, &'a [Rule]);
+
+fn sections(policy: &Policy) -> [Section<'_>; 2] {
     [
         (
             Direction::Ingress,
