@@ -1,7 +1,7 @@
 //! `tollgate-load`: the load generator used as Tollgate's yardstick and by users against their own clusters.
 //!
 //! Layout: [`schedule`] (when requests are due), [`stats`] (HdrHistogram + achieved rate), [`report`]
-//! (JSON/Markdown rendering), all pure; [`client`] (one HTTP/1.1, HTTP/2 or gRPC connection) and [`engine`]
+//! (JSON/Markdown rendering) and [`kube_scale`] (the Kubernetes scale bench's section), all pure; [`client`] (one HTTP/1.1, HTTP/2 or gRPC connection) and [`engine`]
 //! (open and closed loop drivers) do the I/O.
 
 pub mod client;
@@ -9,6 +9,7 @@ pub mod dns;
 pub mod engine;
 pub mod external;
 pub mod kafka;
+pub mod kube_scale;
 pub mod netns;
 pub mod peers;
 pub mod plot;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tollgate_load::client::{Protocol, Target};
 use tollgate_load::engine::{self, Mode, RunConfig};
+use tollgate_load::kube_scale;
 use tollgate_load::progress::Progress;
 use tollgate_load::quiet::{self, Gate, Verdict};
 use tollgate_load::report::{self, RunResult, ScenarioResult};
@@ -61,6 +62,10 @@ enum Cmd {
         /// Write BENCHMARKS.md even from a busy machine, with a bold NOT PUBLISHABLE line above every table.
         #[arg(long)]
         allow_busy: bool,
+        /// Criterion's output directory (`target/criterion`) after a run of the `kubernetes_scale` bench: adds the
+        /// "Kubernetes scale" section from its estimates and RSS reading.
+        #[arg(long)]
+        kubernetes_scale: Option<PathBuf>,
     },
 }
 
@@ -74,6 +79,7 @@ struct ScenarioArgs {
     opts: scenario::RunOptions,
     max_load: f64,
     allow_busy: bool,
+    kubernetes_scale: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
             max_load,
             allow_busy,
+            kubernetes_scale,
         } => scenario_cmd(ScenarioArgs {
             files,
             out,
@@ -194,6 +201,7 @@ fn main() -> anyhow::Result<()> {
             },
             max_load,
             allow_busy,
+            kubernetes_scale,
         })?,
     }
     Ok(())
@@ -248,6 +256,10 @@ fn scenario_cmd(a: ScenarioArgs) -> anyhow::Result<()> {
         )?);
     }
     drop(progress);
+    if let Some(dir) = &a.kubernetes_scale {
+        let (medians, rss) = kube_scale::read(dir)?;
+        md.push_str(&kube_scale::markdown(&medians, rss));
+    }
     let verdict = gate.verdict();
     if let Some(banner) = verdict.banner() {
         md = quiet::mark_tables(&md, &banner);

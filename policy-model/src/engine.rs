@@ -18,6 +18,7 @@ use crate::labels::{LabelSet, Selector};
 use crate::load::{
     Entity, L7Def, NAMESPACE_NAME_LABEL, NsMatch, Peer, Peers, Policy, PortMatch, PortSel, Rule,
 };
+use crate::selector_index::Universe;
 use crate::verdict::*;
 
 #[derive(Debug)]
@@ -43,7 +44,7 @@ pub(crate) struct CompiledPortRule {
     pub(crate) l7: Option<CompiledL7>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum CompiledPeers {
     Any,
     Nothing,
@@ -57,11 +58,12 @@ pub(crate) enum CompiledPeers {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct CompiledRule {
     pub(crate) rule: RuleRef,
     pub(crate) peers: CompiledPeers,
-    pub(crate) ports: Vec<CompiledPortRule>,
+    /// Shared: the matchers (compiled regexes) are built once per policy version, whatever identities come and go.
+    pub(crate) ports: Arc<Vec<CompiledPortRule>>,
     /// `authentication.mode: required`.
     pub(crate) auth_required: bool,
     /// Where the rule's policy came from: file and document index (for `tollgate policy get`).
@@ -112,58 +114,52 @@ impl PolicyEngine {
         endpoints: &EndpointTable,
     ) -> (PolicyEngine, Vec<PolicyError>) {
         let mut errors = Vec::new();
+        let mut compiled = Vec::new();
+        let universe = Universe::new(endpoints, None);
+        for policy in &policies {
+            match CompiledPolicy::new(policy, &universe) {
+                Ok(c) => compiled.push(c),
+                Err(e) => errors.push(e),
+            }
+        }
+        (Self::assemble(endpoints, compiled.iter()), errors)
+    }
+
+    /// The engine made of already compiled policies, in this order (the order decides which rule a verdict
+    /// names and which HTTP rule's header actions apply).
+    pub(crate) fn assemble<'a>(
+        endpoints: &EndpointTable,
+        policies: impl Iterator<Item = &'a CompiledPolicy>,
+    ) -> PolicyEngine {
         let mut rules: Vec<Arc<CompiledRule>> = Vec::new();
         let mut subjects: HashMap<(Identity, Direction), DirPolicy> = HashMap::new();
         let mut names = Vec::new();
-        let subject_ids: Vec<Identity> = endpoints
-            .identities()
-            .filter(|id| id.is_endpoint())
-            .collect();
-        for policy in &policies {
-            let compiled = match compile_policy(policy, endpoints) {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
-            names.push(policy.id());
-            let selected: Vec<Identity> = subject_ids
-                .iter()
-                .copied()
-                .filter(|id| {
-                    endpoints
-                        .label_set(*id)
-                        .is_some_and(|set| peer_selects(&policy.subject, set))
-                })
-                .collect();
-            for (dir, section_present, default_deny, allow, deny) in compiled {
+        for policy in policies {
+            names.push(policy.id.clone());
+            for d in &policy.directions {
                 let base = rules.len();
-                rules.extend(allow.into_iter().map(Arc::new));
+                rules.extend(d.allow.iter().cloned());
                 let allow_ids: Vec<usize> = (base..rules.len()).collect();
                 let base = rules.len();
-                rules.extend(deny.into_iter().map(Arc::new));
+                rules.extend(d.deny.iter().cloned());
                 let deny_ids: Vec<usize> = (base..rules.len()).collect();
-                if !section_present && deny_ids.is_empty() {
+                if !d.section_present && deny_ids.is_empty() {
                     continue;
                 }
-                for id in &selected {
-                    let d = subjects.entry((*id, dir)).or_default();
-                    d.default_deny |= default_deny;
-                    d.allow.extend(&allow_ids);
-                    d.deny.extend(&deny_ids);
+                for id in &policy.subjects {
+                    let entry = subjects.entry((*id, d.dir)).or_default();
+                    entry.default_deny |= d.default_deny;
+                    entry.allow.extend(&allow_ids);
+                    entry.deny.extend(&deny_ids);
                 }
             }
         }
-        (
-            PolicyEngine {
-                endpoints: endpoints.clone(),
-                rules,
-                subjects: dense(subjects),
-                policies: names,
-            },
-            errors,
-        )
+        PolicyEngine {
+            endpoints: endpoints.clone(),
+            rules,
+            subjects: dense(subjects),
+            policies: names,
+        }
     }
 
     /// An engine with no policies: everything is allowed.
@@ -318,7 +314,7 @@ impl PolicyEngine {
                     auth,
                 };
             }
-            for pr in &rule.ports {
+            for pr in rule.ports.iter() {
                 if pr.ports.iter().any(|p| self.port_matches(p, flow)) {
                     match pr.l7 {
                         // A plain L4 allow on this port and peer makes every L7 rule of the port moot.
@@ -614,7 +610,7 @@ impl PolicyEngine {
             if rule.ports.is_empty() {
                 return None;
             }
-            for pr in &rule.ports {
+            for pr in rule.ports.iter() {
                 for p in &pr.ports {
                     match p.port {
                         PortSel::Range(0, _) => return None,
@@ -642,7 +638,7 @@ impl PolicyEngine {
             let (identity, direction) = (&identity, &direction);
             for &r in &d.allow {
                 let rule = &self.rules[r];
-                for pr in &rule.ports {
+                for pr in rule.ports.iter() {
                     // Ports with L7 rules, and ports whose rule requires authentication (the proxy must see those
                     // connections to refuse plain ones).
                     let kind = match &pr.l7 {
@@ -733,52 +729,125 @@ fn peer_selects(peer: &Peer, set: &LabelSet) -> bool {
     }
 }
 
-type CompiledDirection = (Direction, bool, bool, Vec<CompiledRule>, Vec<CompiledRule>);
+/// One direction of a compiled policy.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledDirection {
+    dir: Direction,
+    section_present: bool,
+    default_deny: bool,
+    allow: Vec<Arc<CompiledRule>>,
+    deny: Vec<Arc<CompiledRule>>,
+}
 
-fn compile_policy(
-    policy: &Policy,
-    endpoints: &EndpointTable,
-) -> Result<Vec<CompiledDirection>, PolicyError> {
-    let all_ids: Vec<(Identity, &LabelSet)> = endpoints
-        .identities()
-        .filter_map(|id| endpoints.label_set(id).map(|s| (id, s)))
-        .collect();
-    let compile_rules =
-        |rules: &[Rule], dir: Direction| -> Result<Vec<CompiledRule>, PolicyError> {
-            rules
-                .iter()
-                .map(|r| compile_rule(policy, r, dir, &all_ids))
-                .collect()
-        };
-    let mut out = Vec::new();
-    for (dir, section, dd, deny) in [
+/// One policy compiled against the identities of an endpoint table. Kept across engine builds: an edit of
+/// another policy reuses it as is, and an identity that comes or goes only patches its subject and peer sets.
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledPolicy {
+    id: String,
+    /// The endpoint identities the policy applies to.
+    subjects: BTreeSet<Identity>,
+    directions: Vec<CompiledDirection>,
+}
+
+/// A policy's (direction, allow section, default deny, deny rules) as written.
+type Section<'a> = (Direction, Option<&'a [Rule]>, bool, &'a [Rule]);
+
+fn sections(policy: &Policy) -> [Section<'_>; 2] {
+    [
         (
             Direction::Ingress,
-            &policy.ingress,
+            policy.ingress.as_deref(),
             policy.default_deny_ingress,
             &policy.ingress_deny,
         ),
         (
             Direction::Egress,
-            &policy.egress,
+            policy.egress.as_deref(),
             policy.default_deny_egress,
             &policy.egress_deny,
         ),
-    ] {
-        let allow = match section {
-            Some(rules) => compile_rules(rules, dir)?,
-            None => Vec::new(),
+    ]
+}
+
+impl CompiledPolicy {
+    pub(crate) fn new(policy: &Policy, universe: &Universe) -> Result<Self, PolicyError> {
+        let compile_rules = |rules: &[Rule], dir: Direction| {
+            rules
+                .iter()
+                .map(|r| compile_rule(policy, r, dir, universe).map(Arc::new))
+                .collect::<Result<Vec<_>, PolicyError>>()
         };
-        out.push((dir, section.is_some(), dd, allow, compile_rules(deny, dir)?));
+        let mut directions = Vec::new();
+        for (dir, section, default_deny, deny) in sections(policy) {
+            directions.push(CompiledDirection {
+                dir,
+                section_present: section.is_some(),
+                default_deny,
+                allow: compile_rules(section.unwrap_or_default(), dir)?,
+                deny: compile_rules(deny, dir)?,
+            });
+        }
+        let subjects = universe
+            .select(&policy.subject, peer_selects)
+            .into_iter()
+            .filter(|id| id.is_endpoint())
+            .collect();
+        Ok(CompiledPolicy {
+            id: policy.id(),
+            subjects,
+            directions,
+        })
     }
-    Ok(out)
+
+    /// `identity` (an endpoint identity, labels `set`) was allocated: add it where `policy` (the source of this
+    /// compilation) selects it.
+    pub(crate) fn identity_added(&mut self, policy: &Policy, identity: Identity, set: &LabelSet) {
+        if peer_selects(&policy.subject, set) {
+            self.subjects.insert(identity);
+        }
+        for (d, (_, section, _, deny)) in self.directions.iter_mut().zip(sections(policy)) {
+            let sources = section.unwrap_or_default().iter().chain(deny);
+            for (rule, source) in d.allow.iter_mut().chain(d.deny.iter_mut()).zip(sources) {
+                if let Peers::List(list) = &source.peers
+                    && list_selects_endpoint(list, identity, set)
+                    && let CompiledPeers::Match { identities, .. } = &mut Arc::make_mut(rule).peers
+                {
+                    identities.insert(identity);
+                }
+            }
+        }
+    }
+
+    /// `identity` was released: drop it everywhere (its number may later name another label set).
+    pub(crate) fn identity_removed(&mut self, identity: Identity) {
+        self.subjects.remove(&identity);
+        for d in &mut self.directions {
+            for rule in d.allow.iter_mut().chain(d.deny.iter_mut()) {
+                if matches!(&rule.peers, CompiledPeers::Match { identities, .. } if identities.contains(&identity))
+                    && let CompiledPeers::Match { identities, .. } = &mut Arc::make_mut(rule).peers
+                {
+                    identities.remove(&identity);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a rule's peer list selects the (newly allocated) identity through an endpoint selector or the
+/// `cluster` entity: what [`compile_rule`] would have put in the rule's identity set for it.
+fn list_selects_endpoint(list: &[Peer], identity: Identity, set: &LabelSet) -> bool {
+    list.iter().any(|p| match p {
+        Peer::Endpoints { .. } => peer_selects(p, set),
+        Peer::Entity(Entity::Cluster) => identity.is_endpoint(),
+        _ => false,
+    })
 }
 
 fn compile_rule(
     policy: &Policy,
     r: &Rule,
     dir: Direction,
-    all_ids: &[(Identity, &LabelSet)],
+    universe: &Universe,
 ) -> Result<CompiledRule, PolicyError> {
     let peers = match &r.peers {
         Peers::Any => CompiledPeers::Any,
@@ -790,12 +859,7 @@ fn compile_rule(
             let mut fqdns = Vec::new();
             for p in list {
                 match p {
-                    Peer::Endpoints { .. } => identities.extend(
-                        all_ids
-                            .iter()
-                            .filter(|(_, set)| peer_selects(p, set))
-                            .map(|(id, _)| *id),
-                    ),
+                    Peer::Endpoints { .. } => identities.extend(universe.select(p, peer_selects)),
                     Peer::Entity(Entity::All) => all = true,
                     Peer::Entity(Entity::World) => {
                         identities.insert(Identity::WORLD);
@@ -805,12 +869,7 @@ fn compile_rule(
                     }
                     Peer::Entity(Entity::Cluster) => {
                         identities.insert(Identity::HOST);
-                        identities.extend(
-                            all_ids
-                                .iter()
-                                .map(|(id, _)| *id)
-                                .filter(|id| id.is_endpoint()),
-                        );
+                        identities.extend(universe.endpoint_identities());
                     }
                     Peer::Cidr { net, except } => cidrs.push((*net, except.clone())),
                     Peer::Fqdn(m) => fqdns.push(m.clone()),
@@ -847,6 +906,7 @@ fn compile_rule(
         });
     }
     Ok(CompiledRule {
+        ports: Arc::new(ports),
         rule: RuleRef {
             policy: policy.id(),
             kind: policy.kind,
@@ -856,7 +916,6 @@ fn compile_rule(
             l7_index: None,
         },
         peers,
-        ports,
         auth_required: r.auth_required,
         source: (policy.file.clone(), policy.document),
     })

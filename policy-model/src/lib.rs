@@ -12,7 +12,8 @@
 //!
 //! # Flow of data
 //! [`load_policies`] (YAML -> validated [`Policy`] or [`PolicyError`] with file, document and field path) ->
-//! [`PolicyEngine::compile`] (against an [`EndpointTable`]) -> queries [`PolicyEngine::connection`],
+//! [`PolicyEngine::compile`] (against an [`EndpointTable`]; or a [`LiveEngine`] patched one endpoint or policy
+//! object at a time, which reuses every compiled piece the patch does not touch) -> queries [`PolicyEngine::connection`],
 //! [`PolicyEngine::http`], [`PolicyEngine::kafka`], [`PolicyEngine::dns`], [`PolicyEngine::l7_ports`].
 //!
 //! # Semantics where the upstream behaviour was unclear (decided here)
@@ -46,10 +47,14 @@ pub mod http;
 mod identity;
 pub mod kafka;
 pub mod labels;
+mod live;
 pub mod load;
+mod selector_index;
 mod spec;
 mod verdict;
 
+#[cfg(test)]
+mod live_tests;
 #[cfg(test)]
 mod semantics_tests;
 
@@ -57,6 +62,7 @@ pub use engine::PolicyEngine;
 pub use error::PolicyError;
 pub use fqdn::FqdnCache;
 pub use identity::{Endpoint, EndpointTable, Identity};
+pub use live::LiveEngine;
 pub use load::{Policy, PolicyLoad, load_policies};
 pub use spec::cilium_spec_schema;
 pub use verdict::{

@@ -3,10 +3,13 @@
 //! the scale test streams through the test API server (`tests/support/scale.rs`).
 //!
 //! - `startup_build`: every object reduced into the `ClusterState`, then the first endpoint table + engine.
-//! - `pod_event`: one pod's labels change, then the rebuild the reconciler runs.
+//! - `pod_event`: one pod's labels change (it moves to a new identity, or back), then the rebuild the reconciler runs.
+//! - `pod_event_existing_identity`: a pod of an existing identity is created or deleted, then the rebuild.
 //! - `policy_event`: one policy's HTTP rule changes, then the rebuild.
 //!
-//! Prints the process RSS after building the full state. Goals: <= 1 s, <= 10 ms, <= 100 ms, <= 150 MB.
+//! Prints the process RSS after building the full state (and writes it, in MiB, to the file
+//! `TOLLGATE_SCALE_RSS_OUT` names, for `tollgate-load`'s report). `TOLLGATE_SCALE_SECS` sets the measurement time
+//! per measurement (default 10). Goals: <= 1 s, <= 10 ms, <= 100 ms, <= 150 MB.
 
 #[path = "../tests/support/scale.rs"]
 #[allow(dead_code)]
@@ -75,7 +78,11 @@ fn bench(c: &mut Criterion) {
     let objects = objects();
     let mut group = c.benchmark_group("kubernetes_scale");
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(10));
+    let secs = std::env::var("TOLLGATE_SCALE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    group.measurement_time(Duration::from_secs(secs));
 
     group.bench_function("startup_build_20000_pods_1000_policies", |b| {
         b.iter(|| {
@@ -92,11 +99,18 @@ fn bench(c: &mut Criterion) {
             .values()
             .all(|o| *o == tollgate::kubernetes::cluster::PolicyOutcome::Accepted)
     );
+    let rss = rss_mib();
     eprintln!(
         "kubernetes_scale: RSS with {PODS} pods + {APPS} policies built (objects, state, one compiled engine): \
-         {:.0} MiB",
-        rss_mib()
+         {rss:.0} MiB"
     );
+    if let Ok(path) = std::env::var("TOLLGATE_SCALE_RSS_OUT") {
+        let path = PathBuf::from(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(&path, format!("{rss:.1}\n")).unwrap();
+    }
     drop(compiled);
 
     let mut flip = false;
@@ -110,6 +124,26 @@ fn bench(c: &mut Criterion) {
             },
             |pod| {
                 assert!(state.apply_pod(&pod));
+                state.rebuild("node-0", &no_cgroup).unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
+
+    let present = std::cell::Cell::new(false);
+    group.bench_function("pod_event_existing_identity", |b| {
+        b.iter_batched(
+            || {
+                present.set(!present.get());
+                // Pod number PODS + 7 is one more pod of app 7: its identity exists.
+                serde_json::from_value::<Pod>(scale::pod(PODS + 7, APPS)).unwrap()
+            },
+            |pod| {
+                if present.get() {
+                    assert!(state.apply_pod(&pod));
+                } else {
+                    assert!(state.delete_pod(&pod));
+                }
                 state.rebuild("node-0", &no_cgroup).unwrap()
             },
             BatchSize::PerIteration,

@@ -151,6 +151,9 @@ pub struct Datapath {
 struct Programmed {
     redirect: Redirect,
     last: DatapathPlan,
+    /// The maps hold exactly `last`. False after a failed apply (it may have stopped half-way): the next apply then
+    /// rewrites every entry instead of only those that differ from `last`.
+    exact: bool,
 }
 
 impl std::fmt::Debug for Programmed {
@@ -204,27 +207,44 @@ impl Datapath {
             inner: Mutex::new(Programmed {
                 redirect,
                 last: DatapathPlan::default(),
+                exact: true,
             }),
             lookup,
         })
     }
 
     /// Programs the maps for `plan`: new endpoints and redirects first, stale ones removed after, so a reload never
-    /// opens a window where a policy-selected connection bypasses the proxy.
+    /// opens a window where a policy-selected connection bypasses the proxy. Only entries that differ from the last applied plan are written (a pod event touches one IP, not 20,000).
     pub fn apply(&self, plan: DatapathPlan) -> Result<(), DatapathError> {
         let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let exact = std::mem::replace(&mut p.exact, false);
+        if exact && p.last == plan {
+            p.exact = true;
+            return Ok(());
+        }
         for (ip, identity) in &plan.ipcache {
+            if exact && p.last.ipcache.get(ip) == Some(identity) {
+                continue;
+            }
             // Standalone mode: every endpoint in the file runs on this node (LOCAL: TC ingress may steer to it).
             let prefix = if ip.is_ipv4() { 32 } else { 128 };
             p.redirect
                 .ipcache_upsert_prefix(*ip, prefix, *identity, true)?;
         }
-        p.redirect.policy_sync(&plan.redirects)?;
+        let rewrite_policy = !exact || p.last.redirects != plan.redirects;
+        if rewrite_policy {
+            p.redirect.policy_sync(&plan.redirects)?;
+        }
         // policy_sync rewrites the policy map, flags entries included: (re)mark FQDN-restricted identities after it.
         for identity in &plan.fqdn_restricted {
-            p.redirect.set_fqdn_restricted(*identity, true)?;
+            if rewrite_policy || !p.last.fqdn_restricted.contains(identity) {
+                p.redirect.set_fqdn_restricted(*identity, true)?;
+            }
         }
         for (cgroup, (name, info)) in &plan.enrollments {
+            if exact && p.last.enrollments.get(cgroup) == Some(&(name.clone(), *info)) {
+                continue;
+            }
             if !Path::new(cgroup).is_dir() {
                 return Err(DatapathError::MissingCgroup {
                     endpoint: name.clone(),
@@ -266,6 +286,7 @@ impl Datapath {
             p.redirect.ipcache_remove(ip, prefix)?;
         }
         p.last = plan;
+        p.exact = true;
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! The I/O half of Kubernetes mode: one kube-rs watcher per resource (list + watch, re-list after errors or a
-//! stale resourceVersion, a short jittered backoff reset by every success), one reconciler task that owns the `ClusterState`, recompiles after
-//! each burst of changes once every resource has synced, hands snapshots to the `PolicySource` (through the same
+//! stale resourceVersion, a short jittered backoff reset by every success), one reconciler task that owns the `ClusterState`, rebuilds (patches
+//! what changed) after each burst of changes once every resource has synced, hands snapshots to the `PolicySource` (through the same
 //! datapath gate as a file reload) and writes policy status back.
 
 use std::collections::{BTreeMap, HashSet};
@@ -223,7 +223,7 @@ impl std::fmt::Debug for Reconciler {
         f.debug_struct("Reconciler")
             .field("scope", &self.scope)
             .field("synced", &self.synced.len())
-            .field("pods", &self.state.pods.len())
+            .field("pods", &self.state.pod_count())
             .field("policies", &self.state.policies.len())
             .finish_non_exhaustive()
     }
@@ -382,11 +382,17 @@ impl Reconciler {
     fn replace_all(&mut self, watched: Watched, listed: Vec<Change>) -> bool {
         match watched {
             Watched::Pods => {
-                let old = std::mem::take(&mut self.state.pods);
-                listed.into_iter().for_each(|c| {
-                    self.apply_one(c);
-                });
-                self.state.pods != old
+                let pods: Vec<Pod> = listed
+                    .into_iter()
+                    .filter_map(|c| match c {
+                        Change::Pod(ev) => match *ev {
+                            Event::Apply(p) | Event::InitApply(p) => Some(p),
+                            _ => None,
+                        },
+                        _ => None,
+                    })
+                    .collect();
+                self.state.replace_pods(&pods)
             }
             Watched::Namespaces => {
                 let old = std::mem::take(&mut self.state.namespaces);
