@@ -15,14 +15,13 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
 
 use crate::activity::{Activity, RequestClock, Tracked};
 use crate::decision::{self, ConnectionPlan, Downstream};
 use crate::flow::{DropReason, FlowEndpoint, FlowRecord, HttpInfo, L7Info, Verdict};
 use crate::h2_refusal::{Refusal, RefusalLog};
 use crate::h2_watch::H2Watch;
-use crate::http::{ConnCtx, Forward, PolicyLayer};
+use crate::http::ConnCtx;
 use crate::inputs::{ClientStream, Proxy, endpoints, reset};
 use crate::limits::Limits;
 use crate::request_framing::{FramingGuard, UpgradeSignal};
@@ -249,10 +248,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         requests: RequestClock::default(),
         tunnels: Default::default(),
     });
-    let svc = ServiceBuilder::new()
-        .layer(PolicyLayer { ctx: ctx.clone() })
-        .service(Forward { ctx: ctx.clone() });
-    let svc = TowerToHyperService::new(svc);
+    let svc = TowerToHyperService::new(crate::http::service(ctx.clone()));
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
