@@ -515,6 +515,7 @@ pub fn refused_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::Verdict;
 
     const ENDPOINTS: &str = "endpoints:
   - {name: web-1, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.1.10, node: a}

@@ -246,7 +246,7 @@ mod tests {
     fn the_upstream_gets_the_checked_host_and_normalized_path() {
         let dst: SocketAddr = "10.0.1.20:8080".parse().unwrap();
         let mut r = req("GET", "/api/v1/../admin", &[("host", "api")]);
-        let t = normalize(&mut r, dst).unwrap();
+        let t = normalise(&mut r, dst).unwrap();
         assert_eq!(
             t,
             Target {
@@ -259,14 +259,14 @@ mod tests {
         assert_eq!(r.headers()["host"], "api");
         // Absolute form with a matching Host (any case): the authority is what both policy and upstream see.
         let mut r = req("GET", "http://API.example/x", &[("host", "api.example")]);
-        let t = normalize(&mut r, dst).unwrap();
+        let t = normalise(&mut r, dst).unwrap();
         set_upstream_target(&mut r, &t).unwrap();
         assert_eq!(r.headers()["host"], "API.example");
         assert_eq!(r.headers().get_all("host").iter().count(), 1);
         // HTTP/1.0 without Host: the address is the host, checked and sent.
         let mut r = req("GET", "/x", &[]);
         *r.version_mut() = Version::HTTP_10;
-        let t = normalize(&mut r, dst).unwrap();
+        let t = normalise(&mut r, dst).unwrap();
         assert_eq!(t.host, "10.0.1.20:8080");
         set_upstream_target(&mut r, &t).unwrap();
         assert_eq!(r.uri().to_string(), "http://10.0.1.20:8080/x");
@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn requests_naming_two_hosts_are_refused() {
         let dst: SocketAddr = "10.0.1.20:8080".parse().unwrap();
-        let refused = |mut r: Request<()>| match normalize(&mut r, dst) {
+        let refused = |mut r: Request<()>| match normalise(&mut r, dst) {
             Err(Refusal::Malformed(why)) => why,
             other => panic!("{:?} {:?}: {other:?}", r.uri(), r.headers()),
         };
@@ -318,7 +318,7 @@ mod tests {
                 ("x-tenant", "forged"),
             ],
         );
-        normalize(&mut r, dst).unwrap();
+        normalise(&mut r, dst).unwrap();
         assert!(r.headers().get("x-tenant").is_none(), "{:?}", r.headers());
         header_actions::apply(
             r.headers_mut(),
