@@ -25,12 +25,14 @@ use crate::h2_watch::H2Watch;
 use crate::http::ConnCtx;
 use crate::inputs::{ClientStream, Proxy, reset};
 use crate::limits::Limits;
+use crate::original_dst::OriginalDst;
 use crate::request_framing::{FramingGuard, UpgradeSignal};
 use crate::upstream::Dial;
 
 /// Handles one accepted connection to completion. `permit` is `None` when the connection limit is exhausted.
 pub async fn handle(
     proxy: Arc<Proxy>,
+    original_dst: Arc<dyn OriginalDst>,
     stream: TcpStream,
     client: SocketAddr,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -39,7 +41,7 @@ pub async fn handle(
     // Responses are written in several small writes (head, body chunks); Nagle would hold them for the client's
     // delayed ACK.
     let _ = stream.set_nodelay(true);
-    let dst = match proxy.original_dst.original_dst(&stream) {
+    let dst = match original_dst.original_dst(&stream) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(%client, "refusing connection: {e}");
@@ -145,7 +147,9 @@ pub async fn dispatch<S: ClientStream>(
                 }
                 Ok(mut upstream) => {
                     let flow = flow.latency_since(start);
-                    proxy.flows.record(flow.finish(FlowOutcome::Forwarded { policy: reason }));
+                    proxy
+                        .flows
+                        .record(flow.finish(FlowOutcome::Forwarded { policy: reason }));
                     let activity = Activity::new();
                     let mut downstream = Tracked::new(stream, activity.clone());
                     tokio::select! {
@@ -198,7 +202,9 @@ async fn refuse_over_limit<S: ClientStream>(
         let _ = http.flush().await;
         return;
     }
-    proxy.flows.record(proxy.flow(down, dst, "TCP").finish(outcome));
+    proxy
+        .flows
+        .record(proxy.flow(down, dst, "TCP").finish(outcome));
     let _ = stream.shutdown().await;
 }
 

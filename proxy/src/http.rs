@@ -57,7 +57,8 @@ pub struct ConnCtx {
 /// The service hyper calls for each request of one connection: the layers in order.
 pub fn service(
     ctx: Arc<ConnCtx>,
-) -> record::Record<normalise::Normalise<authorise::Authorise<rewrite::Rewrite<forward::Forward>>>> {
+) -> record::Record<normalise::Normalise<authorise::Authorise<rewrite::Rewrite<forward::Forward>>>>
+{
     ServiceBuilder::new()
         .layer_fn(|inner| record::Record::new(ctx.clone(), inner))
         .layer_fn(normalise::Normalise::new)

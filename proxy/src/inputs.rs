@@ -15,7 +15,6 @@ use crate::flow::{FlowEndpoint, FlowLog};
 use crate::flow_record::FlowBuilder;
 use crate::limits::Limits;
 use crate::linger::LingeringStream;
-use crate::original_dst::OriginalDst;
 use crate::policy_source::PolicySource;
 use crate::upstream::UpstreamPool;
 
@@ -26,7 +25,6 @@ pub struct Proxy {
     pub flows: Arc<FlowLog>,
     pub upstream: UpstreamPool,
     pub limits: Limits,
-    pub original_dst: Box<dyn OriginalDst>,
     /// One permit per open downstream connection (`Limits::max_connections`).
     pub connections: Arc<Semaphore>,
     /// Kafka topic ids learned from Metadata responses (shared: clients learn ids on one connection and use them

@@ -76,7 +76,10 @@ impl Service<Routed> for Forward {
                     return Ok(Err(Refused { refusal, exchange }));
                 }
             };
-            if let (Some(down), true) = (downstream_upgrade, switched_protocols(is_connect, resp.status())) {
+            if let (Some(down), true) = (
+                downstream_upgrade,
+                switched_protocols(is_connect, resp.status()),
+            ) {
                 let up = hyper::upgrade::on(&mut resp);
                 let mut tunnels = ctx.tunnels.lock().unwrap_or_else(|p| p.into_inner());
                 tunnels.spawn(async move {

@@ -201,8 +201,8 @@ mod tests {
     /// Refusals after the decision keep the allowing rule in the record, then say what failed.
     #[tokio::test]
     async fn refusals_map_to_one_reply_and_one_outcome() {
-        let (resp, outcome) = Refusal::Upstream("connection refused".into())
-            .reply(false, "allowed by rule 1".into());
+        let (resp, outcome) =
+            Refusal::Upstream("connection refused".into()).reply(false, "allowed by rule 1".into());
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(body_of(resp).await, "Upstream unavailable\r\n");
         assert_eq!(
@@ -214,7 +214,10 @@ mod tests {
         );
         let (resp, outcome) = Refusal::Malformed("bad path".into()).reply(true, String::new());
         assert_eq!(resp.headers()["grpc-status"], "3");
-        assert_eq!(outcome, dropped(DropReason::InvalidRequest, "bad path".into()));
+        assert_eq!(
+            outcome,
+            dropped(DropReason::InvalidRequest, "bad path".into())
+        );
         let (resp, outcome) = Refusal::TooSlow("slow".into()).reply(false, "r".into());
         assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
         assert_eq!(
