@@ -9,7 +9,7 @@
 //! 5. [`forward::Forward`]: the pooled upstream client; splices upgraded connections.
 //!
 //! The request travels down as a [`Routed`] and its [`Exchange`] (what the layers learned) comes back up with
-//! the response or the refusal; layers 2 to 4 are synchronous and allocate nothing of their own. The decision
+//! the response or the refusal; layers 2 to 4 are synchronous [`Stage`]s and allocate nothing of their own. The decision
 //! itself is pure (`decision.rs`). Keep-alive and HTTP/2 connections are not grandfathered across a policy
 //! reload: every request is checked against the snapshot current when it arrives.
 
@@ -27,7 +27,9 @@ use std::sync::Arc;
 use futures::future::{Either, Ready, ready};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use tower::ServiceBuilder;
+use std::task::{Context, Poll};
+
+use tower::{Service, ServiceBuilder};
 
 use crate::flow::TrafficDirection;
 use crate::inputs::Proxy;
@@ -54,17 +56,63 @@ pub struct ConnCtx {
     pub tunnels: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
+/// The per-connection stack without the record layer: the synchronous stages, then forward.
+type Stages = Staged<
+    normalise::Normalise,
+    Staged<authorise::Authorise, Staged<rewrite::Rewrite, forward::Forward>>,
+>;
+
 /// The service hyper calls for each request of one connection: the layers in order.
-pub fn service(
-    ctx: Arc<ConnCtx>,
-) -> record::Record<normalise::Normalise<authorise::Authorise<rewrite::Rewrite<forward::Forward>>>>
-{
+pub fn service(ctx: Arc<ConnCtx>) -> record::Record<Stages> {
     ServiceBuilder::new()
         .layer_fn(|inner| record::Record::new(ctx.clone(), inner))
-        .layer_fn(normalise::Normalise::new)
-        .layer_fn(authorise::Authorise::new)
-        .layer_fn(rewrite::Rewrite::new)
+        .layer_fn(|inner| Staged::new(normalise::Normalise, inner))
+        .layer_fn(|inner| Staged::new(authorise::Authorise, inner))
+        .layer_fn(|inner| Staged::new(rewrite::Rewrite, inner))
         .service(forward::Forward)
+}
+
+/// One synchronous job on a request (normalise, authorise, rewrite): hand it on, or refuse it.
+pub trait Stage {
+    fn run(&self, routed: &mut Routed) -> Result<(), reply::Refusal>;
+}
+
+/// The tower layer of a [`Stage`]: runs it, then the inner layer unless the stage refused. Its future is the inner
+/// layer's or an immediate refusal (no allocation).
+#[derive(Debug, Clone)]
+pub struct Staged<T, S> {
+    stage: T,
+    inner: S,
+}
+
+impl<T, S> Staged<T, S> {
+    pub fn new(stage: T, inner: S) -> Self {
+        Staged { stage, inner }
+    }
+}
+
+impl<T, S> Service<Routed> for Staged<T, S>
+where
+    T: Stage,
+    S: Service<Routed, Response = Outcome, Error = Infallible>,
+{
+    type Response = Outcome;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Outcome, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut routed: Routed) -> Self::Future {
+        match self.stage.run(&mut routed) {
+            Ok(()) => Either::Right(self.inner.call(routed)),
+            Err(refusal) => Either::Left(ready(Ok(Err(Refused {
+                refusal,
+                exchange: routed.exchange,
+            })))),
+        }
+    }
 }
 
 /// A request on its way down the layers.
@@ -110,13 +158,6 @@ pub struct Answered {
 pub struct Refused {
     refusal: reply::Refusal,
     exchange: Exchange,
-}
-
-/// The future of a synchronous layer: refused on the spot, or the inner layer's future (no allocation).
-type Step<F> = Either<Ready<Result<Outcome, Infallible>>, F>;
-
-fn refuse<F>(refusal: reply::Refusal, exchange: Exchange) -> Step<F> {
-    Either::Left(ready(Ok(Err(Refused { refusal, exchange }))))
 }
 
 /// `a: b: c` from an error and its sources.

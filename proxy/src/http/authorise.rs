@@ -1,51 +1,25 @@
 //! Layer 3, authorise: the normalised request against the policy snapshot current when it arrived (the one the
 //! record's endpoints came from). Denied: refused; allowed: the rule and its header actions go on down.
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
-
-use futures::future::Either;
 use http::HeaderMap;
-use tower::Service;
 
 use super::reply::Refusal;
-use super::{Outcome, Routed, Step, refuse};
+use super::{Routed, Stage};
 use crate::decision::{self, RequestDecision};
 use crate::flow::DropReason;
 
-#[derive(Debug, Clone)]
-pub struct Authorise<S> {
-    inner: S,
-}
+/// The authorise stage (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+pub struct Authorise;
 
-impl<S> Authorise<S> {
-    pub fn new(inner: S) -> Self {
-        Authorise { inner }
-    }
-}
-
-impl<S> Service<Routed> for Authorise<S>
-where
-    S: Service<Routed, Response = Outcome, Error = Infallible>,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = Step<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut routed: Routed) -> Self::Future {
+impl Stage for Authorise {
+    fn run(&self, routed: &mut Routed) -> Result<(), Refusal> {
         let exchange = &mut routed.exchange;
-        let Some(snapshot) = exchange.snapshot.take() else {
-            // The record layer always provides one; without it nothing can be allowed.
-            let refusal = Refusal::Denied {
-                reason: "no policy snapshot for the request (internal error)".into(),
-                drop_reason: DropReason::PolicyDenied,
-            };
-            return refuse(refusal, routed.exchange);
-        };
+        // The record layer always provides a snapshot; without one nothing can be allowed.
+        let snapshot = exchange.snapshot.take().ok_or_else(|| Refusal::Denied {
+            reason: "no policy snapshot for the request (internal error)".into(),
+            drop_reason: DropReason::PolicyDenied,
+        })?;
         let headers = joined_headers(routed.req.headers());
         let header_refs: Vec<(&str, &str)> = headers
             .iter()
@@ -68,13 +42,10 @@ where
                 reason,
                 drop_reason,
                 ..
-            } => refuse(
-                Refusal::Denied {
-                    reason,
-                    drop_reason,
-                },
-                routed.exchange,
-            ),
+            } => Err(Refusal::Denied {
+                reason,
+                drop_reason,
+            }),
             RequestDecision::Forward {
                 reason,
                 header_actions,
@@ -82,7 +53,7 @@ where
             } => {
                 exchange.policy = reason;
                 exchange.actions = header_actions;
-                Either::Right(self.inner.call(routed))
+                Ok(())
             }
         }
     }

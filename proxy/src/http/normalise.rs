@@ -2,17 +2,13 @@
 //! policy sees, and header actions apply to, exactly what the upstream will receive: a `Connection` token can
 //! never remove a header a policy added.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::task::{Context, Poll};
 
-use futures::future::Either;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
-use tower::Service;
 
 use super::reply::Refusal;
-use super::{Outcome, Routed, Step, refuse};
+use super::{Routed, Stage};
 use crate::request_path;
 
 /// What normalise hands on: the host and path that policy checks AND the upstream receives.
@@ -22,41 +18,22 @@ pub struct Target {
     pub path: String,
 }
 
-#[derive(Debug, Clone)]
-pub struct Normalise<S> {
-    inner: S,
-}
+/// The normalise stage (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+pub struct Normalise;
 
-impl<S> Normalise<S> {
-    pub fn new(inner: S) -> Self {
-        Normalise { inner }
-    }
-}
-
-impl<S> Service<Routed> for Normalise<S>
-where
-    S: Service<Routed, Response = Outcome, Error = Infallible>,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = Step<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut routed: Routed) -> Self::Future {
-        let exchange = &mut routed.exchange;
-        match normalise(&mut routed.req, exchange.ctx.dst) {
+impl Stage for Normalise {
+    fn run(&self, routed: &mut Routed) -> Result<(), Refusal> {
+        let (req, exchange) = (&mut routed.req, &mut routed.exchange);
+        match normalise(req, exchange.ctx.dst) {
             Ok(target) => {
                 exchange.url = format!("http://{}{}", target.host, target.path);
                 exchange.target = target;
-                Either::Right(self.inner.call(routed))
+                Ok(())
             }
             Err(refusal) => {
-                let req = &routed.req;
-                routed.exchange.url = format!("http://{}{}", raw_host(req), req.uri().path());
-                refuse(refusal, routed.exchange)
+                exchange.url = format!("http://{}{}", raw_host(req), req.uri().path());
+                Err(refusal)
             }
         }
     }

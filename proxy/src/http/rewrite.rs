@@ -3,55 +3,25 @@
 //! header equal to that host, so the upstream receives exactly what policy checked. HTTP/2 carries the host as
 //! `:authority` only.
 
-use std::convert::Infallible;
-use std::task::{Context, Poll};
-
-use futures::future::Either;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
-use tower::Service;
 
 use super::normalise::Target;
 use super::reply::Refusal;
-use super::{Outcome, Routed, Step, refuse};
+use super::{Routed, Stage};
 use crate::header_actions;
 
-#[derive(Debug, Clone)]
-pub struct Rewrite<S> {
-    inner: S,
-}
+/// The rewrite stage (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+pub struct Rewrite;
 
-impl<S> Rewrite<S> {
-    pub fn new(inner: S) -> Self {
-        Rewrite { inner }
-    }
-}
-
-impl<S> Service<Routed> for Rewrite<S>
-where
-    S: Service<Routed, Response = Outcome, Error = Infallible>,
-{
-    type Response = Outcome;
-    type Error = Infallible;
-    type Future = Step<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut routed: Routed) -> Self::Future {
+impl Stage for Rewrite {
+    fn run(&self, routed: &mut Routed) -> Result<(), Refusal> {
         let exchange = &mut routed.exchange;
-        match header_actions::apply(routed.req.headers_mut(), &exchange.actions) {
-            Ok(logged) => exchange.logged_headers = logged,
-            Err(e) => {
-                let refusal = Refusal::HeaderAction(format!("{}; {e}", exchange.policy));
-                return refuse(refusal, routed.exchange);
-            }
-        }
-        match set_upstream_target(&mut routed.req, &exchange.target) {
-            Ok(()) => Either::Right(self.inner.call(routed)),
-            Err(why) => refuse(Refusal::Malformed(why), routed.exchange),
-        }
+        exchange.logged_headers =
+            header_actions::apply(routed.req.headers_mut(), &exchange.actions)
+                .map_err(|e| Refusal::HeaderAction(format!("{}; {e}", exchange.policy)))?;
+        set_upstream_target(&mut routed.req, &exchange.target).map_err(Refusal::Malformed)
     }
 }
 
