@@ -15,22 +15,24 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
 
 use crate::activity::{Activity, RequestClock, Tracked};
 use crate::decision::{self, ConnectionPlan, Downstream};
-use crate::flow::{DropReason, FlowEndpoint, FlowRecord, HttpInfo, L7Info, Verdict};
+use crate::flow::{DropReason, HttpInfo};
+use crate::flow_record::FlowOutcome;
 use crate::h2_refusal::{Refusal, RefusalLog};
 use crate::h2_watch::H2Watch;
-use crate::http::{ConnCtx, Forward, PolicyLayer};
-use crate::inputs::{ClientStream, Proxy, endpoints, reset};
+use crate::http::ConnCtx;
+use crate::inputs::{ClientStream, Proxy, reset};
 use crate::limits::Limits;
+use crate::original_dst::OriginalDst;
 use crate::request_framing::{FramingGuard, UpgradeSignal};
 use crate::upstream::Dial;
 
 /// Handles one accepted connection to completion. `permit` is `None` when the connection limit is exhausted.
 pub async fn handle(
     proxy: Arc<Proxy>,
+    original_dst: Arc<dyn OriginalDst>,
     stream: TcpStream,
     client: SocketAddr,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -39,15 +41,16 @@ pub async fn handle(
     // Responses are written in several small writes (head, body chunks); Nagle would hold them for the client's
     // delayed ACK.
     let _ = stream.set_nodelay(true);
-    let dst = match proxy.original_dst.original_dst(&stream) {
+    let dst = match original_dst.original_dst(&stream) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(%client, "refusing connection: {e}");
             let local = stream.local_addr().unwrap_or(client);
-            let (s, d) = endpoints(&proxy, &Downstream::plain(client), local);
-            let mut rec = FlowRecord::new(Verdict::Error, s, d, "TCP");
-            rec.policy = e.to_string();
-            proxy.flows.record(rec);
+            let flow = proxy.flow(&Downstream::plain(client), local, "TCP");
+            proxy.flows.record(flow.finish(FlowOutcome::Failed {
+                reason: None,
+                policy: e.to_string(),
+            }));
             reset(stream);
             return;
         }
@@ -73,11 +76,11 @@ pub async fn handle(
         Some(Ok(Some(route))) => route,
         Some(Err(e)) => {
             tracing::warn!(%client, %dst, "refusing connection: {e}");
-            let (s, d) = endpoints(&proxy, &Downstream::plain(client), dst);
-            let mut rec = FlowRecord::new(Verdict::Error, s, d, "TCP");
-            rec.drop_reason = Some(DropReason::AuthRequired);
-            rec.policy = format!("cannot authenticate to the destination node: {e}");
-            proxy.flows.record(rec);
+            let flow = proxy.flow(&Downstream::plain(client), dst, "TCP");
+            proxy.flows.record(flow.finish(FlowOutcome::Failed {
+                reason: Some(DropReason::AuthRequired),
+                policy: format!("cannot authenticate to the destination node: {e}"),
+            }));
             reset(stream);
             return;
         }
@@ -98,10 +101,8 @@ pub async fn dispatch<S: ClientStream>(
 ) {
     let client = down.addr;
     let plan = decision::plan_connection(&proxy.policy.current(), &down, dst);
-    let (src_ep, dst_ep) = endpoints(&proxy, &down, dst);
-
     let Some(_permit) = permit else {
-        refuse_over_limit(&proxy, stream, &down, &plan, src_ep, dst_ep).await;
+        refuse_over_limit(&proxy, stream, &down, dst, &plan).await;
         return;
     };
 
@@ -111,12 +112,11 @@ pub async fn dispatch<S: ClientStream>(
             drop_reason,
             direction,
         } => {
-            let mut rec = FlowRecord::new(Verdict::Dropped, src_ep, dst_ep, "TCP");
-            down.stamp(&mut rec);
-            rec.drop_reason = Some(drop_reason);
-            rec.traffic_direction = direction;
-            rec.policy = reason;
-            proxy.flows.record(rec);
+            let flow = proxy.flow(&down, dst, "TCP").direction(direction);
+            proxy.flows.record(flow.finish(FlowOutcome::Dropped {
+                reason: drop_reason,
+                policy: reason,
+            }));
             stream.refuse();
         }
         ConnectionPlan::Unsupported {
@@ -125,33 +125,31 @@ pub async fn dispatch<S: ClientStream>(
             direction,
         } => {
             // Fail closed: a port that needs an L7 parser this build lacks must not become an open TCP port.
-            let mut rec = FlowRecord::new(Verdict::Error, src_ep, dst_ep, "TCP");
-            down.stamp(&mut rec);
-            rec.drop_reason = Some(DropReason::UnsupportedProtocol);
-            rec.traffic_direction = direction;
-            rec.policy = format!(
-                "{reason}; {what} enforcement is not available in this build, connection refused"
-            );
-            proxy.flows.record(rec);
+            let flow = proxy.flow(&down, dst, "TCP").direction(direction);
+            proxy.flows.record(flow.finish(FlowOutcome::Failed {
+                reason: Some(DropReason::UnsupportedProtocol),
+                policy: format!(
+                    "{reason}; {what} enforcement is not available in this build, connection refused"
+                ),
+            }));
             stream.refuse();
         }
         ConnectionPlan::Splice { reason, direction } => {
             let start = Instant::now();
-            let mut rec = FlowRecord::new(Verdict::Forwarded, src_ep, dst_ep, "TCP");
-            down.stamp(&mut rec);
-            rec.traffic_direction = direction;
-            rec.policy = reason;
+            let flow = proxy.flow(&down, dst, "TCP").direction(direction);
             match proxy.upstream.connect(dst, &dial).await {
                 Err(e) => {
-                    rec.verdict = Verdict::Error;
-                    rec.drop_reason = Some(DropReason::UpstreamError);
-                    rec.policy = format!("{}; {e}", rec.policy);
-                    proxy.flows.record(rec);
+                    proxy.flows.record(flow.finish(FlowOutcome::Failed {
+                        reason: Some(DropReason::UpstreamError),
+                        policy: format!("{reason}; {e}"),
+                    }));
                     stream.refuse();
                 }
                 Ok(mut upstream) => {
-                    rec.latency_ns = start.elapsed().as_nanos() as u64;
-                    proxy.flows.record(rec);
+                    let flow = flow.latency_since(start);
+                    proxy
+                        .flows
+                        .record(flow.finish(FlowOutcome::Forwarded { policy: reason }));
                     let activity = Activity::new();
                     let mut downstream = Tracked::new(stream, activity.clone());
                     tokio::select! {
@@ -178,17 +176,16 @@ async fn refuse_over_limit<S: ClientStream>(
     proxy: &Proxy,
     mut stream: S,
     down: &Downstream,
+    dst: SocketAddr,
     plan: &ConnectionPlan,
-    src_ep: FlowEndpoint,
-    dst_ep: FlowEndpoint,
 ) {
-    let mut rec = FlowRecord::new(Verdict::Error, src_ep, dst_ep, "TCP");
-    down.stamp(&mut rec);
-    rec.drop_reason = Some(DropReason::LimitExceeded);
-    rec.policy = format!(
-        "connection limit {} reached (--max-connections)",
-        proxy.limits.max_connections
-    );
+    let outcome = FlowOutcome::Failed {
+        reason: Some(DropReason::LimitExceeded),
+        policy: format!(
+            "connection limit {} reached (--max-connections)",
+            proxy.limits.max_connections
+        ),
+    };
     if matches!(plan, ConnectionPlan::Http { .. }) {
         // An HTTP/1 client reads this as 503; an h2 client sees a protocol error and retries elsewhere. The
         // HTTP stream closes lingeringly: a request arriving after the answer must not become an RST that
@@ -197,19 +194,17 @@ async fn refuse_over_limit<S: ClientStream>(
         let _ = http
             .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 22\r\nconnection: close\r\n\r\nProxy connection limit")
             .await;
-        rec.protocol = "HTTP".into();
-        rec.l7 = Some(L7Info {
-            http: Some(HttpInfo {
-                code: 503,
-                ..Default::default()
-            }),
-            kafka: None,
+        let flow = proxy.flow(down, dst, "HTTP").http(HttpInfo {
+            code: 503,
+            ..Default::default()
         });
-        proxy.flows.record(rec);
+        proxy.flows.record(flow.finish(outcome));
         let _ = http.flush().await;
         return;
     }
-    proxy.flows.record(rec);
+    proxy
+        .flows
+        .record(proxy.flow(down, dst, "TCP").finish(outcome));
     let _ = stream.shutdown().await;
 }
 
@@ -249,10 +244,7 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         requests: RequestClock::default(),
         tunnels: Default::default(),
     });
-    let svc = ServiceBuilder::new()
-        .layer(PolicyLayer { ctx: ctx.clone() })
-        .service(Forward { ctx: ctx.clone() });
-    let svc = TowerToHyperService::new(svc);
+    let svc = TowerToHyperService::new(crate::http::service(ctx.clone()));
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -342,30 +334,16 @@ async fn serve_tunnels(
 /// Records what the h2 library (or the SETTINGS flood bound) refused on one HTTP/2 connection.
 fn h2_refusal_sink(proxy: Arc<Proxy>, down: Downstream, dst: SocketAddr) -> crate::h2_watch::Sink {
     Box::new(move |r: Refusal| {
-        let (s, d) = endpoints(&proxy, &down, dst);
-        let mut rec = FlowRecord::new(Verdict::Dropped, s, d, "HTTP");
-        down.stamp(&mut rec);
-        rec.drop_reason = Some(r.reason);
-        rec.policy = r.why;
-        rec.l7 = Some(L7Info {
-            http: Some(HttpInfo {
-                code: r.code,
-                protocol: "HTTP/2".into(),
-                ..Default::default()
-            }),
-            kafka: None,
-        });
-        proxy.flows.record(rec);
+        record_http_refusal(&proxy, &down, dst, r.code, "HTTP/2", r.reason, r.why);
     })
 }
 
 fn record_limit(proxy: &Proxy, down: &Downstream, dst: SocketAddr, why: String) {
-    let (s, d) = endpoints(proxy, down, dst);
-    let mut rec = FlowRecord::new(Verdict::Dropped, s, d, "HTTP");
-    down.stamp(&mut rec);
-    rec.drop_reason = Some(DropReason::LimitExceeded);
-    rec.policy = why;
-    proxy.flows.record(rec);
+    let flow = proxy.flow(down, dst, "HTTP");
+    proxy.flows.record(flow.finish(FlowOutcome::Dropped {
+        reason: DropReason::LimitExceeded,
+        policy: why,
+    }));
 }
 
 /// hyper answers malformed or oversized HTTP/1 heads itself (400 / 431), and h2 closes abusive HTTP/2 connections
@@ -425,18 +403,26 @@ fn record_connection_error(
         tracing::debug!(client = %down.addr, %dst, "HTTP connection ended: {}", crate::http::error_chain(h));
         return;
     };
-    let (s, d) = endpoints(proxy, down, dst);
-    let mut rec = FlowRecord::new(Verdict::Dropped, s, d, "HTTP");
-    down.stamp(&mut rec);
-    rec.drop_reason = Some(reason);
-    rec.policy = why;
-    rec.l7 = Some(L7Info {
-        http: Some(HttpInfo {
-            code,
-            protocol: protocol.into(),
-            ..Default::default()
-        }),
-        kafka: None,
+    record_http_refusal(proxy, down, dst, code, protocol, reason, why);
+}
+
+/// The record of a request or connection the HTTP libraries refused themselves (`code` 0: no response sent).
+fn record_http_refusal(
+    proxy: &Proxy,
+    down: &Downstream,
+    dst: SocketAddr,
+    code: u16,
+    protocol: &str,
+    reason: DropReason,
+    why: String,
+) {
+    let flow = proxy.flow(down, dst, "HTTP").http(HttpInfo {
+        code,
+        protocol: protocol.into(),
+        ..Default::default()
     });
-    proxy.flows.record(rec);
+    proxy.flows.record(flow.finish(FlowOutcome::Dropped {
+        reason,
+        policy: why,
+    }));
 }

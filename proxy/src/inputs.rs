@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decision::{self, Downstream};
 use crate::flow::{FlowEndpoint, FlowLog};
+use crate::flow_record::FlowBuilder;
 use crate::limits::Limits;
 use crate::linger::LingeringStream;
-use crate::original_dst::OriginalDst;
 use crate::policy_source::PolicySource;
 use crate::upstream::UpstreamPool;
 
@@ -25,7 +25,6 @@ pub struct Proxy {
     pub flows: Arc<FlowLog>,
     pub upstream: UpstreamPool,
     pub limits: Limits,
-    pub original_dst: Box<dyn OriginalDst>,
     /// One permit per open downstream connection (`Limits::max_connections`).
     pub connections: Arc<Semaphore>,
     /// Kafka topic ids learned from Metadata responses (shared: clients learn ids on one connection and use them
@@ -42,6 +41,7 @@ pub struct Proxy {
     pub draining: CancellationToken,
 }
 
+/// The two endpoints of a downstream connection's flow (Kafka's records; the others use [`Proxy::flow`]).
 pub(crate) fn endpoints(
     proxy: &Proxy,
     client: &Downstream,
@@ -52,6 +52,14 @@ pub(crate) fn endpoints(
         decision::source_endpoint(&snap, client),
         decision::flow_endpoint(&snap, dst),
     )
+}
+
+impl Proxy {
+    /// The flow record of a downstream connection to `dst`, to be finished with its outcome: endpoints from the
+    /// current snapshot, and the downstream's authentication.
+    pub(crate) fn flow(&self, down: &Downstream, dst: SocketAddr, protocol: &str) -> FlowBuilder {
+        FlowBuilder::connection(&self.policy.current(), down, dst, protocol)
+    }
 }
 
 /// Closes with RST (SO_LINGER 0): a refused connection must not look like a clean, empty response.

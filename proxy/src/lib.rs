@@ -24,6 +24,7 @@ pub mod flow_export;
 pub mod flow_filter;
 pub mod flow_logs;
 pub mod flow_logs_config;
+pub mod flow_record;
 pub mod fqdn_cache;
 pub mod grpc;
 pub mod h2_refusal;

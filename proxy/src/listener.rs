@@ -1,11 +1,19 @@
-//! The proxy's listening sockets. In TPROXY mode the socket is `IP_TRANSPARENT`, so the kernel hands it connections
-//! addressed to any IP/port (the original destination stays the accepted socket's local address).
+//! The proxy's listening sockets and their accept loop. In TPROXY mode the socket is `IP_TRANSPARENT`, so the
+//! kernel hands it connections addressed to any IP/port (the original destination stays the accepted socket's
+//! local address). Each listener has its own way of recovering the original destination ([`OriginalDst`]); the
+//! daemon-wide state ([`Proxy`]) is the same for all of them.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection;
+use crate::inputs::Proxy;
+use crate::original_dst::OriginalDst;
 
 #[derive(Debug, Error)]
 pub enum ListenerError {
@@ -71,4 +79,32 @@ pub fn bind(
         .listen(backlog)
         .map_err(|source| ListenerError::Bind { addr, source })?;
     TcpListener::from_std(socket.into()).map_err(|source| ListenerError::Socket { addr, source })
+}
+
+/// The accept loop: hands every accepted connection to `connection::handle` until `shutdown` is cancelled; then
+/// closes the listener and returns. Open connections go on until `close_connections` (the end of the drain).
+pub async fn serve(
+    listener: TcpListener,
+    original_dst: Arc<dyn OriginalDst>,
+    proxy: Arc<Proxy>,
+    shutdown: CancellationToken,
+    close_connections: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let permit = proxy.connections.clone().try_acquire_owned().ok();
+                    let (proxy, dst, close) = (proxy.clone(), original_dst.clone(), close_connections.clone());
+                    tokio::spawn(connection::handle(proxy, dst, stream, peer, permit, close));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the listener stays up.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
 }

@@ -22,7 +22,8 @@ use certs::{AllowedIds, DevCa, PeerRejection, SpiffeId, SvidStore, TrustDomain};
 use policy_model::{EndpointTable, Identity};
 
 use crate::decision::{Auth, Downstream};
-use crate::flow::{AuthType, DropReason, FlowEndpoint, FlowRecord, Verdict};
+use crate::flow::{DropReason, FlowEndpoint, FlowRecord};
+use crate::flow_record::{FlowBuilder, FlowOutcome};
 use crate::upstream::{TunnelDialer, UpstreamStream};
 
 /// The ID node proxies present when `--node-spiffe-id` is not given: the DaemonSet's service account.
@@ -496,25 +497,25 @@ pub fn refused_record(
     rejection: Option<&PeerRejection>,
     error: &std::io::Error,
 ) -> FlowRecord {
-    let mut rec = FlowRecord::new(
-        Verdict::Dropped,
+    let flow = FlowBuilder::new(
         FlowEndpoint::new(peer_addr, Identity::WORLD.0),
         FlowEndpoint::new(listen, Identity::HOST.0),
         "TCP",
-    );
-    rec.drop_reason = Some(DropReason::AuthRequired);
-    rec.auth_type = AuthType::Spire;
-    rec.peer_spiffe_id = rejection.and_then(|r| r.peer_id()).map(|id| id.to_string());
-    rec.policy = match rejection {
-        Some(r) => format!("mTLS tunnel handshake refused ({}): {r}", r.code()),
-        None => format!("mTLS tunnel handshake failed: {error}"),
-    };
-    rec
+    )
+    .tunnel_peer(rejection.and_then(|r| r.peer_id()).map(|id| id.to_string()));
+    flow.finish(FlowOutcome::Dropped {
+        reason: DropReason::AuthRequired,
+        policy: match rejection {
+            Some(r) => format!("mTLS tunnel handshake refused ({}): {r}", r.code()),
+            None => format!("mTLS tunnel handshake failed: {error}"),
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::Verdict;
 
     const ENDPOINTS: &str = "endpoints:
   - {name: web-1, namespace: prod, labels: {app: web, io.cilium.k8s.policy.serviceaccount: web}, ip: 10.0.1.10, node: a}

@@ -11,7 +11,8 @@ use certs::{PeerRejection, SpiffeId};
 use policy_model::{EndpointTable, Identity};
 
 use crate::decision::{Auth, Downstream};
-use crate::flow::{AuthType, DropReason, FlowEndpoint, FlowRecord, Verdict};
+use crate::flow::{DropReason, FlowEndpoint, FlowRecord};
+use crate::flow_record::{FlowBuilder, FlowOutcome};
 use crate::inputs::Proxy;
 use crate::mesh::{Mesh, is_local, refused_record, tunnel_source};
 
@@ -42,22 +43,14 @@ impl TunnelInbound {
         reported: Option<SocketAddr>,
     ) -> Result<Downstream, Box<(http::StatusCode, FlowRecord)>> {
         let snap = self.proxy.policy.current();
-        let refuse = |code, drop: DropReason, reason: String| {
+        let refuse = |code, reason: DropReason, policy: String| {
             let src = FlowEndpoint::new(
                 reported.unwrap_or(SocketAddr::new([0, 0, 0, 0].into(), 0)),
                 Identity::UNKNOWN.0,
             );
-            let mut rec = FlowRecord::new(
-                Verdict::Dropped,
-                src,
-                crate::decision::flow_endpoint(&snap, dst),
-                "TCP",
-            );
-            rec.drop_reason = Some(drop);
-            rec.auth_type = AuthType::Spire;
-            rec.peer_spiffe_id = Some(peer.to_string());
-            rec.policy = reason;
-            Box::new((code, rec))
+            let flow = FlowBuilder::new(src, crate::decision::flow_endpoint(&snap, dst), "TCP")
+                .tunnel_peer(Some(peer.to_string()));
+            Box::new((code, flow.finish(FlowOutcome::Dropped { reason, policy })))
         };
         if !self.local(&snap.endpoints, dst) {
             return Err(refuse(
@@ -114,16 +107,11 @@ impl crate::tunnel::InboundHandler for TunnelInbound {
             direction,
         } = crate::decision::plan_connection(&snap, &down, dst)
         {
-            let mut rec = FlowRecord::new(
-                Verdict::Dropped,
-                crate::decision::source_endpoint(&snap, &down),
-                crate::decision::flow_endpoint(&snap, dst),
-                "TCP",
-            );
-            down.stamp(&mut rec);
-            rec.drop_reason = Some(drop_reason);
-            rec.traffic_direction = direction;
-            rec.policy = format!("{peer} is not allowed by policy: {reason}");
+            let flow = FlowBuilder::connection(&snap, &down, dst, "TCP").direction(direction);
+            let rec = flow.finish(FlowOutcome::Dropped {
+                reason: drop_reason,
+                policy: format!("{peer} is not allowed by policy: {reason}"),
+            });
             tracing::info!(%peer, %dst, "tunnel stream refused: {}", rec.policy);
             self.proxy.flows.record(rec);
             return Err(http::StatusCode::FORBIDDEN);

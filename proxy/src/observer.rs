@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -173,16 +174,6 @@ pub fn node_name() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
-/// The daemon's node name for flows and `GetNodes`: `--node-name` when given (it also reads `NODE_NAME`), else
-/// [`node_name`].
-fn daemon_node_name(args: &crate::config::RunArgs) -> String {
-    args.kube
-        .node_name
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(node_name)
 }
 
 /// What a `GetFlows` request asks for, apart from the filters.
@@ -584,48 +575,51 @@ pub enum ServicesError {
     #[error(transparent)]
     FlowLogs(#[from] crate::flow_logs::FlowLogsError),
     #[error(transparent)]
-    HubbleMetrics(#[from] crate::hubble_metrics::ConfigError),
-    #[error(transparent)]
     ObserverTls(#[from] crate::relay::tls::TlsError),
+}
+
+/// What the daemon's observability serves, built from the run flags by `run.rs`.
+#[derive(Debug, Clone)]
+pub struct ServicesConfig {
+    /// The node name the Observer API and the Hubble flow logs report.
+    pub node_name: String,
+    pub observer_listen: SocketAddr,
+    /// The Observer API over mTLS: `--observer-tls-svid-dir` and the client IDs it accepts.
+    pub observer_tls: Option<(PathBuf, Vec<String>)>,
+    /// The admin server (/metrics, /healthz, /readyz).
+    pub metrics_listen: SocketAddr,
+    pub metrics_max_series: usize,
+    pub hubble_metrics: crate::hubble_metrics::HubbleConfig,
+    /// `--flow-export`: the rotated JSON file.
+    pub flow_export: Option<crate::flow_export::Rotation>,
+    /// `--hubble-flowlogs-config-path` and how often it is re-read.
+    pub flow_logs: Option<(PathBuf, std::time::Duration)>,
 }
 
 /// Starts the daemon's observability: the Observer API, the admin server (metrics fed from the flow log,
 /// readiness set now: the policy is loaded and the proxy listeners are bound when `run` calls this) and the
-/// optional flow export.
+/// optional flow export and Hubble flow logs.
 pub fn start_services(
-    args: &crate::config::RunArgs,
+    config: ServicesConfig,
     flows: &Arc<FlowLog>,
     policy: &Arc<crate::policy_source::PolicySource>,
     dns_metrics: Option<Arc<crate::dns::metrics::DnsMetrics>>,
     shutdown: CancellationToken,
 ) -> Result<(), ServicesError> {
     use std::sync::atomic::{AtomicBool, Ordering};
-    if let Some(path) = &args.flow_export {
-        let export = Arc::new(crate::flow_export::FlowExport::start(
-            crate::flow_export::Rotation {
-                path: path.clone(),
-                max_bytes: args.flow_export_max_bytes,
-                keep: args.flow_export_keep,
-            },
-        )?);
-        export.attach(flows);
+    if let Some(rotation) = config.flow_export {
+        Arc::new(crate::flow_export::FlowExport::start(rotation)?).attach(flows);
     }
-    if let Some(path) = &args.hubble_flowlogs_config_path {
-        let name = daemon_node_name(args);
+    if let Some((path, every)) = config.flow_logs {
         let node = NodeInfo {
-            labels: node_labels(&name),
-            name,
+            labels: node_labels(&config.node_name),
+            name: config.node_name.clone(),
         };
-        let every = std::time::Duration::from_secs_f64(args.hubble_flowlogs_reload_secs.max(0.05));
-        crate::flow_logs::FlowLogs::start(path.clone(), node, every)?.attach(flows);
+        crate::flow_logs::FlowLogs::start(path, node, every)?.attach(flows);
     }
-    let hubble = crate::hubble_metrics::HubbleConfig::parse(
-        &args.hubble_metrics,
-        args.hubble_metrics_max_series,
-        std::time::Duration::from_secs(args.hubble_metrics_expiry_secs),
-    )?;
     let metrics = Arc::new(
-        crate::metrics::Metrics::with_hubble(args.metrics_max_series, hubble).with_dns(dns_metrics),
+        crate::metrics::Metrics::with_hubble(config.metrics_max_series, config.hubble_metrics)
+            .with_dns(dns_metrics),
     );
     metrics.attach(flows);
     let (f, p) = (flows.clone(), policy.clone());
@@ -641,27 +635,39 @@ pub fn start_services(
             policy_reload_errors: p.rejected_updates(),
         }),
     });
-    let (observer_addr, metrics_addr) = (args.observer_listen, args.metrics_listen);
     let p = policy.clone();
     flows.set_revision_source(Box::new(move || p.current().generation));
     let events = Arc::new(AgentEvents::default());
     events.clone().watch(policy.clone(), shutdown.clone());
-    let svc = ObserverService::new(flows.clone(), &daemon_node_name(args))
-        .with_address(observer_addr)
+    let svc = ObserverService::new(flows.clone(), &config.node_name)
+        .with_address(config.observer_listen)
         .with_events(events);
-    let stop = shutdown.clone();
-    let tls = args
-        .observer_tls_svid_dir
-        .as_deref()
-        .map(|dir| {
+    let tls = config
+        .observer_tls
+        .as_ref()
+        .map(|(dir, client_ids)| {
             crate::relay::tls::Identity::load(
                 "--observer-tls-svid-dir",
                 dir,
-                &args.observer_tls_client_ids,
+                client_ids,
                 "--observer-tls-client-id",
             )
         })
         .transpose()?;
+    serve_observer(svc, config.observer_listen, tls, ready, shutdown.clone())?;
+    serve_admin(admin, config.metrics_listen, shutdown);
+    Ok(())
+}
+
+/// The Observer API (plain or mTLS); marks the daemon ready once it listens.
+fn serve_observer(
+    svc: ObserverService,
+    observer_addr: SocketAddr,
+    tls: Option<crate::relay::tls::Identity>,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+    stop: CancellationToken,
+) -> Result<(), ServicesError> {
+    use std::sync::atomic::Ordering;
     let acceptor = tls.as_ref().map(|t| t.acceptor()).transpose()?;
     tokio::spawn(async move {
         let Some(listener) = bind_patiently("observer API", observer_addr, &stop).await else {
@@ -693,6 +699,15 @@ pub fn start_services(
             tracing::error!("observer server stopped: {e}");
         }
     });
+    Ok(())
+}
+
+/// The admin server: /metrics, /healthz, /readyz.
+fn serve_admin(
+    admin: Arc<crate::metrics::Admin>,
+    metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
         let Some(listener) = bind_patiently(
             "admin server (/metrics, /healthz, /readyz)",
@@ -705,7 +720,6 @@ pub fn start_services(
         };
         crate::metrics::serve_on(listener, admin, shutdown).await;
     });
-    Ok(())
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub enum LoadError {
     #[error("{} invalid: {}", if .0.len() == 1 { "1 error, update" } else { "errors, update" }, join_errors(.0))]
     Invalid(Vec<PolicyError>),
     #[error("the datapath could not apply the update: {0}")]
-    Datapath(String),
+    Datapath(crate::datapath::DatapathError),
 }
 
 fn join_errors(errors: &[PolicyError]) -> String {
@@ -83,7 +83,8 @@ pub struct ReloadError {
 }
 
 /// See [`PolicySource::set_before_apply`].
-pub type BeforeApply = Box<dyn Fn(&PolicySnapshot) -> Result<(), String> + Send + Sync>;
+pub type BeforeApply =
+    Box<dyn Fn(&PolicySnapshot) -> Result<(), crate::datapath::DatapathError> + Send + Sync>;
 
 #[derive(Default)]
 struct BeforeApplySlot(Mutex<Option<BeforeApply>>);
@@ -227,7 +228,19 @@ impl PolicySource {
 
     /// Installs a snapshot compiled elsewhere (Kubernetes mode) through the same before-apply gate as a file
     /// reload: if the datapath refuses it, it is counted as rejected and the current snapshot keeps enforcing.
-    pub fn install(&self, mut snap: PolicySnapshot) -> Result<u64, LoadError> {
+    pub fn install(&self, snap: PolicySnapshot) -> Result<u64, LoadError> {
+        let applied = self.apply(snap);
+        match &applied {
+            Ok(_) => self.set_last_error(None),
+            Err(e) => self.count_rejected(e),
+        }
+        applied
+    }
+
+    /// The one gate every update passes (file reloads and Kubernetes alike): the next generation and the learned
+    /// names go onto the snapshot, the before-apply hook (the datapath) must accept it, then it goes live. A
+    /// refused snapshot never enforces.
+    fn apply(&self, mut snap: PolicySnapshot) -> Result<u64, LoadError> {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         snap.generation = generation;
         snap.fqdn = self.current().fqdn.clone();
@@ -237,16 +250,11 @@ impl PolicySource {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            && let Err(e) = hook(&snap)
         {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-            let err = LoadError::Datapath(e);
-            self.set_last_error(Some(&err));
-            return Err(err);
+            hook(&snap).map_err(LoadError::Datapath)?;
         }
         self.generation.store(generation, Ordering::Relaxed);
         self.current.store(Arc::new(snap));
-        self.set_last_error(None);
         Ok(generation)
     }
 
@@ -267,7 +275,10 @@ impl PolicySource {
     }
 
     /// Registers the hook run before each new snapshot goes live (and runs it once now on the current one).
-    pub fn set_before_apply(&self, hook: BeforeApply) -> Result<(), String> {
+    pub fn set_before_apply(
+        &self,
+        hook: BeforeApply,
+    ) -> Result<(), crate::datapath::DatapathError> {
         hook(&self.current())?;
         *self
             .before_apply
@@ -293,21 +304,9 @@ impl PolicySource {
             }
             *last = fp;
         }
-        let generation = self.generation.load(Ordering::Relaxed) + 1;
-        let mut snap = compile(&docs, (&ep.0, &ep.1), generation)?;
-        snap.fqdn = self.current().fqdn.clone();
-        if let Some(hook) = self
-            .before_apply
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            hook(&snap).map_err(LoadError::Datapath)?;
-        }
-        self.generation.store(generation, Ordering::Relaxed);
-        self.current.store(Arc::new(snap));
-        Ok(Some(generation))
+        // The generation is stamped by the gate.
+        let snap = compile(&docs, (&ep.0, &ep.1), 0)?;
+        self.apply(snap).map(Some)
     }
 
     /// Reloads and logs the outcome (the one place reload results reach the operator).
@@ -319,14 +318,18 @@ impl PolicySource {
             }
             Ok(None) => {}
             Err(e) => {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                self.set_last_error(Some(&e));
+                self.count_rejected(&e);
                 tracing::error!(
                     "policy update rejected, generation {} keeps enforcing: {e}",
                     self.current().generation
                 )
             }
         }
+    }
+
+    fn count_rejected(&self, e: &LoadError) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.set_last_error(Some(e));
     }
 
     fn set_last_error(&self, e: Option<&LoadError>) {

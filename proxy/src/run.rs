@@ -10,7 +10,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedirectMode, RunArgs};
-use crate::connection;
 use crate::datapath::{Datapath, DatapathOptions, DatapathPlan};
 use crate::flow::FlowLog;
 use crate::handoff;
@@ -35,17 +34,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             policy.clone(),
         ));
     }
-    let original_dst: Box<dyn OriginalDst> = match (&args.redirect, &datapath) {
-        (RedirectMode::Tproxy, _) => Box::new(Tproxy {
+    let original_dst: Arc<dyn OriginalDst> = match (&args.redirect, &datapath) {
+        (RedirectMode::Tproxy, _) => Arc::new(Tproxy {
             listen: args.listen,
         }),
-        (RedirectMode::SoOriginalDst, _) => Box::new(SoOriginalDst),
-        (RedirectMode::Ebpf, Some(dp)) => dp.original_dst(),
+        (RedirectMode::SoOriginalDst, _) => Arc::new(SoOriginalDst),
+        (RedirectMode::Ebpf, Some(dp)) => Arc::from(dp.original_dst()),
         (RedirectMode::Ebpf, None) => unreachable!("the datapath is started for --redirect ebpf"),
     };
     let shutdown = CancellationToken::new();
-    // Cancelled once the drain period after `shutdown` is over: open connections are then asked to close.
-    let close_connections = CancellationToken::new();
     // The DNS sockets are taken over BEFORE the main listener: taking the main listener tells the old process to
     // drain and exit, and its DNS sockets must already be ours by then (queued queries stay queued).
     let dns = start_dns(&args, &policy, &flows, datapath.as_ref(), shutdown.clone())?;
@@ -53,7 +50,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let tproxy_path = handoff::companion_path(&args.handoff_socket, "tproxy");
     let tproxy_listener = if datapath.is_some() && args.tproxy_port != 0 {
         let addr = std::net::SocketAddr::new(args.listen.ip(), args.tproxy_port);
-        Some((addr, take_or_bind(&tproxy_path, addr, true)?))
+        Some((addr, take_or_bind(&tproxy_path, addr, true)?, tproxy_path))
     } else {
         None
     };
@@ -71,21 +68,49 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // One proxy state (one upstream pool, one connection budget) for every listener.
     let proxy = Arc::new(Proxy {
-        policy: policy.clone(),
-        flows: flows.clone(),
+        policy,
+        flows,
         upstream: UpstreamPool::new(args.mark, limits.connect_timeout),
-        limits: limits.clone(),
-        original_dst,
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
         kafka_budget: Arc::new(crate::kafka::budget::FrameBudget::new(
             limits.kafka_inflight_budget,
         )),
-        mesh: mesh.clone(),
+        limits,
+        mesh,
         draining: CancellationToken::new(),
     });
-    if let (Some(mesh), Some(addr)) = (&mesh, args.mesh.tunnel_listen) {
+    let listeners = Listeners {
+        main: (listener, original_dst),
+        tproxy: tproxy_listener,
+    };
+    serve(&args, proxy, listeners, dns, shutdown).await
+}
+
+/// The listening sockets with how each recovers original destinations; the TC transparent one (eBPF mode) with
+/// its handoff path.
+struct Listeners {
+    main: (tokio::net::TcpListener, Arc<dyn OriginalDst>),
+    tproxy: Option<(
+        std::net::SocketAddr,
+        tokio::net::TcpListener,
+        std::path::PathBuf,
+    )>,
+}
+
+/// Starts the listeners and the services around them, serves until SIGTERM/SIGINT, then drains.
+async fn serve(
+    args: &RunArgs,
+    proxy: Arc<Proxy>,
+    listeners: Listeners,
+    dns: Option<crate::dns::DnsHandle>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    // Cancelled once the drain period after `shutdown` is over: open connections are then asked to close.
+    let close_connections = CancellationToken::new();
+    if let (Some(mesh), Some(addr)) = (&proxy.mesh, args.mesh.tunnel_listen) {
         start_tunnel(mesh, addr, &proxy, close_connections.clone())?;
     }
     // Before "ready" is logged: a SIGTERM right after it must drain, not kill (start-up stays killable).
@@ -95,35 +120,37 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         listen = %args.listen,
         redirect = ?args.redirect,
         mark = format!("{:#x}", args.mark),
-        generation = policy.current().generation,
+        generation = proxy.policy.current().generation,
         "tollgate proxy ready"
     );
-
-    if let Some((addr, tproxy_listener)) = tproxy_listener {
+    if let Some((addr, tproxy_listener, tproxy_path)) = listeners.tproxy {
         let stop = shutdown.child_token();
-        start_tproxy_ingress(
-            &args,
-            &proxy,
-            addr,
+        tracing::info!(listen = %addr, interfaces = ?args.tc_interfaces, "TC ingress steering listener ready");
+        serve_handoff(tproxy_path, &tproxy_listener, stop.clone())?;
+        let original_dst = Arc::new(Tproxy { listen: addr });
+        let (proxy, close) = (proxy.clone(), close_connections.clone());
+        tokio::spawn(listener::serve(
             tproxy_listener,
-            tproxy_path,
+            original_dst,
+            proxy,
             stop,
-            &close_connections,
-        )?;
+            close,
+        ));
     }
-    {
-        use std::os::fd::AsRawFd;
-        handoff::serve(
-            args.handoff_socket.clone(),
-            listener.as_raw_fd(),
-            shutdown.clone(),
-        )?;
-    }
+    let (listener, original_dst) = listeners.main;
+    serve_handoff(args.handoff_socket.clone(), &listener, shutdown.clone())?;
+    let (policy, flows) = (&proxy.policy, &proxy.flows);
     // Observer API, admin/metrics server and flow export (observer.rs); ready from here on.
     let dns_metrics = dns.as_ref().map(crate::dns::DnsHandle::metrics);
-    crate::observer::start_services(&args, &flows, &policy, dns_metrics, shutdown.clone())?;
+    crate::observer::start_services(
+        services_config(args)?,
+        flows,
+        policy,
+        dns_metrics,
+        shutdown.clone(),
+    )?;
     if let Some(addr) = args.ui_listen {
-        crate::ui::start_local(addr, &flows, &policy, shutdown.clone()).await?;
+        crate::ui::start_local(addr, flows, policy, shutdown.clone()).await?;
     }
     let stop = shutdown.clone();
     tokio::spawn(async move {
@@ -133,23 +160,41 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         stop.cancel();
     });
-    // Admin socket for the operator CLI (admin/).
+    start_admin(args, &proxy, shutdown.clone());
+    let close = close_connections.clone();
+    listener::serve(listener, original_dst, proxy.clone(), shutdown, close).await;
+    drain(&proxy, dns.as_ref(), close_connections).await;
+    Ok(())
+}
+
+/// Lets a successor take `listener` over through the handoff socket at `path` (then `stop` is cancelled).
+fn serve_handoff(
+    path: std::path::PathBuf,
+    listener: &tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    Ok(handoff::serve(path, listener.as_raw_fd(), stop)?)
+}
+
+/// The admin socket for the operator CLI (admin/). Without it the daemon still enforces: said loudly, not fatal.
+fn start_admin(args: &RunArgs, proxy: &Proxy, shutdown: CancellationToken) {
     let proxy_cgroup = match (&args.redirect, &args.proxy_cgroup) {
         (RedirectMode::Ebpf, Some(p)) => Some(p.clone()),
         (RedirectMode::Ebpf, None) => own_cgroup().ok(),
         _ => None,
     };
-    let admin =
-        crate::admin::LiveDaemon::new(&args, policy.clone(), flows.clone(), mesh, proxy_cgroup);
-    // Without its admin socket the daemon still enforces: say so loudly, do not stop.
-    if let Err(e) = crate::admin::start(&args, admin, shutdown.clone()) {
+    let (policy, flows, mesh) = (
+        proxy.policy.clone(),
+        proxy.flows.clone(),
+        proxy.mesh.clone(),
+    );
+    let admin = crate::admin::LiveDaemon::new(args, policy, flows, mesh, proxy_cgroup);
+    if let Err(e) = crate::admin::start(args, admin, shutdown) {
         tracing::error!(
             "{e:#}; `tollgate status` and the other operator commands cannot reach this daemon"
         );
     }
-    serve(listener, proxy.clone(), shutdown, close_connections.clone()).await;
-    drain(&proxy, dns.as_ref(), close_connections).await;
-    Ok(())
 }
 
 /// The policy source. Standalone mode reads files (watched; the guard keeps the watch); Kubernetes mode waits for
@@ -183,49 +228,6 @@ async fn load_policy(
             .with_context(|| format!("watching {} for policy updates", policy_path.display()))?;
         Ok((policy, Some(watch), None))
     }
-}
-
-/// TC-steered ingress (eBPF mode): a transparent listener whose accepted sockets' local address is the original
-/// destination; same policy, flow log and connection budget as the main listener. `stop` is its own token: once a
-/// successor has taken this socket, this process stops accepting on it even if the main listener's handoff has
-/// not happened yet.
-fn start_tproxy_ingress(
-    args: &RunArgs,
-    proxy: &Arc<Proxy>,
-    addr: std::net::SocketAddr,
-    tproxy_listener: tokio::net::TcpListener,
-    tproxy_path: std::path::PathBuf,
-    tproxy_stop: CancellationToken,
-    close_connections: &CancellationToken,
-) -> anyhow::Result<()> {
-    let ingress = Arc::new(Proxy {
-        policy: proxy.policy.clone(),
-        flows: proxy.flows.clone(),
-        upstream: UpstreamPool::new(args.mark, proxy.limits.connect_timeout),
-        limits: proxy.limits.clone(),
-        original_dst: Box::new(Tproxy { listen: addr }),
-        connections: proxy.connections.clone(),
-        kafka_topics: proxy.kafka_topics.clone(),
-        kafka_budget: proxy.kafka_budget.clone(),
-        mesh: proxy.mesh.clone(),
-        draining: proxy.draining.clone(),
-    });
-    tracing::info!(listen = %addr, interfaces = ?args.tc_interfaces, "TC ingress steering listener ready");
-    {
-        use std::os::fd::AsRawFd;
-        handoff::serve(
-            tproxy_path,
-            tproxy_listener.as_raw_fd(),
-            tproxy_stop.clone(),
-        )?;
-    }
-    tokio::spawn(serve(
-        tproxy_listener,
-        ingress,
-        tproxy_stop,
-        close_connections.clone(),
-    ));
-    Ok(())
 }
 
 /// The drain after the listener stopped: HTTP/1 responses start carrying `Connection: close`, open connections get
@@ -374,9 +376,7 @@ fn start_datapath(args: &RunArgs, policy: &Arc<PolicySource>) -> anyhow::Result<
     let dp = datapath.clone();
     policy
         .set_before_apply(Box::new(move |snap| {
-            let plan =
-                DatapathPlan::new(&snap.engine, &snap.endpoints).map_err(|e| e.to_string())?;
-            dp.apply(plan).map_err(|e| e.to_string())
+            dp.apply(DatapathPlan::new(&snap.engine, &snap.endpoints)?)
         }))
         .map_err(|e| anyhow::anyhow!("programming the eBPF maps from the policy: {e}"))?;
     tracing::info!(
@@ -436,6 +436,40 @@ fn start_dns(
     )
 }
 
+/// The observability services' configuration from the run flags.
+fn services_config(args: &RunArgs) -> anyhow::Result<crate::observer::ServicesConfig> {
+    // `--node-name` when given (it also reads `NODE_NAME`), else the host's name.
+    let node_name = (args.kube.node_name.clone())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(crate::observer::node_name);
+    let hubble_metrics = crate::hubble_metrics::HubbleConfig::parse(
+        &args.hubble_metrics,
+        args.hubble_metrics_max_series,
+        std::time::Duration::from_secs(args.hubble_metrics_expiry_secs),
+    )?;
+    let flow_export = args
+        .flow_export
+        .clone()
+        .map(|path| crate::flow_export::Rotation {
+            path,
+            max_bytes: args.flow_export_max_bytes,
+            keep: args.flow_export_keep,
+        });
+    let reload_every =
+        std::time::Duration::from_secs_f64(args.hubble_flowlogs_reload_secs.max(0.05));
+    Ok(crate::observer::ServicesConfig {
+        node_name,
+        observer_listen: args.observer_listen,
+        observer_tls: (args.observer_tls_svid_dir.clone())
+            .map(|dir| (dir, args.observer_tls_client_ids.clone())),
+        metrics_listen: args.metrics_listen,
+        metrics_max_series: args.metrics_max_series,
+        hubble_metrics,
+        flow_export,
+        flow_logs: (args.hubble_flowlogs_config_path.clone()).map(|p| (p, reload_every)),
+    })
+}
+
 /// This process's cgroup-v2 directory, from `/proc/self/cgroup` (`0::/path`).
 fn own_cgroup() -> anyhow::Result<std::path::PathBuf> {
     let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
@@ -462,31 +496,5 @@ fn take_or_bind(
             tokio::net::TcpListener::from_std(std_listener).context("taking over the listener")
         }
         None => Ok(listener::bind(addr, transparent, 1024)?),
-    }
-}
-
-/// The accept loop: hands every accepted connection to `connection::handle` until `shutdown` is cancelled; then
-/// closes the listener and returns. Open connections go on until `close_connections` (see `run`).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    proxy: Arc<Proxy>,
-    shutdown: CancellationToken,
-    close_connections: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let permit = proxy.connections.clone().try_acquire_owned().ok();
-                    tokio::spawn(connection::handle(proxy.clone(), stream, peer, permit, close_connections.clone()));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; the listener stays up.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        }
     }
 }

@@ -152,9 +152,6 @@ async fn start_with(limits: Limits) -> Harness {
         flows: Arc::new(FlowLog::new(1024, FlowSink::None).unwrap()),
         upstream: UpstreamPool::new(0, limits.connect_timeout),
         limits: limits.clone(),
-        original_dst: Box::new(MapLookup {
-            lookup: Arc::new(move |_, _| Some(backend_addr)),
-        }),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
         kafka_budget: Arc::new(tollgate::kafka::budget::FrameBudget::new(
@@ -166,8 +163,12 @@ async fn start_with(limits: Limits) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(tollgate::run::serve(
+    let original_dst = Arc::new(MapLookup {
+        lookup: Arc::new(move |_, _| Some(backend_addr)),
+    });
+    tokio::spawn(tollgate::listener::serve(
         listener,
+        original_dst,
         proxy.clone(),
         stop.clone(),
         stop.clone(),

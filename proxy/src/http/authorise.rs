@@ -1,0 +1,99 @@
+//! Layer 3, authorise: the normalised request against the policy snapshot current when it arrived (the one the
+//! record's endpoints came from). Denied: refused; allowed: the rule and its header actions go on down.
+
+use http::HeaderMap;
+
+use super::reply::Refusal;
+use super::{Routed, Stage};
+use crate::decision::{self, RequestDecision};
+use crate::flow::DropReason;
+
+/// The authorise stage (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+pub struct Authorise;
+
+impl Stage for Authorise {
+    fn run(&self, routed: &mut Routed) -> Result<(), Refusal> {
+        let exchange = &mut routed.exchange;
+        // The record layer always provides a snapshot; without one nothing can be allowed.
+        let snapshot = exchange.snapshot.take().ok_or_else(|| Refusal::Denied {
+            reason: "no policy snapshot for the request (internal error)".into(),
+            drop_reason: DropReason::PolicyDenied,
+        })?;
+        let headers = joined_headers(routed.req.headers());
+        let header_refs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let ctx = &exchange.ctx;
+        let d = decision::decide_request(
+            &snapshot,
+            &ctx.client,
+            ctx.dst,
+            routed.req.method().as_str(),
+            &exchange.target.path,
+            &exchange.target.host,
+            &header_refs,
+        );
+        drop(snapshot);
+        exchange.direction = d.direction();
+        match d {
+            RequestDecision::Deny {
+                reason,
+                drop_reason,
+                ..
+            } => Err(Refusal::Denied {
+                reason,
+                drop_reason,
+            }),
+            RequestDecision::Forward {
+                reason,
+                header_actions,
+                ..
+            } => {
+                exchange.policy = reason;
+                exchange.actions = header_actions;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Header pairs for the policy query: names lower-case, repeated headers joined with ", ".
+fn joined_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(headers.keys_len());
+    for name in headers.keys() {
+        let joined = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push((name.as_str().to_string(), joined));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_for_policy_are_joined_per_name() {
+        let r = http::Request::builder()
+            .header("X-A", "1")
+            .header("x-a", "2")
+            .header("b", "3")
+            .body(())
+            .unwrap();
+        let mut j = joined_headers(r.headers());
+        j.sort();
+        assert_eq!(
+            j,
+            vec![
+                ("b".to_string(), "3".to_string()),
+                ("x-a".to_string(), "1, 2".to_string())
+            ]
+        );
+    }
+}
