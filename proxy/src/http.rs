@@ -48,6 +48,8 @@ pub struct ConnCtx {
     /// Upgraded tunnels (WebSocket, CONNECT) spliced from this connection: they outlive hyper's connection task
     /// and keep the connection's permit, idle timeout and drain (`connection::serve_http` waits for them).
     pub tunnels: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// This connection's upstream client (looked up in the pool once).
+    pub upstream: crate::upstream::ConnUpstream,
 }
 
 /// The HTTP denial body users of CiliumNetworkPolicy expect.
@@ -599,7 +601,9 @@ impl Service<Request<Incoming>> for Forward {
             } else {
                 Version::HTTP_11
             };
-            let client = ctx.proxy.upstream.client(ctx.dst, http2, &ctx.dial);
+            let client = ctx
+                .upstream
+                .client(&ctx.proxy.upstream, ctx.dst, http2, &ctx.dial);
             // A bodyless request can be replayed once if the upstream refused it unprocessed (HTTP/2 GOAWAY).
             let replay =
                 (!upgrade && http_body::Body::is_end_stream(req.body())).then(|| replay_head(&req));
