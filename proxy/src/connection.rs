@@ -4,13 +4,14 @@
 //! the same pipeline, with a tunnel stream as upstream); tunnelled connections arriving from other nodes enter the
 //! same pipeline through [`dispatch`] with the identity their certificate proved.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,10 +24,11 @@ use crate::flow_record::FlowOutcome;
 use crate::h2_refusal::{Refusal, RefusalLog};
 use crate::h2_watch::H2Watch;
 use crate::http::ConnCtx;
+use crate::http_detect::{self, Prefixed};
 use crate::inputs::{ClientStream, Proxy, reset};
 use crate::limits::Limits;
 use crate::original_dst::OriginalDst;
-use crate::request_framing::{FramingGuard, UpgradeSignal};
+use crate::request_framing::FramingGuard;
 use crate::upstream::Dial;
 
 /// Handles one accepted connection to completion. `permit` is `None` when the connection limit is exhausted.
@@ -208,8 +210,8 @@ async fn refuse_over_limit<S: ClientStream>(
     let _ = stream.shutdown().await;
 }
 
-/// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on one downstream connection until it closes, idles out, or the
-/// daemon shuts down (then in-flight requests finish: graceful shutdown / GOAWAY).
+/// Serves HTTP/1.1 or HTTP/2 (prior knowledge), as the first bytes tell, on one downstream connection until it
+/// closes, idles out, or the daemon shuts down (then in-flight requests finish: graceful shutdown / GOAWAY).
 async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     proxy: Arc<Proxy>,
     stream: S,
@@ -218,98 +220,176 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     dial: Dial,
     shutdown: CancellationToken,
 ) {
-    let limits = proxy.limits.clone();
     let activity = Activity::new();
-    let upgrade = Arc::new(UpgradeSignal::default());
-    // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
-    let guard = FramingGuard::new(
-        Tracked::new(stream, activity.clone()),
-        limits.h1_max_buf_size(),
-        upgrade.clone(),
-    );
-    let smuggling = guard.refusals();
-    let h2_goaway = Arc::new(AtomicBool::new(false));
-    let io = TokioIo::new(H2Watch::new(
-        guard,
-        RefusalLog::new(limits.h2_max_concurrent_streams, limits.max_header_bytes),
-        h2_refusal_sink(proxy.clone(), down.clone(), dst),
-        h2_goaway.clone(),
-    ));
-    let ctx = Arc::new(ConnCtx {
-        proxy: proxy.clone(),
-        client: down.clone(),
-        dst,
-        dial,
-        upgrade,
-        requests: RequestClock::default(),
-        tunnels: Default::default(),
-    });
-    let svc = TowerToHyperService::new(crate::http::service(ctx.clone()));
-
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.h1_max_buf_size())
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.h2_max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let conn = builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(conn);
-    let mut closing = false;
-    let first_request_due = tokio::time::sleep(limits.header_read_timeout);
-    tokio::pin!(first_request_due);
-    let result = loop {
-        tokio::select! {
-            r = conn.as_mut() => break Some(r),
-            // No bytes either way, or (h2 PINGs, a body-less keep-alive) no request started: close gracefully.
-            _ = activity.idle(limits.idle_timeout), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = ctx.requests.idle(limits.idle_timeout), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            // Protocol detection and the first request head are bounded like any later head.
-            // select! checks a guard only on entry: a request may have started while the timer was waiting.
-            _ = &mut first_request_due, if !ctx.requests.started() => {
-                if !ctx.requests.started() {
-                    break None;
-                }
-            }
-            _ = shutdown.cancelled(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
+    let mut io = Tracked::new(stream, activity.clone());
+    // Protocol detection and the first request head are bounded like any later head.
+    let first_request_due = tokio::time::Instant::now() + proxy.limits.header_read_timeout;
+    let sniffed = tokio::select! {
+        r = http_detect::sniff(&mut io) => r,
+        _ = tokio::time::sleep_until(first_request_due) => {
+            record_first_request_late(&proxy, &down, dst);
+            return;
+        }
+        _ = shutdown.cancelled() => return,
+    };
+    let sniffed = match sniffed {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::debug!(client = %down.addr, %dst, "HTTP connection ended before a request: {e}");
+            return;
         }
     };
-    match result {
-        None => record_limit(
-            &proxy,
-            &down,
-            dst,
-            format!(
-                "request not received in time: none started within {:?} of connecting \
-                 (--header-read-timeout-secs): silent client, or protocol never detected",
-                limits.header_read_timeout
-            ),
-        ),
-        // The GOAWAY the watcher saw was recorded with the guard that fired; the error says less.
-        Some(Err(_)) if h2_goaway.load(Ordering::Relaxed) => {}
-        Some(Err(e)) => {
-            record_connection_error(&proxy, &down, dst, e.as_ref(), smuggling.count() > 0)
-        }
-        Some(Ok(())) => {}
+    let ctx = Arc::new(ConnCtx {
+        proxy,
+        client: down,
+        dst,
+        dial,
+        upgrade: Arc::default(),
+        requests: RequestClock::default(),
+        tunnels: Default::default(),
+        upstream: Default::default(),
+    });
+    let conn = HttpConn {
+        ctx,
+        activity,
+        first_request_due,
+        shutdown,
+    };
+    let io = Prefixed::new(io, sniffed);
+    // Boxed apart: an HTTP/1 connection's task holds no room for HTTP/2's state, nor the reverse.
+    if sniffed.is_http2() {
+        Box::pin(conn.serve_h2(io)).await
+    } else {
+        Box::pin(conn.serve_h1(io)).await
     }
-    // Upgraded tunnels (WebSocket, CONNECT) keep this connection's permit and obey its limits until they end.
-    let tunnels = std::mem::take(&mut *ctx.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
-    serve_tunnels(tunnels, &activity, &limits, &shutdown).await;
+}
+
+/// One downstream HTTP connection whose protocol is known.
+struct HttpConn {
+    ctx: Arc<ConnCtx>,
+    activity: Activity,
+    first_request_due: tokio::time::Instant,
+    shutdown: CancellationToken,
+}
+
+type HttpService = TowerToHyperService<crate::http::HttpStack>;
+
+impl HttpConn {
+    fn service(&self) -> HttpService {
+        TowerToHyperService::new(crate::http::service(self.ctx.clone()))
+    }
+
+    async fn serve_h1<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: T) {
+        let limits = &self.ctx.proxy.limits;
+        // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
+        let guard = FramingGuard::new(io, limits.h1_max_buf_size(), self.ctx.upgrade.clone());
+        let smuggling = guard.refusals();
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.h1_max_buf_size())
+            .max_headers(limits.max_headers)
+            .serve_connection(TokioIo::new(guard), self.service())
+            .with_upgrades();
+        tokio::pin!(conn);
+        let (proxy, down, dst) = (&self.ctx.proxy, &self.ctx.client, self.ctx.dst);
+        match self.supervise(conn, |c| c.graceful_shutdown()).await {
+            None => record_first_request_late(proxy, down, dst),
+            Some(Err(e)) => record_connection_error(proxy, down, dst, &e, smuggling.count() > 0),
+            Some(Ok(())) => {}
+        }
+        self.serve_tunnels().await;
+    }
+
+    async fn serve_h2<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: T) {
+        let (proxy, down, dst) = (&self.ctx.proxy, &self.ctx.client, self.ctx.dst);
+        let limits = &proxy.limits;
+        let h2_goaway = Arc::new(AtomicBool::new(false));
+        let io = H2Watch::new(
+            io,
+            RefusalLog::new(limits.h2_max_concurrent_streams, limits.max_header_bytes),
+            h2_refusal_sink(proxy.clone(), down.clone(), dst),
+            h2_goaway.clone(),
+        );
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .serve_connection(TokioIo::new(io), self.service());
+        tokio::pin!(conn);
+        match self.supervise(conn, |c| c.graceful_shutdown()).await {
+            None => record_first_request_late(proxy, down, dst),
+            // The GOAWAY the watcher saw was recorded with the guard that fired; the error says less.
+            Some(Err(_)) if h2_goaway.load(Ordering::Relaxed) => {}
+            Some(Err(e)) => record_connection_error(proxy, down, dst, &e, false),
+            Some(Ok(())) => {}
+        }
+        self.serve_tunnels().await;
+    }
+
+    /// Drives hyper's connection; closes it gracefully when idle (no bytes either way, or, with h2 PINGs or a
+    /// body-less keep-alive, no request started) or when the daemon drains. `None`: no request started in time.
+    async fn supervise<F: Future<Output = hyper::Result<()>>>(
+        &self,
+        mut conn: Pin<&mut F>,
+        graceful: impl Fn(Pin<&mut F>),
+    ) -> Option<hyper::Result<()>> {
+        let (limits, requests) = (&self.ctx.proxy.limits, &self.ctx.requests);
+        let mut closing = false;
+        let first_request_due = tokio::time::sleep_until(self.first_request_due);
+        tokio::pin!(first_request_due);
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => return Some(r),
+                _ = self.activity.idle(limits.idle_timeout), if !closing => {
+                    closing = true;
+                    graceful(conn.as_mut());
+                }
+                _ = requests.idle(limits.idle_timeout), if !closing => {
+                    closing = true;
+                    graceful(conn.as_mut());
+                }
+                // select! checks a guard only on entry: a request may have started while the timer was waiting.
+                _ = &mut first_request_due, if !requests.started() => {
+                    if !requests.started() {
+                        return None;
+                    }
+                }
+                _ = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    graceful(conn.as_mut());
+                }
+            }
+        }
+    }
+
+    /// Upgraded tunnels (WebSocket, CONNECT) keep this connection's permit and obey its limits until they end.
+    async fn serve_tunnels(self) {
+        let tunnels =
+            std::mem::take(&mut *self.ctx.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
+        serve_tunnels(
+            tunnels,
+            &self.activity,
+            &self.ctx.proxy.limits,
+            &self.shutdown,
+        )
+        .await;
+    }
+}
+
+fn record_first_request_late(proxy: &Proxy, down: &Downstream, dst: SocketAddr) {
+    record_limit(
+        proxy,
+        down,
+        dst,
+        format!(
+            "request not received in time: none started within {:?} of connecting \
+             (--header-read-timeout-secs): silent client, or protocol never detected",
+            proxy.limits.header_read_timeout
+        ),
+    )
 }
 
 /// Waits for the upgraded tunnels of one connection; closes them when idle past the idle timeout or when open

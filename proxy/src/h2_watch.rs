@@ -3,7 +3,8 @@
 //! becomes refusal records ([`RefusalLog`]: the h2 library's GOAWAYs, resets and 431s, which hyper never reports),
 //! and the client's SETTINGS frames are counted: past [`SETTINGS_PER_WINDOW`] in [`SETTINGS_WINDOW`] the proxy
 //! writes its own GOAWAY ENHANCE_YOUR_CALM and ends the connection (h2 only applies backpressure to SETTINGS).
-//! An HTTP/1 connection passes through untouched after its first bytes.
+//! Only connections whose first bytes are the HTTP/2 preface get one (`http_detect.rs`); a stream that turns out
+//! not to be HTTP/2 anyway passes through untouched.
 
 use std::collections::VecDeque;
 use std::io;
@@ -179,8 +180,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for H2Watch<T> {
             let before = buf.filled().len();
             std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
             if this.client.is_http2() {
-                let filled = buf.filled()[before..].to_vec();
-                this.client_bytes(&filled);
+                this.client_bytes(&buf.filled()[before..]);
             }
             if this.goaway.is_empty() {
                 return Poll::Ready(Ok(()));

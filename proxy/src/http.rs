@@ -54,6 +54,8 @@ pub struct ConnCtx {
     /// Upgraded tunnels (WebSocket, CONNECT) spliced from this connection: they outlive hyper's connection task
     /// and keep the connection's permit, idle timeout and drain (`connection::serve_http` waits for them).
     pub tunnels: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// This connection's upstream client (looked up in the pool once).
+    pub upstream: crate::upstream::ConnUpstream,
 }
 
 /// The per-connection stack without the record layer: the synchronous stages, then forward.
@@ -62,8 +64,11 @@ type Stages = Staged<
     Staged<authorise::Authorise, Staged<rewrite::Rewrite, forward::Forward>>,
 >;
 
+/// The per-connection stack hyper calls for each request.
+pub type HttpStack = record::Record<Stages>;
+
 /// The service hyper calls for each request of one connection: the layers in order.
-pub fn service(ctx: Arc<ConnCtx>) -> record::Record<Stages> {
+pub fn service(ctx: Arc<ConnCtx>) -> HttpStack {
     ServiceBuilder::new()
         .layer_fn(|inner| record::Record::new(ctx.clone(), inner))
         .layer_fn(|inner| Staged::new(normalise::Normalise, inner))

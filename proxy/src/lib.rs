@@ -32,6 +32,7 @@ pub mod h2_watch;
 pub mod handoff;
 pub mod header_actions;
 pub mod http;
+pub mod http_detect;
 pub mod hubble;
 pub mod hubble_metrics;
 pub mod inputs;

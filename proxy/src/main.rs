@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// The data path makes many small, short-lived allocations per request on every runtime thread: mimalloc's
+/// thread-local free lists serve them cheaper than glibc malloc's arenas, and return freed pages to the system.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tollgate",

@@ -6,6 +6,7 @@
 //! `max_series` distinct (protocol, verdict, source, destination) sets exist, new identities are counted under
 //! `other`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -25,12 +26,42 @@ const BUCKETS: [f64; 12] = [
 /// Identity label value used once the series cap is reached.
 pub const OTHER: &str = "other";
 
+/// One `tollgate_requests_total` series. Built per record without allocating: the protocols the daemon records
+/// are static names, identities are numbers until rendered.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct RequestKey {
-    protocol: String,
+    protocol: Cow<'static, str>,
     verdict: &'static str,
-    source: String,
-    destination: String,
+    source: IdentityLabel,
+    destination: IdentityLabel,
+}
+
+/// An identity label value: the number, or [`OTHER`] once the series cap is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum IdentityLabel {
+    Id(u32),
+    Other,
+}
+
+impl std::fmt::Display for IdentityLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentityLabel::Id(n) => write!(f, "{n}"),
+            IdentityLabel::Other => f.write_str(OTHER),
+        }
+    }
+}
+
+/// The protocol label: borrowed for the protocols the daemon records, owned for anything else.
+fn protocol_label(protocol: &str) -> Cow<'static, str> {
+    match protocol {
+        "HTTP" => Cow::Borrowed("HTTP"),
+        "gRPC" => Cow::Borrowed("gRPC"),
+        "TCP" => Cow::Borrowed("TCP"),
+        "Kafka" => Cow::Borrowed("Kafka"),
+        "DNS" => Cow::Borrowed("DNS"),
+        other => Cow::Owned(other.to_string()),
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -56,7 +87,7 @@ impl Histogram {
 struct Series {
     requests: HashMap<RequestKey, u64>,
     drops: BTreeMap<&'static str, u64>,
-    latency: BTreeMap<(String, &'static str), Histogram>,
+    latency: BTreeMap<(Cow<'static, str>, &'static str), Histogram>,
 }
 
 /// The flow-fed metrics.
@@ -107,16 +138,17 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .observe_at(rec, Instant::now());
         let verdict = verdict_name(rec.verdict);
+        let protocol = protocol_label(&rec.protocol);
         let mut key = RequestKey {
-            protocol: rec.protocol.clone(),
+            protocol: protocol.clone(),
             verdict,
-            source: rec.source.identity.to_string(),
-            destination: rec.destination.identity.to_string(),
+            source: IdentityLabel::Id(rec.source.identity),
+            destination: IdentityLabel::Id(rec.destination.identity),
         };
         let mut s = self.series.lock().unwrap_or_else(|p| p.into_inner());
         if !s.requests.contains_key(&key) && s.requests.len() >= self.max_series {
-            key.source = OTHER.into();
-            key.destination = OTHER.into();
+            key.source = IdentityLabel::Other;
+            key.destination = IdentityLabel::Other;
         }
         *s.requests.entry(key).or_insert(0) += 1;
         if let Some(r) = rec.drop_reason {
@@ -125,7 +157,7 @@ impl Metrics {
         // Latency is only measured for requests the proxy parsed (L7); an L4 record carries none.
         if rec.l7.is_some() {
             s.latency
-                .entry((rec.protocol.clone(), verdict))
+                .entry((protocol, verdict))
                 .or_default()
                 .observe(rec.latency_ns as f64 / 1e9);
         }
@@ -150,8 +182,8 @@ impl Metrics {
                 "tollgate_requests_total{{protocol=\"{}\",verdict=\"{}\",source_identity=\"{}\",destination_identity=\"{}\"}} {n}",
                 escape_label_value(&k.protocol),
                 k.verdict,
-                escape_label_value(&k.source),
-                escape_label_value(&k.destination)
+                k.source,
+                k.destination
             );
         }
         out.push_str("# HELP tollgate_drops_total Requests and connections not forwarded, by reason.\n# TYPE tollgate_drops_total counter\n");

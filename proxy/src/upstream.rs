@@ -293,6 +293,31 @@ impl UpstreamPool {
     }
 }
 
+/// The upstream client of one downstream connection, taken from the pool on its first request: every request of a
+/// connection goes to the same original destination by the same dial, and (one connection, one protocol) in the
+/// same HTTP version, so later requests skip the pool's lock and lookup.
+#[derive(Debug, Default)]
+pub struct ConnUpstream(std::sync::OnceLock<(bool, UpstreamClient)>);
+
+impl ConnUpstream {
+    pub fn client<'a>(
+        &'a self,
+        pool: &UpstreamPool,
+        dst: SocketAddr,
+        http2: bool,
+        dial: &Dial,
+    ) -> std::borrow::Cow<'a, UpstreamClient> {
+        let (cached_http2, client) = self
+            .0
+            .get_or_init(|| (http2, pool.client(dst, http2, dial)));
+        if *cached_http2 == http2 {
+            std::borrow::Cow::Borrowed(client)
+        } else {
+            std::borrow::Cow::Owned(pool.client(dst, http2, dial))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

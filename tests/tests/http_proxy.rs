@@ -916,6 +916,65 @@ fn h2load_summary(text: &str) -> (u64, u64, u64, u64, u64) {
     )
 }
 
+/// Issue 19: the flow log keeps every request at full load. h2load sends a fixed number of requests as fast as the
+/// proxy answers them, allowed and denied alternating (HTTP/1.1 keep-alive over 16 connections, then HTTP/2 with
+/// 4 connections x 10 streams); the flow-log file must then hold exactly one record per request, by verdict.
+#[test]
+fn flow_log_keeps_every_request_at_full_load() {
+    const N: usize = 20_000;
+    let h2load = require_tool("h2load");
+    let case_file = CaseFile::load("http-ledger.yaml");
+    let mut cluster = Cluster::new("fullload", &case_file);
+    let urls = [
+        "http://10.0.21.20:8080/books/v2/entries",
+        "http://10.0.21.20:8080/admin",
+    ];
+    // The policy names port 8080 only: nginx serves it as HTTP/1.1 first, then as h2c.
+    for (protocol, http1_port, h2c_port, args) in [
+        ("HTTP/1.1", 8080, 18080, &["--h1", "-c", "16"][..]),
+        ("HTTP/2", 18080, 8080, &["-c", "4", "-m", "10"][..]),
+    ] {
+        let nginx = Nginx::start(cluster.pod("billing/ledger"), http1_port, h2c_port).unwrap();
+        let before = cluster.flows().len();
+        let out = cluster
+            .pod("billing/portal")
+            .command(&h2load)
+            .args(["-n", &N.to_string()])
+            .args(args)
+            .args(urls)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "h2load failed: {text}");
+        let (done, ok, denied, server_err, errored) = h2load_summary(&text);
+        assert_eq!(
+            (done, ok, denied, server_err, errored),
+            (N as u64, N as u64 / 2, N as u64 / 2, 0, 0),
+            "{protocol}: every request answered, half allowed: {text}"
+        );
+        // Records are written off the data path: wait (bounded) for the writer, then count exactly.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while cluster.flows().len() < before + N && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let flows: Vec<Value> = cluster.flows().into_iter().skip(before).collect();
+        let count = |verdict: &str| {
+            flows
+                .iter()
+                .filter(|f| f["verdict"] == verdict && f["l7"]["http"]["protocol"] == protocol)
+                .count()
+        };
+        assert_eq!(
+            (flows.len(), count("FORWARDED"), count("DROPPED")),
+            (N, N / 2, N / 2),
+            "{protocol}: one record per request, none lost"
+        );
+        drop(nginx);
+    }
+    cluster.assert_proxy_running();
+}
+
 #[test]
 fn hot_reload_under_h2_load_applies_to_open_connections() {
     let h2load = require_tool("h2load");

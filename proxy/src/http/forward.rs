@@ -45,7 +45,9 @@ impl Service<Routed> for Forward {
             } else {
                 Version::HTTP_11
             };
-            let client = ctx.proxy.upstream.client(ctx.dst, http2, &ctx.dial);
+            let client = ctx
+                .upstream
+                .client(&ctx.proxy.upstream, ctx.dst, http2, &ctx.dial);
             // A bodyless request can be replayed once if the upstream refused it unprocessed (HTTP/2 GOAWAY).
             let replay =
                 (!upgrade && http_body::Body::is_end_stream(req.body())).then(|| replay_head(&req));
