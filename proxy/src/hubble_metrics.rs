@@ -309,12 +309,11 @@ fn key_values(key: &str) -> impl Iterator<Item = Cow<'_, str>> {
         let mut out = String::with_capacity(v.len());
         let mut chars = v.chars();
         while let Some(c) = chars.next() {
-            out.push(
-                match (c, c == KEY_ESCAPE && chars.next() == Some('\u{1}')) {
-                    (KEY_ESCAPE, true) => KEY_SEPARATOR,
-                    (c, _) => c,
-                },
-            );
+            // U+0001 U+0001 is a NUL, U+0001 U+0002 is U+0001 itself.
+            out.push(match c {
+                KEY_ESCAPE if chars.next() == Some('\u{1}') => KEY_SEPARATOR,
+                c => c,
+            });
         }
         Cow::Owned(out)
     })
