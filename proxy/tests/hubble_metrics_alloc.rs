@@ -125,6 +125,9 @@ fn assert_existing_series_allocate_nothing(spec: &str, max_series: usize) {
             warm.iter().for_each(|r| metrics.observe_at(r, now));
         }
     });
+    eprintln!(
+        "{spec} (cap {max_series}): {first} allocations adding series, {steady} feeding 6000 records of them"
+    );
     assert_eq!(
         steady, 0,
         "{spec}: 6000 records of existing series allocated"
