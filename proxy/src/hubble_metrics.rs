@@ -272,7 +272,9 @@ impl SeriesKey {
 
     /// Appends `s` to the current value.
     fn push(&mut self, s: &str) {
-        if !s.contains([KEY_SEPARATOR, KEY_ESCAPE]) {
+        // Both are ASCII, so byte searches (memchr) rule them out without decoding UTF-8.
+        let bytes = s.as_bytes();
+        if !bytes.contains(&(KEY_SEPARATOR as u8)) && !bytes.contains(&(KEY_ESCAPE as u8)) {
             self.text.push_str(s);
             return;
         }
