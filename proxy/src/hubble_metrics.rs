@@ -8,6 +8,9 @@
 //! `workload-name`, `pod`, `identity`; `a|b` = first non-empty) add a `source` / `destination` label, and
 //! `labelsContext` adds the named labels. Cardinality is bounded per family (beyond the cap, label values read
 //! `overflow`), and series naming endpoints expire once not fed for the expiry time, so deleted pods' series go.
+//!
+//! Every proxied request feeds these families, so a record whose series exist allocates nothing: its label values
+//! are written into one reused `SeriesKey` and series are looked up by that text (tests/hubble_metrics_alloc.rs).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
