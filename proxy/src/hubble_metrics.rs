@@ -8,12 +8,16 @@
 //! `workload-name`, `pod`, `identity`; `a|b` = first non-empty) add a `source` / `destination` label, and
 //! `labelsContext` adds the named labels. Cardinality is bounded per family (beyond the cap, label values read
 //! `overflow`), and series naming endpoints expire once not fed for the expiry time, so deleted pods' series go.
+//!
+//! Every proxied request feeds these families, so a record whose series exist allocates nothing: its label values
+//! are written into one reused `SeriesKey` and series are looked up by that text (tests/hubble_metrics_alloc.rs).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::flow::{DropReason, FlowEndpoint, FlowRecord, TrafficDirection, Verdict};
+use crate::flow::{DropReason, FlowEndpoint, FlowRecord, HttpInfo, TrafficDirection, Verdict};
 
 /// Every family this exporter can emit (histograms by base name).
 pub const FAMILY_NAMES: [&str; 7] = [
@@ -209,14 +213,14 @@ fn parse_contexts(value: &str) -> Result<Vec<Context>, ConfigError> {
 }
 
 /// The workload an endpoint belongs to: its app label, else its pod name without the generated suffixes.
-pub fn workload_name(ep: &FlowEndpoint) -> String {
+pub fn workload_name(ep: &FlowEndpoint) -> &str {
     for key in ["k8s:app.kubernetes.io/name=", "k8s:app="] {
         if let Some(v) = ep.labels.iter().find_map(|l| l.strip_prefix(key)) {
-            return v.to_string();
+            return v;
         }
     }
     let Some(pod) = ep.pod.as_deref() else {
-        return String::new();
+        return "";
     };
     // Deployment pods are `<name>-<template hash>-<5 chars>`, DaemonSet/Job pods `<name>-<5 chars>`; both
     // suffixes use Kubernetes' vowel-free alphabet.
@@ -226,30 +230,123 @@ pub fn workload_name(ep: &FlowEndpoint) -> String {
                 .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
     };
     let Some((name, _)) = pod.rsplit_once('-').filter(|(_, t)| generated(t, 5..=5)) else {
-        return pod.to_string();
+        return pod;
     };
     match name.rsplit_once('-') {
-        Some((head, hash)) if generated(hash, 6..=10) => head.to_string(),
-        _ => name.to_string(),
+        Some((head, hash)) if generated(hash, 6..=10) => head,
+        _ => name,
     }
 }
 
-fn context_value(ep: &FlowEndpoint, alternatives: &[Context]) -> String {
-    for c in alternatives {
-        let v = match c {
-            Context::Namespace => ep.namespace.clone().unwrap_or_default(),
-            Context::WorkloadName => workload_name(ep),
-            Context::Pod => match (&ep.namespace, &ep.pod) {
-                (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
-                _ => String::new(),
-            },
-            Context::Identity => ep.identity.to_string(),
-        };
-        if !v.is_empty() {
-            return v;
+/// Separates the label values in a [`SeriesKey`].
+const KEY_SEPARATOR: char = '\0';
+/// Starts the two-character form of a NUL (`\u{1}\u{1}`) or of itself (`\u{1}\u{2}`) inside a key value.
+const KEY_ESCAPE: char = '\u{1}';
+
+/// The label values of one series joined into one string, so feeding an existing series needs no allocation
+/// (one key is reused for every record). Values are separated by NUL; a NUL or U+0001 inside a value is written
+/// as U+0001 U+0001 / U+0001 U+0002. That encoding keeps order: comparing two keys compares their values one
+/// by one, as comparing the value lists would, so sorting keys sorts series by label values.
+#[derive(Debug, Default)]
+struct SeriesKey {
+    text: String,
+    values: usize,
+}
+
+impl SeriesKey {
+    fn clear(&mut self) {
+        self.text.clear();
+        self.values = 0;
+    }
+
+    /// Starts the next label value (later writes append to it); returns where it starts in `text`.
+    fn next_value(&mut self) -> usize {
+        if self.values > 0 {
+            self.text.push(KEY_SEPARATOR);
+        }
+        self.values += 1;
+        self.text.len()
+    }
+
+    fn value(&mut self, v: &str) {
+        self.next_value();
+        self.push(v);
+    }
+
+    /// Appends `s` to the current value.
+    fn push(&mut self, s: &str) {
+        // Both are ASCII, so byte searches (memchr) rule them out without decoding UTF-8.
+        let bytes = s.as_bytes();
+        if !bytes.contains(&(KEY_SEPARATOR as u8)) && !bytes.contains(&(KEY_ESCAPE as u8)) {
+            self.text.push_str(s);
+            return;
+        }
+        for c in s.chars() {
+            match c {
+                KEY_SEPARATOR => self.text.extend([KEY_ESCAPE, '\u{1}']),
+                KEY_ESCAPE => self.text.extend([KEY_ESCAPE, '\u{2}']),
+                c => self.text.push(c),
+            }
         }
     }
-    String::new()
+
+    /// Turns the key into the overflow series' key (every value `overflow`).
+    fn overflow(&mut self) {
+        let values = self.values;
+        self.clear();
+        (0..values).for_each(|_| self.value(OVERFLOW));
+    }
+}
+
+impl std::fmt::Write for SeriesKey {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s);
+        Ok(())
+    }
+}
+
+/// The label values a [`SeriesKey`] text holds, decoded.
+fn key_values(key: &str) -> impl Iterator<Item = Cow<'_, str>> {
+    key.split(KEY_SEPARATOR).map(|v| {
+        if !v.contains(KEY_ESCAPE) {
+            return Cow::Borrowed(v);
+        }
+        let mut out = String::with_capacity(v.len());
+        let mut chars = v.chars();
+        while let Some(c) = chars.next() {
+            // U+0001 U+0001 is a NUL, U+0001 U+0002 is U+0001 itself.
+            out.push(match c {
+                KEY_ESCAPE if chars.next() == Some('\u{1}') => KEY_SEPARATOR,
+                c => c,
+            });
+        }
+        Cow::Owned(out)
+    })
+}
+
+/// Writes the first non-empty of `alternatives` for `ep` as the next value of `key`; false when all are empty.
+fn push_context(key: &mut SeriesKey, ep: &FlowEndpoint, alternatives: &[Context]) -> bool {
+    let start = key.next_value();
+    for c in alternatives {
+        match c {
+            Context::Namespace => key.push(ep.namespace.as_deref().unwrap_or_default()),
+            Context::WorkloadName => key.push(workload_name(ep)),
+            Context::Pod => {
+                if let (Some(ns), Some(pod)) = (&ep.namespace, &ep.pod) {
+                    key.push(ns);
+                    key.push("/");
+                    key.push(pod);
+                }
+            }
+            Context::Identity => {
+                let _ = write!(key, "{}", ep.identity);
+            }
+        }
+        if key.text.len() > start {
+            return true;
+        }
+    }
+    false
 }
 
 fn direction(rec: &FlowRecord) -> &'static str {
@@ -260,24 +357,33 @@ fn direction(rec: &FlowRecord) -> &'static str {
     }
 }
 
-/// Names and values of the context labels `opts` asks for.
-fn context_labels(opts: &FamilyOptions, rec: &FlowRecord) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
+/// Names of the context labels `opts` asks for, in the order [`push_context_labels`] writes their values.
+fn context_label_names(opts: &FamilyOptions) -> impl Iterator<Item = &'static str> + '_ {
+    let source = (!opts.source.is_empty()).then_some("source");
+    let destination = (!opts.destination.is_empty()).then_some("destination");
+    source
+        .into_iter()
+        .chain(destination)
+        .chain(opts.labels.iter().copied())
+}
+
+/// Writes the values of the context labels `opts` asks for; true when one is not empty (the series then names
+/// endpoints and expires).
+fn push_context_labels(opts: &FamilyOptions, rec: &FlowRecord, key: &mut SeriesKey) -> bool {
+    let mut named = false;
     if !opts.source.is_empty() {
-        out.push(("source", context_value(&rec.source, &opts.source)));
+        named |= push_context(key, &rec.source, &opts.source);
     }
     if !opts.destination.is_empty() {
-        out.push((
-            "destination",
-            context_value(&rec.destination, &opts.destination),
-        ));
+        named |= push_context(key, &rec.destination, &opts.destination);
     }
     for label in &opts.labels {
         let (ep, what) = match label.split_once('_') {
             Some(("source", w)) => (&rec.source, w),
             Some(("destination", w)) => (&rec.destination, w),
             _ => {
-                out.push((label, direction(rec).to_string()));
+                key.value(direction(rec));
+                named = true;
                 continue;
             }
         };
@@ -286,9 +392,9 @@ fn context_labels(opts: &FamilyOptions, rec: &FlowRecord) -> Vec<(&'static str, 
             "workload" => Context::WorkloadName,
             _ => Context::Pod,
         };
-        out.push((label, context_value(ep, &[ctx])));
+        named |= push_context(key, ep, &[ctx]);
     }
-    out
+    named
 }
 
 #[derive(Debug, Clone, Default)]
@@ -307,28 +413,33 @@ struct Entry {
     expires: bool,
 }
 
-/// One metric family's series, keyed by label values (names are fixed per family).
+impl Entry {
+    fn feed(&mut self, now: Instant, secs: f64) {
+        self.count += 1;
+        self.last_seen = now;
+        if let Some(h) = &mut self.histogram {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if secs <= *b {
+                    h.counts[i] += 1;
+                }
+            }
+            h.count += 1;
+            h.sum += secs;
+        }
+    }
+}
+
+/// One metric family's series, keyed by their joined label values (names are fixed per family).
 #[derive(Debug)]
 struct Family {
     name: &'static str,
     help: &'static str,
     histogram: bool,
+    /// The context options of the family's group; `None` when the group is not enabled.
+    options: Option<FamilyOptions>,
     label_names: Vec<&'static str>,
-    series: HashMap<Vec<String>, Entry>,
+    series: HashMap<Box<str>, Entry>,
     overflow_logged: bool,
-}
-
-impl Family {
-    fn new(name: &'static str, help: &'static str, histogram: bool) -> Self {
-        Family {
-            name,
-            help,
-            histogram,
-            label_names: Vec::new(),
-            series: HashMap::new(),
-            overflow_logged: false,
-        }
-    }
 }
 
 /// The Hubble-named metrics: configuration plus series.
@@ -336,6 +447,8 @@ impl Family {
 pub struct HubbleMetrics {
     config: HubbleConfig,
     families: Vec<Family>,
+    /// Reused for every record's series keys.
+    key: SeriesKey,
 }
 
 /// Indexes into `HubbleMetrics::families`, in `FAMILY_NAMES` order.
@@ -347,42 +460,71 @@ const DNS_QUERIES: usize = 4;
 const DNS_RESPONSES: usize = 5;
 const POLICY: usize = 6;
 
+/// Each family's own label names, in `FAMILY_NAMES` order ([`RecordFacts::push_own_values`] writes the values).
+const OWN_LABEL_NAMES: [&[&str]; 7] = [
+    &["type", "subtype", "verdict"],
+    &["reason", "protocol"],
+    &["method", "protocol", "status", "reporter"],
+    &["method", "protocol", "reporter"],
+    &["rcode", "qtypes", "ips_returned"],
+    &["rcode", "qtypes", "ips_returned"],
+    &["direction", "match", "action"],
+];
+
+const HELPS: [&str; 7] = [
+    "Flows processed, by type, subtype and verdict.",
+    "Flows dropped, by reason and protocol.",
+    "HTTP requests, by method, protocol, status and reporter.",
+    "HTTP request duration in seconds, by method, protocol and reporter.",
+    "DNS queries observed, by rcode, qtypes and ips_returned.",
+    "DNS responses observed, by rcode, qtypes and ips_returned.",
+    "Policy verdicts, by direction, match and action.",
+];
+
 impl HubbleMetrics {
     pub fn new(config: HubbleConfig) -> Self {
-        let helps = [
-            "Flows processed, by type, subtype and verdict.",
-            "Flows dropped, by reason and protocol.",
-            "HTTP requests, by method, protocol, status and reporter.",
-            "HTTP request duration in seconds, by method, protocol and reporter.",
-            "DNS queries observed, by rcode, qtypes and ips_returned.",
-            "DNS responses observed, by rcode, qtypes and ips_returned.",
-            "Policy verdicts, by direction, match and action.",
-        ];
         let families = FAMILY_NAMES
             .iter()
-            .zip(helps)
+            .zip(HELPS)
             .enumerate()
-            .map(|(i, (n, h))| Family::new(n, h, i == HTTP_DURATION))
+            .map(|(i, (name, help))| {
+                let options = config.groups.get(&group_of(i)).cloned();
+                let mut label_names = OWN_LABEL_NAMES[i].to_vec();
+                label_names.extend(options.iter().flat_map(context_label_names));
+                Family {
+                    name,
+                    help,
+                    histogram: i == HTTP_DURATION,
+                    options,
+                    label_names,
+                    series: HashMap::new(),
+                    overflow_logged: false,
+                }
+            })
             .collect();
-        HubbleMetrics { config, families }
+        HubbleMetrics {
+            config,
+            families,
+            key: SeriesKey::default(),
+        }
     }
 
-    /// Counts one flow record at time `now`.
+    /// Counts one flow record at time `now`. Allocates only when the record starts a new series.
     pub fn observe_at(&mut self, rec: &FlowRecord, now: Instant) {
+        let facts = RecordFacts::new(rec);
         let latency = rec.latency_ns as f64 / 1e9;
-        for (group, family, labels) in family_labels(rec) {
-            let Some(opts) = self.config.groups.get(&group) else {
+        let max = self.config.max_series;
+        for (i, fam) in self.families.iter_mut().enumerate() {
+            let Some(opts) = &fam.options else {
                 continue;
             };
-            let ctx = context_labels(opts, rec);
-            let expires = ctx.iter().any(|(_, v)| !v.is_empty());
-            let mut names: Vec<&'static str> = labels.iter().map(|(n, _)| *n).collect();
-            names.extend(ctx.iter().map(|(n, _)| *n));
-            let values = labels.into_iter().chain(ctx).map(|(_, v)| v).collect();
-            let max = self.config.max_series;
-            let fam = &mut self.families[family];
-            fam.label_names = names;
-            fam.record(values, expires, now, max, latency);
+            self.key.clear();
+            if !facts.push_own_values(i, &mut self.key) {
+                continue;
+            }
+            let expires = push_context_labels(opts, rec, &mut self.key);
+            debug_assert_eq!(self.key.values, fam.label_names.len(), "{}", fam.name);
+            fam.record(&mut self.key, expires, now, max, latency);
         }
     }
 
@@ -397,10 +539,8 @@ impl HubbleMetrics {
 
     /// The exposition of the enabled families (HELP/TYPE even before the first series).
     pub fn render(&self, out: &mut String) {
-        for (i, fam) in self.families.iter().enumerate() {
-            if self.config.groups.contains_key(&group_of(i)) {
-                fam.render(out);
-            }
+        for fam in self.families.iter().filter(|f| f.options.is_some()) {
+            fam.render(out);
         }
     }
 }
@@ -415,102 +555,99 @@ fn group_of(family: usize) -> Group {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+/// What one record says, worked out once for all the families it feeds.
+struct RecordFacts<'a> {
+    rec: &'a FlowRecord,
+    http: Option<&'a HttpInfo>,
+    /// `http`, `dns`, `kafka`, or empty for an L3/L4 record.
+    subtype: &'static str,
+}
 
-/// The families one record feeds and their own (non-context) labels.
-fn family_labels(rec: &FlowRecord) -> Vec<(Group, usize, Labels)> {
-    let http = rec.l7.as_ref().and_then(|l| l.http.as_ref());
-    let kafka = rec.l7.as_ref().and_then(|l| l.kafka.as_ref());
-    let subtype = match (http, &rec.dns, kafka) {
-        (Some(_), _, _) => "http",
-        (_, Some(_), _) => "dns",
-        (_, _, Some(_)) => "kafka",
-        _ => "",
-    };
-    let kind = if rec.l7.is_some() || rec.dns.is_some() {
-        "L7"
-    } else {
-        "L3_L4"
-    };
-    let verdict = match rec.verdict {
-        Verdict::Forwarded => "FORWARDED",
-        Verdict::Dropped => "DROPPED",
-        Verdict::Error => "ERROR",
-    };
-    let s = |v: &str| v.to_string();
-    let mut out = vec![(
-        Group::Flow,
-        FLOWS,
-        vec![
-            ("type", s(kind)),
-            ("subtype", s(subtype)),
-            ("verdict", s(verdict)),
-        ],
-    )];
-    if let (Verdict::Dropped, Some(reason)) = (rec.verdict, rec.drop_reason) {
-        let proto = if rec.dns.is_some() { "UDP" } else { "TCP" };
-        out.push((
-            Group::Drop,
-            DROPS,
-            vec![("reason", s(reason.name())), ("protocol", s(proto))],
-        ));
-    }
-    if let Some(h) = http {
-        let reporter = match rec.traffic_direction {
-            Some(TrafficDirection::Egress) => "client",
-            Some(TrafficDirection::Ingress) => "server",
-            None => "unknown",
+impl<'a> RecordFacts<'a> {
+    fn new(rec: &'a FlowRecord) -> Self {
+        let http = rec.l7.as_ref().and_then(|l| l.http.as_ref());
+        let kafka = rec.l7.as_ref().and_then(|l| l.kafka.as_ref());
+        let subtype = match (http, &rec.dns, kafka) {
+            (Some(_), _, _) => "http",
+            (_, Some(_), _) => "dns",
+            (_, _, Some(_)) => "kafka",
+            _ => "",
         };
-        let base = vec![
-            ("method", h.method.clone()),
-            ("protocol", h.protocol.clone()),
-        ];
-        let mut with_status = base.clone();
-        with_status.push(("status", h.code.to_string()));
-        with_status.push(("reporter", s(reporter)));
-        let mut duration = base;
-        duration.push(("reporter", s(reporter)));
-        out.push((Group::HttpV2, HTTP, with_status));
-        out.push((Group::HttpV2, HTTP_DURATION, duration));
+        RecordFacts { rec, http, subtype }
     }
-    if let Some(d) = &rec.dns {
-        let qtypes = d.qtypes.join(",");
-        out.push((
-            Group::Dns,
-            DNS_QUERIES,
-            vec![
-                ("rcode", s("")),
-                ("qtypes", qtypes.clone()),
-                ("ips_returned", s("0")),
-            ],
-        ));
-        out.push((
-            Group::Dns,
-            DNS_RESPONSES,
-            vec![
-                ("rcode", s(rcode_name(d.rcode))),
-                ("qtypes", qtypes),
-                ("ips_returned", d.ips.len().to_string()),
-            ],
-        ));
+
+    /// Writes `family`'s own label values (named by `OWN_LABEL_NAMES`); false when the record does not feed it.
+    fn push_own_values(&self, family: usize, key: &mut SeriesKey) -> bool {
+        let rec = self.rec;
+        match family {
+            FLOWS => {
+                let l7 = rec.l7.is_some() || rec.dns.is_some();
+                key.value(if l7 { "L7" } else { "L3_L4" });
+                key.value(self.subtype);
+                key.value(match rec.verdict {
+                    Verdict::Forwarded => "FORWARDED",
+                    Verdict::Dropped => "DROPPED",
+                    Verdict::Error => "ERROR",
+                });
+            }
+            DROPS => {
+                let (Verdict::Dropped, Some(reason)) = (rec.verdict, rec.drop_reason) else {
+                    return false;
+                };
+                key.value(reason.name());
+                key.value(if rec.dns.is_some() { "UDP" } else { "TCP" });
+            }
+            HTTP | HTTP_DURATION => {
+                let Some(h) = self.http else {
+                    return false;
+                };
+                key.value(&h.method);
+                key.value(&h.protocol);
+                if family == HTTP {
+                    key.next_value();
+                    let _ = write!(key, "{}", h.code);
+                }
+                key.value(match rec.traffic_direction {
+                    Some(TrafficDirection::Egress) => "client",
+                    Some(TrafficDirection::Ingress) => "server",
+                    None => "unknown",
+                });
+            }
+            DNS_QUERIES | DNS_RESPONSES => return self.push_dns_values(family, key),
+            POLICY => {
+                let Some(action) = policy_action(rec) else {
+                    return false;
+                };
+                key.value(direction(rec));
+                key.next_value();
+                match self.subtype {
+                    "" => key.push("l3-l4"),
+                    subtype => ["l7/", subtype].into_iter().for_each(|s| key.push(s)),
+                }
+                key.value(action);
+            }
+            _ => return false,
+        }
+        true
     }
-    if let Some(action) = policy_action(rec) {
-        let matched = if subtype.is_empty() {
-            s("l3-l4")
-        } else {
-            format!("l7/{subtype}")
+
+    fn push_dns_values(&self, family: usize, key: &mut SeriesKey) -> bool {
+        let Some(d) = &self.rec.dns else {
+            return false;
         };
-        out.push((
-            Group::Policy,
-            POLICY,
-            vec![
-                ("direction", s(direction(rec))),
-                ("match", matched),
-                ("action", s(action)),
-            ],
-        ));
+        let queries = family == DNS_QUERIES;
+        key.value(if queries { "" } else { rcode_name(d.rcode) });
+        key.next_value();
+        for (i, qtype) in d.qtypes.iter().enumerate() {
+            if i > 0 {
+                key.push(",");
+            }
+            key.push(qtype);
+        }
+        key.next_value();
+        let _ = write!(key, "{}", if queries { 0 } else { d.ips.len() });
+        true
     }
-    out
 }
 
 /// `forwarded` / `dropped` when policy decided the flow; `None` when something else (a parse error, an
@@ -538,15 +675,14 @@ fn rcode_name(rcode: u16) -> &'static str {
 }
 
 impl Family {
-    fn record(
-        &mut self,
-        mut values: Vec<String>,
-        expires: bool,
-        now: Instant,
-        max: usize,
-        secs: f64,
-    ) {
-        if !self.series.contains_key(&values) && self.series.len() >= max {
+    /// Feeds the series `key` names, or the overflow series when `key` is new and the family is full (`key` then
+    /// names it). Allocates only to add a series.
+    fn record(&mut self, key: &mut SeriesKey, expires: bool, now: Instant, max: usize, secs: f64) {
+        if let Some(e) = self.series.get_mut(key.text.as_str()) {
+            e.feed(now, secs);
+            return;
+        }
+        if self.series.len() >= max {
             if !self.overflow_logged {
                 self.overflow_logged = true;
                 tracing::warn!(
@@ -555,26 +691,20 @@ impl Family {
                     self.name
                 );
             }
-            values.iter_mut().for_each(|v| *v = OVERFLOW.into());
+            key.overflow();
+            if let Some(e) = self.series.get_mut(key.text.as_str()) {
+                e.feed(now, secs);
+                return;
+            }
         }
-        let histogram = self.histogram;
-        let e = self.series.entry(values).or_insert_with(|| Entry {
+        let mut e = Entry {
             count: 0,
-            histogram: histogram.then(Histogram::default),
+            histogram: self.histogram.then(Histogram::default),
             last_seen: now,
             expires,
-        });
-        e.count += 1;
-        e.last_seen = now;
-        if let Some(h) = &mut e.histogram {
-            for (i, b) in BUCKETS.iter().enumerate() {
-                if secs <= *b {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += secs;
-        }
+        };
+        e.feed(now, secs);
+        self.series.insert(key.text.as_str().into(), e);
     }
 
     fn render(&self, out: &mut String) {
@@ -588,14 +718,15 @@ impl Family {
             "# HELP {} {}\n# TYPE {} {kind}\n",
             self.name, self.help, self.name
         );
+        // Key order is label-value order (see `SeriesKey`).
         let mut keys: Vec<_> = self.series.iter().collect();
         keys.sort_by(|a, b| a.0.cmp(b.0));
-        for (values, e) in keys {
+        for (key, e) in keys {
             let labels: Vec<String> = self
                 .label_names
                 .iter()
-                .zip(values)
-                .map(|(n, v)| format!("{n}=\"{}\"", escape_label_value(v)))
+                .zip(key_values(key))
+                .map(|(n, v)| format!("{n}=\"{}\"", escape_label_value(&v)))
                 .collect();
             let labels = labels.join(",");
             let Some(h) = &e.histogram else {
@@ -804,5 +935,212 @@ mod tests {
         let t = render(&m);
         assert!(t.contains("hubble_flows_processed_total{type=\"L7\",subtype=\"http\",verdict=\"FORWARDED\"} 2\n"), "{t}");
         assert!(!t.contains("source=\"shop/alive\""), "{t}");
+    }
+}
+
+#[cfg(test)]
+mod exposition_tests {
+    use super::*;
+    use crate::flow::{DnsInfo, HttpInfo, KafkaInfo, L7Info};
+
+    fn endpoint(identity: u32, ns: &str, pod: &str) -> FlowEndpoint {
+        let addr = "10.0.0.1:1000".parse().unwrap();
+        FlowEndpoint::new(addr, identity).with_pod(ns, pod, &BTreeMap::new())
+    }
+
+    fn record(verdict: Verdict, drop: Option<DropReason>, src_pod: &str) -> FlowRecord {
+        let mut r = FlowRecord::new(
+            verdict,
+            endpoint(256, "shop", src_pod),
+            endpoint(257, "bank", "ledger-7d4b9c8f6d-x2x9q"),
+            "TCP",
+        );
+        r.drop_reason = drop;
+        r.traffic_direction = Some(TrafficDirection::Egress);
+        r
+    }
+
+    fn http(method: &str, code: u16, latency_ms: u64, drop: Option<DropReason>) -> FlowRecord {
+        let verdict = if drop.is_some() {
+            Verdict::Dropped
+        } else {
+            Verdict::Forwarded
+        };
+        let mut r = record(verdict, drop, "portal-5f7c8d9b4-x7k2p");
+        r.latency_ns = latency_ms * 1_000_000;
+        r.l7 = Some(L7Info {
+            http: Some(HttpInfo {
+                method: method.into(),
+                protocol: "HTTP/1.1".into(),
+                code,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        r
+    }
+
+    fn dns(qtypes: &[&str], rcode: u16, ips: usize, drop: Option<DropReason>) -> FlowRecord {
+        let verdict = if drop.is_some() {
+            Verdict::Dropped
+        } else {
+            Verdict::Forwarded
+        };
+        let mut r = record(verdict, drop, "p");
+        r.destination = endpoint(2, "kube-system", "coredns-x2x9q");
+        r.l7 = Some(L7Info::default());
+        r.dns = Some(DnsInfo {
+            query: "a.example.".into(),
+            qtypes: qtypes.iter().map(|q| q.to_string()).collect(),
+            rcode,
+            ips: (0..ips).map(|i| format!("10.1.0.{i}")).collect(),
+            ..Default::default()
+        });
+        r
+    }
+
+    fn kafka(drop: Option<DropReason>) -> FlowRecord {
+        let verdict = if drop.is_some() {
+            Verdict::Dropped
+        } else {
+            Verdict::Forwarded
+        };
+        let mut r = record(verdict, drop, "orders-x2x9q");
+        r.traffic_direction = Some(TrafficDirection::Ingress);
+        r.l7 = Some(L7Info {
+            kafka: Some(KafkaInfo {
+                api_key: "Produce".into(),
+                topics: vec!["orders".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        r
+    }
+
+    /// HTTP, DNS, Kafka and L3/L4 records, forwarded, denied and failed, some series fed twice.
+    fn mixed_records() -> Vec<FlowRecord> {
+        let mut tcp_denied = record(Verdict::Dropped, Some(DropReason::PolicyDenied), "db-0");
+        tcp_denied.traffic_direction = None;
+        tcp_denied.source = FlowEndpoint::new("10.0.0.9:1".parse().unwrap(), 7);
+        vec![
+            http("GET ", 200, 1, None),
+            http("GE", 200, 1, None),
+            http("G\"E\\T\n\0\u{1}", 200, 1, None),
+            http("GET", 200, 3, None),
+            http("POST", 403, 0, Some(DropReason::PolicyDenied)),
+            http("GET", 200, 700, None),
+            http("GET", 502, 30, None),
+            http("PUT", 0, 12, Some(DropReason::UpstreamError)),
+            dns(&["A"], 0, 2, None),
+            dns(&["A", "AAAA"], 3, 0, None),
+            dns(&["TXT"], 5, 0, Some(DropReason::PolicyDenied)),
+            dns(&["A"], 0, 2, None),
+            kafka(None),
+            kafka(Some(DropReason::PolicyDenied)),
+            kafka(Some(DropReason::AuthRequired)),
+            tcp_denied,
+            record(Verdict::Error, Some(DropReason::InvalidRequest), "x"),
+        ]
+    }
+
+    fn render_mixed(config: HubbleConfig) -> String {
+        let mut m = HubbleMetrics::new(config);
+        let now = Instant::now();
+        for rec in mixed_records() {
+            m.observe_at(&rec, now);
+        }
+        let mut out = String::new();
+        m.render(&mut out);
+        out
+    }
+
+    const CONTEXTS: &str = "flow:sourceContext=namespace drop:destinationContext=pod httpV2:sourceContext=workload-name|identity;labelsContext=source_pod,traffic_direction dns:destinationContext=identity policy:sourceContext=pod;destinationContext=namespace";
+
+    /// The exposition of a mixed record sequence, byte for byte as the fixtures hold it (written by the
+    /// implementation that keyed series by `Vec<String>`): default labels, context labels, and a cap of 3.
+    #[test]
+    fn mixed_records_render_as_the_fixtures_hold() {
+        let ttl = Duration::from_secs(600);
+        let cases = [
+            (
+                HubbleConfig::all(100, ttl),
+                include_str!("../tests/fixtures/hubble_metrics/mixed_default.prom"),
+            ),
+            (
+                HubbleConfig::parse(CONTEXTS, 100, ttl).unwrap(),
+                include_str!("../tests/fixtures/hubble_metrics/mixed_contexts.prom"),
+            ),
+            (
+                HubbleConfig::parse(CONTEXTS, 3, ttl).unwrap(),
+                include_str!("../tests/fixtures/hubble_metrics/mixed_capped.prom"),
+            ),
+        ];
+        for (config, want) in cases {
+            let got = render_mixed(config);
+            assert!(got == want, "got\n{got}\nwant\n{want}");
+        }
+    }
+
+    /// Keys compare as their value lists do, and decode to the values, whatever characters the values hold.
+    #[test]
+    fn series_keys_order_and_decode_as_their_values() {
+        let values = [
+            "",
+            "a",
+            "a ",
+            "a b",
+            "ab",
+            "a\0",
+            "a\0b",
+            "a\u{1}",
+            "a\u{1}\u{2}",
+            "a\u{2}",
+            "\u{1}",
+            "\0",
+        ];
+        let tuples: Vec<[&str; 2]> = values
+            .iter()
+            .flat_map(|a| values.iter().map(move |b| [*a, *b]))
+            .collect();
+        let key = |t: &[&str; 2]| {
+            let mut k = SeriesKey::default();
+            t.iter().for_each(|v| k.value(v));
+            k.text
+        };
+        for x in &tuples {
+            let text = key(x);
+            let decoded: Vec<_> = key_values(&text).collect();
+            assert_eq!(decoded, x, "{x:?}");
+            for y in &tuples {
+                assert_eq!(key(x).cmp(&key(y)), x.cmp(y), "{x:?} vs {y:?}");
+            }
+        }
+    }
+
+    /// Series render in label-value order even where a naive joined key would order them differently.
+    #[test]
+    fn series_render_sorted_by_label_values() {
+        let methods = ["a b", "a", "a\0", "ab", "", "a!", "\u{1}"];
+        let mut m =
+            HubbleMetrics::new(HubbleConfig::parse("httpV2", 100, Duration::from_secs(1)).unwrap());
+        for method in methods {
+            m.observe_at(&http(method, 200, 1, None), Instant::now());
+        }
+        let mut sorted = methods;
+        sorted.sort();
+        let mut t = String::new();
+        m.render(&mut t);
+        let got: Vec<&str> = t
+            .lines()
+            .filter_map(|l| l.strip_prefix("hubble_http_requests_total{method=\""))
+            .collect();
+        assert_eq!(got.len(), sorted.len(), "{t}");
+        for (line, method) in got.iter().zip(sorted) {
+            assert!(
+                line.starts_with(&format!("{}\",", escape_label_value(method))),
+                "{t}"
+            );
+        }
     }
 }
