@@ -547,6 +547,36 @@ fn cilium_rule(
     dir: Direction,
     deny: bool,
 ) -> Result<Rule, PolicyError> {
+    check_rule_fields(ctx, path, r, dir)?;
+    let (peers, any_l3) = rule_peers(ctx, ns, path, r, dir, deny)?;
+    let mut ports = Vec::new();
+    for (i, pr) in r.to_ports.iter().flatten().enumerate() {
+        ports.push(port_rule(ctx, &format!("{path}.toPorts[{i}]"), pr, deny)?);
+    }
+    let peers = if any_l3 {
+        Peers::List(peers)
+    } else if r.to_ports.is_some() {
+        Peers::Any
+    } else {
+        Peers::Nothing
+    };
+    let auth_required = auth_required(ctx, path, r, deny, ports.is_empty())?;
+    Ok(Rule {
+        index,
+        deny,
+        peers,
+        ports,
+        auth_required,
+    })
+}
+
+/// Refuses fields Tollgate cannot enforce and peers written on the wrong side for the rule's direction.
+fn check_rule_fields(
+    ctx: &Ctx,
+    path: &str,
+    r: &CiliumRule,
+    dir: Direction,
+) -> Result<(), PolicyError> {
     let (ours, theirs) = match dir {
         Direction::Ingress => ("from", "to"),
         Direction::Egress => ("to", "from"),
@@ -587,6 +617,22 @@ fn cilium_rule(
             ));
         }
     }
+    Ok(())
+}
+
+/// The rule's L3 peers for its direction, and whether it names any (no L3 field: every peer, or none).
+fn rule_peers(
+    ctx: &Ctx,
+    ns: Option<&str>,
+    path: &str,
+    r: &CiliumRule,
+    dir: Direction,
+    deny: bool,
+) -> Result<(Vec<Peer>, bool), PolicyError> {
+    let ours = match dir {
+        Direction::Ingress => "from",
+        Direction::Egress => "to",
+    };
     let (eps, cidrs, sets, ents) = match dir {
         Direction::Ingress => (
             &r.from_endpoints,
@@ -654,18 +700,18 @@ fn cilium_rule(
             peers.push(Peer::Fqdn(fqdn(ctx, &format!("{path}.toFQDNs[{i}]"), s)?));
         }
     }
-    let mut ports = Vec::new();
-    for (i, pr) in r.to_ports.iter().flatten().enumerate() {
-        ports.push(port_rule(ctx, &format!("{path}.toPorts[{i}]"), pr, deny)?);
-    }
-    let peers = if any_l3 {
-        Peers::List(peers)
-    } else if r.to_ports.is_some() {
-        Peers::Any
-    } else {
-        Peers::Nothing
-    };
-    let auth_required = match &r.authentication {
+    Ok((peers, any_l3))
+}
+
+/// `authentication.mode`: `required` (allow rules with toPorts only) or `disabled`.
+fn auth_required(
+    ctx: &Ctx,
+    path: &str,
+    r: &CiliumRule,
+    deny: bool,
+    no_ports: bool,
+) -> Result<bool, PolicyError> {
+    Ok(match &r.authentication {
         None => false,
         Some(a) => {
             let field = format!("{path}.authentication.mode");
@@ -678,7 +724,7 @@ fn cilium_rule(
             match a.mode.as_str() {
                 "required" => {
                     // Tollgate sees only the ports it is given: a rule for every port cannot be diverted.
-                    if ports.is_empty() {
+                    if no_ports {
                         return Err(ctx.err(
                             field,
                             "authentication: required needs toPorts (Tollgate diverts only listed TCP ports to \
@@ -696,13 +742,6 @@ fn cilium_rule(
                 }
             }
         }
-    };
-    Ok(Rule {
-        index,
-        deny,
-        peers,
-        ports,
-        auth_required,
     })
 }
 

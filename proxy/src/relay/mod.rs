@@ -92,12 +92,62 @@ fn secs(s: f64, min: f64) -> Duration {
 /// Runs the relay until SIGINT/SIGTERM.
 pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let mut sources = Vec::new();
     let statics: Vec<PeerSpec> = args
         .peers
         .iter()
         .map(|p| discovery::parse_peer("--peer", p))
         .collect::<Result<_, _>>()?;
+    let sources = discovery_sources(&args, &shutdown).await?;
+    if statics.is_empty() && sources.is_empty() {
+        anyhow::bail!(
+            "no nodes to relay: pass --peer host:port (repeat), --peers-file FILE or --kubernetes"
+        );
+    }
+    let peer_tls = args
+        .peer_tls_svid_dir
+        .as_deref()
+        .map(|dir| {
+            tls::Identity::load(
+                "--peer-tls-svid-dir",
+                dir,
+                &args.peer_tls_server_ids,
+                "--peer-tls-server-id",
+            )
+        })
+        .transpose()?;
+    let server_name =
+        (!args.peer_tls_server_ids.is_empty()).then(|| args.peer_tls_server_ids.join(","));
+    let pool = PeerPool::new(peer_dialer(&args, peer_tls.as_ref())?, server_name);
+    tokio::spawn(follow_discovery(
+        pool.clone(),
+        statics,
+        sources,
+        shutdown.clone(),
+    ));
+    let svc = Arc::new(RelayService::new(
+        pool.clone(),
+        MergeConfig {
+            buffer_len: args.sort_buffer_len_max,
+            max_wait: Duration::from_millis(args.sort_buffer_drain_timeout_ms),
+        },
+    ));
+    if let Some(addr) = args.ui_listen {
+        ui_feed::start(addr, svc.clone(), shutdown.clone())
+            .await
+            .with_context(|| format!("relay: web UI on {addr} (--ui-listen)"))?;
+    }
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let served = serve(&args, svc, peer_tls.is_some(), &shutdown).await;
+    pool.stop();
+    served
+}
+
+/// The peers file and the DaemonSet's pods, as configured: each a stream of the node list it currently names.
+async fn discovery_sources(
+    args: &RelayArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::sync::watch::Receiver<Vec<PeerSpec>>>> {
+    let mut sources = Vec::new();
     if let Some(path) = &args.peers_file {
         sources.push(discovery::watch_file(
             path.clone(),
@@ -120,48 +170,30 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
-    if statics.is_empty() && sources.is_empty() {
-        anyhow::bail!(
-            "no nodes to relay: pass --peer host:port (repeat), --peers-file FILE or --kubernetes"
-        );
-    }
-    let peer_tls = args
-        .peer_tls_svid_dir
-        .as_deref()
-        .map(|dir| {
-            tls::Identity::load(
-                "--peer-tls-svid-dir",
-                dir,
-                &args.peer_tls_server_ids,
-                "--peer-tls-server-id",
-            )
-        })
-        .transpose()?;
-    let dialer = Dialer {
-        tls: peer_tls.as_ref().map(|i| i.connector()).transpose()?,
+    Ok(sources)
+}
+
+/// How the relay reaches each node: timeouts, probes, backoff and the optional mTLS client identity.
+fn peer_dialer(args: &RelayArgs, peer_tls: Option<&tls::Identity>) -> anyhow::Result<Dialer> {
+    Ok(Dialer {
+        tls: peer_tls.map(|i| i.connector()).transpose()?,
         connect_timeout: secs(args.dial_timeout_secs, 0.1),
         probe_every: secs(args.probe_interval_secs, 0.1),
         backoff: Backoff {
             first: Duration::from_millis(200),
             max: secs(args.retry_max_secs, 0.2),
         },
-    };
-    let server_name =
-        (!args.peer_tls_server_ids.is_empty()).then(|| args.peer_tls_server_ids.join(","));
-    let pool = PeerPool::new(dialer, server_name);
-    tokio::spawn(follow_discovery(
-        pool.clone(),
-        statics,
-        sources,
-        shutdown.clone(),
-    ));
-    let svc = Arc::new(RelayService::new(
-        pool.clone(),
-        MergeConfig {
-            buffer_len: args.sort_buffer_len_max,
-            max_wait: Duration::from_millis(args.sort_buffer_drain_timeout_ms),
-        },
-    ));
+    })
+}
+
+/// Serves the merged Observer API (and health) on `--listen`, over mTLS when `--tls-svid-dir` is set, until
+/// `shutdown`.
+async fn serve(
+    args: &RelayArgs,
+    svc: Arc<RelayService>,
+    peer_tls: bool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -182,13 +214,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             )
         })
         .transpose()?;
-    if let Some(addr) = args.ui_listen {
-        ui_feed::start(addr, svc.clone(), shutdown.clone())
-            .await
-            .with_context(|| format!("relay: web UI on {addr} (--ui-listen)"))?;
-    }
-    tokio::spawn(stop_on_signal(shutdown.clone()));
-    tracing::info!(listen = %args.listen, tls = own_tls.is_some(), peer_tls = peer_tls.is_some(), "tollgate relay ready");
+    tracing::info!(listen = %args.listen, tls = own_tls.is_some(), peer_tls, "tollgate relay ready");
     let router = tonic::transport::Server::builder()
         .add_service(crate::hubble::health::health_server::HealthServer::new(
             crate::observer::HealthService,
@@ -211,7 +237,6 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
                 .await
         }
     };
-    pool.stop();
     served.context("relay server")
 }
 
