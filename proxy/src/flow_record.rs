@@ -1,5 +1,5 @@
-//! The one builder of connection and HTTP flow records (DNS records come from `dns/record.rs`, Kafka's from
-//! `kafka/`): a record starts from its parties (endpoints, protocol, the downstream's authentication) and is
+//! The one builder of connection, HTTP and Kafka flow records (`kafka/record.rs` says what goes into Kafka's; DNS
+//! records come from `dns/record.rs`): a record starts from its parties (endpoints, protocol, the downstream's authentication) and is
 //! finished by a typed [`FlowOutcome`], the only place a verdict, drop reason and policy text are set together.
 
 use std::net::SocketAddr;
@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use crate::decision::{self, Downstream};
 use crate::flow::{
-    AuthType, DropReason, FlowEndpoint, FlowRecord, HttpInfo, L7Info, TrafficDirection, Verdict,
+    AuthType, DropReason, FlowEndpoint, FlowRecord, HttpInfo, KafkaInfo, L7Info, TrafficDirection,
+    Verdict,
 };
 use crate::policy_source::PolicySnapshot;
 
@@ -50,11 +51,22 @@ impl FlowBuilder {
         dst: SocketAddr,
         protocol: &str,
     ) -> Self {
-        let mut b = Self::new(
+        Self::between(
             decision::source_endpoint(snap, down),
             decision::flow_endpoint(snap, dst),
+            down,
             protocol,
-        );
+        )
+    }
+
+    /// A flow between endpoints already resolved, with the downstream's authentication (the tunnel's SPIFFE ID).
+    pub fn between(
+        source: FlowEndpoint,
+        destination: FlowEndpoint,
+        down: &Downstream,
+        protocol: &str,
+    ) -> Self {
+        let mut b = Self::new(source, destination, protocol);
         down.stamp(&mut b.rec);
         b
     }
@@ -81,6 +93,15 @@ impl FlowBuilder {
         self.rec.l7 = Some(L7Info {
             http: Some(info),
             kafka: None,
+        });
+        self
+    }
+
+    /// The Kafka request the flow carried.
+    pub fn kafka(mut self, info: KafkaInfo) -> Self {
+        self.rec.l7 = Some(L7Info {
+            kafka: Some(info),
+            ..Default::default()
         });
         self
     }

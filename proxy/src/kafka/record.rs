@@ -6,9 +6,8 @@ use std::time::Instant;
 use super::conn_error::ConnError;
 use super::request::KafkaRequest;
 use crate::decision::Downstream;
-use crate::flow::{
-    DropReason, FlowEndpoint, FlowRecord, KafkaInfo, L7Info, TrafficDirection, Verdict,
-};
+use crate::flow::{DropReason, FlowEndpoint, FlowRecord, KafkaInfo, TrafficDirection, Verdict};
+use crate::flow_record::{FlowBuilder, FlowOutcome};
 
 /// What a request's record says whatever became of it: its Kafka fields, the decision's reason and direction,
 /// and when it arrived (the record's latency runs from there to when its response went back).
@@ -62,46 +61,42 @@ pub(super) struct RecordEnds<'a> {
 }
 
 impl RecordEnds<'_> {
-    fn base(&self, verdict: Verdict, drop: Option<DropReason>) -> FlowRecord {
-        let mut rec = FlowRecord::new(verdict, self.src.clone(), self.dst.clone(), "Kafka");
-        self.down.stamp(&mut rec);
-        rec.drop_reason = drop;
-        rec
+    fn builder(&self) -> FlowBuilder {
+        FlowBuilder::between(self.src.clone(), self.dst.clone(), self.down, "Kafka")
     }
 
     /// The record of one request.
     pub(super) fn request(&self, facts: RequestFacts, outcome: Outcome) -> FlowRecord {
-        let mut rec = match outcome {
-            Outcome::Forwarded => self.base(Verdict::Forwarded, None),
-            Outcome::Refused(drop) => self.base(Verdict::Dropped, Some(drop)),
+        let policy = facts.reason;
+        let outcome = match outcome {
+            Outcome::Forwarded => FlowOutcome::Forwarded { policy },
+            Outcome::Refused(reason) => FlowOutcome::Dropped { reason, policy },
         };
-        rec.traffic_direction = facts.direction;
-        rec.policy = facts.reason;
-        rec.latency_ns = facts.start.elapsed().as_nanos() as u64;
-        rec.l7 = Some(kafka_l7(facts.info));
-        rec
+        self.builder()
+            .direction(facts.direction)
+            .latency_since(facts.start)
+            .kafka(facts.info)
+            .finish(outcome)
     }
 
     /// The record of the error that closes the connection; `None` when a peer simply went away.
     pub(super) fn closed(&self, e: &ConnError) -> Option<FlowRecord> {
-        let (verdict, drop) = e.outcome()?;
-        let mut rec = self.base(verdict, Some(drop));
-        rec.policy = format!("Kafka connection closed: {e}");
-        if let ConnError::HeadDenied {
-            info, direction, ..
-        } = e
-        {
-            rec.traffic_direction = *direction;
-            rec.l7 = Some(kafka_l7((**info).clone()));
-        }
-        Some(rec)
-    }
-}
-
-fn kafka_l7(info: KafkaInfo) -> L7Info {
-    L7Info {
-        kafka: Some(info),
-        ..Default::default()
+        let (verdict, reason) = e.outcome()?;
+        let policy = format!("Kafka connection closed: {e}");
+        let outcome = match verdict {
+            Verdict::Dropped => FlowOutcome::Dropped { reason, policy },
+            _ => FlowOutcome::Failed {
+                reason: Some(reason),
+                policy,
+            },
+        };
+        let builder = match e {
+            ConnError::HeadDenied {
+                info, direction, ..
+            } => self.builder().direction(*direction).kafka((**info).clone()),
+            _ => self.builder(),
+        };
+        Some(builder.finish(outcome))
     }
 }
 
