@@ -58,18 +58,21 @@ impl Activity {
 }
 
 /// Request-level activity of one HTTP connection: when a request last started or was answered, whether any has
-/// started. Bytes alone (h2 PINGs, WINDOW_UPDATEs) do not count as activity here.
+/// started, how many have started, and how many are still in flight (head received, response body not yet
+/// finished). Bytes alone (h2 PINGs, WINDOW_UPDATEs) do not count as activity here.
 #[derive(Debug, Default)]
 pub struct RequestClock {
     clock: Activity,
-    started: std::sync::atomic::AtomicBool,
+    started: AtomicU64,
+    in_flight: AtomicU64,
 }
 
 impl RequestClock {
-    /// A request head arrived.
+    /// A request head arrived; it stays in flight until [`RequestClock::request_done`].
     pub fn request_started(&self) {
         self.clock.touch();
-        self.started.store(true, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A response head was sent.
@@ -77,8 +80,23 @@ impl RequestClock {
         self.clock.touch();
     }
 
+    /// A request's exchange is over: its response body was sent (or dropped), or it was refused.
+    pub fn request_done(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub fn started(&self) -> bool {
+        self.started_count() > 0
+    }
+
+    /// How many requests have started on this connection.
+    pub fn started_count(&self) -> u64 {
         self.started.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose exchange is not over yet.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Resolves once no request has started or been answered for `timeout`.

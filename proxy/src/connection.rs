@@ -26,6 +26,7 @@ use crate::h2_watch::H2Watch;
 use crate::http::ConnCtx;
 use crate::http_detect::{self, Prefixed};
 use crate::inputs::{ClientStream, Proxy, reset};
+use crate::keepalive::{Park, ParkFlag, Parkable};
 use crate::limits::Limits;
 use crate::original_dst::OriginalDst;
 use crate::request_framing::FramingGuard;
@@ -280,27 +281,73 @@ impl HttpConn {
         TowerToHyperService::new(crate::http::service(self.ctx.clone()))
     }
 
+    /// HTTP/1.1 as a run of hyper sessions on one socket: each ends when the connection closes, or when it idles
+    /// between requests and is parked (`keepalive.rs`), so an idle keep-alive connection holds no hyper state.
     async fn serve_h1<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: T) {
         let limits = &self.ctx.proxy.limits;
         // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
         let guard = FramingGuard::new(io, limits.h1_max_buf_size(), self.ctx.upgrade.clone());
         let smuggling = guard.refusals();
-        let conn = hyper::server::conn::http1::Builder::new()
+        let park = Park {
+            flag: ParkFlag::default(),
+            between_messages: guard.between_messages(),
+        };
+        let mut io = Parkable::new(guard, park.flag.clone());
+        let mut service = self.service();
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
             .timer(TokioTimer::new())
             .keep_alive(true)
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.h1_max_buf_size())
-            .max_headers(limits.max_headers)
-            .serve_connection(TokioIo::new(guard), self.service())
-            .with_upgrades();
-        tokio::pin!(conn);
+            .max_headers(limits.max_headers);
         let (proxy, down, dst) = (&self.ctx.proxy, &self.ctx.client, self.ctx.dst);
-        match self.supervise(conn, |c| c.graceful_shutdown()).await {
-            None => record_first_request_late(proxy, down, dst),
-            Some(Err(e)) => record_connection_error(proxy, down, dst, &e, smuggling.count() > 0),
-            Some(Ok(())) => {}
+        loop {
+            // Boxed apart from this task: a parked connection frees it.
+            let mut session = Box::pin(
+                builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades(),
+            );
+            match self
+                .supervise(session.as_mut(), |c| c.graceful_shutdown(), Some(&park))
+                .await
+            {
+                None => record_first_request_late(proxy, down, dst),
+                Some(Err(e)) => {
+                    record_connection_error(proxy, down, dst, &e, smuggling.count() > 0)
+                }
+                Some(Ok(())) if park.flag.parked_idle(&self.ctx.requests) => {
+                    // `None`: the session ended in an upgrade; its tunnel is served below.
+                    if let Some(parts) = Pin::into_inner(session).into_parts() {
+                        (io, service) = (parts.io.into_inner(), parts.service);
+                        if io.get_mut().park(&parts.read_buf) && self.wait_parked(&mut io).await {
+                            park.flag.clear();
+                            continue;
+                        }
+                        park.flag.clear();
+                        let _ = io.shutdown().await;
+                    }
+                }
+                Some(Ok(())) => {}
+            }
+            break;
         }
         self.serve_tunnels().await;
+    }
+
+    /// A parked connection waits for the client's next bytes holding only its socket and framing state: true when
+    /// they came; false when the client closed, the connection idled out, or the daemon drains.
+    async fn wait_parked<T: AsyncRead + Unpin>(&self, io: &mut Parkable<FramingGuard<T>>) -> bool {
+        let limits = &self.ctx.proxy.limits;
+        let _parked = self.ctx.proxy.parked.enter();
+        let guard = io.get_mut();
+        tokio::select! {
+            r = std::future::poll_fn(|cx| guard.poll_fill(cx)) => r.is_ok() && !guard.client_closed(),
+            _ = self.activity.idle(limits.idle_timeout) => false,
+            _ = self.ctx.requests.idle(limits.idle_timeout) => false,
+            _ = self.shutdown.cancelled() => false,
+        }
     }
 
     async fn serve_h2<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: T) {
@@ -319,7 +366,7 @@ impl HttpConn {
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .serve_connection(TokioIo::new(io), self.service());
         tokio::pin!(conn);
-        match self.supervise(conn, |c| c.graceful_shutdown()).await {
+        match self.supervise(conn, |c| c.graceful_shutdown(), None).await {
             None => record_first_request_late(proxy, down, dst),
             // The GOAWAY the watcher saw was recorded with the guard that fired; the error says less.
             Some(Err(_)) if h2_goaway.load(Ordering::Relaxed) => {}
@@ -330,11 +377,13 @@ impl HttpConn {
     }
 
     /// Drives hyper's connection; closes it gracefully when idle (no bytes either way, or, with h2 PINGs or a
-    /// body-less keep-alive, no request started) or when the daemon drains. `None`: no request started in time.
+    /// body-less keep-alive, no request started), when the daemon drains, or (HTTP/1, `park`) to park it between
+    /// requests. `None`: no request started in time.
     async fn supervise<F: Future<Output = hyper::Result<()>>>(
         &self,
         mut conn: Pin<&mut F>,
         graceful: impl Fn(Pin<&mut F>),
+        park: Option<&Park>,
     ) -> Option<hyper::Result<()>> {
         let (limits, requests) = (&self.ctx.proxy.limits, &self.ctx.requests);
         let mut closing = false;
@@ -358,6 +407,10 @@ impl HttpConn {
                     }
                 }
                 _ = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    graceful(conn.as_mut());
+                }
+                _ = Park::when_idle(park, &self.activity, requests), if !closing => {
                     closing = true;
                     graceful(conn.as_mut());
                 }

@@ -148,6 +148,27 @@ pub struct Exchange {
     actions: Vec<HeaderAction>,
     /// Headers named by `LOG` header actions (rewrite).
     logged_headers: Vec<(String, String)>,
+    /// This request's place in the connection's in-flight count: forward moves it into the response body, so the
+    /// exchange is over when hyper has sent that body; a refusal releases it with the exchange.
+    in_flight: Option<InFlight>,
+}
+
+/// One request counted in its connection's [`crate::activity::RequestClock`] until dropped. An HTTP/1 connection
+/// is parked (its hyper state freed) only while no request is in flight.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnCtx>);
+
+impl InFlight {
+    fn start(ctx: &Arc<ConnCtx>) -> Self {
+        ctx.requests.request_started();
+        InFlight(ctx.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.requests.request_done();
+    }
 }
 
 /// What happened to a request below the record layer: forwarded (the upstream's response), or refused.

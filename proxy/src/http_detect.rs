@@ -86,9 +86,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     }
 }
 
-/// The `AsyncWrite` of an I/O wrapper that only changes reads: every call goes to its `inner` field.
+/// The `AsyncWrite` of an I/O wrapper that only changes reads: every call goes to its `inner` field (with a
+/// method name as second argument, `poll_shutdown` calls that method of the wrapper instead).
 macro_rules! write_through_inner {
     ($wrapper:ident) => {
+        $crate::http_detect::write_through_inner!($wrapper, poll_inner_shutdown);
+        impl<T: tokio::io::AsyncWrite + Unpin> $wrapper<T> {
+            fn poll_inner_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+        }
+    };
+    ($wrapper:ident, $shutdown:ident) => {
         impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<T> {
             fn poll_write(
                 mut self: std::pin::Pin<&mut Self>,
@@ -104,10 +116,10 @@ macro_rules! write_through_inner {
                 std::pin::Pin::new(&mut self.inner).poll_flush(cx)
             }
             fn poll_shutdown(
-                mut self: std::pin::Pin<&mut Self>,
+                self: std::pin::Pin<&mut Self>,
                 cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+                self.$shutdown(cx)
             }
             fn poll_write_vectored(
                 mut self: std::pin::Pin<&mut Self>,

@@ -39,6 +39,8 @@ pub struct Proxy {
     /// get GOAWAY only when the drain ends (an early GOAWAY made h2load, which does not retry refused streams,
     /// count errors in the upgrade e2e test).
     pub draining: CancellationToken,
+    /// HTTP/1 keep-alive connections parked between requests (`keepalive.rs`), for the metrics gauge.
+    pub parked: Arc<crate::keepalive::ParkedCount>,
 }
 
 /// The two endpoints of a downstream connection's flow (Kafka's records; the others use [`Proxy::flow`]).

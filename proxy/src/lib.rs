@@ -37,6 +37,7 @@ pub mod hubble;
 pub mod hubble_metrics;
 pub mod inputs;
 pub mod kafka;
+pub mod keepalive;
 pub mod kubernetes;
 pub mod limits;
 pub mod linger;

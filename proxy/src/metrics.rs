@@ -224,12 +224,14 @@ impl Metrics {
              # HELP tollgate_flows_lost_total Flow records the JSON writer could not keep up with.\n# TYPE tollgate_flows_lost_total counter\ntollgate_flows_lost_total {}\n\
              # HELP tollgate_policy_generation Generation of the policy being enforced (1 = as loaded at start).\n# TYPE tollgate_policy_generation gauge\ntollgate_policy_generation {}\n\
              # HELP tollgate_policy_reloads_total Policy updates applied since start.\n# TYPE tollgate_policy_reloads_total counter\ntollgate_policy_reloads_total {}\n\
-             # HELP tollgate_policy_reload_errors_total Policy updates rejected since start (the previous policy kept enforcing).\n# TYPE tollgate_policy_reload_errors_total counter\ntollgate_policy_reload_errors_total {}\n",
+             # HELP tollgate_policy_reload_errors_total Policy updates rejected since start (the previous policy kept enforcing).\n# TYPE tollgate_policy_reload_errors_total counter\ntollgate_policy_reload_errors_total {}\n\
+             # HELP tollgate_http_connections_parked HTTP/1 keep-alive connections idle between requests, holding no HTTP session state.\n# TYPE tollgate_http_connections_parked gauge\ntollgate_http_connections_parked {}\n",
             extra.flows_seen,
             extra.flows_lost,
             extra.policy_generation,
             extra.policy_generation.saturating_sub(1),
             extra.policy_reload_errors,
+            extra.http_connections_parked,
         );
         if let Some(dns) = &self.dns {
             dns.render(&mut out);
@@ -249,6 +251,7 @@ pub struct Gauges {
     pub flows_lost: u64,
     pub policy_generation: u64,
     pub policy_reload_errors: u64,
+    pub http_connections_parked: u64,
 }
 
 /// What the admin server serves.
@@ -395,6 +398,7 @@ mod tests {
             flows_lost: 0,
             policy_generation: 3,
             policy_reload_errors: 1,
+            http_connections_parked: 4,
         });
         assert!(t.contains("tollgate_requests_total{protocol=\"HTTP\",verdict=\"FORWARDED\",source_identity=\"256\",destination_identity=\"257\"} 2\n"), "{t}");
         assert!(t.contains(
@@ -414,6 +418,7 @@ mod tests {
         ));
         assert!(t.contains("tollgate_policy_reloads_total 2\n"));
         assert!(t.contains("tollgate_policy_reload_errors_total 1\n"));
+        assert!(t.contains("tollgate_http_connections_parked 4\n"));
         assert!(t.contains("tollgate_flows_seen_total 3\n"));
     }
 

@@ -604,6 +604,7 @@ pub fn start_services(
     flows: &Arc<FlowLog>,
     policy: &Arc<crate::policy_source::PolicySource>,
     dns_metrics: Option<Arc<crate::dns::metrics::DnsMetrics>>,
+    parked: Arc<crate::keepalive::ParkedCount>,
     shutdown: CancellationToken,
 ) -> Result<(), ServicesError> {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -633,6 +634,7 @@ pub fn start_services(
             flows_lost: f.counters.lost.load(Ordering::Relaxed),
             policy_generation: p.current().generation,
             policy_reload_errors: p.rejected_updates(),
+            http_connections_parked: parked.get(),
         }),
     });
     let p = policy.clone();

@@ -22,9 +22,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -76,6 +76,11 @@ impl FramingTracker {
             max_head,
             refused: 0,
         }
+    }
+
+    /// True when the bytes fed so far end exactly between two messages: no partial head, no body outstanding.
+    pub fn between_messages(&self) -> bool {
+        self.state == State::Head && self.head.is_empty()
     }
 
     /// Bytes still held back (an incomplete head); released at EOF so hyper sees what the client sent.
@@ -368,6 +373,8 @@ pub struct FramingGuard<T> {
     tracker: FramingTracker,
     upgrade: Arc<UpgradeSignal>,
     refusals: FramingRefusals,
+    /// Whether the bytes tracked so far end between two messages, readable while hyper holds the guard.
+    between: Arc<AtomicBool>,
     ready: Vec<u8>,
     pos: usize,
     eof: bool,
@@ -380,6 +387,7 @@ impl<T> FramingGuard<T> {
             tracker: FramingTracker::new(max_head),
             upgrade,
             refusals: FramingRefusals::default(),
+            between: Arc::new(AtomicBool::new(true)),
             ready: Vec::new(),
             pos: 0,
             eof: false,
@@ -390,6 +398,74 @@ impl<T> FramingGuard<T> {
     pub fn refusals(&self) -> FramingRefusals {
         self.refusals.clone()
     }
+
+    /// A handle telling whether the client's bytes tracked so far end exactly between two messages (no partial
+    /// head, no body outstanding): with no request in flight, hyper is then idle.
+    pub fn between_messages(&self) -> Arc<AtomicBool> {
+        self.between.clone()
+    }
+
+    /// Taken back from hyper between requests: `unread` is what hyper had read but not parsed (handed out again
+    /// first). True when the next session may start here: the tracked bytes end between two messages and the
+    /// client has not closed. Frees what the buffers kept from earlier messages.
+    pub fn park(&mut self, unread: &[u8]) -> bool {
+        if !unread.is_empty() {
+            let mut ready = unread.to_vec();
+            ready.extend_from_slice(&self.ready[self.pos..]);
+            (self.ready, self.pos) = (ready, 0);
+        }
+        if self.pos >= self.ready.len() {
+            (self.ready, self.pos) = (Vec::new(), 0);
+        }
+        let between = self.tracker.between_messages();
+        if self.tracker.head.is_empty() {
+            self.tracker.head = Vec::new();
+        }
+        between && !self.eof
+    }
+
+    /// True when bytes wait for the next reader (or the client closed).
+    pub fn has_input(&self) -> bool {
+        self.pos < self.ready.len() || self.eof
+    }
+
+    /// True once the client closed its side and every byte it sent was handed out.
+    pub fn client_closed(&self) -> bool {
+        self.eof && self.pos >= self.ready.len()
+    }
+}
+
+impl<T: AsyncRead + Unpin> FramingGuard<T> {
+    /// Reads from the client and tracks what arrived until there is something to hand out (or the client closed).
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            self.refusals
+                .0
+                .store(self.tracker.refused, Ordering::Relaxed);
+            self.between
+                .store(self.tracker.between_messages(), Ordering::Relaxed);
+            if self.has_input() || matches!(self.tracker.state, State::Passthrough) {
+                return Poll::Ready(Ok(()));
+            }
+            if self.tracker.state == State::AwaitUpgrade
+                && let Some(switched) = self.upgrade.take(cx)
+            {
+                self.tracker.settle_upgrade(switched, &mut self.ready);
+                continue;
+            }
+            // Uninitialised: the read fills what it returns, and nothing else is looked at.
+            let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
+            let mut rb = ReadBuf::uninit(&mut scratch);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                self.eof = true;
+                self.ready = self.tracker.take_held();
+                self.pos = 0;
+            } else {
+                self.tracker.feed(rb.filled(), &mut self.ready);
+            }
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
@@ -399,49 +475,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        loop {
-            this.refusals
-                .0
-                .store(this.tracker.refused, Ordering::Relaxed);
-            if this.pos < this.ready.len() {
-                let n = buf.remaining().min(this.ready.len() - this.pos);
-                buf.put_slice(&this.ready[this.pos..this.pos + n]);
-                this.pos += n;
-                if this.pos == this.ready.len() {
-                    this.ready.clear();
-                    this.pos = 0;
-                }
-                return Poll::Ready(Ok(()));
+        ready!(this.poll_fill(cx))?;
+        if this.pos < this.ready.len() {
+            let n = buf.remaining().min(this.ready.len() - this.pos);
+            buf.put_slice(&this.ready[this.pos..this.pos + n]);
+            this.pos += n;
+            if this.pos == this.ready.len() {
+                this.ready.clear();
+                this.pos = 0;
             }
-            if this.eof {
-                return Poll::Ready(Ok(()));
-            }
-            if this.tracker.state == State::AwaitUpgrade
-                && let Some(switched) = this.upgrade.take(cx)
-            {
-                this.tracker.settle_upgrade(switched, &mut this.ready);
-                continue;
-            }
-            if matches!(this.tracker.state, State::Passthrough) {
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
-            }
-            // Uninitialised: the read fills what it returns, and nothing else is looked at.
-            let mut scratch = [std::mem::MaybeUninit::<u8>::uninit(); 8192];
-            let mut rb = ReadBuf::uninit(&mut scratch);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {
-                    if rb.filled().is_empty() {
-                        this.eof = true;
-                        this.ready = this.tracker.take_held();
-                        this.pos = 0;
-                    } else {
-                        this.tracker.feed(rb.filled(), &mut this.ready);
-                    }
-                }
-            }
+            return Poll::Ready(Ok(()));
         }
+        if this.eof {
+            return Poll::Ready(Ok(()));
+        }
+        // Passthrough: tunnel bytes go straight to the reader.
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 

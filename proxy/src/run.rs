@@ -81,6 +81,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         limits,
         mesh,
         draining: CancellationToken::new(),
+        parked: Default::default(),
     });
     let listeners = Listeners {
         main: (listener, original_dst),
@@ -147,6 +148,7 @@ async fn serve(
         flows,
         policy,
         dns_metrics,
+        proxy.parked.clone(),
         shutdown.clone(),
     )?;
     if let Some(addr) = args.ui_listen {

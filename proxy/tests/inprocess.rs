@@ -159,6 +159,7 @@ async fn start_with(limits: Limits) -> Harness {
         )),
         draining: Default::default(),
         mesh: None,
+        parked: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy_addr = listener.local_addr().unwrap();
@@ -648,4 +649,156 @@ async fn per_request_cost() {
     }
     let record = t.elapsed() / n;
     println!("decide_request {decide:?}/request, flow record {record:?}/request");
+}
+
+/// Reads one response whose body has a Content-Length from a raw socket: (status line, body).
+async fn read_response(s: &mut TcpStream) -> (String, String) {
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(s))
+        .await
+        .expect("no response within 5 s");
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    let status = head.lines().next().unwrap().to_string();
+    (status, String::from_utf8(body).unwrap())
+}
+
+/// Long enough for an idle keep-alive connection to be parked.
+const PARKED: Duration =
+    Duration::from_millis(tollgate::keepalive::PARK_AFTER.as_millis() as u64 * 4);
+
+#[tokio::test]
+async fn idle_keepalive_connections_park_and_serve_what_comes_next() {
+    let h = start().await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(b"GET /ok/1 HTTP/1.1\r\nHost: server\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.0.contains(" 200 "));
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(
+        h.proxy.parked.get(),
+        1,
+        "an idle keep-alive connection is parked"
+    );
+    // Two pipelined requests in one write wake it; both are answered, in order.
+    s.write_all(
+        b"GET /ok/2 HTTP/1.1\r\nHost: server\r\n\r\nGET /nope HTTP/1.1\r\nHost: server\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let (status, body) = read_response(&mut s).await;
+    assert!(
+        status.contains(" 200 ") && body.starts_with("GET /ok/2 "),
+        "{status} {body}"
+    );
+    assert!(read_response(&mut s).await.0.contains(" 403 "));
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(h.proxy.parked.get(), 1, "parked again after the denial");
+    // A head split by a pause longer than the parking delay: a partial message never parks.
+    s.write_all(b"GET /ok/3 HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(h.proxy.parked.get(), 0, "parked in the middle of a head");
+    s.write_all(b"st: server\r\n\r\n").await.unwrap();
+    let (status, body) = read_response(&mut s).await;
+    assert!(
+        status.contains(" 200 ") && body.starts_with("GET /ok/3 "),
+        "{status} {body}"
+    );
+    // A body split by a pause: forwarded whole.
+    tokio::time::sleep(PARKED).await;
+    s.write_all(b"POST /pkg.Svc/Ok HTTP/1.1\r\nHost: server\r\nContent-Length: 10\r\n\r\n01234")
+        .await
+        .unwrap();
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(h.proxy.parked.get(), 0, "parked in the middle of a body");
+    s.write_all(b"56789").await.unwrap();
+    let (status, body) = read_response(&mut s).await;
+    assert!(
+        status.contains(" 200 ") && body.starts_with("POST /pkg.Svc/Ok "),
+        "{status} {body}"
+    );
+    let urls: Vec<String> = h
+        .proxy
+        .flows
+        .last(10)
+        .into_iter()
+        .filter_map(|f| Some(f.l7?.http?.url))
+        .collect();
+    assert_eq!(urls.len(), 5, "one record per request: {urls:?}");
+}
+
+#[tokio::test]
+async fn body_bytes_are_never_read_as_a_request_after_a_pause() {
+    let h = start().await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    // Denied with a body announced and only partly sent: the rest is body, however long the client waits.
+    s.write_all(b"POST /nope HTTP/1.1\r\nHost: server\r\nContent-Length: 45\r\n\r\nGET /ok/smuggled HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.0.contains(" 403 "));
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(h.proxy.parked.get(), 0, "parked with a body outstanding");
+    let _ = s.write_all(b"Host: server\r\n\r\n").await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest)).await;
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        !rest.contains(" 200 "),
+        "body bytes were served as a request: {rest}"
+    );
+    let smuggled = h.proxy.flows.last(10).into_iter().any(|f| {
+        f.l7.and_then(|l| l.http)
+            .is_some_and(|http| http.url.contains("smuggled"))
+    });
+    assert!(!smuggled, "body bytes reached the policy as a request");
+}
+
+#[tokio::test]
+async fn parked_connections_close_at_the_idle_timeout_and_on_drain() {
+    let h = start_with(Limits {
+        idle_timeout: PARKED * 3,
+        ..Limits::default()
+    })
+    .await;
+    let mut idle = TcpStream::connect(h.proxy_addr).await.unwrap();
+    let mut drained = TcpStream::connect(h.proxy_addr).await.unwrap();
+    for s in [&mut idle, &mut drained] {
+        s.write_all(b"GET /ok/1 HTTP/1.1\r\nHost: server\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(s).await.0.contains(" 200 "));
+    }
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(h.proxy.parked.get(), 2);
+    // Keep the second one busy past the first one's idle timeout.
+    for _ in 0..4 {
+        tokio::time::sleep(PARKED).await;
+        drained
+            .write_all(b"GET /ok/2 HTTP/1.1\r\nHost: server\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut drained).await.0.contains(" 200 "));
+    }
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+        .await
+        .expect("parked connection still open after its idle timeout");
+    assert_eq!(n.unwrap(), 0, "closed cleanly");
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(h.proxy.parked.get(), 1);
+    h.stop.cancel();
+    let n = tokio::time::timeout(Duration::from_secs(5), drained.read(&mut buf))
+        .await
+        .expect("parked connection still open after the drain");
+    assert_eq!(n.unwrap(), 0, "closed cleanly");
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(h.proxy.parked.get(), 0);
 }

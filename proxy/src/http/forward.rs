@@ -15,6 +15,7 @@ use tower::Service;
 use super::normalise::{strip_hop_by_hop, wants_upgrade};
 use super::reply::Refusal;
 use super::{Answered, BoxError, Outcome, Refused, Routed};
+use crate::body::Holding;
 use crate::body_rate::MinRateBody;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -32,7 +33,13 @@ impl Service<Routed> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, Routed { mut req, exchange }: Routed) -> Self::Future {
+    fn call(
+        &mut self,
+        Routed {
+            mut req,
+            mut exchange,
+        }: Routed,
+    ) -> Self::Future {
         Box::pin(async move {
             let ctx = &exchange.ctx;
             let is_connect = req.method() == Method::CONNECT;
@@ -96,7 +103,9 @@ impl Service<Routed> for Forward {
             } else {
                 strip_hop_by_hop(resp.headers_mut(), false);
             }
-            let resp = resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+            let in_flight = exchange.in_flight.take();
+            let resp =
+                resp.map(|b| Holding::new(b.map_err(BoxError::from), in_flight).boxed_unsync());
             Ok(Ok(Answered { resp, exchange }))
         })
     }

@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tower::Service;
 
 use super::forward::switched_protocols;
-use super::{Answered, ConnCtx, Exchange, Outcome, ProxyBody, Refused, Routed};
+use super::{Answered, ConnCtx, Exchange, InFlight, Outcome, ProxyBody, Refused, Routed};
 use crate::flow::HttpInfo;
 use crate::flow_record::{FlowBuilder, FlowOutcome};
 use crate::grpc;
@@ -64,7 +64,7 @@ where
         let is_grpc = grpc::is_grpc(req.version(), req.headers());
         let is_connect = req.method() == Method::CONNECT;
         let http2 = req.version() == Version::HTTP_2;
-        ctx.requests.request_started();
+        let in_flight = InFlight::start(ctx);
         // One snapshot per request: the record's endpoints and the decision come from the same generation.
         let snapshot = ctx.proxy.policy.current();
         let protocol = if is_grpc { "gRPC" } else { "HTTP" };
@@ -98,6 +98,7 @@ where
             direction: None,
             actions: Vec::new(),
             logged_headers: Vec::new(),
+            in_flight: Some(in_flight),
         };
         // The layers below decide synchronously; only forwarding waits.
         let outcome = self.inner.call(Routed { req, exchange });
