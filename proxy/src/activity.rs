@@ -44,6 +44,11 @@ impl Activity {
         self.start.elapsed().saturating_sub(last)
     }
 
+    /// When the connection will have been idle for `timeout` if no byte moves before.
+    pub fn idle_deadline(&self, timeout: Duration) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + timeout
+    }
+
     /// Resolves once the connection has been idle for `timeout` (checks at a quarter of the timeout).
     pub async fn idle(&self, timeout: Duration) {
         let tick = (timeout / 4).max(Duration::from_millis(50));
@@ -97,6 +102,11 @@ impl RequestClock {
     /// Requests whose exchange is not over yet.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// When no request will have started or been answered for `timeout` if none does before.
+    pub fn idle_deadline(&self, timeout: Duration) -> Instant {
+        self.clock.idle_deadline(timeout)
     }
 
     /// Resolves once no request has started or been answered for `timeout`.

@@ -29,7 +29,7 @@ use crate::inputs::{ClientStream, Proxy, reset};
 use crate::keepalive::{Park, ParkFlag, Parkable};
 use crate::limits::Limits;
 use crate::original_dst::OriginalDst;
-use crate::request_framing::FramingGuard;
+use crate::request_framing::{FramingGuard, FramingRefusals};
 use crate::upstream::Dial;
 
 /// Handles one accepted connection to completion. `permit` is `None` when the connection limit is exhausted.
@@ -102,10 +102,9 @@ pub async fn dispatch<S: ClientStream>(
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     shutdown: CancellationToken,
 ) {
-    let client = down.addr;
     let plan = decision::plan_connection(&proxy.policy.current(), &down, dst);
     let Some(_permit) = permit else {
-        refuse_over_limit(&proxy, stream, &down, dst, &plan).await;
+        Box::pin(refuse_over_limit(&proxy, stream, &down, dst, &plan)).await;
         return;
     };
 
@@ -138,37 +137,65 @@ pub async fn dispatch<S: ClientStream>(
             stream.refuse();
         }
         ConnectionPlan::Splice { reason, direction } => {
-            let start = Instant::now();
-            let flow = proxy.flow(&down, dst, "TCP").direction(direction);
-            match proxy.upstream.connect(dst, &dial).await {
-                Err(e) => {
-                    proxy.flows.record(flow.finish(FlowOutcome::Failed {
-                        reason: Some(DropReason::UpstreamError),
-                        policy: format!("{reason}; {e}"),
-                    }));
-                    stream.refuse();
-                }
-                Ok(mut upstream) => {
-                    let flow = flow.latency_since(start);
-                    proxy
-                        .flows
-                        .record(flow.finish(FlowOutcome::Forwarded { policy: reason }));
-                    let activity = Activity::new();
-                    let mut downstream = Tracked::new(stream, activity.clone());
-                    tokio::select! {
-                        _ = crate::tcp::splice(&mut downstream, &mut upstream) => {}
-                        _ = activity.idle(proxy.limits.idle_timeout) => {
-                            tracing::debug!(%client, %dst, "closing idle TCP connection");
-                        }
-                    }
-                }
-            }
+            // Boxed, like every protocol's future: a connection's task is only as large as what all share.
+            Box::pin(splice(proxy, stream, down, dst, dial, reason, direction)).await
         }
-        ConnectionPlan::Http { .. } => {
-            serve_http(proxy, stream.for_http(), down, dst, dial, shutdown).await
+        ConnectionPlan::Http { reason, .. } => {
+            // Per request records name their own rule; the connection's reason is not kept for its life.
+            drop(reason);
+            Box::pin(serve_http(
+                proxy,
+                stream.for_http(),
+                down,
+                dst,
+                dial,
+                shutdown,
+            ))
+            .await
         }
         ConnectionPlan::Kafka { .. } => {
-            crate::kafka::handler::serve(proxy, stream, down, dst, dial, shutdown).await
+            Box::pin(crate::kafka::handler::serve(
+                proxy, stream, down, dst, dial, shutdown,
+            ))
+            .await
+        }
+    }
+}
+
+/// Opaque TCP allowed at L3/L4: one upstream connection, bytes copied both ways until either side closes or the
+/// connection idles out.
+async fn splice<S: ClientStream>(
+    proxy: Arc<Proxy>,
+    stream: S,
+    down: Downstream,
+    dst: SocketAddr,
+    dial: Dial,
+    reason: String,
+    direction: Option<crate::flow::TrafficDirection>,
+) {
+    let start = Instant::now();
+    let flow = proxy.flow(&down, dst, "TCP").direction(direction);
+    match proxy.upstream.connect(dst, &dial).await {
+        Err(e) => {
+            proxy.flows.record(flow.finish(FlowOutcome::Failed {
+                reason: Some(DropReason::UpstreamError),
+                policy: format!("{reason}; {e}"),
+            }));
+            stream.refuse();
+        }
+        Ok(mut upstream) => {
+            let flow = flow.latency_since(start);
+            proxy
+                .flows
+                .record(flow.finish(FlowOutcome::Forwarded { policy: reason }));
+            let activity = Activity::new();
+            let mut downstream = Tracked::new(stream, activity.clone());
+            tokio::select! {
+                _ = crate::tcp::splice(&mut downstream, &mut upstream) => {}
+                _ = activity.idle(proxy.limits.idle_timeout) => {
+                    tracing::debug!(client = %down.addr, %dst, "closing idle TCP connection");
+                }
+            }
         }
     }
 }
@@ -225,18 +252,22 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let mut io = Tracked::new(stream, activity.clone());
     // Protocol detection and the first request head are bounded like any later head.
     let first_request_due = tokio::time::Instant::now() + proxy.limits.header_read_timeout;
-    let sniffed = tokio::select! {
-        r = http_detect::sniff(&mut io) => r,
-        _ = tokio::time::sleep_until(first_request_due) => {
-            record_first_request_late(&proxy, &down, dst);
-            return;
+    // Boxed: its timers are not kept in the connection's task for the connection's life.
+    let sniffed = Box::pin(async {
+        tokio::select! {
+            r = http_detect::sniff(&mut io) => Some(r),
+            _ = tokio::time::sleep_until(first_request_due) => {
+                record_first_request_late(&proxy, &down, dst);
+                None
+            }
+            _ = shutdown.cancelled() => None,
         }
-        _ = shutdown.cancelled() => return,
-    };
-    let sniffed = match sniffed {
-        Ok(s) if !s.is_empty() => s,
-        Ok(_) => return,
-        Err(e) => {
+    });
+    let sniffed = match sniffed.await {
+        None => return,
+        Some(Ok(s)) if !s.is_empty() => s,
+        Some(Ok(_)) => return,
+        Some(Err(e)) => {
             tracing::debug!(client = %down.addr, %dst, "HTTP connection ended before a request: {e}");
             return;
         }
@@ -275,6 +306,10 @@ struct HttpConn {
 }
 
 type HttpService = TowerToHyperService<crate::http::HttpStack>;
+/// The I/O of an HTTP/1 connection, as hyper's sessions and the parked wait see it.
+type H1Io<T> = Parkable<FramingGuard<T>>;
+type H1Session<T> =
+    hyper::server::conn::http1::UpgradeableConnection<TokioIo<H1Io<T>>, HttpService>;
 
 impl HttpConn {
     fn service(&self) -> HttpService {
@@ -283,7 +318,11 @@ impl HttpConn {
 
     /// HTTP/1.1 as a run of hyper sessions on one socket: each ends when the connection closes, or when it idles
     /// between requests and is parked (`keepalive.rs`), so an idle keep-alive connection holds no hyper state.
-    async fn serve_h1<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, io: T) {
+    /// Built here, run by [`HttpConn::run_h1`]: what it owns is its arguments, each kept once in its state.
+    fn serve_h1<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        self,
+        io: T,
+    ) -> impl Future<Output = ()> + Send {
         let limits = &self.ctx.proxy.limits;
         // Framing guard outermost on the read side: it refuses Transfer-Encoding + Content-Length heads (400).
         let guard = FramingGuard::new(io, limits.h1_max_buf_size(), self.ctx.upgrade.clone());
@@ -292,8 +331,7 @@ impl HttpConn {
             flag: ParkFlag::default(),
             between_messages: guard.between_messages(),
         };
-        let mut io = Parkable::new(guard, park.flag.clone());
-        let mut service = self.service();
+        let io = Parkable::new(guard, park.flag.clone());
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -301,51 +339,86 @@ impl HttpConn {
             .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(limits.h1_max_buf_size())
             .max_headers(limits.max_headers);
-        let (proxy, down, dst) = (&self.ctx.proxy, &self.ctx.client, self.ctx.dst);
+        self.run_h1(io, builder, park, smuggling)
+    }
+
+    async fn run_h1<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        self,
+        mut io: H1Io<T>,
+        builder: hyper::server::conn::http1::Builder,
+        park: Park,
+        smuggling: FramingRefusals,
+    ) {
+        let mut service = self.service();
         loop {
-            // Boxed apart from this task: a parked connection frees it.
+            // Boxed apart from this task, like the supervisor's timers and the parked wait: each lives only while
+            // it is needed. (A `let` each: a temporary of an awaited statement would stay in this future's state.)
             let mut session = Box::pin(
                 builder
                     .serve_connection(TokioIo::new(io), service)
                     .with_upgrades(),
             );
-            match self
-                .supervise(session.as_mut(), |c| c.graceful_shutdown(), Some(&park))
-                .await
-            {
-                None => record_first_request_late(proxy, down, dst),
-                Some(Err(e)) => {
-                    record_connection_error(proxy, down, dst, &e, smuggling.count() > 0)
-                }
-                Some(Ok(())) if park.flag.parked_idle(&self.ctx.requests) => {
-                    // `None`: the session ended in an upgrade; its tunnel is served below.
-                    if let Some(parts) = Pin::into_inner(session).into_parts() {
-                        (io, service) = (parts.io.into_inner(), parts.service);
-                        if io.get_mut().park(&parts.read_buf) && self.wait_parked(&mut io).await {
-                            park.flag.clear();
-                            continue;
-                        }
-                        park.flag.clear();
-                        let _ = io.shutdown().await;
-                    }
-                }
-                Some(Ok(())) => {}
+            let supervised =
+                Box::pin(self.supervise(session.as_mut(), |c| c.graceful_shutdown(), Some(&park)));
+            let ended = supervised.await;
+            match self.end_session(ended, session, &park, &smuggling) {
+                None => break,
+                Some((next_io, next_service)) => (io, service) = (next_io, next_service),
             }
-            break;
+            let parked = Box::pin(self.wait_parked(&mut io));
+            let resumed = parked.await;
+            park.flag.clear();
+            if !resumed {
+                let _ = io.shutdown().await;
+                break;
+            }
         }
-        self.serve_tunnels().await;
+        let tunnels = Box::pin(self.serve_tunnels());
+        tunnels.await;
+    }
+
+    /// After a session: records how it failed, or takes the connection back from hyper when it ended to park.
+    /// `Some`: park it (the socket is open and its bytes end between two messages).
+    fn end_session<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        ended: Option<hyper::Result<()>>,
+        session: Pin<Box<H1Session<T>>>,
+        park: &Park,
+        smuggling: &FramingRefusals,
+    ) -> Option<(H1Io<T>, HttpService)> {
+        let (proxy, down, dst) = (&self.ctx.proxy, &self.ctx.client, self.ctx.dst);
+        match ended {
+            None => record_first_request_late(proxy, down, dst),
+            Some(Err(e)) => record_connection_error(proxy, down, dst, &e, smuggling.count() > 0),
+            Some(Ok(())) if park.flag.parked_idle(&self.ctx.requests) => {
+                // `None`: the session ended in an upgrade; its tunnel is served after.
+                let parts = Pin::into_inner(session).into_parts()?;
+                let mut io = parts.io.into_inner();
+                if io.get_mut().park(&parts.read_buf) {
+                    return Some((io, parts.service));
+                }
+                // Not at a message boundary: the socket is only dropped (closed) with the session's parts.
+                park.flag.clear();
+            }
+            Some(Ok(())) => {}
+        }
+        None
     }
 
     /// A parked connection waits for the client's next bytes holding only its socket and framing state: true when
     /// they came; false when the client closed, the connection idled out, or the daemon drains.
     async fn wait_parked<T: AsyncRead + Unpin>(&self, io: &mut Parkable<FramingGuard<T>>) -> bool {
-        let limits = &self.ctx.proxy.limits;
+        let timeout = self.ctx.proxy.limits.idle_timeout;
         let _parked = self.ctx.proxy.parked.enter();
+        // Any byte ends the wait, so neither idle clock moves meanwhile: one timer for the earlier of the two.
+        let idle_out = self
+            .activity
+            .idle_deadline(timeout)
+            .min(self.ctx.requests.idle_deadline(timeout));
         let guard = io.get_mut();
         tokio::select! {
             r = std::future::poll_fn(|cx| guard.poll_fill(cx)) => r.is_ok() && !guard.client_closed(),
-            _ = self.activity.idle(limits.idle_timeout) => false,
-            _ = self.ctx.requests.idle(limits.idle_timeout) => false,
+            _ = tokio::time::sleep_until(idle_out) => false,
             _ = self.shutdown.cancelled() => false,
         }
     }
@@ -373,7 +446,8 @@ impl HttpConn {
             Some(Err(e)) => record_connection_error(proxy, down, dst, &e, false),
             Some(Ok(())) => {}
         }
-        self.serve_tunnels().await;
+        let tunnels = Box::pin(self.serve_tunnels());
+        tunnels.await;
     }
 
     /// Drives hyper's connection; closes it gracefully when idle (no bytes either way, or, with h2 PINGs or a
@@ -420,8 +494,10 @@ impl HttpConn {
 
     /// Upgraded tunnels (WebSocket, CONNECT) keep this connection's permit and obey its limits until they end.
     async fn serve_tunnels(self) {
-        let tunnels =
-            std::mem::take(&mut *self.ctx.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
+        let taken = self.ctx.tunnels.lock().map(|mut t| t.take());
+        let Some(tunnels) = taken.unwrap_or_else(|p| p.into_inner().take()) else {
+            return;
+        };
         serve_tunnels(
             tunnels,
             &self.activity,

@@ -53,7 +53,8 @@ pub struct ConnCtx {
     pub requests: crate::activity::RequestClock,
     /// Upgraded tunnels (WebSocket, CONNECT) spliced from this connection: they outlive hyper's connection task
     /// and keep the connection's permit, idle timeout and drain (`connection::serve_http` waits for them).
-    pub tunnels: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// `None` until the first one (a join set allocates).
+    pub tunnels: std::sync::Mutex<Option<tokio::task::JoinSet<()>>>,
     /// This connection's upstream client (looked up in the pool once).
     pub upstream: crate::upstream::ConnUpstream,
 }

@@ -228,7 +228,8 @@ pub fn refused_unprocessed(e: &(dyn std::error::Error + 'static)) -> bool {
 pub struct UpstreamPool {
     mark: u32,
     connect_timeout: Duration,
-    clients: Mutex<HashMap<PoolKey, UpstreamClient>>,
+    /// Shared: a connection holds its client by a pointer, not a copy of hyper's client (~370 bytes).
+    clients: Mutex<HashMap<PoolKey, Arc<UpstreamClient>>>,
 }
 
 const MAX_CLIENTS: usize = 4096;
@@ -260,7 +261,7 @@ impl UpstreamPool {
 
     /// The client for `dst` reached by `dial`; `http2` selects prior-knowledge HTTP/2 upstream (used when the
     /// client speaks h2/gRPC).
-    pub fn client(&self, dst: SocketAddr, http2: bool, dial: &Dial) -> UpstreamClient {
+    pub fn client(&self, dst: SocketAddr, http2: bool, dial: &Dial) -> Arc<UpstreamClient> {
         let key = (dst, http2, dial.pool_key());
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = map.get(&key) {
@@ -282,12 +283,12 @@ impl UpstreamPool {
         if http2 {
             b.http2_only(true);
         }
-        let client = b.build(MarkedConnector {
+        let client = Arc::new(b.build(MarkedConnector {
             dst,
             mark: self.mark,
             timeout: self.connect_timeout,
             dial: dial.clone(),
-        });
+        }));
         map.insert(key, client.clone());
         client
     }
@@ -297,7 +298,7 @@ impl UpstreamPool {
 /// connection goes to the same original destination by the same dial, and (one connection, one protocol) in the
 /// same HTTP version, so later requests skip the pool's lock and lookup.
 #[derive(Debug, Default)]
-pub struct ConnUpstream(std::sync::OnceLock<(bool, UpstreamClient)>);
+pub struct ConnUpstream(std::sync::OnceLock<(bool, Arc<UpstreamClient>)>);
 
 impl ConnUpstream {
     pub fn client<'a>(
@@ -306,7 +307,7 @@ impl ConnUpstream {
         dst: SocketAddr,
         http2: bool,
         dial: &Dial,
-    ) -> std::borrow::Cow<'a, UpstreamClient> {
+    ) -> std::borrow::Cow<'a, Arc<UpstreamClient>> {
         let (cached_http2, client) = self
             .0
             .get_or_init(|| (http2, pool.client(dst, http2, dial)));

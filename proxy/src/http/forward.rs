@@ -91,15 +91,17 @@ impl Service<Routed> for Forward {
             ) {
                 let up = hyper::upgrade::on(&mut resp);
                 let mut tunnels = ctx.tunnels.lock().unwrap_or_else(|p| p.into_inner());
-                tunnels.spawn(async move {
-                    match tokio::try_join!(down, up) {
-                        Ok((d, u)) => {
-                            let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
-                            let _ = crate::tcp::splice(&mut d, &mut u).await;
+                tunnels
+                    .get_or_insert_with(Default::default)
+                    .spawn(async move {
+                        match tokio::try_join!(down, up) {
+                            Ok((d, u)) => {
+                                let (mut d, mut u) = (TokioIo::new(d), TokioIo::new(u));
+                                let _ = crate::tcp::splice(&mut d, &mut u).await;
+                            }
+                            Err(e) => tracing::debug!("upgrade did not complete: {e}"),
                         }
-                        Err(e) => tracing::debug!("upgrade did not complete: {e}"),
-                    }
-                });
+                    });
             } else {
                 strip_hop_by_hop(resp.headers_mut(), false);
             }

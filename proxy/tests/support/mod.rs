@@ -3,3 +3,6 @@ pub mod api_server;
 #[allow(dead_code)]
 pub mod scale;
 pub mod structural;
+// The in-process proxy harness is used by the HTTP tests, not by every test binary.
+#[allow(dead_code)]
+pub mod inproc;
