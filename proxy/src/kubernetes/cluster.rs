@@ -147,11 +147,14 @@ pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub ip: Option<IpAddr>,
-    pub labels: BTreeMap<String, String>,
+    /// Sorted by key, one entry per key. Pairs, not maps: a pod has a few labels and ports, and a B-tree map
+    /// allocates a node of 11 entries for the first one (half a KiB per pod for the labels alone).
+    pub labels: Vec<(String, String)>,
     pub service_account: String,
     pub node: Option<String>,
     pub qos: QosClass,
-    pub named_ports: BTreeMap<String, u16>,
+    /// Sorted by name, one entry per name (the last container port of a name wins).
+    pub named_ports: Vec<(String, u16)>,
     /// hostNetwork pods share the node's IP: they are the host, not an endpoint.
     pub host_network: bool,
     /// Succeeded/Failed pods have released their IP.
@@ -182,13 +185,16 @@ impl PodInfo {
             ip: status
                 .and_then(|s| s.pod_ip.as_deref())
                 .and_then(|ip| ip.parse().ok()),
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            // Collected from an exact-size iterator: no spare capacity.
+            labels: pod.metadata.labels.as_ref().map_or_else(Vec::new, |labels| {
+                labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            }),
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".into()),
             node: spec.and_then(|s| s.node_name.clone()),
             qos: QosClass::parse(status.and_then(|s| s.qos_class.as_deref())),
-            named_ports,
+            named_ports: named_ports.into_iter().collect(),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             terminal: matches!(
                 status.and_then(|s| s.phase.as_deref()),
@@ -233,7 +239,9 @@ pub struct ClusterState {
     /// The engine, patched by each rebuild.
     live: LiveEngine<PolicyKey>,
     /// Pods that may be endpoints, by IP; the first (by namespace/name) holds the IP, the others are left out.
-    claims: BTreeMap<IpAddr, BTreeSet<PodName>>,
+    /// Each list is sorted and without duplicates (a set; a list because nearly every IP has one claim and a set
+    /// allocates a node for 11).
+    claims: BTreeMap<IpAddr, Vec<PodName>>,
     /// IPs whose endpoint the next rebuild derives again (a pod there changed).
     dirty_ips: BTreeSet<IpAddr>,
     /// Namespace labels as the endpoints carry them now.
@@ -277,7 +285,13 @@ impl ClusterState {
         }
         self.unclaim(&p.uid);
         if let Some(ip) = p.endpoint_ip() {
-            self.claims.entry(ip).or_default().insert(p.pod_name());
+            let claims = self.claims.entry(ip).or_default();
+            let name = p.pod_name();
+            if let Err(at) = claims.binary_search(&name) {
+                // Exact: a Vec's first push would make room for 4 claims.
+                claims.reserve_exact(1);
+                claims.insert(at, name);
+            }
             self.dirty_ips.insert(ip);
         }
         self.pods.insert(p.uid.clone(), p);
@@ -300,7 +314,9 @@ impl ClusterState {
         if let Some(ip) = old.endpoint_ip() {
             let name = old.pod_name();
             if let Some(set) = self.claims.get_mut(&ip) {
-                set.remove(&name);
+                if let Ok(at) = set.binary_search(&name) {
+                    set.remove(at);
+                }
                 if set.is_empty() {
                     self.claims.remove(&ip);
                 }
@@ -384,7 +400,7 @@ impl ClusterState {
         node: &str,
         cgroup_of: &dyn Fn(&PodInfo) -> Option<PathBuf>,
     ) -> Endpoint {
-        let mut labels = pod.labels.clone();
+        let mut labels: BTreeMap<String, String> = pod.labels.iter().cloned().collect();
         labels.insert(SERVICE_ACCOUNT_LABEL.into(), pod.service_account.clone());
         if let Some(ns_labels) = self.namespaces.get(&pod.namespace) {
             for (k, v) in ns_labels {
@@ -402,7 +418,7 @@ impl ClusterState {
             } else {
                 None
             },
-            named_ports: pod.named_ports.clone(),
+            named_ports: pod.named_ports.iter().cloned().collect(),
             node: pod.node.clone(),
         }
     }
@@ -430,7 +446,7 @@ impl ClusterState {
     fn claim_winner(
         &self,
         ip: IpAddr,
-        claims: &BTreeSet<PodName>,
+        claims: &[PodName],
         skipped: &mut Vec<String>,
     ) -> Option<&PodInfo> {
         let mut pods = claims.iter().filter_map(|(_, _, uid)| self.pods.get(uid));
