@@ -408,13 +408,16 @@ impl HttpConn {
     /// A parked connection waits for the client's next bytes holding only its socket and framing state: true when
     /// they came; false when the client closed, the connection idled out, or the daemon drains.
     async fn wait_parked<T: AsyncRead + Unpin>(&self, io: &mut Parkable<FramingGuard<T>>) -> bool {
-        let timeout = self.ctx.proxy.limits.idle_timeout;
+        let limits = &self.ctx.proxy.limits;
         let _parked = self.ctx.proxy.parked.enter();
-        // Any byte ends the wait, so neither idle clock moves meanwhile: one timer for the earlier of the two.
+        // Any byte ends the wait, so no clock moves meanwhile: one timer for the earliest limit. hyper times the
+        // next head from the end of the last exchange (its last bytes) with the header read timeout, so a parked
+        // connection obeys that too, as it did unparked.
+        let next_head = limits.idle_timeout.min(limits.header_read_timeout);
         let idle_out = self
             .activity
-            .idle_deadline(timeout)
-            .min(self.ctx.requests.idle_deadline(timeout));
+            .idle_deadline(next_head)
+            .min(self.ctx.requests.idle_deadline(limits.idle_timeout));
         let guard = io.get_mut();
         tokio::select! {
             r = std::future::poll_fn(|cx| guard.poll_fill(cx)) => r.is_ok() && !guard.client_closed(),

@@ -573,3 +573,27 @@ async fn parked_connections_close_at_the_idle_timeout_and_on_drain() {
     tokio::time::sleep(PARKED).await;
     assert_eq!(h.proxy.parked.get(), 0);
 }
+
+/// hyper times the next request head of a keep-alive connection with the header read timeout; a parked
+/// connection (no hyper session) is held to the same limit.
+#[tokio::test]
+async fn parked_connections_close_at_the_header_read_timeout_as_unparked_ones_do() {
+    let h = start_with(Limits {
+        header_read_timeout: PARKED * 3,
+        ..Limits::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(b"GET /ok/1 HTTP/1.1\r\nHost: server\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.0.contains(" 200 "));
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(h.proxy.parked.get(), 1);
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("parked connection still open after the header read timeout");
+    assert_eq!(n.unwrap(), 0, "closed cleanly");
+    assert_eq!(h.proxy.parked.get(), 0);
+}

@@ -186,9 +186,13 @@ impl PodInfo {
                 .and_then(|s| s.pod_ip.as_deref())
                 .and_then(|ip| ip.parse().ok()),
             // Collected from an exact-size iterator: no spare capacity.
-            labels: pod.metadata.labels.as_ref().map_or_else(Vec::new, |labels| {
-                labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-            }),
+            labels: pod
+                .metadata
+                .labels
+                .as_ref()
+                .map_or_else(Vec::new, |labels| {
+                    labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+                }),
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
                 .unwrap_or_else(|| "default".into()),
