@@ -162,10 +162,11 @@ pub fn markdown(medians: &[Median], rss_mib: f64) -> String {
         ));
     }
     out.push_str(&format!(
-        "| RSS of the bench holding only the state (API objects dropped, then `mi_collect`) | <= {RSS_GOAL_MIB:.0} MiB | {rss_mib:.0} MiB | {} |\n\n\
+        "| RSS of the bench holding only the state (API objects dropped, freed pages returned) | <= {RSS_GOAL_MIB:.0} MiB | {rss_mib:.0} MiB | {} |\n\n\
          The RSS is read after the parsed API objects are dropped (the reconciler drops each watched object once \
-         applied) and mimalloc was asked to return freed pages (`mi_collect`); the daemon does not call that yet, \
-         so right after a full list its RSS stays higher until mimalloc purges (the bench prints both).\n\n",
+         applied) and freed pages returned to the system (`allocator::collect_now`, which the daemon also calls \
+         after compiling a full list), with the daemon's allocator settings (no transparent huge pages, the purger \
+         thread).\n\n",
         if rss_mib <= RSS_GOAL_MIB { "yes" } else { "no" }
     ));
     out

@@ -73,12 +73,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-// From the mimalloc library the allocator above links (libmimalloc-sys declares it only with its `extended`
-// feature): returns freed pages to the system now instead of after mimalloc's purge delay.
-unsafe extern "C" {
-    fn mi_collect(force: bool);
-}
-
 fn live_mib() -> f64 {
     LIVE.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0)
 }
@@ -148,9 +142,9 @@ fn daemon_memory() -> ClusterState {
     drop(objects);
     let state_mib = live_mib() - start;
     let rss_before = rss_mib();
-    // mimalloc keeps freed pages until a later purge; the daemon's continues as it runs, so return them now to
-    // see the pages the state itself needs. (A collection never frees a live allocation.)
-    unsafe { mi_collect(true) };
+    // What the daemon does after a full list (`kubernetes/watch.rs`): freed pages returned now, not after
+    // mimalloc's purge delay. (A collection never frees a live allocation.)
+    tollgate::allocator::collect_now();
     let rss = rss_mib();
     eprintln!(
         "kubernetes_scale: heap of the parsed API objects ({PODS} pods, {APPS} policies), dropped before the \
@@ -162,7 +156,7 @@ fn daemon_memory() -> ClusterState {
     );
     eprintln!(
         "kubernetes_scale: RSS with {PODS} pods + {APPS} policies built (state + one compiled engine; API objects \
-         dropped, freed pages returned by mi_collect): {rss:.0} MiB ({rss_before:.0} MiB before mi_collect)"
+         dropped, freed pages returned as the daemon does after a list): {rss:.0} MiB ({rss_before:.0} MiB before that)"
     );
     if let Ok(path) = std::env::var("TOLLGATE_SCALE_RSS_OUT") {
         let path = PathBuf::from(path);
@@ -176,6 +170,8 @@ fn daemon_memory() -> ClusterState {
 }
 
 fn bench(c: &mut Criterion) {
+    // The daemon's memory settings (no transparent huge pages, the purger thread), as `src/main.rs` sets them.
+    tollgate::allocator::tune_for_daemon().expect("transparent huge pages off");
     // First, while nothing else has run in the process: the RSS then shows the state, not a measurement's garbage.
     let mut state = daemon_memory();
     let objects = objects();

@@ -32,7 +32,13 @@ use crate::original_dst::OriginalDst;
 use crate::request_framing::{FramingGuard, FramingRefusals};
 use crate::upstream::Dial;
 
-/// Handles one accepted connection to completion. `permit` is `None` when the connection limit is exhausted.
+/// What serves one connection once its L3/L4 decision is made, boxed: a connection's task is only as large as
+/// what it holds for the connection's whole life (a future's state is as large as its largest step), so each step
+/// that needs room holds it in its own box, freed when the step ends.
+pub type Serving = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Handles one accepted connection to completion. `permit` is `None` when the connection limit is exhausted; it is
+/// held here, for the connection's life.
 pub async fn handle(
     proxy: Arc<Proxy>,
     original_dst: Arc<dyn OriginalDst>,
@@ -41,6 +47,29 @@ pub async fn handle(
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
     shutdown: CancellationToken,
 ) {
+    let serving = accept(
+        proxy,
+        &*original_dst,
+        stream,
+        client,
+        permit.is_some(),
+        shutdown,
+    );
+    if let Some(serving) = serving {
+        serving.await
+    }
+}
+
+/// An accepted connection's first steps, which need no waiting: its original destination, and for a pod of another
+/// node the tunnel route; then [`dispatch`].
+fn accept(
+    proxy: Arc<Proxy>,
+    original_dst: &dyn OriginalDst,
+    stream: TcpStream,
+    client: SocketAddr,
+    has_permit: bool,
+    shutdown: CancellationToken,
+) -> Option<Serving> {
     // Responses are written in several small writes (head, body chunks); Nagle would hold them for the client's
     // delayed ACK.
     let _ = stream.set_nodelay(true);
@@ -55,29 +84,12 @@ pub async fn handle(
                 policy: e.to_string(),
             }));
             reset(stream);
-            return;
+            return None;
         }
     };
-    // A local pod connecting to a pod of another node (or to a rule requiring authentication): through the
-    // tunnel, as the pod's SVID.
-    let outbound = proxy.mesh.as_ref().map(|m| {
-        let snap = proxy.policy.current();
-        // Only asked for a destination on this node (an extra verdict per such connection).
-        let auth_required = || {
-            matches!(
-                decision::plan_connection(&snap, &Downstream::plain(client), dst),
-                ConnectionPlan::Drop {
-                    drop_reason: DropReason::AuthRequired,
-                    ..
-                }
-            )
-        };
-        m.outbound(&snap.endpoints, client, dst, auth_required)
-    });
-    let (down, dial) = match outbound {
-        None | Some(Ok(None)) => (Downstream::plain(client), Dial::Direct),
-        Some(Ok(Some(route))) => route,
-        Some(Err(e)) => {
+    let (down, dial) = match outbound_route(&proxy, client, dst) {
+        Ok(route) => route,
+        Err(e) => {
             tracing::warn!(%client, %dst, "refusing connection: {e}");
             let flow = proxy.flow(&Downstream::plain(client), dst, "TCP");
             proxy.flows.record(flow.finish(FlowOutcome::Failed {
@@ -85,29 +97,57 @@ pub async fn handle(
                 policy: format!("cannot authenticate to the destination node: {e}"),
             }));
             reset(stream);
-            return;
+            return None;
         }
     };
-    dispatch(proxy, stream, down, dst, dial, permit, shutdown).await
+    dispatch(proxy, stream, down, dst, dial, has_permit, shutdown)
 }
 
-/// Decides and serves one connection whose source and original destination are known: a local pod's (plain, or
-/// leaving through the tunnel when `dial` says so) or one that arrived through the tunnel (`down.auth`).
-pub async fn dispatch<S: ClientStream>(
+/// A local pod connecting to a pod of another node (or to a rule requiring authentication) goes through the
+/// tunnel, as the pod's SVID; anything else directly. `Err`: it must go through the tunnel and cannot.
+fn outbound_route(
+    proxy: &Proxy,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> Result<(Downstream, Dial), String> {
+    let Some(mesh) = proxy.mesh.as_ref() else {
+        return Ok((Downstream::plain(client), Dial::Direct));
+    };
+    let snap = proxy.policy.current();
+    // Only asked for a destination on this node (an extra verdict per such connection).
+    let auth_required = || {
+        matches!(
+            decision::plan_connection(&snap, &Downstream::plain(client), dst),
+            ConnectionPlan::Drop {
+                drop_reason: DropReason::AuthRequired,
+                ..
+            }
+        )
+    };
+    Ok(mesh
+        .outbound(&snap.endpoints, client, dst, auth_required)?
+        .unwrap_or((Downstream::plain(client), Dial::Direct)))
+}
+
+/// Decides one connection whose source and original destination are known: a local pod's (plain, or leaving
+/// through the tunnel when `dial` says so) or one that arrived through the tunnel (`down.auth`). Refusals are done
+/// here; what serves an allowed connection is returned. `has_permit`: the caller holds a connection permit for the
+/// connection's life (without one, the connection is refused as over the limit).
+pub fn dispatch<S: ClientStream>(
     proxy: Arc<Proxy>,
     stream: S,
     down: Downstream,
     dst: SocketAddr,
     dial: Dial,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    has_permit: bool,
     shutdown: CancellationToken,
-) {
+) -> Option<Serving> {
     let plan = decision::plan_connection(&proxy.policy.current(), &down, dst);
-    let Some(_permit) = permit else {
-        Box::pin(refuse_over_limit(&proxy, stream, &down, dst, &plan)).await;
-        return;
-    };
-
+    if !has_permit {
+        return Some(Box::pin(async move {
+            refuse_over_limit(&proxy, stream, &down, dst, &plan).await
+        }));
+    }
     match plan {
         ConnectionPlan::Drop {
             reason,
@@ -120,6 +160,7 @@ pub async fn dispatch<S: ClientStream>(
                 policy: reason,
             }));
             stream.refuse();
+            None
         }
         ConnectionPlan::Unsupported {
             what,
@@ -135,30 +176,23 @@ pub async fn dispatch<S: ClientStream>(
                 ),
             }));
             stream.refuse();
+            None
         }
-        ConnectionPlan::Splice { reason, direction } => {
-            // Boxed, like every protocol's future: a connection's task is only as large as what all share.
-            Box::pin(splice(proxy, stream, down, dst, dial, reason, direction)).await
-        }
-        ConnectionPlan::Http { reason, .. } => {
-            // Per request records name their own rule; the connection's reason is not kept for its life.
-            drop(reason);
-            Box::pin(serve_http(
-                proxy,
-                stream.for_http(),
-                down,
-                dst,
-                dial,
-                shutdown,
-            ))
-            .await
-        }
-        ConnectionPlan::Kafka { .. } => {
-            Box::pin(crate::kafka::handler::serve(
-                proxy, stream, down, dst, dial, shutdown,
-            ))
-            .await
-        }
+        ConnectionPlan::Splice { reason, direction } => Some(Box::pin(splice(
+            proxy, stream, down, dst, dial, reason, direction,
+        ))),
+        // Per request records name their own rule; the connection's reason is not kept for its life.
+        ConnectionPlan::Http { .. } => Some(Box::pin(serve_http(
+            proxy,
+            stream.for_http(),
+            down,
+            dst,
+            dial,
+            shutdown,
+        ))),
+        ConnectionPlan::Kafka { .. } => Some(Box::pin(crate::kafka::handler::serve(
+            proxy, stream, down, dst, dial, shutdown,
+        ))),
     }
 }
 
@@ -240,36 +274,59 @@ async fn refuse_over_limit<S: ClientStream>(
 
 /// Serves HTTP/1.1 or HTTP/2 (prior knowledge), as the first bytes tell, on one downstream connection until it
 /// closes, idles out, or the daemon shuts down (then in-flight requests finish: graceful shutdown / GOAWAY).
-async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+/// Two boxed steps, each freed when it ends: detection, then the protocol's own serving.
+fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     proxy: Arc<Proxy>,
     stream: S,
     down: Downstream,
     dst: SocketAddr,
     dial: Dial,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send {
+    let detecting = Box::pin(detect_http(proxy, stream, down, dst, dial, shutdown));
+    // Holds only the step it awaits (the arguments went into `detecting`).
+    async move {
+        match detecting.await {
+            Some(Detected::Http2(conn, io)) => Box::pin(conn.serve_h2(io)).await,
+            Some(Detected::Http1(conn, io)) => Box::pin(conn.serve_h1(io)).await,
+            None => {}
+        }
+    }
+}
+
+/// An HTTP connection whose protocol the first bytes told, and its stream with those bytes still to be read.
+enum Detected<T> {
+    Http1(HttpConn, Prefixed<T>),
+    Http2(HttpConn, Prefixed<T>),
+}
+
+/// Reads the first bytes, bounded like any later request head; `None`: the connection ended or timed out first
+/// (recorded when it was late).
+async fn detect_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    proxy: Arc<Proxy>,
+    stream: S,
+    down: Downstream,
+    dst: SocketAddr,
+    dial: Dial,
+    shutdown: CancellationToken,
+) -> Option<Detected<Tracked<S>>> {
     let activity = Activity::new();
     let mut io = Tracked::new(stream, activity.clone());
-    // Protocol detection and the first request head are bounded like any later head.
     let first_request_due = tokio::time::Instant::now() + proxy.limits.header_read_timeout;
-    // Boxed: its timers are not kept in the connection's task for the connection's life.
-    let sniffed = Box::pin(async {
-        tokio::select! {
-            r = http_detect::sniff(&mut io) => Some(r),
-            _ = tokio::time::sleep_until(first_request_due) => {
-                record_first_request_late(&proxy, &down, dst);
-                None
-            }
-            _ = shutdown.cancelled() => None,
+    let sniffed = tokio::select! {
+        r = http_detect::sniff(&mut io) => r,
+        _ = tokio::time::sleep_until(first_request_due) => {
+            record_first_request_late(&proxy, &down, dst);
+            return None;
         }
-    });
-    let sniffed = match sniffed.await {
-        None => return,
-        Some(Ok(s)) if !s.is_empty() => s,
-        Some(Ok(_)) => return,
-        Some(Err(e)) => {
+        _ = shutdown.cancelled() => return None,
+    };
+    let sniffed = match sniffed {
+        Ok(s) if !s.is_empty() => s,
+        Ok(_) => return None,
+        Err(e) => {
             tracing::debug!(client = %down.addr, %dst, "HTTP connection ended before a request: {e}");
-            return;
+            return None;
         }
     };
     let ctx = Arc::new(ConnCtx {
@@ -288,13 +345,13 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         first_request_due,
         shutdown,
     };
+    let http2 = sniffed.is_http2();
     let io = Prefixed::new(io, sniffed);
-    // Boxed apart: an HTTP/1 connection's task holds no room for HTTP/2's state, nor the reverse.
-    if sniffed.is_http2() {
-        Box::pin(conn.serve_h2(io)).await
+    Some(if http2 {
+        Detected::Http2(conn, io)
     } else {
-        Box::pin(conn.serve_h1(io)).await
-    }
+        Detected::Http1(conn, io)
+    })
 }
 
 /// One downstream HTTP connection whose protocol is known.
@@ -318,7 +375,8 @@ impl HttpConn {
 
     /// HTTP/1.1 as a run of hyper sessions on one socket: each ends when the connection closes, or when it idles
     /// between requests and is parked (`keepalive.rs`), so an idle keep-alive connection holds no hyper state.
-    /// Built here, run by [`HttpConn::run_h1`]: what it owns is its arguments, each kept once in its state.
+    /// Not an `async fn`: one of those keeps its arguments twice (as given and as moved into its body), and this
+    /// future lives as long as the connection.
     fn serve_h1<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         self,
         io: T,
@@ -331,50 +389,39 @@ impl HttpConn {
             flag: ParkFlag::default(),
             between_messages: guard.between_messages(),
         };
-        let io = Parkable::new(guard, park.flag.clone());
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.h1_max_buf_size())
-            .max_headers(limits.max_headers);
-        self.run_h1(io, builder, park, smuggling)
-    }
-
-    async fn run_h1<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-        self,
-        mut io: H1Io<T>,
-        builder: hyper::server::conn::http1::Builder,
-        park: Park,
-        smuggling: FramingRefusals,
-    ) {
-        let mut service = self.service();
-        loop {
-            // Boxed apart from this task, like the supervisor's timers and the parked wait: each lives only while
-            // it is needed. (A `let` each: a temporary of an awaited statement would stay in this future's state.)
-            let mut session = Box::pin(
-                builder
-                    .serve_connection(TokioIo::new(io), service)
-                    .with_upgrades(),
-            );
-            let supervised =
-                Box::pin(self.supervise(session.as_mut(), |c| c.graceful_shutdown(), Some(&park)));
-            let ended = supervised.await;
-            match self.end_session(ended, session, &park, &smuggling) {
-                None => break,
-                Some((next_io, next_service)) => (io, service) = (next_io, next_service),
+        let mut io = Parkable::new(guard, park.flag.clone());
+        async move {
+            let mut service = self.service();
+            loop {
+                // Boxed apart from this task, like the supervisor's timers and the parked wait: each lives only
+                // while it is needed. (A `let` each: a temporary of an awaited statement would stay in this
+                // future's state; the builder is such a temporary, rebuilt per session from the limits.)
+                let mut session = Box::pin(
+                    h1_builder(&self.ctx.proxy.limits)
+                        .serve_connection(TokioIo::new(io), service)
+                        .with_upgrades(),
+                );
+                let supervised = Box::pin(self.supervise(
+                    session.as_mut(),
+                    |c| c.graceful_shutdown(),
+                    Some(&park),
+                ));
+                let ended = supervised.await;
+                match self.end_session(ended, session, &park, &smuggling) {
+                    None => break,
+                    Some((next_io, next_service)) => (io, service) = (next_io, next_service),
+                }
+                let parked = Box::pin(self.wait_parked(&mut io));
+                let resumed = parked.await;
+                park.flag.clear();
+                if !resumed {
+                    let _ = io.shutdown().await;
+                    break;
+                }
             }
-            let parked = Box::pin(self.wait_parked(&mut io));
-            let resumed = parked.await;
-            park.flag.clear();
-            if !resumed {
-                let _ = io.shutdown().await;
-                break;
-            }
+            let tunnels = Box::pin(self.serve_tunnels());
+            tunnels.await;
         }
-        let tunnels = Box::pin(self.serve_tunnels());
-        tunnels.await;
     }
 
     /// After a session: records how it failed, or takes the connection back from hyper when it ended to park.
@@ -509,6 +556,18 @@ impl HttpConn {
         )
         .await;
     }
+}
+
+/// hyper's HTTP/1 server settings, from the limits (cheap to build: a few fields).
+fn h1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.h1_max_buf_size())
+        .max_headers(limits.max_headers);
+    builder
 }
 
 fn record_first_request_late(proxy: &Proxy, down: &Downstream, dst: SocketAddr) {

@@ -9,6 +9,7 @@
 pub mod activity;
 pub mod admin;
 pub mod agent_events;
+pub mod allocator;
 pub mod body;
 pub mod body_rate;
 pub mod certs_cli;

@@ -69,6 +69,11 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
+    // Before anything allocates much (`allocator.rs`: huge pages made an idle daemon's memory several times what
+    // it holds). Failing only costs memory; the daemon logs nothing yet, so say it on stderr.
+    if let Err(err) = tollgate::allocator::small_pages_only() {
+        eprintln!("tollgate: transparent huge pages stay on ({err}): idle memory will be higher");
+    }
     let cli = Cli::parse();
     let ok = match cli.command {
         Command::Run(args) => return run_daemon(*args),
@@ -102,7 +107,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr (`TOLLGATE_LOG` filter, default info) and a multi-threaded runtime, for the long-running commands.
+/// Logs to stderr (`TOLLGATE_LOG` filter, default info), the allocator tuned for a long-running process
+/// (`allocator.rs`) and a multi-threaded runtime, for the long-running commands.
 fn daemon_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -112,6 +118,7 @@ fn daemon_runtime() -> std::io::Result<tokio::runtime::Runtime> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
+    tollgate::allocator::start_purger();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -129,17 +129,20 @@ impl crate::tunnel::InboundHandler for TunnelInbound {
         Box::pin(async move {
             // Mapped again: a reload between admit and here may have removed the peer's pods.
             let Ok(down) = down else { return };
+            // Held for the stream's life.
             let permit = proxy.connections.clone().try_acquire_owned().ok();
-            crate::connection::dispatch(
+            let serving = crate::connection::dispatch(
                 proxy,
                 tunnel.stream,
                 down,
                 tunnel.original_dst,
                 crate::upstream::Dial::Direct,
-                permit,
+                permit.is_some(),
                 close,
-            )
-            .await
+            );
+            if let Some(serving) = serving {
+                serving.await
+            }
         })
     }
 

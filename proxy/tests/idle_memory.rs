@@ -16,28 +16,69 @@ use tokio::net::TcpStream;
 use support::inproc::*;
 
 static LIVE: AtomicI64 = AtomicI64::new(0);
+/// Live allocations by size (16-byte classes up to 64 KiB, then one class for the rest): what a failing run holds.
+static BY_SIZE: [AtomicI64; CLASSES] = [const { AtomicI64::new(0) }; CLASSES];
+const CLASSES: usize = 4097;
+
+fn class(size: usize) -> usize {
+    (size / 16).min(CLASSES - 1)
+}
+
+fn count(size: usize, delta: i64) {
+    LIVE.fetch_add(size as i64 * delta, Ordering::Relaxed);
+    BY_SIZE[class(size)].fetch_add(delta, Ordering::Relaxed);
+}
+
+fn by_size() -> Vec<i64> {
+    BY_SIZE.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+}
+
+/// The size classes whose live count grew by at least one per two of `per` connections, largest share first.
+fn held_since(before: &[i64], per: i64) -> String {
+    let mut grown: Vec<(usize, i64)> = by_size()
+        .iter()
+        .zip(before)
+        .enumerate()
+        .map(|(c, (now, then))| (c, now - then))
+        .filter(|(_, n)| *n * 2 >= per)
+        .collect();
+    grown.sort_by_key(|(c, n)| -(*n * (*c as i64 * 16 + 8)));
+    grown
+        .iter()
+        .map(|(c, n)| {
+            format!(
+                "{}-{} B x {:.2}",
+                c * 16,
+                c * 16 + 15,
+                *n as f64 / per as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// The system allocator, counting the bytes allocated and not yet freed.
 struct LiveBytes;
 
 unsafe impl GlobalAlloc for LiveBytes {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        count(layout.size(), 1);
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        count(layout.size(), 1);
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        count(layout.size(), -1);
+        count(new_size, 1);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        count(layout.size(), -1);
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -85,6 +126,7 @@ async fn a_parked_keepalive_connection_holds_at_most_4_kib_of_heap() {
     }
     parked(&h, 1).await;
     let before = LIVE.load(Ordering::Relaxed);
+    let before_by_size = by_size();
     for n in 1..=CONNECTIONS {
         conns.push(one_request(&h, n).await);
     }
@@ -92,14 +134,16 @@ async fn a_parked_keepalive_connection_holds_at_most_4_kib_of_heap() {
     parked(&h, CONNECTIONS as u64 + 1).await;
     let after = LIVE.load(Ordering::Relaxed);
     let per_conn = |bytes: i64| (bytes - before) / CONNECTIONS as i64;
+    let held = held_since(&before_by_size, CONNECTIONS as i64);
     eprintln!(
-        "heap per connection: {} B just after its request, {} B parked (client sockets included; goal {GOAL_BYTES})",
+        "heap per connection: {} B just after its request, {} B parked (client sockets included; goal {GOAL_BYTES}); \
+         allocations held per connection: {held}",
         per_conn(busy),
         per_conn(after)
     );
     assert!(
         per_conn(after) <= GOAL_BYTES,
-        "a parked connection holds {} B of heap",
+        "a parked connection holds {} B of heap: {held}",
         per_conn(after)
     );
     // Parked connections still answer.

@@ -208,6 +208,8 @@ pub struct Reconciler {
     /// Objects received since the last `Init` of each resource (a re-list replaces that resource wholesale).
     relisting: BTreeMap<&'static str, Vec<Change>>,
     dirty: bool,
+    /// A full list was applied since the last compilation: the next one returns the freed pages to the system.
+    listed: bool,
     /// Tollgate's `Valid` condition per object: as last watched, or as last written (until the watch shows it).
     observed: BTreeMap<PolicyKey, PolicyCondition>,
     /// Whether this daemon holds the status Lease (`None`: no election, always writes).
@@ -274,6 +276,7 @@ pub fn start_watchers(client: Client, scope: NodeScope) -> Reconciler {
         synced: HashSet::new(),
         relisting: BTreeMap::new(),
         dirty: false,
+        listed: false,
         observed: BTreeMap::new(),
     }
 }
@@ -331,6 +334,11 @@ impl Reconciler {
                         tracing::warn!("pod left out of the endpoint table: {s}");
                     }
                     self.compilations += 1;
+                    if std::mem::take(&mut self.listed) {
+                        // A list of 20,000 pods frees far more than the state keeps; mimalloc would hold the freed
+                        // pages until a later purge (issue 21: RSS for that state).
+                        crate::allocator::collect_now();
+                    }
                     self.outcomes = compiled.outcomes.clone();
                     self.write_status(&compiled.outcomes).await;
                     return Some(compiled);
@@ -359,6 +367,7 @@ impl Reconciler {
             }
             Phase::InitDone => {
                 let listed = self.relisting.remove(name).unwrap_or_default();
+                self.listed = true;
                 // A re-list that finds what we already had (the usual case after a 410) changes nothing.
                 if self.replace_all(watched, listed) {
                     self.dirty = true;
