@@ -19,7 +19,7 @@ use super::metrics::DnsMetrics;
 use super::record::{self, Outcome};
 use super::{DenyResponse, DnsOptions};
 use crate::flow::{FlowLog, FlowRecord};
-use crate::policy_source::PolicySource;
+use crate::policy_source::PolicyStore;
 
 /// Largest DNS message (TCP length prefix limit; also the UDP receive buffer).
 const MAX_MESSAGE: usize = 65_535;
@@ -52,7 +52,7 @@ impl QueryOrigin for FixedUpstream {
 
 /// Shared state of the DNS listeners.
 pub struct DnsServer {
-    pub policy: Arc<PolicySource>,
+    pub policy: Arc<PolicyStore>,
     pub flows: Arc<FlowLog>,
     pub learner: Learner,
     pub origin: Box<dyn QueryOrigin>,
@@ -529,6 +529,7 @@ mod tests {
     use crate::dns::learn::{FqdnGate, Learner};
     use crate::dns::testutil::{a, cname, query, response};
     use crate::flow::{FlowRecord, FlowSink, Verdict};
+    use crate::policy_source::PolicyFiles;
     use hickory_proto::op::{Message, ResponseCode};
     use hickory_proto::rr::RecordType;
 
@@ -661,9 +662,10 @@ spec:
         );
         std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
         std::fs::write(dir.path().join("e.yaml"), endpoints).unwrap();
-        let policy = Arc::new(
-            PolicySource::load(&dir.path().join("p.yaml"), &dir.path().join("e.yaml")).unwrap(),
-        );
+        let policy = PolicyFiles::load(&dir.path().join("p.yaml"), &dir.path().join("e.yaml"))
+            .unwrap()
+            .store()
+            .clone();
         let gate = Arc::new(Recorder::default());
         let server = Arc::new(DnsServer {
             learner: Learner {
