@@ -122,28 +122,25 @@ fn backoff_seed(what: &str) -> u64 {
         })
 }
 
-/// A resourceVersion the API server no longer has (410 Gone): routine after a compaction or restart; the watcher
-/// re-lists.
-fn is_expired(e: &watcher::Error) -> bool {
-    let api_code = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 410);
+/// Whether the API server answered with HTTP status `code`, in the watch stream or to the list or watch request.
+fn has_status(e: &watcher::Error, code: u16) -> bool {
     match e {
-        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchError(status) => status.code == code,
         watcher::Error::InitialListFailed(e)
         | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => api_code(e),
+        | watcher::Error::WatchFailed(e) => matches!(e, kube::Error::Api(s) if s.code == code),
         watcher::Error::NoResourceVersion => false,
     }
 }
 
+/// A resourceVersion the API server no longer has (410 Gone): routine after a compaction or restart; the watcher
+/// re-lists.
+fn is_expired(e: &watcher::Error) -> bool {
+    has_status(e, 410)
+}
+
 fn is_forbidden(e: &watcher::Error) -> bool {
-    let api_code = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
-    match e {
-        watcher::Error::WatchError(status) => status.code == 403,
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => api_code(e),
-        watcher::Error::NoResourceVersion => false,
-    }
+    has_status(e, 403)
 }
 
 fn log_watch_error(what: &str, e: &watcher::Error) {
