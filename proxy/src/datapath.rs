@@ -316,9 +316,11 @@ fn stale_keys<K: Ord + Clone, V, W>(last: &BTreeMap<K, V>, next: &BTreeMap<K, W>
         .collect()
 }
 
-/// The kernel FQDN gate: DNS-learned IPs go into the eBPF FQDN map (connects elsewhere get EPERM).
-impl crate::dns::learn::FqdnGate for Datapath {
-    fn allow(
+/// The kernel FQDN gate: DNS-learned IPs go into the eBPF FQDN map (connects elsewhere get EPERM). The DNS proxy
+/// reaches it through its `FqdnGate` trait (implemented in `dns/learn.rs`, so this module does not depend on it).
+impl Datapath {
+    /// Allows `identity` to connect to `ips` for `ttl`, on `ports` only (`None` = any port).
+    pub fn fqdn_allow(
         &self,
         identity: u32,
         ips: &[IpAddr],
@@ -343,7 +345,8 @@ impl crate::dns::learn::FqdnGate for Datapath {
         Ok(())
     }
 
-    fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
+    /// Forgets `ips` for `identity` on every port.
+    pub fn fqdn_remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
         let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for ip in ips {
             p.redirect
@@ -353,7 +356,8 @@ impl crate::dns::learn::FqdnGate for Datapath {
         Ok(())
     }
 
-    fn gc(&self) -> Result<usize, String> {
+    /// Drops expired entries; returns how many.
+    pub fn fqdn_gc(&self) -> Result<usize, String> {
         let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         p.redirect.fqdn_gc().map_err(|e| e.to_string())
     }
