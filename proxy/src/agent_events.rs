@@ -14,7 +14,7 @@ use crate::hubble::flow::{
     AgentEvent, AgentEventType, EndpointUpdateNotification, PolicyUpdateNotification,
     TimeNotification, agent_event::Notification,
 };
-use crate::policy_source::{PolicySnapshot, PolicySource};
+use crate::policy_source::{PolicySnapshot, PolicyStore};
 
 /// Events kept for history queries.
 const KEEP: usize = 1024;
@@ -79,7 +79,7 @@ impl AgentEvents {
     }
 
     /// Reports the start and the initial policy, then every change of `policy` until `shutdown`.
-    pub fn watch(self: Arc<Self>, policy: Arc<PolicySource>, shutdown: CancellationToken) {
+    pub fn watch(self: Arc<Self>, policy: Arc<PolicyStore>, shutdown: CancellationToken) {
         self.push(AgentEvent {
             r#type: AgentEventType::AgentStarted as i32,
             notification: Some(Notification::AgentStart(TimeNotification {

@@ -154,12 +154,11 @@ pub fn dispatch<S: ClientStream>(
             drop_reason,
             direction,
         } => {
-            let flow = proxy.flow(&down, dst, "TCP").direction(direction);
-            proxy.flows.record(flow.finish(FlowOutcome::Dropped {
+            let outcome = FlowOutcome::Dropped {
                 reason: drop_reason,
                 policy: reason,
-            }));
-            stream.refuse();
+            };
+            refuse_recorded(&proxy, stream, &down, dst, direction, outcome);
             None
         }
         ConnectionPlan::Unsupported {
@@ -168,14 +167,13 @@ pub fn dispatch<S: ClientStream>(
             direction,
         } => {
             // Fail closed: a port that needs an L7 parser this build lacks must not become an open TCP port.
-            let flow = proxy.flow(&down, dst, "TCP").direction(direction);
-            proxy.flows.record(flow.finish(FlowOutcome::Failed {
+            let outcome = FlowOutcome::Failed {
                 reason: Some(DropReason::UnsupportedProtocol),
                 policy: format!(
                     "{reason}; {what} enforcement is not available in this build, connection refused"
                 ),
-            }));
-            stream.refuse();
+            };
+            refuse_recorded(&proxy, stream, &down, dst, direction, outcome);
             None
         }
         ConnectionPlan::Splice { reason, direction } => Some(Box::pin(splice(
@@ -194,6 +192,20 @@ pub fn dispatch<S: ClientStream>(
             proxy, stream, down, dst, dial, shutdown,
         ))),
     }
+}
+
+/// Records the TCP flow of a connection refused before any byte moved, then refuses it.
+fn refuse_recorded<S: ClientStream>(
+    proxy: &Proxy,
+    stream: S,
+    down: &Downstream,
+    dst: SocketAddr,
+    direction: Option<crate::flow::TrafficDirection>,
+    outcome: FlowOutcome,
+) {
+    let flow = proxy.flow(down, dst, "TCP").direction(direction);
+    proxy.flows.record(flow.finish(outcome));
+    stream.refuse();
 }
 
 /// Opaque TCP allowed at L3/L4: one upstream connection, bytes copied both ways until either side closes or the
@@ -637,44 +649,33 @@ fn record_connection_error(
         .and_then(crate::h2_refusal::refusal);
     let (code, reason, why, protocol) = if let Some((reason, why)) = h2_refusal {
         (0, reason, why, "HTTP/2")
-    } else if h.is_parse_too_large() {
-        let what = "request head too large (--max-header-bytes / --max-headers)";
-        (
-            431,
-            DropReason::LimitExceeded,
-            format!("{what}: {h}"),
-            "HTTP/1.1",
-        )
-    } else if h.is_parse() && smuggling {
-        let what = "request smuggling: the head carries both Transfer-Encoding and Content-Length \
-                    (RFC 9112 section 6.1), refused";
-        (
-            400,
-            DropReason::InvalidRequest,
-            format!("{what}: {h}"),
-            "HTTP/1.1",
-        )
-    } else if h.is_parse() {
-        let what = "malformed HTTP request";
-        (
-            400,
-            DropReason::InvalidRequest,
-            format!("{what}: {h}"),
-            "HTTP/1.1",
-        )
-    } else if h.is_timeout() {
-        let what = "request head not received in time (--header-read-timeout-secs)";
-        (
-            0,
-            DropReason::LimitExceeded,
-            format!("{what}: {h}"),
-            "HTTP/1.1",
-        )
+    } else if let Some((code, reason, what)) = http1_refusal(h, smuggling) {
+        (code, reason, format!("{what}: {h}"), "HTTP/1.1")
     } else {
-        tracing::debug!(client = %down.addr, %dst, "HTTP connection ended: {}", crate::http::error_chain(h));
+        tracing::debug!(client = %down.addr, %dst, "HTTP connection ended: {}", crate::error_chain::error_chain(h));
         return;
     };
     record_http_refusal(proxy, down, dst, code, protocol, reason, why);
+}
+
+/// Why hyper refused an HTTP/1 head, if it did: the status it answered (0: none), the drop reason and what was
+/// wrong.
+fn http1_refusal(h: &hyper::Error, smuggling: bool) -> Option<(u16, DropReason, &'static str)> {
+    if h.is_parse_too_large() {
+        let what = "request head too large (--max-header-bytes / --max-headers)";
+        Some((431, DropReason::LimitExceeded, what))
+    } else if h.is_parse() && smuggling {
+        let what = "request smuggling: the head carries both Transfer-Encoding and Content-Length \
+                    (RFC 9112 section 6.1), refused";
+        Some((400, DropReason::InvalidRequest, what))
+    } else if h.is_parse() {
+        Some((400, DropReason::InvalidRequest, "malformed HTTP request"))
+    } else if h.is_timeout() {
+        let what = "request head not received in time (--header-read-timeout-secs)";
+        Some((0, DropReason::LimitExceeded, what))
+    } else {
+        None
+    }
 }
 
 /// The record of a request or connection the HTTP libraries refused themselves (`code` 0: no response sent).

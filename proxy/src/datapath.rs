@@ -253,14 +253,7 @@ impl Datapath {
             }
             p.redirect.enroll(cgroup, *info)?;
         }
-        let stale_cgroups: Vec<PathBuf> = p
-            .last
-            .enrollments
-            .keys()
-            .filter(|c| !plan.enrollments.contains_key(*c))
-            .cloned()
-            .collect();
-        for cgroup in stale_cgroups {
+        for cgroup in stale_keys(&p.last.enrollments, &plan.enrollments) {
             if Path::new(&cgroup).is_dir() {
                 p.redirect.unenroll(&cgroup)?;
             }
@@ -274,14 +267,7 @@ impl Datapath {
         for identity in stale_restricted {
             p.redirect.set_fqdn_restricted(identity, false)?;
         }
-        let stale_ips: Vec<IpAddr> = p
-            .last
-            .ipcache
-            .keys()
-            .filter(|ip| !plan.ipcache.contains_key(*ip))
-            .copied()
-            .collect();
-        for ip in stale_ips {
+        for ip in stale_keys(&p.last.ipcache, &plan.ipcache) {
             let prefix = if ip.is_ipv4() { 32 } else { 128 };
             p.redirect.ipcache_remove(ip, prefix)?;
         }
@@ -322,9 +308,19 @@ impl Datapath {
     }
 }
 
-/// The kernel FQDN gate: DNS-learned IPs go into the eBPF FQDN map (connects elsewhere get EPERM).
-impl crate::dns::learn::FqdnGate for Datapath {
-    fn allow(
+/// The keys `last` has and `next` no longer has (what an update must remove from the kernel).
+fn stale_keys<K: Ord + Clone, V, W>(last: &BTreeMap<K, V>, next: &BTreeMap<K, W>) -> Vec<K> {
+    last.keys()
+        .filter(|k| !next.contains_key(*k))
+        .cloned()
+        .collect()
+}
+
+/// The kernel FQDN gate: DNS-learned IPs go into the eBPF FQDN map (connects elsewhere get EPERM). The DNS proxy
+/// reaches it through its `FqdnGate` trait (implemented in `dns/learn.rs`, so this module does not depend on it).
+impl Datapath {
+    /// Allows `identity` to connect to `ips` for `ttl`, on `ports` only (`None` = any port).
+    pub fn fqdn_allow(
         &self,
         identity: u32,
         ips: &[IpAddr],
@@ -349,7 +345,8 @@ impl crate::dns::learn::FqdnGate for Datapath {
         Ok(())
     }
 
-    fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
+    /// Forgets `ips` for `identity` on every port.
+    pub fn fqdn_remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
         let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for ip in ips {
             p.redirect
@@ -359,7 +356,8 @@ impl crate::dns::learn::FqdnGate for Datapath {
         Ok(())
     }
 
-    fn gc(&self) -> Result<usize, String> {
+    /// Drops expired entries; returns how many.
+    pub fn fqdn_gc(&self) -> Result<usize, String> {
         let mut p = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         p.redirect.fqdn_gc().map_err(|e| e.to_string())
     }

@@ -450,6 +450,32 @@ fn is_policy_decision(rec: &FlowRecord) -> bool {
     }
 }
 
+/// Sends `item` to the live subscribers (if any) and keeps it in `ring`, the oldest leaving past `capacity`: the
+/// follow stream and the history of the flow log, and of the web UI's hub.
+pub fn publish<T>(
+    live: &tokio::sync::broadcast::Sender<Arc<T>>,
+    ring: &Mutex<VecDeque<Arc<T>>>,
+    capacity: usize,
+    item: Arc<T>,
+) {
+    if live.receiver_count() > 0 {
+        let _ = live.send(item.clone());
+    }
+    let mut ring = ring.lock().unwrap_or_else(|p| p.into_inner());
+    if ring.len() >= capacity {
+        ring.pop_front();
+    }
+    ring.push_back(item);
+}
+
+/// Queues `msg` for a writer thread without blocking the data path (taps call this): a full or closed queue drops
+/// it and counts it in `dropped`.
+pub fn offer<M>(queue: &std::sync::mpsc::SyncSender<M>, msg: M, dropped: &AtomicU64) {
+    if queue.try_send(msg).is_err() {
+        dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A consumer of every flow record, registered with [`FlowLog::add_tap`].
 pub struct FlowTap(pub Box<dyn Fn(&FlowRecord) + Send + Sync>);
 
@@ -520,14 +546,7 @@ impl FlowLog {
         for tap in self.taps.read().unwrap_or_else(|p| p.into_inner()).iter() {
             (tap.0)(&rec);
         }
-        if self.live.receiver_count() > 0 {
-            let _ = self.live.send(rec.clone());
-        }
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        if ring.len() >= self.capacity {
-            ring.pop_front();
-        }
-        ring.push_back(rec);
+        publish(&self.live, &self.ring, self.capacity, rec);
     }
 
     /// Records produced from now on (follow mode). Subscribe before reading [`FlowLog::last`] to miss nothing.

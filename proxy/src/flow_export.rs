@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use crate::flow::{FlowLog, FlowRecord, FlowTap};
 
@@ -110,12 +110,7 @@ impl FlowExport {
     }
 
     pub fn send(&self, rec: &FlowRecord) {
-        match self.tx.try_send(Arc::new(rec.clone())) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        crate::flow::offer(&self.tx, Arc::new(rec.clone()), &self.counters.dropped);
     }
 
     /// Registers with the flow log so every record is exported.

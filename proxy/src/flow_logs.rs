@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, SystemTime};
 
 use crate::field_mask::FieldMask;
@@ -93,12 +93,8 @@ impl FlowLogs {
     }
 
     pub fn send(&self, rec: &FlowRecord) {
-        match self.tx.try_send(Msg::Record(Arc::new(rec.clone()))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let msg = Msg::Record(Arc::new(rec.clone()));
+        crate::flow::offer(&self.tx, msg, &self.counters.dropped);
     }
 
     /// Registers with the flow log so every record is offered to every export.

@@ -186,15 +186,3 @@ pub struct Refused {
     refusal: reply::Refusal,
     exchange: Exchange,
 }
-
-/// `a: b: c` from an error and its sources.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
-}

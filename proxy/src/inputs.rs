@@ -15,13 +15,13 @@ use crate::flow::{FlowEndpoint, FlowLog};
 use crate::flow_record::FlowBuilder;
 use crate::limits::Limits;
 use crate::linger::LingeringStream;
-use crate::policy_source::PolicySource;
+use crate::policy_source::PolicyStore;
 use crate::upstream::UpstreamPool;
 
 /// State shared by every connection of the daemon.
 #[derive(Debug)]
 pub struct Proxy {
-    pub policy: Arc<PolicySource>,
+    pub policy: Arc<PolicyStore>,
     pub flows: Arc<FlowLog>,
     pub upstream: UpstreamPool,
     pub limits: Limits,

@@ -6,6 +6,7 @@
 //! `policy-model` (pure) and are only carried out here; the redirect datapath lives in `redirect-ebpf`. This crate
 //! must not re-implement policy semantics; eBPF programs are loaded only through `redirect-ebpf` (see `datapath`).
 
+pub mod accept;
 pub mod activity;
 pub mod admin;
 pub mod agent_events;
@@ -18,6 +19,7 @@ pub mod connection;
 pub mod datapath;
 pub mod decision;
 pub mod dns;
+pub mod error_chain;
 pub mod fd_limit;
 pub mod field_mask;
 pub mod flow;

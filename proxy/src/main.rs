@@ -134,26 +134,21 @@ fn relay(args: tollgate::relay::RelayArgs) -> ExitCode {
     block_on_edge(runtime, "tollgate relay", tollgate::relay::run(args))
 }
 
-fn observe(args: tollgate::observe_cli::ObserveArgs) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+/// A single-threaded runtime, for the short-lived client commands.
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build();
-    block_on_edge(
-        runtime,
-        "tollgate observe",
-        tollgate::observe_cli::run(args),
-    )
+        .build()
+}
+
+fn observe(args: tollgate::observe_cli::ObserveArgs) -> ExitCode {
+    let run = tollgate::observe_cli::run(args);
+    block_on_edge(client_runtime(), "tollgate observe", run)
 }
 
 fn status(args: tollgate::operator_cli::StatusArgs) -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    block_on_edge(
-        runtime,
-        "tollgate status",
-        tollgate::operator_cli::status(args),
-    )
+    let run = tollgate::operator_cli::status(args);
+    block_on_edge(client_runtime(), "tollgate status", run)
 }
 
 /// Runs a command's future on `runtime` and turns the outcome into the exit code (2 with the error on stderr).

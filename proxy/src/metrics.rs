@@ -322,38 +322,28 @@ pub async fn serve_on(
     admin: Arc<Admin>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let pause = std::time::Duration::from_millis(50);
+    let failed = |e: &std::io::Error| tracing::warn!("admin accept failed: {e}");
+    while let Some((stream, _)) =
+        crate::accept::next_connection(&listener, &shutdown, pause, failed).await
     {
-        loop {
-            let (stream, _) = tokio::select! {
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("admin accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (status, ctype, body) = route(&admin, req.uri().path());
+                    async move {
+                        hyper::Response::builder()
+                            .status(status)
+                            .header("content-type", ctype)
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                     }
-                },
-                _ = shutdown.cancelled() => return,
-            };
-            let admin = admin.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (status, ctype, body) = route(&admin, req.uri().path());
-                        async move {
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", ctype)
-                                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                        }
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
-            });
-        }
+                });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        });
     }
 }
 

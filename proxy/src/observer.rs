@@ -602,7 +602,7 @@ pub struct ServicesConfig {
 pub fn start_services(
     config: ServicesConfig,
     flows: &Arc<FlowLog>,
-    policy: &Arc<crate::policy_source::PolicySource>,
+    policy: &Arc<crate::policy_source::PolicyStore>,
     dns_metrics: Option<Arc<crate::dns::metrics::DnsMetrics>>,
     parked: Arc<crate::keepalive::ParkedCount>,
     shutdown: CancellationToken,

@@ -111,6 +111,20 @@ fn ask<T: DeserializeOwned>(opts: &AdminOpts, req: &Request) -> anyhow::Result<(
     Ok((v, typed))
 }
 
+/// Asks the daemon and prints the answer: as it came with `--output json`, else rendered as text.
+fn ask_and_print<T: DeserializeOwned>(
+    opts: &AdminOpts,
+    req: &Request,
+    render: impl Fn(&T) -> String,
+) -> anyhow::Result<bool> {
+    let (v, answer) = ask::<T>(opts, req)?;
+    if opts.output == Format::Json {
+        return print_json(&v);
+    }
+    print!("{}", render(&answer));
+    Ok(true)
+}
+
 fn print_json(v: &Value) -> anyhow::Result<bool> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(true)
@@ -423,12 +437,7 @@ pub fn endpoint(cmd: EndpointCommand) -> anyhow::Result<bool> {
         EndpointCommand::List(a) => (a, Request::EndpointList),
         EndpointCommand::Get { id, admin } => (admin, Request::EndpointGet { id }),
     };
-    let (v, eps) = ask::<Vec<EndpointView>>(&opts, &req)?;
-    if opts.output == Format::Json {
-        return print_json(&v);
-    }
-    print!("{}", render_endpoints(&eps));
-    Ok(true)
+    ask_and_print(&opts, &req, |eps: &Vec<EndpointView>| render_endpoints(eps))
 }
 
 pub fn render_endpoints(eps: &[EndpointView]) -> String {
@@ -468,17 +477,10 @@ pub fn render_endpoints(eps: &[EndpointView]) -> String {
 
 /// `tollgate policy get`.
 pub fn policy_get(args: PolicyGetArgs) -> anyhow::Result<bool> {
-    let (v, pg) = ask::<PolicyGet>(
-        &args.admin,
-        &Request::PolicyGet {
-            endpoint: args.endpoint.clone(),
-        },
-    )?;
-    if args.admin.output == Format::Json {
-        return print_json(&v);
-    }
-    print!("{}", render_policy_get(&pg));
-    Ok(true)
+    let req = Request::PolicyGet {
+        endpoint: args.endpoint.clone(),
+    };
+    ask_and_print(&args.admin, &req, render_policy_get)
 }
 
 pub fn render_policy_get(pg: &PolicyGet) -> String {
@@ -617,107 +619,102 @@ fn verdict_word(d: policy_model::Decision) -> &'static str {
 /// `tollgate bpf list`.
 pub fn bpf(cmd: BpfCommand) -> anyhow::Result<bool> {
     let BpfCommand::List(opts) = cmd;
-    let (v, list) = ask::<BpfList>(&opts, &Request::BpfList)?;
-    if opts.output == Format::Json {
-        return print_json(&v);
-    }
-    print!("{}", render_bpf(&list));
-    Ok(true)
+    ask_and_print(&opts, &Request::BpfList, render_bpf)
 }
 
 pub fn render_bpf(b: &BpfList) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "Pinned at {}", b.pin_root);
     o.push_str(&map_table(&b.maps));
-    let _ = writeln!(
-        o,
-        "\nRedirect map (tg_policy): {} entries",
-        b.redirects.len()
+    let headers = [
+        "IDENTITY",
+        "ENDPOINTS",
+        "DIRECTION",
+        "PROTO",
+        "PORT",
+        "L7",
+        "PROXY PORT",
+        "FLAGS",
+    ];
+    let title = "Redirect map (tg_policy)";
+    map_section(&mut o, title, &b.redirects, &headers, redirect_cells);
+    let headers = ["IDENTITY", "ENDPOINTS", "IP", "NAMES", "PORT", "EXPIRES IN"];
+    let title = "FQDN gate (tg_fqdn_allow)";
+    map_section(&mut o, title, &b.fqdn, &headers, fqdn_cells);
+    let headers = ["PREFIX", "IDENTITY", "WHERE"];
+    map_section(
+        &mut o,
+        "IP cache (tg_ipcache)",
+        &b.ipcache,
+        &headers,
+        ipcache_cells,
     );
-    let rows: Vec<Vec<String>> = b
-        .redirects
-        .iter()
-        .map(|r| {
-            vec![
-                r.identity.to_string(),
-                or_dash(Some(&r.endpoints.join(","))),
-                r.direction.clone(),
-                r.protocol.clone(),
-                if r.protocol == "-" {
-                    "-".into()
-                } else {
-                    r.port.to_string()
-                },
-                r.l7.clone(),
-                if r.proxy_port == 0 {
-                    "default".into()
-                } else {
-                    r.proxy_port.to_string()
-                },
-                if r.fqdn_restricted {
-                    "fqdn-restricted".into()
-                } else {
-                    "-".into()
-                },
-            ]
-        })
-        .collect();
-    o.push_str(&table(
-        &[
-            "IDENTITY",
-            "ENDPOINTS",
-            "DIRECTION",
-            "PROTO",
-            "PORT",
-            "L7",
-            "PROXY PORT",
-            "FLAGS",
-        ],
-        &rows,
-        "  ",
-    ));
-    let _ = writeln!(o, "\nFQDN gate (tg_fqdn_allow): {} entries", b.fqdn.len());
-    let rows: Vec<Vec<String>> = b
-        .fqdn
-        .iter()
-        .map(|f| {
-            vec![
-                f.identity.to_string(),
-                or_dash(Some(&f.endpoints.join(","))),
-                f.ip.clone(),
-                or_dash(Some(&f.names.join(","))),
-                f.port.clone(),
-                f.expires_in_secs
-                    .map(|s| format!("{s}s"))
-                    .unwrap_or("never".into()),
-            ]
-        })
-        .collect();
-    o.push_str(&table(
-        &["IDENTITY", "ENDPOINTS", "IP", "NAMES", "PORT", "EXPIRES IN"],
-        &rows,
-        "  ",
-    ));
-    let _ = writeln!(o, "\nIP cache (tg_ipcache): {} entries", b.ipcache.len());
-    let rows: Vec<Vec<String>> = b
-        .ipcache
-        .iter()
-        .map(|e| {
-            vec![
-                e.prefix.clone(),
-                e.identity.to_string(),
-                if e.local {
-                    "local".into()
-                } else {
-                    "remote".into()
-                },
-            ]
-        })
-        .collect();
-    o.push_str(&table(&["PREFIX", "IDENTITY", "WHERE"], &rows, "  "));
     let _ = writeln!(o, "\nEnrolled cgroups:");
     o.push_str(&cgroup_table(&b.cgroups));
     o
+}
+
+/// One map of `tollgate bpf list`: its title and entry count, then a table of its rows.
+fn map_section<T>(
+    o: &mut String,
+    title: &str,
+    rows: &[T],
+    headers: &[&str],
+    cells: fn(&T) -> Vec<String>,
+) {
+    let _ = writeln!(o, "\n{title}: {} entries", rows.len());
+    let rows: Vec<Vec<String>> = rows.iter().map(cells).collect();
+    o.push_str(&table(headers, &rows, "  "));
+}
+
+fn redirect_cells(r: &RedirectRow) -> Vec<String> {
+    vec![
+        r.identity.to_string(),
+        or_dash(Some(&r.endpoints.join(","))),
+        r.direction.clone(),
+        r.protocol.clone(),
+        if r.protocol == "-" {
+            "-".into()
+        } else {
+            r.port.to_string()
+        },
+        r.l7.clone(),
+        if r.proxy_port == 0 {
+            "default".into()
+        } else {
+            r.proxy_port.to_string()
+        },
+        if r.fqdn_restricted {
+            "fqdn-restricted".into()
+        } else {
+            "-".into()
+        },
+    ]
+}
+
+fn fqdn_cells(f: &FqdnRow) -> Vec<String> {
+    vec![
+        f.identity.to_string(),
+        or_dash(Some(&f.endpoints.join(","))),
+        f.ip.clone(),
+        or_dash(Some(&f.names.join(","))),
+        f.port.clone(),
+        f.expires_in_secs
+            .map(|s| format!("{s}s"))
+            .unwrap_or("never".into()),
+    ]
+}
+
+fn ipcache_cells(e: &IpcacheRow) -> Vec<String> {
+    vec![
+        e.prefix.clone(),
+        e.identity.to_string(),
+        if e.local {
+            "local".into()
+        } else {
+            "remote".into()
+        },
+    ]
 }
 
 #[cfg(test)]

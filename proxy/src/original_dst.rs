@@ -86,23 +86,27 @@ impl OriginalDst for SoOriginalDst {
 
 const SO_ORIGINAL_DST: libc::c_int = 80;
 
-fn so_original_dst_v4(fd: libc::c_int) -> std::io::Result<SocketAddr> {
-    // SAFETY: sockaddr_in is plain old data; getsockopt writes at most `len` bytes into it.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+/// `getsockopt(fd, level, SO_ORIGINAL_DST)` into a `T`.
+///
+/// # Safety
+/// `T` must be the plain-old-data C address struct the kernel writes for `level` (`sockaddr_in` for `SOL_IP`,
+/// `sockaddr_in6` for `SOL_IPV6`), for which all zeroes is a valid value.
+unsafe fn so_original_dst_raw<T>(fd: libc::c_int, level: libc::c_int) -> std::io::Result<T> {
+    // SAFETY: the caller guarantees `T` is plain old data; getsockopt writes at most `len` bytes into it.
+    let mut sa: T = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: fd is a live socket owned by the caller's TcpStream; pointer and length describe `sa`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_IP,
-            SO_ORIGINAL_DST,
-            (&raw mut sa).cast(),
-            &mut len,
-        )
-    };
+    let rc =
+        unsafe { libc::getsockopt(fd, level, SO_ORIGINAL_DST, (&raw mut sa).cast(), &mut len) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(sa)
+}
+
+fn so_original_dst_v4(fd: libc::c_int) -> std::io::Result<SocketAddr> {
+    // SAFETY: SOL_IP's SO_ORIGINAL_DST is a sockaddr_in.
+    let sa: libc::sockaddr_in = unsafe { so_original_dst_raw(fd, libc::SOL_IP) }?;
     Ok(SocketAddr::V4(SocketAddrV4::new(
         Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
         u16::from_be(sa.sin_port),
@@ -110,22 +114,8 @@ fn so_original_dst_v4(fd: libc::c_int) -> std::io::Result<SocketAddr> {
 }
 
 fn so_original_dst_v6(fd: libc::c_int) -> std::io::Result<SocketAddr> {
-    // SAFETY: as above, for sockaddr_in6.
-    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_IPV6,
-            SO_ORIGINAL_DST,
-            (&raw mut sa).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: SOL_IPV6's SO_ORIGINAL_DST (IP6T_SO_ORIGINAL_DST) is a sockaddr_in6.
+    let sa: libc::sockaddr_in6 = unsafe { so_original_dst_raw(fd, libc::SOL_IPV6) }?;
     Ok(SocketAddr::V6(SocketAddrV6::new(
         Ipv6Addr::from(sa.sin6_addr.s6_addr),
         u16::from_be(sa.sin6_port),

@@ -16,7 +16,7 @@ use crate::handoff;
 use crate::inputs::Proxy;
 use crate::listener;
 use crate::original_dst::{OriginalDst, SoOriginalDst, Tproxy};
-use crate::policy_source::PolicySource;
+use crate::policy_source::{PolicyFiles, PolicyStore};
 use crate::upstream::UpstreamPool;
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -199,13 +199,13 @@ fn start_admin(args: &RunArgs, proxy: &Proxy, shutdown: CancellationToken) {
     }
 }
 
-/// The policy source. Standalone mode reads files (watched; the guard keeps the watch); Kubernetes mode waits for
+/// The policy store and its feed. Standalone mode reads files (watched; the guard keeps the watch); Kubernetes mode waits for
 /// the first full list from the API server and returns the reconciler that feeds later states through the same
 /// gate once the datapath is programmed.
 async fn load_policy(
     args: &RunArgs,
 ) -> anyhow::Result<(
-    Arc<PolicySource>,
+    Arc<PolicyStore>,
     Option<crate::policy_source::WatchGuard>,
     Option<crate::kubernetes::watch::Reconciler>,
 )> {
@@ -216,19 +216,18 @@ async fn load_policy(
         let (Some(policy_path), Some(endpoints_path)) = (&args.policy, &args.endpoints) else {
             anyhow::bail!("--policy and --endpoints are required without --kubernetes");
         };
-        let policy = Arc::new(
-            PolicySource::load(policy_path, endpoints_path).with_context(|| {
-                format!(
-                    "loading policy {} with endpoints {}",
-                    policy_path.display(),
-                    endpoints_path.display()
-                )
-            })?,
-        );
-        let watch = policy
+        let files = PolicyFiles::load(policy_path, endpoints_path).with_context(|| {
+            format!(
+                "loading policy {} with endpoints {}",
+                policy_path.display(),
+                endpoints_path.display()
+            )
+        })?;
+        let files = Arc::new(files);
+        let watch = files
             .watch(args.recheck()?)
             .with_context(|| format!("watching {} for policy updates", policy_path.display()))?;
-        Ok((policy, Some(watch), None))
+        Ok((files.store().clone(), Some(watch), None))
     }
 }
 
@@ -358,7 +357,7 @@ fn start_tunnel(
 }
 
 /// Loads the eBPF redirect layer and keeps it programmed from every policy snapshot before it goes live.
-fn start_datapath(args: &RunArgs, policy: &Arc<PolicySource>) -> anyhow::Result<Arc<Datapath>> {
+fn start_datapath(args: &RunArgs, policy: &Arc<PolicyStore>) -> anyhow::Result<Arc<Datapath>> {
     let proxy_cgroup = match &args.proxy_cgroup {
         Some(p) => p.clone(),
         None => own_cgroup()?,
@@ -394,7 +393,7 @@ fn start_datapath(args: &RunArgs, policy: &Arc<PolicySource>) -> anyhow::Result<
 /// IPs into its FQDN gate); without it only when `--dns-upstream` names the resolver.
 fn start_dns(
     args: &RunArgs,
-    policy: &Arc<PolicySource>,
+    policy: &Arc<PolicyStore>,
     flows: &Arc<FlowLog>,
     datapath: Option<&Arc<Datapath>>,
     shutdown: CancellationToken,

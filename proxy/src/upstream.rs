@@ -30,28 +30,39 @@ pub const MAX_IDLE_PER_DESTINATION: usize = 64;
 /// The default `SO_MARK` on proxy-originated sockets.
 pub const DEFAULT_MARK: u32 = 0xb00;
 
+/// A non-blocking socket of `dst`'s address family with `SO_MARK = mark` (0 = no mark), so the redirect layer never
+/// loops it back; `what` names the socket in the error (setting the mark needs CAP_NET_ADMIN).
+pub fn marked_socket(
+    dst: SocketAddr,
+    ty: Type,
+    protocol: Option<Protocol>,
+    mark: u32,
+    what: &str,
+) -> std::io::Result<Socket> {
+    let domain = if dst.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket = Socket::new(domain, ty.nonblocking(), protocol)?;
+    if mark != 0 {
+        socket.set_mark(mark).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("setting SO_MARK {mark:#x} on the {what} socket needs CAP_NET_ADMIN: {e}"),
+            )
+        })?;
+    }
+    Ok(socket)
+}
+
 /// Opens a TCP connection to `dst` with `SO_MARK = mark` (0 = no mark) and `TCP_NODELAY`.
 pub async fn connect_marked(
     dst: SocketAddr,
     mark: u32,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    let domain = if dst.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
-    if mark != 0 {
-        socket.set_mark(mark).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "setting SO_MARK {mark:#x} on the upstream socket needs CAP_NET_ADMIN: {e}"
-                ),
-            )
-        })?;
-    }
+    let socket = marked_socket(dst, Type::STREAM, Some(Protocol::TCP), mark, "upstream")?;
     socket.set_tcp_nodelay(true)?;
     let socket = TcpSocket::from_std_stream(socket.into());
     match tokio::time::timeout(timeout, socket.connect(dst)).await {

@@ -34,7 +34,7 @@ async fn denial_keeps_the_connection_and_reload_applies_to_it() {
 
     // An invalid update is rejected and the old policy keeps enforcing on this connection.
     std::fs::write(&h.policy_path, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x, namespace: t}\nspec: {endpointSelector: 7}\n").unwrap();
-    let err = h.proxy.policy.reload().unwrap_err().to_string();
+    let err = h.policy_files.reload().unwrap_err().to_string();
     assert!(
         err.contains("policy.yaml") && err.contains("document"),
         "{err}"
@@ -43,7 +43,7 @@ async fn denial_keeps_the_connection_and_reload_applies_to_it() {
 
     // A valid update applies to the next request on the same keep-alive connection.
     std::fs::write(&h.policy_path, policy(h.backend_port, "/other.*")).unwrap();
-    assert_eq!(h.proxy.policy.reload().unwrap(), Some(2));
+    assert_eq!(h.policy_files.reload().unwrap(), Some(2));
     assert_eq!(get(&mut c, "/ok/4").await.0, StatusCode::FORBIDDEN);
     assert_eq!(get(&mut c, "/other").await.0, StatusCode::OK);
 

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use support::api_server::ApiServer;
 use tollgate::decision::{RequestDecision, decide_request};
 use tollgate::kubernetes::{self, api, lease, watch::NodeScope};
-use tollgate::policy_source::PolicySource;
+use tollgate::policy_source::PolicyStore;
 
 const PODS: &str = "/api/v1/pods";
 const CNPS: &str = "/apis/cilium.io/v2/ciliumnetworkpolicies";
@@ -40,7 +40,7 @@ fn api_pod_addr(ip: &str) -> SocketAddr {
     format!("{ip}:8080").parse().unwrap()
 }
 
-fn allowed(policy: &PolicySource, to: &str, path: &str) -> bool {
+fn allowed(policy: &PolicyStore, to: &str, path: &str) -> bool {
     let snap = policy.current();
     matches!(
         decide_request(
@@ -653,10 +653,7 @@ fn status_writers(server: &ApiServer) -> Vec<String> {
         .collect()
 }
 
-async fn daemon(
-    server: &ApiServer,
-    node: &str,
-) -> (Arc<PolicySource>, tokio::task::JoinHandle<()>) {
+async fn daemon(server: &ApiServer, node: &str) -> (Arc<PolicyStore>, tokio::task::JoinHandle<()>) {
     let client = api::client(server.config(), node).unwrap();
     let (source, reconciler) = kubernetes::start_with_client(client, elected_scope(node))
         .await

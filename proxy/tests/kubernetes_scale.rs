@@ -19,7 +19,7 @@ use support::api_server::ApiServer;
 use support::scale;
 use tollgate::decision::{Downstream, RequestDecision, decide_request};
 use tollgate::kubernetes::{self, watch::NodeScope};
-use tollgate::policy_source::PolicySource;
+use tollgate::policy_source::PolicyStore;
 
 const APPS: usize = 300;
 const LISTED_PODS: usize = 1_000;
@@ -61,7 +61,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Whether pod `from` may GET `path` on pod `to` port 8080 in the current snapshot.
-fn allowed(policy: &PolicySource, from: usize, to: usize, path: &str) -> bool {
+fn allowed(policy: &PolicyStore, from: usize, to: usize, path: &str) -> bool {
     let src = SocketAddr::new(scale::pod_ip(from).into(), 40000);
     let dst = SocketAddr::new(scale::pod_ip(to).into(), 8080);
     matches!(

@@ -308,6 +308,35 @@ fn trace(snap: &PolicySnapshot, now: SystemTime, t: &TraceRequest) -> Response {
     })
 }
 
+/// `TCP` or `UDP`, as the eBPF maps' rows show a protocol.
+fn protocol_name(p: redirect_ebpf::Protocol) -> &'static str {
+    match p {
+        redirect_ebpf::Protocol::Tcp => "TCP",
+        redirect_ebpf::Protocol::Udp => "UDP",
+    }
+}
+
+fn l7_name(k: redirect_ebpf::L7Kind) -> &'static str {
+    match k {
+        redirect_ebpf::L7Kind::Http => "http",
+        redirect_ebpf::L7Kind::Kafka => "kafka",
+        redirect_ebpf::L7Kind::Dns => "dns",
+    }
+}
+
+fn redirect_row(snap: &PolicySnapshot, r: &redirect_ebpf::inspect::RedirectEntry) -> RedirectRow {
+    RedirectRow {
+        identity: r.identity,
+        endpoints: endpoint_names(snap, r.identity),
+        direction: r.direction.to_string(),
+        protocol: r.protocol.map_or("-", protocol_name).into(),
+        port: r.port,
+        l7: r.l7.map_or("-", l7_name).into(),
+        proxy_port: r.proxy_port,
+        fqdn_restricted: r.fqdn_restricted,
+    }
+}
+
 fn bpf_list(d: &dyn DaemonView) -> Response {
     let Some((pin_root, ins)) = d.datapath() else {
         return Response::err(format!(
@@ -325,25 +354,7 @@ fn bpf_list(d: &dyn DaemonView) -> Response {
     let redirects = ins
         .redirects
         .iter()
-        .map(|r| RedirectRow {
-            identity: r.identity,
-            endpoints: endpoint_names(&snap, r.identity),
-            direction: r.direction.to_string(),
-            protocol: match r.protocol {
-                Some(redirect_ebpf::Protocol::Tcp) => "TCP".into(),
-                Some(redirect_ebpf::Protocol::Udp) => "UDP".into(),
-                None => "-".into(),
-            },
-            port: r.port,
-            l7: match r.l7 {
-                Some(redirect_ebpf::L7Kind::Http) => "http".into(),
-                Some(redirect_ebpf::L7Kind::Kafka) => "kafka".into(),
-                Some(redirect_ebpf::L7Kind::Dns) => "dns".into(),
-                None => "-".into(),
-            },
-            proxy_port: r.proxy_port,
-            fqdn_restricted: r.fqdn_restricted,
-        })
+        .map(|r| redirect_row(&snap, r))
         .collect();
     let fqdn = ins
         .fqdn
@@ -355,8 +366,7 @@ fn bpf_list(d: &dyn DaemonView) -> Response {
             names: cache.names_for_ip_at(f.ip, now),
             port: match (f.protocol, f.port) {
                 (None, _) | (_, 0) => "any".into(),
-                (Some(redirect_ebpf::Protocol::Tcp), p) => format!("TCP/{p}"),
-                (Some(redirect_ebpf::Protocol::Udp), p) => format!("UDP/{p}"),
+                (Some(proto), p) => format!("{}/{p}", protocol_name(proto)),
             },
             expires_in_secs: f.expires_in.map(|t| t.as_secs()),
         })

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{RedirectMode, RunArgs};
 use crate::flow::FlowLog;
-use crate::policy_source::{PolicySnapshot, PolicySource, ReloadError};
+use crate::policy_source::{PolicySnapshot, PolicyStore, ReloadError};
 use protocol::{FlowStatus, Listener, TunnelStatus};
 
 /// Where the CLI looks when `--admin-socket` is not given (the daemon's default: beside the handoff socket).
@@ -35,7 +35,7 @@ pub fn socket_path(args: &RunArgs) -> PathBuf {
 /// The running daemon as the admin handlers see it.
 #[derive(Debug)]
 pub struct LiveDaemon {
-    pub policy: Arc<PolicySource>,
+    pub policy: Arc<PolicyStore>,
     pub flows: Arc<FlowLog>,
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
     pub redirect: RedirectMode,
@@ -49,7 +49,7 @@ pub struct LiveDaemon {
 impl LiveDaemon {
     pub fn new(
         args: &RunArgs,
-        policy: Arc<PolicySource>,
+        policy: Arc<PolicyStore>,
         flows: Arc<FlowLog>,
         mesh: Option<Arc<crate::mesh::Mesh>>,
         proxy_cgroup: Option<PathBuf>,

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::decision::flow_endpoint;
 use crate::flow::{DropReason, FlowEndpoint, FlowLog, FlowRecord, TrafficDirection, Verdict};
-use crate::policy_source::{PolicySnapshot, PolicySource};
+use crate::policy_source::{PolicySnapshot, PolicyStore};
 
 /// The flow record for one refusal (pure: the snapshot supplies identities, pods and learned names).
 pub fn record(snap: &PolicySnapshot, d: &FqdnDenial) -> Option<FlowRecord> {
@@ -52,7 +52,7 @@ pub fn record(snap: &PolicySnapshot, d: &FqdnDenial) -> Option<FlowRecord> {
 /// Reads the ring buffer until `stop`; one flow record per refusal.
 pub async fn run(
     ring: FqdnDenialRing,
-    policy: Arc<PolicySource>,
+    policy: Arc<PolicyStore>,
     flows: Arc<FlowLog>,
     stop: CancellationToken,
 ) {

@@ -29,6 +29,25 @@ pub trait FqdnGate: Send + Sync {
     fn gc(&self) -> Result<usize, String>;
 }
 
+/// The kernel gate of a daemon with the eBPF datapath.
+impl FqdnGate for crate::datapath::Datapath {
+    fn allow(
+        &self,
+        identity: u32,
+        ips: &[IpAddr],
+        ports: Option<&[(Protocol, u16)]>,
+        ttl: Duration,
+    ) -> Result<(), String> {
+        self.fqdn_allow(identity, ips, ports, ttl)
+    }
+    fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
+        self.fqdn_remove(identity, ips)
+    }
+    fn gc(&self) -> Result<usize, String> {
+        self.fqdn_gc()
+    }
+}
+
 /// What to do with one allowed response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LearnPlan {

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::flow::FlowLog;
 use crate::handoff;
-use crate::policy_source::PolicySource;
+use crate::policy_source::PolicyStore;
 
 /// What a denied query is answered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,7 +126,7 @@ pub fn start(
     ip: IpAddr,
     mark: u32,
     handoff_socket: &Path,
-    policy: Arc<PolicySource>,
+    policy: Arc<PolicyStore>,
     flows: Arc<FlowLog>,
     origin: Box<dyn server::QueryOrigin>,
     gate: Option<Arc<dyn learn::FqdnGate>>,

@@ -18,8 +18,9 @@ use super::message::{self, Query, Rcode, ResponseInfo};
 use super::metrics::DnsMetrics;
 use super::record::{self, Outcome};
 use super::{DenyResponse, DnsOptions};
+use crate::accept::next_connection;
 use crate::flow::{FlowLog, FlowRecord};
-use crate::policy_source::PolicySource;
+use crate::policy_source::PolicyStore;
 
 /// Largest DNS message (TCP length prefix limit; also the UDP receive buffer).
 const MAX_MESSAGE: usize = 65_535;
@@ -52,7 +53,7 @@ impl QueryOrigin for FixedUpstream {
 
 /// Shared state of the DNS listeners.
 pub struct DnsServer {
-    pub policy: Arc<PolicySource>,
+    pub policy: Arc<PolicyStore>,
     pub flows: Arc<FlowLog>,
     pub learner: Learner,
     pub origin: Box<dyn QueryOrigin>,
@@ -201,18 +202,9 @@ impl DnsServer {
 
     /// Serves TCP (length-prefixed messages; pods fall back to it on TC=1) until `stop` is cancelled.
     pub async fn serve_tcp(self: Arc<Self>, listener: Arc<TcpListener>, stop: CancellationToken) {
-        loop {
-            let (stream, client) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!("DNS TCP accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop.cancelled() => break,
-            };
+        let pause = Duration::from_millis(50);
+        let failed = |e: &std::io::Error| tracing::warn!("DNS TCP accept failed: {e}");
+        while let Some((stream, client)) = next_connection(&listener, &stop, pause, failed).await {
             let Ok(permit) = self.tcp_connections.clone().try_acquire_owned() else {
                 self.refuse_tcp(stream, client);
                 continue;
@@ -494,23 +486,8 @@ async fn write_framed(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<()>
 
 /// A UDP socket connected to `dst`, with `SO_MARK` so the redirect layer never loops it back.
 fn marked_udp(dst: SocketAddr, mark: u32) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Socket, Type};
-    let domain = if dst.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let socket = Socket::new(domain, Type::DGRAM.nonblocking(), None)?;
-    if mark != 0 {
-        socket.set_mark(mark).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!(
-                    "setting SO_MARK {mark:#x} on the DNS upstream socket needs CAP_NET_ADMIN: {e}"
-                ),
-            )
-        })?;
-    }
+    let socket =
+        crate::upstream::marked_socket(dst, socket2::Type::DGRAM, None, mark, "DNS upstream")?;
     let any: SocketAddr = match dst.ip() {
         IpAddr::V4(_) => "0.0.0.0:0".parse().expect("literal"),
         IpAddr::V6(_) => "[::]:0".parse().expect("literal"),
@@ -529,6 +506,7 @@ mod tests {
     use crate::dns::learn::{FqdnGate, Learner};
     use crate::dns::testutil::{a, cname, query, response};
     use crate::flow::{FlowRecord, FlowSink, Verdict};
+    use crate::policy_source::PolicyFiles;
     use hickory_proto::op::{Message, ResponseCode};
     use hickory_proto::rr::RecordType;
 
@@ -661,9 +639,10 @@ spec:
         );
         std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
         std::fs::write(dir.path().join("e.yaml"), endpoints).unwrap();
-        let policy = Arc::new(
-            PolicySource::load(&dir.path().join("p.yaml"), &dir.path().join("e.yaml")).unwrap(),
-        );
+        let policy = PolicyFiles::load(&dir.path().join("p.yaml"), &dir.path().join("e.yaml"))
+            .unwrap()
+            .store()
+            .clone();
         let gate = Arc::new(Recorder::default());
         let server = Arc::new(DnsServer {
             learner: Learner {

@@ -76,7 +76,8 @@ impl Service<Routed> for Forward {
                 Err(e) => {
                     // HTTP/1 keeps the body's error as a source; HTTP/2 resets the stream and says only that.
                     let slow = crate::body_rate::too_slow(&e).or(body_too_slow.get());
-                    let detail = slow.map_or_else(|| super::error_chain(&e), ToString::to_string);
+                    let detail = slow
+                        .map_or_else(|| crate::error_chain::error_chain(&e), ToString::to_string);
                     tracing::debug!(dst = %ctx.dst, "upstream request failed: {detail}");
                     let refusal = match slow {
                         Some(_) => Refusal::TooSlow(detail),

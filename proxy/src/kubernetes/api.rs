@@ -45,55 +45,37 @@ pub enum Scope {
     OwnNamespace,
 }
 
-pub const PODS: ApiUse = ApiUse {
-    group: "",
-    version: "v1",
-    resource: "pods",
-    verbs: &["list", "watch"],
-    scope: Scope::Cluster,
-};
-pub const NAMESPACES: ApiUse = ApiUse {
-    group: "",
-    version: "v1",
-    resource: "namespaces",
-    verbs: &["list", "watch"],
-    scope: Scope::Cluster,
-};
-pub const NETWORK_POLICIES: ApiUse = ApiUse {
-    group: "networking.k8s.io",
-    version: "v1",
-    resource: "networkpolicies",
-    verbs: &["list", "watch"],
-    scope: Scope::Cluster,
-};
-pub const CILIUM_NETWORK_POLICIES: ApiUse = ApiUse {
-    group: "cilium.io",
-    version: "v2",
-    resource: "ciliumnetworkpolicies",
-    verbs: &["list", "watch"],
-    scope: Scope::Cluster,
-};
-pub const CILIUM_CLUSTERWIDE_NETWORK_POLICIES: ApiUse = ApiUse {
-    group: "cilium.io",
-    version: "v2",
-    resource: "ciliumclusterwidenetworkpolicies",
-    verbs: &["list", "watch"],
-    scope: Scope::Cluster,
-};
-pub const CILIUM_NETWORK_POLICY_STATUS: ApiUse = ApiUse {
-    group: "cilium.io",
-    version: "v2",
-    resource: "ciliumnetworkpolicies/status",
-    verbs: &["patch"],
-    scope: Scope::Cluster,
-};
-pub const CILIUM_CLUSTERWIDE_NETWORK_POLICY_STATUS: ApiUse = ApiUse {
-    group: "cilium.io",
-    version: "v2",
-    resource: "ciliumclusterwidenetworkpolicies/status",
-    verbs: &["patch"],
-    scope: Scope::Cluster,
-};
+/// Cluster-wide list + watch of a resource (what the watchers do).
+const fn watched(group: &'static str, version: &'static str, resource: &'static str) -> ApiUse {
+    ApiUse {
+        group,
+        version,
+        resource,
+        verbs: &["list", "watch"],
+        scope: Scope::Cluster,
+    }
+}
+
+/// Cluster-wide patch of a Cilium policy kind's status subresource (the status writer).
+const fn cilium_status(resource: &'static str) -> ApiUse {
+    ApiUse {
+        group: "cilium.io",
+        version: "v2",
+        resource,
+        verbs: &["patch"],
+        scope: Scope::Cluster,
+    }
+}
+
+pub const PODS: ApiUse = watched("", "v1", "pods");
+pub const NAMESPACES: ApiUse = watched("", "v1", "namespaces");
+pub const NETWORK_POLICIES: ApiUse = watched("networking.k8s.io", "v1", "networkpolicies");
+pub const CILIUM_NETWORK_POLICIES: ApiUse = watched("cilium.io", "v2", "ciliumnetworkpolicies");
+pub const CILIUM_CLUSTERWIDE_NETWORK_POLICIES: ApiUse =
+    watched("cilium.io", "v2", "ciliumclusterwidenetworkpolicies");
+pub const CILIUM_NETWORK_POLICY_STATUS: ApiUse = cilium_status("ciliumnetworkpolicies/status");
+pub const CILIUM_CLUSTERWIDE_NETWORK_POLICY_STATUS: ApiUse =
+    cilium_status("ciliumclusterwidenetworkpolicies/status");
 /// The status writer's Lease (`lease.rs`), in tollgate's own namespace only.
 pub const LEASES: ApiUse = ApiUse {
     group: "coordination.k8s.io",

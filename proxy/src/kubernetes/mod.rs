@@ -1,6 +1,6 @@
 //! Kubernetes mode (`tollgate run --kubernetes`): policies (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
 //! NetworkPolicy), pods and namespaces come from the API server instead of files; the compiled result goes through
-//! the same `PolicySource` and datapath gate as standalone mode. The cluster itself is the control plane: tollgate
+//! the same `PolicyStore` and datapath gate as standalone mode. The cluster itself is the control plane: tollgate
 //! only reads from it, plus the status of the policies it validated.
 //!
 //! - `cluster`: pure reduction of API objects to endpoints and per-object validated policies.
@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::policy_source::PolicySource;
+use crate::policy_source::{PolicyStore, kubernetes as feed};
 
 /// Flags of Kubernetes mode.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,8 +87,8 @@ impl KubeArgs {
 }
 
 /// Connects (in-cluster config or $KUBECONFIG), waits until every resource has been listed once, and returns the
-/// policy source built from that state plus the reconciler that keeps it current (`watch::run_updates`).
-pub async fn start(args: &KubeArgs) -> anyhow::Result<(PolicySource, watch::Reconciler)> {
+/// policy store built from that state plus the reconciler that keeps it current (`watch::run_updates`).
+pub async fn start(args: &KubeArgs) -> anyhow::Result<(PolicyStore, watch::Reconciler)> {
     let mut scope = args.scope()?;
     let config = kube::Config::infer().await.context(
         "connecting to the Kubernetes API: no in-cluster service account and no usable $KUBECONFIG",
@@ -102,16 +102,13 @@ pub async fn start(args: &KubeArgs) -> anyhow::Result<(PolicySource, watch::Reco
 pub async fn start_with_client(
     client: kube::Client,
     scope: watch::NodeScope,
-) -> anyhow::Result<(PolicySource, watch::Reconciler)> {
+) -> anyhow::Result<(PolicyStore, watch::Reconciler)> {
     tracing::info!(node = %scope.node_name, "waiting for the initial list of pods, namespaces and policies");
     let mut reconciler = watch::start_watchers(client, scope);
     let first = reconciler
         .next()
         .await
         .context("the Kubernetes watchers stopped before the first list completed")?;
-    let source = PolicySource::from_snapshot(crate::policy_source::snapshot(
-        first.engine,
-        first.endpoints,
-    ));
+    let source = feed::start(first.engine, first.endpoints);
     Ok((source, reconciler))
 }

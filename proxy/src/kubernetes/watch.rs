@@ -1,6 +1,6 @@
 //! The I/O half of Kubernetes mode: one kube-rs watcher per resource (list + watch, re-list after errors or a
 //! stale resourceVersion, a short jittered backoff reset by every success), one reconciler task that owns the `ClusterState`, rebuilds (patches
-//! what changed) after each burst of changes once every resource has synced, hands snapshots to the `PolicySource` (through the same
+//! what changed) after each burst of changes once every resource has synced, hands snapshots to the `PolicyStore` (through the same
 //! datapath gate as a file reload) and writes policy status back.
 
 use std::collections::{BTreeMap, HashSet};
@@ -24,7 +24,7 @@ use super::cluster::{ClusterState, Compiled, PolicyKey, PolicyKind, PolicyObject
 use super::crd::PolicyCondition;
 use super::lease::{self, LeaseSettings};
 use super::status;
-use crate::policy_source::PolicySource;
+use crate::policy_source::{PolicyStore, kubernetes as feed};
 
 /// The five watched resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,28 +122,25 @@ fn backoff_seed(what: &str) -> u64 {
         })
 }
 
-/// A resourceVersion the API server no longer has (410 Gone): routine after a compaction or restart; the watcher
-/// re-lists.
-fn is_expired(e: &watcher::Error) -> bool {
-    let api_code = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 410);
+/// Whether the API server answered with HTTP status `code`, in the watch stream or to the list or watch request.
+fn has_status(e: &watcher::Error, code: u16) -> bool {
     match e {
-        watcher::Error::WatchError(status) => status.code == 410,
+        watcher::Error::WatchError(status) => status.code == code,
         watcher::Error::InitialListFailed(e)
         | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => api_code(e),
+        | watcher::Error::WatchFailed(e) => matches!(e, kube::Error::Api(s) if s.code == code),
         watcher::Error::NoResourceVersion => false,
     }
 }
 
+/// A resourceVersion the API server no longer has (410 Gone): routine after a compaction or restart; the watcher
+/// re-lists.
+fn is_expired(e: &watcher::Error) -> bool {
+    has_status(e, 410)
+}
+
 fn is_forbidden(e: &watcher::Error) -> bool {
-    let api_code = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
-    match e {
-        watcher::Error::WatchError(status) => status.code == 403,
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => api_code(e),
-        watcher::Error::NoResourceVersion => false,
-    }
+    has_status(e, 403)
 }
 
 fn log_watch_error(what: &str, e: &watcher::Error) {
@@ -534,11 +531,10 @@ fn event_phase<K>(e: &Event<K>) -> Phase {
     }
 }
 
-/// Feeds every later compiled state to the policy source.
-pub async fn run_updates(mut reconciler: Reconciler, policy: Arc<PolicySource>) {
+/// Feeds every later compiled state to the policy store.
+pub async fn run_updates(mut reconciler: Reconciler, policy: Arc<PolicyStore>) {
     while let Some(compiled) = reconciler.next().await {
-        let snap = crate::policy_source::snapshot(compiled.engine, compiled.endpoints);
-        match policy.install(snap) {
+        match feed::install(&policy, compiled.engine, compiled.endpoints) {
             Ok(generation) => {
                 tracing::info!(generation, "policy update from the API server applied")
             }

@@ -103,18 +103,12 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             "no nodes to relay: pass --peer host:port (repeat), --peers-file FILE or --kubernetes"
         );
     }
-    let peer_tls = args
-        .peer_tls_svid_dir
-        .as_deref()
-        .map(|dir| {
-            tls::Identity::load(
-                "--peer-tls-svid-dir",
-                dir,
-                &args.peer_tls_server_ids,
-                "--peer-tls-server-id",
-            )
-        })
-        .transpose()?;
+    let peer_tls = tls::Identity::load_if_given(
+        "--peer-tls-svid-dir",
+        args.peer_tls_svid_dir.as_deref(),
+        &args.peer_tls_server_ids,
+        "--peer-tls-server-id",
+    )?;
     let server_name =
         (!args.peer_tls_server_ids.is_empty()).then(|| args.peer_tls_server_ids.join(","));
     let pool = PeerPool::new(peer_dialer(&args, peer_tls.as_ref())?, server_name);
@@ -202,18 +196,12 @@ async fn serve(
                 args.listen
             )
         })?;
-    let own_tls = args
-        .tls_svid_dir
-        .as_deref()
-        .map(|dir| {
-            tls::Identity::load(
-                "--tls-svid-dir",
-                dir,
-                &args.tls_client_ids,
-                "--tls-client-id",
-            )
-        })
-        .transpose()?;
+    let own_tls = tls::Identity::load_if_given(
+        "--tls-svid-dir",
+        args.tls_svid_dir.as_deref(),
+        &args.tls_client_ids,
+        "--tls-client-id",
+    )?;
     tracing::info!(listen = %args.listen, tls = own_tls.is_some(), peer_tls, "tollgate relay ready");
     let router = tonic::transport::Server::builder()
         .add_service(crate::hubble::health::health_server::HealthServer::new(

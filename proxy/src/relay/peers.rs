@@ -264,7 +264,7 @@ async fn maintain(peer: Arc<Peer>, dialer: Dialer) {
                 Err(e) => Err(format!(
                     "cannot connect to {}: {}",
                     peer.spec.address,
-                    error_chain(&e)
+                    crate::error_chain::error_chain(&e)
                 )),
             },
         };
@@ -311,17 +311,6 @@ async fn maintain(peer: Arc<Peer>, dialer: Dialer) {
             _ = peer.stop.cancelled() => return,
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        src = cause.source();
-    }
-    s
 }
 
 /// A number in [0, 1) good enough for jitter (no crypto): the clock's nanoseconds, mixed.

@@ -13,6 +13,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::next_connection;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error(
@@ -43,6 +45,17 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// [`Identity::load`] when `dir` is given (its flag was passed), else `None`.
+    pub fn load_if_given(
+        flag: &'static str,
+        dir: Option<&Path>,
+        peer_ids: &[String],
+        ids_flag: &'static str,
+    ) -> Result<Option<Self>, TlsError> {
+        dir.map(|dir| Self::load(flag, dir, peer_ids, ids_flag))
+            .transpose()
+    }
+
     /// Loads `dir` (failing now if unusable) and starts re-reading it. `peer_ids` empty = any ID of the SVID's
     /// own trust domain. Needs a tokio runtime.
     pub fn load(
@@ -156,18 +169,9 @@ pub fn incoming(
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsConn>> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                got = listener.accept() => match got {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!("{what}: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.cancelled() => return,
-            };
+        let pause = Duration::from_millis(100);
+        let failed = |e: &std::io::Error| tracing::warn!("{what}: accept failed: {e}");
+        while let Some((tcp, peer)) = next_connection(&listener, &shutdown, pause, failed).await {
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

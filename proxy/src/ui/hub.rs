@@ -85,14 +85,7 @@ impl UiHub {
             .unwrap_or_else(|p| p.into_inner())
             .ingest(&flow);
         let flow = Arc::new(flow);
-        if self.live.receiver_count() > 0 {
-            let _ = self.live.send(flow.clone());
-        }
-        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        if ring.len() >= self.ring_capacity {
-            ring.pop_front();
-        }
-        ring.push_back(flow);
+        crate::flow::publish(&self.live, &self.ring, self.ring_capacity, flow);
     }
 
     /// Flows from now on (subscribe before reading [`UiHub::flows`] to miss nothing).

@@ -10,7 +10,7 @@ use super::aggregate::FqdnRules;
 use super::hub::UiHub;
 use crate::flow::{FlowLog, FlowRecord, FlowTap};
 use crate::hubble::{NodeInfo, to_flows};
-use crate::policy_source::PolicySource;
+use crate::policy_source::PolicyStore;
 
 /// Records queued between the data path and the UI; when the UI falls behind, records are skipped and counted
 /// in `UiHub::lost` (the page shows it), never waited for.
@@ -48,7 +48,7 @@ pub fn attach(flows: &Arc<FlowLog>, hub: Arc<UiHub>, node: NodeInfo, shutdown: C
 
 /// `toFQDNs` rules from the daemon's current policy snapshot.
 #[derive(Debug)]
-pub struct LivePolicy(pub Arc<PolicySource>);
+pub struct LivePolicy(pub Arc<PolicyStore>);
 
 impl FqdnRules for LivePolicy {
     fn fqdn_rules(&self, identity: u32, name: &str) -> Vec<String> {

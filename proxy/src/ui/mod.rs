@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn start_local(
     addr: SocketAddr,
     flows: &Arc<crate::flow::FlowLog>,
-    policy: &Arc<crate::policy_source::PolicySource>,
+    policy: &Arc<crate::policy_source::PolicyStore>,
     shutdown: CancellationToken,
 ) -> Result<SocketAddr, server::UiError> {
     let name = crate::observer::node_name();

@@ -16,6 +16,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::next_connection;
+
 use super::assets;
 use super::hub::{UiHub, now_ns};
 use super::query::{FlowQuery, FlowRow};
@@ -60,18 +62,9 @@ pub async fn serve_on(
     shutdown: CancellationToken,
 ) {
     let streams = Arc::new(Semaphore::new(MAX_STREAMS));
-    loop {
-        let (stream, _) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("web UI accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
+    let pause = Duration::from_millis(50);
+    let failed = |e: &std::io::Error| tracing::warn!("web UI accept failed: {e}");
+    while let Some((stream, _)) = next_connection(&listener, &shutdown, pause, failed).await {
         let (hub, streams, stop) = (hub.clone(), streams.clone(), shutdown.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {

@@ -22,7 +22,7 @@ use tollgate::flow::{FlowLog, FlowSink};
 use tollgate::inputs::Proxy;
 use tollgate::limits::Limits;
 use tollgate::original_dst::MapLookup;
-use tollgate::policy_source::PolicySource;
+use tollgate::policy_source::PolicyFiles;
 use tollgate::upstream::UpstreamPool;
 
 pub const ENDPOINTS: &str = "endpoints:
@@ -110,6 +110,8 @@ pub struct Harness {
     pub proxy_addr: SocketAddr,
     pub proxy: Arc<Proxy>,
     pub policy_path: PathBuf,
+    /// The policy files feeding `proxy.policy` (reload them after rewriting `policy_path`).
+    pub policy_files: Arc<PolicyFiles>,
     pub backend_port: u16,
     _dir: tempfile::TempDir,
     pub stop: CancellationToken,
@@ -146,8 +148,9 @@ pub async fn start_with(limits: Limits) -> Harness {
     std::fs::write(&policy_path, policy(backend_addr.port(), "/ok.*")).unwrap();
     let endpoints_path = dir.path().join("endpoints.yaml");
     std::fs::write(&endpoints_path, ENDPOINTS).unwrap();
+    let policy_files = Arc::new(PolicyFiles::load(&policy_path, &endpoints_path).unwrap());
     let proxy = Arc::new(Proxy {
-        policy: Arc::new(PolicySource::load(&policy_path, &endpoints_path).unwrap()),
+        policy: policy_files.store().clone(),
         flows: Arc::new(FlowLog::new(1024, FlowSink::None).unwrap()),
         upstream: UpstreamPool::new(0, limits.connect_timeout),
         limits: limits.clone(),
@@ -177,6 +180,7 @@ pub async fn start_with(limits: Limits) -> Harness {
         proxy_addr,
         proxy,
         policy_path,
+        policy_files,
         backend_port: backend_addr.port(),
         _dir: dir,
         stop,
