@@ -68,11 +68,23 @@ enum PolicyCommand {
     },
 }
 
+/// Transparent huge pages off before anything allocates, mimalloc's own start-up included (`allocator.rs`: huge
+/// pages made an idle daemon's memory several times what it holds). An `.init_array` entry runs before `main`; its
+/// priority 100 runs before mimalloc's constructor (101): the arena mimalloc maps then never gets a huge page.
+#[used]
+#[unsafe(link_section = ".init_array.00100")]
+static SMALL_PAGES_FIRST: extern "C" fn() = small_pages_first;
+
+extern "C" fn small_pages_first() {
+    // Errors are reported by `main` (nothing may print this early).
+    let _ = tollgate::allocator::small_pages_only();
+}
+
 fn main() -> ExitCode {
-    // Before anything allocates much (`allocator.rs`: huge pages made an idle daemon's memory several times what
-    // it holds). Failing only costs memory; the daemon logs nothing yet, so say it on stderr.
-    if let Err(err) = tollgate::allocator::small_pages_only() {
-        eprintln!("tollgate: transparent huge pages stay on ({err}): idle memory will be higher");
+    if !tollgate::allocator::transparent_huge_pages_disabled() {
+        eprintln!(
+            "tollgate: transparent huge pages stay on (prctl refused): idle memory will be higher"
+        );
     }
     let cli = Cli::parse();
     let ok = match cli.command {
