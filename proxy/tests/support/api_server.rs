@@ -304,8 +304,28 @@ impl ApiServer {
     }
 
     /// Adds or replaces an object (ADDED/MODIFIED event).
-    pub fn put(&self, collection: &'static str, mut obj: Value) {
+    pub fn put(&self, collection: &'static str, obj: Value) {
         let mut st = self.store.lock().unwrap();
+        self.put_locked(&mut st, collection, obj);
+    }
+
+    /// Replaces only the status of the stored object, in one step with reading it (as the real server's status
+    /// subresource: a concurrent spec update is never overwritten with the spec the writer read). `false`: no such
+    /// object. A status equal to the stored one writes nothing (no new resourceVersion, no event).
+    fn put_status(&self, collection: &'static str, key: &str, status: Value) -> bool {
+        let mut st = self.store.lock().unwrap();
+        let Some(current) = st.objects.get(collection).and_then(|m| m.get(key)) else {
+            return false;
+        };
+        if current["status"] != status {
+            let mut obj = current.clone();
+            obj["status"] = status;
+            self.put_locked(&mut st, collection, obj);
+        }
+        true
+    }
+
+    fn put_locked(&self, st: &mut Store, collection: &'static str, mut obj: Value) {
         st.rv += 1;
         let rv = st.rv;
         obj["metadata"]["resourceVersion"] = rv.to_string().into();
@@ -683,8 +703,8 @@ impl ApiServer {
             }
         }
         // Like the real server: a patch that changes nothing writes nothing (no new resourceVersion, no event).
-        if obj != before {
-            self.put(coll.path, obj);
+        if obj != before && !self.put_status(coll.path, key, obj["status"].take()) {
+            return full(StatusCode::NOT_FOUND, &status_body(404, "NotFound", key));
         }
         full(StatusCode::OK, &self.get(coll.path, key).unwrap())
     }
