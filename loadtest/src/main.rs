@@ -257,8 +257,8 @@ fn scenario_cmd(a: ScenarioArgs) -> anyhow::Result<()> {
     }
     drop(progress);
     if let Some(dir) = &a.kubernetes_scale {
-        let (medians, rss) = kube_scale::read(dir)?;
-        md.push_str(&kube_scale::markdown(&medians, rss));
+        let (medians, rss, daemon_rss) = kube_scale::read(dir)?;
+        md.push_str(&kube_scale::markdown(&medians, rss, daemon_rss));
     }
     let verdict = gate.verdict();
     if let Some(banner) = verdict.banner() {
