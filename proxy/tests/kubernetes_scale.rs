@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::api_server::ApiServer;
 use support::scale;
 use tollgate::decision::{Downstream, RequestDecision, decide_request};
@@ -26,28 +25,6 @@ const LISTED_PODS: usize = 1_000;
 const STREAMED_PODS: usize = 1_000;
 const PODS: &str = "/api/v1/pods";
 const CNPS: &str = "/apis/cilium.io/v2/ciliumnetworkpolicies";
-
-fn write_fixtures(dir: &std::path::Path) {
-    let write = |name: &str, items: Vec<Value>| {
-        std::fs::write(dir.join(name), Value::Array(items).to_string()).unwrap()
-    };
-    write(
-        "namespaces.json",
-        (0..scale::NAMESPACES).map(scale::namespace).collect(),
-    );
-    write(
-        "pods.json",
-        (0..LISTED_PODS).map(|i| scale::pod(i, APPS)).collect(),
-    );
-    write(
-        "ciliumnetworkpolicies.json",
-        (0..APPS)
-            .map(|a| scale::policy(a, APPS, "/v1/.*", 1))
-            .collect(),
-    );
-    write("networkpolicies.json", Vec::new());
-    write("ciliumclusterwidenetworkpolicies.json", Vec::new());
-}
 
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -86,7 +63,7 @@ fn pod_of(app: usize, nth: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_policies_and_two_thousand_pods_stream_through_and_enforce() {
     let dir = tempfile::tempdir().unwrap();
-    write_fixtures(dir.path());
+    scale::write_fixtures(dir.path(), LISTED_PODS, APPS);
     let server = ApiServer::start(dir.path()).await;
     let scope = NodeScope {
         node_name: "node-0".into(),

@@ -13,34 +13,11 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tollgate_e2e::{ChildGuard, TempDir, built_binary, tollgate_bin};
 
 const PODS: usize = 20_000;
 const APPS: usize = 1_000;
 const GOAL_MIB: f64 = 150.0;
-
-fn write_cluster(dir: &std::path::Path) {
-    let write = |name: &str, items: Vec<Value>| {
-        std::fs::write(dir.join(name), Value::Array(items).to_string()).unwrap()
-    };
-    write(
-        "namespaces.json",
-        (0..scale::NAMESPACES).map(scale::namespace).collect(),
-    );
-    write(
-        "pods.json",
-        (0..PODS).map(|i| scale::pod(i, APPS)).collect(),
-    );
-    write(
-        "ciliumnetworkpolicies.json",
-        (0..APPS)
-            .map(|a| scale::policy(a, APPS, "/v1/.*", 1))
-            .collect(),
-    );
-    write("networkpolicies.json", Vec::new());
-    write("ciliumclusterwidenetworkpolicies.json", Vec::new());
-}
 
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -71,7 +48,7 @@ fn daemon_rss_with_20000_pods_and_1000_policies() {
     let dir = TempDir::new("k8s-scale").unwrap();
     let fixtures = dir.path().join("fixtures");
     std::fs::create_dir_all(&fixtures).unwrap();
-    write_cluster(&fixtures);
+    scale::write_fixtures(&fixtures, PODS, APPS);
     let mut cmd = Command::new(built_binary("tollgate-fake-apiserver"));
     cmd.arg(&fixtures).stdout(Stdio::piped());
     let mut apiserver = ChildGuard::spawn(&mut cmd).unwrap();

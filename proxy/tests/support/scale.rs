@@ -65,3 +65,19 @@ pub fn policy(app: usize, apps: usize, path: &str, generation: i64) -> Value {
 pub fn peer_app(app: usize, apps: usize) -> usize {
     (app + NAMESPACES) % apps
 }
+
+/// Writes the cluster as the test API server's fixture files: pods `0..pods` of a cluster of `apps` apps (one
+/// policy each), every namespace, and no other policy kinds.
+pub fn write_fixtures(dir: &std::path::Path, pods: usize, apps: usize) {
+    let write = |name: &str, items: Vec<Value>| {
+        std::fs::write(dir.join(name), Value::Array(items).to_string()).unwrap()
+    };
+    write("namespaces.json", (0..NAMESPACES).map(namespace).collect());
+    write("pods.json", (0..pods).map(|i| pod(i, apps)).collect());
+    write(
+        "ciliumnetworkpolicies.json",
+        (0..apps).map(|a| policy(a, apps, "/v1/.*", 1)).collect(),
+    );
+    write("networkpolicies.json", Vec::new());
+    write("ciliumclusterwidenetworkpolicies.json", Vec::new());
+}
