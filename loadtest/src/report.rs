@@ -605,7 +605,7 @@ pub fn benchmarks_document(sections: &str, machine: &str) -> String {
          table is the baseline (no proxy). `proxy CPU cores per 1000 rps` is the proxy's utime+stime from /proc over \
          the run divided by wall time and by the achieved thousands of requests per second; `proxy RSS` is VmRSS at \
          the end of the run; `rps per proxy core` is closed-loop rps divided by the CPU cores the proxy used; `idle \
-         RSS` is VmRSS after start, before any load; `MiB per 10k idle conns` is the VmRSS growth while holding N idle \
+         RSS` is VmRSS after start and the two enforcement-check requests, before any load; `MiB per 10k idle conns` is the VmRSS growth while holding N idle \
          keep-alive connections (one request each), read once it settles (two readings 500 ms apart within 1%), \
          scaled to 10,000. `req B` / `resp B` are request and response body \
          bytes.\n\n{sections}"
