@@ -1,6 +1,6 @@
-//! Accepting TCP connections until shutdown, for the daemon's side servers (DNS over TCP, the admin HTTP server,
-//! the web UI, mTLS listeners): a failed accept (EMFILE and friends) is handed to the caller to report and retried
-//! after a pause instead of spinning, and the listener stays up.
+//! Accepting TCP connections until shutdown, for the proxy's listeners and the daemon's side servers (DNS over
+//! TCP, the admin HTTP server, the web UI, mTLS listeners): a failed accept (EMFILE and friends) is handed to the
+//! caller to report and retried after a pause instead of spinning, and the listener stays up.
 //!
 //! It owns only the accept step: it must not serve, limit or record the connections it returns.
 

@@ -25,7 +25,7 @@ pub fn tune_for_daemon() -> Result<(), std::io::Error> {
     small_pages_only()
 }
 
-/// Whether this process may use transparent huge pages (`PR_GET_THP_DISABLE`), for tests and the admin status.
+/// Whether transparent huge pages are off for this process (`PR_GET_THP_DISABLE`): `main` warns when they are not.
 pub fn transparent_huge_pages_disabled() -> bool {
     // SAFETY: PR_GET_THP_DISABLE takes no pointer arguments and only reads this process's flag.
     unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1 }

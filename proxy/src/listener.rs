@@ -11,6 +11,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept::next_connection;
 use crate::connection;
 use crate::inputs::Proxy;
 use crate::original_dst::OriginalDst;
@@ -90,21 +91,15 @@ pub async fn serve(
     shutdown: CancellationToken,
     close_connections: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let permit = proxy.connections.clone().try_acquire_owned().ok();
-                    let (proxy, dst, close) = (proxy.clone(), original_dst.clone(), close_connections.clone());
-                    tokio::spawn(connection::handle(proxy, dst, stream, peer, permit, close));
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; the listener stays up.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        }
+    let pause = std::time::Duration::from_millis(50);
+    let failed = |e: &std::io::Error| tracing::warn!("accept failed: {e}");
+    while let Some((stream, peer)) = next_connection(&listener, &shutdown, pause, failed).await {
+        let permit = proxy.connections.clone().try_acquire_owned().ok();
+        let (proxy, dst, close) = (
+            proxy.clone(),
+            original_dst.clone(),
+            close_connections.clone(),
+        );
+        tokio::spawn(connection::handle(proxy, dst, stream, peer, permit, close));
     }
 }

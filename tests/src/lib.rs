@@ -66,6 +66,16 @@ pub fn require_root() {
     );
 }
 
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM`, ...); panics when the process or the field is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
 /// Returns the path of `name` on PATH, or panics naming the program and the set-up command that installs it.
 pub fn require_tool(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();

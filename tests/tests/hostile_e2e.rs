@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sched::CloneFlags;
 use serde_json::Value;
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario, H2C_PORT, HTTP_PORT, PROXY_PORT};
-use tollgate_e2e::{Pod, require_root, require_tool, tproxy_all_tcp};
+use tollgate_e2e::{Pod, require_root, require_tool, status_kib, tproxy_all_tcp};
 
 /// portal may GET and POST under /books/v2/ on ledger, over HTTP/1.1 (8080) and h2c (8081): the attacks below are
 /// refused for what they are, not because the policy denies the method or port.
@@ -116,12 +116,7 @@ fn daemon_rss_kib(sc: &EbpfScenario) -> u64 {
             fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "tollgate")
         })
         .expect("the tollgate process runs in the node netns");
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
+    status_kib(u32::try_from(pid).expect("a process id"), "VmRSS")
 }
 
 /// The DROPPED record of the connection from `client_port` (the source port identifies the connection).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tollgate_e2e::kafka::start_tansu;
 use tollgate_e2e::scenario::{CaseFile, EbpfScenario};
-use tollgate_e2e::{ChildGuard, TempDir, built_binary, require_root, require_tool};
+use tollgate_e2e::{ChildGuard, TempDir, built_binary, require_root, require_tool, status_kib};
 
 const WRITER: &str = "stream/writer";
 const READER: &str = "stream/reader";
@@ -697,16 +697,6 @@ fn proxy_pid(n: &KafkaNode) -> u32 {
             args.get(1).is_some_and(|a| *a == b"run") && args.contains(&flow_log.as_bytes())
         })
         .expect("the proxy process (its command line names the scenario's flow log)")
-}
-
-/// A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM).
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 fn unix_now() -> f64 {

@@ -13,19 +13,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tollgate_e2e::{ChildGuard, TempDir, built_binary, tollgate_bin};
+use tollgate_e2e::{ChildGuard, TempDir, built_binary, status_kib, tollgate_bin};
 
 const PODS: usize = 20_000;
 const APPS: usize = 1_000;
 const GOAL_MIB: f64 = 150.0;
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
+    status_kib(pid, "VmRSS") as f64 / 1024.0
 }
 
 /// The RSS once two samples a second apart are within 1% (at most 30 s).

@@ -211,7 +211,8 @@ pub struct Reconciler {
     observed: BTreeMap<PolicyKey, PolicyCondition>,
     /// Whether this daemon holds the status Lease (`None`: no election, always writes).
     leading: Option<signal::Receiver<bool>>,
-    /// The outcomes of the last compilation, written when this daemon becomes the status writer.
+    /// The outcomes of the last compilation: the status `write_status` writes (after each compilation, and when this
+    /// daemon becomes the status writer).
     outcomes: BTreeMap<PolicyKey, PolicyOutcome>,
     /// The last compilation's status is still to be written: written at the next call of [`Reconciler::next`],
     /// after the caller installed what it returned (enforcement never waits for the API server's answers).
@@ -305,8 +306,7 @@ impl Reconciler {
         if std::mem::take(&mut self.status_due) {
             // One PATCH per changed policy: written before returning, 1,000 of them held a 20,000-pod daemon's
             // start-up for 98 s against a slow API server.
-            let outcomes = self.outcomes.clone();
-            self.write_status(&outcomes).await;
+            self.write_status().await;
         }
         loop {
             let change = match self.leading.as_mut() {
@@ -316,8 +316,7 @@ impl Reconciler {
                         // Became the writer: write what the objects do not show yet (the last holder may have
                         // stopped mid-way). Lost it: nothing to do, writes stop by themselves.
                         if *leading.borrow_and_update() {
-                            let outcomes = self.outcomes.clone();
-                            self.write_status(&outcomes).await;
+                            self.write_status().await;
                         }
                         continue;
                     }
@@ -462,10 +461,11 @@ impl Reconciler {
         }
     }
 
-    /// Writes the `Valid` condition of every Cilium policy whose object does not already show it, by server-side
-    /// apply of that one condition. A failed write is logged and retried after the next change (it never blocks
-    /// enforcement).
-    async fn write_status(&mut self, outcomes: &BTreeMap<PolicyKey, PolicyOutcome>) {
+    /// Writes the `Valid` condition of every Cilium policy of the last compilation whose object does not already
+    /// show it, by server-side apply of that one condition. A failed write is logged and retried after the next
+    /// change (it never blocks enforcement).
+    async fn write_status(&mut self) {
+        let outcomes = &self.outcomes;
         self.observed.retain(|k, _| outcomes.contains_key(k));
         if !self.writes_status() {
             return;
