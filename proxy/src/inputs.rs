@@ -29,9 +29,9 @@ pub struct Proxy {
     pub connections: Arc<Semaphore>,
     /// Kafka topic ids learned from Metadata responses (shared: clients learn ids on one connection and use them
     /// on another).
-    pub kafka_topics: Arc<crate::kafka::TopicIds>,
+    pub kafka_topics: Arc<crate::kafka_state::TopicIds>,
     /// Memory for Kafka request frames being received, all connections together (`Limits::kafka_inflight_budget`).
-    pub kafka_budget: Arc<crate::kafka::budget::FrameBudget>,
+    pub kafka_budget: Arc<crate::kafka_state::budget::FrameBudget>,
     /// The node-to-node mTLS tunnel (`--tunnel-listen`); `None` = every connection goes direct.
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
     /// Cancelled when the drain after a handoff or SIGTERM begins: HTTP/1 responses then carry
