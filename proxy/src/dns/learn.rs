@@ -15,14 +15,8 @@ use tollgate_dns_codec::message::ResponseInfo;
 
 /// Where learned IPs go in the kernel: the eBPF FQDN map (implemented by the datapath; tests use a recorder).
 pub trait FqdnGate: Send + Sync {
-    /// Allow `identity` to connect to `ips` for `ttl`, on `ports` only (`None` = any port).
-    fn allow(
-        &self,
-        identity: u32,
-        ips: &[IpAddr],
-        ports: Option<&[(Protocol, u16)]>,
-        ttl: Duration,
-    ) -> Result<(), String>;
+    /// Allow `identity` to connect to the plan's `ips` for its `ttl`, on its `ports` only (`None` = any port).
+    fn allow(&self, identity: u32, plan: &LearnPlan) -> Result<(), String>;
     /// Forget `ips` for `identity` on every port (evicted by the per-name limit).
     fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String>;
     /// Drop expired entries; returns how many.
@@ -31,14 +25,8 @@ pub trait FqdnGate: Send + Sync {
 
 /// The kernel gate of a daemon with the eBPF datapath.
 impl FqdnGate for crate::datapath::Datapath {
-    fn allow(
-        &self,
-        identity: u32,
-        ips: &[IpAddr],
-        ports: Option<&[(Protocol, u16)]>,
-        ttl: Duration,
-    ) -> Result<(), String> {
-        self.fqdn_allow(identity, ips, ports, ttl)
+    fn allow(&self, identity: u32, plan: &LearnPlan) -> Result<(), String> {
+        self.fqdn_allow(identity, &plan.ips, plan.ports.as_deref(), plan.ttl)
     }
     fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
         self.fqdn_remove(identity, ips)
@@ -155,7 +143,7 @@ impl Learner {
         }
         if let Some(gate) = &self.gate {
             if plan.to_kernel {
-                gate.allow(identity, &plan.ips, plan.ports.as_deref(), plan.ttl)?;
+                gate.allow(identity, plan)?;
             }
             if !evicted.is_empty() {
                 // The gate acts at connect() only: removing an IP never cuts a connection already open to it.
@@ -198,16 +186,10 @@ pub(crate) mod tests {
     }
 
     impl FqdnGate for Recorder {
-        fn allow(
-            &self,
-            identity: u32,
-            ips: &[IpAddr],
-            ports: Option<&[(Protocol, u16)]>,
-            ttl: Duration,
-        ) -> Result<(), String> {
-            self.ports.lock().unwrap().push(ports.map(<[_]>::to_vec));
+        fn allow(&self, identity: u32, plan: &LearnPlan) -> Result<(), String> {
+            self.ports.lock().unwrap().push(plan.ports.clone());
             let mut a = self.allowed.lock().unwrap();
-            a.extend(ips.iter().map(|ip| (identity, *ip, ttl)));
+            a.extend(plan.ips.iter().map(|ip| (identity, *ip, plan.ttl)));
             Ok(())
         }
         fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
