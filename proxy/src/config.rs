@@ -221,7 +221,7 @@ fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
 /// The smallest budget whose share for frame bodies holds `body` bytes.
 fn least_kafka_budget(body: usize) -> usize {
     let mut budget = body + body / 3;
-    while crate::kafka::budget::FrameBudget::bulk_share(budget) < body {
+    while crate::kafka_state::budget::FrameBudget::bulk_share(budget) < body {
         budget += 1;
     }
     budget
@@ -257,7 +257,7 @@ impl RunArgs {
 
     /// The largest frame must fit in the budget's share for frame bodies, or it could never complete.
     fn check_kafka_budget(&self) -> anyhow::Result<()> {
-        use crate::kafka::budget::{FrameBudget, HEAD_BYTES};
+        use crate::kafka_state::budget::{FrameBudget, HEAD_BYTES};
         let bodies = FrameBudget::bulk_share(self.kafka_inflight_budget_bytes);
         let largest = (self.kafka_max_frame_bytes + 4).saturating_sub(HEAD_BYTES);
         anyhow::ensure!(

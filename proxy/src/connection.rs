@@ -25,7 +25,7 @@ use crate::h2_refusal::{Refusal, RefusalLog};
 use crate::h2_watch::H2Watch;
 use crate::http::ConnCtx;
 use crate::http_detect::{self, Prefixed};
-use crate::inputs::{ClientStream, Proxy, reset};
+use crate::inputs::{Accepted, ClientStream, Proxy, reset};
 use crate::keepalive::{Park, ParkFlag, Parkable};
 use crate::limits::Limits;
 use crate::original_dst::OriginalDst;
@@ -100,7 +100,14 @@ fn accept(
             return None;
         }
     };
-    dispatch(proxy, stream, down, dst, dial, has_permit, shutdown)
+    let conn = Accepted {
+        proxy,
+        down,
+        dst,
+        dial,
+        shutdown,
+    };
+    dispatch(conn, stream, has_permit)
 }
 
 /// A local pod connecting to a pod of another node (or to a rule requiring authentication) goes through the
@@ -133,19 +140,12 @@ fn outbound_route(
 /// through the tunnel when `dial` says so) or one that arrived through the tunnel (`down.auth`). Refusals are done
 /// here; what serves an allowed connection is returned. `has_permit`: the caller holds a connection permit for the
 /// connection's life (without one, the connection is refused as over the limit).
-pub fn dispatch<S: ClientStream>(
-    proxy: Arc<Proxy>,
-    stream: S,
-    down: Downstream,
-    dst: SocketAddr,
-    dial: Dial,
-    has_permit: bool,
-    shutdown: CancellationToken,
-) -> Option<Serving> {
-    let plan = decision::plan_connection(&proxy.policy.current(), &down, dst);
+pub fn dispatch<S: ClientStream>(conn: Accepted, stream: S, has_permit: bool) -> Option<Serving> {
+    let (proxy, down, dst) = (&conn.proxy, &conn.down, conn.dst);
+    let plan = decision::plan_connection(&proxy.policy.current(), down, dst);
     if !has_permit {
         return Some(Box::pin(async move {
-            refuse_over_limit(&proxy, stream, &down, dst, &plan).await
+            refuse_over_limit(&conn.proxy, stream, &conn.down, conn.dst, &plan).await
         }));
     }
     match plan {
@@ -158,7 +158,7 @@ pub fn dispatch<S: ClientStream>(
                 reason: drop_reason,
                 policy: reason,
             };
-            refuse_recorded(&proxy, stream, &down, dst, direction, outcome);
+            refuse_recorded(proxy, stream, down, dst, direction, outcome);
             None
         }
         ConnectionPlan::Unsupported {
@@ -173,24 +173,15 @@ pub fn dispatch<S: ClientStream>(
                     "{reason}; {what} enforcement is not available in this build, connection refused"
                 ),
             };
-            refuse_recorded(&proxy, stream, &down, dst, direction, outcome);
+            refuse_recorded(proxy, stream, down, dst, direction, outcome);
             None
         }
-        ConnectionPlan::Splice { reason, direction } => Some(Box::pin(splice(
-            proxy, stream, down, dst, dial, reason, direction,
-        ))),
+        ConnectionPlan::Splice { reason, direction } => {
+            Some(Box::pin(splice(conn, stream, reason, direction)))
+        }
         // Per request records name their own rule; the connection's reason is not kept for its life.
-        ConnectionPlan::Http { .. } => Some(Box::pin(serve_http(
-            proxy,
-            stream.for_http(),
-            down,
-            dst,
-            dial,
-            shutdown,
-        ))),
-        ConnectionPlan::Kafka { .. } => Some(Box::pin(crate::kafka::handler::serve(
-            proxy, stream, down, dst, dial, shutdown,
-        ))),
+        ConnectionPlan::Http { .. } => Some(Box::pin(serve_http(conn, stream.for_http()))),
+        ConnectionPlan::Kafka { .. } => Some(Box::pin(crate::kafka::handler::serve(conn, stream))),
     }
 }
 
@@ -211,14 +202,18 @@ fn refuse_recorded<S: ClientStream>(
 /// Opaque TCP allowed at L3/L4: one upstream connection, bytes copied both ways until either side closes or the
 /// connection idles out.
 async fn splice<S: ClientStream>(
-    proxy: Arc<Proxy>,
+    conn: Accepted,
     stream: S,
-    down: Downstream,
-    dst: SocketAddr,
-    dial: Dial,
     reason: String,
     direction: Option<crate::flow::TrafficDirection>,
 ) {
+    let Accepted {
+        proxy,
+        down,
+        dst,
+        dial,
+        ..
+    } = conn;
     let start = Instant::now();
     let flow = proxy.flow(&down, dst, "TCP").direction(direction);
     match proxy.upstream.connect(dst, &dial).await {
@@ -288,14 +283,10 @@ async fn refuse_over_limit<S: ClientStream>(
 /// closes, idles out, or the daemon shuts down (then in-flight requests finish: graceful shutdown / GOAWAY).
 /// Two boxed steps, each freed when it ends: detection, then the protocol's own serving.
 fn serve_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    proxy: Arc<Proxy>,
+    conn: Accepted,
     stream: S,
-    down: Downstream,
-    dst: SocketAddr,
-    dial: Dial,
-    shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + Send {
-    let detecting = Box::pin(detect_http(proxy, stream, down, dst, dial, shutdown));
+    let detecting = Box::pin(detect_http(conn, stream));
     // Holds only the step it awaits (the arguments went into `detecting`).
     async move {
         match detecting.await {
@@ -315,23 +306,20 @@ enum Detected<T> {
 /// Reads the first bytes, bounded like any later request head; `None`: the connection ended or timed out first
 /// (recorded when it was late).
 async fn detect_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    proxy: Arc<Proxy>,
+    accepted: Accepted,
     stream: S,
-    down: Downstream,
-    dst: SocketAddr,
-    dial: Dial,
-    shutdown: CancellationToken,
 ) -> Option<Detected<Tracked<S>>> {
+    let (proxy, down, dst) = (&accepted.proxy, &accepted.down, accepted.dst);
     let activity = Activity::new();
     let mut io = Tracked::new(stream, activity.clone());
     let first_request_due = tokio::time::Instant::now() + proxy.limits.header_read_timeout;
     let sniffed = tokio::select! {
         r = http_detect::sniff(&mut io) => r,
         _ = tokio::time::sleep_until(first_request_due) => {
-            record_first_request_late(&proxy, &down, dst);
+            record_first_request_late(proxy, down, dst);
             return None;
         }
-        _ = shutdown.cancelled() => return None,
+        _ = accepted.shutdown.cancelled() => return None,
     };
     let sniffed = match sniffed {
         Ok(s) if !s.is_empty() => s,
@@ -342,10 +330,10 @@ async fn detect_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     };
     let ctx = Arc::new(ConnCtx {
-        proxy,
-        client: down,
+        proxy: accepted.proxy,
+        client: accepted.down,
         dst,
-        dial,
+        dial: accepted.dial,
         upgrade: Arc::default(),
         requests: RequestClock::default(),
         tunnels: Default::default(),
@@ -355,7 +343,7 @@ async fn detect_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         ctx,
         activity,
         first_request_due,
-        shutdown,
+        shutdown: accepted.shutdown,
     };
     let http2 = sniffed.is_http2();
     let io = Prefixed::new(io, sniffed);

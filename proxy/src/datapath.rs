@@ -470,30 +470,6 @@ spec:
     }
 
     #[test]
-    fn plan_marks_fqdn_restricted_identities_and_redirects_their_dns() {
-        let snap = crate::dns::learn::tests::conformance_snapshot("dns-telemetry");
-        let plan = DatapathPlan::new(&snap.engine, &snap.endpoints).unwrap();
-        let fetcher = snap
-            .endpoints
-            .identity_of_ip("10.0.23.10".parse().unwrap())
-            .0;
-        assert_eq!(plan.fqdn_restricted, BTreeSet::from([fetcher]));
-        let dns: Vec<_> = plan
-            .redirects
-            .iter()
-            .filter(|r| r.kind == L7Kind::Dns)
-            .map(|r| (r.identity, r.direction, r.port, r.protocol))
-            .collect();
-        assert_eq!(
-            dns,
-            [
-                (fetcher, Direction::Egress, 53, Protocol::Tcp),
-                (fetcher, Direction::Egress, 53, Protocol::Udp)
-            ]
-        );
-    }
-
-    #[test]
     fn ipv6_pods_are_refused_with_a_reason() {
         let (engine, table) = engine(
             HTTP_POLICY,

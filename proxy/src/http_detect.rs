@@ -75,15 +75,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let left = &this.prefix.bytes()[this.pos..];
-        if !left.is_empty() {
-            let n = left.len().min(buf.remaining());
-            buf.put_slice(&left[..n]);
-            this.pos += n;
+        if read_buffered(buf, this.prefix.bytes(), &mut this.pos) {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
     }
+}
+
+/// The read of an I/O wrapper that hands out bytes it holds before reading on: copies what fits of
+/// `bytes[*pos..]` into `buf` and moves `pos` past it. `false` when no byte was left to hand out.
+pub(crate) fn read_buffered(buf: &mut ReadBuf<'_>, bytes: &[u8], pos: &mut usize) -> bool {
+    let left = &bytes[*pos..];
+    if left.is_empty() {
+        return false;
+    }
+    let n = left.len().min(buf.remaining());
+    buf.put_slice(&left[..n]);
+    *pos += n;
+    true
 }
 
 /// The `AsyncWrite` of an I/O wrapper that only changes reads: every call goes to its `inner` field (with a

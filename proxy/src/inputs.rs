@@ -16,7 +16,7 @@ use crate::flow_record::FlowBuilder;
 use crate::limits::Limits;
 use crate::linger::LingeringStream;
 use crate::policy_source::PolicyStore;
-use crate::upstream::UpstreamPool;
+use crate::upstream::{Dial, UpstreamPool};
 
 /// State shared by every connection of the daemon.
 #[derive(Debug)]
@@ -29,9 +29,9 @@ pub struct Proxy {
     pub connections: Arc<Semaphore>,
     /// Kafka topic ids learned from Metadata responses (shared: clients learn ids on one connection and use them
     /// on another).
-    pub kafka_topics: Arc<crate::kafka::TopicIds>,
+    pub kafka_topics: Arc<crate::kafka_state::TopicIds>,
     /// Memory for Kafka request frames being received, all connections together (`Limits::kafka_inflight_budget`).
-    pub kafka_budget: Arc<crate::kafka::budget::FrameBudget>,
+    pub kafka_budget: Arc<crate::kafka_state::budget::FrameBudget>,
     /// The node-to-node mTLS tunnel (`--tunnel-listen`); `None` = every connection goes direct.
     pub mesh: Option<Arc<crate::mesh::Mesh>>,
     /// Cancelled when the drain after a handoff or SIGTERM begins: HTTP/1 responses then carry
@@ -41,6 +41,18 @@ pub struct Proxy {
     pub draining: CancellationToken,
     /// HTTP/1 keep-alive connections parked between requests (`keepalive.rs`), for the metrics gauge.
     pub parked: Arc<crate::keepalive::ParkedCount>,
+}
+
+/// One downstream connection whose L3/L4 decision is about to be made, apart from its byte stream: the daemon's
+/// state, who connected (and how authenticated), the original destination, how to reach it, and the daemon's
+/// shutdown. What `connection::dispatch` and the handlers it starts take.
+#[derive(Debug)]
+pub struct Accepted {
+    pub proxy: Arc<Proxy>,
+    pub down: Downstream,
+    pub dst: SocketAddr,
+    pub dial: Dial,
+    pub shutdown: CancellationToken,
 }
 
 /// The two endpoints of a downstream connection's flow (Kafka's records; the others use [`Proxy::flow`]).

@@ -40,7 +40,7 @@ pub struct Limits {
     pub kafka_max_frame: usize,
     /// Largest Kafka response frame (100 MiB, brokers' `socket.request.max.bytes`: Fetch responses are streamed).
     pub kafka_max_response: usize,
-    /// Bytes of Kafka request frames being received, all connections together (`kafka::budget`); a frame waits
+    /// Bytes of Kafka request frames being received, all connections together (`kafka_state::budget`); a frame waits
     /// for room within its deadline.
     pub kafka_inflight_budget: usize,
     /// Time from a Kafka request frame's first byte to its last (budget waits included); past it the connection
@@ -62,9 +62,9 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(5),
             drain: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
-            kafka_max_frame: crate::kafka::request::DEFAULT_MAX_FRAME,
-            kafka_max_response: crate::kafka::request::DEFAULT_MAX_RESPONSE,
-            // Three frames at the 8 MiB limit, or 18 MiB of frame bodies (`kafka::budget`) and 6 MiB kept for
+            kafka_max_frame: tollgate_kafka_codec::request::DEFAULT_MAX_FRAME,
+            kafka_max_response: tollgate_kafka_codec::request::DEFAULT_MAX_RESPONSE,
+            // Three frames at the 8 MiB limit, or 18 MiB of frame bodies (`kafka_state::budget`) and 6 MiB kept for
             // small requests; RSS stays well under 64 MiB whatever the clients announce.
             kafka_inflight_budget: 24 * 1024 * 1024,
             kafka_frame_timeout: Duration::from_secs(30),

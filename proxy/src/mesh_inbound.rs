@@ -131,15 +131,14 @@ impl crate::tunnel::InboundHandler for TunnelInbound {
             let Ok(down) = down else { return };
             // Held for the stream's life.
             let permit = proxy.connections.clone().try_acquire_owned().ok();
-            let serving = crate::connection::dispatch(
+            let conn = crate::inputs::Accepted {
                 proxy,
-                tunnel.stream,
                 down,
-                tunnel.original_dst,
-                crate::upstream::Dial::Direct,
-                permit.is_some(),
-                close,
-            );
+                dst: tunnel.original_dst,
+                dial: crate::upstream::Dial::Direct,
+                shutdown: close,
+            };
+            let serving = crate::connection::dispatch(conn, tunnel.stream, permit.is_some());
             if let Some(serving) = serving {
                 serving.await
             }

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -23,11 +23,6 @@ use crate::flow_filter::Selection;
 use crate::hubble::{
     NodeInfo,
     flow::Flow,
-    health::{
-        HealthCheckRequest, HealthCheckResponse,
-        health_check_response::ServingStatus,
-        health_server::{Health, HealthServer},
-    },
     observer::{
         GetAgentEventsRequest, GetAgentEventsResponse, GetFlowsRequest, GetFlowsResponse,
         GetNodesRequest, GetNodesResponse, Node, ServerStatusRequest, ServerStatusResponse, Tls,
@@ -37,6 +32,7 @@ use crate::hubble::{
     relay::NodeState,
     to_flows,
 };
+use crate::hubble_server::{self, tls::Identity, version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObserverError {
@@ -59,14 +55,6 @@ pub struct ObserverService {
     events: Arc<AgentEvents>,
     started: Instant,
 }
-
-/// `tollgate <version>`, as `ServerStatus` and `GetNodes` report it.
-pub fn version() -> String {
-    format!("tollgate {}", env!("CARGO_PKG_VERSION"))
-}
-
-/// The gRPC service names `hubble status` and generic health probes ask about ("" is the whole server).
-const HEALTH_SERVICES: [&str; 3] = ["", "hubble.server.Observer", "observer.Observer"];
 
 impl ObserverService {
     pub fn new(flows: Arc<FlowLog>, node_name: &str) -> Self {
@@ -93,11 +81,6 @@ impl ObserverService {
         self.events = events;
         self
     }
-
-    /// The standard health service for the same server.
-    pub fn health(&self) -> HealthServer<HealthService> {
-        HealthServer::new(HealthService)
-    }
 }
 
 /// Hubble's `node_labels`: `kubernetes.io/hostname=<node>`, plus `TOLLGATE_NODE_LABELS` (`k=v,k2=v2`), since the
@@ -114,49 +97,6 @@ pub fn node_labels(node_name: &str) -> Vec<String> {
         );
     }
     labels
-}
-
-/// `grpc.health.v1.Health`: the observer answers SERVING while it runs.
-#[derive(Debug, Clone, Copy)]
-pub struct HealthService;
-
-type HealthStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
-
-fn health_of(service: &str) -> Result<HealthCheckResponse, Status> {
-    if HEALTH_SERVICES.contains(&service) {
-        Ok(HealthCheckResponse {
-            status: ServingStatus::Serving as i32,
-        })
-    } else {
-        Err(Status::not_found(format!(
-            "unknown service {service:?}; this server reports health for \"\", hubble.server.Observer and observer.Observer"
-        )))
-    }
-}
-
-#[tonic::async_trait]
-impl Health for HealthService {
-    type WatchStream = HealthStream;
-
-    async fn check(
-        &self,
-        request: Request<HealthCheckRequest>,
-    ) -> Result<Response<HealthCheckResponse>, Status> {
-        health_of(&request.into_inner().service).map(Response::new)
-    }
-
-    /// The status never changes while the server runs: one answer, then the stream stays open.
-    async fn watch(
-        &self,
-        request: Request<HealthCheckRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
-        let first = health_of(&request.into_inner().service).unwrap_or(HealthCheckResponse {
-            status: ServingStatus::ServiceUnknown as i32,
-        });
-        let stream =
-            futures::stream::once(async move { Ok(first) }).chain(futures::stream::pending());
-        Ok(Response::new(Box::pin(stream)))
-    }
 }
 
 /// This node's name for flows: `NODE_NAME` (set from the downward API in a DaemonSet), else the hostname.
@@ -522,17 +462,7 @@ pub async fn serve(
         .await
         .map_err(|source| ObserverError::Bind { addr, source })?;
     let svc = ObserverService::new(flows, &node_name()).with_address(addr);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    Ok(tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .add_service(svc.health())
-            .add_service(ObserverServer::new(svc))
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::error!("observer server stopped: {e}");
-        }
-    }))
+    Ok(tokio::spawn(serve_on(listener, svc, None, shutdown)))
 }
 
 /// Binds `addr`, retrying while another tollgate on this node (the one a restart is taking over from) still
@@ -575,7 +505,7 @@ pub enum ServicesError {
     #[error(transparent)]
     FlowLogs(#[from] crate::flow_logs::FlowLogsError),
     #[error(transparent)]
-    ObserverTls(#[from] crate::relay::tls::TlsError),
+    ObserverTls(#[from] crate::hubble_server::tls::TlsError),
 }
 
 /// What the daemon's observability serves, built from the run flags by `run.rs`.
@@ -648,7 +578,7 @@ pub fn start_services(
         .observer_tls
         .as_ref()
         .map(|(dir, client_ids)| {
-            crate::relay::tls::Identity::load(
+            Identity::load(
                 "--observer-tls-svid-dir",
                 dir,
                 client_ids,
@@ -665,43 +595,37 @@ pub fn start_services(
 fn serve_observer(
     svc: ObserverService,
     observer_addr: SocketAddr,
-    tls: Option<crate::relay::tls::Identity>,
+    tls: Option<Identity>,
     ready: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
 ) -> Result<(), ServicesError> {
-    use std::sync::atomic::Ordering;
-    let acceptor = tls.as_ref().map(|t| t.acceptor()).transpose()?;
+    let acceptor = tls.as_ref().map(Identity::acceptor).transpose()?;
     tokio::spawn(async move {
         let Some(listener) = bind_patiently("observer API", observer_addr, &stop).await else {
             return;
         };
-        ready.store(true, Ordering::Relaxed);
-        let router = tonic::transport::Server::builder()
-            .add_service(svc.health())
-            .add_service(ObserverServer::new(svc));
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        serve_on(listener, svc, acceptor, stop).await;
         // `tls` (the SVID file watcher) lives as long as the server.
-        let r = match (acceptor, tls) {
-            (Some(acceptor), Some(_tls)) => {
-                let incoming =
-                    crate::relay::tls::incoming(listener, acceptor, "observer API", stop.clone());
-                router
-                    .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                    .await
-            }
-            _ => {
-                router
-                    .serve_with_incoming_shutdown(
-                        tokio_stream::wrappers::TcpListenerStream::new(listener),
-                        stop.cancelled_owned(),
-                    )
-                    .await
-            }
-        };
-        if let Err(e) = r {
-            tracing::error!("observer server stopped: {e}");
-        }
+        drop(tls);
     });
     Ok(())
+}
+
+/// Serves the Observer API and its health service on `listener` until `stop` (over mTLS with `acceptor`).
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    svc: ObserverService,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    let router = tonic::transport::Server::builder()
+        .add_service(hubble_server::health())
+        .add_service(ObserverServer::new(svc));
+    let served = hubble_server::serve(router, listener, acceptor, "observer API", stop).await;
+    if let Err(e) = served {
+        tracing::error!("observer server stopped: {e}");
+    }
 }
 
 /// The admin server: /metrics, /healthz, /readyz.

@@ -476,10 +476,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingGuard<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         ready!(this.poll_fill(cx))?;
-        if this.pos < this.ready.len() {
-            let n = buf.remaining().min(this.ready.len() - this.pos);
-            buf.put_slice(&this.ready[this.pos..this.pos + n]);
-            this.pos += n;
+        if crate::http_detect::read_buffered(buf, &this.ready, &mut this.pos) {
             if this.pos == this.ready.len() {
                 this.ready.clear();
                 this.pos = 0;

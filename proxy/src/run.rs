@@ -75,7 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         upstream: UpstreamPool::new(args.mark, limits.connect_timeout),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
-        kafka_budget: Arc::new(crate::kafka::budget::FrameBudget::new(
+        kafka_budget: Arc::new(crate::kafka_state::budget::FrameBudget::new(
             limits.kafka_inflight_budget,
         )),
         limits,

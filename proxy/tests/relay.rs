@@ -371,7 +371,7 @@ fn svid_dir(ca: &certs::DevCa, root: &Path, id: &str) -> PathBuf {
 #[tokio::test]
 async fn the_mtls_observer_listener_admits_only_the_allowed_client_id() {
     use tollgate::hubble::observer::ServerStatusRequest;
-    use tollgate::relay::tls::{Identity, dial, incoming};
+    use tollgate::hubble_server::tls::{Identity, dial, incoming};
     let root = tempfile::tempdir().unwrap();
     let td = certs::TrustDomain::new("cluster.local").unwrap();
     let ca = certs::DevCa::create(&td, Duration::from_secs(3600)).unwrap();

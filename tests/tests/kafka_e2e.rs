@@ -818,7 +818,7 @@ fn announced_frames_cannot_exhaust_memory() {
     // 64 MiB announced against a 24 MiB budget: usually some frames are still held back by the budget when their
     // deadline fires, but on a loaded machine the senders themselves can be the slower side, so which record
     // wording appears is timing, not behaviour (CI saw a run with none). The budget's waiting is unit-tested
-    // (`kafka::budget`); here the memory bound above and the deadline records are what must hold.
+    // (`kafka_state::budget`); here the memory bound above and the deadline records are what must hold.
     let budget_waits = reasons
         .iter()
         .filter(|l| l.contains("waiting for room in the in-flight budget"))

@@ -51,7 +51,7 @@ pub fn handle(d: &dyn DaemonView, req: Request) -> Response {
 pub fn status(d: &dyn DaemonView) -> Status {
     let snap = d.snapshot();
     Status {
-        version: crate::observer::version(),
+        version: crate::hubble_server::version(),
         node: d.node(),
         redirect_mode: d.redirect_mode(),
         policy: PolicyStatus {
@@ -404,7 +404,7 @@ pub(crate) mod tests {
 
     impl Fake {
         pub(crate) fn new() -> Self {
-            let snap = crate::dns::learn::tests::conformance_snapshot("http-ledger");
+            let snap = crate::conformance::conformance_snapshot("http-ledger");
             let ledger = snap
                 .endpoints
                 .identity_of_ip("10.0.21.20".parse().unwrap())

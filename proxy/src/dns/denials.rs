@@ -95,7 +95,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::learn::tests::conformance_snapshot;
+    use crate::conformance::conformance_snapshot;
     use std::time::{Duration, SystemTime};
 
     #[test]

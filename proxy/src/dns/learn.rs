@@ -10,19 +10,13 @@ use std::time::{Duration, SystemTime};
 
 use policy_model::{Identity, PolicyEngine, Protocol};
 
-use super::message::ResponseInfo;
 use crate::fqdn_cache::SharedFqdnCache;
+use tollgate_dns_codec::message::ResponseInfo;
 
 /// Where learned IPs go in the kernel: the eBPF FQDN map (implemented by the datapath; tests use a recorder).
 pub trait FqdnGate: Send + Sync {
-    /// Allow `identity` to connect to `ips` for `ttl`, on `ports` only (`None` = any port).
-    fn allow(
-        &self,
-        identity: u32,
-        ips: &[IpAddr],
-        ports: Option<&[(Protocol, u16)]>,
-        ttl: Duration,
-    ) -> Result<(), String>;
+    /// Allow `identity` to connect to the plan's `ips` for its `ttl`, on its `ports` only (`None` = any port).
+    fn allow(&self, identity: u32, plan: &LearnPlan) -> Result<(), String>;
     /// Forget `ips` for `identity` on every port (evicted by the per-name limit).
     fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String>;
     /// Drop expired entries; returns how many.
@@ -31,14 +25,8 @@ pub trait FqdnGate: Send + Sync {
 
 /// The kernel gate of a daemon with the eBPF datapath.
 impl FqdnGate for crate::datapath::Datapath {
-    fn allow(
-        &self,
-        identity: u32,
-        ips: &[IpAddr],
-        ports: Option<&[(Protocol, u16)]>,
-        ttl: Duration,
-    ) -> Result<(), String> {
-        self.fqdn_allow(identity, ips, ports, ttl)
+    fn allow(&self, identity: u32, plan: &LearnPlan) -> Result<(), String> {
+        self.fqdn_allow(identity, &plan.ips, plan.ports.as_deref(), plan.ttl)
     }
     fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
         self.fqdn_remove(identity, ips)
@@ -155,7 +143,7 @@ impl Learner {
         }
         if let Some(gate) = &self.gate {
             if plan.to_kernel {
-                gate.allow(identity, &plan.ips, plan.ports.as_deref(), plan.ttl)?;
+                gate.allow(identity, plan)?;
             }
             if !evicted.is_empty() {
                 // The gate acts at connect() only: removing an IP never cuts a connection already open to it.
@@ -182,40 +170,10 @@ impl Learner {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::dns::message::ResponseInfo;
-    use crate::policy_source::{PolicySnapshot, compile};
+    use crate::conformance::conformance_snapshot;
     use policy_model::{Decision, Protocol};
     use std::sync::Mutex;
-
-    /// `policy-model/conformance/<case>.yaml`, the repository's own conformance case file.
-    pub(crate) fn conformance_path(case: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../policy-model/conformance")
-            .join(format!("{case}.yaml"))
-    }
-
-    /// A conformance case's policies and endpoints as a snapshot (read from the case file, never a copy).
-    pub(crate) fn conformance_snapshot(case: &str) -> PolicySnapshot {
-        let path = conformance_path(case);
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-        let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        let docs: Vec<String> = v["policies"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|p| serde_yaml::to_string(p).unwrap())
-            .collect();
-        let mut eps = serde_yaml::Mapping::new();
-        eps.insert("endpoints".into(), v["endpoints"].clone());
-        let eps = serde_yaml::to_string(&eps).unwrap();
-        compile(
-            &[("policy.yaml".to_string(), docs.join("---\n"))],
-            ("endpoints.yaml", &eps),
-            1,
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
-    }
+    use tollgate_dns_codec::message::ResponseInfo;
 
     type GatePorts = Option<Vec<(Protocol, u16)>>;
 
@@ -228,16 +186,10 @@ pub(crate) mod tests {
     }
 
     impl FqdnGate for Recorder {
-        fn allow(
-            &self,
-            identity: u32,
-            ips: &[IpAddr],
-            ports: Option<&[(Protocol, u16)]>,
-            ttl: Duration,
-        ) -> Result<(), String> {
-            self.ports.lock().unwrap().push(ports.map(<[_]>::to_vec));
+        fn allow(&self, identity: u32, plan: &LearnPlan) -> Result<(), String> {
+            self.ports.lock().unwrap().push(plan.ports.clone());
             let mut a = self.allowed.lock().unwrap();
-            a.extend(ips.iter().map(|ip| (identity, *ip, ttl)));
+            a.extend(plan.ips.iter().map(|ip| (identity, *ip, plan.ttl)));
             Ok(())
         }
         fn remove(&self, identity: u32, ips: &[IpAddr]) -> Result<(), String> {
@@ -404,6 +356,45 @@ pub(crate) mod tests {
                 .read()
                 .names_for_ip("198.51.100.0".parse().unwrap())
                 .is_empty()
+        );
+    }
+
+    /// The kernel side of what this module learns for: the datapath plan of the same conformance case limits the
+    /// `toFQDNs` identity to DNS-learned IPs and redirects its DNS to the proxy.
+    #[test]
+    fn plan_marks_fqdn_restricted_identities_and_redirects_their_dns() {
+        let snap = crate::conformance::conformance_snapshot("dns-telemetry");
+        let plan = crate::datapath::DatapathPlan::new(&snap.engine, &snap.endpoints).unwrap();
+        let fetcher = snap
+            .endpoints
+            .identity_of_ip("10.0.23.10".parse().unwrap())
+            .0;
+        assert_eq!(
+            plan.fqdn_restricted,
+            std::collections::BTreeSet::from([fetcher])
+        );
+        let dns: Vec<_> = plan
+            .redirects
+            .iter()
+            .filter(|r| r.kind == redirect_ebpf::L7Kind::Dns)
+            .map(|r| (r.identity, r.direction, r.port, r.protocol))
+            .collect();
+        assert_eq!(
+            dns,
+            [
+                (
+                    fetcher,
+                    policy_model::Direction::Egress,
+                    53,
+                    redirect_ebpf::Protocol::Tcp
+                ),
+                (
+                    fetcher,
+                    policy_model::Direction::Egress,
+                    53,
+                    redirect_ebpf::Protocol::Udp
+                )
+            ]
         );
     }
 }

@@ -4,18 +4,17 @@
 //!
 //! Parts: `message` (pure DNS handling, the `tollgate-dns-codec` crate in `proxy/codecs/dns`), `learn` (FQDN learning plan + application), `server` (listeners and
 //! forwarder), `batch` (batched UDP receive), `record` (flow records), `metrics` (counters, hold histogram), `origin` (where a query was going,
-//! from the eBPF maps). `start` wires them for `tollgate run`, including the socket handoff on restart.
+//! from the eBPF maps), `options` (the validated options `start` hands the server). `start` wires them for `tollgate run`, including the socket handoff on restart.
 
 pub mod batch;
 pub mod denials;
 pub mod learn;
 pub use tollgate_dns_codec::message;
 pub mod metrics;
+pub mod options;
 pub mod origin;
 pub mod record;
 pub mod server;
-#[cfg(test)]
-use tollgate_dns_codec::testutil;
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -24,21 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use tokio_util::sync::CancellationToken;
 
 use crate::flow::FlowLog;
 use crate::handoff;
 use crate::policy_source::PolicyStore;
-
-/// What a denied query is answered with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DenyResponse {
-    /// REFUSED (rcode 5): the client knows it was policy, and does not cache a negative answer.
-    Refused,
-    /// NXDOMAIN (rcode 3): the name "does not exist" for this pod.
-    Nxdomain,
-}
+pub use options::{DenyResponse, DnsOptions};
 
 /// `tollgate run` flags of the DNS proxy.
 #[derive(Debug, Clone, Args)]
@@ -76,16 +67,6 @@ pub struct DnsArgs {
     /// Seconds between FQDN cache / kernel map garbage collections.
     #[arg(long, default_value_t = 5.0)]
     pub dns_gc_secs: f64,
-}
-
-/// The validated runtime options of the DNS proxy.
-#[derive(Debug, Clone)]
-pub struct DnsOptions {
-    pub deny_response: DenyResponse,
-    pub upstream_timeout: Duration,
-    pub mark: u32,
-    /// `--dns-max-tcp-connections` (named in the records of refused connections).
-    pub max_tcp_connections: usize,
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {

@@ -3,12 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::message::{Malformed, Query, Rcode, ResponseInfo};
 use crate::decision::flow_endpoint;
 use crate::flow::{
     DnsInfo, DropReason, FlowEndpoint, FlowRecord, L7Info, TrafficDirection, Verdict,
 };
 use crate::policy_source::PolicySnapshot;
+use tollgate_dns_codec::message::{Malformed, Query, Rcode, ResponseInfo};
 
 /// What became of an understood query.
 #[derive(Debug, Clone)]
@@ -161,11 +161,11 @@ pub fn tcp_connection_limit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::learn::tests::conformance_snapshot;
-    use crate::dns::message::parse_query;
-    use crate::dns::testutil::query;
+    use crate::conformance::conformance_snapshot;
     use crate::hubble::flow;
     use hickory_proto::rr::RecordType;
+    use tollgate_dns_codec::message::parse_query;
+    use tollgate_dns_codec::testutil::query;
 
     #[test]
     fn answered_denied_and_malformed_records_and_their_hubble_form() {

@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::RecvBatch;
 use super::learn::{LearnPlan, Learner};
-use super::message::{self, Query, Rcode, ResponseInfo};
 use super::metrics::DnsMetrics;
+use super::options::{DenyResponse, DnsOptions};
 use super::record::{self, Outcome};
-use super::{DenyResponse, DnsOptions};
 use crate::accept::next_connection;
 use crate::flow::{FlowLog, FlowRecord};
 use crate::policy_source::PolicyStore;
+use tollgate_dns_codec::message::{self, Query, Rcode, ResponseInfo};
 
 /// Largest DNS message (TCP length prefix limit; also the UDP receive buffer).
 const MAX_MESSAGE: usize = 65_535;
@@ -504,11 +504,11 @@ mod tests {
     use super::*;
     use crate::dns::learn::tests::Recorder;
     use crate::dns::learn::{FqdnGate, Learner};
-    use crate::dns::testutil::{a, cname, query, response};
     use crate::flow::{FlowRecord, FlowSink, Verdict};
     use crate::policy_source::PolicyFiles;
     use hickory_proto::op::{Message, ResponseCode};
     use hickory_proto::rr::RecordType;
+    use tollgate_dns_codec::testutil::{a, cname, query, response};
 
     const POD: &str = "127.0.0.10";
 

@@ -3,8 +3,8 @@
 
 use http::HeaderMap;
 
+use super::exchange::{Routed, Stage};
 use super::reply::Refusal;
-use super::{Routed, Stage};
 use crate::decision::{self, RequestDecision};
 use crate::flow::DropReason;
 

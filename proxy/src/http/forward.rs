@@ -12,9 +12,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tower::Service;
 
+use super::exchange::{Answered, Outcome, Refused, Routed};
 use super::normalise::{strip_hop_by_hop, wants_upgrade};
 use super::reply::Refusal;
-use super::{Answered, BoxError, Outcome, Refused, Routed};
+use crate::body::BoxError;
 use crate::body::Holding;
 use crate::body_rate::MinRateBody;
 

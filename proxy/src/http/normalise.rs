@@ -7,16 +7,9 @@ use std::net::SocketAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
 
+use super::exchange::{Routed, Stage, Target};
 use super::reply::Refusal;
-use super::{Routed, Stage};
 use crate::request_path;
-
-/// What normalise hands on: the host and path that policy checks AND the upstream receives.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Target {
-    pub host: String,
-    pub path: String,
-}
 
 /// The normalise stage (see the module documentation).
 #[derive(Debug, Clone, Copy)]
@@ -189,9 +182,9 @@ pub(super) fn wants_upgrade<B>(req: &Request<B>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::rewrite::set_upstream_target;
     use super::*;
     use crate::header_actions;
+    use crate::http::rewrite::set_upstream_target;
 
     fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().method(method).uri(uri);

@@ -14,8 +14,9 @@ use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tower::Service;
 
+use super::exchange::{Answered, ConnCtx, Exchange, InFlight, Outcome, Refused, Routed};
 use super::forward::switched_protocols;
-use super::{Answered, ConnCtx, Exchange, InFlight, Outcome, ProxyBody, Refused, Routed};
+use crate::body::ProxyBody;
 use crate::flow::HttpInfo;
 use crate::flow_record::{FlowBuilder, FlowOutcome};
 use crate::grpc;

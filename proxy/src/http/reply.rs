@@ -7,7 +7,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 
-use super::ProxyBody;
+use crate::body::ProxyBody;
 use crate::flow::DropReason;
 use crate::flow_record::FlowOutcome;
 use crate::grpc;

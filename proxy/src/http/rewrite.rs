@@ -6,9 +6,8 @@
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
-use super::normalise::Target;
+use super::exchange::{Routed, Stage, Target};
 use super::reply::Refusal;
-use super::{Routed, Stage};
 use crate::header_actions;
 
 /// The rewrite stage (see the module documentation).

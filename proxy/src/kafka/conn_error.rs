@@ -19,7 +19,7 @@ pub(super) enum ConnError {
         waiting: &'static str,
     },
     #[error("request: {0}")]
-    Budget(#[from] super::budget::BudgetError),
+    Budget(#[from] crate::kafka_state::budget::BudgetError),
     /// Recorded with the request's Kafka fields (`info`).
     #[error(
         "request: {key} v{version} request of {size} bytes denied from its header, its body not read: {reason}"

@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::budget::{FrameBudget, HEAD_BYTES, Held, Part};
 use super::conn_error::ConnError;
 use super::request::{self, RequestHead};
+use crate::kafka_state::budget::{FrameBudget, HEAD_BYTES, Held, Part};
 
 /// Broker responses up to this size are read whole and written in one go; larger ones are streamed.
 pub(super) const SMALL_RESPONSE: usize = 64 * 1024;

@@ -12,7 +12,6 @@
 //! reason; other connections are not affected. Every record is built by `record.rs` from a typed outcome.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -29,8 +28,7 @@ use super::response;
 use crate::activity::{Activity, Tracked};
 use crate::decision::Downstream;
 use crate::flow::DropReason;
-use crate::inputs::{ClientStream, Proxy, endpoints};
-use crate::upstream::Dial;
+use crate::inputs::{Accepted, ClientStream, Proxy, endpoints};
 
 /// Requests a client may have in flight on one connection before the proxy stops reading more (librdkafka's
 /// default `max.in.flight` is 1,000,000 but it sends far fewer; Java's is 5).
@@ -67,14 +65,14 @@ struct KafkaConn<'a> {
 }
 
 /// Handles one connection to a port with Kafka rules until either side closes or the daemon shuts down.
-pub async fn serve<S: ClientStream>(
-    proxy: Arc<Proxy>,
-    stream: S,
-    down: Downstream,
-    dst: SocketAddr,
-    dial: Dial,
-    shutdown: CancellationToken,
-) {
+pub async fn serve<S: ClientStream>(conn: Accepted, stream: S) {
+    let Accepted {
+        proxy,
+        down,
+        dst,
+        dial,
+        shutdown,
+    } = conn;
     let (src, dst_ep) = endpoints(&proxy, &down, dst);
     let conn = KafkaConn {
         proxy: &proxy,

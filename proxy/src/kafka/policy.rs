@@ -8,9 +8,9 @@ use kafka_protocol::messages::ApiKey;
 
 use super::request::{HeadView, KafkaRequest, TopicRef};
 use super::response::code;
-use super::topic_ids::{IdLookup, TopicIds};
 use crate::decision::{self, Downstream, drop_reason_of};
 use crate::flow::{DropReason, TrafficDirection};
+use crate::kafka_state::topic_ids::{IdLookup, TopicIds};
 use crate::policy_adapter::{Decision, L7Kind};
 use crate::policy_source::PolicySnapshot;
 
@@ -298,8 +298,8 @@ mod tests {
     /// denials a local response carrying TOPIC_AUTHORIZATION_FAILED.
     #[test]
     fn conformance_cases_through_decode_decide_and_respond() {
-        let snap = crate::dns::learn::tests::conformance_snapshot("kafka-events");
-        let path = crate::dns::learn::tests::conformance_path("kafka-events");
+        let snap = crate::conformance::conformance_snapshot("kafka-events");
+        let path = crate::conformance::conformance_path("kafka-events");
         let v: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let ip_of = |who: &str| -> std::net::IpAddr {
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn unknown_topic_ids_get_unknown_topic_id_and_known_ones_are_checked_by_name() {
-        let snap = crate::dns::learn::tests::conformance_snapshot("kafka-events");
+        let snap = crate::conformance::conformance_snapshot("kafka-events");
         let producer: SocketAddr = "10.0.24.10:40000".parse().unwrap();
         let kafka: SocketAddr = "10.0.24.20:9092".parse().unwrap();
         let ids = TopicIds::default();

@@ -3,13 +3,13 @@
 //! node with jittered capped backoff (`peers`), and serves `observer.Observer` over all of them (`service`):
 //! `GetFlows` pushed down to the nodes and merged in time order through a bounded sort buffer (`merge`),
 //! `GetNodes` and `ServerStatus` added up, `node_status` events when nodes leave or rejoin a stream, plus
-//! `grpc.health.v1.Health`. Node connections use mTLS with SPIFFE SVIDs (`tls`); the relay's own listener may too.
+//! `grpc.health.v1.Health`. Node connections use mTLS with SPIFFE SVIDs (`hubble_server::tls`, shared with the
+//! node's Observer API); the relay's own listener may too.
 
 pub mod discovery;
 pub mod merge;
 pub mod peers;
 pub mod service;
-pub mod tls;
 pub mod ui_feed;
 
 use std::net::SocketAddr;
@@ -21,6 +21,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::hubble::observer::observer_server::ObserverServer;
+use crate::hubble_server::{self, tls};
 use peers::{Backoff, Dialer, PeerPool, PeerSpec};
 use service::{MergeConfig, RelayService};
 
@@ -204,27 +205,17 @@ async fn serve(
     )?;
     tracing::info!(listen = %args.listen, tls = own_tls.is_some(), peer_tls, "tollgate relay ready");
     let router = tonic::transport::Server::builder()
-        .add_service(crate::hubble::health::health_server::HealthServer::new(
-            crate::observer::HealthService,
-        ))
+        .add_service(hubble_server::health())
         .add_service(ObserverServer::from_arc(svc));
-    let served = match &own_tls {
-        Some(id) => {
-            let incoming =
-                tls::incoming(listener, id.acceptor()?, "relay listener", shutdown.clone());
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-                .await
-        }
-        None => {
-            router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
-                    shutdown.clone().cancelled_owned(),
-                )
-                .await
-        }
-    };
+    let acceptor = own_tls.as_ref().map(tls::Identity::acceptor).transpose()?;
+    let served = hubble_server::serve(
+        router,
+        listener,
+        acceptor,
+        "relay listener",
+        shutdown.clone(),
+    )
+    .await;
     served.context("relay server")
 }
 

@@ -246,7 +246,7 @@ async fn maintain(peer: Arc<Peer>, dialer: Dialer) {
     loop {
         let result = match &channel {
             Some(c) => probe(c, dialer.connect_timeout).await,
-            None => match crate::relay::tls::dial(
+            None => match crate::hubble_server::tls::dial(
                 &peer.spec.address,
                 dialer.tls.clone(),
                 dialer.connect_timeout,

@@ -219,7 +219,7 @@ impl Observer for RelayService {
     ) -> Result<Response<ServerStatusResponse>, Status> {
         let mut out = ServerStatusResponse {
             uptime_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-            version: crate::observer::version(),
+            version: crate::hubble_server::version(),
             ..Default::default()
         };
         let (mut up, mut down) = (0u32, Vec::new());

@@ -14,7 +14,44 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::TunnelError;
+/// Why a tunnel could not be opened; each names the node and what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error(
+        "cannot reach node proxy {node}: {source}; check the node address and that its tunnel port is open"
+    )]
+    Connect {
+        node: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mTLS with node proxy {node} failed: {}", match rejection { Some(r) => r.to_string(), None => source.to_string() })]
+    Tls {
+        node: SocketAddr,
+        /// Set when our verifier refused the node (wrong trust domain, unknown CA, expired, ID not allowed, ...).
+        rejection: Option<PeerRejection>,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("node proxy {node} did not negotiate ALPN h2; it is not a Tollgate tunnel endpoint")]
+    NotH2 { node: SocketAddr },
+    #[error(
+        "HTTP/2 with node proxy {node} failed: {source}; if this follows the handshake, the node refused our SVID (see its flow records)"
+    )]
+    Http {
+        node: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("node proxy {node} refused the tunnel to {original_dst} with HTTP {status}")]
+    Refused {
+        node: SocketAddr,
+        original_dst: SocketAddr,
+        status: http::StatusCode,
+    },
+    #[error("building the TLS client configuration failed: {0}")]
+    Config(#[from] certs::rustls::Error),
+}
 
 /// An open tunnel to `original_dst` through a node proxy.
 #[derive(Debug)]

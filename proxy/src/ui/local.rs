@@ -64,7 +64,7 @@ impl FqdnRules for LivePolicy {
 
 #[cfg(test)]
 mod tests {
-    use crate::dns::learn::tests::conformance_snapshot;
+    use crate::conformance::conformance_snapshot;
 
     /// The DNS view's rule column comes from the engine: the `toFQDNs` rules that select the name, by identity.
     #[test]

@@ -156,7 +156,7 @@ pub async fn start_with(limits: Limits) -> Harness {
         limits: limits.clone(),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         kafka_topics: Default::default(),
-        kafka_budget: Arc::new(tollgate::kafka::budget::FrameBudget::new(
+        kafka_budget: Arc::new(tollgate::kafka_state::budget::FrameBudget::new(
             limits.kafka_inflight_budget,
         )),
         draining: Default::default(),

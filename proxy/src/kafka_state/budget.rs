@@ -5,7 +5,7 @@
 //! `HEAD_BYTES` of a frame (all of a small request: Metadata, ApiVersions, group calls, most Produce acks) may use
 //! the whole budget; bytes beyond them ("bulk") may use only three quarters of it, so large frames can never take
 //! the quarter that keeps small requests flowing on every other connection.
-//! Outside it: each connection's fixed 2 KiB read-ahead (`handler.rs`), bounded per connection like a socket buffer.
+//! Outside it: each connection's fixed 2 KiB read-ahead (`kafka::handler`), bounded per connection like a socket buffer.
 
 use std::sync::Arc;
 
