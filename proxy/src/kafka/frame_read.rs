@@ -125,6 +125,18 @@ pub(super) async fn read_request<R: AsyncRead + Unpin>(
         Ok(n) => n,
         Err(e) => return Err(ConnError::Truncated(e, "client")),
     };
+    // Boxed: the rest of the frame (budget waits, deadlines) is state only while a frame arrives, not in every idle
+    // connection's task, which waits at the read above.
+    Box::pin(read_rest(r, rules, first, got)).await.map(Some)
+}
+
+/// The rest of a request frame whose first `got` bytes are `first[..got]`.
+async fn read_rest<R: AsyncRead + Unpin>(
+    r: &mut R,
+    rules: &FrameRules<'_>,
+    first: [u8; 4],
+    got: usize,
+) -> Result<Frame, ConnError> {
     let mut f = FrameRead {
         rules,
         size: 0,
@@ -144,10 +156,10 @@ pub(super) async fn read_request<R: AsyncRead + Unpin>(
         (rules.head_allowed)(&request::decode_head(&f.buf[4..])?, f.size)?;
         f.fill(r, total, Part::Bulk).await?;
     }
-    Ok(Some(Frame {
+    Ok(Frame {
         bytes: Bytes::from(f.buf),
         budget: f.held,
-    }))
+    })
 }
 
 /// Reads the rest of a `size`-byte response whose first bytes are `start`; the buffer grows with what arrives,

@@ -15,13 +15,14 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::conn_error::{ConnError, head_denied};
 use super::frame_read::{Frame, FrameReader, FrameRules, SMALL_RESPONSE, read_response_body};
 use super::policy::{self, KafkaDecision};
+use super::read_ahead::ReadAhead;
 use super::record::{Outcome, RecordEnds, RequestFacts};
 use super::request::{self, KafkaRequest, RequestHead};
 use super::response;
@@ -33,11 +34,6 @@ use crate::inputs::{Accepted, ClientStream, Proxy, endpoints};
 /// Requests a client may have in flight on one connection before the proxy stops reading more (librdkafka's
 /// default `max.in.flight` is 1,000,000 but it sends far fewer; Java's is 5).
 const MAX_IN_FLIGHT: usize = 1024;
-
-/// Read-ahead on each side: a small request (a 1 KB Produce) or response (its acknowledgement) arrives in one read
-/// rather than a length read and a body read. Larger reads bypass it. Small, as every open connection holds two;
-/// the request side's is outside the frame budget, like the socket's own buffer.
-const READ_AHEAD: usize = 2048;
 
 /// What the client is owed next, in request order.
 #[derive(Debug)]
@@ -65,7 +61,10 @@ struct KafkaConn<'a> {
 }
 
 /// Handles one connection to a port with Kafka rules until either side closes or the daemon shuts down.
-pub async fn serve<S: ClientStream>(conn: Accepted, stream: S) {
+///
+/// A plain fn returning the future: an `async fn` would keep its arguments in the task beside the parts taken from
+/// them, for the connection's life.
+pub fn serve<S: ClientStream>(conn: Accepted, stream: S) -> impl Future<Output = ()> + Send {
     let Accepted {
         proxy,
         down,
@@ -73,56 +72,63 @@ pub async fn serve<S: ClientStream>(conn: Accepted, stream: S) {
         dial,
         shutdown,
     } = conn;
-    let (src, dst_ep) = endpoints(&proxy, &down, dst);
-    let conn = KafkaConn {
-        proxy: &proxy,
-        down: &down,
-        dst,
-        ends: RecordEnds {
+    async move {
+        let (src, dst_ep) = endpoints(&proxy, &down, dst);
+        let conn = KafkaConn {
+            proxy: &proxy,
             down: &down,
-            src,
-            dst: dst_ep,
-        },
-    };
-    let upstream = match proxy.upstream.connect(dst, &dial).await {
-        Ok(u) => u,
-        Err(e) => {
-            conn.record_closed(&ConnError::Upstream(e));
-            stream.refuse();
-            return;
-        }
-    };
-    let activity = Activity::new();
-    let (down_r, mut down_w) = tokio::io::split(Tracked::new(stream, activity.clone()));
-    let (up_r, mut up_w) = tokio::io::split(upstream);
-    let mut up_r = BufReader::with_capacity(READ_AHEAD, up_r);
-    let down_r = BufReader::with_capacity(READ_AHEAD, down_r);
-    let head_allowed = |head: &RequestHead, size: usize| conn.head_allowed(head, size);
-    let rules = FrameRules {
-        limit: proxy.limits.kafka_max_frame,
-        timeout: proxy.limits.kafka_frame_timeout,
-        budget: &proxy.kafka_budget,
-        head_allowed: &head_allowed,
-    };
-    let mut frames = FrameReader::new(down_r, rules);
-    let (tx, rx) = mpsc::channel::<Owed>(MAX_IN_FLIGHT);
-    // Set when either half fails: the other stops too and the connection closes.
-    let failed = CancellationToken::new();
-    let requests = async {
-        let result = conn
-            .requests(&mut frames, &mut up_w, tx, &failed, &shutdown)
-            .await;
-        conn.finish(&result, &failed);
-    };
-    let responses = async {
-        let result = conn.responses(&mut up_r, &mut down_w, rx).await;
-        conn.finish(&result, &failed);
-        let _ = down_w.shutdown().await;
-    };
-    tokio::select! {
-        _ = async { tokio::join!(requests, responses) } => {}
-        _ = activity.idle(proxy.limits.idle_timeout) => {
-            tracing::debug!(client = %down.addr, %dst, "closing idle Kafka connection");
+            dst,
+            ends: RecordEnds {
+                down: &down,
+                src,
+                dst: dst_ep,
+            },
+        };
+        let upstream = match proxy.upstream.connect(dst, &dial).await {
+            Ok(u) => u,
+            Err(e) => {
+                conn.record_closed(&ConnError::Upstream(e));
+                stream.refuse();
+                return;
+            }
+        };
+        let activity = Activity::new();
+        let (down_r, mut down_w) = tokio::io::split(Tracked::new(stream, activity.clone()));
+        let (up_r, mut up_w) = tokio::io::split(upstream);
+        // Read-ahead on each side (outside the frame budget, like the socket's own buffer).
+        let mut up_r = ReadAhead::new(up_r);
+        let down_r = ReadAhead::new(down_r);
+        let head_allowed = |head: &RequestHead, size: usize| conn.head_allowed(head, size);
+        let rules = FrameRules {
+            limit: proxy.limits.kafka_max_frame,
+            timeout: proxy.limits.kafka_frame_timeout,
+            budget: &proxy.kafka_budget,
+            head_allowed: &head_allowed,
+        };
+        let mut frames = FrameReader::new(down_r, rules);
+        // Boxed: the channel allocates its slots 32 at a time when it is made, so an idle connection would hold 32
+        // unboxed `Owed`s (7 KiB).
+        let (tx, rx) = mpsc::channel::<Box<Owed>>(MAX_IN_FLIGHT);
+        // Set when either half fails (the other stops too and the connection closes) or when the daemon drains for
+        // a restart (a child of its shutdown token): the request half stops taking requests, those in flight are
+        // answered, the connection closes.
+        let stop = shutdown.child_token();
+        let requests = async {
+            let result = conn.requests(&mut frames, &mut up_w, tx, &stop).await;
+            conn.finish(&result, &stop);
+        };
+        let responses = async {
+            let result = conn.responses(&mut up_r, &mut down_w, rx).await;
+            conn.finish(&result, &stop);
+            let _ = down_w.shutdown().await;
+        };
+        // `join`, not `async { join!(..) }`: the block would hold both halves twice (captured, then joined), and the
+        // task is as large as that for the connection's life.
+        tokio::select! {
+            _ = futures::future::join(requests, responses) => {}
+            _ = activity.idle(proxy.limits.idle_timeout) => {
+                tracing::debug!(client = %down.addr, %dst, "closing idle Kafka connection");
+            }
         }
     }
 }
@@ -146,10 +152,10 @@ impl KafkaConn<'_> {
     }
 
     /// Ends one half: its error is recorded and stops the other half.
-    fn finish(&self, result: &Result<(), ConnError>, failed: &CancellationToken) {
+    fn finish(&self, result: &Result<(), ConnError>, stop: &CancellationToken) {
         if let Err(e) = result {
             self.record_closed(e);
-            failed.cancel();
+            stop.cancel();
         }
     }
 
@@ -180,9 +186,8 @@ impl KafkaConn<'_> {
         &self,
         frames: &mut FrameReader<'_, R>,
         up_w: &mut W,
-        tx: mpsc::Sender<Owed>,
-        failed: &CancellationToken,
-        shutdown: &CancellationToken,
+        tx: mpsc::Sender<Box<Owed>>,
+        stop: &CancellationToken,
     ) -> Result<(), ConnError>
     where
         R: AsyncRead + Unpin,
@@ -191,15 +196,16 @@ impl KafkaConn<'_> {
         loop {
             let frame = tokio::select! {
                 f = frames.next() => f?,
-                _ = failed.cancelled() => return Ok(()),
-                // Draining for a restart: stop taking requests, answer those in flight, close.
-                _ = shutdown.cancelled() => return Ok(()),
+                // The other half failed, or the daemon drains: answer what is in flight, close.
+                _ = stop.cancelled() => return Ok(()),
             };
             let Some(frame) = frame else { return Ok(()) };
-            let Some(owed) = self.request(frame, up_w).await? else {
+            // Boxed, like each response below: the decision and forwarding state exist only while a request is
+            // handled, not in every idle connection's task.
+            let Some(owed) = Box::pin(self.request(frame, up_w)).await? else {
                 continue;
             };
-            if tx.send(owed).await.is_err() {
+            if tx.send(Box::new(owed)).await.is_err() {
                 return Ok(());
             }
         }
@@ -308,14 +314,14 @@ impl KafkaConn<'_> {
         &self,
         up_r: &mut R,
         down_w: &mut W,
-        mut rx: mpsc::Receiver<Owed>,
+        mut rx: mpsc::Receiver<Box<Owed>>,
     ) -> Result<(), ConnError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         while let Some(owed) = rx.recv().await {
-            match owed {
+            match *owed {
                 Owed::Local { facts, frame, drop } => {
                     down_w
                         .write_all(&frame)
@@ -324,8 +330,7 @@ impl KafkaConn<'_> {
                     self.record(facts, Outcome::Refused(drop));
                 }
                 Owed::Broker { facts, metadata } => {
-                    self.response(up_r, down_w, facts, metadata.as_deref())
-                        .await?;
+                    Box::pin(self.response(up_r, down_w, facts, metadata.as_deref())).await?;
                 }
             }
         }

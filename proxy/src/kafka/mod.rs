@@ -8,6 +8,7 @@
 //! - `frame_read`: reading one request frame under those rules (deadline, the frame budget of `kafka_state`, header
 //!   decided first).
 //! - `conn_error`: why a connection closes, and the verdict its record carries.
+//! - `read_ahead`: the read-ahead on both sockets of a connection, holding memory only while it holds bytes.
 //! - `handler`: the connection loop that carries decisions out, keeping responses in request order.
 //! - `record`: the flow record of each request and of an error that closes a connection, from a typed outcome.
 
@@ -15,6 +16,7 @@ mod conn_error;
 mod frame_read;
 pub mod handler;
 pub mod policy;
+mod read_ahead;
 mod record;
 
 pub use tollgate_kafka_codec::{request, response};

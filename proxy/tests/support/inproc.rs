@@ -143,6 +143,11 @@ pub async fn start_with(limits: Limits) -> Harness {
             });
         }
     });
+    start_proxy(limits, backend_addr).await
+}
+
+/// The proxy alone, sending every connection to `backend_addr` (which the caller serves).
+pub async fn start_proxy(limits: Limits, backend_addr: SocketAddr) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let policy_path = dir.path().join("policy.yaml");
     std::fs::write(&policy_path, policy(backend_addr.port(), "/ok.*")).unwrap();
