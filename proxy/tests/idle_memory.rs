@@ -9,7 +9,8 @@
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -176,58 +177,66 @@ async fn settled_heap() -> i64 {
 }
 
 fn kafka_policy(port: u16) -> String {
-    format!(
-        "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {{name: inproc-kafka, namespace: t}}
-spec:
-  endpointSelector: {{matchLabels: {{app: server}}}}
-  ingress:
-    - fromEndpoints: [{{matchLabels: {{app: client}}}}]
-      toPorts:
-        - ports: [{{port: \"{port}\", protocol: TCP}}]
-          rules:
-            kafka:
-              - {{role: produce, topic: orders}}
-"
+    policy_with_rules(
+        port,
+        "            kafka:\n              - {role: produce, topic: orders}\n",
     )
 }
 
-/// Opens `n` connections to `addr` and returns them with the heap they added, per connection, once settled.
-async fn connect_many(addr: std::net::SocketAddr, n: usize) -> (Vec<TcpStream>, i64) {
+/// Opens `n` connections to `addr`; once the broker has accepted `accepted` sockets in all (so every connection
+/// reached it, through the proxy or not), returns them with the heap they added per connection, settled.
+async fn connect_many(
+    addr: std::net::SocketAddr,
+    n: usize,
+    broker_accepted: &AtomicUsize,
+    accepted: usize,
+) -> (Vec<TcpStream>, i64) {
     let before = settled_heap().await;
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         conns.push(TcpStream::connect(addr).await.unwrap());
     }
+    for _ in 0..400 {
+        if broker_accepted.load(Ordering::SeqCst) >= accepted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        broker_accepted.load(Ordering::SeqCst),
+        accepted,
+        "connections that reached the broker"
+    );
     (conns, (settled_heap().await - before) / n as i64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kafka_connection_holds_at_most_4_kib_of_heap() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    // The broker: accepts and holds its sockets (in room reserved up front).
+    // The broker: accepts, counts and holds its sockets (in room reserved up front).
     let broker = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
     let broker_addr = broker.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         let mut held = Vec::with_capacity(4 * CONNECTIONS);
         while let Ok((s, _)) = broker.accept().await {
             held.push(s);
+            count.fetch_add(1, Ordering::SeqCst);
         }
     });
     let h = start_proxy(tollgate::limits::Limits::default(), broker_addr).await;
     std::fs::write(&h.policy_path, kafka_policy(h.backend_port)).unwrap();
     h.policy_files.reload().unwrap();
     // Warm-up: the first connections' lazily built parts (socket registrations, the runtime's timer wheel).
-    let _warm = (
-        TcpStream::connect(broker_addr).await.unwrap(),
-        TcpStream::connect(h.proxy_addr).await.unwrap(),
-    );
+    let _warm = connect_many(broker_addr, 1, &accepted, 1).await;
+    let _warm_proxied = connect_many(h.proxy_addr, 1, &accepted, 2).await;
     // What the test's own two ends of a connection cost (its client socket, the broker's accepted one): the same
     // pair stands at both ends of a proxied connection, and is not the proxy's.
-    let (_direct, ends) = connect_many(broker_addr, CONNECTIONS).await;
+    let (_direct, ends) = connect_many(broker_addr, CONNECTIONS, &accepted, 2 + CONNECTIONS).await;
     let before_by_size = by_size();
-    let (_proxied, per_conn) = connect_many(h.proxy_addr, CONNECTIONS).await;
+    let (_proxied, per_conn) =
+        connect_many(h.proxy_addr, CONNECTIONS, &accepted, 2 + 2 * CONNECTIONS).await;
     let in_use = h.proxy.limits.max_connections - h.proxy.connections.available_permits();
     assert_eq!(in_use, CONNECTIONS + 1, "every connection is being served");
     let held = held_since(&before_by_size, CONNECTIONS as i64);

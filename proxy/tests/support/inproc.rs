@@ -31,6 +31,25 @@ pub const ENDPOINTS: &str = "endpoints:
 ";
 
 pub fn policy(port: u16, get_path: &str) -> String {
+    policy_with_rules(
+        port,
+        &format!(
+            "            http:
+              - {{method: GET, path: \"{get_path}\"}}
+              - {{method: CONNECT}}
+              - {{method: POST, path: /pkg.Svc/Ok}}
+              - method: GET
+                path: /hdr
+                headerMatches:
+                  - {{name: x-added, value: yes, mismatch: ADD}}
+                  - {{name: x-secret, value: never, mismatch: DELETE}}
+"
+        ),
+    )
+}
+
+/// The client -> server policy for `port` with `rules` (the YAML under `rules:`, indented 12 spaces).
+pub fn policy_with_rules(port: u16, rules: &str) -> String {
     format!(
         "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -42,16 +61,7 @@ spec:
       toPorts:
         - ports: [{{port: \"{port}\", protocol: TCP}}]
           rules:
-            http:
-              - {{method: GET, path: \"{get_path}\"}}
-              - {{method: CONNECT}}
-              - {{method: POST, path: /pkg.Svc/Ok}}
-              - method: GET
-                path: /hdr
-                headerMatches:
-                  - {{name: x-added, value: yes, mismatch: ADD}}
-                  - {{name: x-secret, value: never, mismatch: DELETE}}
-"
+{rules}"
     )
 }
 
