@@ -31,9 +31,9 @@ pub fn transparent_huge_pages_disabled() -> bool {
     unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1 }
 }
 
-/// Switches transparent huge pages off for this process (`PR_SET_THP_DISABLE`), for mappings faulted from now on:
-/// call it first thing in `main`, before the allocator has touched more than its first pages. Returns why it could
-/// not (the process still runs: it only holds more memory).
+/// Switches transparent huge pages off for this process (`PR_SET_THP_DISABLE`), for mappings faulted from now on.
+/// The binary calls it from an `.init_array` constructor that runs before mimalloc's own (`main.rs`); the scale
+/// bench through [`tune_for_daemon`]. Returns why it could not (the process still runs: it only holds more memory).
 pub fn small_pages_only() -> Result<(), std::io::Error> {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes only this process's flag (inherited by
     // children, which the daemon does not start).

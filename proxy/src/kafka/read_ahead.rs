@@ -41,10 +41,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for ReadAhead<R> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.pos < this.held.len() {
-            let n = out.remaining().min(this.held.len() - this.pos);
-            out.put_slice(&this.held[this.pos..this.pos + n]);
-            this.pos += n;
+        if crate::http_detect::read_buffered(out, &this.held, &mut this.pos) {
             return Poll::Ready(Ok(()));
         }
         if out.remaining() >= READ_AHEAD {
