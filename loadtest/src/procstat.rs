@@ -11,18 +11,20 @@ const USER_HZ: f64 = 100.0;
 pub struct ProcSample {
     /// utime + stime in seconds.
     pub cpu_secs: f64,
+    /// stime alone (time in the kernel on the process's behalf) in seconds.
+    pub sys_secs: f64,
     pub rss_kib: u64,
 }
 
-/// utime + stime (seconds) from the text of /proc/<pid>/stat. The command name may contain spaces and
+/// (utime + stime, stime) in seconds from the text of /proc/<pid>/stat. The command name may contain spaces and
 /// parentheses, so fields are counted after the last `)`.
-pub fn parse_stat_cpu(stat: &str) -> Option<f64> {
+pub fn parse_stat_cpu(stat: &str) -> Option<(f64, f64)> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the name: state(0) ... utime is field 14 overall = index 11 here, stime index 12.
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / USER_HZ)
+    Some(((utime + stime) as f64 / USER_HZ, stime as f64 / USER_HZ))
 }
 
 /// VmRSS in KiB from the text of /proc/<pid>/status.
@@ -45,8 +47,10 @@ pub fn sample(pid: u32) -> io::Result<ProcSample> {
     };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let (cpu_secs, sys_secs) = parse_stat_cpu(&stat).ok_or_else(|| bad("stat"))?;
     Ok(ProcSample {
-        cpu_secs: parse_stat_cpu(&stat).ok_or_else(|| bad("stat"))?,
+        cpu_secs,
+        sys_secs,
         rss_kib: parse_status_rss(&status).ok_or_else(|| bad("status"))?,
     })
 }
@@ -58,7 +62,7 @@ mod tests {
     #[test]
     fn stat_fields_after_a_tricky_name() {
         let stat = "1234 (my (proc) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 99 1000 200";
-        assert_eq!(parse_stat_cpu(stat), Some(3.0));
+        assert_eq!(parse_stat_cpu(stat), Some((3.0, 0.5)));
         assert_eq!(parse_stat_cpu("garbage"), None);
     }
 

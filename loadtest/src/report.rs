@@ -112,11 +112,20 @@ pub struct ShownConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ProxyCost {
     pub cpu_secs: f64,
+    /// The part of `cpu_secs` spent in the kernel (stime); 0 in results saved before it was measured.
+    #[serde(default)]
+    pub sys_secs: f64,
     pub wall_secs: f64,
     pub rss_kib: u64,
 }
 
 impl ProxyCost {
+    /// The kernel's share of the proxy's CPU time (system calls, the network stack, wake-ups): the part a proxy
+    /// cannot shave off in its own code.
+    pub fn kernel_share(&self) -> Option<f64> {
+        (self.cpu_secs > 0.0).then(|| self.sys_secs / self.cpu_secs)
+    }
+
     /// CPU cores the proxy used per 1000 requests per second (= CPU seconds per 1000 requests).
     pub fn cores_per_krps(&self, rps: f64) -> Option<f64> {
         (self.wall_secs > 0.0 && rps > 0.0).then(|| self.cpu_secs / self.wall_secs / (rps / 1000.0))
@@ -236,6 +245,8 @@ pub struct Headline {
     pub max_rps_vs_direct: Option<f64>,
     /// Closed-loop rps divided by the proxy's CPU cores used.
     pub rps_per_core: Option<f64>,
+    /// The kernel's share of the proxy's CPU in the closed loop.
+    pub kernel_share: Option<f64>,
     /// p50 / p99 over the baseline row at the reference open-loop rate, ms.
     pub added_p50_ms: Option<f64>,
     pub added_p99_ms: Option<f64>,
@@ -294,6 +305,7 @@ pub fn headline_rows(r: &ScenarioResult) -> Vec<Headline> {
                     let cores = p.cpu_secs / p.wall_secs;
                     (cores > 0.0).then(|| c.summary.achieved_rps / cores)
                 }),
+                kernel_share: c.as_ref().and_then(|c| c.proxy?.kernel_share()),
                 added_p50_ms: o
                     .as_ref()
                     .zip(base)
@@ -345,6 +357,7 @@ pub struct HeadlineSpread {
     pub max_rps: Option<Spread>,
     pub max_rps_vs_direct: Option<Spread>,
     pub rps_per_core: Option<Spread>,
+    pub kernel_share: Option<Spread>,
     pub added_p50_ms: Option<Spread>,
     pub added_p99_ms: Option<Spread>,
     pub cores_per_krps: Option<Spread>,
@@ -374,6 +387,7 @@ pub fn headline_spreads(r: &ScenarioResult) -> Vec<HeadlineSpread> {
                 max_rps: over(|x| x.max_rps),
                 max_rps_vs_direct: over(|x| x.max_rps_vs_direct),
                 rps_per_core: over(|x| x.rps_per_core),
+                kernel_share: over(|x| x.kernel_share.map(|k| k * 100.0)),
                 added_p50_ms: over(|x| x.added_p50_ms),
                 added_p99_ms: over(|x| x.added_p99_ms),
                 cores_per_krps: over(|x| x.cores_per_krps),
@@ -408,16 +422,17 @@ pub fn headlines(r: &ScenarioResult) -> String {
     let mut out = format!(
         "Headline figures, median of {rounds} round(s) with (min–max) (added latency and CPU at {reference}; max rps \
          and rps per proxy core from the closed loop):\n\n\
-         | proxy | max rps | max rps / direct | rps per proxy core | added p50 ms | added p99 ms | CPU cores per 1000 rps | idle RSS MiB | MiB per 10k idle conns |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+         | proxy | max rps | max rps / direct | rps per proxy core | kernel % of proxy CPU | added p50 ms | added p99 ms | CPU cores per 1000 rps | idle RSS MiB | MiB per 10k idle conns |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
     for h in &rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             h.label,
             spread::show(h.max_rps, 0),
             show_x(h.max_rps_vs_direct),
             spread::show(h.rps_per_core, 0),
+            spread::show(h.kernel_share, 0),
             spread::show(h.added_p50_ms, 2),
             spread::show(h.added_p99_ms, 2),
             spread::show(h.cores_per_krps, 3),
@@ -604,7 +619,9 @@ pub fn benchmarks_document(sections: &str, machine: &str) -> String {
          nginx and HAProxy on the node's gateway address), so every row crosses the same veths. The first row of each \
          table is the baseline (no proxy). `proxy CPU cores per 1000 rps` is the proxy's utime+stime from /proc over \
          the run divided by wall time and by the achieved thousands of requests per second; `proxy RSS` is VmRSS at \
-         the end of the run; `rps per proxy core` is closed-loop rps divided by the CPU cores the proxy used; `idle \
+         the end of the run; `rps per proxy core` is closed-loop rps divided by the CPU cores the proxy used; `kernel % \
+         of proxy CPU` is stime's share of that CPU (system calls, the network stack, wake-ups: work any proxy \
+         moving the same packets pays, which bounds how far faster user-space code can go); `idle \
          RSS` is VmRSS after start and the two enforcement-check requests, before any load; `MiB per 10k idle conns` is the VmRSS growth while holding N idle \
          keep-alive connections (one request each), read once it settles (two readings 500 ms apart within 1%), \
          scaled to 10,000. `req B` / `resp B` are request and response body \
@@ -688,6 +705,7 @@ mod tests {
         // 1 CPU second over 10 s at 2000 rps = 0.1 core for 2 krps = 0.05 core per krps.
         r.proxy = Some(ProxyCost {
             cpu_secs: 1.0,
+            sys_secs: 0.5,
             wall_secs: 10.0,
             rss_kib: 2048,
         });
@@ -716,9 +734,11 @@ mod tests {
 
     #[test]
     fn headlines_and_tollgate_ratios() {
-        let cost = |cpu| {
+        // Half of each proxy's CPU in the kernel.
+        let cost = |cpu: f64| {
             Some(ProxyCost {
                 cpu_secs: cpu,
+                sys_secs: cpu / 2.0,
                 wall_secs: 10.0,
                 rss_kib: 1024,
             })
@@ -756,9 +776,10 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert_eq!(h[0].rps_per_core, Some(20000.0));
         assert_eq!(h[0].max_rps_vs_direct, Some(0.4));
+        assert_eq!(h[0].kernel_share, Some(0.5));
         assert!(md_row_has(
             &headlines(&r),
-            "| tollgate | 20000 | 0.40x | 20000 |"
+            "| tollgate | 20000 | 0.40x | 20000 | 50 |"
         ));
         assert_eq!(h[0].added_p99_ms, Some(2.0));
         assert_eq!(h[0].cores_per_krps, Some(0.1));
@@ -774,6 +795,7 @@ mod tests {
     fn ratios_of_non_positive_added_latency_are_na() {
         let cost = Some(ProxyCost {
             cpu_secs: 1.0,
+            sys_secs: 0.0,
             wall_secs: 10.0,
             rss_kib: 1024,
         });
@@ -811,6 +833,7 @@ mod tests {
     fn cost(cpu_secs: f64) -> Option<ProxyCost> {
         Some(ProxyCost {
             cpu_secs,
+            sys_secs: 0.0,
             wall_secs: 10.0,
             rss_kib: 1024,
         })
@@ -865,7 +888,7 @@ mod tests {
         assert!(md.contains("median of 3 round(s)"), "{md}");
         assert!(
             md.contains(
-                "| tollgate | 20000 (18000–21000) | 0.40x (0.36–0.42) | 20000 (18000–21000) |"
+                "| tollgate | 20000 (18000–21000) | 0.40x (0.36–0.42) | 20000 (18000–21000) | 0 (0–0) |"
             ),
             "{md}"
         );

@@ -216,6 +216,7 @@ fn charged<T>(
             let a = sample(r)?;
             Some(ProxyCost {
                 cpu_secs: a.cpu_secs - b.cpu_secs,
+                sys_secs: a.sys_secs - b.sys_secs,
                 wall_secs,
                 rss_kib: a.rss_kib,
             })
