@@ -74,14 +74,28 @@ pub struct DnsServer {
 /// may still be answered late, so its socket is closed). Each socket has its own random source port.
 #[derive(Debug, Default)]
 pub struct SocketPool {
-    idle: std::sync::Mutex<std::collections::HashMap<SocketAddr, Vec<UdpSocket>>>,
+    idle: std::sync::Mutex<std::collections::HashMap<SocketAddr, Vec<Upstream>>>,
+}
+
+/// A pooled socket and the buffer its answers are read into. The buffer goes with the socket, so a query reuses
+/// memory an earlier one zeroed instead of allocating and zeroing a fresh one (up to the client's UDP payload
+/// size, 4 KiB and more for EDNS clients) only to keep the hundred bytes of a typical answer.
+#[derive(Debug)]
+struct Upstream {
+    socket: UdpSocket,
+    buf: Vec<u8>,
 }
 
 /// Idle sockets kept per resolver.
 const POOL_PER_RESOLVER: usize = 256;
 
+/// The largest answer buffer a pooled socket keeps (EDNS0's common 4096-byte payload, plus the byte that detects
+/// more): a client announcing 64 KiB gets a buffer for its query alone, so the pool holds at most 1 MiB of them
+/// per resolver whatever clients announce.
+const KEPT_BUFFER: usize = 4097;
+
 impl SocketPool {
-    fn take(&self, resolver: SocketAddr, mark: u32) -> std::io::Result<UdpSocket> {
+    fn take(&self, resolver: SocketAddr, mark: u32) -> std::io::Result<Upstream> {
         let pooled = self
             .idle
             .lock()
@@ -89,16 +103,22 @@ impl SocketPool {
             .get_mut(&resolver)
             .and_then(Vec::pop);
         match pooled {
-            Some(s) => Ok(s),
-            None => marked_udp(resolver, mark),
+            Some(u) => Ok(u),
+            None => Ok(Upstream {
+                socket: marked_udp(resolver, mark)?,
+                buf: Vec::new(),
+            }),
         }
     }
 
-    fn give_back(&self, resolver: SocketAddr, socket: UdpSocket) {
+    fn give_back(&self, resolver: SocketAddr, mut upstream: Upstream) {
+        if upstream.buf.len() > KEPT_BUFFER {
+            upstream.buf = Vec::new();
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(resolver).or_default();
         if list.len() < POOL_PER_RESOLVER {
-            list.push(socket);
+            list.push(upstream);
         }
     }
 }
@@ -387,22 +407,26 @@ impl DnsServer {
         msg: &[u8],
         query: &Query,
     ) -> Result<(Vec<u8>, ResponseInfo), String> {
-        let socket = self
+        let mut upstream = self
             .sockets
             .take(resolver, self.opts.mark)
             .map_err(|e| e.to_string())?;
+        let socket = &upstream.socket;
         socket
             .send(msg)
             .await
             .map_err(|e| format!("sending to {resolver}: {e}"))?;
         // Room for what the client accepts plus one byte to detect more: the resolver sees the client's own EDNS0
-        // size, so a longer datagram is a resolver fault. (Sized per query rather than 64 KiB: zeroing and
-        // freeing a 64 KiB buffer per query was the largest userspace cost in the benchmark profile.)
+        // size, so a longer datagram is a resolver fault. The socket's own buffer, grown (and zeroed) only past the
+        // largest size an earlier query of this socket needed.
         let cap = usize::from(query.udp_payload) + 1;
-        let mut buf = vec![0u8; cap];
+        if upstream.buf.len() < cap {
+            upstream.buf.resize(cap, 0);
+        }
+        let buf = &mut upstream.buf[..cap];
         let deadline = tokio::time::Instant::now() + self.opts.upstream_timeout;
         loop {
-            let n = match tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
+            let n = match tokio::time::timeout_at(deadline, socket.recv(buf)).await {
                 Ok(Ok(n)) if n == cap => {
                     return Err(format!(
                         "{resolver} sent a response larger than the client's UDP payload size {}",
@@ -420,14 +444,14 @@ impl DnsServer {
             };
             match message::inspect_response(query, &buf[..n]) {
                 Ok(info) => {
-                    buf.truncate(n);
+                    let answer = buf[..n].to_vec();
                     // The answer is read: mark the socket not readable without the recv() that would find it
                     // empty (the next datagram marks it again), sparing that failing syscall on its next query.
                     let _ = socket.try_io(Interest::READABLE, || {
                         Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
                     });
-                    self.sockets.give_back(resolver, socket);
-                    return Ok((buf, info));
+                    self.sockets.give_back(resolver, upstream);
+                    return Ok((answer, info));
                 }
                 Err(e) => tracing::debug!(%resolver, "ignoring a datagram: {e}"),
             }
@@ -808,6 +832,24 @@ spec:
         let f = last_flow(&h).await;
         assert_eq!(f.verdict, Verdict::Error);
         assert!(f.policy.contains("did not answer"), "{}", f.policy);
+    }
+
+    /// A pooled socket keeps its answer buffer for the next query, but never one grown past [`KEPT_BUFFER`] by a
+    /// client announcing a huge UDP payload: the pool's memory stays bounded whatever clients announce.
+    #[tokio::test]
+    async fn pooled_sockets_keep_small_answer_buffers_only() {
+        let pool = SocketPool::default();
+        let resolver: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        for (size, kept) in [(1233, 1233), (KEPT_BUFFER, KEPT_BUFFER), (65_536, 0)] {
+            let mut u = pool.take(resolver, 0).unwrap();
+            u.buf = vec![0; size];
+            pool.give_back(resolver, u);
+            assert_eq!(
+                pool.take(resolver, 0).unwrap().buf.len(),
+                kept,
+                "buffer of {size}"
+            );
+        }
     }
 
     #[tokio::test]
