@@ -14,6 +14,7 @@ use tollgate_load::quiet::{self, Gate, Verdict};
 use tollgate_load::report::{self, RunResult, ScenarioResult};
 use tollgate_load::runner;
 use tollgate_load::scenario::{self, Scenario};
+use tollgate_load::tunnel_bench;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +67,10 @@ enum Cmd {
         /// "Kubernetes scale" section from its estimates and RSS reading.
         #[arg(long)]
         kubernetes_scale: Option<PathBuf>,
+        /// The rounds `tests/tests/tunnel_bench.rs` wrote (`TOLLGATE_TUNNEL_BENCH_OUT`): adds the "mTLS tunnel (two
+        /// hops)" section.
+        #[arg(long)]
+        tunnel_bench: Option<PathBuf>,
     },
 }
 
@@ -80,6 +85,7 @@ struct ScenarioArgs {
     max_load: f64,
     allow_busy: bool,
     kubernetes_scale: Option<PathBuf>,
+    tunnel_bench: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,6 +194,7 @@ fn main() -> anyhow::Result<()> {
             max_load,
             allow_busy,
             kubernetes_scale,
+            tunnel_bench,
         } => scenario_cmd(ScenarioArgs {
             files,
             out,
@@ -202,6 +209,7 @@ fn main() -> anyhow::Result<()> {
             max_load,
             allow_busy,
             kubernetes_scale,
+            tunnel_bench,
         })?,
     }
     Ok(())
@@ -259,6 +267,17 @@ fn scenario_cmd(a: ScenarioArgs) -> anyhow::Result<()> {
     if let Some(dir) = &a.kubernetes_scale {
         let (medians, rss, daemon_rss) = kube_scale::read(dir)?;
         md.push_str(&kube_scale::markdown(&medians, rss, daemon_rss));
+    }
+    if let Some(path) = &a.tunnel_bench {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "reading {} (run tests/tests/tunnel_bench.rs with TOLLGATE_TUNNEL_BENCH_OUT; ./dev bench does)",
+                path.display()
+            )
+        })?;
+        let rounds =
+            tunnel_bench::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+        md.push_str(&tunnel_bench::markdown(&rounds));
     }
     let verdict = gate.verdict();
     if let Some(banner) = verdict.banner() {

@@ -102,7 +102,7 @@ impl ClientStream for TcpStream {
     }
 }
 
-impl ClientStream for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
+impl ClientStream for crate::tunnel::TunnelStream {
     type Http = Self;
     /// Dropping the stream resets the HTTP/2 stream; the tunnel connection and its other streams stay.
     fn refuse(self) {}

@@ -12,7 +12,9 @@
 //! - `tunnel`: node A's tollgate (HTTP policy) -> mTLS HTTP/2 CONNECT -> node B's tollgate (HTTP policy) -> nginx.
 //!
 //! Each round also runs both paths closed loop (8 connections, one request in flight each: maximum rate and its
-//! latency). Prints p50/p99/p99.9 per row and round, and the added p99 at 1000 rps (tunnel - plaintext).
+//! latency). Prints p50/p99/p99.9 per row and round, and the added p99 at 1000 rps (tunnel - plaintext). With
+//! `TOLLGATE_TUNNEL_BENCH_OUT=FILE` it also writes every round's rows there as JSON, which `tollgate-load scenario
+//! --tunnel-bench FILE` renders as the "mTLS tunnel (two hops)" section of BENCHMARKS.md (`./dev bench` does both).
 
 use std::process::Stdio;
 
@@ -66,6 +68,7 @@ fn two_hop_added_p99_at_1000_rps() {
     println!("| round | row | achieved rps | p50 µs | p99 µs | p99.9 µs |");
     println!("|---|---|---|---|---|---|");
     let mut added = Vec::new();
+    let mut rounds = Vec::new();
     for round in 1..=ROUNDS {
         // The plain path must work before it is measured (no proxy yet, or the redirect is really gone).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -111,8 +114,18 @@ fn two_hop_added_p99_at_1000_rps() {
                 s["p999_us"]
             );
         }
+        rounds.push(serde_json::json!({
+            "plaintext": &p["summary"],
+            "tunnel": &t["summary"],
+            "plaintext_max": &pmax["summary"],
+            "tunnel_max": &tmax["summary"],
+        }));
         let d = t["summary"]["p99_us"].as_i64().unwrap() - p["summary"]["p99_us"].as_i64().unwrap();
         added.push(d);
+    }
+    if let Some(path) = std::env::var_os("TOLLGATE_TUNNEL_BENCH_OUT") {
+        let json = serde_json::json!({ "rounds": rounds });
+        std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
     }
     added.sort();
     println!(

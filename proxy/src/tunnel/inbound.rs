@@ -1,6 +1,5 @@
 //! The destination side: an mTLS listener accepting HTTP/2 CONNECT streams from other node proxies.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -9,12 +8,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use certs::{AllowedIds, PeerRejection, SpiffeId, SvidStore};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::RecvStream;
+use h2::server::SendResponse;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+
+use super::stream::{TunnelStream, keep_alive};
 
 /// An accepted tunnel: bytes from a remote workload, authenticated as `peer_id`, addressed to `original_dst`.
 #[derive(Debug)]
@@ -28,7 +27,7 @@ pub struct InboundTunnel {
     /// The source workload's address as its node proxy reported it (`forwarded: for=`); informational.
     pub reported_source: Option<SocketAddr>,
     /// The byte stream (AsyncRead + AsyncWrite).
-    pub stream: TokioIo<Upgraded>,
+    pub stream: TunnelStream,
 }
 
 /// What the proxy does with tunnels; see the module docs of `tunnel` for how it maps to policy and flow records.
@@ -132,73 +131,112 @@ impl<H: InboundHandler> TunnelServer<H> {
             // Unreachable with our verifier (client certificates are mandatory and must be SVIDs).
             return;
         };
-        let handler = self.handler.clone();
-        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let handler = handler.clone();
-            let peer_id = peer_id.clone();
-            async move { Ok::<_, Infallible>(handle_request(req, handler, peer_id, peer_addr)) }
-        });
-        if let Err(e) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(tls), service)
-            .await
-        {
-            tracing::debug!(%peer_addr, error = %e, "tunnel connection from node proxy ended");
+        let mut conn = match server_builder().handshake::<_, Bytes>(tls).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::debug!(%peer_addr, error = %e, "tunnel connection from node proxy ended");
+                return;
+            }
+        };
+        let keep_alive = keep_alive(conn.ping_pong().expect("taken once, here"));
+        tokio::pin!(keep_alive);
+        loop {
+            // Accepting also drives the connection: every stream's frames move while this loop runs.
+            let next = tokio::select! {
+                next = conn.accept() => next,
+                e = &mut keep_alive => {
+                    tracing::debug!(%peer_addr, error = %e, "tunnel connection from node proxy lost");
+                    return;
+                }
+            };
+            match next {
+                Some(Ok((req, respond))) => {
+                    handle_request(req, respond, &self.handler, &peer_id, peer_addr)
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(%peer_addr, error = %e, "tunnel connection from node proxy ended");
+                    return;
+                }
+                None => return,
+            }
         }
     }
 }
 
-fn status(code: http::StatusCode) -> http::Response<Empty<Bytes>> {
-    let mut resp = http::Response::new(Empty::new());
+/// hyper's HTTP/2 server settings (what the tunnel used before it spoke h2 directly): windows, frame and header
+/// limits, at most 200 concurrent streams per connection, a bound on streams reset for our errors.
+fn server_builder() -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.initial_window_size(1024 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_send_buffer_size(400 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_concurrent_streams(200)
+        .max_local_error_reset_streams(Some(1024));
+    b
+}
+
+fn status(code: http::StatusCode) -> http::Response<()> {
+    let mut resp = http::Response::new(());
     *resp.status_mut() = code;
     resp
 }
 
+/// Answers one stream: a refusal (its status, END_STREAM), or 200 and the handler serving the stream on a task of
+/// its own.
 fn handle_request<H: InboundHandler>(
-    mut req: http::Request<Incoming>,
-    handler: Arc<H>,
-    peer_id: SpiffeId,
+    req: http::Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    handler: &Arc<H>,
+    peer_id: &SpiffeId,
     peer_addr: SocketAddr,
-) -> http::Response<Empty<Bytes>> {
+) {
+    let (original_dst, reported_source) = match admit(&req, handler.as_ref(), peer_id) {
+        Ok(admitted) => admitted,
+        Err(code) => {
+            let _ = respond.send_response(status(code), true);
+            return;
+        }
+    };
+    let send = match respond.send_response(status(http::StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::debug!(%peer_addr, error = %e, "tunnel stream closed before it opened");
+            return;
+        }
+    };
+    let tunnel = InboundTunnel {
+        peer_id: peer_id.clone(),
+        peer_addr,
+        original_dst,
+        reported_source,
+        stream: TunnelStream::new(send, req.into_body()),
+    };
+    tokio::spawn(handler.serve(tunnel));
+}
+
+/// The CONNECT's destination and reported source once the handler admitted it, or the status refusing it.
+fn admit<H: InboundHandler>(
+    req: &http::Request<RecvStream>,
+    handler: &H,
+    peer_id: &SpiffeId,
+) -> Result<(SocketAddr, Option<SocketAddr>), http::StatusCode> {
     if req.method() != http::Method::CONNECT {
-        return status(http::StatusCode::METHOD_NOT_ALLOWED);
+        return Err(http::StatusCode::METHOD_NOT_ALLOWED);
     }
-    let Some(original_dst) = req
+    let original_dst = req
         .uri()
         .authority()
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-    else {
-        return status(http::StatusCode::BAD_REQUEST);
-    };
+        .ok_or(http::StatusCode::BAD_REQUEST)?;
     let reported_source = req
         .headers()
         .get(http::header::FORWARDED)
         .and_then(|v| v.to_str().ok())
         .and_then(forwarded_for);
-    if let Err(code) = handler.admit(&peer_id, original_dst, reported_source) {
-        return status(code);
-    }
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                handler
-                    .serve(InboundTunnel {
-                        peer_id,
-                        peer_addr,
-                        original_dst,
-                        reported_source,
-                        stream: TokioIo::new(upgraded),
-                    })
-                    .await
-            }
-            Err(e) => {
-                tracing::debug!(%peer_addr, error = %e, "tunnel stream closed before it opened")
-            }
-        }
-    });
-    status(http::StatusCode::OK)
+    handler.admit(peer_id, original_dst, reported_source)?;
+    Ok((original_dst, reported_source))
 }
 
 /// The `for=` address of a `forwarded` header (RFC 7239), `for="ip:port"` or `for=ip`.

@@ -15,12 +15,18 @@
 //! - Inbound (destination node): `TunnelServer::new(store, allowed, handler)?.serve(listener)`; the handler's
 //!   `admit` may refuse a CONNECT with a status, `serve` runs the stream, `refused` reports failed handshakes with
 //!   their `PeerRejection`.
+//!
+//! Both sides speak HTTP/2 with the `h2` crate directly, not through hyper: a CONNECT stream is a [`TunnelStream`]
+//! read and written on h2's stream handles from the task that uses it, so a chunk costs one hand-over (to h2's
+//! connection task) instead of hyper's upgrade bridge (a copy into a channel and a second task per stream).
 
 mod inbound;
 mod outbound;
+mod stream;
 
 pub use inbound::{InboundHandler, InboundTunnel, TunnelServer};
 pub use outbound::{OutboundTunnel, TunnelClient, TunnelError};
+pub use stream::TunnelStream;
 
 #[cfg(test)]
 mod tests;

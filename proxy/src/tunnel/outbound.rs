@@ -2,17 +2,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use certs::{AllowedIds, PeerRejection, SpiffeId, SvidStore};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::SendRequest;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use super::stream::{TunnelStream, keep_alive};
 
 /// Why a tunnel could not be opened; each names the node and what to check.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +42,7 @@ pub enum TunnelError {
     Http {
         node: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: h2::Error,
     },
     #[error("node proxy {node} refused the tunnel to {original_dst} with HTTP {status}")]
     Refused {
@@ -57,7 +58,7 @@ pub enum TunnelError {
 #[derive(Debug)]
 pub struct OutboundTunnel {
     /// The byte stream to the original destination (AsyncRead + AsyncWrite).
-    pub stream: TokioIo<Upgraded>,
+    pub stream: TunnelStream,
     /// The verified SPIFFE ID of the destination node proxy.
     pub peer_id: SpiffeId,
 }
@@ -70,7 +71,9 @@ struct PoolKey {
 
 #[derive(Debug, Clone)]
 struct Pooled {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
+    /// Set when the connection's task ends (closed by either side, GOAWAY, keep-alive unanswered).
+    closed: Arc<AtomicBool>,
     peer_id: SpiffeId,
     /// The node's certificate stops being valid then: no new streams on this connection after it.
     peer_not_after: SystemTime,
@@ -80,8 +83,12 @@ struct Pooled {
 }
 
 impl Pooled {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     fn reusable(&self, source: &SvidStore, expected_node: &AllowedIds) -> bool {
-        !self.sender.is_closed()
+        !self.is_closed()
             && expected_node.allows(&self.peer_id)
             && SystemTime::now() < self.peer_not_after
             && source.generation() == self.source_generation
@@ -113,7 +120,7 @@ impl TunnelClient {
     /// Open HTTP/2 connections currently pooled.
     pub fn pooled_connections(&self) -> usize {
         let mut pool = self.pool.lock().expect("not poisoned");
-        pool.retain(|_, p| !p.sender.is_closed());
+        pool.retain(|_, p| !p.is_closed());
         pool.len()
     }
 
@@ -142,51 +149,45 @@ impl TunnelClient {
         let mut pooled = match reusable {
             Some(p) => p,
             None => {
-                let p = self.connect(source, node, expected_node).await?;
-                self.pool
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(key.clone(), p.clone());
-                p
+                self.connect_and_pool(source, node, expected_node, &key)
+                    .await?
             }
         };
-        if pooled.sender.ready().await.is_err() {
-            // The pooled connection died between the check and now: one fresh connection, then give up.
-            let p = self.connect(source, node, expected_node).await?;
-            self.pool
-                .lock()
-                .expect("not poisoned")
-                .insert(key, p.clone());
-            pooled = p;
-        }
-        let mut req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(original_dst.to_string());
-        if let Some(addr) = source_addr {
-            req = req.header(http::header::FORWARDED, format!("for=\"{addr}\""));
-        }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .expect("CONNECT request with an ip:port authority is valid");
-        let resp = pooled
-            .sender
-            .send_request(req)
-            .await
-            .map_err(|source| TunnelError::Http { node, source })?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(TunnelError::Refused {
-                node,
-                original_dst,
-                status: resp.status(),
-            });
-        }
-        let upgraded = hyper::upgrade::on(resp)
-            .await
-            .map_err(|source| TunnelError::Http { node, source })?;
+        let sender = match pooled.sender.clone().ready().await {
+            Ok(sender) => sender,
+            Err(_) => {
+                // The pooled connection died between the check and now: one fresh connection, then give up.
+                pooled = self
+                    .connect_and_pool(source, node, expected_node, &key)
+                    .await?;
+                pooled
+                    .sender
+                    .clone()
+                    .ready()
+                    .await
+                    .map_err(|source| TunnelError::Http { node, source })?
+            }
+        };
+        let stream = connect_stream(sender, node, original_dst, source_addr).await?;
         Ok(OutboundTunnel {
-            stream: TokioIo::new(upgraded),
+            stream,
             peer_id: pooled.peer_id,
         })
+    }
+
+    async fn connect_and_pool(
+        &self,
+        source: &Arc<SvidStore>,
+        node: SocketAddr,
+        expected_node: &AllowedIds,
+        key: &PoolKey,
+    ) -> Result<Pooled, TunnelError> {
+        let p = self.connect(source, node, expected_node).await?;
+        self.pool
+            .lock()
+            .expect("not poisoned")
+            .insert(key.clone(), p.clone());
+        Ok(p)
     }
 
     async fn connect(
@@ -224,23 +225,84 @@ impl TunnelClient {
             .and_then(|c| c.first())
             .and_then(|c| certs::parse_leaf(c).ok())
             .expect("the verifier accepted an SVID leaf");
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(tls))
+        let (sender, connection) = client_builder()
+            .handshake::<_, Bytes>(tls)
             .await
             .map_err(|source| TunnelError::Http { node, source })?;
         tracing::info!(%node, peer = %leaf.id, source = %source.svid().spiffe_id(), generation = source_generation, "tunnel connection to node proxy established");
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%node, error = %e, "tunnel connection to node proxy ended");
-            }
-        });
+        let closed = spawn_connection(node, connection);
         Ok(Pooled {
             sender,
+            closed,
             peer_id: leaf.id,
             peer_not_after: leaf.not_after,
             source_generation,
         })
     }
+}
+
+/// hyper's HTTP/2 client settings (what the tunnel used before it spoke h2 directly): windows, frame and header
+/// limits, streams before the server's SETTINGS arrive.
+fn client_builder() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_header_list_size(16 * 1024)
+        .initial_max_send_streams(100)
+        .enable_push(false);
+    b
+}
+
+/// Drives the connection (and its keep-alive) on a task of its own; the flag is set once it has ended.
+fn spawn_connection(
+    node: SocketAddr,
+    mut connection: h2::client::Connection<TlsStream<TcpStream>, Bytes>,
+) -> Arc<AtomicBool> {
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = closed.clone();
+    let ping = connection.ping_pong().expect("taken once, here");
+    tokio::spawn(async move {
+        tokio::select! {
+            r = &mut connection => if let Err(e) = r {
+                tracing::debug!(%node, error = %e, "tunnel connection to node proxy ended");
+            },
+            e = keep_alive(ping) => tracing::debug!(%node, error = %e, "tunnel connection to node proxy lost"),
+        }
+        ended.store(true, Ordering::Release);
+    });
+    closed
+}
+
+/// Sends the CONNECT for `original_dst` on a ready connection and waits for the node's answer.
+async fn connect_stream(
+    mut sender: SendRequest<Bytes>,
+    node: SocketAddr,
+    original_dst: SocketAddr,
+    source_addr: Option<SocketAddr>,
+) -> Result<TunnelStream, TunnelError> {
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(original_dst.to_string());
+    if let Some(addr) = source_addr {
+        req = req.header(http::header::FORWARDED, format!("for=\"{addr}\""));
+    }
+    let req = req
+        .body(())
+        .expect("CONNECT request with an ip:port authority is valid");
+    let (response, send) = sender
+        .send_request(req, false)
+        .map_err(|source| TunnelError::Http { node, source })?;
+    let resp = response
+        .await
+        .map_err(|source| TunnelError::Http { node, source })?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(TunnelError::Refused {
+            node,
+            original_dst,
+            status: resp.status(),
+        });
+    }
+    Ok(TunnelStream::new(send, resp.into_body()))
 }

@@ -338,3 +338,33 @@ async fn source_rotation_moves_new_streams_to_a_new_connection_without_breaking_
         "the pool keeps only the new connection"
     );
 }
+
+#[tokio::test]
+async fn bulk_bytes_beyond_the_flow_control_windows_arrive_whole_and_a_shutdown_ends_the_stream() {
+    let ca = ca();
+    let echo = echo_server().await;
+    let handler = Arc::new(Forwarder::default());
+    let node_b = node(&store(&ca, NODE_B), AllowedIds::AnyTrusted, handler).await;
+    let client = TunnelClient::default();
+    let web = store(&ca, WEB);
+    let t = client
+        .open(&web, node_b, &AllowedIds::ids([id(NODE_B)]), echo, None)
+        .await
+        .unwrap();
+    // More than the stream (2 MiB) and connection (5 MiB) windows, so writes wait for WINDOW_UPDATEs.
+    let sent: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = tokio::io::split(t.stream);
+    let expected = sent.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut got))
+        .await
+        .expect("echoed and closed within 20 s")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "bytes changed on the way");
+}
