@@ -28,6 +28,11 @@ pub struct Round {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rounds {
     pub rounds: Vec<Round>,
+    /// The 1-minute load average before the first round and after the last (absent in older files).
+    #[serde(default)]
+    pub load_before: Option<f64>,
+    #[serde(default)]
+    pub load_after: Option<f64>,
 }
 
 pub fn parse(json: &str) -> Result<Rounds, serde_json::Error> {
@@ -54,7 +59,7 @@ pub fn markdown(r: &Rounds) -> String {
     let ms = |us: f64| us / 1000.0;
     let mut out = format!(
         "## mTLS tunnel (two hops)\n\n\
-         Reproduce: `./dev bench` (`tests/tests/tunnel_bench.rs`, release build, as root). Two nodes (network \
+         Reproduce: `./dev bench` (`tests/tests/tunnel_bench.rs` running the release binaries, as root). Two nodes (network \
          namespaces joined by a veth pair), a client pod on node A and nginx in a pod on node B; HTTP/1.1 GETs from \
          `tollgate-load run` inside the client pod, 8 connections. `plaintext`: no proxy on either node, the packets \
          are only routed across the link. `tunnel`: node A's tollgate (HTTP policy) -> HTTP/2 CONNECT over mutual \
@@ -83,6 +88,12 @@ pub fn markdown(r: &Rounds) -> String {
         ratio(spread(rounds, |x| x.tunnel_max.achieved_rps
             / x.plaintext_max.achieved_rps)),
     ));
+    if let (Some(before), Some(after)) = (r.load_before, r.load_after) {
+        out.push_str(&format!(
+            "1-minute load average before the first round {before:.2}, after the last {after:.2} (which includes \
+             this benchmark's own load).\n\n"
+        ));
+    }
     out
 }
 
@@ -118,6 +129,8 @@ mod tests {
     fn rounds_round_trip_through_the_file_format() {
         let r = Rounds {
             rounds: vec![round(700.0, 4000.0)],
+            load_before: Some(0.31),
+            load_after: Some(1.52),
         };
         assert_eq!(parse(&serde_json::to_string(&r).unwrap()).unwrap(), r);
     }
@@ -148,6 +161,8 @@ mod tests {
                 round(500.0, 6000.0),
                 round(900.0, 5000.0),
             ],
+            load_before: Some(0.31),
+            load_after: Some(1.5),
         };
         let md = markdown(&r);
         assert!(md.starts_with("## mTLS tunnel (two hops)\n"), "{md}");
@@ -162,6 +177,10 @@ mod tests {
             md.contains(
                 "| tunnel (2 proxies, mTLS) | 0.40 (0.40–0.40) | 0.70 (0.50–0.90) | 0.40 (0.20–0.60) | 5000 (4000–6000) | 0.25x (0.20–0.30) |"
             ),
+            "{md}"
+        );
+        assert!(
+            md.contains("load average before the first round 0.31, after the last 1.50"),
             "{md}"
         );
     }

@@ -123,14 +123,28 @@ pub fn tollgate_bin() -> PathBuf {
     built_binary("tollgate")
 }
 
-/// A binary of the workspace built into the same target directory as the running test executable.
+/// A binary of the workspace: from `$TOLLGATE_BIN_DIR` when set (`./dev bench` runs a debug benchmark harness
+/// against its release binaries, so only what is measured is built with LTO), else built into the same target
+/// directory as the running test executable.
 pub fn built_binary(name: &str) -> PathBuf {
-    // Test executables live in <target>/<profile>/deps/, binaries (like the demo) in <target>/<profile>/.
-    let exe = std::env::current_exe().expect("current_exe");
-    let mut profile_dir = exe.parent().expect("an executable has a directory");
-    if profile_dir.ends_with("deps") {
-        profile_dir = profile_dir.parent().expect("deps/ has a parent");
-    }
+    let profile_dir = match std::env::var_os("TOLLGATE_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // Test executables live in <target>/<profile>/deps/, binaries (like the demo) in <target>/<profile>/.
+            let exe = std::env::current_exe().expect("current_exe");
+            exe.parent()
+                .expect("an executable has a directory")
+                .to_path_buf()
+        }
+    };
+    let profile_dir = if profile_dir.ends_with("deps") {
+        profile_dir
+            .parent()
+            .expect("deps/ has a parent")
+            .to_path_buf()
+    } else {
+        profile_dir
+    };
     let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),

@@ -1,5 +1,5 @@
 //! Two-hop added latency of the node-to-node mTLS tunnel (ignored: a benchmark, not a test). Run as root with
-//! release binaries:
+//! release binaries (or, as `./dev bench` does, a debug harness with `TOLLGATE_BIN_DIR=target/release`):
 //!
 //! ```sh
 //! cargo build --release -p tollgate -p tollgate-load -p tollgate-e2e
@@ -59,6 +59,12 @@ fn load(nodes: &TwoNodes, out: &TempDir, label: &str, rate: Option<&str>) -> Val
     v
 }
 
+/// The 1-minute load average, shown beside the figures (a busy machine's figures are not figures).
+fn one_minute_load() -> f64 {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap();
+    text.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 #[test]
 #[ignore = "benchmark: run with --release --ignored as root"]
 fn two_hop_added_p99_at_1000_rps() {
@@ -67,6 +73,7 @@ fn two_hop_added_p99_at_1000_rps() {
     let out = TempDir::new("tunnel-bench-out").unwrap();
     println!("| round | row | achieved rps | p50 µs | p99 µs | p99.9 µs |");
     println!("|---|---|---|---|---|---|");
+    let load_before = one_minute_load();
     let mut added = Vec::new();
     let mut rounds = Vec::new();
     for round in 1..=ROUNDS {
@@ -124,7 +131,11 @@ fn two_hop_added_p99_at_1000_rps() {
         added.push(d);
     }
     if let Some(path) = std::env::var_os("TOLLGATE_TUNNEL_BENCH_OUT") {
-        let json = serde_json::json!({ "rounds": rounds });
+        let json = serde_json::json!({
+            "rounds": rounds,
+            "load_before": load_before,
+            "load_after": one_minute_load(),
+        });
         std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
     }
     added.sort();
