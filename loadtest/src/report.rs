@@ -399,15 +399,6 @@ pub fn headline_spreads(r: &ScenarioResult) -> Vec<HeadlineSpread> {
         .collect()
 }
 
-/// A ratio spread as `0.40x` or `0.40x (0.38–0.41)`.
-fn show_x(s: Option<Spread>) -> String {
-    match s {
-        None => "-".into(),
-        Some(s) if s.rounds <= 1 => format!("{:.2}x", s.median),
-        Some(s) => format!("{:.2}x ({:.2}–{:.2})", s.median, s.min, s.max),
-    }
-}
-
 /// The headline table of a scenario (medians over rounds, min–max in brackets) plus, when a `tollgate` row
 /// exists, its ratios of medians to every other proxy.
 pub fn headlines(r: &ScenarioResult) -> String {
@@ -430,7 +421,7 @@ pub fn headlines(r: &ScenarioResult) -> String {
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             h.label,
             spread::show(h.max_rps, 0),
-            show_x(h.max_rps_vs_direct),
+            spread::show_x(h.max_rps_vs_direct),
             spread::show(h.rps_per_core, 0),
             spread::show(h.kernel_share, 0),
             spread::show(h.added_p50_ms, 2),

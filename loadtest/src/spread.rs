@@ -54,6 +54,15 @@ pub fn show(s: Option<Spread>, digits: usize) -> String {
     s.map_or("-".into(), |s| s.show(digits))
 }
 
+/// A ratio spread as `0.40x` or `0.40x (0.38–0.41)`, or `-` when there is no figure.
+pub fn show_x(s: Option<Spread>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s.rounds <= 1 => format!("{:.2}x", s.median),
+        Some(s) => format!("{:.2}x ({:.2}–{:.2})", s.median, s.min, s.max),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::spread::{Spread, show};
+use crate::spread::{Spread, show, show_x};
 
 /// One row of one round: `tollgate-load run`'s summary fields the section uses.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -43,15 +43,6 @@ fn spread(rounds: &[Round], f: impl Fn(&Round) -> f64) -> Option<Spread> {
     Spread::of(rounds.iter().map(f))
 }
 
-/// `0.25x (0.20–0.30)`, as the scenario sections show ratios.
-fn ratio(s: Option<Spread>) -> String {
-    match s {
-        None => "-".into(),
-        Some(s) if s.rounds <= 1 => format!("{:.2}x", s.median),
-        Some(s) => format!("{:.2}x ({:.2}–{:.2})", s.median, s.min, s.max),
-    }
-}
-
 /// The section: p50/p99 at 1000 rps and closed-loop rps of both paths, the tunnel's added p99 and rate ratio per
 /// round (median with min–max).
 pub fn markdown(r: &Rounds) -> String {
@@ -85,7 +76,7 @@ pub fn markdown(r: &Rounds) -> String {
             2
         ),
         show(spread(rounds, |x| x.tunnel_max.achieved_rps), 0),
-        ratio(spread(rounds, |x| x.tunnel_max.achieved_rps
+        show_x(spread(rounds, |x| x.tunnel_max.achieved_rps
             / x.plaintext_max.achieved_rps)),
     ));
     if let (Some(before), Some(after)) = (r.load_before, r.load_after) {
