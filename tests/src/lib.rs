@@ -132,18 +132,14 @@ pub fn built_binary(name: &str) -> PathBuf {
         None => {
             // Test executables live in <target>/<profile>/deps/, binaries (like the demo) in <target>/<profile>/.
             let exe = std::env::current_exe().expect("current_exe");
-            exe.parent()
-                .expect("an executable has a directory")
-                .to_path_buf()
+            let dir = exe.parent().expect("an executable has a directory");
+            let dir = if dir.ends_with("deps") {
+                dir.parent().expect("deps/ has a parent")
+            } else {
+                dir
+            };
+            dir.to_path_buf()
         }
-    };
-    let profile_dir = if profile_dir.ends_with("deps") {
-        profile_dir
-            .parent()
-            .expect("deps/ has a parent")
-            .to_path_buf()
-    } else {
-        profile_dir
     };
     let bin = profile_dir.join(name);
     assert!(
