@@ -338,6 +338,7 @@ async fn detect_http<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         requests: RequestClock::default(),
         tunnels: Default::default(),
         upstream: Default::default(),
+        endpoints: Default::default(),
     });
     let conn = HttpConn {
         ctx,
@@ -411,6 +412,8 @@ impl HttpConn {
                     None => break,
                     Some((next_io, next_service)) => (io, service) = (next_io, next_service),
                 }
+                // A parked connection keeps no flow-record state either; its next request reads the endpoints anew.
+                self.ctx.endpoints.clear();
                 let parked = Box::pin(self.wait_parked(&mut io));
                 let resumed = parked.await;
                 park.flag.clear();

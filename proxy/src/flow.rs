@@ -195,14 +195,15 @@ impl AuthType {
 /// One flow record (field names modelled on Hubble's `Flow`, see the module documentation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FlowRecord {
-    /// RFC 3339 UTC with nanoseconds.
-    pub time: String,
-    pub uuid: String,
+    /// When the record was started; written as RFC 3339 UTC with nanoseconds.
+    pub time: FlowTime,
+    pub uuid: FlowId,
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_reason: Option<DropReason>,
-    pub source: FlowEndpoint,
-    pub destination: FlowEndpoint,
+    /// Shared, not copied: every request of a connection names the same two endpoints (`flow_record::ConnEndpoints`).
+    pub source: Arc<FlowEndpoint>,
+    pub destination: Arc<FlowEndpoint>,
     /// `TCP`, `HTTP`, `gRPC`.
     pub protocol: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -242,18 +243,17 @@ fn is_zero(n: &u64) -> bool {
 impl FlowRecord {
     pub fn new(
         verdict: Verdict,
-        source: FlowEndpoint,
-        destination: FlowEndpoint,
+        source: impl Into<Arc<FlowEndpoint>>,
+        destination: impl Into<Arc<FlowEndpoint>>,
         protocol: &str,
     ) -> Self {
-        let now = SystemTime::now();
         FlowRecord {
-            time: rfc3339(now),
+            time: FlowTime::now(),
             uuid: uuid_v4(),
             verdict,
             drop_reason: None,
-            source,
-            destination,
+            source: source.into(),
+            destination: destination.into(),
             protocol: protocol.to_string(),
             l7: None,
             dns: None,
@@ -269,34 +269,99 @@ impl FlowRecord {
     }
 }
 
+/// When a flow record was started. Kept as a time, and written as RFC 3339 UTC with nanoseconds
+/// (`2026-11-22T23:01:02.123456789Z`) only when a sink serializes or shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FlowTime(pub SystemTime);
+
+impl FlowTime {
+    pub fn now() -> Self {
+        FlowTime(SystemTime::now())
+    }
+
+    /// Seconds and nanoseconds since the Unix epoch (a time before it counts as the epoch, as it is written).
+    pub fn unix(&self) -> (i64, i32) {
+        let d = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        (d.as_secs() as i64, d.subsec_nanos() as i32)
+    }
+
+    /// Reads the RFC 3339 UTC text this type writes (fraction optional, up to 9 digits).
+    pub fn parse(rfc3339: &str) -> Option<Self> {
+        let (secs, nanos) = parse_rfc3339(rfc3339)?;
+        let secs = u64::try_from(secs).ok()?;
+        Some(FlowTime(
+            UNIX_EPOCH + std::time::Duration::new(secs, u32::try_from(nanos).ok()?),
+        ))
+    }
+}
+
+impl std::fmt::Display for FlowTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (secs, nanos) = self.unix();
+        let days = secs / 86_400;
+        let rem = secs % 86_400;
+        // Civil-from-days (Howard Hinnant's public-domain algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+            rem / 3600,
+            (rem / 60) % 60,
+            rem % 60,
+        )
+    }
+}
+
+impl Serialize for FlowTime {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Formats a time as RFC 3339 UTC (`2026-11-22T23:01:02.123456789Z`) without pulling in a calendar crate.
 pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil-from-days (Howard Hinnant's public-domain algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    FlowTime(t).to_string()
+}
+
+/// Seconds and nanoseconds since the Unix epoch of an RFC 3339 UTC time (`2026-11-22T23:01:02.5Z`).
+pub fn parse_rfc3339(rfc3339: &str) -> Option<(i64, i32)> {
+    let b = rfc3339.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| rfc3339.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let nanos = match rfc3339.get(19..)?.strip_prefix('.') {
+        Some(frac) => {
+            let digits = frac.trim_end_matches('Z');
+            let padded = format!("{digits:0<9}");
+            padded.get(..9)?.parse::<i32>().ok()?
+        }
+        None => 0,
+    };
+    // Days from civil (inverse of the algorithm `FlowTime` writes with).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3600 + mm * 60 + ss, nanos))
 }
 
 /// A random (version 4) UUID without a syscall per record: 128 bits of process seed from getrandom(2), mixed
 /// with a counter through splitmix64, so ids are unique per process and unpredictable across processes.
-fn uuid_v4() -> String {
+fn uuid_v4() -> FlowId {
     use std::sync::OnceLock;
     static SEED: OnceLock<[u64; 2]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -323,24 +388,45 @@ fn uuid_v4() -> String {
     let mut b = [0u8; 16];
     b[..8].copy_from_slice(&hi.to_be_bytes());
     b[8..].copy_from_slice(&lo.to_be_bytes());
-    uuid_v4_text(b)
+    FlowId(b)
 }
 
 /// 16 random (or hashed) bytes as RFC 9562 version-4 text: the version and variant bits set, 8-4-4-4-12 hex.
 /// Written into one 36-byte string (a `format!` per byte cost 21 allocations per flow record).
-pub(crate) fn uuid_v4_text(mut b: [u8; 16]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let mut out = String::with_capacity(36);
-    for (i, x) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
+pub(crate) fn uuid_v4_text(b: [u8; 16]) -> String {
+    FlowId(b).to_string()
+}
+
+/// A flow record's id: 16 random bytes, written as a version 4 UUID only when a sink serializes or shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowId(pub [u8; 16]);
+
+impl std::fmt::Display for FlowId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut b = self.0;
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let mut out = [0u8; 36];
+        let mut at = 0;
+        for (i, x) in b.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                out[at] = b'-';
+                at += 1;
+            }
+            out[at] = HEX[usize::from(x >> 4)];
+            out[at + 1] = HEX[usize::from(x & 0x0f)];
+            at += 2;
         }
-        out.push(char::from(HEX[usize::from(x >> 4)]));
-        out.push(char::from(HEX[usize::from(x & 0x0f)]));
+        // Only ASCII hex digits and dashes were written.
+        f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
     }
-    out
+}
+
+impl Serialize for FlowId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -669,7 +755,7 @@ mod tests {
         log.set_revision_source(Box::new(|| 7));
         let conn = |port: u16, verdict: Verdict| {
             let mut r = rec(1);
-            r.source.port = port;
+            Arc::make_mut(&mut r.source).port = port;
             r.verdict = verdict;
             if verdict == Verdict::Dropped {
                 r.drop_reason = Some(DropReason::PolicyDenied);
@@ -704,8 +790,25 @@ mod tests {
     }
 
     #[test]
+    fn flow_times_serialize_as_rfc3339_and_parse_back() {
+        let t = FlowTime(UNIX_EPOCH + std::time::Duration::new(1_795_820_000, 5));
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"2026-11-27T22:53:20.000000005Z\""
+        );
+        assert_eq!(FlowTime::parse(&t.to_string()), Some(t));
+        assert_eq!(t.unix(), (1_795_820_000, 5));
+        assert_eq!(
+            FlowTime::parse("2026-11-23T00:01:02.5Z").map(|t| t.unix()),
+            Some((1_795_392_062, 500_000_000))
+        );
+        assert_eq!(FlowTime::parse("garbage"), None);
+    }
+
+    #[test]
     fn uuids_are_v4_shaped_and_distinct() {
-        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| uuid_v4()).collect();
+        let ids: std::collections::HashSet<String> =
+            (0..10_000).map(|_| uuid_v4().to_string()).collect();
         assert_eq!(ids.len(), 10_000);
         let one = ids.iter().next().unwrap();
         assert_eq!(&one[14..15], "4");

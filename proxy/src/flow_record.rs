@@ -3,6 +3,7 @@
 //! finished by a typed [`FlowOutcome`], the only place a verdict, drop reason and policy text are set together.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use crate::decision::{self, Downstream};
@@ -37,7 +38,11 @@ pub struct FlowBuilder {
 
 impl FlowBuilder {
     /// A flow between two endpoints over `protocol` (`TCP`, `HTTP`, `gRPC`).
-    pub fn new(source: FlowEndpoint, destination: FlowEndpoint, protocol: &str) -> Self {
+    pub fn new(
+        source: impl Into<Arc<FlowEndpoint>>,
+        destination: impl Into<Arc<FlowEndpoint>>,
+        protocol: &str,
+    ) -> Self {
         FlowBuilder {
             rec: FlowRecord::new(Verdict::Forwarded, source, destination, protocol),
         }
@@ -59,10 +64,23 @@ impl FlowBuilder {
         )
     }
 
+    /// The flow of one request on a downstream connection: like [`FlowBuilder::connection`], with the endpoints
+    /// `cache` built for this connection from the same snapshot.
+    pub fn request(
+        cache: &ConnEndpoints,
+        snap: &Arc<PolicySnapshot>,
+        down: &Downstream,
+        dst: SocketAddr,
+        protocol: &str,
+    ) -> Self {
+        let (source, destination) = cache.get(snap, down, dst);
+        Self::between(source, destination, down, protocol)
+    }
+
     /// A flow between endpoints already resolved, with the downstream's authentication (the tunnel's SPIFFE ID).
     pub fn between(
-        source: FlowEndpoint,
-        destination: FlowEndpoint,
+        source: impl Into<Arc<FlowEndpoint>>,
+        destination: impl Into<Arc<FlowEndpoint>>,
         down: &Downstream,
         protocol: &str,
     ) -> Self {
@@ -124,6 +142,52 @@ impl FlowBuilder {
     }
 }
 
+/// The two endpoints of one downstream connection's flow records, built once per policy snapshot: the requests
+/// of a keep-alive or HTTP/2 connection share them instead of each copying addresses, names and labels.
+#[derive(Debug, Default)]
+pub struct ConnEndpoints(Mutex<Option<CachedEndpoints>>);
+
+#[derive(Debug)]
+struct CachedEndpoints {
+    /// The snapshot they were read from. A `Weak` keeps that snapshot's allocation, so no later snapshot can have
+    /// its address while this is held: comparing addresses is comparing snapshots.
+    snapshot: Weak<PolicySnapshot>,
+    source: Arc<FlowEndpoint>,
+    destination: Arc<FlowEndpoint>,
+}
+
+impl ConnEndpoints {
+    /// The endpoints of `down` -> `dst` as `snap` knows them (a reload re-reads them: labels or pods may change).
+    pub fn get(
+        &self,
+        snap: &Arc<PolicySnapshot>,
+        down: &Downstream,
+        dst: SocketAddr,
+    ) -> (Arc<FlowEndpoint>, Arc<FlowEndpoint>) {
+        let mut cached = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*cached {
+            Some(c) if std::ptr::eq(c.snapshot.as_ptr(), Arc::as_ptr(snap)) => {
+                (c.source.clone(), c.destination.clone())
+            }
+            _ => {
+                let c = CachedEndpoints {
+                    snapshot: Arc::downgrade(snap),
+                    source: Arc::new(decision::source_endpoint(snap, down)),
+                    destination: Arc::new(decision::flow_endpoint(snap, dst)),
+                };
+                let pair = (c.source.clone(), c.destination.clone());
+                *cached = Some(c);
+                pair
+            }
+        }
+    }
+
+    /// Forgets the endpoints (a parked connection holds as little as it can).
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +217,36 @@ mod tests {
             policy: "allowed".into(),
         });
         assert_eq!((rec.verdict, rec.drop_reason), (Verdict::Forwarded, None));
+    }
+
+    #[test]
+    fn a_connections_requests_share_endpoints_read_from_their_own_snapshot() {
+        let snap = Arc::new(crate::conformance::conformance_snapshot("http-ledger"));
+        let down = Downstream::plain("10.0.21.10:40000".parse().unwrap());
+        let dst: SocketAddr = "10.0.21.20:8080".parse().unwrap();
+        let cache = ConnEndpoints::default();
+        let (src, dest) = cache.get(&snap, &down, dst);
+        assert_eq!(src.pod.as_deref(), Some("portal"));
+        assert_eq!(dest.pod.as_deref(), Some("ledger"));
+        assert_eq!((src.port, dest.port), (40000, 8080));
+        let (again, _) = cache.get(&snap, &down, dst);
+        assert!(
+            Arc::ptr_eq(&src, &again),
+            "same snapshot: shared, not rebuilt"
+        );
+        // A reload: the endpoints are read from the new snapshot, even while the old one is still alive.
+        let reloaded = Arc::new(crate::conformance::conformance_snapshot("http-ledger"));
+        let (fresh, _) = cache.get(&reloaded, &down, dst);
+        assert!(!Arc::ptr_eq(&src, &fresh));
+        assert_eq!(*fresh, *src);
+        cache.clear();
+        let (after_park, _) = cache.get(&reloaded, &down, dst);
+        assert!(!Arc::ptr_eq(&fresh, &after_park));
+        let rec = FlowBuilder::request(&cache, &reloaded, &down, dst, "HTTP").finish(
+            FlowOutcome::Forwarded {
+                policy: String::new(),
+            },
+        );
+        assert!(Arc::ptr_eq(&rec.source, &after_park));
     }
 }

@@ -71,33 +71,14 @@ pub fn direction(d: Option<TrafficDirection>) -> flow::TrafficDirection {
 
 /// Parses the record's RFC 3339 time (always `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ`, see `flow::rfc3339`).
 pub fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
-    let b = rfc3339.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| rfc3339.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let nanos = match rfc3339.get(19..)?.strip_prefix('.') {
-        Some(frac) => {
-            let digits = frac.trim_end_matches('Z');
-            let padded = format!("{digits:0<9}");
-            padded.get(..9)?.parse::<i32>().ok()?
-        }
-        None => 0,
-    };
-    // Days from civil (inverse of flow::rfc3339's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(prost_types::Timestamp {
-        seconds: days * 86_400 + hh * 3600 + mm * 60 + ss,
-        nanos,
-    })
+    let (seconds, nanos) = crate::flow::parse_rfc3339(rfc3339)?;
+    Some(prost_types::Timestamp { seconds, nanos })
+}
+
+/// A flow record's time as Hubble's timestamp.
+fn flow_time(t: &crate::flow::FlowTime) -> prost_types::Timestamp {
+    let (seconds, nanos) = t.unix();
+    prost_types::Timestamp { seconds, nanos }
 }
 
 fn endpoint(e: &crate::flow::FlowEndpoint) -> flow::Endpoint {
@@ -224,7 +205,7 @@ fn base_flow(rec: &FlowRecord, node: &NodeInfo, l7: Option<flow::Layer7>) -> flo
     let is_l7 = l7.is_some();
     let drop_reason_desc = drop_reason(rec.drop_reason) as i32;
     let mut f = flow::Flow {
-        time: timestamp(&rec.time),
+        time: Some(flow_time(&rec.time)),
         verdict: verdict(rec.verdict) as i32,
         drop_reason_desc,
         drop_reason: if rec.verdict == Verdict::Dropped {
@@ -267,7 +248,7 @@ fn base_flow(rec: &FlowRecord, node: &NodeInfo, l7: Option<flow::Layer7>) -> flo
         }),
         traffic_direction: direction(rec.traffic_direction) as i32,
         is_reply: Some(false),
-        uuid: rec.uuid.clone(),
+        uuid: rec.uuid.to_string(),
         auth_type: match rec.auth_type {
             crate::flow::AuthType::Disabled => flow::AuthType::Disabled,
             crate::flow::AuthType::Spire => flow::AuthType::Spire,
@@ -343,7 +324,7 @@ pub fn to_flows(rec: &FlowRecord, node: &NodeInfo) -> Vec<flow::Flow> {
 /// When the request was made: HTTP (and Kafka, TCP) records are stamped when the request arrives; DNS records
 /// when the answer leaves, `latency_ns` later.
 fn request_time(rec: &FlowRecord) -> Option<prost_types::Timestamp> {
-    let t = timestamp(&rec.time)?;
+    let t = flow_time(&rec.time);
     if rec.dns.is_none() {
         return Some(t);
     }
@@ -381,7 +362,7 @@ fn policy_verdict_flow(
 ) -> flow::Flow {
     let mut f = base_flow(rec, node, None);
     f.time = time;
-    f.uuid = derived_uuid(&rec.uuid, "policy-verdict");
+    f.uuid = derived_uuid(&rec.uuid.to_string(), "policy-verdict");
     f.event_type = Some(flow::CiliumEventType {
         r#type: event_type::POLICY_VERDICT,
         sub_type: 0,
@@ -405,7 +386,7 @@ fn reply_of(mut f: flow::Flow, rec: &FlowRecord, what: &str) -> flow::Flow {
         std::mem::swap(&mut t.source_port, &mut t.destination_port);
     }
     f.is_reply = Some(true);
-    f.uuid = derived_uuid(&rec.uuid, what);
+    f.uuid = derived_uuid(&rec.uuid.to_string(), what);
     if let Some(l7) = f.l7.as_mut() {
         l7.r#type = flow::L7FlowType::Response as i32;
         l7.latency_ns = rec.latency_ns;
@@ -1031,7 +1012,7 @@ mod tests {
             FlowEndpoint::new("10.0.0.2:8080".parse().unwrap(), 257),
             "HTTP",
         );
-        rec.time = "2026-11-23T00:01:02.000000000Z".into();
+        rec.time = crate::flow::FlowTime::parse("2026-11-23T00:01:02.000000000Z").unwrap();
         rec.latency_ns = 5_250_000;
         rec.traffic_direction = Some(TrafficDirection::Ingress);
         rec.policy_revision = 3;
@@ -1088,7 +1069,11 @@ mod tests {
         );
         assert_eq!(pv.node_labels, ["kubernetes.io/hostname=node-a"]);
 
-        assert_eq!(req.uuid, rec.uuid, "the request keeps the record's id");
+        assert_eq!(
+            req.uuid,
+            rec.uuid.to_string(),
+            "the request keeps the record's id"
+        );
         assert_eq!(req.event_type.as_ref().unwrap().r#type, 129);
         assert_eq!(req.is_reply, Some(false));
         let l7 = req.l7.as_ref().unwrap();
@@ -1171,7 +1156,7 @@ mod tests {
             FlowEndpoint::new("10.0.0.53:53".parse().unwrap(), 2),
             "DNS",
         );
-        rec.time = "2026-11-23T00:01:02.010000000Z".into();
+        rec.time = crate::flow::FlowTime::parse("2026-11-23T00:01:02.010000000Z").unwrap();
         rec.latency_ns = 10_000_000;
         rec.l7 = Some(L7Info::default());
         rec.dns = Some(crate::flow::DnsInfo {

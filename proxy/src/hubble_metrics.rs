@@ -987,7 +987,7 @@ mod exposition_tests {
             Verdict::Forwarded
         };
         let mut r = record(verdict, drop, "p");
-        r.destination = endpoint(2, "kube-system", "coredns-x2x9q");
+        r.destination = endpoint(2, "kube-system", "coredns-x2x9q").into();
         r.l7 = Some(L7Info::default());
         r.dns = Some(DnsInfo {
             query: "a.example.".into(),
@@ -1022,7 +1022,7 @@ mod exposition_tests {
     fn mixed_records() -> Vec<FlowRecord> {
         let mut tcp_denied = record(Verdict::Dropped, Some(DropReason::PolicyDenied), "db-0");
         tcp_denied.traffic_direction = None;
-        tcp_denied.source = FlowEndpoint::new("10.0.0.9:1".parse().unwrap(), 7);
+        tcp_denied.source = FlowEndpoint::new("10.0.0.9:1".parse().unwrap(), 7).into();
         vec![
             http("GET ", 200, 1, None),
             http("GE", 200, 1, None),

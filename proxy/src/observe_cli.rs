@@ -527,7 +527,7 @@ mod tests {
                 .with_pod("prod", "api", &labels),
             "HTTP",
         );
-        rec.time = "2026-11-23T00:01:02.5Z".into();
+        rec.time = crate::flow::FlowTime::parse("2026-11-23T00:01:02.5Z").unwrap();
         rec.drop_reason = Some(DR::PolicyDenied);
         rec.policy = "no rule".into();
         rec.l7 = Some(L7Info {

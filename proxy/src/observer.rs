@@ -264,8 +264,8 @@ impl Observer for ObserverService {
         // Subscribe before taking the history so no record falls between the two; duplicates are skipped by uuid.
         let live = window.follow.then(|| self.flows.subscribe());
         let history: Vec<FlowRecord> = self.flows.last(usize::MAX);
-        let seen: HashSet<String> = if window.follow {
-            history.iter().map(|r| r.uuid.clone()).collect()
+        let seen: HashSet<crate::flow::FlowId> = if window.follow {
+            history.iter().map(|r| r.uuid).collect()
         } else {
             HashSet::new()
         };
@@ -381,7 +381,7 @@ impl Observer for ObserverService {
 /// Follow mode: new records as they come, until the client leaves or a flow passes `until`.
 async fn follow(
     mut live: broadcast::Receiver<Arc<FlowRecord>>,
-    seen: HashSet<String>,
+    seen: HashSet<crate::flow::FlowId>,
     query: Query,
     tx: mpsc::Sender<Result<GetFlowsResponse, Status>>,
 ) {
@@ -444,7 +444,10 @@ impl ObserverService {
             .flows
             .last(usize::MAX)
             .iter()
-            .filter_map(|r| crate::hubble::timestamp(&r.time))
+            .map(|r| {
+                let (seconds, nanos) = r.time.unix();
+                prost_types::Timestamp { seconds, nanos }
+            })
             .filter(|t| timestamp_ns(t) >= minute_ago)
             .count();
         let span = self.started.elapsed().as_secs_f64().clamp(1.0, 60.0);

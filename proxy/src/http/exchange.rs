@@ -39,6 +39,8 @@ pub struct ConnCtx {
     pub tunnels: std::sync::Mutex<Option<tokio::task::JoinSet<()>>>,
     /// This connection's upstream client (looked up in the pool once).
     pub upstream: crate::upstream::ConnUpstream,
+    /// The endpoints of this connection's flow records, built once per policy snapshot.
+    pub endpoints: crate::flow_record::ConnEndpoints,
 }
 
 /// One synchronous job on a request (normalise, authorise, rewrite): hand it on, or refuse it.

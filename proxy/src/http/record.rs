@@ -69,7 +69,7 @@ where
         // One snapshot per request: the record's endpoints and the decision come from the same generation.
         let snapshot = ctx.proxy.policy.current();
         let protocol = if is_grpc { "gRPC" } else { "HTTP" };
-        let flow = FlowBuilder::connection(&snapshot, &ctx.client, ctx.dst, protocol)
+        let flow = FlowBuilder::request(&ctx.endpoints, &snapshot, &ctx.client, ctx.dst, protocol)
             // For Hubble's trace_context; the header is forwarded untouched.
             .trace_parent(
                 req.headers()

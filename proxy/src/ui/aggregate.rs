@@ -780,8 +780,9 @@ pub(crate) mod tests {
 
     pub(crate) fn at(mut r: FlowRecord, ms: i64) -> FlowRecord {
         let t = T0 + ms * 1_000_000;
-        r.time =
-            crate::flow::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(t as u64));
+        r.time = crate::flow::FlowTime(
+            std::time::UNIX_EPOCH + std::time::Duration::from_nanos(t as u64),
+        );
         r.policy_verdict_event = true;
         r
     }
