@@ -1,6 +1,8 @@
 //! Layer 3, authorise: the normalised request against the policy snapshot current when it arrived (the one the
 //! record's endpoints came from). Denied: refused; allowed: the rule and its header actions go on down.
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 
 use super::exchange::{Routed, Stage};
@@ -21,10 +23,8 @@ impl Stage for Authorise {
             drop_reason: DropReason::PolicyDenied,
         })?;
         let headers = joined_headers(routed.req.headers());
-        let header_refs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let header_refs: Vec<(&str, &str)> =
+            headers.iter().map(|(k, v)| (*k, v.as_ref())).collect();
         let ctx = &exchange.ctx;
         let d = decision::decide_request(
             &snapshot,
@@ -60,16 +60,20 @@ impl Stage for Authorise {
 }
 
 /// Header pairs for the policy query: names lower-case, repeated headers joined with ", ".
-fn joined_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::with_capacity(headers.keys_len());
+/// Each header name once with its values joined by ", " (what policy header matches see). A single value that is
+/// valid UTF-8 (nearly all) is borrowed from the request, not copied.
+fn joined_headers(headers: &HeaderMap) -> Vec<(&str, Cow<'_, str>)> {
+    let mut out = Vec::with_capacity(headers.keys_len());
     for name in headers.keys() {
-        let joined = headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ");
-        out.push((name.as_str().to_string(), joined));
+        let mut values = headers.get_all(name).iter();
+        let first = values.next().map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let mut joined = first.unwrap_or_default();
+        for v in values {
+            let joined = joined.to_mut();
+            joined.push_str(", ");
+            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+        out.push((name.as_str(), joined));
     }
     out
 }
@@ -88,12 +92,20 @@ mod tests {
             .unwrap();
         let mut j = joined_headers(r.headers());
         j.sort();
+        assert_eq!(j, vec![("b", "3".into()), ("x-a", "1, 2".into())]);
+        assert!(matches!(j[0].1, Cow::Borrowed(_)), "one value is borrowed");
+        // A value that is not UTF-8 is read lossily, alone or joined, as before.
+        let r = http::Request::builder()
+            .header("c", http::HeaderValue::from_bytes(b"a\xffb").unwrap())
+            .header("d", "1")
+            .header("d", http::HeaderValue::from_bytes(b"\xfe").unwrap())
+            .body(())
+            .unwrap();
+        let mut j = joined_headers(r.headers());
+        j.sort();
         assert_eq!(
             j,
-            vec![
-                ("b".to_string(), "3".to_string()),
-                ("x-a".to_string(), "1, 2".to_string())
-            ]
+            vec![("c", "a\u{fffd}b".into()), ("d", "1, \u{fffd}".into())]
         );
     }
 }

@@ -56,9 +56,12 @@ impl Service<Routed> for Forward {
             let client = ctx
                 .upstream
                 .client(&ctx.proxy.upstream, ctx.dst, http2, &ctx.dial);
-            // A bodyless request can be replayed once if the upstream refused it unprocessed (HTTP/2 GOAWAY).
-            let replay =
-                (!upgrade && http_body::Body::is_end_stream(req.body())).then(|| replay_head(&req));
+            // A bodyless request can be replayed once if the upstream refused it unprocessed (HTTP/2 GOAWAY). Only an
+            // HTTP/2 stream can be refused so (the upstream's own, or the tunnel's CONNECT stream): a plain HTTP/1
+            // request keeps no copy of its head.
+            let may_replay = http2 || matches!(ctx.dial, crate::upstream::Dial::Tunnel(_));
+            let replay = (may_replay && !upgrade && http_body::Body::is_end_stream(req.body()))
+                .then(|| replay_head(&req));
             let limits = &ctx.proxy.limits;
             let (grace, rate) = (limits.body_grace, limits.body_min_rate);
             let (parts, body) = req.into_parts();

@@ -20,16 +20,25 @@ impl Stage for Normalise {
         let (req, exchange) = (&mut routed.req, &mut routed.exchange);
         match normalise(req, exchange.ctx.dst) {
             Ok(target) => {
-                exchange.url = format!("http://{}{}", target.host, target.path);
+                exchange.url = record_url(&target.host, &target.path);
                 exchange.target = target;
                 Ok(())
             }
             Err(refusal) => {
-                exchange.url = format!("http://{}{}", raw_host(req), req.uri().path());
+                exchange.url = record_url(&raw_host(req), req.uri().path());
                 Err(refusal)
             }
         }
     }
+}
+
+/// The URL a flow record shows for a request (`http://host/path`), built without the formatting machinery.
+fn record_url(host: &str, path: &str) -> String {
+    let mut url = String::with_capacity("http://".len() + host.len() + path.len());
+    url.push_str("http://");
+    url.push_str(host);
+    url.push_str(path);
+    url
 }
 
 /// The checks and the stripping, on one request.
@@ -121,18 +130,24 @@ fn policy_target<B>(req: &Request<B>) -> Result<String, request_path::PathError>
 
 /// Hop-by-hop headers a proxy must not forward (RFC 9110 section 7.6.1), plus those named in `Connection`.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if keep_upgrade && name == header::UPGRADE {
+    // Most requests carry none of them: one pass over the names they have, not a lookup for each name below.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    // The names `Connection` lists, removed by `&str` (looked up case-insensitively without building a
+    // `HeaderName`). Its values are shared copies of the request's bytes; a second value is rare.
+    let mut listed = headers.get_all(header::CONNECTION).iter();
+    let first = listed.next().cloned();
+    let more: Vec<HeaderValue> = listed.cloned().collect();
+    for value in first.iter().chain(&more) {
+        let Ok(value) = value.to_str() else {
             continue;
+        };
+        for name in value.split(',').map(str::trim) {
+            if !(keep_upgrade && name.eq_ignore_ascii_case("upgrade")) {
+                headers.remove(name);
+            }
         }
-        headers.remove(&name);
     }
     for name in [
         "keep-alive",
@@ -154,6 +169,22 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
+}
+
+/// A header `strip_hop_by_hop` removes or rewrites whenever it is present (names listed in `Connection` can only
+/// be present with it).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "trailer"
+            | "http2-settings"
+            | "te"
+            | "upgrade"
+    )
 }
 
 /// HTTP/1.1 `Upgrade` other than `h2c`. An h2c upgrade is declined (the request is served as HTTP/1.1, which RFC
@@ -337,6 +368,31 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_stripped() {
+        // The fast path skips requests with none of them: each one alone must still take the full path.
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "trailer",
+            "http2-settings",
+            "te",
+            "upgrade",
+            "connection",
+        ] {
+            let mut h = req("GET", "/", &[(name, "x"), ("x-end", "1")])
+                .headers()
+                .clone();
+            strip_hop_by_hop(&mut h, false);
+            let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, vec!["x-end"], "{name}");
+        }
+        let mut h = req("GET", "/", &[("x-end", "1")]).headers().clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]
