@@ -187,6 +187,11 @@ pub struct RunArgs {
     /// the limit cannot carry stops the daemon at start-up instead.
     #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Threads serving connections. Default: the CPUs this process may run on (its affinity mask, e.g. a
+    /// cpuset). With one, the whole daemon runs on a single-threaded runtime, as linkerd2-proxy does on one core:
+    /// no work-stealing queues, and waking another task is a local queue push.
+    #[arg(long, env = "TOLLGATE_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
     /// HTTP/2 max concurrent streams per connection.
     #[arg(long, default_value_t = Limits::default().h2_max_concurrent_streams)]
     pub h2_max_concurrent_streams: u32,

@@ -120,8 +120,9 @@ fn main() -> ExitCode {
 }
 
 /// Logs to stderr (`TOLLGATE_LOG` filter, default info), the allocator tuned for a long-running process
-/// (`allocator.rs`) and a multi-threaded runtime, for the long-running commands.
-fn daemon_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// (`allocator.rs`) and the runtime, for the long-running commands: `threads` workers (default: the CPUs this
+/// process may run on), or one thread for everything when that is one.
+fn daemon_runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -131,18 +132,32 @@ fn daemon_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         )
         .init();
     tollgate::allocator::start_purger();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let threads = threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        usize::from,
+    );
+    tracing::debug!(threads, "runtime worker threads");
+    if threads == 1 {
+        // Only `spawn_blocking` threads are started (file reads and the like), under their own name.
+        tokio::runtime::Builder::new_current_thread()
+            .thread_name("tollgate-blocking")
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
 }
 
 fn run_daemon(args: tollgate::config::RunArgs) -> ExitCode {
-    let runtime = daemon_runtime();
+    let runtime = daemon_runtime(args.worker_threads);
     block_on_edge(runtime, "tollgate", tollgate::run::run(args))
 }
 
 fn relay(args: tollgate::relay::RelayArgs) -> ExitCode {
-    let runtime = daemon_runtime();
+    let runtime = daemon_runtime(None);
     block_on_edge(runtime, "tollgate relay", tollgate::relay::run(args))
 }
 

@@ -295,8 +295,13 @@ fn src_pod_of(f: &Value) -> String {
 
 /// Replays every http-ledger case with real curl in one HTTP mode, nginx serving that protocol on the case port.
 fn replay_http_ledger(mode: &str, redirect: Redirect) {
+    replay_http_ledger_with(mode, redirect, &[]);
+}
+
+/// [`replay_http_ledger`] with extra daemon flags; gives the cluster back (its daemon still running).
+fn replay_http_ledger_with(mode: &str, redirect: Redirect, extra_args: &[&str]) -> Cluster {
     let case_file = CaseFile::load("http-ledger.yaml");
-    let mut cluster = Cluster::with_redirect("httpb", &case_file, redirect);
+    let mut cluster = Cluster::with_args("httpb", &case_file, redirect, extra_args);
     let endpoints = case_file.endpoints();
     let h2 = mode == "--http2-prior-knowledge";
     // nginx on every pod that is a case target, serving the case port in the client's protocol.
@@ -383,6 +388,27 @@ fn replay_http_ledger(mode: &str, redirect: Redirect) {
         case_file.cases().len(),
         failures.join("\n")
     );
+    cluster
+}
+
+/// `--worker-threads 1`, what a daemon confined to one CPU runs by default: one thread serves everything (no
+/// tokio worker threads at all), and the same cases pass over HTTP/1.1 and h2c.
+#[test]
+fn http_ledger_cases_on_a_single_threaded_runtime() {
+    for mode in ["--http1.1", "--http2-prior-knowledge"] {
+        let mut cluster =
+            replay_http_ledger_with(mode, Redirect::Tproxy, &["--worker-threads", "1"]);
+        let pid = cluster.proxy.as_mut().unwrap().child_mut().id();
+        let threads: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|t| fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+            .map(|comm| comm.trim().to_string())
+            .collect();
+        assert!(
+            !threads.iter().any(|t| t == "tokio-rt-worker"),
+            "{mode}: a single-threaded daemon has no runtime workers: {threads:?}"
+        );
+    }
 }
 
 #[test]
