@@ -149,13 +149,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "trailer",
-        "http2-settings",
-    ] {
+    for name in ALWAYS_STRIPPED {
         headers.remove(name);
     }
     if let Some(te) = headers.get(header::TE)
@@ -171,20 +165,20 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Hop-by-hop headers removed whatever their value (`Connection`, `TE` and `Upgrade` are looked at first).
+const ALWAYS_STRIPPED: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "trailer",
+    "http2-settings",
+];
+
 /// A header `strip_hop_by_hop` removes or rewrites whenever it is present (names listed in `Connection` can only
 /// be present with it).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "trailer"
-            | "http2-settings"
-            | "te"
-            | "upgrade"
-    )
+    let name = name.as_str();
+    matches!(name, "connection" | "te" | "upgrade") || ALWAYS_STRIPPED.contains(&name)
 }
 
 /// HTTP/1.1 `Upgrade` other than `h2c`. An h2c upgrade is declined (the request is served as HTTP/1.1, which RFC
@@ -373,16 +367,10 @@ mod tests {
     #[test]
     fn each_hop_by_hop_header_alone_is_stripped() {
         // The fast path skips requests with none of them: each one alone must still take the full path.
-        for name in [
-            "keep-alive",
-            "proxy-connection",
-            "transfer-encoding",
-            "trailer",
-            "http2-settings",
-            "te",
-            "upgrade",
-            "connection",
-        ] {
+        for name in ALWAYS_STRIPPED
+            .into_iter()
+            .chain(["te", "upgrade", "connection"])
+        {
             let mut h = req("GET", "/", &[(name, "x"), ("x-end", "1")])
                 .headers()
                 .clone();
