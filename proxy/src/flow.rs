@@ -391,13 +391,8 @@ fn uuid_v4() -> FlowId {
     FlowId(b)
 }
 
-/// 16 random (or hashed) bytes as RFC 9562 version-4 text: the version and variant bits set, 8-4-4-4-12 hex.
-/// Written into one 36-byte string (a `format!` per byte cost 21 allocations per flow record).
-pub(crate) fn uuid_v4_text(b: [u8; 16]) -> String {
-    FlowId(b).to_string()
-}
-
-/// A flow record's id: 16 random bytes, written as a version 4 UUID only when a sink serializes or shows it.
+/// A flow record's id: 16 random (or hashed) bytes, written only when a sink serializes or shows it, as RFC 9562
+/// version-4 text (the version and variant bits set, 8-4-4-4-12 hex) from a stack buffer, no allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FlowId(pub [u8; 16]);
 
@@ -815,7 +810,7 @@ mod tests {
         assert!(matches!(&one[19..20], "8" | "9" | "a" | "b"), "{one}");
         let bytes: [u8; 16] = std::array::from_fn(|i| (i as u8) * 17);
         assert_eq!(
-            uuid_v4_text(bytes),
+            FlowId(bytes).to_string(),
             "00112233-4455-4677-8899-aabbccddeeff",
             "8-4-4-4-12 hex, version 4, variant 10"
         );

@@ -76,7 +76,7 @@ pub fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
 }
 
 /// A flow record's time as Hubble's timestamp.
-fn flow_time(t: &crate::flow::FlowTime) -> prost_types::Timestamp {
+pub fn flow_time(t: &crate::flow::FlowTime) -> prost_types::Timestamp {
     let (seconds, nanos) = t.unix();
     prost_types::Timestamp { seconds, nanos }
 }
@@ -284,7 +284,7 @@ fn l4_protocol(rec: &FlowRecord) -> flow::layer4::Protocol {
 /// Records stay one per request everywhere else (metrics, JSON log, export), so nothing is counted twice.
 pub fn to_flows(rec: &FlowRecord, node: &NodeInfo) -> Vec<flow::Flow> {
     let mut out = Vec::with_capacity(3);
-    let requested_at = request_time(rec);
+    let requested_at = Some(request_time(rec));
     if rec.policy_verdict_event {
         out.push(policy_verdict_flow(rec, node, requested_at));
     }
@@ -323,12 +323,12 @@ pub fn to_flows(rec: &FlowRecord, node: &NodeInfo) -> Vec<flow::Flow> {
 
 /// When the request was made: HTTP (and Kafka, TCP) records are stamped when the request arrives; DNS records
 /// when the answer leaves, `latency_ns` later.
-fn request_time(rec: &FlowRecord) -> Option<prost_types::Timestamp> {
+fn request_time(rec: &FlowRecord) -> prost_types::Timestamp {
     let t = flow_time(&rec.time);
     if rec.dns.is_none() {
-        return Some(t);
+        return t;
     }
-    Some(shift(&t, -i128::from(rec.latency_ns)))
+    shift(&t, -i128::from(rec.latency_ns))
 }
 
 fn shift(t: &prost_types::Timestamp, ns: i128) -> prost_types::Timestamp {
@@ -349,7 +349,7 @@ fn derived_uuid(uuid: &str, what: &str) -> String {
         (uuid, what, i).hash(&mut h);
         half.copy_from_slice(&h.finish().to_be_bytes());
     }
-    crate::flow::uuid_v4_text(b)
+    crate::flow::FlowId(b).to_string()
 }
 
 /// Cilium's policy-match type for an allowed connection (`policy-verdict:L3-L4` in Hubble's output).

@@ -444,10 +444,7 @@ impl ObserverService {
             .flows
             .last(usize::MAX)
             .iter()
-            .map(|r| {
-                let (seconds, nanos) = r.time.unix();
-                prost_types::Timestamp { seconds, nanos }
-            })
+            .map(|r| crate::hubble::flow_time(&r.time))
             .filter(|t| timestamp_ns(t) >= minute_ago)
             .count();
         let span = self.started.elapsed().as_secs_f64().clamp(1.0, 60.0);
